@@ -1,0 +1,102 @@
+//! The byte-level functions behind every export: what `process-command`, `apply-event`
+//! and `react` do, independent of wit-bindgen, so the native test kit runs exactly the
+//! code the component runs.
+
+use crate::codec::{self, is_unknown_variant};
+use crate::{
+    Aggregate, COMMAND_REJECTED, CommandRejected, EventEnvelope, OutgoingCommand, Rejection,
+    UNKNOWN_COMMAND,
+};
+
+/// An event as it crosses the boundary: type name + MessagePack fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEvent {
+    pub event_type: String,
+    pub payload: Vec<u8>,
+}
+
+/// A command as it crosses the boundary: type name + MessagePack fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawCommand {
+    pub command_type: String,
+    pub payload: Vec<u8>,
+}
+
+impl RawEvent {
+    pub fn from_typed<E: serde::Serialize>(event: &E) -> Self {
+        let (event_type, payload) = codec::encode_variant(event);
+        RawEvent {
+            event_type,
+            payload,
+        }
+    }
+}
+
+impl RawCommand {
+    pub fn from_typed<C: serde::Serialize>(command: &C) -> Self {
+        let (command_type, payload) = codec::encode_variant(command);
+        RawCommand {
+            command_type,
+            payload,
+        }
+    }
+}
+
+fn decode_state<A: Aggregate>(state: Option<&[u8]>) -> Option<A::State> {
+    // State bytes only ever come from this aggregate's own `apply`; if they do not decode,
+    // the host replays from events with the active version, so failing loudly is right.
+    state.map(|bytes| {
+        codec::decode(bytes).unwrap_or_else(|e| panic!("{} state does not decode: {e}", A::TYPE))
+    })
+}
+
+fn decode_event<A: Aggregate>(event: &RawEvent) -> A::Event {
+    codec::decode_variant(&event.event_type, &event.payload).unwrap_or_else(|e| {
+        panic!(
+            "{} event {} does not decode: {e}",
+            A::TYPE,
+            event.event_type
+        )
+    })
+}
+
+pub fn process_command<A: Aggregate>(
+    state: Option<&[u8]>,
+    command: &RawCommand,
+) -> Result<Vec<RawEvent>, Rejection> {
+    let state = decode_state::<A>(state);
+    let events = if command.command_type == COMMAND_REJECTED {
+        let rejected: CommandRejected = codec::decode(&command.payload)
+            .map_err(|e| Rejection::invalid(format!("{COMMAND_REJECTED} does not decode: {e}")))?;
+        A::on_rejected(state.as_ref(), rejected)?
+    } else {
+        let typed = codec::decode_variant::<A::Command>(&command.command_type, &command.payload)
+            .map_err(|e| {
+                if is_unknown_variant(&e) {
+                    Rejection::new(
+                        UNKNOWN_COMMAND,
+                        format!("{} has no command {}", A::TYPE, command.command_type),
+                    )
+                } else {
+                    Rejection::invalid(format!("{} is malformed: {e}", command.command_type))
+                }
+            })?;
+        A::handle(state.as_ref(), typed)?
+    };
+    Ok(events.iter().map(RawEvent::from_typed).collect())
+}
+
+pub fn apply_events<A: Aggregate>(state: Option<&[u8]>, events: &[RawEvent]) -> Option<Vec<u8>> {
+    if events.is_empty() {
+        return state.map(<[u8]>::to_vec);
+    }
+    let mut typed = decode_state::<A>(state);
+    for event in events {
+        typed = Some(A::apply(typed, &decode_event::<A>(event)));
+    }
+    typed.map(|s| codec::encode(&s))
+}
+
+pub fn react<A: Aggregate>(event: &EventEnvelope) -> Vec<OutgoingCommand> {
+    A::react(event)
+}

@@ -1,0 +1,194 @@
+//! # cairn-guest: write event-sourced aggregates for Cairn
+//!
+//! An aggregate is two pure functions: *decide* (`handle`: state + command → events or a
+//! rejection) and *evolve* (`apply`: state + event → state). You write them over plain Rust
+//! types with serde derives, implement [`Aggregate`], and call [`export_aggregate!`]; the
+//! macro produces the WebAssembly component exports of the `cairn:runtime/aggregate`
+//! world. No wit-bindgen or MessagePack code is written by hand.
+//!
+//! Nothing here offers a clock, randomness, I/O or global mutable state: the host hands
+//! in everything an aggregate may depend on, so replaying its events always gives the
+//! same state. Time, when a rule needs it, comes from the event envelope.
+//!
+//! Start with [`Aggregate`], then [`testing`] for the given/when/then test kit.
+//!
+//! ```
+//! use cairn_guest::{Aggregate, Rejection};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Default, Debug, PartialEq)]
+//! struct Counter { total: i64 }
+//!
+//! #[derive(Serialize, Deserialize, Debug)]
+//! enum CounterCommand { Add { amount: i64 } }
+//!
+//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+//! enum CounterEvent { Added { amount: i64 } }
+//!
+//! struct CounterAggregate;
+//!
+//! impl Aggregate for CounterAggregate {
+//!     const TYPE: &'static str = "counter";
+//!     type State = Counter;
+//!     type Command = CounterCommand;
+//!     type Event = CounterEvent;
+//!
+//!     fn handle(_state: Option<&Counter>, command: CounterCommand) -> Result<Vec<CounterEvent>, Rejection> {
+//!         match command {
+//!             CounterCommand::Add { amount } if amount <= 0 => {
+//!                 Err(Rejection::invalid("amount must be positive"))
+//!             }
+//!             CounterCommand::Add { amount } => Ok(vec![CounterEvent::Added { amount }]),
+//!         }
+//!     }
+//!
+//!     fn apply(state: Option<Counter>, event: &CounterEvent) -> Counter {
+//!         let mut state = state.unwrap_or_default();
+//!         match event {
+//!             CounterEvent::Added { amount } => state.total += amount,
+//!         }
+//!         state
+//!     }
+//! }
+//!
+//! cairn_guest::testing::given::<CounterAggregate>([CounterEvent::Added { amount: 2 }])
+//!     .when(CounterCommand::Add { amount: 3 })
+//!     .then_events([CounterEvent::Added { amount: 3 }])
+//!     .then_state(|state| assert_eq!(state.total, 5));
+//! // In a cdylib crate: cairn_guest::export_aggregate!(CounterAggregate);
+//! ```
+
+pub mod codec;
+pub mod glue;
+mod reaction;
+pub mod testing;
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod bindings;
+
+pub use reaction::{CommandRejected, EventEnvelope, OutgoingCommand, Subscription};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// The command type the host uses to hand a rejection back to the aggregate whose event
+/// caused the rejected command (see [`Aggregate::on_rejected`]). Users cannot send it.
+pub const COMMAND_REJECTED: &str = "CommandRejected";
+
+/// Rejection code the host maps to HTTP 400: the component has no such command.
+pub const UNKNOWN_COMMAND: &str = "unknown_command";
+/// Rejection code the host maps to HTTP 400: the command's fields are malformed.
+pub const INVALID_COMMAND: &str = "invalid_command";
+
+/// An event-sourced aggregate: one type of entity whose state is the fold of its events.
+///
+/// `Command` and `Event` are enums whose variant names are the command and event type
+/// names users see (`OpenAccount`, `AccountOpened`); their fields are the JSON `data`.
+/// Variants with fields should be struct variants so the data is a JSON object.
+pub trait Aggregate {
+    /// The aggregate type in kebab-case: the `{type}` in `/aggregates/{type}/{id}`.
+    const TYPE: &'static str;
+    /// Take a snapshot every this many events; 0 leaves it to the host (100).
+    const SNAPSHOT_INTERVAL: u32 = 0;
+
+    type State: Serialize + DeserializeOwned;
+    type Command: DeserializeOwned;
+    type Event: Serialize + DeserializeOwned;
+
+    /// Decide what a command does. `state` is `None` before the first event.
+    /// A business refusal is `Err(Rejection)`; nothing is stored for it.
+    fn handle(
+        state: Option<&Self::State>,
+        command: Self::Command,
+    ) -> Result<Vec<Self::Event>, Rejection>;
+
+    /// Evolve the state by one event. Must not fail: the event already happened.
+    fn apply(state: Option<Self::State>, event: &Self::Event) -> Self::State;
+
+    /// Other aggregates' events this one reacts to (choreography).
+    fn subscriptions() -> Vec<Subscription> {
+        Vec::new()
+    }
+
+    /// The commands to send when a subscribed event is committed. Reactions see only the
+    /// event, never a state: they translate, the target aggregate decides.
+    fn react(_event: &EventEnvelope) -> Vec<OutgoingCommand> {
+        Vec::new()
+    }
+
+    /// A command that a reaction to one of this aggregate's events sent was rejected by
+    /// its target; decide what that means here (compensate, fail, or ignore).
+    fn on_rejected(
+        _state: Option<&Self::State>,
+        _rejected: CommandRejected,
+    ) -> Result<Vec<Self::Event>, Rejection> {
+        Ok(Vec::new())
+    }
+}
+
+/// Why a command was refused: a machine `code` and a `message` for a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Rejection {
+    pub code: String,
+    pub message: String,
+}
+
+impl Rejection {
+    /// A business rejection (HTTP 422), e.g. `Rejection::new("account_closed", "...")`.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Rejection {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The command's fields are malformed (HTTP 400).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Rejection::new(INVALID_COMMAND, message)
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// Export an [`Aggregate`] as the component's `cairn:runtime/aggregate` world.
+/// Call it once, at the root of a `cdylib` crate built for `wasm32-wasip2`.
+/// On other targets it expands to nothing, so the same crate runs native tests.
+#[macro_export]
+macro_rules! export_aggregate {
+    ($aggregate:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        mod __cairn_export {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::bindings::{self as b, Guest};
+
+            struct Component;
+
+            impl Guest for Component {
+                fn describe() -> b::AggregateInfo {
+                    $crate::bindings::describe::<$aggregate>()
+                }
+                fn process_command(
+                    state: Option<Vec<u8>>,
+                    command: b::Command,
+                ) -> Result<Vec<b::Event>, b::Rejection> {
+                    $crate::bindings::process_command::<$aggregate>(state, command)
+                }
+                fn apply_event(state: Option<Vec<u8>>, event: b::Event) -> Vec<u8> {
+                    $crate::bindings::apply_event::<$aggregate>(state, event)
+                }
+                fn apply_events(state: Option<Vec<u8>>, events: Vec<b::Event>) -> Option<Vec<u8>> {
+                    $crate::bindings::apply_events::<$aggregate>(state, events)
+                }
+                fn react(event: b::WitEnvelope) -> Vec<b::OutgoingCommand> {
+                    $crate::bindings::react::<$aggregate>(event)
+                }
+            }
+
+            $crate::bindings::export!(Component with_types_in $crate::bindings);
+        }
+    };
+}

@@ -1,0 +1,90 @@
+//! What choreography hands to and takes from an aggregate: committed events of other
+//! aggregates, commands to send, and rejections handed back.
+
+use crate::codec::{self, CodecError};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// Events of another aggregate type that an aggregate reacts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub source_type: String,
+    /// Event type names; empty means every event of `source_type`.
+    pub event_types: Vec<String>,
+}
+
+impl Subscription {
+    pub fn to<I, S>(source_type: &str, event_types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Subscription {
+            source_type: source_type.to_owned(),
+            event_types: event_types.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// A committed event, as the host delivers it to a reaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventEnvelope {
+    pub stream_type: String,
+    pub stream_id: String,
+    pub version: u64,
+    pub position: u64,
+    pub event_type: String,
+    pub payload: Vec<u8>,
+    pub recorded_at: String,
+    pub correlation_id: String,
+    pub causation_id: Option<String>,
+}
+
+impl EventEnvelope {
+    /// Decode the event's fields into a type of the reacting aggregate's own: aggregates
+    /// share field names, not Rust types.
+    pub fn data<T: DeserializeOwned>(&self) -> Result<T, CodecError> {
+        codec::decode(&self.payload)
+    }
+
+    /// Whether this is an event `event_type` of an aggregate of type `stream_type`.
+    pub fn is(&self, stream_type: &str, event_type: &str) -> bool {
+        self.stream_type == stream_type && self.event_type == event_type
+    }
+}
+
+/// A command a reaction asks the host to deliver to another aggregate instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingCommand {
+    pub target_type: String,
+    pub target_id: String,
+    pub command_type: String,
+    pub payload: Vec<u8>,
+}
+
+impl OutgoingCommand {
+    /// A command `command_type` with the fields of `data` (a struct or map).
+    pub fn new<T: Serialize>(
+        target_type: &str,
+        target_id: &str,
+        command_type: &str,
+        data: &T,
+    ) -> Self {
+        OutgoingCommand {
+            target_type: target_type.to_owned(),
+            target_id: target_id.to_owned(),
+            command_type: command_type.to_owned(),
+            payload: codec::encode(data),
+        }
+    }
+}
+
+/// The host-made command (type [`crate::COMMAND_REJECTED`]) that tells an aggregate a
+/// command sent by a reaction to one of its events was refused by the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandRejected {
+    pub command_type: String,
+    pub target_type: String,
+    pub target_id: String,
+    pub code: String,
+    pub message: String,
+}

@@ -1,0 +1,275 @@
+//! Given / when / then: test an aggregate's rules as a specification.
+//!
+//! ```text
+//! given(past events).when(command).then_events(expected) | .then_rejected("code")
+//! ```
+//!
+//! [`given`] runs the Rust code natively (fast, in `cargo test`). The same scenario can run
+//! on more than one [`Backend`]: the host's `cairn::testkit::given` adds the compiled
+//! WebAssembly component, so one test proves both the source and the `.wasm` the host
+//! will run. Each backend sees the same inputs as bytes, exactly as the host passes them.
+
+use crate::glue::{self, RawCommand, RawEvent};
+use crate::{Aggregate, CommandRejected, EventEnvelope, OutgoingCommand, Rejection, codec};
+use std::fmt::Debug;
+use std::marker::PhantomData;
+
+/// A guest call that trapped (panicked) instead of answering.
+pub type Trap = String;
+
+/// Something that can run an aggregate's exports: the native code, or a component.
+pub trait Backend {
+    /// Shown in failure messages, e.g. `native` or `account.wasm`.
+    fn name(&self) -> String;
+    fn apply_events(
+        &mut self,
+        state: Option<&[u8]>,
+        events: &[RawEvent],
+    ) -> Result<Option<Vec<u8>>, Trap>;
+    fn process_command(
+        &mut self,
+        state: Option<&[u8]>,
+        command: &RawCommand,
+    ) -> Result<Result<Vec<RawEvent>, Rejection>, Trap>;
+    fn react(&mut self, event: &EventEnvelope) -> Result<Vec<OutgoingCommand>, Trap>;
+}
+
+/// Runs the aggregate's Rust code in this process, through the same byte-level glue the
+/// component exports use.
+pub struct Native<A>(PhantomData<A>);
+
+impl<A> Default for Native<A> {
+    fn default() -> Self {
+        Native(PhantomData)
+    }
+}
+
+impl<A: Aggregate> Backend for Native<A> {
+    fn name(&self) -> String {
+        "native".to_owned()
+    }
+
+    fn apply_events(
+        &mut self,
+        state: Option<&[u8]>,
+        events: &[RawEvent],
+    ) -> Result<Option<Vec<u8>>, Trap> {
+        Ok(glue::apply_events::<A>(state, events))
+    }
+
+    fn process_command(
+        &mut self,
+        state: Option<&[u8]>,
+        command: &RawCommand,
+    ) -> Result<Result<Vec<RawEvent>, Rejection>, Trap> {
+        Ok(glue::process_command::<A>(state, command))
+    }
+
+    fn react(&mut self, event: &EventEnvelope) -> Result<Vec<OutgoingCommand>, Trap> {
+        Ok(glue::react::<A>(event))
+    }
+}
+
+/// Start a scenario natively: the aggregate has already recorded `events`.
+pub fn given<A: Aggregate + 'static>(events: impl IntoIterator<Item = A::Event>) -> Given<A> {
+    Given::on(vec![Box::new(Native::<A>::default())], events)
+}
+
+/// Start a scenario natively for an aggregate with no events yet.
+pub fn given_no_events<A: Aggregate + 'static>() -> Given<A> {
+    given::<A>([])
+}
+
+/// The past of a scenario, and the backends it runs on.
+pub struct Given<A: Aggregate> {
+    backends: Vec<Box<dyn Backend>>,
+    history: Vec<RawEvent>,
+    _aggregate: PhantomData<A>,
+}
+
+impl<A: Aggregate> Given<A> {
+    /// A scenario that runs on each of `backends`.
+    pub fn on(backends: Vec<Box<dyn Backend>>, events: impl IntoIterator<Item = A::Event>) -> Self {
+        Given {
+            backends,
+            history: events
+                .into_iter()
+                .map(|e| RawEvent::from_typed(&e))
+                .collect(),
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// The aggregate receives `command`.
+    pub fn when(self, command: A::Command) -> Then<A>
+    where
+        A::Command: serde::Serialize,
+    {
+        self.when_raw(RawCommand::from_typed(&command))
+    }
+
+    /// A command this aggregate's reaction sent was rejected; the host hands it back.
+    pub fn when_rejected(self, rejected: CommandRejected) -> Then<A> {
+        self.when_raw(RawCommand {
+            command_type: crate::COMMAND_REJECTED.to_owned(),
+            payload: codec::encode(&rejected),
+        })
+    }
+
+    /// The aggregate receives a command by name with fields given as MessagePack, as a user
+    /// would send it: for testing unknown and malformed commands.
+    pub fn when_raw(mut self, command: RawCommand) -> Then<A> {
+        let mut runs = Vec::new();
+        for backend in &mut self.backends {
+            let run = (|| {
+                let state = backend.apply_events(None, &self.history)?;
+                match backend.process_command(state.as_deref(), &command)? {
+                    Err(rejection) => Ok(Err(rejection)),
+                    Ok(events) => {
+                        let after = backend.apply_events(state.as_deref(), &events)?;
+                        Ok(Ok((events, after)))
+                    }
+                }
+            })();
+            runs.push((backend.name(), run));
+        }
+        Then {
+            runs,
+            _aggregate: PhantomData,
+        }
+    }
+}
+
+type Run = Result<Result<(Vec<RawEvent>, Option<Vec<u8>>), Rejection>, Trap>;
+
+/// What the command did, on every backend; each `then_*` checks all of them.
+pub struct Then<A: Aggregate> {
+    runs: Vec<(String, Run)>,
+    _aggregate: PhantomData<A>,
+}
+
+impl<A: Aggregate> Then<A> {
+    fn accepted(&self) -> Vec<(&str, &Vec<RawEvent>, &Option<Vec<u8>>)> {
+        self.runs
+            .iter()
+            .map(|(name, run)| match run {
+                Ok(Ok((events, state))) => (name.as_str(), events, state),
+                Ok(Err(rejection)) => {
+                    panic!("[{name}] expected events, but the command was rejected: {rejection}")
+                }
+                Err(trap) => panic!("[{name}] the guest trapped: {trap}"),
+            })
+            .collect()
+    }
+
+    /// The command was accepted and recorded exactly `expected`, in order.
+    pub fn then_events(self, expected: impl IntoIterator<Item = A::Event>) -> Self
+    where
+        A::Event: PartialEq + Debug,
+    {
+        let expected: Vec<A::Event> = expected.into_iter().collect();
+        for (name, events, _) in self.accepted() {
+            let got: Vec<A::Event> = events
+                .iter()
+                .map(|e| codec::decode_variant(&e.event_type, &e.payload).expect("event decodes"))
+                .collect();
+            assert_eq!(
+                got, expected,
+                "[{name}] events differ (left: received, right: expected)"
+            );
+        }
+        self
+    }
+
+    /// The command was accepted and recorded nothing.
+    pub fn then_no_events(self) -> Self {
+        for (name, events, _) in self.accepted() {
+            assert!(
+                events.is_empty(),
+                "[{name}] expected no events, received {events:?}"
+            );
+        }
+        self
+    }
+
+    /// The state after the new events satisfies `check`.
+    pub fn then_state(self, check: impl Fn(&A::State)) -> Self {
+        for (name, _, state) in self.accepted() {
+            let state = state
+                .as_ref()
+                .unwrap_or_else(|| panic!("[{name}] the aggregate has no state"));
+            let state: A::State = codec::decode(state).expect("state decodes");
+            check(&state);
+        }
+        self
+    }
+
+    /// The command was rejected with `code`; returns the message for further checks.
+    pub fn then_rejected(self, code: &str) -> Self {
+        for (name, run) in &self.runs {
+            match run {
+                Ok(Err(rejection)) => {
+                    assert_eq!(
+                        rejection.code, code,
+                        "[{name}] rejected, but with another code: {rejection}"
+                    )
+                }
+                Ok(Ok((events, _))) => {
+                    panic!("[{name}] expected rejection {code}, but it recorded {events:?}")
+                }
+                Err(trap) => {
+                    panic!("[{name}] expected rejection {code}, but the guest trapped: {trap}")
+                }
+            }
+        }
+        self
+    }
+}
+
+/// The commands an aggregate's reaction sends for `event`, on every backend (all must
+/// agree). Use [`OutgoingCommand::new`] to build the expected list.
+pub fn reactions_on(
+    backends: &mut [Box<dyn Backend>],
+    event: &EventEnvelope,
+) -> Vec<OutgoingCommand> {
+    let mut answers = backends.iter_mut().map(|b| (b.name(), b.react(event)));
+    let (first_name, first) = answers.next().expect("at least one backend");
+    let first = first.unwrap_or_else(|trap| panic!("[{first_name}] react trapped: {trap}"));
+    for (name, answer) in answers {
+        let answer = answer.unwrap_or_else(|trap| panic!("[{name}] react trapped: {trap}"));
+        assert_eq!(
+            answer, first,
+            "[{name}] reacts differently from [{first_name}]"
+        );
+    }
+    first
+}
+
+/// The commands `A` sends when it sees `event`, run natively.
+pub fn reactions<A: Aggregate + 'static>(event: &EventEnvelope) -> Vec<OutgoingCommand> {
+    reactions_on(
+        &mut [Box::new(Native::<A>::default()) as Box<dyn Backend>],
+        event,
+    )
+}
+
+/// An envelope of a committed event of another aggregate, to test reactions with.
+pub fn envelope<E: serde::Serialize>(
+    stream_type: &str,
+    stream_id: &str,
+    version: u64,
+    event: &E,
+) -> EventEnvelope {
+    let raw = RawEvent::from_typed(event);
+    EventEnvelope {
+        stream_type: stream_type.to_owned(),
+        stream_id: stream_id.to_owned(),
+        version,
+        position: version,
+        event_type: raw.event_type,
+        payload: raw.payload,
+        recorded_at: "2026-01-01T00:00:00Z".to_owned(),
+        correlation_id: "test-correlation".to_owned(),
+        causation_id: None,
+    }
+}

@@ -1,0 +1,436 @@
+//! One actor: the loop that owns a stream's state and decides its commands.
+
+use super::Shared;
+use super::messages::{CommandError, CommandReply, CommandRequest, Message, StateReply};
+use crate::components::ActiveAggregate;
+use crate::store::{
+    AppendBatch, AppendError, NewEvent, Snapshot, StoredEvent, StoredOutcome, StreamId, Version,
+};
+use cairn_guest::Rejection;
+use cairn_guest::glue::RawCommand;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Events read per store round trip while rebuilding state.
+const REPLAY_CHUNK: usize = 4096;
+
+type Reply = oneshot::Sender<Result<CommandReply, CommandError>>;
+
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    stream: StreamId,
+    generation: u64,
+    mut inbox: mpsc::Receiver<Message>,
+    _done: mpsc::Sender<()>,
+) {
+    let mut actor = Actor {
+        shared: shared.clone(),
+        stream,
+        loaded: None,
+    };
+    let idle = shared.config.idle_timeout;
+    loop {
+        let first = match tokio::time::timeout(idle, inbox.recv()).await {
+            Ok(Some(message)) => message,
+            // Every sender is gone: the host is shutting down and the mailbox is drained.
+            Ok(None) => break,
+            Err(_) if shared.passivate(&actor.stream, generation, &inbox) => break,
+            Err(_) => continue,
+        };
+        let mut batch = vec![first];
+        while batch.len() < shared.config.max_batch {
+            match inbox.try_recv() {
+                Ok(message) => batch.push(message),
+                Err(_) => break,
+            }
+        }
+        actor.handle(batch).await;
+    }
+    tracing::trace!(stream = %actor.stream, "actor stopped");
+}
+
+/// The state an actor holds in memory, built by one component version.
+struct Loaded {
+    component: Arc<ActiveAggregate>,
+    state: Option<Vec<u8>>,
+    version: Version,
+}
+
+struct Actor {
+    shared: Arc<Shared>,
+    stream: StreamId,
+    loaded: Option<Loaded>,
+}
+
+/// How a decided command will be answered once its batch is committed.
+enum Answer {
+    Accepted {
+        first_version: Version,
+        count: u64,
+        version: Version,
+    },
+    Rejected(Rejection),
+    /// The same idempotency key appeared earlier in this batch: the same answer.
+    SameAs(usize),
+}
+
+/// Commands decided since the last commit, and what they will be answered.
+struct Pending {
+    base_version: Version,
+    events: Vec<NewEvent>,
+    outcomes: Vec<(String, StoredOutcome)>,
+    answers: Vec<(Answer, Reply)>,
+    keys: HashMap<String, usize>,
+}
+
+impl Pending {
+    fn at(base_version: Version) -> Self {
+        Pending {
+            base_version,
+            events: Vec::new(),
+            outcomes: Vec::new(),
+            answers: Vec::new(),
+            keys: HashMap::new(),
+        }
+    }
+}
+
+impl Actor {
+    async fn handle(&mut self, batch: Vec<Message>) {
+        if let Err(error) = self.ensure_loaded() {
+            // Nothing can be decided without state; answer everything with the cause.
+            tracing::error!(stream = %self.stream, "cannot build state: {error}");
+            for message in batch {
+                match message {
+                    Message::Command(_, reply) => drop(reply.send(Err(error.duplicate()))),
+                    Message::State(reply) => drop(reply.send(Err(error.duplicate()))),
+                }
+            }
+            return;
+        }
+        let mut pending = Pending::at(self.loaded.as_ref().map_or(0, |l| l.version));
+        for message in batch {
+            if self.loaded.is_none() {
+                // A failed append dropped the state and it could not be rebuilt.
+                match message {
+                    Message::Command(_, reply) => drop(reply.send(Err(CommandError::ShuttingDown))),
+                    Message::State(reply) => drop(reply.send(Err(CommandError::ShuttingDown))),
+                }
+                continue;
+            }
+            match message {
+                Message::Command(request, reply) => self.decide(request, reply, &mut pending),
+                Message::State(reply) => {
+                    // A state read sees every command before it, committed.
+                    pending = self.commit(pending).await;
+                    let loaded = self.loaded.as_ref();
+                    let answer = match loaded {
+                        Some(l) => Ok(StateReply {
+                            version: l.version,
+                            state: l.state.clone(),
+                        }),
+                        None => Err(CommandError::ShuttingDown),
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+        self.commit(pending).await;
+    }
+
+    /// Build the state with the active component version if it is not already built by it
+    /// (first use, after passivation, or after a deploy swapped the version).
+    fn ensure_loaded(&mut self) -> Result<(), CommandError> {
+        let active = self
+            .shared
+            .components
+            .active(&self.stream.type_name)
+            .ok_or_else(|| CommandError::UnknownType(self.stream.type_name.clone()))?;
+        if let Some(loaded) = &self.loaded
+            && Arc::ptr_eq(&loaded.component, &active)
+        {
+            return Ok(());
+        }
+        self.loaded = None;
+        let store = &self.shared.store;
+        let (mut state, mut version) = (None, 0);
+        if let Some(snapshot) = store.load_snapshot(&self.stream)?
+            && snapshot.digest == active.component.digest().as_bytes()
+        {
+            state = Some(snapshot.state);
+            version = snapshot.version;
+        }
+        loop {
+            let events = store.read_stream(&self.stream, version + 1, REPLAY_CHUNK)?;
+            let Some(last) = events.last() else { break };
+            version = last.version;
+            let raw: Vec<_> = events
+                .into_iter()
+                .map(|e| cairn_guest::glue::RawEvent {
+                    event_type: e.event_type,
+                    payload: e.payload,
+                })
+                .collect();
+            state = active.component.apply_events(state.as_deref(), &raw)?;
+        }
+        self.loaded = Some(Loaded {
+            component: active,
+            state,
+            version,
+        });
+        Ok(())
+    }
+
+    fn decide(&mut self, request: CommandRequest, reply: Reply, pending: &mut Pending) {
+        let outcome_key = match (&request.idempotency_key, &request.causation) {
+            (Some(key), _) => Some(format!("idem:{key}")),
+            (None, Some(causation)) => Some(format!("cause:{}", causation.dedup_key)),
+            (None, None) => None,
+        };
+        if let Some(key) = &outcome_key {
+            if let Some(&earlier) = pending.keys.get(key) {
+                pending.answers.push((Answer::SameAs(earlier), reply));
+                return;
+            }
+            match self.shared.store.outcome(&self.stream, key) {
+                Ok(Some(outcome)) => {
+                    let _ = reply.send(self.recorded_answer(outcome));
+                    return;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    let _ = reply.send(Err(error.into()));
+                    return;
+                }
+            }
+        }
+        let loaded = self.loaded.as_mut().expect("decide runs on loaded state");
+        if let Some(expected) = request.expected_version
+            && expected != loaded.version
+        {
+            let _ = reply.send(Err(CommandError::VersionConflict {
+                expected,
+                actual: loaded.version,
+            }));
+            return;
+        }
+        let command = RawCommand {
+            command_type: request.command_type,
+            payload: request.payload,
+        };
+        let component = &loaded.component.component;
+        let answer = match component.process_command(loaded.state.as_deref(), &command) {
+            Err(trap) => {
+                tracing::warn!(stream = %self.stream, command = command.command_type, "guest failed: {trap}");
+                let _ = reply.send(Err(trap.into()));
+                return;
+            }
+            Ok(Err(rejection)) => {
+                if let Some(key) = &outcome_key {
+                    let outcome = StoredOutcome::Rejected {
+                        code: rejection.code.clone(),
+                        message: rejection.message.clone(),
+                    };
+                    pending.outcomes.push((key.clone(), outcome));
+                }
+                Answer::Rejected(rejection)
+            }
+            Ok(Ok(events)) => {
+                let state = if events.is_empty() {
+                    loaded.state.clone()
+                } else {
+                    match component.apply_events(loaded.state.as_deref(), &events) {
+                        Ok(state) => state,
+                        Err(trap) => {
+                            let _ = reply.send(Err(trap.into()));
+                            return;
+                        }
+                    }
+                };
+                let first_version = loaded.version + 1;
+                let count = events.len() as u64;
+                loaded.state = state;
+                loaded.version += count;
+                let causation_id = request.causation.as_ref().map(|c| c.causation_id.clone());
+                pending.events.extend(events.into_iter().map(|e| NewEvent {
+                    event_type: e.event_type,
+                    payload: e.payload,
+                    correlation_id: request.correlation_id.clone(),
+                    causation_id: causation_id.clone(),
+                    component_version: loaded.component.version,
+                }));
+                let version = loaded.version;
+                if let Some(key) = &outcome_key {
+                    pending.outcomes.push((
+                        key.clone(),
+                        StoredOutcome::Accepted {
+                            first_version,
+                            count,
+                            version,
+                        },
+                    ));
+                }
+                Answer::Accepted {
+                    first_version,
+                    count,
+                    version,
+                }
+            }
+        };
+        if let Some(key) = outcome_key {
+            pending.keys.insert(key, pending.answers.len());
+        }
+        pending.answers.push((answer, reply));
+    }
+
+    /// The answer recorded for a command seen before (its events read back from the log).
+    fn recorded_answer(&self, outcome: StoredOutcome) -> Result<CommandReply, CommandError> {
+        match outcome {
+            StoredOutcome::Rejected { code, message } => {
+                Err(CommandError::Rejected(Rejection { code, message }))
+            }
+            StoredOutcome::Accepted {
+                first_version,
+                count,
+                version,
+            } => {
+                let events = if count == 0 {
+                    Vec::new()
+                } else {
+                    self.shared.store.read_stream_range(
+                        &self.stream,
+                        first_version,
+                        first_version + count - 1,
+                        count as usize,
+                    )?
+                };
+                Ok(CommandReply {
+                    stream: self.stream.clone(),
+                    version,
+                    events,
+                    replayed: true,
+                })
+            }
+        }
+    }
+
+    /// Append what `pending` decided, answer every command, and start a fresh `Pending`.
+    async fn commit(&mut self, pending: Pending) -> Pending {
+        let Some(loaded) = self.loaded.as_ref() else {
+            for (_, reply) in pending.answers {
+                let _ = reply.send(Err(CommandError::ShuttingDown));
+            }
+            return Pending::at(0);
+        };
+        if pending.events.is_empty() && pending.outcomes.is_empty() {
+            self.answer(pending.answers, &[], pending.base_version);
+            return Pending::at(loaded.version);
+        }
+        let interval = match loaded.component.component.info().snapshot_interval {
+            0 => self.shared.config.default_snapshot_interval,
+            n => n,
+        } as u64;
+        let snapshot = (interval > 0
+            && loaded.version / interval > pending.base_version / interval)
+            .then(|| Snapshot {
+                version: loaded.version,
+                digest: loaded.component.component.digest().as_bytes().to_vec(),
+                state: loaded.state.clone().unwrap_or_default(),
+            });
+        let batch = AppendBatch {
+            stream: self.stream.clone(),
+            expected_version: pending.base_version,
+            events: pending.events.clone(),
+            outcomes: pending.outcomes,
+            snapshot,
+        };
+        match self.shared.writer.append(batch).await {
+            Ok(committed) => {
+                let stored = self.stored_events(pending.events, pending.base_version, committed);
+                self.answer(pending.answers, &stored, pending.base_version);
+            }
+            Err(error) => {
+                // Nothing was stored: forget the decided state and rebuild it next time.
+                tracing::error!(stream = %self.stream, "append failed: {error}");
+                self.loaded = None;
+                let message = error.to_string();
+                for (_, reply) in pending.answers {
+                    let error = match &error {
+                        AppendError::VersionConflict { expected, actual } => {
+                            CommandError::VersionConflict {
+                                expected: *expected,
+                                actual: *actual,
+                            }
+                        }
+                        AppendError::Store(_) => CommandError::Store(
+                            crate::store::StoreError::CommitFailed(message.clone()),
+                        ),
+                    };
+                    let _ = reply.send(Err(error));
+                }
+                if let Err(error) = self.ensure_loaded() {
+                    tracing::error!(stream = %self.stream, "cannot rebuild state after a failed append: {error}");
+                }
+            }
+        }
+        Pending::at(self.loaded.as_ref().map_or(0, |l| l.version))
+    }
+
+    fn stored_events(
+        &self,
+        events: Vec<NewEvent>,
+        base_version: Version,
+        committed: crate::store::Committed,
+    ) -> Vec<StoredEvent> {
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(offset, e)| StoredEvent {
+                stream_type: self.stream.type_name.clone(),
+                stream_id: self.stream.id.clone(),
+                version: base_version + 1 + offset as u64,
+                position: committed.first_position + offset as u64,
+                event_type: e.event_type,
+                payload: e.payload,
+                recorded_at_micros: committed.recorded_at_micros,
+                correlation_id: e.correlation_id,
+                causation_id: e.causation_id,
+                component_version: e.component_version,
+            })
+            .collect()
+    }
+
+    /// Send every answer of a committed batch; `stored` are its events from `base_version + 1`.
+    fn answer(&self, answers: Vec<(Answer, Reply)>, stored: &[StoredEvent], base_version: Version) {
+        let mut made: Vec<Result<CommandReply, Rejection>> = Vec::with_capacity(answers.len());
+        for (answer, reply) in answers {
+            let result = match answer {
+                Answer::Accepted {
+                    first_version,
+                    count,
+                    version,
+                } => {
+                    let from = (first_version - base_version - 1) as usize;
+                    let events = stored[from..from + count as usize].to_vec();
+                    Ok(CommandReply {
+                        stream: self.stream.clone(),
+                        version,
+                        events,
+                        replayed: false,
+                    })
+                }
+                Answer::Rejected(rejection) => Err(rejection),
+                Answer::SameAs(earlier) => match &made[earlier] {
+                    Ok(first) => Ok(CommandReply {
+                        replayed: true,
+                        ..first.clone()
+                    }),
+                    Err(rejection) => Err(rejection.clone()),
+                },
+            };
+            let _ = reply.send(result.clone().map_err(CommandError::Rejected));
+            made.push(result);
+        }
+    }
+}

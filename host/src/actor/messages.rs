@@ -1,0 +1,101 @@
+//! What goes into an actor's mailbox and what comes back.
+
+use crate::runtime::GuestError;
+use crate::store::{StoreError, StoredEvent, StreamId, Version};
+use cairn_guest::Rejection;
+use tokio::sync::oneshot;
+
+pub(crate) enum Message {
+    Command(
+        CommandRequest,
+        oneshot::Sender<Result<CommandReply, CommandError>>,
+    ),
+    State(oneshot::Sender<Result<StateReply, CommandError>>),
+}
+
+/// A command for one aggregate instance.
+#[derive(Debug, Clone)]
+pub struct CommandRequest {
+    pub command_type: String,
+    /// The command's fields as a MessagePack map.
+    pub payload: Vec<u8>,
+    /// Append only if the stream is at this version (`If-Match`).
+    pub expected_version: Option<Version>,
+    /// A retry with the same key gets the first answer and stores nothing (`Idempotency-Key`).
+    pub idempotency_key: Option<String>,
+    pub correlation_id: String,
+    /// Set when the command was sent by a reaction to another event.
+    pub causation: Option<Causation>,
+}
+
+/// Where a routed command came from; its `dedup_key` makes its effect happen once.
+#[derive(Debug, Clone)]
+pub struct Causation {
+    /// Carried by every event the command causes.
+    pub causation_id: String,
+    /// Unique per (triggering event, index in the reaction).
+    pub dedup_key: String,
+}
+
+/// A command's answer: the stream's version after it and the events it caused (none
+/// when the aggregate accepted it without change).
+#[derive(Debug, Clone)]
+pub struct CommandReply {
+    pub stream: StreamId,
+    pub version: Version,
+    pub events: Vec<StoredEvent>,
+    /// The answer was recorded earlier (idempotent retry or redelivery), not made now.
+    pub replayed: bool,
+}
+
+/// The current state of a stream (`state` is `None` while it has no events).
+#[derive(Debug, Clone)]
+pub struct StateReply {
+    pub version: Version,
+    pub state: Option<Vec<u8>>,
+}
+
+/// Why a command has no events. Each variant names its HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The aggregate refused the command: 400 for `unknown_command`/`invalid_command`,
+    /// 422 for a business rule. Retrying the same command gets the same answer.
+    #[error("{0}")]
+    Rejected(Rejection),
+    /// `If-Match` did not match (409): read the stream again and decide anew.
+    #[error("expected version {expected}, but the stream is at version {actual}")]
+    VersionConflict { expected: Version, actual: Version },
+    /// The actor's mailbox is full (429): retry after a moment.
+    #[error("this aggregate has too many commands waiting; retry shortly")]
+    Overloaded,
+    /// No component is deployed for this aggregate type (404).
+    #[error("no aggregate type {0:?} is deployed")]
+    UnknownType(String),
+    /// The component trapped or ran out of time; nothing was stored (422 / 500).
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    /// The store failed; nothing was stored (500).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The host is stopping (503).
+    #[error("the host is shutting down")]
+    ShuttingDown,
+}
+
+impl CommandError {
+    /// The same error for another waiting caller (store errors keep only their message).
+    pub(crate) fn duplicate(&self) -> CommandError {
+        match self {
+            CommandError::Rejected(r) => CommandError::Rejected(r.clone()),
+            CommandError::VersionConflict { expected, actual } => CommandError::VersionConflict {
+                expected: *expected,
+                actual: *actual,
+            },
+            CommandError::Overloaded => CommandError::Overloaded,
+            CommandError::UnknownType(t) => CommandError::UnknownType(t.clone()),
+            CommandError::Guest(g) => CommandError::Guest(g.clone()),
+            CommandError::Store(e) => CommandError::Store(StoreError::Unavailable(e.to_string())),
+            CommandError::ShuttingDown => CommandError::ShuttingDown,
+        }
+    }
+}

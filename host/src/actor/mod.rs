@@ -1,0 +1,210 @@
+//! Actors: one tokio task per live aggregate instance, the only writer of its stream.
+//!
+//! Commands reach an actor through a bounded mailbox. The actor takes every command
+//! waiting in its mailbox as one batch, decides each against its in-memory state (calling
+//! the component), and hands the batch's events to the store's writer in one append; it
+//! answers each command once that append is durable. While a commit is in flight, new
+//! commands queue in the mailbox and form the next batch, so one hot aggregate is not
+//! limited to one fsync per command.
+//!
+//! There are no locks on streams anywhere else: the mailbox registry only maps a stream
+//! to its mailbox. Sends into mailboxes happen under the registry lock, which is what
+//! lets an idle actor passivate safely (it removes itself under that lock only when its
+//! mailbox is empty, so no command can slip into a mailbox nobody reads).
+
+mod instance;
+mod messages;
+
+pub use messages::{Causation, CommandError, CommandReply, CommandRequest, StateReply};
+
+use crate::components::ComponentRegistry;
+use crate::store::{EventStore, StreamId, Writer};
+use messages::Message;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Settings of the actor layer.
+#[derive(Debug, Clone, Copy)]
+pub struct ActorConfig {
+    /// Commands an actor's mailbox holds; a full mailbox answers "overloaded" at once.
+    pub mailbox_capacity: usize,
+    /// Commands decided together and appended in one batch.
+    pub max_batch: usize,
+    /// An actor with nothing to do for this long stops; it comes back from snapshot + events.
+    pub idle_timeout: Duration,
+    /// Snapshot interval when a component does not set one.
+    pub default_snapshot_interval: u32,
+}
+
+impl Default for ActorConfig {
+    fn default() -> Self {
+        ActorConfig {
+            mailbox_capacity: 1024,
+            max_batch: 256,
+            idle_timeout: Duration::from_secs(60),
+            default_snapshot_interval: 100,
+        }
+    }
+}
+
+/// The actor system: routes commands and state queries to the actor of their stream.
+#[derive(Clone)]
+pub struct Actors {
+    shared: Arc<Shared>,
+}
+
+/// A live actor's mailbox; `generation` tells a passivating actor the entry is its own.
+struct Mailbox {
+    generation: u64,
+    sender: mpsc::Sender<Message>,
+}
+
+pub(crate) struct Shared {
+    mailboxes: Mutex<HashMap<StreamId, Mailbox>>,
+    generations: AtomicU64,
+    accepting: AtomicBool,
+    /// Each actor holds a clone; when the last is dropped every actor has finished.
+    done: Mutex<Option<mpsc::Sender<()>>>,
+    all_done: tokio::sync::Mutex<mpsc::Receiver<()>>,
+    pub(crate) store: EventStore,
+    pub(crate) writer: Writer,
+    pub(crate) components: Arc<ComponentRegistry>,
+    pub(crate) config: ActorConfig,
+}
+
+impl Actors {
+    pub fn new(
+        store: EventStore,
+        writer: Writer,
+        components: Arc<ComponentRegistry>,
+        config: ActorConfig,
+    ) -> Self {
+        let (done, all_done) = mpsc::channel(1);
+        Actors {
+            shared: Arc::new(Shared {
+                mailboxes: Mutex::new(HashMap::new()),
+                generations: AtomicU64::new(0),
+                accepting: AtomicBool::new(true),
+                done: Mutex::new(Some(done)),
+                all_done: tokio::sync::Mutex::new(all_done),
+                store,
+                writer,
+                components,
+                config,
+            }),
+        }
+    }
+
+    /// Send a command to the aggregate instance `stream` and wait for its answer, which
+    /// comes only after the events it caused are durable.
+    pub async fn send(
+        &self,
+        stream: StreamId,
+        request: CommandRequest,
+    ) -> Result<CommandReply, CommandError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(stream, Message::Command(request, reply))?;
+        answer.await.map_err(|_| CommandError::ShuttingDown)?
+    }
+
+    /// The current state of `stream`, through its actor (which holds it in memory).
+    pub async fn state(&self, stream: StreamId) -> Result<StateReply, CommandError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(stream, Message::State(reply))?;
+        answer.await.map_err(|_| CommandError::ShuttingDown)?
+    }
+
+    fn enqueue(&self, stream: StreamId, message: Message) -> Result<(), CommandError> {
+        if !self.shared.accepting.load(Ordering::Acquire) {
+            return Err(CommandError::ShuttingDown);
+        }
+        if self.shared.components.active(&stream.type_name).is_none() {
+            return Err(CommandError::UnknownType(stream.type_name));
+        }
+        let mut mailboxes = self.shared.mailboxes.lock().expect("mailbox registry lock");
+        let message = match mailboxes.get(&stream) {
+            None => message,
+            Some(mailbox) => match mailbox.sender.try_send(message) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => return Err(CommandError::Overloaded),
+                // The actor died (a host defect); start a fresh one for this stream.
+                Err(mpsc::error::TrySendError::Closed(message)) => message,
+            },
+        };
+        let mailbox = self.spawn_actor(stream.clone())?;
+        mailbox
+            .sender
+            .try_send(message)
+            .map_err(|_| CommandError::Overloaded)?;
+        mailboxes.insert(stream, mailbox);
+        Ok(())
+    }
+
+    fn spawn_actor(&self, stream: StreamId) -> Result<Mailbox, CommandError> {
+        let done = self
+            .shared
+            .done
+            .lock()
+            .expect("done lock")
+            .clone()
+            .ok_or(CommandError::ShuttingDown)?;
+        let generation = self.shared.generations.fetch_add(1, Ordering::Relaxed);
+        let (sender, inbox) = mpsc::channel(self.shared.config.mailbox_capacity);
+        tokio::spawn(instance::run(
+            self.shared.clone(),
+            stream,
+            generation,
+            inbox,
+            done,
+        ));
+        Ok(Mailbox { generation, sender })
+    }
+
+    /// Number of live actors.
+    pub fn live(&self) -> usize {
+        self.shared
+            .mailboxes
+            .lock()
+            .expect("mailbox registry lock")
+            .len()
+    }
+
+    /// Stop taking commands, let every actor finish what is in its mailbox, and wait.
+    pub async fn shutdown(&self) {
+        self.shared.accepting.store(false, Ordering::Release);
+        // Dropping the senders closes each mailbox: its actor drains it, then stops.
+        self.shared
+            .mailboxes
+            .lock()
+            .expect("mailbox registry lock")
+            .clear();
+        self.shared.done.lock().expect("done lock").take();
+        let _ = self.shared.all_done.lock().await.recv().await;
+    }
+}
+
+impl Shared {
+    /// Remove an idle actor's mailbox, unless a command arrived meanwhile. Called by the
+    /// actor itself; `true` means it must stop.
+    fn passivate(
+        &self,
+        stream: &StreamId,
+        generation: u64,
+        inbox: &mpsc::Receiver<Message>,
+    ) -> bool {
+        let mut mailboxes = self.mailboxes.lock().expect("mailbox registry lock");
+        if !inbox.is_empty() {
+            return false;
+        }
+        if mailboxes
+            .get(stream)
+            .is_some_and(|mailbox| mailbox.generation == generation)
+        {
+            mailboxes.remove(stream);
+        }
+        true
+    }
+}

@@ -1,0 +1,255 @@
+//! The `cairn` command line: `serve`, plus client subcommands that speak the HTTP API.
+
+use crate::config::{ADMIN_TOKEN_FILE, ServeConfig};
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cairn",
+    version,
+    about = "A WebAssembly-hosted actor runtime for event-sourced aggregates"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug)]
+struct Client {
+    /// The host to talk to.
+    #[arg(long, env = "CAIRN_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the host: an embedded event store in DIR, the HTTP API on ADDR.
+    Serve {
+        #[arg(long, default_value = "data", value_name = "DIR")]
+        data: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Token for admin endpoints; without it one is made and kept in DIR/admin-token.
+        #[arg(long, env = "CAIRN_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Largest command request body, in bytes.
+        #[arg(long, default_value_t = 1 << 20)]
+        max_body_bytes: usize,
+        /// Commands one aggregate may have waiting before it answers 429.
+        #[arg(long, default_value_t = 1024)]
+        mailbox_capacity: usize,
+        /// Seconds an idle aggregate stays in memory.
+        #[arg(long, default_value_t = 60)]
+        idle_seconds: u64,
+    },
+    /// Send a command: `cairn send account 101 '{"type":"OpenAccount","data":{"initial_balance":100}}'`.
+    Send {
+        #[arg(value_name = "TYPE")]
+        type_name: String,
+        id: String,
+        /// The command as JSON: {"type": ..., "data": {...}}.
+        json: String,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[arg(long)]
+        correlation_id: Option<String>,
+        /// Append only if the aggregate is at this version.
+        #[arg(long)]
+        expect_version: Option<u64>,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Show an aggregate's state (optionally as it was at a version).
+    State {
+        #[arg(value_name = "TYPE")]
+        type_name: String,
+        id: String,
+        #[arg(long)]
+        version: Option<u64>,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// List an aggregate's events.
+    Events {
+        #[arg(value_name = "TYPE")]
+        type_name: String,
+        id: String,
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// List deployed components and their versions.
+    Components {
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Deploy a component (.wasm) as a new active version.
+    Deploy {
+        file: PathBuf,
+        /// Component name; defaults to the file name without `.wasm` (`_` read as `-`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Admin token; defaults to $CAIRN_ADMIN_TOKEN, then DATA/admin-token.
+        #[arg(long, env = "CAIRN_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// The data directory whose admin token to use.
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        #[command(flatten)]
+        client: Client,
+    },
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve {
+            data,
+            listen,
+            admin_token,
+            max_body_bytes,
+            mailbox_capacity,
+            idle_seconds,
+        } => {
+            let mut config = ServeConfig {
+                data_dir: data,
+                listen,
+                admin_token,
+                ..ServeConfig::default()
+            };
+            config.body_limits.command_bytes = max_body_bytes;
+            config.actors.mailbox_capacity = mailbox_capacity.max(1);
+            config.actors.idle_timeout = std::time::Duration::from_secs(idle_seconds.max(1));
+            crate::server::serve(config).await
+        }
+        Command::Send {
+            type_name,
+            id,
+            json,
+            idempotency_key,
+            correlation_id,
+            expect_version,
+            client,
+        } => {
+            let body: Value = serde_json::from_str(&json).context("the command must be JSON")?;
+            let mut request = http()
+                .post(format!(
+                    "{}/aggregates/{type_name}/{id}/commands",
+                    client.url
+                ))
+                .json(&body);
+            if let Some(key) = idempotency_key {
+                request = request.header("Idempotency-Key", key);
+            }
+            if let Some(id) = correlation_id {
+                request = request.header("X-Correlation-Id", id);
+            }
+            if let Some(version) = expect_version {
+                request = request.header("If-Match", format!("\"{version}\""));
+            }
+            print_answer(request).await
+        }
+        Command::State {
+            type_name,
+            id,
+            version,
+            client,
+        } => {
+            let mut url = format!("{}/aggregates/{type_name}/{id}", client.url);
+            if let Some(version) = version {
+                url.push_str(&format!("?version={version}"));
+            }
+            print_answer(http().get(url)).await
+        }
+        Command::Events {
+            type_name,
+            id,
+            from,
+            limit,
+            client,
+        } => {
+            let url = format!(
+                "{}/aggregates/{type_name}/{id}/events?from={from}&limit={limit}",
+                client.url
+            );
+            print_answer(http().get(url)).await
+        }
+        Command::Components { client } => {
+            print_answer(http().get(format!("{}/components", client.url))).await
+        }
+        Command::Deploy {
+            file,
+            name,
+            admin_token,
+            data,
+            client,
+        } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+            let name = match name {
+                Some(name) => name,
+                None => file
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .map(|s| s.replace('_', "-"))
+                    .context("cannot tell the component name from the file name; pass --name")?,
+            };
+            let token = match admin_token {
+                Some(token) => token,
+                None => std::fs::read_to_string(data.join(ADMIN_TOKEN_FILE))
+                    .with_context(|| {
+                        format!(
+                            "no --admin-token and no {}",
+                            data.join(ADMIN_TOKEN_FILE).display()
+                        )
+                    })?
+                    .trim()
+                    .to_owned(),
+            };
+            let request = http()
+                .put(format!("{}/components/{name}", client.url))
+                .bearer_auth(token)
+                .header("Content-Type", "application/wasm")
+                .body(bytes);
+            print_answer(request).await
+        }
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// Print the answer's JSON; a non-2xx answer is printed to stderr and fails the command.
+async fn print_answer(request: reqwest::RequestBuilder) -> anyhow::Result<()> {
+    let response = request
+        .send()
+        .await
+        .context("could not reach the cairn host (is `cairn serve` running?)")?;
+    let status = response.status();
+    let text = response.text().await?;
+    let pretty = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    if status.is_success() {
+        println!("{pretty}");
+        Ok(())
+    } else {
+        eprintln!("{pretty}");
+        bail!("the host answered {status}")
+    }
+}

@@ -1,0 +1,42 @@
+//! Settings of `cairn serve` and their defaults, in one place.
+
+use crate::actor::ActorConfig;
+use crate::http::BodyLimits;
+use crate::runtime::Limits;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where the event store, compiled components and the admin token live.
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// `None`: read it from the data directory, or make one there at first start.
+    pub admin_token: Option<String>,
+    pub body_limits: BodyLimits,
+    pub actors: ActorConfig,
+    pub guest_limits: Limits,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            data_dir: PathBuf::from("data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token: None,
+            body_limits: BodyLimits {
+                command_bytes: 1 << 20,
+                component_bytes: 64 << 20,
+            },
+            actors: ActorConfig::default(),
+            guest_limits: Limits::default(),
+        }
+    }
+}
+
+/// The file in the data directory that holds the admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// The event store's file in the data directory.
+pub const STORE_FILE: &str = "events.redb";
+/// Where compiled components are cached in the data directory.
+pub const COMPILED_DIR: &str = "compiled";

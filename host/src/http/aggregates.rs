@@ -1,0 +1,258 @@
+//! Commands and reads of one aggregate instance.
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Body, Params, header_text, if_match};
+use crate::actor::{CommandReply, CommandRequest};
+use crate::json::{self, EventJson};
+use crate::store::{StreamId, StreamIdError};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+const MAX_HEADER_LEN: usize = 256;
+const MAX_EVENTS_PAGE: usize = 1000;
+
+#[derive(Deserialize)]
+struct CommandBody {
+    #[serde(rename = "type")]
+    command_type: String,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct CommandAnswer {
+    #[serde(rename = "type")]
+    type_name: String,
+    id: String,
+    version: u64,
+    events: Vec<EventJson>,
+}
+
+#[derive(Serialize)]
+struct StateAnswer {
+    #[serde(rename = "type")]
+    type_name: String,
+    id: String,
+    version: u64,
+    state: Value,
+}
+
+#[derive(Serialize)]
+pub(super) struct EventsAnswer {
+    pub events: Vec<EventJson>,
+}
+
+/// The stream a path names, checking that its type is deployed (404) and its id usable (400).
+fn stream_of(state: &AppState, type_name: &str, id: &str) -> Result<StreamId, ApiError> {
+    if state.components.active(type_name).is_none() {
+        return Err(ApiError::not_found(
+            "unknown_type",
+            format!("no aggregate type {type_name:?} is deployed"),
+        ));
+    }
+    StreamId::new(type_name, id)
+        .map_err(|e: StreamIdError| ApiError::bad_request("invalid_id", e.to_string()))
+}
+
+fn with_etag(version: u64, body: impl Serialize) -> Response {
+    let mut response = Json(body).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+/// Decode a command body: `{"type": "...", "data": {...}}` (`data` optional).
+fn parse_command(body: &[u8]) -> Result<(String, Vec<u8>), ApiError> {
+    let parsed: CommandBody = serde_json::from_slice(body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+        } else {
+            ApiError::bad_request(
+                "invalid_command",
+                format!("a command is {{\"type\": \"...\", \"data\": {{...}}}}: {e}"),
+            )
+        }
+    })?;
+    let command_type = parsed.command_type.trim();
+    if command_type.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_command",
+            "the command type must not be empty",
+        ));
+    }
+    if command_type == cairn_guest::COMMAND_REJECTED {
+        return Err(ApiError::bad_request(
+            "invalid_command",
+            format!("{command_type} is reserved for the host"),
+        ));
+    }
+    let data = match parsed.data {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(object @ Value::Object(_)) => object,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_command",
+                "data must be a JSON object",
+            ));
+        }
+    };
+    Ok((command_type.to_owned(), json::to_msgpack(&data)))
+}
+
+async fn run_command(
+    state: AppState,
+    stream: StreamId,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let (command_type, payload) = parse_command(body)?;
+    let request = CommandRequest {
+        command_type,
+        payload,
+        expected_version: if_match(headers)?,
+        idempotency_key: header_text(headers, "idempotency-key", MAX_HEADER_LEN)?,
+        correlation_id: header_text(headers, "x-correlation-id", MAX_HEADER_LEN)?
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        causation: None,
+    };
+    let CommandReply {
+        stream,
+        version,
+        events,
+        ..
+    } = state.actors.send(stream, request).await?;
+    let answer = CommandAnswer {
+        type_name: stream.type_name,
+        id: stream.id,
+        version,
+        events: json::events_json(&events),
+    };
+    Ok(with_etag(version, answer))
+}
+
+/// `POST /aggregates/{type}/{id}/commands`
+pub async fn command(
+    State(state): State<AppState>,
+    Path((type_name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let stream = stream_of(&state, &type_name, &id)?;
+    run_command(state, stream, &headers, &body).await
+}
+
+/// `POST /aggregates/{type}/commands`: the host picks a new unique id.
+pub async fn command_new_id(
+    State(state): State<AppState>,
+    Path(type_name): Path<String>,
+    headers: HeaderMap,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let stream = stream_of(&state, &type_name, &uuid::Uuid::new_v4().to_string())?;
+    run_command(state, stream, &headers, &body).await
+}
+
+/// `GET /aggregates/{type}/{id}` and `?version=N` (the state as it was after event N).
+pub async fn state(
+    State(state): State<AppState>,
+    Path((type_name, id)): Path<(String, String)>,
+    params: Params,
+) -> Result<Response, ApiError> {
+    let stream = stream_of(&state, &type_name, &id)?;
+    let Some((head, _)) = state.store.stream_head(&stream)? else {
+        return Err(ApiError::not_found(
+            "stream_not_found",
+            format!("{stream} has no events"),
+        ));
+    };
+    let (version, bytes) = match params.u64("version")? {
+        None => {
+            let current = state.actors.state(stream.clone()).await?;
+            (current.version, current.state)
+        }
+        Some(0) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "version must be at least 1",
+            ));
+        }
+        Some(wanted) if wanted > head => {
+            return Err(ApiError::not_found(
+                "version_not_found",
+                format!("{stream} is at version {head}; version {wanted} does not exist yet"),
+            ));
+        }
+        Some(wanted) => (wanted, state_at(&state, &stream, wanted).await?),
+    };
+    let answer = StateAnswer {
+        type_name: stream.type_name,
+        id: stream.id,
+        version,
+        state: bytes.as_deref().map(json::to_json).unwrap_or(Value::Null),
+    };
+    Ok(with_etag(version, answer))
+}
+
+/// A temporal query: fold events 1..=version with the active component, off the async
+/// threads (a long stream is a long fold).
+async fn state_at(
+    state: &AppState,
+    stream: &StreamId,
+    version: u64,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let active = state.components.active(&stream.type_name).ok_or_else(|| {
+        ApiError::not_found(
+            "unknown_type",
+            format!("no aggregate type {:?}", stream.type_name),
+        )
+    })?;
+    let store = state.store.clone();
+    let stream = stream.clone();
+    tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, ApiError> {
+        let mut folded = None;
+        let mut next = 1;
+        while next <= version {
+            let events = store.read_stream_range(&stream, next, version, 4096)?;
+            let Some(last) = events.last() else { break };
+            next = last.version + 1;
+            let raw: Vec<_> = events
+                .into_iter()
+                .map(|e| cairn_guest::glue::RawEvent {
+                    event_type: e.event_type,
+                    payload: e.payload,
+                })
+                .collect();
+            folded = active.component.apply_events(folded.as_deref(), &raw)?;
+        }
+        Ok(folded)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("temporal query task failed: {e}")))?
+}
+
+/// `GET /aggregates/{type}/{id}/events?from=<version>&limit=<n>`
+pub async fn events(
+    State(state): State<AppState>,
+    Path((type_name, id)): Path<(String, String)>,
+    params: Params,
+) -> Result<Json<EventsAnswer>, ApiError> {
+    let stream = stream_of(&state, &type_name, &id)?;
+    let from = params.u64("from")?.unwrap_or(1);
+    let limit = params.limit(100, MAX_EVENTS_PAGE)?;
+    if state.store.stream_head(&stream)?.is_none() {
+        return Err(ApiError::not_found(
+            "stream_not_found",
+            format!("{stream} has no events"),
+        ));
+    }
+    let events = state.store.read_stream(&stream, from, limit)?;
+    Ok(Json(EventsAnswer {
+        events: json::events_json(&events),
+    }))
+}

@@ -1,0 +1,139 @@
+//! The one place where failures become HTTP answers:
+//! `{"error": {"code": "<machine_code>", "message": "<sentence>"}}` with the status
+//! API.md gives for each kind of failure.
+
+use crate::actor::CommandError;
+use crate::components::DeployError;
+use crate::runtime::{GuestError, LoadError};
+use crate::store::StoreError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+    /// Seconds a client should wait before retrying (429 / 503).
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code: code.to_owned(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+
+    fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, "{}", self.message);
+        }
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            error.to_string(),
+        )
+    }
+}
+
+impl From<GuestError> for ApiError {
+    /// A guest failure is the component's fault, not the host's: 422, never 500.
+    fn from(error: GuestError) -> Self {
+        let code = match error {
+            GuestError::Trap(_) => "guest_trap",
+            GuestError::Timeout(_) => "guest_timeout",
+        };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, error.to_string())
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(error: CommandError) -> Self {
+        match error {
+            CommandError::Rejected(rejection) => {
+                let status = match rejection.code.as_str() {
+                    cairn_guest::UNKNOWN_COMMAND | cairn_guest::INVALID_COMMAND => {
+                        StatusCode::BAD_REQUEST
+                    }
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                ApiError::new(status, &rejection.code, rejection.message)
+            }
+            CommandError::VersionConflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "version_conflict", error.to_string())
+            }
+            CommandError::Overloaded => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                error.to_string(),
+            )
+            .retry_after(1),
+            CommandError::UnknownType(_) => ApiError::not_found("unknown_type", error.to_string()),
+            CommandError::Guest(guest) => guest.into(),
+            CommandError::Store(store) => store.into(),
+            CommandError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                error.to_string(),
+            )
+            .retry_after(5),
+        }
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(error: DeployError) -> Self {
+        let message = error.to_string();
+        match error {
+            DeployError::InvalidName(_) => ApiError::bad_request("invalid_name", message),
+            DeployError::Load(LoadError::Invalid(_)) => {
+                ApiError::bad_request("invalid_component", message)
+            }
+            DeployError::Load(LoadError::WrongWorld(_)) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "wrong_world", message)
+            }
+            DeployError::Load(LoadError::Describe(guest)) => guest.into(),
+            DeployError::NameMismatch { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "name_mismatch", message)
+            }
+            DeployError::Store(store) => store.into(),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Request parts decoded into Cairn's types, failing with the JSON error shape (axum's
+//! own rejections answer plain text).
+
+use super::error::ApiError;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use std::collections::HashMap;
+
+/// The raw body, within the route's size limit (413 beyond it).
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match Bytes::from_request(request, state).await {
+            Ok(bytes) => Ok(Body(bytes)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the request body is larger than this endpoint accepts",
+                ))
+            }
+            Err(rejection) => Err(ApiError::bad_request("bad_body", rejection.body_text())),
+        }
+    }
+}
+
+/// Query parameters, parsed by name with errors in the JSON shape.
+pub struct Params(HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        let pairs = parse_query(query).ok_or_else(|| {
+            ApiError::bad_request("invalid_query", "the query string is malformed")
+        })?;
+        Ok(Params(pairs))
+    }
+}
+
+fn parse_query(query: &str) -> Option<HashMap<String, String>> {
+    axum::extract::Query::<HashMap<String, String>>::try_from_uri(
+        &format!("/?{query}").parse().ok()?,
+    )
+    .ok()
+    .map(|q| q.0)
+}
+
+impl Params {
+    /// An optional unsigned integer parameter.
+    pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(text) => text.parse().map(Some).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("{name} must be a non-negative integer, got {text:?}"),
+                )
+            }),
+        }
+    }
+
+    /// `limit`, defaulting to `default` and capped at `max`.
+    pub fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
+        match self.u64("limit")? {
+            None => Ok(default),
+            Some(0) => Err(ApiError::bad_request(
+                "invalid_query",
+                "limit must be at least 1",
+            )),
+            Some(n) => Ok((n as usize).min(max)),
+        }
+    }
+}
+
+/// A header as text, if present; 400 if it is not valid text or too long.
+pub fn header_text(
+    headers: &HeaderMap,
+    name: &str,
+    max_len: usize,
+) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| {
+            ApiError::bad_request("invalid_header", format!("{name} must be visible ASCII"))
+        })?
+        .trim();
+    if text.is_empty() || text.len() > max_len {
+        return Err(ApiError::bad_request(
+            "invalid_header",
+            format!("{name} must be 1 to {max_len} characters"),
+        ));
+    }
+    Ok(Some(text.to_owned()))
+}
+
+/// `If-Match: "<version>"` (quotes optional, as ETag gives them).
+pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(text) = header_text(headers, "if-match", 64)? else {
+        return Ok(None);
+    };
+    let unquoted = text.trim_start_matches("W/").trim_matches('"');
+    unquoted.parse().map(Some).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_header",
+            format!("If-Match must be a stream version like \"3\", got {text}"),
+        )
+    })
+}

@@ -1,0 +1,43 @@
+//! The global log and saga chains.
+
+use super::AppState;
+use super::aggregates::EventsAnswer;
+use super::error::ApiError;
+use super::extract::Params;
+use crate::json;
+use axum::Json;
+use axum::extract::{Path, State};
+
+const MAX_PAGE: usize = 1000;
+
+/// `GET /events?after=<position>&limit=<n>`: the global log in order.
+pub async fn global(
+    State(state): State<AppState>,
+    params: Params,
+) -> Result<Json<EventsAnswer>, ApiError> {
+    let after = params.u64("after")?.unwrap_or(0);
+    let limit = params.limit(100, MAX_PAGE)?;
+    let events = state.store.read_all(after, limit)?;
+    Ok(Json(EventsAnswer {
+        events: json::events_json(&events),
+    }))
+}
+
+/// `GET /sagas/{correlation_id}`: every event of one chain, in global order.
+pub async fn saga(
+    State(state): State<AppState>,
+    Path(correlation_id): Path<String>,
+    params: Params,
+) -> Result<Json<EventsAnswer>, ApiError> {
+    let limit = params.limit(MAX_PAGE, 10 * MAX_PAGE)?;
+    let events = state.store.read_correlation(&correlation_id, limit)?;
+    if events.is_empty() {
+        return Err(ApiError::not_found(
+            "saga_not_found",
+            format!("no events carry correlation id {correlation_id:?}"),
+        ));
+    }
+    Ok(Json(EventsAnswer {
+        events: json::events_json(&events),
+    }))
+}

@@ -1,0 +1,65 @@
+//! The HTTP API of API.md, on axum. Handlers decode requests into typed values, hand
+//! them to the actor layer or read the store, and encode answers; every failure goes
+//! through [`ApiError`], the one JSON error shape.
+
+mod aggregates;
+mod error;
+mod extract;
+mod log;
+mod operations;
+
+pub use error::ApiError;
+
+use crate::actor::Actors;
+use crate::components::ComponentRegistry;
+use crate::store::EventStore;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use std::sync::Arc;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub actors: Actors,
+    pub store: EventStore,
+    pub components: Arc<ComponentRegistry>,
+    pub admin_token: Arc<str>,
+}
+
+/// Body limits per kind of request.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub command_bytes: usize,
+    pub component_bytes: usize,
+}
+
+/// Every route of the API, apart from `main` so tests can use it without a socket.
+pub fn router(state: AppState, limits: BodyLimits) -> Router {
+    let commands = Router::new()
+        .route(
+            "/aggregates/{type}/{id}/commands",
+            post(aggregates::command),
+        )
+        .route(
+            "/aggregates/{type}/commands",
+            post(aggregates::command_new_id),
+        )
+        .layer(DefaultBodyLimit::max(limits.command_bytes));
+    let deploy = Router::new()
+        .route("/components/{name}", put(operations::deploy))
+        .layer(DefaultBodyLimit::max(limits.component_bytes));
+    Router::new()
+        .merge(commands)
+        .merge(deploy)
+        .route("/aggregates/{type}/{id}", get(aggregates::state))
+        .route("/aggregates/{type}/{id}/events", get(aggregates::events))
+        .route("/events", get(log::global))
+        .route("/sagas/{correlation_id}", get(log::saga))
+        .route("/components", get(operations::components))
+        .route("/healthz", get(operations::health))
+        .fallback(operations::not_found)
+        .method_not_allowed_fallback(operations::method_not_allowed)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

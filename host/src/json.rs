@@ -1,0 +1,76 @@
+//! JSON ⇄ MessagePack: users speak JSON, components speak MessagePack maps with field
+//! names, so the host converts without asking the guest.
+
+use crate::store::StoredEvent;
+use serde::Serialize;
+use serde_json::Value;
+
+/// A JSON value as the MessagePack a component decodes.
+pub fn to_msgpack(value: &Value) -> Vec<u8> {
+    rmp_serde::to_vec_named(value).expect("encode JSON as MessagePack")
+}
+
+/// MessagePack written by a component, as JSON. Components write serde data, so this
+/// only fails for a component that writes something else; that is shown, not hidden.
+pub fn to_json(bytes: &[u8]) -> Value {
+    rmp_serde::from_slice(bytes)
+        .unwrap_or_else(|e| Value::String(format!("<undecodable MessagePack: {e}>")))
+}
+
+/// An event as users see it (API.md's EVENT).
+#[derive(Debug, Serialize)]
+pub struct EventJson {
+    pub stream: String,
+    pub version: u64,
+    pub position: u64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub data: Value,
+    pub recorded_at: String,
+    pub correlation_id: String,
+    pub causation_id: Option<String>,
+    pub component_version: u32,
+}
+
+impl From<&StoredEvent> for EventJson {
+    fn from(event: &StoredEvent) -> Self {
+        EventJson {
+            stream: format!("{}/{}", event.stream_type, event.stream_id),
+            version: event.version,
+            position: event.position,
+            event_type: event.event_type.clone(),
+            data: to_json(&event.payload),
+            recorded_at: event.recorded_at(),
+            correlation_id: event.correlation_id.clone(),
+            causation_id: event.causation_id.clone(),
+            component_version: event.component_version,
+        }
+    }
+}
+
+pub fn events_json(events: &[StoredEvent]) -> Vec<EventJson> {
+    events.iter().map(EventJson::from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_round_trips_through_msgpack() {
+        let value =
+            json!({"amount": 5500, "id": "101", "nested": {"list": [1, -2, 3.5, null, true]}});
+        assert_eq!(to_json(&to_msgpack(&value)), value);
+    }
+
+    #[test]
+    fn undecodable_bytes_are_reported_not_hidden() {
+        assert!(
+            to_json(&[0xc1])
+                .as_str()
+                .unwrap()
+                .starts_with("<undecodable")
+        );
+    }
+}

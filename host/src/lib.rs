@@ -1,0 +1,24 @@
+//! # Cairn: a WebAssembly-hosted actor runtime for event-sourced aggregates
+//!
+//! Business logic is a pure function in a sandbox (a WebAssembly component exporting
+//! `process-command` and `apply-event`); everything stateful belongs to this host.
+//!
+//! Where to start reading, following one command through the host:
+//! - [`http`] decodes a request into a typed command;
+//! - [`actor`] hands it to the single-writer actor of its stream, which decides it with
+//!   the component from [`components`] (run by [`runtime`]) against its in-memory state;
+//! - [`store`] appends the events (group commit, fsync) and the actor answers.
+//!
+//! Data flows one way: http → actor → store. Lower layers never call upward; the store
+//! publishes its head position for whatever follows the log.
+
+pub mod actor;
+pub mod cli;
+pub mod components;
+pub mod config;
+pub mod http;
+pub mod json;
+pub mod runtime;
+pub mod server;
+pub mod store;
+pub mod testkit;

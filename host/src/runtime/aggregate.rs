@@ -1,0 +1,229 @@
+//! An aggregate component version: linked once, instantiated from a pool per call.
+
+use super::{ComponentDigest, GuestError, Limits, LoadError};
+use cairn_guest::glue::{RawCommand, RawEvent};
+use cairn_guest::{EventEnvelope, OutgoingCommand, Rejection, Subscription};
+use std::sync::Mutex;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+
+mod wit {
+    wasmtime::component::bindgen!({
+        world: "aggregate",
+        path: "../wit",
+    });
+}
+
+use wit::cairn::runtime::types as witty;
+
+/// What a component says about itself through `describe()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateInfo {
+    pub type_name: String,
+    pub subscriptions: Vec<Subscription>,
+    pub snapshot_interval: u32,
+}
+
+struct GuestData {
+    limits: StoreLimits,
+}
+
+struct Instance {
+    store: Store<GuestData>,
+    bindings: wit::Aggregate,
+}
+
+/// One compiled, linked version of an aggregate component, with its instance pool.
+pub struct AggregateComponent {
+    engine: Engine,
+    pre: wit::AggregatePre<GuestData>,
+    digest: ComponentDigest,
+    info: AggregateInfo,
+    limits: Limits,
+    idle: Mutex<Vec<Instance>>,
+}
+
+impl AggregateComponent {
+    pub(super) fn link(
+        engine: Engine,
+        component: Component,
+        digest: ComponentDigest,
+        limits: Limits,
+    ) -> Result<Self, LoadError> {
+        let mut linker = Linker::<GuestData>::new(&engine);
+        // No capabilities: whatever the guest imports traps if it is ever called.
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre =
+            wit::AggregatePre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let mut loaded = AggregateComponent {
+            engine,
+            pre,
+            digest,
+            info: AggregateInfo {
+                type_name: String::new(),
+                subscriptions: Vec::new(),
+                snapshot_interval: 0,
+            },
+            limits,
+            idle: Mutex::new(Vec::new()),
+        };
+        let described = loaded
+            .call(limits.fuel_per_call, |store, guest| {
+                guest.call_describe(store)
+            })
+            .map_err(LoadError::Describe)?;
+        loaded.info = AggregateInfo {
+            type_name: described.type_name,
+            subscriptions: described
+                .subscriptions
+                .into_iter()
+                .map(|s| Subscription {
+                    source_type: s.source_type,
+                    event_types: s.event_types,
+                })
+                .collect(),
+            snapshot_interval: described.snapshot_interval,
+        };
+        Ok(loaded)
+    }
+
+    pub fn digest(&self) -> &ComponentDigest {
+        &self.digest
+    }
+
+    pub fn info(&self) -> &AggregateInfo {
+        &self.info
+    }
+
+    fn instantiate(&self) -> Result<Instance, GuestError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.max_memory_bytes)
+            .build();
+        let mut store = Store::new(&self.engine, GuestData { limits });
+        store.limiter(|data| &mut data.limits);
+        store
+            .set_fuel(self.limits.fuel_per_call)
+            .map_err(|e| GuestError::Trap(e.to_string()))?;
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| GuestError::Trap(format!("{e:#}")))?;
+        Ok(Instance { store, bindings })
+    }
+
+    /// Run `f` on a pooled instance with `fuel`. An instance that trapped refuses every
+    /// later call, so it is dropped instead of going back to the pool.
+    fn call<R>(
+        &self,
+        fuel: u64,
+        f: impl FnOnce(&mut Store<GuestData>, &wit::Aggregate) -> wasmtime::Result<R>,
+    ) -> Result<R, GuestError> {
+        let pooled = self.idle.lock().expect("instance pool lock").pop();
+        let mut instance = match pooled {
+            Some(instance) => instance,
+            None => self.instantiate()?,
+        };
+        instance
+            .store
+            .set_fuel(fuel)
+            .map_err(|e| GuestError::Trap(e.to_string()))?;
+        match f(&mut instance.store, &instance.bindings) {
+            Ok(value) => {
+                let mut idle = self.idle.lock().expect("instance pool lock");
+                if idle.len() < self.limits.max_idle_instances {
+                    idle.push(instance);
+                }
+                Ok(value)
+            }
+            Err(error) => Err(match error.downcast_ref::<Trap>() {
+                Some(Trap::OutOfFuel) => GuestError::Timeout(fuel),
+                _ => GuestError::Trap(format!("{error:#}")),
+            }),
+        }
+    }
+
+    /// Decide: the events `command` causes in `state`, or the rejection.
+    pub fn process_command(
+        &self,
+        state: Option<&[u8]>,
+        command: &RawCommand,
+    ) -> Result<Result<Vec<RawEvent>, Rejection>, GuestError> {
+        let command = witty::Command {
+            command_type: command.command_type.clone(),
+            payload: command.payload.clone(),
+        };
+        let answer = self.call(self.limits.fuel_per_call, |store, guest| {
+            guest.call_process_command(store, state, &command)
+        })?;
+        Ok(answer
+            .map(|events| {
+                events
+                    .into_iter()
+                    .map(|e| RawEvent {
+                        event_type: e.event_type,
+                        payload: e.payload,
+                    })
+                    .collect()
+            })
+            .map_err(|r| Rejection {
+                code: r.code,
+                message: r.message,
+            }))
+    }
+
+    /// Evolve: `state` after `events`, folded inside the guest in one call per chunk.
+    pub fn apply_events(
+        &self,
+        state: Option<&[u8]>,
+        events: &[RawEvent],
+    ) -> Result<Option<Vec<u8>>, GuestError> {
+        let mut state = state.map(<[u8]>::to_vec);
+        // Chunks bound the memory one call needs and its fuel.
+        for chunk in events.chunks(512) {
+            let chunk: Vec<witty::Event> = chunk
+                .iter()
+                .map(|e| witty::Event {
+                    event_type: e.event_type.clone(),
+                    payload: e.payload.clone(),
+                })
+                .collect();
+            let fuel = self.limits.fuel_per_call + self.limits.fuel_per_event * chunk.len() as u64;
+            state = self.call(fuel, |store, guest| {
+                guest.call_apply_events(store, state.as_deref(), &chunk)
+            })?;
+        }
+        Ok(state)
+    }
+
+    /// The commands the component sends when `event` (one it subscribes to) is committed.
+    pub fn react(&self, event: &EventEnvelope) -> Result<Vec<OutgoingCommand>, GuestError> {
+        let envelope = witty::EventEnvelope {
+            stream_type: event.stream_type.clone(),
+            stream_id: event.stream_id.clone(),
+            version: event.version,
+            position: event.position,
+            event_type: event.event_type.clone(),
+            payload: event.payload.clone(),
+            recorded_at: event.recorded_at.clone(),
+            correlation_id: event.correlation_id.clone(),
+            causation_id: event.causation_id.clone(),
+        };
+        let commands = self.call(self.limits.fuel_per_call, |store, guest| {
+            guest.call_react(store, &envelope)
+        })?;
+        Ok(commands
+            .into_iter()
+            .map(|c| OutgoingCommand {
+                target_type: c.target_type,
+                target_id: c.target_id,
+                command_type: c.command.command_type,
+                payload: c.command.payload,
+            })
+            .collect())
+    }
+}

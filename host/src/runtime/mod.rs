@@ -1,0 +1,143 @@
+//! The WebAssembly runtime: one wasmtime [`Engine`], components compiled once per digest
+//! (and cached on disk so a restart does not recompile), and a pool of ready instances per
+//! component version.
+//!
+//! Components are pure functions of their inputs (DESIGN.md, "the one idea"), so any
+//! pooled instance can serve any aggregate of its type, and an instance that trapped is
+//! simply dropped: the state it was given still belongs to the host. Every wasmtime type
+//! stays inside this module; the rest of the host calls [`AggregateComponent`].
+//!
+//! Guests get no capabilities: every import (a Rust guest on `wasm32-wasip2` still
+//! imports parts of `wasi:cli` and `wasi:io` for its panic path) is defined as a trap.
+//! Each call runs with a fuel budget (a deterministic bound on time) and a memory cap.
+
+mod aggregate;
+mod digest;
+
+pub use aggregate::{AggregateComponent, AggregateInfo};
+pub use digest::ComponentDigest;
+
+use std::path::{Path, PathBuf};
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine};
+
+/// What went wrong inside a guest call. The caller's state is untouched either way.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GuestError {
+    /// The guest trapped (panicked, hit `unreachable`, touched an import it may not use).
+    #[error("the component trapped: {0}")]
+    Trap(String),
+    /// The guest used up its fuel: it ran too long.
+    #[error("the component ran out of its time budget ({0} fuel)")]
+    Timeout(u64),
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a valid WebAssembly component: {0}")]
+    Invalid(String),
+    #[error("the component does not implement the cairn:runtime/aggregate world: {0}")]
+    WrongWorld(String),
+    #[error("the component trapped while describing itself: {0}")]
+    Describe(GuestError),
+}
+
+/// Bounds on every guest call.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Fuel for one call (about one unit per WebAssembly instruction).
+    pub fuel_per_call: u64,
+    /// Extra fuel per event when folding many events in one call.
+    pub fuel_per_event: u64,
+    /// The most linear memory one instance may grow to.
+    pub max_memory_bytes: usize,
+    /// Idle instances kept per component version.
+    pub max_idle_instances: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel_per_call: 200_000_000,
+            fuel_per_event: 2_000_000,
+            max_memory_bytes: 64 << 20,
+            max_idle_instances: 16,
+        }
+    }
+}
+
+/// The engine plus where compiled code is cached.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    cache_dir: Option<PathBuf>,
+    limits: Limits,
+}
+
+impl Runtime {
+    /// A runtime that caches compiled components in `cache_dir` (none: compile every time).
+    pub fn new(cache_dir: Option<&Path>, limits: Limits) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.consume_fuel(true);
+        let engine =
+            Engine::new(&config).map_err(|e| anyhow::anyhow!("create the wasmtime engine: {e}"))?;
+        if let Some(dir) = cache_dir {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(Runtime {
+            engine,
+            cache_dir: cache_dir.map(Path::to_path_buf),
+            limits,
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Compile `bytes`, or load the compiled code cached for their digest.
+    fn compile(&self, digest: &ComponentDigest, bytes: &[u8]) -> Result<Component, LoadError> {
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{}.cwasm", digest.hex())));
+        if let Some(path) = &cached
+            && path.exists()
+        {
+            // SAFETY: the file was written by `Component::serialize` of this same program into
+            // the host's own data directory; wasmtime checks the engine configuration and
+            // version in its header and refuses a mismatch, after which we recompile.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(component) => return Ok(component),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "cached compiled component unusable, recompiling: {e}")
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        if let Some(path) = &cached {
+            match component.serialize() {
+                Ok(compiled) => {
+                    let tmp = path.with_extension("tmp");
+                    if let Err(e) =
+                        std::fs::write(&tmp, compiled).and_then(|()| std::fs::rename(&tmp, path))
+                    {
+                        tracing::warn!(path = %path.display(), "could not cache compiled component: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("could not serialize compiled component: {e}"),
+            }
+        }
+        Ok(component)
+    }
+
+    /// Compile and link an aggregate component and ask it to describe itself.
+    pub fn load_aggregate(&self, bytes: &[u8]) -> Result<AggregateComponent, LoadError> {
+        let digest = ComponentDigest::of(bytes);
+        let component = self.compile(&digest, bytes)?;
+        AggregateComponent::link(self.engine.clone(), component, digest, self.limits)
+    }
+}

@@ -1,0 +1,120 @@
+//! `cairn serve`: open the data directory, start every layer, serve HTTP until SIGINT or
+//! SIGTERM, then stop in order: no new requests, actors drain their mailboxes, the writer
+//! commits what is queued, the store closes.
+
+use crate::actor::Actors;
+use crate::components::ComponentRegistry;
+use crate::config::{ADMIN_TOKEN_FILE, COMPILED_DIR, STORE_FILE, ServeConfig};
+use crate::http::{self, AppState};
+use crate::runtime::Runtime;
+use crate::store::{EventStore, StoreError};
+use anyhow::Context;
+use std::path::Path;
+use std::sync::Arc;
+
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let data = &config.data_dir;
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("create data directory {}", data.display()))?;
+    let admin_token = admin_token(data, config.admin_token.as_deref())?;
+
+    let (store, writer) = match EventStore::open(&data.join(STORE_FILE)) {
+        Err(StoreError::Storage(redb::Error::DatabaseAlreadyOpen)) => {
+            anyhow::bail!(
+                "{} is in use by another cairn process",
+                data.join(STORE_FILE).display()
+            )
+        }
+        other => other.with_context(|| format!("open the event store in {}", data.display()))?,
+    };
+    let runtime = Runtime::new(Some(&data.join(COMPILED_DIR)), config.guest_limits)?;
+    let components = Arc::new(
+        ComponentRegistry::open(runtime, store.clone()).context("load deployed components")?,
+    );
+    if components.is_empty() {
+        for (name, bytes) in cairn_artifacts::BUNDLED {
+            components
+                .deploy(name, bytes)
+                .with_context(|| format!("deploy the bundled {name} component"))?;
+        }
+        tracing::info!("new data directory: deployed the bundled example components");
+    }
+    let actors = Actors::new(
+        store.clone(),
+        writer.clone(),
+        components.clone(),
+        config.actors,
+    );
+    let state = AppState {
+        actors: actors.clone(),
+        store,
+        components,
+        admin_token: admin_token.into(),
+    };
+    let app = http::router(state, config.body_limits);
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!("serving {} on http://{address}", data.display());
+    // Tests and scripts read the bound address (for --listen 127.0.0.1:0) from this line.
+    println!("cairn listening on http://{address}");
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("shutting down: draining actors");
+    actors.shutdown().await;
+    writer.shutdown();
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+/// The admin token: given, or kept in the data directory (made at first start).
+fn admin_token(data: &Path, given: Option<&str>) -> anyhow::Result<String> {
+    if let Some(token) = given.map(str::trim).filter(|t| !t.is_empty()) {
+        return Ok(token.to_owned());
+    }
+    let path = data.join(ADMIN_TOKEN_FILE);
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        let token = token.trim().to_owned();
+        if !token.is_empty() {
+            return Ok(token);
+        }
+    }
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    write_private(&path, &token)
+        .with_context(|| format!("write the admin token to {}", path.display()))?;
+    tracing::info!("made an admin token, kept in {}", path.display());
+    Ok(token)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
+}

@@ -1,0 +1,50 @@
+use super::Version;
+
+/// A failure of the storage engine or of the data in it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb failed (I/O, a full disk, a damaged file). Nothing of the failed operation is
+    /// visible: the transaction did not commit.
+    #[error("storage failure: {0}")]
+    Storage(#[from] redb::Error),
+    /// A record could not be decoded: the file was written by an incompatible version.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// A group commit failed; nothing of it is stored.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+    /// An earlier read failed for a caller waiting on the same work.
+    #[error("the event store could not be read: {0}")]
+    Unavailable(String),
+    /// The writer thread has stopped (the host is shutting down).
+    #[error("the event store is closed")]
+    Closed,
+}
+
+macro_rules! storage_error_from {
+    ($($error:ty),*) => {$(
+        impl From<$error> for StoreError {
+            fn from(error: $error) -> Self {
+                StoreError::Storage(error.into())
+            }
+        }
+    )*};
+}
+
+storage_error_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Why an append was not stored. Handle `VersionConflict` by reloading the stream (HTTP
+/// 409 when the client asked for a version); `Store` is a host failure (HTTP 500).
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("expected the stream at version {expected}, but it is at {actual}")]
+    VersionConflict { expected: Version, actual: Version },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,193 @@
+//! The event store: one redb file holding the global log and everything that must commit
+//! with it (stream heads, snapshots, idempotency and dedup outcomes, the correlation
+//! index, component versions, cursors).
+//!
+//! One writer thread owns all write transactions of the log ([`writer`]): it drains every
+//! pending append into one transaction and one fsync (group commit), re-checks each
+//! stream's expected version, and assigns global positions. Reads run on redb's MVCC read
+//! transactions and never wait for the writer.
+//!
+//! # Durability
+//! Every commit uses [`redb::Durability::Immediate`]: when an append is answered `Ok`, its
+//! events, outcome records and snapshot are on disk. A crash loses only appends that were
+//! never answered, and never half of one (a transaction commits whole or not at all).
+
+mod error;
+mod records;
+pub mod tables;
+mod writer;
+
+pub use error::{AppendError, StoreError};
+pub use records::{
+    AppendBatch, Committed, NewEvent, Snapshot, StoredEvent, StoredOutcome, StreamId, StreamIdError,
+};
+pub use writer::Writer;
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+use std::path::Path;
+use std::sync::Arc;
+use tables::*;
+use tokio::sync::watch;
+
+/// Position in the one global log; the first event is at 1.
+pub type Position = u64;
+/// Version of a stream: the number of events in it; the first event is version 1.
+pub type Version = u64;
+
+/// Read access to the store, cheap to clone; appends go through [`Writer`].
+#[derive(Clone)]
+pub struct EventStore {
+    db: Arc<Database>,
+    head: watch::Receiver<Position>,
+}
+
+impl EventStore {
+    /// Open (or create) the store at `path` and start its writer thread.
+    ///
+    /// # Errors
+    /// The file cannot be opened or created, or it is not a Cairn store.
+    pub fn open(path: &Path) -> Result<(EventStore, Writer), StoreError> {
+        let db = Arc::new(Database::create(path)?);
+        let txn = db.begin_write()?;
+        tables::create_all(&txn)?;
+        txn.commit()?;
+        let head_position = {
+            let read = db.begin_read()?;
+            let events = read.open_table(EVENTS)?;
+            events.last()?.map(|(k, _)| k.value()).unwrap_or(0)
+        };
+        let (head_tx, head_rx) = watch::channel(head_position);
+        let writer = Writer::start(db.clone(), head_position, head_tx)?;
+        Ok((EventStore { db, head: head_rx }, writer))
+    }
+
+    /// The raw database, for the component registry's own small transactions.
+    pub(crate) fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    /// The position of the newest committed event (0 for an empty log).
+    pub fn head_position(&self) -> Position {
+        *self.head.borrow()
+    }
+
+    /// Wakes whenever a commit moves the head of the log.
+    pub fn subscribe_head(&self) -> watch::Receiver<Position> {
+        self.head.clone()
+    }
+
+    /// The stream's version and its newest event's position; `None` for a stream with no events.
+    pub fn stream_head(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<(Version, Position)>, StoreError> {
+        let read = self.db.begin_read()?;
+        let streams = read.open_table(STREAMS)?;
+        Ok(streams.get(stream.key().as_str())?.map(|v| v.value()))
+    }
+
+    /// Events of one stream with `from <= version`, at most `limit`, in version order.
+    pub fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: Version,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read_stream_range(stream, from, Version::MAX, limit)
+    }
+
+    /// Events of one stream with `from <= version <= to`, at most `limit`, in version order.
+    pub fn read_stream_range(
+        &self,
+        stream: &StreamId,
+        from: Version,
+        to: Version,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let read = self.db.begin_read()?;
+        let index = read.open_table(STREAM_INDEX)?;
+        let events = read.open_table(EVENTS)?;
+        let key = stream.key();
+        let mut out = Vec::new();
+        for entry in index
+            .range((key.as_str(), from.max(1))..=(key.as_str(), to))?
+            .take(limit)
+        {
+            let (_, position) = entry?;
+            let record = events.get(position.value())?.ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "{key} points at missing position {}",
+                    position.value()
+                ))
+            })?;
+            out.push(StoredEvent::decode(record.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Events of the global log with `position > after`, at most `limit`, in order.
+    pub fn read_all(&self, after: Position, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let read = self.db.begin_read()?;
+        let events = read.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        for entry in events.range(after.saturating_add(1)..)?.take(limit) {
+            let (_, record) = entry?;
+            out.push(StoredEvent::decode(record.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The newest snapshot of a stream, whoever made it; the caller checks the digest.
+    pub fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        let read = self.db.begin_read()?;
+        let snapshots = read.open_table(SNAPSHOTS)?;
+        snapshots
+            .get(stream.key().as_str())?
+            .map(|v| Snapshot::decode(v.value()))
+            .transpose()
+    }
+
+    /// The recorded outcome of a keyed command (idempotency key or routed causation).
+    pub fn outcome(
+        &self,
+        stream: &StreamId,
+        key: &str,
+    ) -> Result<Option<StoredOutcome>, StoreError> {
+        let read = self.db.begin_read()?;
+        let outcomes = read.open_table(OUTCOMES)?;
+        outcomes
+            .get((stream.key().as_str(), key))?
+            .map(|v| StoredOutcome::decode(v.value()))
+            .transpose()
+    }
+
+    /// Every event of one correlation (a saga's chain), in global order, at most `limit`.
+    pub fn read_correlation(
+        &self,
+        correlation_id: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let read = self.db.begin_read()?;
+        let index = read.open_table(CORRELATIONS)?;
+        let events = read.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        for entry in index
+            .range((correlation_id, 0)..=(correlation_id, Position::MAX))?
+            .take(limit)
+        {
+            let (key, ()) = entry.map(|(k, v)| (k, v.value()))?;
+            let position = key.value().1;
+            if let Some(record) = events.get(position)? {
+                out.push(StoredEvent::decode(record.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A subscriber's durable cursor: every event at or below it has been handled.
+    pub fn cursor(&self, name: &str) -> Result<Position, StoreError> {
+        let read = self.db.begin_read()?;
+        let cursors = read.open_table(CURSORS)?;
+        Ok(cursors.get(name)?.map(|v| v.value()).unwrap_or(0))
+    }
+}

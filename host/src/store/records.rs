@@ -1,0 +1,192 @@
+//! What the store keeps, and how it is encoded (MessagePack, positional: these records
+//! are internal and compact; the log's payloads stay as the guest wrote them).
+
+use super::{Position, StoreError, Version};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// One aggregate instance's stream: `account/101`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId {
+    pub type_name: String,
+    pub id: String,
+}
+
+/// Why a string is not usable as an aggregate id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamIdError {
+    #[error("an aggregate id must not be empty")]
+    Empty,
+    #[error("an aggregate id is at most {max} bytes, this one has {len}")]
+    TooLong { len: usize, max: usize },
+    #[error("an aggregate id must not contain '/' or control characters")]
+    BadCharacter,
+}
+
+impl StreamId {
+    pub const MAX_ID_LEN: usize = 200;
+
+    /// A stream id, checking that `id` is one a user can address in a URL path.
+    pub fn new(type_name: &str, id: &str) -> Result<Self, StreamIdError> {
+        if id.is_empty() {
+            return Err(StreamIdError::Empty);
+        }
+        if id.len() > Self::MAX_ID_LEN {
+            return Err(StreamIdError::TooLong {
+                len: id.len(),
+                max: Self::MAX_ID_LEN,
+            });
+        }
+        if id.chars().any(|c| c == '/' || c.is_control()) {
+            return Err(StreamIdError::BadCharacter);
+        }
+        Ok(StreamId {
+            type_name: type_name.to_owned(),
+            id: id.to_owned(),
+        })
+    }
+
+    /// The key in the store's tables, and the `stream` field users see.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.type_name, self.id)
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.type_name, self.id)
+    }
+}
+
+/// A committed event with everything the log knows about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub stream_type: String,
+    pub stream_id: String,
+    pub version: Version,
+    pub position: Position,
+    pub event_type: String,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// Microseconds since the Unix epoch, set by the writer at commit.
+    pub recorded_at_micros: u64,
+    pub correlation_id: String,
+    pub causation_id: Option<String>,
+    /// The version of the component that emitted it.
+    pub component_version: u32,
+}
+
+impl StoredEvent {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec(self).expect("encode a stored event")
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("event record: {e}")))
+    }
+
+    pub fn stream(&self) -> StreamId {
+        StreamId {
+            type_name: self.stream_type.clone(),
+            id: self.stream_id.clone(),
+        }
+    }
+
+    /// `recorded_at` in RFC 3339, as users and guests see it.
+    pub fn recorded_at(&self) -> String {
+        let time =
+            std::time::UNIX_EPOCH + std::time::Duration::from_micros(self.recorded_at_micros);
+        humantime::format_rfc3339_micros(time).to_string()
+    }
+
+    /// The envelope a reaction or projection receives.
+    pub fn envelope(&self) -> cairn_guest::EventEnvelope {
+        cairn_guest::EventEnvelope {
+            stream_type: self.stream_type.clone(),
+            stream_id: self.stream_id.clone(),
+            version: self.version,
+            position: self.position,
+            event_type: self.event_type.clone(),
+            payload: self.payload.clone(),
+            recorded_at: self.recorded_at(),
+            correlation_id: self.correlation_id.clone(),
+            causation_id: self.causation_id.clone(),
+        }
+    }
+}
+
+/// An event to append; the writer gives it its version, position and time.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub payload: Vec<u8>,
+    pub correlation_id: String,
+    pub causation_id: Option<String>,
+    pub component_version: u32,
+}
+
+/// The answer recorded for a keyed command, so a retry or redelivery gets it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredOutcome {
+    /// The command was accepted: its events are versions `first_version ..
+    /// first_version + count` and the stream was at `version` after it.
+    Accepted {
+        first_version: Version,
+        count: u64,
+        version: Version,
+    },
+    /// The aggregate rejected the command.
+    Rejected { code: String, message: String },
+}
+
+impl StoredOutcome {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec(self).expect("encode an outcome")
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        rmp_serde::from_slice(bytes)
+            .map_err(|e| StoreError::Corrupt(format!("outcome record: {e}")))
+    }
+}
+
+/// An aggregate's state after `version`, valid only while `digest` is the active component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: Version,
+    #[serde(with = "serde_bytes")]
+    pub digest: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub state: Vec<u8>,
+}
+
+impl Snapshot {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec(self).expect("encode a snapshot")
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        rmp_serde::from_slice(bytes)
+            .map_err(|e| StoreError::Corrupt(format!("snapshot record: {e}")))
+    }
+}
+
+/// One actor's contribution to a group commit: all of it is stored, or none.
+#[derive(Debug, Clone)]
+pub struct AppendBatch {
+    pub stream: StreamId,
+    /// The stream's version before this batch; the writer refuses the batch otherwise.
+    pub expected_version: Version,
+    pub events: Vec<NewEvent>,
+    /// Outcomes of keyed commands, stored with the events they caused.
+    pub outcomes: Vec<(String, StoredOutcome)>,
+    pub snapshot: Option<Snapshot>,
+}
+
+/// Where a committed batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// Position of the batch's first event (meaningless when it had none).
+    pub first_position: Position,
+    pub recorded_at_micros: u64,
+}

@@ -1,0 +1,37 @@
+//! The redb tables of the event store, in one place.
+
+use redb::{TableDefinition, TableError, WriteTransaction};
+
+/// position → [`super::StoredEvent`]: the global log.
+pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// stream key (`type/id`) → (version, position of its newest event).
+pub const STREAMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("streams");
+/// (stream key, version) → position.
+pub const STREAM_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("stream_index");
+/// stream key → [`super::Snapshot`] (the newest).
+pub const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+/// (stream key, outcome key) → [`super::StoredOutcome`]. Outcome keys are `idem:<key>`
+/// for an `Idempotency-Key` and `cause:<...>` for a routed command's causation.
+pub const OUTCOMES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("outcomes");
+/// (correlation id, position) → (): the saga index.
+pub const CORRELATIONS: TableDefinition<(&str, u64), ()> = TableDefinition::new("correlations");
+/// component name → its registry record.
+pub const COMPONENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("components");
+/// sha-256 digest → component bytes.
+pub const COMPONENT_BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("component_blobs");
+/// subscriber name → position handled up to.
+pub const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+
+/// Open every table once so that read transactions find them even in a new file.
+pub fn create_all(txn: &WriteTransaction) -> Result<(), TableError> {
+    txn.open_table(EVENTS)?;
+    txn.open_table(STREAMS)?;
+    txn.open_table(STREAM_INDEX)?;
+    txn.open_table(SNAPSHOTS)?;
+    txn.open_table(OUTCOMES)?;
+    txn.open_table(CORRELATIONS)?;
+    txn.open_table(COMPONENTS)?;
+    txn.open_table(COMPONENT_BLOBS)?;
+    txn.open_table(CURSORS)?;
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! The single writer thread and its group commit.
+//!
+//! Appends from every actor queue on one channel. The thread takes everything queued,
+//! writes it in one redb transaction and commits once (one fsync), then answers each
+//! request. Under load this turns thousands of small appends into a few large commits:
+//! DESIGN.md measured 3 600–4 600 single-row commits/s against 115 000+ rows/s in
+//! batches of 64.
+
+use super::tables::*;
+use super::{AppendBatch, AppendError, Committed, Position, StoreError, StoredEvent};
+use redb::{Database, Durability, ReadableTable, WriteTransaction};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{oneshot, watch};
+
+/// Upper bound on events in one group commit, so one transaction stays reasonably sized.
+const MAX_EVENTS_PER_COMMIT: usize = 8192;
+
+type Reply = oneshot::Sender<Result<Committed, AppendError>>;
+
+enum Request {
+    Append(AppendBatch, Reply),
+    /// A subscriber's cursor, serialized with the appends it follows.
+    Cursor(String, Position, oneshot::Sender<Result<(), StoreError>>),
+    /// Commit what was queued before this, then stop.
+    Stop,
+}
+
+/// The handle actors append through. [`Writer::shutdown`] stops the thread after it has
+/// committed everything queued before it; appends after that fail with `Closed`.
+#[derive(Clone)]
+pub struct Writer {
+    requests: mpsc::Sender<Request>,
+    thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Writer {
+    pub(super) fn start(
+        db: Arc<Database>,
+        head: Position,
+        head_tx: watch::Sender<Position>,
+    ) -> Result<Self, StoreError> {
+        let (requests, queue) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("cairn-writer".into())
+            .spawn(move || run(db, head, head_tx, queue))
+            .map_err(|e| StoreError::Storage(redb::StorageError::Io(e).into()))?;
+        Ok(Writer {
+            requests,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+        })
+    }
+
+    /// Append a batch; answers once it is durable.
+    ///
+    /// # Errors
+    /// `VersionConflict` when the stream is not at `expected_version`; `Store` when the
+    /// commit failed (nothing of the batch is stored) or the writer has stopped.
+    ///
+    /// # Durability
+    /// `Ok` means fsynced: redb `Durability::Immediate`.
+    pub async fn append(&self, batch: AppendBatch) -> Result<Committed, AppendError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Append(batch, reply))
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Move a subscriber's cursor (durably).
+    pub async fn set_cursor(&self, name: &str, position: Position) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Cursor(name.to_owned(), position, reply))
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Finish the queued appends and wait for the thread to end (the store file is then
+    /// closed cleanly once the last reader is dropped).
+    pub fn shutdown(&self) {
+        let thread = self.thread.lock().expect("writer thread lock").take();
+        let _ = self.requests.send(Request::Stop);
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!("the writer thread panicked");
+        }
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn run(
+    db: Arc<Database>,
+    mut head: Position,
+    head_tx: watch::Sender<Position>,
+    queue: mpsc::Receiver<Request>,
+) {
+    let mut stopping = false;
+    while !stopping {
+        let Ok(first) = queue.recv() else { break };
+        let mut requests = Vec::new();
+        let mut events = 0;
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                Request::Stop => {
+                    stopping = true;
+                    break;
+                }
+                Request::Append(batch, reply) => {
+                    events += batch.events.len();
+                    requests.push(Request::Append(batch, reply));
+                }
+                other => requests.push(other),
+            }
+            if events < MAX_EVENTS_PER_COMMIT {
+                next = queue.try_recv().ok();
+            }
+        }
+        if !requests.is_empty() {
+            head = commit_group(&db, head, requests);
+            head_tx.send_replace(head);
+        }
+    }
+    tracing::debug!("writer thread stopped");
+}
+
+/// Write every request in one transaction; answer each. Returns the new head position.
+fn commit_group(db: &Database, head: Position, requests: Vec<Request>) -> Position {
+    let recorded_at_micros = now_micros();
+    let mut next = head + 1;
+    let written = (|| -> Result<Vec<Result<Committed, AppendError>>, StoreError> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+        let mut answers = Vec::with_capacity(requests.len());
+        for request in &requests {
+            let answer = match request {
+                Request::Append(batch, _) => {
+                    write_batch(&txn, batch, &mut next, recorded_at_micros)
+                }
+                Request::Cursor(name, position, _) => {
+                    txn.open_table(CURSORS)?.insert(name.as_str(), *position)?;
+                    Ok(Committed {
+                        first_position: 0,
+                        recorded_at_micros,
+                    })
+                }
+                Request::Stop => continue,
+            };
+            // A storage failure may have left part of a batch written: abort everything.
+            if let Err(AppendError::Store(e)) = answer {
+                return Err(e);
+            }
+            answers.push(answer);
+        }
+        txn.commit()?;
+        Ok(answers)
+    })();
+    match written {
+        Ok(answers) => {
+            for (request, answer) in requests.into_iter().zip(answers) {
+                match request {
+                    Request::Append(_, reply) => {
+                        let _ = reply.send(answer);
+                    }
+                    Request::Cursor(_, _, reply) => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    Request::Stop => {}
+                }
+            }
+            next - 1
+        }
+        Err(e) => {
+            tracing::error!("group commit of {} requests failed: {e}", requests.len());
+            let message = e.to_string();
+            for request in requests {
+                match request {
+                    Request::Append(_, reply) => {
+                        let _ = reply.send(Err(StoreError::CommitFailed(message.clone()).into()));
+                    }
+                    Request::Cursor(_, _, reply) => {
+                        let _ = reply.send(Err(StoreError::CommitFailed(message.clone())));
+                    }
+                    Request::Stop => {}
+                }
+            }
+            head
+        }
+    }
+}
+
+/// Write one actor's batch inside the group's transaction, or refuse it whole: the
+/// version check happens before anything of the batch is written.
+fn write_batch(
+    txn: &WriteTransaction,
+    batch: &AppendBatch,
+    next: &mut Position,
+    recorded_at_micros: u64,
+) -> Result<Committed, AppendError> {
+    let key = batch.stream.key();
+    let mut streams = txn.open_table(STREAMS).map_err(StoreError::from)?;
+    let (version, last_position) = streams
+        .get(key.as_str())
+        .map_err(StoreError::from)?
+        .map(|v| v.value())
+        .unwrap_or((0, 0));
+    if version != batch.expected_version {
+        return Err(AppendError::VersionConflict {
+            expected: batch.expected_version,
+            actual: version,
+        });
+    }
+    let first_position = *next;
+    let mut events = txn.open_table(EVENTS).map_err(StoreError::from)?;
+    let mut index = txn.open_table(STREAM_INDEX).map_err(StoreError::from)?;
+    let mut correlations = txn.open_table(CORRELATIONS).map_err(StoreError::from)?;
+    let mut stream_version = version;
+    let mut stream_last = last_position;
+    for event in &batch.events {
+        stream_version += 1;
+        let position = *next;
+        *next += 1;
+        let record = StoredEvent {
+            stream_type: batch.stream.type_name.clone(),
+            stream_id: batch.stream.id.clone(),
+            version: stream_version,
+            position,
+            event_type: event.event_type.clone(),
+            payload: event.payload.clone(),
+            recorded_at_micros,
+            correlation_id: event.correlation_id.clone(),
+            causation_id: event.causation_id.clone(),
+            component_version: event.component_version,
+        };
+        events
+            .insert(position, record.encode().as_slice())
+            .map_err(StoreError::from)?;
+        index
+            .insert((key.as_str(), stream_version), position)
+            .map_err(StoreError::from)?;
+        correlations
+            .insert((event.correlation_id.as_str(), position), ())
+            .map_err(StoreError::from)?;
+        stream_last = position;
+    }
+    if !batch.events.is_empty() {
+        streams
+            .insert(key.as_str(), (stream_version, stream_last))
+            .map_err(StoreError::from)?;
+    }
+    if !batch.outcomes.is_empty() {
+        let mut outcomes = txn.open_table(OUTCOMES).map_err(StoreError::from)?;
+        for (outcome_key, outcome) in &batch.outcomes {
+            outcomes
+                .insert(
+                    (key.as_str(), outcome_key.as_str()),
+                    outcome.encode().as_slice(),
+                )
+                .map_err(StoreError::from)?;
+        }
+    }
+    if let Some(snapshot) = &batch.snapshot {
+        let mut snapshots = txn.open_table(SNAPSHOTS).map_err(StoreError::from)?;
+        snapshots
+            .insert(key.as_str(), snapshot.encode().as_slice())
+            .map_err(StoreError::from)?;
+    }
+    Ok(Committed {
+        first_position,
+        recorded_at_micros,
+    })
+}

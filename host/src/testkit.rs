@@ -1,0 +1,107 @@
+//! Given / when / then against the compiled component as well as the Rust source.
+//!
+//! [`given`] runs each scenario twice, with one vocabulary: natively (the aggregate's
+//! Rust code) and through wasmtime on the `.wasm` the host runs, so a test proves the
+//! component, not only its source. See `cairn_guest::testing` for the assertions.
+
+use crate::runtime::{AggregateComponent, GuestError, Limits, Runtime};
+use cairn_guest::glue::{RawCommand, RawEvent};
+use cairn_guest::testing::{Backend, Given, Native, Trap};
+use cairn_guest::{Aggregate, EventEnvelope, OutgoingCommand, Rejection};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Components compiled once per test process, by aggregate type.
+fn compiled(type_name: &str) -> Arc<AggregateComponent> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<AggregateComponent>>>> = OnceLock::new();
+    let mut cache = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .expect("component cache lock");
+    cache
+        .entry(type_name.to_owned())
+        .or_insert_with(|| {
+            let bytes = cairn_artifacts::component(type_name)
+                .unwrap_or_else(|| panic!("no bundled component for aggregate type {type_name}"));
+            let runtime = Runtime::new(None, Limits::default()).expect("wasmtime engine");
+            Arc::new(
+                runtime
+                    .load_aggregate(bytes)
+                    .expect("the bundled component loads"),
+            )
+        })
+        .clone()
+}
+
+/// Runs an aggregate's exports on its compiled component.
+pub struct ComponentBackend {
+    name: String,
+    component: Arc<AggregateComponent>,
+}
+
+impl ComponentBackend {
+    /// The bundled component for `type_name` (e.g. `account` → `account.wasm`).
+    pub fn bundled(type_name: &str) -> Self {
+        ComponentBackend {
+            name: format!("{}.wasm", type_name.replace('-', "_")),
+            component: compiled(type_name),
+        }
+    }
+}
+
+fn trap(error: GuestError) -> Trap {
+    error.to_string()
+}
+
+impl Backend for ComponentBackend {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn apply_events(
+        &mut self,
+        state: Option<&[u8]>,
+        events: &[RawEvent],
+    ) -> Result<Option<Vec<u8>>, Trap> {
+        self.component.apply_events(state, events).map_err(trap)
+    }
+
+    fn process_command(
+        &mut self,
+        state: Option<&[u8]>,
+        command: &RawCommand,
+    ) -> Result<Result<Vec<RawEvent>, Rejection>, Trap> {
+        self.component.process_command(state, command).map_err(trap)
+    }
+
+    fn react(&mut self, event: &EventEnvelope) -> Result<Vec<OutgoingCommand>, Trap> {
+        self.component.react(event).map_err(trap)
+    }
+}
+
+fn both<A: Aggregate + 'static>() -> Vec<Box<dyn Backend>> {
+    vec![
+        Box::new(Native::<A>::default()),
+        Box::new(ComponentBackend::bundled(A::TYPE)),
+    ]
+}
+
+/// Start a scenario that runs natively and on the bundled component of `A::TYPE`.
+pub fn given<A: Aggregate + 'static>(events: impl IntoIterator<Item = A::Event>) -> Given<A> {
+    Given::on(both::<A>(), events)
+}
+
+/// A scenario for an aggregate with no events yet, on both backends.
+pub fn given_no_events<A: Aggregate + 'static>() -> Given<A> {
+    given::<A>([])
+}
+
+/// The commands `A` sends for `event`, checked to be the same natively and on the component.
+pub fn reactions<A: Aggregate + 'static>(event: &EventEnvelope) -> Vec<OutgoingCommand> {
+    cairn_guest::testing::reactions_on(&mut both::<A>(), event)
+}
+
+/// What the bundled component of `A::TYPE` says about itself.
+pub fn describe<A: Aggregate + 'static>() -> crate::runtime::AggregateInfo {
+    compiled(A::TYPE).info().clone()
+}
