@@ -155,8 +155,8 @@ impl Actor {
         self.loaded = None;
         let store = &self.shared.store;
         let (mut state, mut version) = (None, 0);
-        if let Some(snapshot) = store.load_snapshot(&self.stream)?
-            && snapshot.digest == active.component.digest().as_bytes()
+        if let Some(snapshot) =
+            store.load_snapshot_for(&self.stream, active.component.digest().as_bytes())?
         {
             state = Some(snapshot.state);
             version = snapshot.version;

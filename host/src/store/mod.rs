@@ -147,6 +147,16 @@ impl EventStore {
             .transpose()
     }
 
+    /// The newest snapshot of a stream if `digest` made it: a snapshot is only valid while
+    /// the component version that built it is active (DESIGN.md, durability rule 4).
+    pub fn load_snapshot_for(
+        &self,
+        stream: &StreamId,
+        digest: &[u8],
+    ) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self.load_snapshot(stream)?.filter(|s| s.digest == digest))
+    }
+
     /// The recorded outcome of a keyed command (idempotency key or routed causation).
     pub fn outcome(
         &self,

@@ -127,15 +127,20 @@ fn run(
             }
         }
         if !requests.is_empty() {
-            head = commit_group(&db, head, requests);
-            head_tx.send_replace(head);
+            head = commit_group(&db, head, &head_tx, requests);
         }
     }
     tracing::debug!("writer thread stopped");
 }
 
-/// Write every request in one transaction; answer each. Returns the new head position.
-fn commit_group(db: &Database, head: Position, requests: Vec<Request>) -> Position {
+/// Write every request in one transaction, publish the new head, then answer each (so a
+/// caller that sees its answer also sees the head past its events). Returns the new head.
+fn commit_group(
+    db: &Database,
+    head: Position,
+    head_tx: &watch::Sender<Position>,
+    requests: Vec<Request>,
+) -> Position {
     let recorded_at_micros = now_micros();
     let mut next = head + 1;
     let written = (|| -> Result<Vec<Result<Committed, AppendError>>, StoreError> {
@@ -168,6 +173,7 @@ fn commit_group(db: &Database, head: Position, requests: Vec<Request>) -> Positi
     })();
     match written {
         Ok(answers) => {
+            head_tx.send_replace(next - 1);
             for (request, answer) in requests.into_iter().zip(answers) {
                 match request {
                     Request::Append(_, reply) => {

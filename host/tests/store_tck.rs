@@ -1,0 +1,380 @@
+//! The event store's behaviour as named scenarios, after the cases of Akka Persistence's
+//! journal and snapshot-store TCK, run against the real redb store.
+
+use cairn::store::{
+    AppendBatch, AppendError, EventStore, NewEvent, Snapshot, StoredEvent, StoredOutcome, StreamId,
+    Writer,
+};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn stream(id: &str) -> StreamId {
+    StreamId::new("account", id).unwrap()
+}
+
+fn event(n: u64) -> NewEvent {
+    NewEvent {
+        event_type: format!("Happened{n}"),
+        payload: vec![0x81, 0xa1, b'n', n as u8 & 0x7f],
+        correlation_id: format!("corr-{n}"),
+        causation_id: None,
+        component_version: 1,
+    }
+}
+
+fn batch(
+    stream: &StreamId,
+    expected_version: u64,
+    events: impl IntoIterator<Item = u64>,
+) -> AppendBatch {
+    AppendBatch {
+        stream: stream.clone(),
+        expected_version,
+        events: events.into_iter().map(event).collect(),
+        outcomes: Vec::new(),
+        snapshot: None,
+    }
+}
+
+fn versions(events: &[StoredEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.version).collect()
+}
+
+fn open(dir: &Path) -> (EventStore, Writer) {
+    EventStore::open(&dir.join("events.redb")).unwrap()
+}
+
+fn close(store: EventStore, writer: Writer) {
+    writer.shutdown();
+    drop(writer);
+    drop(store);
+}
+
+#[tokio::test]
+async fn append_and_read_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    let s = stream("1");
+    writer.append(batch(&s, 0, [1, 2, 3])).await.unwrap();
+    writer.append(batch(&s, 3, [4])).await.unwrap();
+    let events = store.read_stream(&s, 1, 100).unwrap();
+    assert_eq!(versions(&events), [1, 2, 3, 4]);
+    let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["Happened1", "Happened2", "Happened3", "Happened4"]);
+    assert_eq!(events[1].payload, event(2).payload);
+    assert_eq!(events[0].correlation_id, "corr-1");
+    assert_eq!(
+        store.stream_head(&s).unwrap(),
+        Some((4, events[3].position))
+    );
+    close(store, writer);
+}
+
+#[tokio::test]
+async fn read_ranges_honour_from_to_and_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    let s = stream("1");
+    writer.append(batch(&s, 0, 1..=10)).await.unwrap();
+    assert_eq!(versions(&store.read_stream(&s, 4, 3).unwrap()), [4, 5, 6]);
+    assert_eq!(
+        versions(&store.read_stream_range(&s, 2, 5, 100).unwrap()),
+        [2, 3, 4, 5]
+    );
+    assert_eq!(
+        versions(&store.read_stream_range(&s, 9, 100, 100).unwrap()),
+        [9, 10]
+    );
+    assert!(store.read_stream(&s, 11, 100).unwrap().is_empty());
+    assert_eq!(
+        versions(&store.read_stream(&s, 0, 2).unwrap()),
+        [1, 2],
+        "from 0 reads from the start"
+    );
+    close(store, writer);
+}
+
+#[tokio::test]
+async fn an_empty_stream_has_no_head_and_no_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    assert_eq!(store.stream_head(&stream("nobody")).unwrap(), None);
+    assert!(
+        store
+            .read_stream(&stream("nobody"), 1, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.read_all(0, 10).unwrap().is_empty());
+    assert_eq!(store.head_position(), 0);
+    close(store, writer);
+}
+
+#[tokio::test]
+async fn many_streams_interleaved_stay_separate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    // Streams append concurrently (so their batches share group commits); each stream's
+    // own appends stay sequential, as its actor's would.
+    let mut tasks = Vec::new();
+    for id in 0..8 {
+        let writer = writer.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = stream(&id.to_string());
+            for round in 0..5u64 {
+                writer
+                    .append(batch(&s, round * 2, [round * 2 + 1, round * 2 + 2]))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for id in 0..8 {
+        let events = store.read_stream(&stream(&id.to_string()), 1, 100).unwrap();
+        assert_eq!(versions(&events), (1..=10).collect::<Vec<_>>());
+        assert!(events.iter().all(|e| e.stream_id == id.to_string()));
+    }
+    assert_eq!(store.read_all(0, 1000).unwrap().len(), 80);
+    close(store, writer);
+}
+
+#[tokio::test]
+async fn an_expected_version_conflict_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    let s = stream("1");
+    writer.append(batch(&s, 0, [1, 2])).await.unwrap();
+    let mut conflicting = batch(&s, 1, [3]);
+    conflicting.outcomes.push((
+        "idem:k".into(),
+        StoredOutcome::Accepted {
+            first_version: 2,
+            count: 1,
+            version: 2,
+        },
+    ));
+    match writer.append(conflicting).await {
+        Err(AppendError::VersionConflict {
+            expected: 1,
+            actual: 2,
+        }) => {}
+        other => panic!("expected a version conflict, got {other:?}"),
+    }
+    assert_eq!(store.read_stream(&s, 1, 10).unwrap().len(), 2);
+    assert_eq!(
+        store.outcome(&s, "idem:k").unwrap(),
+        None,
+        "a refused batch leaves no outcome behind"
+    );
+    writer.append(batch(&s, 2, [3])).await.unwrap();
+    close(store, writer);
+}
+
+#[tokio::test]
+async fn global_positions_are_strictly_increasing_across_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    let (a, b) = (stream("a"), stream("b"));
+    writer.append(batch(&a, 0, [1])).await.unwrap();
+    writer.append(batch(&b, 0, [1, 2])).await.unwrap();
+    writer.append(batch(&a, 1, [2])).await.unwrap();
+    let all = store.read_all(0, 100).unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.position).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    let streams: Vec<_> = all.iter().map(|e| e.stream().key()).collect();
+    assert_eq!(
+        streams,
+        ["account/a", "account/b", "account/b", "account/a"]
+    );
+    assert_eq!(store.read_all(2, 1).unwrap()[0].position, 3);
+    assert_eq!(store.head_position(), 4);
+    close(store, writer);
+}
+
+#[tokio::test]
+async fn outcomes_and_the_correlation_index_commit_with_the_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    let s = stream("1");
+    let accepted = StoredOutcome::Accepted {
+        first_version: 1,
+        count: 1,
+        version: 1,
+    };
+    let mut first = batch(&s, 0, [1]);
+    first.outcomes.push(("idem:k1".into(), accepted.clone()));
+    first.outcomes.push((
+        "idem:k2".into(),
+        StoredOutcome::Rejected {
+            code: "nope".into(),
+            message: "no".into(),
+        },
+    ));
+    writer.append(first).await.unwrap();
+    assert_eq!(store.outcome(&s, "idem:k1").unwrap(), Some(accepted));
+    assert!(matches!(
+        store.outcome(&s, "idem:k2").unwrap(),
+        Some(StoredOutcome::Rejected { .. })
+    ));
+    assert_eq!(
+        store.outcome(&stream("2"), "idem:k1").unwrap(),
+        None,
+        "keys are per stream"
+    );
+    assert_eq!(store.read_correlation("corr-1", 10).unwrap().len(), 1);
+    assert!(
+        store
+            .read_correlation("corr-unknown", 10)
+            .unwrap()
+            .is_empty()
+    );
+    close(store, writer);
+}
+
+#[tokio::test]
+async fn snapshots_save_load_latest_and_are_ignored_for_another_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    let s = stream("1");
+    let digest = vec![7u8; 32];
+    let mut with_snapshot = batch(&s, 0, [1, 2]);
+    with_snapshot.snapshot = Some(Snapshot {
+        version: 2,
+        digest: digest.clone(),
+        state: b"two".to_vec(),
+    });
+    writer.append(with_snapshot).await.unwrap();
+    let mut newer = batch(&s, 2, [3]);
+    newer.snapshot = Some(Snapshot {
+        version: 3,
+        digest: digest.clone(),
+        state: b"three".to_vec(),
+    });
+    writer.append(newer).await.unwrap();
+    let latest = store.load_snapshot_for(&s, &digest).unwrap().unwrap();
+    assert_eq!(
+        (latest.version, latest.state.as_slice()),
+        (3, b"three".as_slice())
+    );
+    assert_eq!(
+        store.load_snapshot_for(&s, &[8u8; 32]).unwrap(),
+        None,
+        "another version's snapshot is not used"
+    );
+    assert_eq!(store.load_snapshot(&stream("other")).unwrap(), None);
+    close(store, writer);
+}
+
+#[tokio::test]
+async fn everything_is_there_after_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = stream("1");
+    {
+        let (store, writer) = open(dir.path());
+        writer.append(batch(&s, 0, [1, 2, 3])).await.unwrap();
+        writer.set_cursor("router:account", 2).await.unwrap();
+        close(store, writer);
+    }
+    let (store, writer) = open(dir.path());
+    assert_eq!(store.read_stream(&s, 1, 10).unwrap().len(), 3);
+    assert_eq!(store.head_position(), 3);
+    assert_eq!(store.cursor("router:account").unwrap(), 2);
+    writer.append(batch(&s, 3, [4])).await.unwrap();
+    assert_eq!(
+        store.read_all(0, 10).unwrap().last().unwrap().position,
+        4,
+        "positions continue after reopen"
+    );
+    close(store, writer);
+}
+
+/// Run by `acknowledged_appends_survive_sigkill_mid_write` in a child process: append
+/// forever from 4 concurrent streams, printing each acknowledged append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_writer() {
+    let Some(dir) = std::env::var_os("CAIRN_TCK_CHILD_DIR") else {
+        return;
+    };
+    let (_store, writer) = open(Path::new(&dir));
+    let mut tasks = Vec::new();
+    for id in 0..4 {
+        let writer = writer.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = stream(&format!("crash-{id}"));
+            for round in 0.. {
+                writer
+                    .append(batch(&s, round * 3, [1, 2, 3]))
+                    .await
+                    .unwrap();
+                println!("acked crash-{id} {}", round * 3 + 3);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[test]
+fn acknowledged_appends_survive_sigkill_mid_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
+        .env("CAIRN_TCK_CHILD_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut acked = HashMap::<String, u64>::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut count = 0;
+    while count < 300 {
+        let line = lines.next().expect("the child stopped early").unwrap();
+        if let Some(rest) = line.strip_prefix("acked ") {
+            let (id, version) = rest.split_once(' ').unwrap();
+            acked.insert(id.to_owned(), version.parse().unwrap());
+            count += 1;
+        }
+    }
+    // SIGKILL while appends are in flight.
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (store, writer) = open(dir.path());
+    for (id, acked_version) in &acked {
+        let s = stream(id);
+        let (head, last_position) = store.stream_head(&s).unwrap().unwrap();
+        assert!(
+            head >= *acked_version,
+            "{id}: acknowledged version {acked_version} lost; head is {head}"
+        );
+        assert_eq!(
+            head % 3,
+            0,
+            "{id}: a batch of three was half written (head {head})"
+        );
+        let events = store.read_stream(&s, 1, usize::MAX).unwrap();
+        assert_eq!(versions(&events), (1..=head).collect::<Vec<_>>());
+        assert_eq!(events.last().unwrap().position, last_position);
+    }
+    let all = store.read_all(0, usize::MAX).unwrap();
+    assert!(
+        all.windows(2).all(|w| w[1].position == w[0].position + 1),
+        "the global log has no gaps"
+    );
+    // The store takes appends again after recovery.
+    let s = stream("crash-0");
+    let head = store.stream_head(&s).unwrap().unwrap().0;
+    runtime
+        .block_on(writer.append(batch(&s, head, [1])))
+        .unwrap();
+    close(store, writer);
+}
