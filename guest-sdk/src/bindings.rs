@@ -16,10 +16,7 @@ use cairn::runtime::types::Subscription;
 pub type WitEnvelope = EventEnvelope;
 
 fn raw(event: Event) -> RawEvent {
-    RawEvent {
-        event_type: event.event_type,
-        payload: event.payload,
-    }
+    RawEvent { event_type: event.event_type, payload: event.payload }
 }
 
 pub fn describe<A: Aggregate>() -> AggregateInfo {
@@ -27,10 +24,7 @@ pub fn describe<A: Aggregate>() -> AggregateInfo {
         type_name: A::TYPE.to_owned(),
         subscriptions: A::subscriptions()
             .into_iter()
-            .map(|s| Subscription {
-                source_type: s.source_type,
-                event_types: s.event_types,
-            })
+            .map(|s| Subscription { source_type: s.source_type, event_types: s.event_types })
             .collect(),
         snapshot_interval: A::SNAPSHOT_INTERVAL,
     }
@@ -40,22 +34,12 @@ pub fn process_command<A: Aggregate>(
     state: Option<Vec<u8>>,
     command: Command,
 ) -> Result<Vec<Event>, Rejection> {
-    let command = RawCommand {
-        command_type: command.command_type,
-        payload: command.payload,
-    };
+    let command = RawCommand { command_type: command.command_type, payload: command.payload };
     match glue::process_command::<A>(state.as_deref(), &command) {
-        Ok(events) => Ok(events
-            .into_iter()
-            .map(|e| Event {
-                event_type: e.event_type,
-                payload: e.payload,
-            })
-            .collect()),
-        Err(r) => Err(Rejection {
-            code: r.code,
-            message: r.message,
-        }),
+        Ok(events) => {
+            Ok(events.into_iter().map(|e| Event { event_type: e.event_type, payload: e.payload }).collect())
+        }
+        Err(r) => Err(Rejection { code: r.code, message: r.message }),
     }
 }
 
@@ -85,10 +69,7 @@ pub fn react<A: Aggregate>(event: WitEnvelope) -> Vec<OutgoingCommand> {
         .map(|c| OutgoingCommand {
             target_type: c.target_type,
             target_id: c.target_id,
-            command: Command {
-                command_type: c.command_type,
-                payload: c.payload,
-            },
+            command: Command { command_type: c.command_type, payload: c.payload },
         })
         .collect()
 }

@@ -46,10 +46,7 @@ pub fn encode_variant<T: Serialize>(value: &T) -> (String, Vec<u8>) {
     match rmp::decode::read_str_from_slice(bytes.as_slice()) {
         // A unit variant serializes as its bare name.
         Ok((name, _)) => (name.to_owned(), EMPTY_MAP.to_vec()),
-        Err(_) => panic!(
-            "encode_variant needs an enum, not {}",
-            std::any::type_name::<T>()
-        ),
+        Err(_) => panic!("encode_variant needs an enum, not {}", std::any::type_name::<T>()),
     }
 }
 
@@ -98,29 +95,20 @@ mod tests {
         assert_eq!(name, "Circle");
         let as_map: std::collections::BTreeMap<String, u32> = decode(&payload).unwrap();
         assert_eq!(as_map["radius"], 3);
-        assert_eq!(
-            decode_variant::<Shape>(&name, &payload).unwrap(),
-            Shape::Circle { radius: 3 }
-        );
+        assert_eq!(decode_variant::<Shape>(&name, &payload).unwrap(), Shape::Circle { radius: 3 });
     }
 
     #[test]
     fn unit_variant_travels_as_an_empty_map() {
         let (name, payload) = encode_variant(&Shape::Empty);
         assert_eq!((name.as_str(), payload.as_slice()), ("Empty", EMPTY_MAP));
-        assert_eq!(
-            decode_variant::<Shape>("Empty", EMPTY_MAP).unwrap(),
-            Shape::Empty
-        );
+        assert_eq!(decode_variant::<Shape>("Empty", EMPTY_MAP).unwrap(), Shape::Empty);
     }
 
     #[test]
     fn tuple_variant_round_trips() {
         let (name, payload) = encode_variant(&Shape::Pair(1, 2));
-        assert_eq!(
-            decode_variant::<Shape>(&name, &payload).unwrap(),
-            Shape::Pair(1, 2)
-        );
+        assert_eq!(decode_variant::<Shape>(&name, &payload).unwrap(), Shape::Pair(1, 2));
     }
 
     #[test]

@@ -4,8 +4,7 @@
 
 use crate::codec::{self, is_unknown_variant};
 use crate::{
-    Aggregate, COMMAND_REJECTED, CommandRejected, EventEnvelope, OutgoingCommand, Rejection,
-    UNKNOWN_COMMAND,
+    Aggregate, COMMAND_REJECTED, CommandRejected, EventEnvelope, OutgoingCommand, Rejection, UNKNOWN_COMMAND,
 };
 
 /// An event as it crosses the boundary: type name + MessagePack fields.
@@ -25,20 +24,14 @@ pub struct RawCommand {
 impl RawEvent {
     pub fn from_typed<E: serde::Serialize>(event: &E) -> Self {
         let (event_type, payload) = codec::encode_variant(event);
-        RawEvent {
-            event_type,
-            payload,
-        }
+        RawEvent { event_type, payload }
     }
 }
 
 impl RawCommand {
     pub fn from_typed<C: serde::Serialize>(command: &C) -> Self {
         let (command_type, payload) = codec::encode_variant(command);
-        RawCommand {
-            command_type,
-            payload,
-        }
+        RawCommand { command_type, payload }
     }
 }
 
@@ -51,13 +44,8 @@ fn decode_state<A: Aggregate>(state: Option<&[u8]>) -> Option<A::State> {
 }
 
 fn decode_event<A: Aggregate>(event: &RawEvent) -> A::Event {
-    codec::decode_variant(&event.event_type, &event.payload).unwrap_or_else(|e| {
-        panic!(
-            "{} event {} does not decode: {e}",
-            A::TYPE,
-            event.event_type
-        )
-    })
+    codec::decode_variant(&event.event_type, &event.payload)
+        .unwrap_or_else(|e| panic!("{} event {} does not decode: {e}", A::TYPE, event.event_type))
 }
 
 pub fn process_command<A: Aggregate>(
@@ -70,8 +58,8 @@ pub fn process_command<A: Aggregate>(
             .map_err(|e| Rejection::invalid(format!("{COMMAND_REJECTED} does not decode: {e}")))?;
         A::on_rejected(state.as_ref(), rejected)?
     } else {
-        let typed = codec::decode_variant::<A::Command>(&command.command_type, &command.payload)
-            .map_err(|e| {
+        let typed =
+            codec::decode_variant::<A::Command>(&command.command_type, &command.payload).map_err(|e| {
                 if is_unknown_variant(&e) {
                     Rejection::new(
                         UNKNOWN_COMMAND,

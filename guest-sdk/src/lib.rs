@@ -96,10 +96,7 @@ pub trait Aggregate {
 
     /// Decide what a command does. `state` is `None` before the first event.
     /// A business refusal is `Err(Rejection)`; nothing is stored for it.
-    fn handle(
-        state: Option<&Self::State>,
-        command: Self::Command,
-    ) -> Result<Vec<Self::Event>, Rejection>;
+    fn handle(state: Option<&Self::State>, command: Self::Command) -> Result<Vec<Self::Event>, Rejection>;
 
     /// Evolve the state by one event. Must not fail: the event already happened.
     fn apply(state: Option<Self::State>, event: &Self::Event) -> Self::State;
@@ -135,10 +132,7 @@ pub struct Rejection {
 impl Rejection {
     /// A business rejection (HTTP 422), e.g. `Rejection::new("account_closed", "...")`.
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Rejection {
-            code: code.into(),
-            message: message.into(),
-        }
+        Rejection { code: code.into(), message: message.into() }
     }
 
     /// The command's fields are malformed (HTTP 400).

@@ -63,12 +63,7 @@ pub struct OutgoingCommand {
 
 impl OutgoingCommand {
     /// A command `command_type` with the fields of `data` (a struct or map).
-    pub fn new<T: Serialize>(
-        target_type: &str,
-        target_id: &str,
-        command_type: &str,
-        data: &T,
-    ) -> Self {
+    pub fn new<T: Serialize>(target_type: &str, target_id: &str, command_type: &str, data: &T) -> Self {
         OutgoingCommand {
             target_type: target_type.to_owned(),
             target_id: target_id.to_owned(),

@@ -21,11 +21,7 @@ pub type Trap = String;
 pub trait Backend {
     /// Shown in failure messages, e.g. `native` or `account.wasm`.
     fn name(&self) -> String;
-    fn apply_events(
-        &mut self,
-        state: Option<&[u8]>,
-        events: &[RawEvent],
-    ) -> Result<Option<Vec<u8>>, Trap>;
+    fn apply_events(&mut self, state: Option<&[u8]>, events: &[RawEvent]) -> Result<Option<Vec<u8>>, Trap>;
     fn process_command(
         &mut self,
         state: Option<&[u8]>,
@@ -49,11 +45,7 @@ impl<A: Aggregate> Backend for Native<A> {
         "native".to_owned()
     }
 
-    fn apply_events(
-        &mut self,
-        state: Option<&[u8]>,
-        events: &[RawEvent],
-    ) -> Result<Option<Vec<u8>>, Trap> {
+    fn apply_events(&mut self, state: Option<&[u8]>, events: &[RawEvent]) -> Result<Option<Vec<u8>>, Trap> {
         Ok(glue::apply_events::<A>(state, events))
     }
 
@@ -92,10 +84,7 @@ impl<A: Aggregate> Given<A> {
     pub fn on(backends: Vec<Box<dyn Backend>>, events: impl IntoIterator<Item = A::Event>) -> Self {
         Given {
             backends,
-            history: events
-                .into_iter()
-                .map(|e| RawEvent::from_typed(&e))
-                .collect(),
+            history: events.into_iter().map(|e| RawEvent::from_typed(&e)).collect(),
             _aggregate: PhantomData,
         }
     }
@@ -133,11 +122,15 @@ impl<A: Aggregate> Given<A> {
             })();
             runs.push((backend.name(), run));
         }
-        Then {
-            runs,
-            _aggregate: PhantomData,
-        }
+        Then { runs, _aggregate: PhantomData }
     }
+}
+
+/// One backend's view of an accepted command: its events and the state after them.
+struct Accepted<'a> {
+    backend: &'a str,
+    events: &'a [RawEvent],
+    state: Option<&'a [u8]>,
 }
 
 type Run = Result<Result<(Vec<RawEvent>, Option<Vec<u8>>), Rejection>, Trap>;
@@ -149,15 +142,16 @@ pub struct Then<A: Aggregate> {
 }
 
 impl<A: Aggregate> Then<A> {
-    fn accepted(&self) -> Vec<(&str, &Vec<RawEvent>, &Option<Vec<u8>>)> {
+    /// Every backend's accepted outcome; panics naming the backend that rejected or trapped.
+    fn accepted(&self) -> Vec<Accepted<'_>> {
         self.runs
             .iter()
-            .map(|(name, run)| match run {
-                Ok(Ok((events, state))) => (name.as_str(), events, state),
+            .map(|(backend, run)| match run {
+                Ok(Ok((events, state))) => Accepted { backend, events, state: state.as_deref() },
                 Ok(Err(rejection)) => {
-                    panic!("[{name}] expected events, but the command was rejected: {rejection}")
+                    panic!("[{backend}] expected events, but the command was rejected: {rejection}")
                 }
-                Err(trap) => panic!("[{name}] the guest trapped: {trap}"),
+                Err(trap) => panic!("[{backend}] the guest trapped: {trap}"),
             })
             .collect()
     }
@@ -168,36 +162,28 @@ impl<A: Aggregate> Then<A> {
         A::Event: PartialEq + Debug,
     {
         let expected: Vec<A::Event> = expected.into_iter().collect();
-        for (name, events, _) in self.accepted() {
+        for Accepted { backend: name, events, .. } in self.accepted() {
             let got: Vec<A::Event> = events
                 .iter()
                 .map(|e| codec::decode_variant(&e.event_type, &e.payload).expect("event decodes"))
                 .collect();
-            assert_eq!(
-                got, expected,
-                "[{name}] events differ (left: received, right: expected)"
-            );
+            assert_eq!(got, expected, "[{name}] events differ (left: received, right: expected)");
         }
         self
     }
 
     /// The command was accepted and recorded nothing.
     pub fn then_no_events(self) -> Self {
-        for (name, events, _) in self.accepted() {
-            assert!(
-                events.is_empty(),
-                "[{name}] expected no events, received {events:?}"
-            );
+        for Accepted { backend: name, events, .. } in self.accepted() {
+            assert!(events.is_empty(), "[{name}] expected no events, received {events:?}");
         }
         self
     }
 
     /// The state after the new events satisfies `check`.
     pub fn then_state(self, check: impl Fn(&A::State)) -> Self {
-        for (name, _, state) in self.accepted() {
-            let state = state
-                .as_ref()
-                .unwrap_or_else(|| panic!("[{name}] the aggregate has no state"));
+        for Accepted { backend: name, state, .. } in self.accepted() {
+            let state = state.unwrap_or_else(|| panic!("[{name}] the aggregate has no state"));
             let state: A::State = codec::decode(state).expect("state decodes");
             check(&state);
         }
@@ -209,10 +195,7 @@ impl<A: Aggregate> Then<A> {
         for (name, run) in &self.runs {
             match run {
                 Ok(Err(rejection)) => {
-                    assert_eq!(
-                        rejection.code, code,
-                        "[{name}] rejected, but with another code: {rejection}"
-                    )
+                    assert_eq!(rejection.code, code, "[{name}] rejected, but with another code: {rejection}")
                 }
                 Ok(Ok((events, _))) => {
                     panic!("[{name}] expected rejection {code}, but it recorded {events:?}")
@@ -228,29 +211,20 @@ impl<A: Aggregate> Then<A> {
 
 /// The commands an aggregate's reaction sends for `event`, on every backend (all must
 /// agree). Use [`OutgoingCommand::new`] to build the expected list.
-pub fn reactions_on(
-    backends: &mut [Box<dyn Backend>],
-    event: &EventEnvelope,
-) -> Vec<OutgoingCommand> {
+pub fn reactions_on(backends: &mut [Box<dyn Backend>], event: &EventEnvelope) -> Vec<OutgoingCommand> {
     let mut answers = backends.iter_mut().map(|b| (b.name(), b.react(event)));
     let (first_name, first) = answers.next().expect("at least one backend");
     let first = first.unwrap_or_else(|trap| panic!("[{first_name}] react trapped: {trap}"));
     for (name, answer) in answers {
         let answer = answer.unwrap_or_else(|trap| panic!("[{name}] react trapped: {trap}"));
-        assert_eq!(
-            answer, first,
-            "[{name}] reacts differently from [{first_name}]"
-        );
+        assert_eq!(answer, first, "[{name}] reacts differently from [{first_name}]");
     }
     first
 }
 
 /// The commands `A` sends when it sees `event`, run natively.
 pub fn reactions<A: Aggregate + 'static>(event: &EventEnvelope) -> Vec<OutgoingCommand> {
-    reactions_on(
-        &mut [Box::new(Native::<A>::default()) as Box<dyn Backend>],
-        event,
-    )
+    reactions_on(&mut [Box::new(Native::<A>::default()) as Box<dyn Backend>], event)
 }
 
 /// An envelope of a committed event of another aggregate, to test reactions with.

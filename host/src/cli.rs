@@ -8,11 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "cairn",
-    version,
-    about = "A WebAssembly-hosted actor runtime for event-sourced aggregates"
-)]
+#[command(name = "cairn", version, about = "A WebAssembly-hosted actor runtime for event-sourced aggregates")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -109,49 +105,23 @@ enum Command {
 
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(dispatch(cli.command))
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve {
-            data,
-            listen,
-            admin_token,
-            max_body_bytes,
-            mailbox_capacity,
-            idle_seconds,
-        } => {
-            let mut config = ServeConfig {
-                data_dir: data,
-                listen,
-                admin_token,
-                ..ServeConfig::default()
-            };
+        Command::Serve { data, listen, admin_token, max_body_bytes, mailbox_capacity, idle_seconds } => {
+            let mut config = ServeConfig { data_dir: data, listen, admin_token, ..ServeConfig::default() };
             config.body_limits.command_bytes = max_body_bytes;
             config.actors.mailbox_capacity = mailbox_capacity.max(1);
             config.actors.idle_timeout = std::time::Duration::from_secs(idle_seconds.max(1));
             crate::server::serve(config).await
         }
-        Command::Send {
-            type_name,
-            id,
-            json,
-            idempotency_key,
-            correlation_id,
-            expect_version,
-            client,
-        } => {
+        Command::Send { type_name, id, json, idempotency_key, correlation_id, expect_version, client } => {
             let body: Value = serde_json::from_str(&json).context("the command must be JSON")?;
-            let mut request = http()
-                .post(format!(
-                    "{}/aggregates/{type_name}/{id}/commands",
-                    client.url
-                ))
-                .json(&body);
+            let mut request =
+                http().post(format!("{}/aggregates/{type_name}/{id}/commands", client.url)).json(&body);
             if let Some(key) = idempotency_key {
                 request = request.header("Idempotency-Key", key);
             }
@@ -163,41 +133,21 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             print_answer(request).await
         }
-        Command::State {
-            type_name,
-            id,
-            version,
-            client,
-        } => {
+        Command::State { type_name, id, version, client } => {
             let mut url = format!("{}/aggregates/{type_name}/{id}", client.url);
             if let Some(version) = version {
                 url.push_str(&format!("?version={version}"));
             }
             print_answer(http().get(url)).await
         }
-        Command::Events {
-            type_name,
-            id,
-            from,
-            limit,
-            client,
-        } => {
-            let url = format!(
-                "{}/aggregates/{type_name}/{id}/events?from={from}&limit={limit}",
-                client.url
-            );
+        Command::Events { type_name, id, from, limit, client } => {
+            let url = format!("{}/aggregates/{type_name}/{id}/events?from={from}&limit={limit}", client.url);
             print_answer(http().get(url)).await
         }
         Command::Components { client } => {
             print_answer(http().get(format!("{}/components", client.url))).await
         }
-        Command::Deploy {
-            file,
-            name,
-            admin_token,
-            data,
-            client,
-        } => {
+        Command::Deploy { file, name, admin_token, data, client } => {
             let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
             let name = match name {
                 Some(name) => name,
@@ -211,10 +161,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 Some(token) => token,
                 None => std::fs::read_to_string(data.join(ADMIN_TOKEN_FILE))
                     .with_context(|| {
-                        format!(
-                            "no --admin-token and no {}",
-                            data.join(ADMIN_TOKEN_FILE).display()
-                        )
+                        format!("no --admin-token and no {}", data.join(ADMIN_TOKEN_FILE).display())
                     })?
                     .trim()
                     .to_owned(),
@@ -235,10 +182,8 @@ fn http() -> reqwest::Client {
 
 /// Print the answer's JSON; a non-2xx answer is printed to stderr and fails the command.
 async fn print_answer(request: reqwest::RequestBuilder) -> anyhow::Result<()> {
-    let response = request
-        .send()
-        .await
-        .context("could not reach the cairn host (is `cairn serve` running?)")?;
+    let response =
+        request.send().await.context("could not reach the cairn host (is `cairn serve` running?)")?;
     let status = response.status();
     let text = response.text().await?;
     let pretty = serde_json::from_str::<Value>(&text)

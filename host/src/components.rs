@@ -86,17 +86,12 @@ pub struct ComponentRegistry {
 }
 
 fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
 }
@@ -116,39 +111,21 @@ impl ComponentRegistry {
                 let name = name.value().to_owned();
                 let record: ComponentRecord = rmp_serde::from_slice(record.value())
                     .map_err(|e| StoreError::Corrupt(format!("component record {name}: {e}")))?;
-                let current = record
-                    .versions
-                    .iter()
-                    .find(|v| v.version == record.active)
-                    .ok_or_else(|| {
+                let current =
+                    record.versions.iter().find(|v| v.version == record.active).ok_or_else(|| {
                         StoreError::Corrupt(format!("component {name} has no active version"))
                     })?;
-                let bytes = blobs
-                    .get(current.digest.as_slice())
-                    .map_err(StoreError::from)?
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!(
-                            "component {name} v{} bytes missing",
-                            current.version
-                        ))
+                let bytes =
+                    blobs.get(current.digest.as_slice()).map_err(StoreError::from)?.ok_or_else(|| {
+                        StoreError::Corrupt(format!("component {name} v{} bytes missing", current.version))
                     })?;
                 let component = runtime.load_aggregate(bytes.value())?;
-                active.insert(
-                    name.clone(),
-                    Arc::new(ActiveAggregate {
-                        version: current.version,
-                        component,
-                    }),
-                );
+                active
+                    .insert(name.clone(), Arc::new(ActiveAggregate { version: current.version, component }));
                 records.insert(name, record);
             }
         }
-        Ok(ComponentRegistry {
-            runtime,
-            store,
-            records: RwLock::new(records),
-            active: RwLock::new(active),
-        })
+        Ok(ComponentRegistry { runtime, store, records: RwLock::new(records), active: RwLock::new(active) })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -157,20 +134,13 @@ impl ComponentRegistry {
 
     /// The active version of the aggregate component for `type_name`.
     pub fn active(&self, type_name: &str) -> Option<Arc<ActiveAggregate>> {
-        self.active
-            .read()
-            .expect("registry lock")
-            .get(type_name)
-            .cloned()
+        self.active.read().expect("registry lock").get(type_name).cloned()
     }
 
     /// Every active aggregate component, by type name.
     pub fn all_active(&self) -> Vec<(String, Arc<ActiveAggregate>)> {
         let active = self.active.read().expect("registry lock");
-        active
-            .iter()
-            .map(|(name, a)| (name.clone(), a.clone()))
-            .collect()
+        active.iter().map(|(name, a)| (name.clone(), a.clone())).collect()
     }
 
     /// Validate, store and activate a new version of the aggregate component `name`.
@@ -186,10 +156,7 @@ impl ComponentRegistry {
         let component = self.runtime.load_aggregate(bytes)?;
         let declared = &component.info().type_name;
         if declared != name {
-            return Err(DeployError::NameMismatch {
-                name: name.to_owned(),
-                declared: declared.clone(),
-            });
+            return Err(DeployError::NameMismatch { name: name.to_owned(), declared: declared.clone() });
         }
         let digest = component.digest().clone();
         let mut records = self.records.write().expect("registry lock");
@@ -219,17 +186,12 @@ impl ComponentRegistry {
         record.active = version;
         self.persist(name, &record, Some((&digest, bytes)))?;
         records.insert(name.to_owned(), record);
-        self.active.write().expect("registry lock").insert(
-            name.to_owned(),
-            Arc::new(ActiveAggregate { version, component }),
-        );
+        self.active
+            .write()
+            .expect("registry lock")
+            .insert(name.to_owned(), Arc::new(ActiveAggregate { version, component }));
         tracing::info!(component = name, version, %digest, "deployed");
-        Ok(Deployed {
-            name: name.to_owned(),
-            kind: "aggregate",
-            version,
-            digest: digest.to_string(),
-        })
+        Ok(Deployed { name: name.to_owned(), kind: "aggregate", version, digest: digest.to_string() })
     }
 
     fn persist(
@@ -244,8 +206,7 @@ impl ComponentRegistry {
             let encoded = rmp_serde::to_vec(record).expect("encode a component record");
             table.insert(name, encoded.as_slice())?;
             if let Some((digest, bytes)) = blob {
-                txn.open_table(COMPONENT_BLOBS)?
-                    .insert(digest.as_bytes().as_slice(), bytes)?;
+                txn.open_table(COMPONENT_BLOBS)?.insert(digest.as_bytes().as_slice(), bytes)?;
             }
         }
         txn.commit()?;

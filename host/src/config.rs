@@ -24,10 +24,7 @@ impl Default for ServeConfig {
             data_dir: PathBuf::from("data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: None,
-            body_limits: BodyLimits {
-                command_bytes: 1 << 20,
-                component_bytes: 64 << 20,
-            },
+            body_limits: BodyLimits { command_bytes: 1 << 20, component_bytes: 64 << 20 },
             actors: ActorConfig::default(),
             guest_limits: Limits::default(),
         }

@@ -13,8 +13,7 @@ pub fn to_msgpack(value: &Value) -> Vec<u8> {
 /// MessagePack written by a component, as JSON. Components write serde data, so this
 /// only fails for a component that writes something else; that is shown, not hidden.
 pub fn to_json(bytes: &[u8]) -> Value {
-    rmp_serde::from_slice(bytes)
-        .unwrap_or_else(|e| Value::String(format!("<undecodable MessagePack: {e}>")))
+    rmp_serde::from_slice(bytes).unwrap_or_else(|e| Value::String(format!("<undecodable MessagePack: {e}>")))
 }
 
 /// An event as users see it (API.md's EVENT).
@@ -59,18 +58,12 @@ mod tests {
 
     #[test]
     fn json_round_trips_through_msgpack() {
-        let value =
-            json!({"amount": 5500, "id": "101", "nested": {"list": [1, -2, 3.5, null, true]}});
+        let value = json!({"amount": 5500, "id": "101", "nested": {"list": [1, -2, 3.5, null, true]}});
         assert_eq!(to_json(&to_msgpack(&value)), value);
     }
 
     #[test]
     fn undecodable_bytes_are_reported_not_hidden() {
-        assert!(
-            to_json(&[0xc1])
-                .as_str()
-                .unwrap()
-                .starts_with("<undecodable")
-        );
+        assert!(to_json(&[0xc1]).as_str().unwrap().starts_with("<undecodable"));
     }
 }

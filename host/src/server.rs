@@ -14,43 +14,26 @@ use std::sync::Arc;
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let data = &config.data_dir;
-    std::fs::create_dir_all(data)
-        .with_context(|| format!("create data directory {}", data.display()))?;
+    std::fs::create_dir_all(data).with_context(|| format!("create data directory {}", data.display()))?;
     let admin_token = admin_token(data, config.admin_token.as_deref())?;
 
     let (store, writer) = match EventStore::open(&data.join(STORE_FILE)) {
         Err(StoreError::Storage(redb::Error::DatabaseAlreadyOpen)) => {
-            anyhow::bail!(
-                "{} is in use by another cairn process",
-                data.join(STORE_FILE).display()
-            )
+            anyhow::bail!("{} is in use by another cairn process", data.join(STORE_FILE).display())
         }
         other => other.with_context(|| format!("open the event store in {}", data.display()))?,
     };
     let runtime = Runtime::new(Some(&data.join(COMPILED_DIR)), config.guest_limits)?;
-    let components = Arc::new(
-        ComponentRegistry::open(runtime, store.clone()).context("load deployed components")?,
-    );
+    let components =
+        Arc::new(ComponentRegistry::open(runtime, store.clone()).context("load deployed components")?);
     if components.is_empty() {
         for (name, bytes) in cairn_artifacts::BUNDLED {
-            components
-                .deploy(name, bytes)
-                .with_context(|| format!("deploy the bundled {name} component"))?;
+            components.deploy(name, bytes).with_context(|| format!("deploy the bundled {name} component"))?;
         }
         tracing::info!("new data directory: deployed the bundled example components");
     }
-    let actors = Actors::new(
-        store.clone(),
-        writer.clone(),
-        components.clone(),
-        config.actors,
-    );
-    let state = AppState {
-        actors: actors.clone(),
-        store,
-        components,
-        admin_token: admin_token.into(),
-    };
+    let actors = Actors::new(store.clone(), writer.clone(), components.clone(), config.actors);
+    let state = AppState { actors: actors.clone(), store, components, admin_token: admin_token.into() };
     let app = http::router(state, config.body_limits);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -61,9 +44,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Tests and scripts read the bound address (for --listen 127.0.0.1:0) from this line.
     println!("cairn listening on http://{address}");
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("shutting down: draining actors");
     actors.shutdown().await;
     writer.shutdown();
@@ -75,9 +56,8 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("install the SIGTERM handler");
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install the SIGTERM handler");
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}
@@ -99,13 +79,8 @@ fn admin_token(data: &Path, given: Option<&str>) -> anyhow::Result<String> {
             return Ok(token);
         }
     }
-    let token = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    write_private(&path, &token)
-        .with_context(|| format!("write the admin token to {}", path.display()))?;
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    write_private(&path, &token).with_context(|| format!("write the admin token to {}", path.display()))?;
     tracing::info!("made an admin token, kept in {}", path.display());
     Ok(token)
 }

@@ -14,21 +14,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// Components compiled once per test process, by aggregate type.
 fn compiled(type_name: &str) -> Arc<AggregateComponent> {
     static CACHE: OnceLock<Mutex<HashMap<String, Arc<AggregateComponent>>>> = OnceLock::new();
-    let mut cache = CACHE
-        .get_or_init(Default::default)
-        .lock()
-        .expect("component cache lock");
+    let mut cache = CACHE.get_or_init(Default::default).lock().expect("component cache lock");
     cache
         .entry(type_name.to_owned())
         .or_insert_with(|| {
             let bytes = cairn_artifacts::component(type_name)
                 .unwrap_or_else(|| panic!("no bundled component for aggregate type {type_name}"));
             let runtime = Runtime::new(None, Limits::default()).expect("wasmtime engine");
-            Arc::new(
-                runtime
-                    .load_aggregate(bytes)
-                    .expect("the bundled component loads"),
-            )
+            Arc::new(runtime.load_aggregate(bytes).expect("the bundled component loads"))
         })
         .clone()
 }
@@ -58,11 +51,7 @@ impl Backend for ComponentBackend {
         self.name.clone()
     }
 
-    fn apply_events(
-        &mut self,
-        state: Option<&[u8]>,
-        events: &[RawEvent],
-    ) -> Result<Option<Vec<u8>>, Trap> {
+    fn apply_events(&mut self, state: Option<&[u8]>, events: &[RawEvent]) -> Result<Option<Vec<u8>>, Trap> {
         self.component.apply_events(state, events).map_err(trap)
     }
 
@@ -80,10 +69,7 @@ impl Backend for ComponentBackend {
 }
 
 fn both<A: Aggregate + 'static>() -> Vec<Box<dyn Backend>> {
-    vec![
-        Box::new(Native::<A>::default()),
-        Box::new(ComponentBackend::bundled(A::TYPE)),
-    ]
+    vec![Box::new(Native::<A>::default()), Box::new(ComponentBackend::bundled(A::TYPE))]
 }
 
 /// Start a scenario that runs natively and on the bundled component of `A::TYPE`.

@@ -2,8 +2,7 @@
 //! journal and snapshot-store TCK, run against the real redb store.
 
 use cairn::store::{
-    AppendBatch, AppendError, EventStore, NewEvent, Snapshot, StoredEvent, StoredOutcome, StreamId,
-    Writer,
+    AppendBatch, AppendError, EventStore, NewEvent, Snapshot, StoredEvent, StoredOutcome, StreamId, Writer,
 };
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -24,11 +23,7 @@ fn event(n: u64) -> NewEvent {
     }
 }
 
-fn batch(
-    stream: &StreamId,
-    expected_version: u64,
-    events: impl IntoIterator<Item = u64>,
-) -> AppendBatch {
+fn batch(stream: &StreamId, expected_version: u64, events: impl IntoIterator<Item = u64>) -> AppendBatch {
     AppendBatch {
         stream: stream.clone(),
         expected_version,
@@ -65,10 +60,7 @@ async fn append_and_read_back_in_order() {
     assert_eq!(types, ["Happened1", "Happened2", "Happened3", "Happened4"]);
     assert_eq!(events[1].payload, event(2).payload);
     assert_eq!(events[0].correlation_id, "corr-1");
-    assert_eq!(
-        store.stream_head(&s).unwrap(),
-        Some((4, events[3].position))
-    );
+    assert_eq!(store.stream_head(&s).unwrap(), Some((4, events[3].position)));
     close(store, writer);
 }
 
@@ -79,20 +71,10 @@ async fn read_ranges_honour_from_to_and_limit() {
     let s = stream("1");
     writer.append(batch(&s, 0, 1..=10)).await.unwrap();
     assert_eq!(versions(&store.read_stream(&s, 4, 3).unwrap()), [4, 5, 6]);
-    assert_eq!(
-        versions(&store.read_stream_range(&s, 2, 5, 100).unwrap()),
-        [2, 3, 4, 5]
-    );
-    assert_eq!(
-        versions(&store.read_stream_range(&s, 9, 100, 100).unwrap()),
-        [9, 10]
-    );
+    assert_eq!(versions(&store.read_stream_range(&s, 2, 5, 100).unwrap()), [2, 3, 4, 5]);
+    assert_eq!(versions(&store.read_stream_range(&s, 9, 100, 100).unwrap()), [9, 10]);
     assert!(store.read_stream(&s, 11, 100).unwrap().is_empty());
-    assert_eq!(
-        versions(&store.read_stream(&s, 0, 2).unwrap()),
-        [1, 2],
-        "from 0 reads from the start"
-    );
+    assert_eq!(versions(&store.read_stream(&s, 0, 2).unwrap()), [1, 2], "from 0 reads from the start");
     close(store, writer);
 }
 
@@ -101,12 +83,7 @@ async fn an_empty_stream_has_no_head_and_no_events() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open(dir.path());
     assert_eq!(store.stream_head(&stream("nobody")).unwrap(), None);
-    assert!(
-        store
-            .read_stream(&stream("nobody"), 1, 10)
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.read_stream(&stream("nobody"), 1, 10).unwrap().is_empty());
     assert!(store.read_all(0, 10).unwrap().is_empty());
     assert_eq!(store.head_position(), 0);
     close(store, writer);
@@ -124,10 +101,7 @@ async fn many_streams_interleaved_stay_separate() {
         tasks.push(tokio::spawn(async move {
             let s = stream(&id.to_string());
             for round in 0..5u64 {
-                writer
-                    .append(batch(&s, round * 2, [round * 2 + 1, round * 2 + 2]))
-                    .await
-                    .unwrap();
+                writer.append(batch(&s, round * 2, [round * 2 + 1, round * 2 + 2])).await.unwrap();
             }
         }));
     }
@@ -150,27 +124,15 @@ async fn an_expected_version_conflict_stores_nothing() {
     let s = stream("1");
     writer.append(batch(&s, 0, [1, 2])).await.unwrap();
     let mut conflicting = batch(&s, 1, [3]);
-    conflicting.outcomes.push((
-        "idem:k".into(),
-        StoredOutcome::Accepted {
-            first_version: 2,
-            count: 1,
-            version: 2,
-        },
-    ));
+    conflicting
+        .outcomes
+        .push(("idem:k".into(), StoredOutcome::Accepted { first_version: 2, count: 1, version: 2 }));
     match writer.append(conflicting).await {
-        Err(AppendError::VersionConflict {
-            expected: 1,
-            actual: 2,
-        }) => {}
+        Err(AppendError::VersionConflict { expected: 1, actual: 2 }) => {}
         other => panic!("expected a version conflict, got {other:?}"),
     }
     assert_eq!(store.read_stream(&s, 1, 10).unwrap().len(), 2);
-    assert_eq!(
-        store.outcome(&s, "idem:k").unwrap(),
-        None,
-        "a refused batch leaves no outcome behind"
-    );
+    assert_eq!(store.outcome(&s, "idem:k").unwrap(), None, "a refused batch leaves no outcome behind");
     writer.append(batch(&s, 2, [3])).await.unwrap();
     close(store, writer);
 }
@@ -184,15 +146,9 @@ async fn global_positions_are_strictly_increasing_across_streams() {
     writer.append(batch(&b, 0, [1, 2])).await.unwrap();
     writer.append(batch(&a, 1, [2])).await.unwrap();
     let all = store.read_all(0, 100).unwrap();
-    assert_eq!(
-        all.iter().map(|e| e.position).collect::<Vec<_>>(),
-        [1, 2, 3, 4]
-    );
+    assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), [1, 2, 3, 4]);
     let streams: Vec<_> = all.iter().map(|e| e.stream().key()).collect();
-    assert_eq!(
-        streams,
-        ["account/a", "account/b", "account/b", "account/a"]
-    );
+    assert_eq!(streams, ["account/a", "account/b", "account/b", "account/a"]);
     assert_eq!(store.read_all(2, 1).unwrap()[0].position, 3);
     assert_eq!(store.head_position(), 4);
     close(store, writer);
@@ -203,38 +159,18 @@ async fn outcomes_and_the_correlation_index_commit_with_the_events() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open(dir.path());
     let s = stream("1");
-    let accepted = StoredOutcome::Accepted {
-        first_version: 1,
-        count: 1,
-        version: 1,
-    };
+    let accepted = StoredOutcome::Accepted { first_version: 1, count: 1, version: 1 };
     let mut first = batch(&s, 0, [1]);
     first.outcomes.push(("idem:k1".into(), accepted.clone()));
-    first.outcomes.push((
-        "idem:k2".into(),
-        StoredOutcome::Rejected {
-            code: "nope".into(),
-            message: "no".into(),
-        },
-    ));
+    first
+        .outcomes
+        .push(("idem:k2".into(), StoredOutcome::Rejected { code: "nope".into(), message: "no".into() }));
     writer.append(first).await.unwrap();
     assert_eq!(store.outcome(&s, "idem:k1").unwrap(), Some(accepted));
-    assert!(matches!(
-        store.outcome(&s, "idem:k2").unwrap(),
-        Some(StoredOutcome::Rejected { .. })
-    ));
-    assert_eq!(
-        store.outcome(&stream("2"), "idem:k1").unwrap(),
-        None,
-        "keys are per stream"
-    );
+    assert!(matches!(store.outcome(&s, "idem:k2").unwrap(), Some(StoredOutcome::Rejected { .. })));
+    assert_eq!(store.outcome(&stream("2"), "idem:k1").unwrap(), None, "keys are per stream");
     assert_eq!(store.read_correlation("corr-1", 10).unwrap().len(), 1);
-    assert!(
-        store
-            .read_correlation("corr-unknown", 10)
-            .unwrap()
-            .is_empty()
-    );
+    assert!(store.read_correlation("corr-unknown", 10).unwrap().is_empty());
     close(store, writer);
 }
 
@@ -245,24 +181,13 @@ async fn snapshots_save_load_latest_and_are_ignored_for_another_digest() {
     let s = stream("1");
     let digest = vec![7u8; 32];
     let mut with_snapshot = batch(&s, 0, [1, 2]);
-    with_snapshot.snapshot = Some(Snapshot {
-        version: 2,
-        digest: digest.clone(),
-        state: b"two".to_vec(),
-    });
+    with_snapshot.snapshot = Some(Snapshot { version: 2, digest: digest.clone(), state: b"two".to_vec() });
     writer.append(with_snapshot).await.unwrap();
     let mut newer = batch(&s, 2, [3]);
-    newer.snapshot = Some(Snapshot {
-        version: 3,
-        digest: digest.clone(),
-        state: b"three".to_vec(),
-    });
+    newer.snapshot = Some(Snapshot { version: 3, digest: digest.clone(), state: b"three".to_vec() });
     writer.append(newer).await.unwrap();
     let latest = store.load_snapshot_for(&s, &digest).unwrap().unwrap();
-    assert_eq!(
-        (latest.version, latest.state.as_slice()),
-        (3, b"three".as_slice())
-    );
+    assert_eq!((latest.version, latest.state.as_slice()), (3, b"three".as_slice()));
     assert_eq!(
         store.load_snapshot_for(&s, &[8u8; 32]).unwrap(),
         None,
@@ -287,11 +212,7 @@ async fn everything_is_there_after_close_and_reopen() {
     assert_eq!(store.head_position(), 3);
     assert_eq!(store.cursor("router:account").unwrap(), 2);
     writer.append(batch(&s, 3, [4])).await.unwrap();
-    assert_eq!(
-        store.read_all(0, 10).unwrap().last().unwrap().position,
-        4,
-        "positions continue after reopen"
-    );
+    assert_eq!(store.read_all(0, 10).unwrap().last().unwrap().position, 4, "positions continue after reopen");
     close(store, writer);
 }
 
@@ -309,10 +230,7 @@ async fn child_writer() {
         tasks.push(tokio::spawn(async move {
             let s = stream(&format!("crash-{id}"));
             for round in 0.. {
-                writer
-                    .append(batch(&s, round * 3, [1, 2, 3]))
-                    .await
-                    .unwrap();
+                writer.append(batch(&s, round * 3, [1, 2, 3])).await.unwrap();
                 println!("acked crash-{id} {}", round * 3 + 3);
             }
         }));
@@ -352,29 +270,17 @@ fn acknowledged_appends_survive_sigkill_mid_write() {
     for (id, acked_version) in &acked {
         let s = stream(id);
         let (head, last_position) = store.stream_head(&s).unwrap().unwrap();
-        assert!(
-            head >= *acked_version,
-            "{id}: acknowledged version {acked_version} lost; head is {head}"
-        );
-        assert_eq!(
-            head % 3,
-            0,
-            "{id}: a batch of three was half written (head {head})"
-        );
+        assert!(head >= *acked_version, "{id}: acknowledged version {acked_version} lost; head is {head}");
+        assert_eq!(head % 3, 0, "{id}: a batch of three was half written (head {head})");
         let events = store.read_stream(&s, 1, usize::MAX).unwrap();
         assert_eq!(versions(&events), (1..=head).collect::<Vec<_>>());
         assert_eq!(events.last().unwrap().position, last_position);
     }
     let all = store.read_all(0, usize::MAX).unwrap();
-    assert!(
-        all.windows(2).all(|w| w[1].position == w[0].position + 1),
-        "the global log has no gaps"
-    );
+    assert!(all.windows(2).all(|w| w[1].position == w[0].position + 1), "the global log has no gaps");
     // The store takes appends again after recovery.
     let s = stream("crash-0");
     let head = store.stream_head(&s).unwrap().unwrap().0;
-    runtime
-        .block_on(writer.append(batch(&s, head, [1])))
-        .unwrap();
+    runtime.block_on(writer.append(batch(&s, head, [1]))).unwrap();
     close(store, writer);
 }

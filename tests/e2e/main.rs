@@ -1,1 +1,10 @@
+//! End-to-end tests: the real `cairn serve` binary, a temporary data directory with a
+//! real redb file, the real example components, and HTTP.
 
+mod harness;
+
+mod commands;
+mod durability;
+mod errors;
+mod reads;
+mod sandbox;

@@ -83,23 +83,15 @@ pub struct AccountAggregate;
 
 fn open(state: Option<&Account>) -> Result<&Account, Rejection> {
     match state {
-        None => Err(Rejection::new(
-            "account_not_found",
-            "the account has not been opened",
-        )),
-        Some(account) if account.closed => {
-            Err(Rejection::new("account_closed", "the account is closed"))
-        }
+        None => Err(Rejection::new("account_not_found", "the account has not been opened")),
+        Some(account) if account.closed => Err(Rejection::new("account_closed", "the account is closed")),
         Some(account) => Ok(account),
     }
 }
 
 fn check_movement(amount: i64, transaction_id: &str) -> Result<(), Rejection> {
     if amount <= 0 {
-        return Err(Rejection::new(
-            "invalid_amount",
-            format!("amount must be positive, got {amount}"),
-        ));
+        return Err(Rejection::new("invalid_amount", format!("amount must be positive, got {amount}")));
     }
     if transaction_id.trim().is_empty() {
         return Err(Rejection::invalid("transaction_id must not be empty"));
@@ -113,19 +105,13 @@ impl Aggregate for AccountAggregate {
     type Command = AccountCommand;
     type Event = AccountEvent;
 
-    fn handle(
-        state: Option<&Account>,
-        command: AccountCommand,
-    ) -> Result<Vec<AccountEvent>, Rejection> {
+    fn handle(state: Option<&Account>, command: AccountCommand) -> Result<Vec<AccountEvent>, Rejection> {
         use AccountCommand::*;
         use AccountEvent::*;
         let event = match command {
             OpenAccount { initial_balance } => {
                 if state.is_some() {
-                    return Err(Rejection::new(
-                        "account_already_open",
-                        "the account is already open",
-                    ));
+                    return Err(Rejection::new("account_already_open", "the account is already open"));
                 }
                 if initial_balance < 0 {
                     return Err(Rejection::new(
@@ -135,28 +121,16 @@ impl Aggregate for AccountAggregate {
                 }
                 AccountOpened { initial_balance }
             }
-            CreditAccount {
-                amount,
-                transaction_id,
-                transfer,
-            } => {
+            CreditAccount { amount, transaction_id, transfer } => {
                 let account = open(state)?;
                 check_movement(amount, &transaction_id)?;
-                let balance = account.balance.checked_add(amount).ok_or_else(|| {
-                    Rejection::new("invalid_amount", "the balance would overflow")
-                })?;
-                AccountCredited {
-                    amount,
-                    transaction_id,
-                    balance,
-                    transfer,
-                }
+                let balance = account
+                    .balance
+                    .checked_add(amount)
+                    .ok_or_else(|| Rejection::new("invalid_amount", "the balance would overflow"))?;
+                AccountCredited { amount, transaction_id, balance, transfer }
             }
-            DebitAccount {
-                amount,
-                transaction_id,
-                transfer,
-            } => {
+            DebitAccount { amount, transaction_id, transfer } => {
                 let account = open(state)?;
                 check_movement(amount, &transaction_id)?;
                 if amount > account.balance {
@@ -167,12 +141,7 @@ impl Aggregate for AccountAggregate {
                         transfer,
                     }
                 } else {
-                    AccountDebited {
-                        amount,
-                        transaction_id,
-                        balance: account.balance - amount,
-                        transfer,
-                    }
+                    AccountDebited { amount, transaction_id, balance: account.balance - amount, transfer }
                 }
             }
             CloseAccount => {
@@ -184,14 +153,12 @@ impl Aggregate for AccountAggregate {
     }
 
     fn apply(state: Option<Account>, event: &AccountEvent) -> Account {
-        let mut account = state.unwrap_or(Account {
-            balance: 0,
-            closed: false,
-        });
+        let mut account = state.unwrap_or(Account { balance: 0, closed: false });
         match event {
             AccountEvent::AccountOpened { initial_balance } => account.balance = *initial_balance,
-            AccountEvent::AccountCredited { balance, .. }
-            | AccountEvent::AccountDebited { balance, .. } => account.balance = *balance,
+            AccountEvent::AccountCredited { balance, .. } | AccountEvent::AccountDebited { balance, .. } => {
+                account.balance = *balance
+            }
             AccountEvent::AccountDebitFailedDueToInsufficientFunds { .. } => {}
             AccountEvent::AccountClosed => account.closed = true,
         }
@@ -201,11 +168,7 @@ impl Aggregate for AccountAggregate {
     fn subscriptions() -> Vec<Subscription> {
         vec![Subscription::to(
             "money-transfer",
-            [
-                "MoneyTransferCreated",
-                "MoneyTransferDebitRecorded",
-                "MoneyTransferCreditFailed",
-            ],
+            ["MoneyTransferCreated", "MoneyTransferDebitRecorded", "MoneyTransferCreditFailed"],
         )]
     }
 
@@ -217,28 +180,18 @@ impl Aggregate for AccountAggregate {
             return Vec::new();
         };
         let transfer_id = event.stream_id.clone();
-        let (account_id, command_type, counterparty, transaction_id) =
-            match event.event_type.as_str() {
-                "MoneyTransferCreated" => (
-                    leg.from_account_id,
-                    "DebitAccount",
-                    leg.to_account_id,
-                    transfer_id.clone(),
-                ),
-                "MoneyTransferDebitRecorded" => (
-                    leg.to_account_id,
-                    "CreditAccount",
-                    leg.from_account_id,
-                    transfer_id.clone(),
-                ),
-                "MoneyTransferCreditFailed" => (
-                    leg.from_account_id,
-                    "CreditAccount",
-                    leg.to_account_id,
-                    format!("{transfer_id}-reversal"),
-                ),
-                _ => return Vec::new(),
-            };
+        let (account_id, command_type, counterparty, transaction_id) = match event.event_type.as_str() {
+            "MoneyTransferCreated" => {
+                (leg.from_account_id, "DebitAccount", leg.to_account_id, transfer_id.clone())
+            }
+            "MoneyTransferDebitRecorded" => {
+                (leg.to_account_id, "CreditAccount", leg.from_account_id, transfer_id.clone())
+            }
+            "MoneyTransferCreditFailed" => {
+                (leg.from_account_id, "CreditAccount", leg.to_account_id, format!("{transfer_id}-reversal"))
+            }
+            _ => return Vec::new(),
+        };
         #[derive(Serialize)]
         struct Movement {
             amount: i64,
@@ -252,12 +205,7 @@ impl Aggregate for AccountAggregate {
             transfer_id,
             counterparty_account_id: counterparty,
         };
-        vec![OutgoingCommand::new(
-            "account",
-            &account_id,
-            command_type,
-            &movement,
-        )]
+        vec![OutgoingCommand::new("account", &account_id, command_type, &movement)]
     }
 }
 

@@ -12,55 +12,27 @@ fn opened(initial_balance: i64) -> AccountEvent {
 }
 
 fn debit(amount: i64, tx: &str) -> AccountCommand {
-    DebitAccount {
-        amount,
-        transaction_id: tx.into(),
-        transfer: TransferRef::default(),
-    }
+    DebitAccount { amount, transaction_id: tx.into(), transfer: TransferRef::default() }
 }
 
 fn credit(amount: i64, tx: &str) -> AccountCommand {
-    CreditAccount {
-        amount,
-        transaction_id: tx.into(),
-        transfer: TransferRef::default(),
-    }
+    CreditAccount { amount, transaction_id: tx.into(), transfer: TransferRef::default() }
 }
 
 fn debited(amount: i64, tx: &str, balance: i64) -> AccountEvent {
-    AccountDebited {
-        amount,
-        transaction_id: tx.into(),
-        balance,
-        transfer: TransferRef::default(),
-    }
+    AccountDebited { amount, transaction_id: tx.into(), balance, transfer: TransferRef::default() }
 }
 
 fn credited(amount: i64, tx: &str, balance: i64) -> AccountEvent {
-    AccountCredited {
-        amount,
-        transaction_id: tx.into(),
-        balance,
-        transfer: TransferRef::default(),
-    }
+    AccountCredited { amount, transaction_id: tx.into(), balance, transfer: TransferRef::default() }
 }
 
 #[test]
 fn open_account_records_the_initial_balance() {
     given_no_events::<AccountAggregate>()
-        .when(OpenAccount {
-            initial_balance: 25000,
-        })
+        .when(OpenAccount { initial_balance: 25000 })
         .then_events([opened(25000)])
-        .then_state(|a| {
-            assert_eq!(
-                a,
-                &Account {
-                    balance: 25000,
-                    closed: false
-                }
-            )
-        });
+        .then_state(|a| assert_eq!(a, &Account { balance: 25000, closed: false }));
 }
 
 #[test]
@@ -73,9 +45,7 @@ fn open_account_twice_is_rejected() {
 #[test]
 fn open_account_with_a_negative_balance_is_rejected() {
     given_no_events::<AccountAggregate>()
-        .when(OpenAccount {
-            initial_balance: -1,
-        })
+        .when(OpenAccount { initial_balance: -1 })
         .then_rejected("invalid_amount");
 }
 
@@ -119,33 +89,21 @@ fn debit_beyond_the_balance_records_insufficient_funds_and_keeps_the_balance() {
 #[test]
 fn non_positive_amounts_are_rejected() {
     for amount in [0, -5] {
-        given::<AccountAggregate>([opened(100)])
-            .when(debit(amount, "t"))
-            .then_rejected("invalid_amount");
-        given::<AccountAggregate>([opened(100)])
-            .when(credit(amount, "t"))
-            .then_rejected("invalid_amount");
+        given::<AccountAggregate>([opened(100)]).when(debit(amount, "t")).then_rejected("invalid_amount");
+        given::<AccountAggregate>([opened(100)]).when(credit(amount, "t")).then_rejected("invalid_amount");
     }
 }
 
 #[test]
 fn an_empty_transaction_id_is_invalid() {
-    given::<AccountAggregate>([opened(100)])
-        .when(credit(5, " "))
-        .then_rejected("invalid_command");
+    given::<AccountAggregate>([opened(100)]).when(credit(5, " ")).then_rejected("invalid_command");
 }
 
 #[test]
 fn commands_to_a_never_opened_account_are_rejected() {
-    given_no_events::<AccountAggregate>()
-        .when(credit(5, "t"))
-        .then_rejected("account_not_found");
-    given_no_events::<AccountAggregate>()
-        .when(debit(5, "t"))
-        .then_rejected("account_not_found");
-    given_no_events::<AccountAggregate>()
-        .when(CloseAccount)
-        .then_rejected("account_not_found");
+    given_no_events::<AccountAggregate>().when(credit(5, "t")).then_rejected("account_not_found");
+    given_no_events::<AccountAggregate>().when(debit(5, "t")).then_rejected("account_not_found");
+    given_no_events::<AccountAggregate>().when(CloseAccount).then_rejected("account_not_found");
 }
 
 #[test]
@@ -159,64 +117,33 @@ fn close_account_closes_it() {
 #[test]
 fn commands_to_a_closed_account_are_rejected() {
     let history = || [opened(100), AccountClosed];
-    given::<AccountAggregate>(history())
-        .when(credit(5, "t"))
-        .then_rejected("account_closed");
-    given::<AccountAggregate>(history())
-        .when(debit(5, "t"))
-        .then_rejected("account_closed");
-    given::<AccountAggregate>(history())
-        .when(CloseAccount)
-        .then_rejected("account_closed");
+    given::<AccountAggregate>(history()).when(credit(5, "t")).then_rejected("account_closed");
+    given::<AccountAggregate>(history()).when(debit(5, "t")).then_rejected("account_closed");
+    given::<AccountAggregate>(history()).when(CloseAccount).then_rejected("account_closed");
 }
 
 #[test]
 fn an_unknown_command_is_told_apart_from_a_malformed_one() {
-    let unknown = RawCommand {
-        command_type: "Launch".into(),
-        payload: cairn_guest::codec::EMPTY_MAP.to_vec(),
-    };
-    given::<AccountAggregate>([opened(1)])
-        .when_raw(unknown)
-        .then_rejected("unknown_command");
+    let unknown =
+        RawCommand { command_type: "Launch".into(), payload: cairn_guest::codec::EMPTY_MAP.to_vec() };
+    given::<AccountAggregate>([opened(1)]).when_raw(unknown).then_rejected("unknown_command");
     let bad = RawCommand {
         command_type: "CreditAccount".into(),
-        payload: cairn_guest::codec::encode(&std::collections::BTreeMap::from([(
-            "amount", "lots",
-        )])),
+        payload: cairn_guest::codec::encode(&std::collections::BTreeMap::from([("amount", "lots")])),
     };
-    given::<AccountAggregate>([opened(1)])
-        .when_raw(bad)
-        .then_rejected("invalid_command");
+    given::<AccountAggregate>([opened(1)]).when_raw(bad).then_rejected("invalid_command");
 }
 
+/// Another aggregate's events, mirrored by field name (event names are domain words).
 #[derive(serde::Serialize)]
+#[allow(clippy::enum_variant_names)]
 enum TransferEvent {
-    MoneyTransferCreated {
-        from_account_id: String,
-        to_account_id: String,
-        amount: i64,
-    },
-    MoneyTransferDebitRecorded {
-        from_account_id: String,
-        to_account_id: String,
-        amount: i64,
-    },
-    MoneyTransferCreditFailed {
-        from_account_id: String,
-        to_account_id: String,
-        amount: i64,
-        reason: String,
-    },
+    MoneyTransferCreated { from_account_id: String, to_account_id: String, amount: i64 },
+    MoneyTransferDebitRecorded { from_account_id: String, to_account_id: String, amount: i64 },
+    MoneyTransferCreditFailed { from_account_id: String, to_account_id: String, amount: i64, reason: String },
 }
 
-fn movement(
-    account: &str,
-    command: &str,
-    amount: i64,
-    tx: &str,
-    counterparty: &str,
-) -> OutgoingCommand {
+fn movement(account: &str, command: &str, amount: i64, tx: &str, counterparty: &str) -> OutgoingCommand {
     #[derive(serde::Serialize)]
     struct Movement<'a> {
         amount: i64,
@@ -224,12 +151,8 @@ fn movement(
         transfer_id: &'a str,
         counterparty_account_id: &'a str,
     }
-    let data = Movement {
-        amount,
-        transaction_id: tx,
-        transfer_id: "tr1",
-        counterparty_account_id: counterparty,
-    };
+    let data =
+        Movement { amount, transaction_id: tx, transfer_id: "tr1", counterparty_account_id: counterparty };
     OutgoingCommand::new("account", account, command, &data)
 }
 
@@ -241,10 +164,7 @@ fn a_created_transfer_debits_the_source_account() {
         amount: 5500,
     };
     let sent = reactions::<AccountAggregate>(&envelope("money-transfer", "tr1", 1, &event));
-    assert_eq!(
-        sent,
-        vec![movement("101", "DebitAccount", 5500, "tr1", "202")]
-    );
+    assert_eq!(sent, vec![movement("101", "DebitAccount", 5500, "tr1", "202")]);
 }
 
 #[test]
@@ -255,10 +175,7 @@ fn a_recorded_debit_credits_the_target_account() {
         amount: 5500,
     };
     let sent = reactions::<AccountAggregate>(&envelope("money-transfer", "tr1", 2, &event));
-    assert_eq!(
-        sent,
-        vec![movement("202", "CreditAccount", 5500, "tr1", "101")]
-    );
+    assert_eq!(sent, vec![movement("202", "CreditAccount", 5500, "tr1", "101")]);
 }
 
 #[test]
@@ -270,36 +187,16 @@ fn a_failed_credit_credits_the_source_back() {
         reason: "account 202: account_not_found".into(),
     };
     let sent = reactions::<AccountAggregate>(&envelope("money-transfer", "tr1", 3, &event));
-    assert_eq!(
-        sent,
-        vec![movement(
-            "101",
-            "CreditAccount",
-            5500,
-            "tr1-reversal",
-            "202"
-        )]
-    );
+    assert_eq!(sent, vec![movement("101", "CreditAccount", 5500, "tr1-reversal", "202")]);
 }
 
 #[test]
 fn transfer_fields_travel_from_command_to_event() {
-    let transfer = TransferRef {
-        transfer_id: Some("tr1".into()),
-        counterparty_account_id: Some("202".into()),
-    };
+    let transfer =
+        TransferRef { transfer_id: Some("tr1".into()), counterparty_account_id: Some("202".into()) };
     given::<AccountAggregate>([opened(100)])
-        .when(DebitAccount {
-            amount: 40,
-            transaction_id: "tr1".into(),
-            transfer: transfer.clone(),
-        })
-        .then_events([AccountDebited {
-            amount: 40,
-            transaction_id: "tr1".into(),
-            balance: 60,
-            transfer,
-        }]);
+        .when(DebitAccount { amount: 40, transaction_id: "tr1".into(), transfer: transfer.clone() })
+        .then_events([AccountDebited { amount: 40, transaction_id: "tr1".into(), balance: 60, transfer }]);
 }
 
 #[test]

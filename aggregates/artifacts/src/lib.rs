@@ -6,8 +6,5 @@ include!(concat!(env!("OUT_DIR"), "/components.rs"));
 
 /// The bytes of the example component for an aggregate type, e.g. `money-transfer`.
 pub fn component(type_name: &str) -> Option<&'static [u8]> {
-    BUNDLED
-        .iter()
-        .find(|(name, _)| *name == type_name)
-        .map(|(_, bytes)| *bytes)
+    BUNDLED.iter().find(|(name, _)| *name == type_name).map(|(_, bytes)| *bytes)
 }

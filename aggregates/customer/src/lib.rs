@@ -56,18 +56,12 @@ impl Aggregate for CustomerAggregate {
     type Command = CustomerCommand;
     type Event = CustomerEvent;
 
-    fn handle(
-        state: Option<&Customer>,
-        command: CustomerCommand,
-    ) -> Result<Vec<CustomerEvent>, Rejection> {
+    fn handle(state: Option<&Customer>, command: CustomerCommand) -> Result<Vec<CustomerEvent>, Rejection> {
         use CustomerCommand::*;
         use CustomerEvent::*;
         if let CreateCustomer { name, credit_limit } = command {
             if state.is_some() {
-                return Err(Rejection::new(
-                    "customer_already_exists",
-                    "this customer already exists",
-                ));
+                return Err(Rejection::new("customer_already_exists", "this customer already exists"));
             }
             if name.trim().is_empty() {
                 return Err(Rejection::invalid("name must not be empty"));
@@ -80,14 +74,10 @@ impl Aggregate for CustomerAggregate {
             }
             return Ok(vec![CustomerCreated { name, credit_limit }]);
         }
-        let customer =
-            state.ok_or_else(|| Rejection::new("customer_not_found", "no such customer"))?;
+        let customer = state.ok_or_else(|| Rejection::new("customer_not_found", "no such customer"))?;
         let events = match command {
             CreateCustomer { .. } => unreachable!("handled above"),
-            ReserveCredit {
-                order_id,
-                order_total,
-            } => {
+            ReserveCredit { order_id, order_total } => {
                 if order_total <= 0 {
                     return Err(Rejection::new(
                         "invalid_amount",
@@ -97,22 +87,13 @@ impl Aggregate for CustomerAggregate {
                 if customer.credit_reservations.contains_key(&order_id) {
                     Vec::new()
                 } else if order_total <= customer.available_credit {
-                    vec![CustomerCreditReserved {
-                        order_id,
-                        order_total,
-                    }]
+                    vec![CustomerCreditReserved { order_id, order_total }]
                 } else {
-                    vec![CustomerCreditReservationFailed {
-                        order_id,
-                        order_total,
-                    }]
+                    vec![CustomerCreditReservationFailed { order_id, order_total }]
                 }
             }
             ReleaseCredit { order_id } => match customer.credit_reservations.get(&order_id) {
-                Some(&order_total) => vec![CustomerCreditReleased {
-                    order_id,
-                    order_total,
-                }],
+                Some(&order_total) => vec![CustomerCreditReleased { order_id, order_total }],
                 None => Vec::new(),
             },
         };
@@ -132,20 +113,12 @@ impl Aggregate for CustomerAggregate {
         let mut customer = state.expect("a customer's first event is CustomerCreated");
         match event {
             CustomerCreated { .. } => unreachable!("handled above"),
-            CustomerCreditReserved {
-                order_id,
-                order_total,
-            } => {
-                customer
-                    .credit_reservations
-                    .insert(order_id.clone(), *order_total);
+            CustomerCreditReserved { order_id, order_total } => {
+                customer.credit_reservations.insert(order_id.clone(), *order_total);
                 customer.available_credit -= order_total;
             }
             CustomerCreditReservationFailed { .. } => {}
-            CustomerCreditReleased {
-                order_id,
-                order_total,
-            } => {
+            CustomerCreditReleased { order_id, order_total } => {
                 customer.credit_reservations.remove(order_id);
                 customer.available_credit += order_total;
             }
@@ -154,10 +127,7 @@ impl Aggregate for CustomerAggregate {
     }
 
     fn subscriptions() -> Vec<Subscription> {
-        vec![Subscription::to(
-            "order",
-            ["OrderCreated", "OrderCancelled"],
-        )]
+        vec![Subscription::to("order", ["OrderCreated", "OrderCancelled"])]
     }
 
     /// Reserve credit for a new order; release it when the order is cancelled.
@@ -173,10 +143,7 @@ impl Aggregate for CustomerAggregate {
                     order_id: &'a str,
                     order_total: i64,
                 }
-                let reserve = Reserve {
-                    order_id,
-                    order_total: order.order_total,
-                };
+                let reserve = Reserve { order_id, order_total: order.order_total };
                 OutgoingCommand::new(Self::TYPE, &order.customer_id, "ReserveCredit", &reserve)
             }
             "OrderCancelled" => {
@@ -184,12 +151,7 @@ impl Aggregate for CustomerAggregate {
                 struct Release<'a> {
                     order_id: &'a str,
                 }
-                OutgoingCommand::new(
-                    Self::TYPE,
-                    &order.customer_id,
-                    "ReleaseCredit",
-                    &Release { order_id },
-                )
+                OutgoingCommand::new(Self::TYPE, &order.customer_id, "ReleaseCredit", &Release { order_id })
             }
             _ => return Vec::new(),
         };

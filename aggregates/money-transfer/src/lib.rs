@@ -10,9 +10,7 @@
 //! The account aggregate debits and credits; this aggregate records what happened, and
 //! asks for the source to be credited back when the target account is missing or closed.
 
-use cairn_guest::{
-    Aggregate, CommandRejected, EventEnvelope, OutgoingCommand, Rejection, Subscription,
-};
+use cairn_guest::{Aggregate, CommandRejected, EventEnvelope, OutgoingCommand, Rejection, Subscription};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,30 +55,13 @@ pub enum MoneyTransferCommand {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MoneyTransferEvent {
-    MoneyTransferCreated {
-        from_account_id: String,
-        to_account_id: String,
-        amount: i64,
-    },
-    MoneyTransferDebitRecorded {
-        from_account_id: String,
-        to_account_id: String,
-        amount: i64,
-    },
+    MoneyTransferCreated { from_account_id: String, to_account_id: String, amount: i64 },
+    MoneyTransferDebitRecorded { from_account_id: String, to_account_id: String, amount: i64 },
     MoneyTransferCompleted,
     MoneyTransferFailedDueToInsufficientFunds,
-    MoneyTransferCreditFailed {
-        from_account_id: String,
-        to_account_id: String,
-        amount: i64,
-        reason: String,
-    },
-    MoneyTransferFailed {
-        reason: String,
-    },
-    MoneyTransferRefundFailed {
-        reason: String,
-    },
+    MoneyTransferCreditFailed { from_account_id: String, to_account_id: String, amount: i64, reason: String },
+    MoneyTransferFailed { reason: String },
+    MoneyTransferRefundFailed { reason: String },
 }
 
 /// The account events this aggregate reacts to, read by field name.
@@ -104,28 +85,15 @@ impl Aggregate for MoneyTransferAggregate {
     ) -> Result<Vec<MoneyTransferEvent>, Rejection> {
         use MoneyTransferCommand::*;
         use MoneyTransferEvent::*;
-        if let CreateMoneyTransfer {
-            from_account_id,
-            to_account_id,
-            amount,
-        } = command
-        {
+        if let CreateMoneyTransfer { from_account_id, to_account_id, amount } = command {
             if state.is_some() {
-                return Err(Rejection::new(
-                    "transfer_already_exists",
-                    "this transfer was already created",
-                ));
+                return Err(Rejection::new("transfer_already_exists", "this transfer was already created"));
             }
             if from_account_id.trim().is_empty() || to_account_id.trim().is_empty() {
-                return Err(Rejection::invalid(
-                    "from_account_id and to_account_id must not be empty",
-                ));
+                return Err(Rejection::invalid("from_account_id and to_account_id must not be empty"));
             }
             if from_account_id == to_account_id {
-                return Err(Rejection::new(
-                    "same_account",
-                    "cannot transfer from an account to itself",
-                ));
+                return Err(Rejection::new("same_account", "cannot transfer from an account to itself"));
             }
             if amount <= 0 {
                 return Err(Rejection::new(
@@ -133,14 +101,9 @@ impl Aggregate for MoneyTransferAggregate {
                     format!("amount must be positive, got {amount}"),
                 ));
             }
-            return Ok(vec![MoneyTransferCreated {
-                from_account_id,
-                to_account_id,
-                amount,
-            }]);
+            return Ok(vec![MoneyTransferCreated { from_account_id, to_account_id, amount }]);
         }
-        let transfer =
-            state.ok_or_else(|| Rejection::new("transfer_not_found", "no such money transfer"))?;
+        let transfer = state.ok_or_else(|| Rejection::new("transfer_not_found", "no such money transfer"))?;
         // Saga steps arriving in a state that does not expect them change nothing: the
         // host delivers each effect once, so this only guards against hand-sent commands.
         let events = match (command, transfer.state) {
@@ -152,17 +115,13 @@ impl Aggregate for MoneyTransferAggregate {
             (RecordDebitFailed, TransferState::NEW) => {
                 vec![MoneyTransferFailedDueToInsufficientFunds]
             }
-            (RecordCredit { account_id }, TransferState::DEBITED)
-                if account_id == transfer.to_account_id =>
-            {
+            (RecordCredit { account_id }, TransferState::DEBITED) if account_id == transfer.to_account_id => {
                 vec![MoneyTransferCompleted]
             }
             (RecordCredit { account_id }, TransferState::COMPENSATING)
                 if account_id == transfer.from_account_id =>
             {
-                vec![MoneyTransferFailed {
-                    reason: transfer.failure_reason.clone().unwrap_or_default(),
-                }]
+                vec![MoneyTransferFailed { reason: transfer.failure_reason.clone().unwrap_or_default() }]
             }
             _ => Vec::new(),
         };
@@ -171,12 +130,7 @@ impl Aggregate for MoneyTransferAggregate {
 
     fn apply(state: Option<MoneyTransfer>, event: &MoneyTransferEvent) -> MoneyTransfer {
         use MoneyTransferEvent::*;
-        if let MoneyTransferCreated {
-            from_account_id,
-            to_account_id,
-            amount,
-        } = event
-        {
+        if let MoneyTransferCreated { from_account_id, to_account_id, amount } = event {
             return MoneyTransfer {
                 state: TransferState::NEW,
                 from_account_id: from_account_id.clone(),
@@ -212,20 +166,13 @@ impl Aggregate for MoneyTransferAggregate {
     fn subscriptions() -> Vec<Subscription> {
         vec![Subscription::to(
             "account",
-            [
-                "AccountDebited",
-                "AccountDebitFailedDueToInsufficientFunds",
-                "AccountCredited",
-            ],
+            ["AccountDebited", "AccountDebitFailedDueToInsufficientFunds", "AccountCredited"],
         )]
     }
 
     /// Report account movements that belong to a transfer back to that transfer.
     fn react(event: &EventEnvelope) -> Vec<OutgoingCommand> {
-        let Ok(AccountMovement {
-            transfer_id: Some(transfer_id),
-        }) = event.data()
-        else {
+        let Ok(AccountMovement { transfer_id: Some(transfer_id) }) = event.data() else {
             return Vec::new();
         };
         #[derive(Serialize)]
@@ -235,9 +182,7 @@ impl Aggregate for MoneyTransferAggregate {
             account_id: &'a str,
         }
         let command = match event.event_type.as_str() {
-            "AccountDebited" => {
-                OutgoingCommand::new(Self::TYPE, &transfer_id, "RecordDebit", &NoFields {})
-            }
+            "AccountDebited" => OutgoingCommand::new(Self::TYPE, &transfer_id, "RecordDebit", &NoFields {}),
             "AccountDebitFailedDueToInsufficientFunds" => {
                 OutgoingCommand::new(Self::TYPE, &transfer_id, "RecordDebitFailed", &NoFields {})
             }
@@ -245,9 +190,7 @@ impl Aggregate for MoneyTransferAggregate {
                 Self::TYPE,
                 &transfer_id,
                 "RecordCredit",
-                &Credit {
-                    account_id: &event.stream_id,
-                },
+                &Credit { account_id: &event.stream_id },
             ),
             _ => return Vec::new(),
         };
@@ -263,10 +206,7 @@ impl Aggregate for MoneyTransferAggregate {
         let Some(transfer) = state else {
             return Ok(Vec::new());
         };
-        let reason = format!(
-            "{} {}: {}",
-            rejected.target_type, rejected.target_id, rejected.code
-        );
+        let reason = format!("{} {}: {}", rejected.target_type, rejected.target_id, rejected.code);
         let events = match (rejected.command_type.as_str(), transfer.state) {
             // The source account is missing or closed: nothing was debited.
             ("DebitAccount", TransferState::NEW) => vec![MoneyTransferFailed { reason }],

@@ -8,27 +8,15 @@ use cairn::testkit::{given, given_no_events, reactions};
 use cairn_guest::testing::envelope;
 
 fn create(from: &str, to: &str, amount: i64) -> MoneyTransferCommand {
-    CreateMoneyTransfer {
-        from_account_id: from.into(),
-        to_account_id: to.into(),
-        amount,
-    }
+    CreateMoneyTransfer { from_account_id: from.into(), to_account_id: to.into(), amount }
 }
 
 fn created() -> MoneyTransferEvent {
-    MoneyTransferCreated {
-        from_account_id: "101".into(),
-        to_account_id: "202".into(),
-        amount: 5500,
-    }
+    MoneyTransferCreated { from_account_id: "101".into(), to_account_id: "202".into(), amount: 5500 }
 }
 
 fn debit_recorded() -> MoneyTransferEvent {
-    MoneyTransferDebitRecorded {
-        from_account_id: "101".into(),
-        to_account_id: "202".into(),
-        amount: 5500,
-    }
+    MoneyTransferDebitRecorded { from_account_id: "101".into(), to_account_id: "202".into(), amount: 5500 }
 }
 
 fn rejected(command_type: &str, target: &str, code: &str) -> CommandRejected {
@@ -62,9 +50,7 @@ fn create_twice_is_rejected() {
 
 #[test]
 fn a_transfer_to_itself_is_rejected() {
-    given_no_events::<MoneyTransferAggregate>()
-        .when(create("101", "101", 5))
-        .then_rejected("same_account");
+    given_no_events::<MoneyTransferAggregate>().when(create("101", "101", 5)).then_rejected("same_account");
 }
 
 #[test]
@@ -78,16 +64,12 @@ fn a_non_positive_amount_is_rejected() {
 
 #[test]
 fn empty_account_ids_are_invalid() {
-    given_no_events::<MoneyTransferAggregate>()
-        .when(create("", "202", 5))
-        .then_rejected("invalid_command");
+    given_no_events::<MoneyTransferAggregate>().when(create("", "202", 5)).then_rejected("invalid_command");
 }
 
 #[test]
 fn saga_steps_for_a_missing_transfer_are_rejected() {
-    given_no_events::<MoneyTransferAggregate>()
-        .when(RecordDebit)
-        .then_rejected("transfer_not_found");
+    given_no_events::<MoneyTransferAggregate>().when(RecordDebit).then_rejected("transfer_not_found");
 }
 
 #[test]
@@ -97,9 +79,7 @@ fn new_then_debited_then_completed() {
         .then_events([debit_recorded()])
         .then_state(state_is(TransferState::DEBITED));
     given::<MoneyTransferAggregate>([created(), debit_recorded()])
-        .when(RecordCredit {
-            account_id: "202".into(),
-        })
+        .when(RecordCredit { account_id: "202".into() })
         .then_events([MoneyTransferCompleted])
         .then_state(state_is(TransferState::COMPLETED));
 }
@@ -131,9 +111,7 @@ fn a_rejected_credit_starts_compensation_and_the_refund_fails_the_transfer() {
         reason: reason.clone(),
     };
     given::<MoneyTransferAggregate>([created(), debit_recorded(), credit_failed])
-        .when(RecordCredit {
-            account_id: "101".into(),
-        })
+        .when(RecordCredit { account_id: "101".into() })
         .then_events([MoneyTransferFailed { reason }])
         .then_state(state_is(TransferState::FAILED));
 }
@@ -142,9 +120,7 @@ fn a_rejected_credit_starts_compensation_and_the_refund_fails_the_transfer() {
 fn a_rejected_debit_fails_the_transfer_with_nothing_moved() {
     given::<MoneyTransferAggregate>([created()])
         .when_rejected(rejected("DebitAccount", "101", "account_closed"))
-        .then_events([MoneyTransferFailed {
-            reason: "account 101: account_closed".into(),
-        }])
+        .then_events([MoneyTransferFailed { reason: "account 101: account_closed".into() }])
         .then_state(state_is(TransferState::FAILED));
 }
 
@@ -154,13 +130,13 @@ fn steps_out_of_order_change_nothing() {
         .when(RecordDebit)
         .then_no_events();
     given::<MoneyTransferAggregate>([created()])
-        .when(RecordCredit {
-            account_id: "202".into(),
-        })
+        .when(RecordCredit { account_id: "202".into() })
         .then_no_events();
 }
 
+/// Another aggregate's events, mirrored by field name (event names are domain words).
 #[derive(serde::Serialize)]
+#[allow(clippy::enum_variant_names)]
 enum AccountEvent {
     AccountDebited {
         amount: i64,
@@ -196,11 +172,7 @@ fn account_movements_of_a_transfer_are_reported_to_it() {
     let sent = reactions::<MoneyTransferAggregate>(&envelope("account", "101", 2, &debited));
     assert_eq!(sent.len(), 1);
     assert_eq!(
-        (
-            sent[0].target_type.as_str(),
-            sent[0].target_id.as_str(),
-            sent[0].command_type.as_str()
-        ),
+        (sent[0].target_type.as_str(), sent[0].target_id.as_str(), sent[0].command_type.as_str()),
         ("money-transfer", "tr1", "RecordDebit")
     );
 
@@ -226,12 +198,7 @@ fn account_movements_of_a_transfer_are_reported_to_it() {
     }
     assert_eq!(
         sent,
-        vec![OutgoingCommand::new(
-            "money-transfer",
-            "tr1",
-            "RecordCredit",
-            &Credit { account_id: "202" }
-        )]
+        vec![OutgoingCommand::new("money-transfer", "tr1", "RecordCredit", &Credit { account_id: "202" })]
     );
 }
 
@@ -239,20 +206,10 @@ fn account_movements_of_a_transfer_are_reported_to_it() {
 fn movements_outside_a_transfer_are_ignored() {
     #[derive(serde::Serialize)]
     enum Plain {
-        AccountDebited {
-            amount: i64,
-            transaction_id: String,
-            balance: i64,
-        },
+        AccountDebited { amount: i64, transaction_id: String, balance: i64 },
     }
-    let event = Plain::AccountDebited {
-        amount: 1,
-        transaction_id: "t".into(),
-        balance: 0,
-    };
+    let event = Plain::AccountDebited { amount: 1, transaction_id: "t".into(), balance: 0 };
     assert!(reactions::<MoneyTransferAggregate>(&envelope("account", "101", 2, &event)).is_empty());
     let opened = AccountEvent::AccountOpened { initial_balance: 1 };
-    assert!(
-        reactions::<MoneyTransferAggregate>(&envelope("account", "101", 1, &opened)).is_empty()
-    );
+    assert!(reactions::<MoneyTransferAggregate>(&envelope("account", "101", 1, &opened)).is_empty());
 }

@@ -3,9 +3,7 @@
 //! (`INSUFFICIENT_CREDIT`, or `UNKNOWN_CUSTOMER` when the customer does not exist).
 //! Cancelling an approved order makes it `CANCELLED` and the customer releases the credit.
 
-use cairn_guest::{
-    Aggregate, CommandRejected, EventEnvelope, OutgoingCommand, Rejection, Subscription,
-};
+use cairn_guest::{Aggregate, CommandRejected, EventEnvelope, OutgoingCommand, Rejection, Subscription};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,18 +43,10 @@ pub enum OrderCommand {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderEvent {
-    OrderCreated {
-        customer_id: String,
-        order_total: i64,
-    },
+    OrderCreated { customer_id: String, order_total: i64 },
     OrderApproved,
-    OrderRejected {
-        rejection_reason: String,
-    },
-    OrderCancelled {
-        customer_id: String,
-        order_total: i64,
-    },
+    OrderRejected { rejection_reason: String },
+    OrderCancelled { customer_id: String, order_total: i64 },
 }
 
 /// The customer events this aggregate reacts to, read by field name.
@@ -76,16 +66,9 @@ impl Aggregate for OrderAggregate {
     fn handle(state: Option<&Order>, command: OrderCommand) -> Result<Vec<OrderEvent>, Rejection> {
         use OrderCommand::*;
         use OrderEvent::*;
-        if let CreateOrder {
-            customer_id,
-            order_total,
-        } = command
-        {
+        if let CreateOrder { customer_id, order_total } = command {
             if state.is_some() {
-                return Err(Rejection::new(
-                    "order_already_exists",
-                    "this order already exists",
-                ));
+                return Err(Rejection::new("order_already_exists", "this order already exists"));
             }
             if customer_id.trim().is_empty() {
                 return Err(Rejection::invalid("customer_id must not be empty"));
@@ -96,10 +79,7 @@ impl Aggregate for OrderAggregate {
                     format!("order_total must be positive, got {order_total}"),
                 ));
             }
-            return Ok(vec![OrderCreated {
-                customer_id,
-                order_total,
-            }]);
+            return Ok(vec![OrderCreated { customer_id, order_total }]);
         }
         let order = state.ok_or_else(|| Rejection::new("order_not_found", "no such order"))?;
         let events = match (command, order.state) {
@@ -128,11 +108,7 @@ impl Aggregate for OrderAggregate {
 
     fn apply(state: Option<Order>, event: &OrderEvent) -> Order {
         use OrderEvent::*;
-        if let OrderCreated {
-            customer_id,
-            order_total,
-        } = event
-        {
+        if let OrderCreated { customer_id, order_total } = event {
             return Order {
                 state: OrderState::PENDING,
                 customer_id: customer_id.clone(),
@@ -154,10 +130,7 @@ impl Aggregate for OrderAggregate {
     }
 
     fn subscriptions() -> Vec<Subscription> {
-        vec![Subscription::to(
-            "customer",
-            ["CustomerCreditReserved", "CustomerCreditReservationFailed"],
-        )]
+        vec![Subscription::to("customer", ["CustomerCreditReserved", "CustomerCreditReservationFailed"])]
     }
 
     /// Turn the customer's credit decision into the order's approval or rejection.
@@ -176,9 +149,7 @@ impl Aggregate for OrderAggregate {
                 struct Reject {
                     rejection_reason: &'static str,
                 }
-                let reject = Reject {
-                    rejection_reason: INSUFFICIENT_CREDIT,
-                };
+                let reject = Reject { rejection_reason: INSUFFICIENT_CREDIT };
                 OutgoingCommand::new(Self::TYPE, &decision.order_id, "RejectOrder", &reject)
             }
             _ => return Vec::new(),
@@ -187,15 +158,9 @@ impl Aggregate for OrderAggregate {
     }
 
     /// The customer refused the credit reservation outright: it does not exist.
-    fn on_rejected(
-        state: Option<&Order>,
-        rejected: CommandRejected,
-    ) -> Result<Vec<OrderEvent>, Rejection> {
+    fn on_rejected(state: Option<&Order>, rejected: CommandRejected) -> Result<Vec<OrderEvent>, Rejection> {
         match state {
-            Some(order)
-                if order.state == OrderState::PENDING
-                    && rejected.command_type == "ReserveCredit" =>
-            {
+            Some(order) if order.state == OrderState::PENDING && rejected.command_type == "ReserveCredit" => {
                 let rejection_reason = if rejected.code == "customer_not_found" {
                     UNKNOWN_CUSTOMER.to_owned()
                 } else {

@@ -24,11 +24,7 @@ pub(super) async fn run(
     mut inbox: mpsc::Receiver<Message>,
     _done: mpsc::Sender<()>,
 ) {
-    let mut actor = Actor {
-        shared: shared.clone(),
-        stream,
-        loaded: None,
-    };
+    let mut actor = Actor { shared: shared.clone(), stream, loaded: None };
     let idle = shared.config.idle_timeout;
     loop {
         let first = match tokio::time::timeout(idle, inbox.recv()).await {
@@ -126,10 +122,7 @@ impl Actor {
                     pending = self.commit(pending).await;
                     let loaded = self.loaded.as_ref();
                     let answer = match loaded {
-                        Some(l) => Ok(StateReply {
-                            version: l.version,
-                            state: l.state.clone(),
-                        }),
+                        Some(l) => Ok(StateReply { version: l.version, state: l.state.clone() }),
                         None => Err(CommandError::ShuttingDown),
                     };
                     let _ = reply.send(answer);
@@ -155,9 +148,7 @@ impl Actor {
         self.loaded = None;
         let store = &self.shared.store;
         let (mut state, mut version) = (None, 0);
-        if let Some(snapshot) =
-            store.load_snapshot_for(&self.stream, active.component.digest().as_bytes())?
-        {
+        if let Some(snapshot) = store.load_snapshot_for(&self.stream, active.component.digest().as_bytes())? {
             state = Some(snapshot.state);
             version = snapshot.version;
         }
@@ -167,18 +158,11 @@ impl Actor {
             version = last.version;
             let raw: Vec<_> = events
                 .into_iter()
-                .map(|e| cairn_guest::glue::RawEvent {
-                    event_type: e.event_type,
-                    payload: e.payload,
-                })
+                .map(|e| cairn_guest::glue::RawEvent { event_type: e.event_type, payload: e.payload })
                 .collect();
             state = active.component.apply_events(state.as_deref(), &raw)?;
         }
-        self.loaded = Some(Loaded {
-            component: active,
-            state,
-            version,
-        });
+        self.loaded = Some(Loaded { component: active, state, version });
         Ok(())
     }
 
@@ -209,16 +193,10 @@ impl Actor {
         if let Some(expected) = request.expected_version
             && expected != loaded.version
         {
-            let _ = reply.send(Err(CommandError::VersionConflict {
-                expected,
-                actual: loaded.version,
-            }));
+            let _ = reply.send(Err(CommandError::VersionConflict { expected, actual: loaded.version }));
             return;
         }
-        let command = RawCommand {
-            command_type: request.command_type,
-            payload: request.payload,
-        };
+        let command = RawCommand { command_type: request.command_type, payload: request.payload };
         let component = &loaded.component.component;
         let answer = match component.process_command(loaded.state.as_deref(), &command) {
             Err(trap) => {
@@ -262,20 +240,11 @@ impl Actor {
                 }));
                 let version = loaded.version;
                 if let Some(key) = &outcome_key {
-                    pending.outcomes.push((
-                        key.clone(),
-                        StoredOutcome::Accepted {
-                            first_version,
-                            count,
-                            version,
-                        },
-                    ));
+                    pending
+                        .outcomes
+                        .push((key.clone(), StoredOutcome::Accepted { first_version, count, version }));
                 }
-                Answer::Accepted {
-                    first_version,
-                    count,
-                    version,
-                }
+                Answer::Accepted { first_version, count, version }
             }
         };
         if let Some(key) = outcome_key {
@@ -290,11 +259,7 @@ impl Actor {
             StoredOutcome::Rejected { code, message } => {
                 Err(CommandError::Rejected(Rejection { code, message }))
             }
-            StoredOutcome::Accepted {
-                first_version,
-                count,
-                version,
-            } => {
+            StoredOutcome::Accepted { first_version, count, version } => {
                 let events = if count == 0 {
                     Vec::new()
                 } else {
@@ -305,12 +270,7 @@ impl Actor {
                         count as usize,
                     )?
                 };
-                Ok(CommandReply {
-                    stream: self.stream.clone(),
-                    version,
-                    events,
-                    replayed: true,
-                })
+                Ok(CommandReply { stream: self.stream.clone(), version, events, replayed: true })
             }
         }
     }
@@ -331,9 +291,8 @@ impl Actor {
             0 => self.shared.config.default_snapshot_interval,
             n => n,
         } as u64;
-        let snapshot = (interval > 0
-            && loaded.version / interval > pending.base_version / interval)
-            .then(|| Snapshot {
+        let snapshot =
+            (interval > 0 && loaded.version / interval > pending.base_version / interval).then(|| Snapshot {
                 version: loaded.version,
                 digest: loaded.component.component.digest().as_bytes().to_vec(),
                 state: loaded.state.clone().unwrap_or_default(),
@@ -358,14 +317,11 @@ impl Actor {
                 for (_, reply) in pending.answers {
                     let error = match &error {
                         AppendError::VersionConflict { expected, actual } => {
-                            CommandError::VersionConflict {
-                                expected: *expected,
-                                actual: *actual,
-                            }
+                            CommandError::VersionConflict { expected: *expected, actual: *actual }
                         }
-                        AppendError::Store(_) => CommandError::Store(
-                            crate::store::StoreError::CommitFailed(message.clone()),
-                        ),
+                        AppendError::Store(_) => {
+                            CommandError::Store(crate::store::StoreError::CommitFailed(message.clone()))
+                        }
                     };
                     let _ = reply.send(Err(error));
                 }
@@ -406,26 +362,14 @@ impl Actor {
         let mut made: Vec<Result<CommandReply, Rejection>> = Vec::with_capacity(answers.len());
         for (answer, reply) in answers {
             let result = match answer {
-                Answer::Accepted {
-                    first_version,
-                    count,
-                    version,
-                } => {
+                Answer::Accepted { first_version, count, version } => {
                     let from = (first_version - base_version - 1) as usize;
                     let events = stored[from..from + count as usize].to_vec();
-                    Ok(CommandReply {
-                        stream: self.stream.clone(),
-                        version,
-                        events,
-                        replayed: false,
-                    })
+                    Ok(CommandReply { stream: self.stream.clone(), version, events, replayed: false })
                 }
                 Answer::Rejected(rejection) => Err(rejection),
                 Answer::SameAs(earlier) => match &made[earlier] {
-                    Ok(first) => Ok(CommandReply {
-                        replayed: true,
-                        ..first.clone()
-                    }),
+                    Ok(first) => Ok(CommandReply { replayed: true, ..first.clone() }),
                     Err(rejection) => Err(rejection.clone()),
                 },
             };

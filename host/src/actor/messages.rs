@@ -6,10 +6,7 @@ use cairn_guest::Rejection;
 use tokio::sync::oneshot;
 
 pub(crate) enum Message {
-    Command(
-        CommandRequest,
-        oneshot::Sender<Result<CommandReply, CommandError>>,
-    ),
+    Command(CommandRequest, oneshot::Sender<Result<CommandReply, CommandError>>),
     State(oneshot::Sender<Result<StateReply, CommandError>>),
 }
 
@@ -87,10 +84,9 @@ impl CommandError {
     pub(crate) fn duplicate(&self) -> CommandError {
         match self {
             CommandError::Rejected(r) => CommandError::Rejected(r.clone()),
-            CommandError::VersionConflict { expected, actual } => CommandError::VersionConflict {
-                expected: *expected,
-                actual: *actual,
-            },
+            CommandError::VersionConflict { expected, actual } => {
+                CommandError::VersionConflict { expected: *expected, actual: *actual }
+            }
             CommandError::Overloaded => CommandError::Overloaded,
             CommandError::UnknownType(t) => CommandError::UnknownType(t.clone()),
             CommandError::Guest(g) => CommandError::Guest(g.clone()),

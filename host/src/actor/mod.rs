@@ -135,52 +135,29 @@ impl Actors {
             },
         };
         let mailbox = self.spawn_actor(stream.clone())?;
-        mailbox
-            .sender
-            .try_send(message)
-            .map_err(|_| CommandError::Overloaded)?;
+        mailbox.sender.try_send(message).map_err(|_| CommandError::Overloaded)?;
         mailboxes.insert(stream, mailbox);
         Ok(())
     }
 
     fn spawn_actor(&self, stream: StreamId) -> Result<Mailbox, CommandError> {
-        let done = self
-            .shared
-            .done
-            .lock()
-            .expect("done lock")
-            .clone()
-            .ok_or(CommandError::ShuttingDown)?;
+        let done = self.shared.done.lock().expect("done lock").clone().ok_or(CommandError::ShuttingDown)?;
         let generation = self.shared.generations.fetch_add(1, Ordering::Relaxed);
         let (sender, inbox) = mpsc::channel(self.shared.config.mailbox_capacity);
-        tokio::spawn(instance::run(
-            self.shared.clone(),
-            stream,
-            generation,
-            inbox,
-            done,
-        ));
+        tokio::spawn(instance::run(self.shared.clone(), stream, generation, inbox, done));
         Ok(Mailbox { generation, sender })
     }
 
     /// Number of live actors.
     pub fn live(&self) -> usize {
-        self.shared
-            .mailboxes
-            .lock()
-            .expect("mailbox registry lock")
-            .len()
+        self.shared.mailboxes.lock().expect("mailbox registry lock").len()
     }
 
     /// Stop taking commands, let every actor finish what is in its mailbox, and wait.
     pub async fn shutdown(&self) {
         self.shared.accepting.store(false, Ordering::Release);
         // Dropping the senders closes each mailbox: its actor drains it, then stops.
-        self.shared
-            .mailboxes
-            .lock()
-            .expect("mailbox registry lock")
-            .clear();
+        self.shared.mailboxes.lock().expect("mailbox registry lock").clear();
         self.shared.done.lock().expect("done lock").take();
         let _ = self.shared.all_done.lock().await.recv().await;
     }
@@ -189,20 +166,12 @@ impl Actors {
 impl Shared {
     /// Remove an idle actor's mailbox, unless a command arrived meanwhile. Called by the
     /// actor itself; `true` means it must stop.
-    fn passivate(
-        &self,
-        stream: &StreamId,
-        generation: u64,
-        inbox: &mpsc::Receiver<Message>,
-    ) -> bool {
+    fn passivate(&self, stream: &StreamId, generation: u64, inbox: &mpsc::Receiver<Message>) -> bool {
         let mut mailboxes = self.mailboxes.lock().expect("mailbox registry lock");
         if !inbox.is_empty() {
             return false;
         }
-        if mailboxes
-            .get(stream)
-            .is_some_and(|mailbox| mailbox.generation == generation)
-        {
+        if mailboxes.get(stream).is_some_and(|mailbox| mailbox.generation == generation) {
             mailboxes.remove(stream);
         }
         true

@@ -81,10 +81,7 @@ fn parse_command(body: &[u8]) -> Result<(String, Vec<u8>), ApiError> {
     })?;
     let command_type = parsed.command_type.trim();
     if command_type.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_command",
-            "the command type must not be empty",
-        ));
+        return Err(ApiError::bad_request("invalid_command", "the command type must not be empty"));
     }
     if command_type == cairn_guest::COMMAND_REJECTED {
         return Err(ApiError::bad_request(
@@ -96,10 +93,7 @@ fn parse_command(body: &[u8]) -> Result<(String, Vec<u8>), ApiError> {
         None | Some(Value::Null) => Value::Object(Default::default()),
         Some(object @ Value::Object(_)) => object,
         Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_command",
-                "data must be a JSON object",
-            ));
+            return Err(ApiError::bad_request("invalid_command", "data must be a JSON object"));
         }
     };
     Ok((command_type.to_owned(), json::to_msgpack(&data)))
@@ -121,12 +115,7 @@ async fn run_command(
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         causation: None,
     };
-    let CommandReply {
-        stream,
-        version,
-        events,
-        ..
-    } = state.actors.send(stream, request).await?;
+    let CommandReply { stream, version, events, .. } = state.actors.send(stream, request).await?;
     let answer = CommandAnswer {
         type_name: stream.type_name,
         id: stream.id,
@@ -166,10 +155,7 @@ pub async fn state(
 ) -> Result<Response, ApiError> {
     let stream = stream_of(&state, &type_name, &id)?;
     let Some((head, _)) = state.store.stream_head(&stream)? else {
-        return Err(ApiError::not_found(
-            "stream_not_found",
-            format!("{stream} has no events"),
-        ));
+        return Err(ApiError::not_found("stream_not_found", format!("{stream} has no events")));
     };
     let (version, bytes) = match params.u64("version")? {
         None => {
@@ -177,10 +163,7 @@ pub async fn state(
             (current.version, current.state)
         }
         Some(0) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "version must be at least 1",
-            ));
+            return Err(ApiError::bad_request("invalid_query", "version must be at least 1"));
         }
         Some(wanted) if wanted > head => {
             return Err(ApiError::not_found(
@@ -201,16 +184,9 @@ pub async fn state(
 
 /// A temporal query: fold events 1..=version with the active component, off the async
 /// threads (a long stream is a long fold).
-async fn state_at(
-    state: &AppState,
-    stream: &StreamId,
-    version: u64,
-) -> Result<Option<Vec<u8>>, ApiError> {
+async fn state_at(state: &AppState, stream: &StreamId, version: u64) -> Result<Option<Vec<u8>>, ApiError> {
     let active = state.components.active(&stream.type_name).ok_or_else(|| {
-        ApiError::not_found(
-            "unknown_type",
-            format!("no aggregate type {:?}", stream.type_name),
-        )
+        ApiError::not_found("unknown_type", format!("no aggregate type {:?}", stream.type_name))
     })?;
     let store = state.store.clone();
     let stream = stream.clone();
@@ -223,10 +199,7 @@ async fn state_at(
             next = last.version + 1;
             let raw: Vec<_> = events
                 .into_iter()
-                .map(|e| cairn_guest::glue::RawEvent {
-                    event_type: e.event_type,
-                    payload: e.payload,
-                })
+                .map(|e| cairn_guest::glue::RawEvent { event_type: e.event_type, payload: e.payload })
                 .collect();
             folded = active.component.apply_events(folded.as_deref(), &raw)?;
         }
@@ -246,13 +219,8 @@ pub async fn events(
     let from = params.u64("from")?.unwrap_or(1);
     let limit = params.limit(100, MAX_EVENTS_PAGE)?;
     if state.store.stream_head(&stream)?.is_none() {
-        return Err(ApiError::not_found(
-            "stream_not_found",
-            format!("{stream} has no events"),
-        ));
+        return Err(ApiError::not_found("stream_not_found", format!("{stream} has no events")));
     }
     let events = state.store.read_stream(&stream, from, limit)?;
-    Ok(Json(EventsAnswer {
-        events: json::events_json(&events),
-    }))
+    Ok(Json(EventsAnswer { events: json::events_json(&events) }))
 }

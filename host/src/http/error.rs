@@ -21,12 +21,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code: code.to_owned(),
-            message: message.into(),
-            retry_after: None,
-        }
+        ApiError { status, code: code.to_owned(), message: message.into(), retry_after: None }
     }
 
     pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
@@ -55,9 +50,7 @@ impl IntoResponse for ApiError {
         let body = json!({"error": {"code": self.code, "message": self.message}});
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -65,11 +58,7 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "storage_error",
-            error.to_string(),
-        )
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", error.to_string())
     }
 }
 
@@ -89,9 +78,7 @@ impl From<CommandError> for ApiError {
         match error {
             CommandError::Rejected(rejection) => {
                 let status = match rejection.code.as_str() {
-                    cairn_guest::UNKNOWN_COMMAND | cairn_guest::INVALID_COMMAND => {
-                        StatusCode::BAD_REQUEST
-                    }
+                    cairn_guest::UNKNOWN_COMMAND | cairn_guest::INVALID_COMMAND => StatusCode::BAD_REQUEST,
                     _ => StatusCode::UNPROCESSABLE_ENTITY,
                 };
                 ApiError::new(status, &rejection.code, rejection.message)
@@ -99,21 +86,16 @@ impl From<CommandError> for ApiError {
             CommandError::VersionConflict { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "version_conflict", error.to_string())
             }
-            CommandError::Overloaded => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "overloaded",
-                error.to_string(),
-            )
-            .retry_after(1),
+            CommandError::Overloaded => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", error.to_string()).retry_after(1)
+            }
             CommandError::UnknownType(_) => ApiError::not_found("unknown_type", error.to_string()),
             CommandError::Guest(guest) => guest.into(),
             CommandError::Store(store) => store.into(),
-            CommandError::ShuttingDown => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                error.to_string(),
-            )
-            .retry_after(5),
+            CommandError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", error.to_string())
+                    .retry_after(5)
+            }
         }
     }
 }
@@ -123,9 +105,7 @@ impl From<DeployError> for ApiError {
         let message = error.to_string();
         match error {
             DeployError::InvalidName(_) => ApiError::bad_request("invalid_name", message),
-            DeployError::Load(LoadError::Invalid(_)) => {
-                ApiError::bad_request("invalid_component", message)
-            }
+            DeployError::Load(LoadError::Invalid(_)) => ApiError::bad_request("invalid_component", message),
             DeployError::Load(LoadError::WrongWorld(_)) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "wrong_world", message)
             }

@@ -17,13 +17,11 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         match Bytes::from_request(request, state).await {
             Ok(bytes) => Ok(Body(bytes)),
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "the request body is larger than this endpoint accepts",
-                ))
-            }
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is larger than this endpoint accepts",
+            )),
             Err(rejection) => Err(ApiError::bad_request("bad_body", rejection.body_text())),
         }
     }
@@ -37,19 +35,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or("");
-        let pairs = parse_query(query).ok_or_else(|| {
-            ApiError::bad_request("invalid_query", "the query string is malformed")
-        })?;
+        let pairs = parse_query(query)
+            .ok_or_else(|| ApiError::bad_request("invalid_query", "the query string is malformed"))?;
         Ok(Params(pairs))
     }
 }
 
 fn parse_query(query: &str) -> Option<HashMap<String, String>> {
-    axum::extract::Query::<HashMap<String, String>>::try_from_uri(
-        &format!("/?{query}").parse().ok()?,
-    )
-    .ok()
-    .map(|q| q.0)
+    axum::extract::Query::<HashMap<String, String>>::try_from_uri(&format!("/?{query}").parse().ok()?)
+        .ok()
+        .map(|q| q.0)
 }
 
 impl Params {
@@ -70,29 +65,20 @@ impl Params {
     pub fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
         match self.u64("limit")? {
             None => Ok(default),
-            Some(0) => Err(ApiError::bad_request(
-                "invalid_query",
-                "limit must be at least 1",
-            )),
+            Some(0) => Err(ApiError::bad_request("invalid_query", "limit must be at least 1")),
             Some(n) => Ok((n as usize).min(max)),
         }
     }
 }
 
 /// A header as text, if present; 400 if it is not valid text or too long.
-pub fn header_text(
-    headers: &HeaderMap,
-    name: &str,
-    max_len: usize,
-) -> Result<Option<String>, ApiError> {
+pub fn header_text(headers: &HeaderMap, name: &str, max_len: usize) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(name) else {
         return Ok(None);
     };
     let text = value
         .to_str()
-        .map_err(|_| {
-            ApiError::bad_request("invalid_header", format!("{name} must be visible ASCII"))
-        })?
+        .map_err(|_| ApiError::bad_request("invalid_header", format!("{name} must be visible ASCII")))?
         .trim();
     if text.is_empty() || text.len() > max_len {
         return Err(ApiError::bad_request(

@@ -11,16 +11,11 @@ use axum::extract::{Path, State};
 const MAX_PAGE: usize = 1000;
 
 /// `GET /events?after=<position>&limit=<n>`: the global log in order.
-pub async fn global(
-    State(state): State<AppState>,
-    params: Params,
-) -> Result<Json<EventsAnswer>, ApiError> {
+pub async fn global(State(state): State<AppState>, params: Params) -> Result<Json<EventsAnswer>, ApiError> {
     let after = params.u64("after")?.unwrap_or(0);
     let limit = params.limit(100, MAX_PAGE)?;
     let events = state.store.read_all(after, limit)?;
-    Ok(Json(EventsAnswer {
-        events: json::events_json(&events),
-    }))
+    Ok(Json(EventsAnswer { events: json::events_json(&events) }))
 }
 
 /// `GET /sagas/{correlation_id}`: every event of one chain, in global order.
@@ -37,7 +32,5 @@ pub async fn saga(
             format!("no events carry correlation id {correlation_id:?}"),
         ));
     }
-    Ok(Json(EventsAnswer {
-        events: json::events_json(&events),
-    }))
+    Ok(Json(EventsAnswer { events: json::events_json(&events) }))
 }

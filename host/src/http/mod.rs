@@ -37,14 +37,8 @@ pub struct BodyLimits {
 /// Every route of the API, apart from `main` so tests can use it without a socket.
 pub fn router(state: AppState, limits: BodyLimits) -> Router {
     let commands = Router::new()
-        .route(
-            "/aggregates/{type}/{id}/commands",
-            post(aggregates::command),
-        )
-        .route(
-            "/aggregates/{type}/commands",
-            post(aggregates::command_new_id),
-        )
+        .route("/aggregates/{type}/{id}/commands", post(aggregates::command))
+        .route("/aggregates/{type}/commands", post(aggregates::command_new_id))
         .layer(DefaultBodyLimit::max(limits.command_bytes));
     let deploy = Router::new()
         .route("/components/{name}", put(operations::deploy))

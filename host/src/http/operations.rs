@@ -31,11 +31,7 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
     let expected = state.admin_token.as_bytes();
     // Compare in time independent of where the first difference is.
     let matches = presented.is_some_and(|p| {
-        p.len() == expected.len()
-            && p.bytes()
-                .zip(expected)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        p.len() == expected.len() && p.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     });
     if matches {
         Ok(())
@@ -71,10 +67,7 @@ pub async fn deploy(
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::not_found(
-        "not_found",
-        "no such endpoint; see the API reference in the README",
-    )
+    ApiError::not_found("not_found", "no such endpoint; see the API reference in the README")
 }
 
 pub async fn method_not_allowed() -> ApiError {

@@ -55,37 +55,25 @@ impl AggregateComponent {
         linker
             .define_unknown_imports_as_traps(&component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        let pre =
-            wit::AggregatePre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre = wit::AggregatePre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let mut loaded = AggregateComponent {
             engine,
             pre,
             digest,
-            info: AggregateInfo {
-                type_name: String::new(),
-                subscriptions: Vec::new(),
-                snapshot_interval: 0,
-            },
+            info: AggregateInfo { type_name: String::new(), subscriptions: Vec::new(), snapshot_interval: 0 },
             limits,
             idle: Mutex::new(Vec::new()),
         };
         let described = loaded
-            .call(limits.fuel_per_call, |store, guest| {
-                guest.call_describe(store)
-            })
+            .call(limits.fuel_per_call, |store, guest| guest.call_describe(store))
             .map_err(LoadError::Describe)?;
         loaded.info = AggregateInfo {
             type_name: described.type_name,
             subscriptions: described
                 .subscriptions
                 .into_iter()
-                .map(|s| Subscription {
-                    source_type: s.source_type,
-                    event_types: s.event_types,
-                })
+                .map(|s| Subscription { source_type: s.source_type, event_types: s.event_types })
                 .collect(),
             snapshot_interval: described.snapshot_interval,
         };
@@ -101,18 +89,11 @@ impl AggregateComponent {
     }
 
     fn instantiate(&self) -> Result<Instance, GuestError> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.max_memory_bytes)
-            .build();
+        let limits = StoreLimitsBuilder::new().memory_size(self.limits.max_memory_bytes).build();
         let mut store = Store::new(&self.engine, GuestData { limits });
         store.limiter(|data| &mut data.limits);
-        store
-            .set_fuel(self.limits.fuel_per_call)
-            .map_err(|e| GuestError::Trap(e.to_string()))?;
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| GuestError::Trap(format!("{e:#}")))?;
+        store.set_fuel(self.limits.fuel_per_call).map_err(|e| GuestError::Trap(e.to_string()))?;
+        let bindings = self.pre.instantiate(&mut store).map_err(|e| GuestError::Trap(format!("{e:#}")))?;
         Ok(Instance { store, bindings })
     }
 
@@ -128,10 +109,7 @@ impl AggregateComponent {
             Some(instance) => instance,
             None => self.instantiate()?,
         };
-        instance
-            .store
-            .set_fuel(fuel)
-            .map_err(|e| GuestError::Trap(e.to_string()))?;
+        instance.store.set_fuel(fuel).map_err(|e| GuestError::Trap(e.to_string()))?;
         match f(&mut instance.store, &instance.bindings) {
             Ok(value) => {
                 let mut idle = self.idle.lock().expect("instance pool lock");
@@ -153,10 +131,8 @@ impl AggregateComponent {
         state: Option<&[u8]>,
         command: &RawCommand,
     ) -> Result<Result<Vec<RawEvent>, Rejection>, GuestError> {
-        let command = witty::Command {
-            command_type: command.command_type.clone(),
-            payload: command.payload.clone(),
-        };
+        let command =
+            witty::Command { command_type: command.command_type.clone(), payload: command.payload.clone() };
         let answer = self.call(self.limits.fuel_per_call, |store, guest| {
             guest.call_process_command(store, state, &command)
         })?;
@@ -164,16 +140,10 @@ impl AggregateComponent {
             .map(|events| {
                 events
                     .into_iter()
-                    .map(|e| RawEvent {
-                        event_type: e.event_type,
-                        payload: e.payload,
-                    })
+                    .map(|e| RawEvent { event_type: e.event_type, payload: e.payload })
                     .collect()
             })
-            .map_err(|r| Rejection {
-                code: r.code,
-                message: r.message,
-            }))
+            .map_err(|r| Rejection { code: r.code, message: r.message }))
     }
 
     /// Evolve: `state` after `events`, folded inside the guest in one call per chunk.
@@ -187,15 +157,11 @@ impl AggregateComponent {
         for chunk in events.chunks(512) {
             let chunk: Vec<witty::Event> = chunk
                 .iter()
-                .map(|e| witty::Event {
-                    event_type: e.event_type.clone(),
-                    payload: e.payload.clone(),
-                })
+                .map(|e| witty::Event { event_type: e.event_type.clone(), payload: e.payload.clone() })
                 .collect();
             let fuel = self.limits.fuel_per_call + self.limits.fuel_per_event * chunk.len() as u64;
-            state = self.call(fuel, |store, guest| {
-                guest.call_apply_events(store, state.as_deref(), &chunk)
-            })?;
+            state =
+                self.call(fuel, |store, guest| guest.call_apply_events(store, state.as_deref(), &chunk))?;
         }
         Ok(state)
     }
@@ -213,9 +179,8 @@ impl AggregateComponent {
             correlation_id: event.correlation_id.clone(),
             causation_id: event.causation_id.clone(),
         };
-        let commands = self.call(self.limits.fuel_per_call, |store, guest| {
-            guest.call_react(store, &envelope)
-        })?;
+        let commands =
+            self.call(self.limits.fuel_per_call, |store, guest| guest.call_react(store, &envelope))?;
         Ok(commands
             .into_iter()
             .map(|c| OutgoingCommand {

@@ -81,16 +81,11 @@ impl Runtime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.consume_fuel(true);
-        let engine =
-            Engine::new(&config).map_err(|e| anyhow::anyhow!("create the wasmtime engine: {e}"))?;
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("create the wasmtime engine: {e}"))?;
         if let Some(dir) = cache_dir {
             std::fs::create_dir_all(dir)?;
         }
-        Ok(Runtime {
-            engine,
-            cache_dir: cache_dir.map(Path::to_path_buf),
-            limits,
-        })
+        Ok(Runtime { engine, cache_dir: cache_dir.map(Path::to_path_buf), limits })
     }
 
     pub fn limits(&self) -> Limits {
@@ -99,10 +94,7 @@ impl Runtime {
 
     /// Compile `bytes`, or load the compiled code cached for their digest.
     fn compile(&self, digest: &ComponentDigest, bytes: &[u8]) -> Result<Component, LoadError> {
-        let cached = self
-            .cache_dir
-            .as_ref()
-            .map(|dir| dir.join(format!("{}.cwasm", digest.hex())));
+        let cached = self.cache_dir.as_ref().map(|dir| dir.join(format!("{}.cwasm", digest.hex())));
         if let Some(path) = &cached
             && path.exists()
         {
@@ -116,14 +108,13 @@ impl Runtime {
                 }
             }
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         if let Some(path) = &cached {
             match component.serialize() {
                 Ok(compiled) => {
                     let tmp = path.with_extension("tmp");
-                    if let Err(e) =
-                        std::fs::write(&tmp, compiled).and_then(|()| std::fs::rename(&tmp, path))
+                    if let Err(e) = std::fs::write(&tmp, compiled).and_then(|()| std::fs::rename(&tmp, path))
                     {
                         tracing::warn!(path = %path.display(), "could not cache compiled component: {e}");
                     }

@@ -77,10 +77,7 @@ impl EventStore {
     }
 
     /// The stream's version and its newest event's position; `None` for a stream with no events.
-    pub fn stream_head(
-        &self,
-        stream: &StreamId,
-    ) -> Result<Option<(Version, Position)>, StoreError> {
+    pub fn stream_head(&self, stream: &StreamId) -> Result<Option<(Version, Position)>, StoreError> {
         let read = self.db.begin_read()?;
         let streams = read.open_table(STREAMS)?;
         Ok(streams.get(stream.key().as_str())?.map(|v| v.value()))
@@ -109,16 +106,10 @@ impl EventStore {
         let events = read.open_table(EVENTS)?;
         let key = stream.key();
         let mut out = Vec::new();
-        for entry in index
-            .range((key.as_str(), from.max(1))..=(key.as_str(), to))?
-            .take(limit)
-        {
+        for entry in index.range((key.as_str(), from.max(1))..=(key.as_str(), to))?.take(limit) {
             let (_, position) = entry?;
             let record = events.get(position.value())?.ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "{key} points at missing position {}",
-                    position.value()
-                ))
+                StoreError::Corrupt(format!("{key} points at missing position {}", position.value()))
             })?;
             out.push(StoredEvent::decode(record.value())?);
         }
@@ -141,10 +132,7 @@ impl EventStore {
     pub fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
         let read = self.db.begin_read()?;
         let snapshots = read.open_table(SNAPSHOTS)?;
-        snapshots
-            .get(stream.key().as_str())?
-            .map(|v| Snapshot::decode(v.value()))
-            .transpose()
+        snapshots.get(stream.key().as_str())?.map(|v| Snapshot::decode(v.value())).transpose()
     }
 
     /// The newest snapshot of a stream if `digest` made it: a snapshot is only valid while
@@ -158,17 +146,10 @@ impl EventStore {
     }
 
     /// The recorded outcome of a keyed command (idempotency key or routed causation).
-    pub fn outcome(
-        &self,
-        stream: &StreamId,
-        key: &str,
-    ) -> Result<Option<StoredOutcome>, StoreError> {
+    pub fn outcome(&self, stream: &StreamId, key: &str) -> Result<Option<StoredOutcome>, StoreError> {
         let read = self.db.begin_read()?;
         let outcomes = read.open_table(OUTCOMES)?;
-        outcomes
-            .get((stream.key().as_str(), key))?
-            .map(|v| StoredOutcome::decode(v.value()))
-            .transpose()
+        outcomes.get((stream.key().as_str(), key))?.map(|v| StoredOutcome::decode(v.value())).transpose()
     }
 
     /// Every event of one correlation (a saga's chain), in global order, at most `limit`.
@@ -181,10 +162,7 @@ impl EventStore {
         let index = read.open_table(CORRELATIONS)?;
         let events = read.open_table(EVENTS)?;
         let mut out = Vec::new();
-        for entry in index
-            .range((correlation_id, 0)..=(correlation_id, Position::MAX))?
-            .take(limit)
-        {
+        for entry in index.range((correlation_id, 0)..=(correlation_id, Position::MAX))?.take(limit) {
             let (key, ()) = entry.map(|(k, v)| (k, v.value()))?;
             let position = key.value().1;
             if let Some(record) = events.get(position)? {

@@ -32,18 +32,12 @@ impl StreamId {
             return Err(StreamIdError::Empty);
         }
         if id.len() > Self::MAX_ID_LEN {
-            return Err(StreamIdError::TooLong {
-                len: id.len(),
-                max: Self::MAX_ID_LEN,
-            });
+            return Err(StreamIdError::TooLong { len: id.len(), max: Self::MAX_ID_LEN });
         }
         if id.chars().any(|c| c == '/' || c.is_control()) {
             return Err(StreamIdError::BadCharacter);
         }
-        Ok(StreamId {
-            type_name: type_name.to_owned(),
-            id: id.to_owned(),
-        })
+        Ok(StreamId { type_name: type_name.to_owned(), id: id.to_owned() })
     }
 
     /// The key in the store's tables, and the `stream` field users see.
@@ -86,16 +80,12 @@ impl StoredEvent {
     }
 
     pub fn stream(&self) -> StreamId {
-        StreamId {
-            type_name: self.stream_type.clone(),
-            id: self.stream_id.clone(),
-        }
+        StreamId { type_name: self.stream_type.clone(), id: self.stream_id.clone() }
     }
 
     /// `recorded_at` in RFC 3339, as users and guests see it.
     pub fn recorded_at(&self) -> String {
-        let time =
-            std::time::UNIX_EPOCH + std::time::Duration::from_micros(self.recorded_at_micros);
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_micros(self.recorded_at_micros);
         humantime::format_rfc3339_micros(time).to_string()
     }
 
@@ -130,11 +120,7 @@ pub struct NewEvent {
 pub enum StoredOutcome {
     /// The command was accepted: its events are versions `first_version ..
     /// first_version + count` and the stream was at `version` after it.
-    Accepted {
-        first_version: Version,
-        count: u64,
-        version: Version,
-    },
+    Accepted { first_version: Version, count: u64, version: Version },
     /// The aggregate rejected the command.
     Rejected { code: String, message: String },
 }
@@ -145,8 +131,7 @@ impl StoredOutcome {
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        rmp_serde::from_slice(bytes)
-            .map_err(|e| StoreError::Corrupt(format!("outcome record: {e}")))
+        rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("outcome record: {e}")))
     }
 }
 
@@ -166,8 +151,7 @@ impl Snapshot {
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        rmp_serde::from_slice(bytes)
-            .map_err(|e| StoreError::Corrupt(format!("snapshot record: {e}")))
+        rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("snapshot record: {e}")))
     }
 }
 

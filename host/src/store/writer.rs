@@ -47,10 +47,7 @@ impl Writer {
             .name("cairn-writer".into())
             .spawn(move || run(db, head, head_tx, queue))
             .map_err(|e| StoreError::Storage(redb::StorageError::Io(e).into()))?;
-        Ok(Writer {
-            requests,
-            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
-        })
+        Ok(Writer { requests, thread: Arc::new(std::sync::Mutex::new(Some(thread))) })
     }
 
     /// Append a batch; answers once it is durable.
@@ -63,9 +60,7 @@ impl Writer {
     /// `Ok` means fsynced: redb `Durability::Immediate`.
     pub async fn append(&self, batch: AppendBatch) -> Result<Committed, AppendError> {
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::Append(batch, reply))
-            .map_err(|_| StoreError::Closed)?;
+        self.requests.send(Request::Append(batch, reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -92,10 +87,7 @@ impl Writer {
 }
 
 fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 fn run(
@@ -145,20 +137,14 @@ fn commit_group(
     let mut next = head + 1;
     let written = (|| -> Result<Vec<Result<Committed, AppendError>>, StoreError> {
         let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+        txn.set_durability(Durability::Immediate).map_err(|e| StoreError::CommitFailed(e.to_string()))?;
         let mut answers = Vec::with_capacity(requests.len());
         for request in &requests {
             let answer = match request {
-                Request::Append(batch, _) => {
-                    write_batch(&txn, batch, &mut next, recorded_at_micros)
-                }
+                Request::Append(batch, _) => write_batch(&txn, batch, &mut next, recorded_at_micros),
                 Request::Cursor(name, position, _) => {
                     txn.open_table(CURSORS)?.insert(name.as_str(), *position)?;
-                    Ok(Committed {
-                        first_position: 0,
-                        recorded_at_micros,
-                    })
+                    Ok(Committed { first_position: 0, recorded_at_micros })
                 }
                 Request::Stop => continue,
             };
@@ -216,16 +202,10 @@ fn write_batch(
 ) -> Result<Committed, AppendError> {
     let key = batch.stream.key();
     let mut streams = txn.open_table(STREAMS).map_err(StoreError::from)?;
-    let (version, last_position) = streams
-        .get(key.as_str())
-        .map_err(StoreError::from)?
-        .map(|v| v.value())
-        .unwrap_or((0, 0));
+    let (version, last_position) =
+        streams.get(key.as_str()).map_err(StoreError::from)?.map(|v| v.value()).unwrap_or((0, 0));
     if version != batch.expected_version {
-        return Err(AppendError::VersionConflict {
-            expected: batch.expected_version,
-            actual: version,
-        });
+        return Err(AppendError::VersionConflict { expected: batch.expected_version, actual: version });
     }
     let first_position = *next;
     let mut events = txn.open_table(EVENTS).map_err(StoreError::from)?;
@@ -249,41 +229,25 @@ fn write_batch(
             causation_id: event.causation_id.clone(),
             component_version: event.component_version,
         };
-        events
-            .insert(position, record.encode().as_slice())
-            .map_err(StoreError::from)?;
-        index
-            .insert((key.as_str(), stream_version), position)
-            .map_err(StoreError::from)?;
-        correlations
-            .insert((event.correlation_id.as_str(), position), ())
-            .map_err(StoreError::from)?;
+        events.insert(position, record.encode().as_slice()).map_err(StoreError::from)?;
+        index.insert((key.as_str(), stream_version), position).map_err(StoreError::from)?;
+        correlations.insert((event.correlation_id.as_str(), position), ()).map_err(StoreError::from)?;
         stream_last = position;
     }
     if !batch.events.is_empty() {
-        streams
-            .insert(key.as_str(), (stream_version, stream_last))
-            .map_err(StoreError::from)?;
+        streams.insert(key.as_str(), (stream_version, stream_last)).map_err(StoreError::from)?;
     }
     if !batch.outcomes.is_empty() {
         let mut outcomes = txn.open_table(OUTCOMES).map_err(StoreError::from)?;
         for (outcome_key, outcome) in &batch.outcomes {
             outcomes
-                .insert(
-                    (key.as_str(), outcome_key.as_str()),
-                    outcome.encode().as_slice(),
-                )
+                .insert((key.as_str(), outcome_key.as_str()), outcome.encode().as_slice())
                 .map_err(StoreError::from)?;
         }
     }
     if let Some(snapshot) = &batch.snapshot {
         let mut snapshots = txn.open_table(SNAPSHOTS).map_err(StoreError::from)?;
-        snapshots
-            .insert(key.as_str(), snapshot.encode().as_slice())
-            .map_err(StoreError::from)?;
+        snapshots.insert(key.as_str(), snapshot.encode().as_slice()).map_err(StoreError::from)?;
     }
-    Ok(Committed {
-        first_position,
-        recorded_at_micros,
-    })
+    Ok(Committed { first_position, recorded_at_micros })
 }

@@ -1,0 +1,176 @@
+//! Commands: answers, idempotency, correlation, optimistic concurrency, host-made ids.
+
+use crate::harness::Host;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_answers_its_durable_events() {
+    let host = Host::start();
+    let answer =
+        host.command("account", "101", "OpenAccount", json!({"initial_balance": 25000})).await.expect(200);
+    let body = &answer.body;
+    assert_eq!(
+        (body["type"].as_str(), body["id"].as_str(), body["version"].as_u64()),
+        (Some("account"), Some("101"), Some(1))
+    );
+    let event = &body["events"][0];
+    assert_eq!(event["stream"], "account/101");
+    assert_eq!(event["version"], 1);
+    assert_eq!(event["position"], 1);
+    assert_eq!(event["type"], "AccountOpened");
+    assert_eq!(event["data"], json!({"initial_balance": 25000}));
+    assert_eq!(event["component_version"], 1);
+    assert!(event["recorded_at"].as_str().unwrap().ends_with('Z'), "RFC 3339: {event}");
+    assert!(!event["correlation_id"].as_str().unwrap().is_empty(), "the host makes a correlation id");
+    assert_eq!(answer.headers["etag"], "\"1\"");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_walkthrough_figures_25000_minus_5500_plus_1000() {
+    let host = Host::start();
+    host.open_account("101", 25000).await;
+    host.command("account", "101", "DebitAccount", json!({"amount": 5500, "transaction_id": "t1"}))
+        .await
+        .expect(200);
+    host.command("account", "101", "CreditAccount", json!({"amount": 1000, "transaction_id": "t2"}))
+        .await
+        .expect(200);
+    assert_eq!(host.state("account", "101").await["balance"], 20500);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_may_be_omitted_for_a_command_without_fields() {
+    let host = Host::start();
+    host.open_account("1", 10).await;
+    let request = host
+        .http
+        .post(format!("{}/aggregates/account/1/commands", host.url))
+        .json(&json!({"type": "CloseAccount"}));
+    let answer = host.send(request).await.expect(200);
+    assert_eq!(answer.body["events"][0]["type"], "AccountClosed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_hundred_concurrent_credits_to_one_account_are_all_kept() {
+    let host = Host::start();
+    host.open_account("hot", 0).await;
+    let mut requests = Vec::new();
+    for n in 0..400 {
+        let request = host.command_request(
+            "account",
+            "hot",
+            "CreditAccount",
+            json!({"amount": 1, "transaction_id": format!("c{n}")}),
+        );
+        requests.push(tokio::spawn(request.send()));
+    }
+    for request in requests {
+        assert_eq!(request.await.unwrap().unwrap().status(), 200);
+    }
+    let answer = host.get("/aggregates/account/hot").await.expect(200);
+    assert_eq!(answer.body["state"]["balance"], 400);
+    assert_eq!(answer.body["version"], 401);
+    let events = host.get("/aggregates/account/hot/events?limit=1000").await.expect(200);
+    assert_eq!(events.body["events"].as_array().unwrap().len(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotent_retry_returns_the_first_answer_and_stores_once() {
+    let host = Host::start();
+    host.open_account("1", 100).await;
+    let credit = || {
+        host.command_request("account", "1", "CreditAccount", json!({"amount": 5, "transaction_id": "t"}))
+            .header("Idempotency-Key", "credit-once")
+    };
+    let first = host.send(credit()).await.expect(200);
+    let retry = host.send(credit()).await.expect(200);
+    assert_eq!(first.body, retry.body, "the retry gets the first answer");
+    assert_eq!(host.state("account", "1").await["balance"], 105);
+    let events = host.get("/aggregates/account/1/events").await.expect(200);
+    assert_eq!(events.body["events"].as_array().unwrap().len(), 2);
+
+    // Concurrent retries with one key (they may land in one batch) also store once.
+    let mut retries = Vec::new();
+    for _ in 0..20 {
+        let request = host
+            .command_request("account", "1", "CreditAccount", json!({"amount": 7, "transaction_id": "u"}))
+            .header("Idempotency-Key", "burst");
+        retries.push(tokio::spawn(request.send()));
+    }
+    for retry in retries {
+        assert_eq!(retry.await.unwrap().unwrap().status(), 200);
+    }
+    assert_eq!(host.state("account", "1").await["balance"], 112);
+
+    // A rejected command's answer is remembered too.
+    let debit_closed = || {
+        host.command_request("account", "nobody", "DebitAccount", json!({"amount": 5, "transaction_id": "t"}))
+            .header("Idempotency-Key", "rejected-once")
+    };
+    host.send(debit_closed()).await.expect_error(422, "account_not_found");
+    host.send(debit_closed()).await.expect_error(422, "account_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_keys_survive_a_restart() {
+    let mut host = Host::start();
+    host.open_account("1", 100).await;
+    let credit = |host: &Host| {
+        host.command_request("account", "1", "CreditAccount", json!({"amount": 5, "transaction_id": "t"}))
+            .header("Idempotency-Key", "k")
+    };
+    let first = host.send(credit(&host)).await.expect(200);
+    host.restart();
+    let retry = host.send(credit(&host)).await.expect(200);
+    assert_eq!(first.body, retry.body);
+    assert_eq!(host.state("account", "1").await["balance"], 105);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_correlation_id_is_kept_or_made() {
+    let host = Host::start();
+    let request = host
+        .command_request("account", "1", "OpenAccount", json!({"initial_balance": 1}))
+        .header("X-Correlation-Id", "order-42");
+    let answer = host.send(request).await.expect(200);
+    assert_eq!(answer.body["events"][0]["correlation_id"], "order-42");
+    let saga = host.get("/sagas/order-42").await.expect(200);
+    assert_eq!(saga.body["events"][0]["stream"], "account/1");
+    let made = host.command("account", "2", "OpenAccount", json!({"initial_balance": 1})).await.expect(200);
+    let made_id = made.body["events"][0]["correlation_id"].as_str().unwrap().to_owned();
+    assert_ne!(made_id, "order-42");
+    assert!(uuid_like(&made_id), "{made_id}");
+}
+
+fn uuid_like(text: &str) -> bool {
+    text.len() == 36 && text.chars().filter(|c| *c == '-').count() == 4
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn if_match_appends_only_at_that_version() {
+    let host = Host::start();
+    host.open_account("1", 100).await;
+    let credit = |version: &str| {
+        host.command_request("account", "1", "CreditAccount", json!({"amount": 1, "transaction_id": "t"}))
+            .header("If-Match", version)
+    };
+    host.send(credit("\"1\"")).await.expect(200);
+    host.send(credit("\"1\"")).await.expect_error(409, "version_conflict");
+    host.send(credit("2")).await.expect(200);
+    host.send(credit("\"x\"")).await.expect_error(400, "invalid_header");
+    assert_eq!(host.state("account", "1").await["balance"], 102);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_host_picks_a_new_id_when_none_is_given() {
+    let host = Host::start();
+    let request = host
+        .http
+        .post(format!("{}/aggregates/customer/commands", host.url))
+        .json(&json!({"type": "CreateCustomer", "data": {"name": "Fred", "credit_limit": 200000}}));
+    let first = host.send(request.try_clone().unwrap()).await.expect(200);
+    let second = host.send(request).await.expect(200);
+    let (a, b) = (first.body["id"].as_str().unwrap(), second.body["id"].as_str().unwrap());
+    assert_ne!(a, b);
+    assert_eq!(host.state("customer", a).await["name"], "Fred");
+}

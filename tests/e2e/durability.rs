@@ -1,0 +1,108 @@
+//! What a 200 promises: the events are on disk, across graceful restarts and kill -9.
+
+use crate::harness::Host;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_keeps_state() {
+    let mut host = Host::start();
+    host.open_account("1", 100).await;
+    host.command("account", "1", "DebitAccount", json!({"amount": 30, "transaction_id": "t"}))
+        .await
+        .expect(200);
+    host.restart();
+    assert_eq!(host.state("account", "1").await["balance"], 70);
+    host.command("account", "1", "CreditAccount", json!({"amount": 5, "transaction_id": "u"}))
+        .await
+        .expect(200);
+    let answer = host.get("/aggregates/account/1").await.expect(200);
+    assert_eq!(
+        (answer.body["version"].as_u64(), answer.body["state"]["balance"].as_i64()),
+        (Some(3), Some(75))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_after_a_200_keeps_the_event() {
+    let mut host = Host::start();
+    host.open_account("1", 100).await;
+    let answer = host
+        .command("account", "1", "CreditAccount", json!({"amount": 1, "transaction_id": "t"}))
+        .await
+        .expect(200);
+    let position = answer.body["events"][0]["position"].clone();
+    host.kill9();
+    host.start_again();
+    assert_eq!(host.state("account", "1").await["balance"], 101);
+    let log = host.get("/events?after=0").await.expect(200);
+    assert_eq!(log.body["events"][1]["position"], position);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_under_load_loses_no_acknowledged_command() {
+    let mut host = Host::start();
+    for id in 0..8 {
+        host.open_account(&id.to_string(), 0).await;
+    }
+    let mut clients = Vec::new();
+    for id in 0..8 {
+        let request = host.http.clone();
+        let url = host.url.clone();
+        clients.push(tokio::spawn(async move {
+            let mut acknowledged = 0;
+            for n in 0.. {
+                let sent = request
+                    .post(format!("{url}/aggregates/account/{id}/commands"))
+                    .json(&json!({"type": "CreditAccount", "data": {"amount": 1, "transaction_id": format!("t{n}")}}))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status() == 200 => acknowledged += 1,
+                    _ => break,
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    host.kill9();
+    let mut acknowledged = Vec::new();
+    for client in clients {
+        acknowledged.push(client.await.unwrap());
+    }
+    host.start_again();
+    for (id, acked) in acknowledged.iter().enumerate() {
+        let balance = host.state("account", &id.to_string()).await["balance"].as_i64().unwrap();
+        // An append can be durable without its answer reaching the client, never the reverse.
+        assert!(balance >= *acked, "account {id}: {acked} credits acknowledged, balance {balance}");
+    }
+    assert!(acknowledged.iter().sum::<i64>() > 0, "the load ran");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_and_passivation_rebuild_the_same_state() {
+    // Idle actors stop after a second; 250 events cross two snapshots (every 100).
+    let mut host = Host::start_with(&["--idle-seconds", "1"]);
+    host.open_account("1", 0).await;
+    for n in 0..250 {
+        host.command(
+            "account",
+            "1",
+            "CreditAccount",
+            json!({"amount": 2, "transaction_id": format!("t{n}")}),
+        )
+        .await
+        .expect(200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let health = host.get("/healthz").await.expect(200);
+    assert_eq!(health.body["live_actors"], 0, "the idle actor passivated");
+    assert_eq!(host.state("account", "1").await["balance"], 500);
+    host.restart();
+    let answer = host.get("/aggregates/account/1").await.expect(200);
+    assert_eq!(
+        (answer.body["version"].as_u64(), answer.body["state"]["balance"].as_i64()),
+        (Some(251), Some(500))
+    );
+    assert_eq!(host.get("/aggregates/account/1?version=101").await.body["state"]["balance"], 200);
+}

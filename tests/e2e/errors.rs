@@ -1,0 +1,145 @@
+//! Every failure answers the JSON error shape with the status API.md gives it.
+
+use crate::harness::{Host, answer_of};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_commands_are_400() {
+    let host = Host::start();
+    host.open_account("1", 10).await;
+    let post = |body: &'static str| {
+        host.http
+            .post(format!("{}/aggregates/account/1/commands", host.url))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    host.send(post("{not json")).await.expect_error(400, "malformed_json");
+    host.send(post("")).await.expect_error(400, "malformed_json");
+    host.send(post(r#"{"data": {}}"#)).await.expect_error(400, "invalid_command");
+    host.send(post(r#"{"type": "CreditAccount", "data": [1]}"#)).await.expect_error(400, "invalid_command");
+    host.send(post(r#"{"type": ""}"#)).await.expect_error(400, "invalid_command");
+    host.send(post(r#"{"type": "CommandRejected", "data": {}}"#)).await.expect_error(400, "invalid_command");
+    host.command("account", "1", "Teleport", json!({})).await.expect_error(400, "unknown_command");
+    host.command("account", "1", "CreditAccount", json!({"amount": "lots", "transaction_id": "t"}))
+        .await
+        .expect_error(400, "invalid_command");
+    host.command("account", "1", "CreditAccount", json!({"transaction_id": "t"}))
+        .await
+        .expect_error(400, "invalid_command");
+    assert_eq!(host.get("/aggregates/account/1").await.body["version"], 1, "nothing was stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn business_rejections_are_422() {
+    let host = Host::start();
+    host.open_account("1", 10).await;
+    host.command("account", "1", "OpenAccount", json!({"initial_balance": 1}))
+        .await
+        .expect_error(422, "account_already_open");
+    host.command("account", "2", "DebitAccount", json!({"amount": 1, "transaction_id": "t"}))
+        .await
+        .expect_error(422, "account_not_found");
+    host.command("account", "1", "DebitAccount", json!({"amount": 0, "transaction_id": "t"}))
+        .await
+        .expect_error(422, "invalid_amount");
+    host.get("/aggregates/account/2").await.expect_error(404, "stream_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_types_ids_and_routes_are_404() {
+    let host = Host::start();
+    host.command("spaceship", "1", "Launch", json!({})).await.expect_error(404, "unknown_type");
+    host.get("/aggregates/spaceship/1").await.expect_error(404, "unknown_type");
+    host.get("/aggregates/spaceship/1/events").await.expect_error(404, "unknown_type");
+    host.get("/aggregates/account/404").await.expect_error(404, "stream_not_found");
+    host.get("/nowhere").await.expect_error(404, "not_found");
+    host.get("/sagas/unknown-correlation").await.expect_error(404, "saga_not_found");
+    let wrong_method = host.send(host.http.delete(format!("{}/events", host.url))).await;
+    wrong_method.expect_error(405, "method_not_allowed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_ids_and_headers_are_400() {
+    let host = Host::start();
+    let long_id = "x".repeat(201);
+    host.command("account", &long_id, "OpenAccount", json!({"initial_balance": 1}))
+        .await
+        .expect_error(400, "invalid_id");
+    let long_key = "k".repeat(300);
+    let request = host
+        .command_request("account", "1", "OpenAccount", json!({"initial_balance": 1}))
+        .header("Idempotency-Key", long_key);
+    host.send(request).await.expect_error(400, "invalid_header");
+    host.get("/events?after=-1").await.expect_error(400, "invalid_query");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_beyond_the_limit_is_413() {
+    let host = Host::start_with(&["--max-body-bytes", "4096"]);
+    let padding = "x".repeat(8192);
+    host.command("account", "1", "OpenAccount", json!({"initial_balance": 1, "padding": padding}))
+        .await
+        .expect_error(413, "body_too_large");
+    // The default limit is 1 MiB.
+    let host = Host::start();
+    let padding = "x".repeat(1 << 20);
+    host.command("account", "1", "OpenAccount", json!({"initial_balance": 1, "padding": padding}))
+        .await
+        .expect_error(413, "body_too_large");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_mailbox_answers_429_at_once_and_nothing_is_lost() {
+    let host = Host::start_with(&["--mailbox-capacity", "2"]);
+    host.open_account("hot", 0).await;
+    let mut requests = Vec::new();
+    for n in 0..300 {
+        let request = host.command_request(
+            "account",
+            "hot",
+            "CreditAccount",
+            json!({"amount": 1, "transaction_id": format!("c{n}")}),
+        );
+        requests.push(tokio::spawn(answer_of(request)));
+    }
+    let (mut accepted, mut overloaded) = (0, 0);
+    for request in requests {
+        let answer = request.await.unwrap();
+        match answer.status.as_u16() {
+            200 => accepted += 1,
+            429 => {
+                assert_eq!(answer.code(), "overloaded");
+                assert_eq!(answer.headers["retry-after"], "1");
+                overloaded += 1;
+            }
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+    assert!(overloaded > 0, "a mailbox of 2 under 300 concurrent commands must overflow");
+    assert_eq!(
+        host.state("account", "hot").await["balance"],
+        accepted,
+        "every 200 was kept, every 429 stored nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_endpoints_need_the_token() {
+    let host = Host::start();
+    let put = |token: Option<&str>| {
+        let request = host
+            .http
+            .put(format!("{}/components/account", host.url))
+            .header("content-type", "application/wasm")
+            .body(cairn_artifacts::ACCOUNT.to_vec());
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    };
+    host.send(put(None)).await.expect_error(401, "unauthorized");
+    host.send(put(Some("wrong"))).await.expect_error(401, "unauthorized");
+    let same = host.send(put(Some("test-token"))).await.expect(200);
+    assert_eq!(same.body["version"], 1, "deploying the active bytes again changes nothing");
+    assert_eq!(same.body["kind"], "aggregate");
+}

@@ -1,0 +1,201 @@
+//! Start the real `cairn serve` binary on a temporary data directory and talk HTTP to it.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Host {
+    child: Option<Child>,
+    pub url: String,
+    data: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    extra_args: Vec<String>,
+    pub http: reqwest::Client,
+}
+
+/// An HTTP answer: its status, headers and JSON body (`Null` when it has none).
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The machine code of an error answer.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error answer: {}", self.body))
+    }
+
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Self {
+        assert_eq!(self.status.as_u16(), status, "unexpected answer: {}", self.body);
+        self
+    }
+
+    /// Assert an error answer with `status` and `code`, in the JSON error shape.
+    #[track_caller]
+    pub fn expect_error(self, status: u16, code: &str) -> Self {
+        assert_eq!(self.status.as_u16(), status, "unexpected answer: {}", self.body);
+        assert_eq!(self.code(), code, "unexpected error: {}", self.body);
+        assert!(self.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", self.body);
+        self
+    }
+}
+
+/// Send a request and read its answer (a free function, so spawned tasks can use it).
+pub async fn answer_of(request: reqwest::RequestBuilder) -> Answer {
+    let response = request.send().await.expect("the host answers");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    Answer { status, headers, body }
+}
+
+impl Host {
+    /// A host on a fresh data directory.
+    pub fn start() -> Host {
+        Host::start_with(&[])
+    }
+
+    /// A host on a fresh data directory with extra `cairn serve` flags.
+    pub fn start_with(args: &[&str]) -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut host = Host {
+            child: None,
+            url: String::new(),
+            data,
+            _dir: Some(dir),
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            http: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
+        };
+        host.spawn();
+        host
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data.with_extension("log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["serve", "--data"])
+            .arg(&self.data)
+            .args(["--listen", "127.0.0.1:0", "--admin-token", "test-token"])
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start cairn serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("cairn listening on ") {
+                        break url.to_owned();
+                    }
+                }
+                _ => panic!(
+                    "cairn serve exited before listening; see {}",
+                    self.data.with_extension("log").display()
+                ),
+            }
+        };
+        // Keep draining stdout so the host never blocks or fails writing to it.
+        std::thread::spawn(move || for _ in lines {});
+        self.url = url;
+        self.child = Some(child);
+    }
+
+    /// Stop with SIGTERM (graceful) and wait for the process to end.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("cairn did not stop within 30 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// SIGKILL: no chance to flush or close anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Start again on the same data directory.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Start again after a SIGKILL.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the host first");
+        self.spawn();
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
+        answer_of(request).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(self.http.get(format!("{}{path}", self.url))).await
+    }
+
+    /// `POST /aggregates/{type}/{id}/commands` with `{"type": command, "data": data}`.
+    pub async fn command(&self, type_name: &str, id: &str, command: &str, data: Value) -> Answer {
+        self.send(self.command_request(type_name, id, command, data)).await
+    }
+
+    pub fn command_request(
+        &self,
+        type_name: &str,
+        id: &str,
+        command: &str,
+        data: Value,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}/aggregates/{type_name}/{id}/commands", self.url))
+            .json(&json!({"type": command, "data": data}))
+    }
+
+    /// The aggregate's state JSON (asserting 200).
+    pub async fn state(&self, type_name: &str, id: &str) -> Value {
+        self.get(&format!("/aggregates/{type_name}/{id}")).await.expect(200).body["state"].clone()
+    }
+
+    pub async fn open_account(&self, id: &str, balance: i64) {
+        self.command("account", id, "OpenAccount", json!({"initial_balance": balance})).await.expect(200);
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
