@@ -13,6 +13,12 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Whether an event `event_type` of an aggregate of type `stream_type` is subscribed.
+    pub fn matches(&self, stream_type: &str, event_type: &str) -> bool {
+        self.source_type == stream_type
+            && (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
+    }
+
     pub fn to<I, S>(source_type: &str, event_types: I) -> Self
     where
         I: IntoIterator<Item = S>,

@@ -2,6 +2,7 @@
 
 use crate::actor::ActorConfig;
 use crate::http::BodyLimits;
+use crate::routing::RoutingConfig;
 use crate::runtime::Limits;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ pub struct ServeConfig {
     pub body_limits: BodyLimits,
     pub actors: ActorConfig,
     pub guest_limits: Limits,
+    pub routing: RoutingConfig,
 }
 
 impl Default for ServeConfig {
@@ -27,6 +29,7 @@ impl Default for ServeConfig {
             body_limits: BodyLimits { command_bytes: 1 << 20, component_bytes: 64 << 20 },
             actors: ActorConfig::default(),
             guest_limits: Limits::default(),
+            routing: RoutingConfig::default(),
         }
     }
 }

@@ -9,8 +9,10 @@
 //!   the component from [`components`] (run by [`runtime`]) against its in-memory state;
 //! - [`store`] appends the events (group commit, fsync) and the actor answers.
 //!
-//! Data flows one way: http → actor → store. Lower layers never call upward; the store
-//! publishes its head position for whatever follows the log.
+//! - [`routing`] follows the log and delivers reactions between aggregates (sagas).
+//!
+//! Data flows one way: http → actor → store → routing. Lower layers never call upward;
+//! the store publishes its head position for whatever follows the log.
 
 pub mod actor;
 pub mod cli;
@@ -18,6 +20,7 @@ pub mod components;
 pub mod config;
 pub mod http;
 pub mod json;
+pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod store;

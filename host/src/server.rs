@@ -6,6 +6,7 @@ use crate::actor::Actors;
 use crate::components::ComponentRegistry;
 use crate::config::{ADMIN_TOKEN_FILE, COMPILED_DIR, STORE_FILE, ServeConfig};
 use crate::http::{self, AppState};
+use crate::routing::Routing;
 use crate::runtime::Runtime;
 use crate::store::{EventStore, StoreError};
 use anyhow::Context;
@@ -33,7 +34,17 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tracing::info!("new data directory: deployed the bundled example components");
     }
     let actors = Actors::new(store.clone(), writer.clone(), components.clone(), config.actors);
-    let state = AppState { actors: actors.clone(), store, components, admin_token: admin_token.into() };
+    let routing = Arc::new(
+        Routing::start(actors.clone(), store.clone(), writer.clone(), components.clone(), config.routing)
+            .context("start the router")?,
+    );
+    let state = AppState {
+        actors: actors.clone(),
+        store,
+        components,
+        routing: routing.clone(),
+        admin_token: admin_token.into(),
+    };
     let app = http::router(state, config.body_limits);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -45,7 +56,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     println!("cairn listening on http://{address}");
 
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
-    tracing::info!("shutting down: draining actors");
+    tracing::info!("shutting down: stopping the router, draining actors");
+    routing.shutdown().await;
     actors.shutdown().await;
     writer.shutdown();
     tracing::info!("stopped cleanly");

@@ -118,6 +118,11 @@ impl Host {
         self.child = Some(child);
     }
 
+    /// A client for a host started elsewhere (no process of its own to stop).
+    pub fn attach(http: reqwest::Client, url: String) -> Host {
+        Host { child: None, url, data: PathBuf::new(), _dir: None, extra_args: Vec::new(), http }
+    }
+
     /// Stop with SIGTERM (graceful) and wait for the process to end.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

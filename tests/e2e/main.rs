@@ -7,4 +7,5 @@ mod commands;
 mod durability;
 mod errors;
 mod reads;
+mod sagas;
 mod sandbox;

@@ -12,6 +12,7 @@ pub use error::ApiError;
 
 use crate::actor::Actors;
 use crate::components::ComponentRegistry;
+use crate::routing::Routing;
 use crate::store::EventStore;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -24,6 +25,7 @@ pub struct AppState {
     pub actors: Actors,
     pub store: EventStore,
     pub components: Arc<ComponentRegistry>,
+    pub routing: Arc<Routing>,
     pub admin_token: Arc<str>,
 }
 
@@ -51,6 +53,9 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
         .route("/events", get(log::global))
         .route("/sagas/{correlation_id}", get(log::saga))
         .route("/components", get(operations::components))
+        .route("/routing", get(operations::routing))
+        .route("/routing/dead-letters", get(operations::dead_letters))
+        .route("/routing/{subscriber}/rewind", post(operations::rewind))
         .route("/healthz", get(operations::health))
         .fallback(operations::not_found)
         .method_not_allowed_fallback(operations::method_not_allowed)

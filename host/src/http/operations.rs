@@ -2,8 +2,9 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::Body;
+use super::extract::{Body, Params};
 use crate::components::{ComponentSummary, Deployed};
+use crate::routing::RoutingError;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -19,6 +20,55 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
 /// `GET /components`
 pub async fn components(State(state): State<AppState>) -> Json<Vec<ComponentSummary>> {
     Json(state.components.list())
+}
+
+/// `GET /routing`: each subscriber's cursor and lag.
+pub async fn routing(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"subscribers": state.routing.status()}))
+}
+
+/// `GET /routing/dead-letters`: deliveries the router gave up on.
+pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Result<Json<Value>, ApiError> {
+    let limit = params.limit(100, 10_000)?;
+    let letters: Vec<Value> = state
+        .store
+        .dead_letters(limit)?
+        .into_iter()
+        .map(|d| {
+            json!({
+                "subscriber": d.subscriber,
+                "position": d.position,
+                "stream": d.stream,
+                "event_type": d.event_type,
+                "command_index": d.command_index,
+                "target": d.target,
+                "command_type": d.command_type,
+                "error": d.error,
+                "attempts": d.attempts,
+                "parked_at": humantime::format_rfc3339_micros(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_micros(d.parked_at_micros)
+                ).to_string(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"dead_letters": letters})))
+}
+
+/// `POST /routing/{subscriber}/rewind?to=<position>` (admin): deliver again every event
+/// after `to` (default 0). Effects are deduplicated, so nothing happens twice.
+pub async fn rewind(
+    State(state): State<AppState>,
+    Path(subscriber): Path<String>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    let to = params.u64("to")?.unwrap_or(0);
+    state.routing.rewind(&subscriber, to).await.map_err(|e| match e {
+        RoutingError::UnknownSubscriber(_) => ApiError::not_found("unknown_subscriber", e.to_string()),
+        RoutingError::Store(store) => store.into(),
+    })?;
+    Ok(Json(json!({"subscriber": subscriber, "rewound_to": to})))
 }
 
 /// Admin endpoints need `Authorization: Bearer <admin token>` (401 otherwise).

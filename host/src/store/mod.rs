@@ -19,7 +19,8 @@ mod writer;
 
 pub use error::{AppendError, StoreError};
 pub use records::{
-    AppendBatch, Committed, NewEvent, Snapshot, StoredEvent, StoredOutcome, StreamId, StreamIdError,
+    AppendBatch, Committed, DeadLetter, NewEvent, Snapshot, StoredEvent, StoredOutcome, StreamId,
+    StreamIdError,
 };
 pub use writer::Writer;
 
@@ -169,6 +170,19 @@ impl EventStore {
                 out.push(StoredEvent::decode(record.value())?);
             }
         }
+        Ok(out)
+    }
+
+    /// Parked deliveries, oldest first, at most `limit`.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let read = self.db.begin_read()?;
+        let table = read.open_table(DEAD_LETTERS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()?.take(limit) {
+            let (_, record) = entry?;
+            out.push(DeadLetter::decode(record.value())?);
+        }
+        out.sort_by_key(|d| (d.parked_at_micros, d.position));
         Ok(out)
     }
 

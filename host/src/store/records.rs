@@ -174,3 +174,30 @@ pub struct Committed {
     pub first_position: Position,
     pub recorded_at_micros: u64,
 }
+
+/// A delivery the router gave up on after its retries: kept, visible, never dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub subscriber: String,
+    /// The triggering event.
+    pub position: Position,
+    pub stream: String,
+    pub event_type: String,
+    /// Which command of the reaction failed (`None`: the reaction itself failed).
+    pub command_index: Option<u64>,
+    pub target: Option<String>,
+    pub command_type: Option<String>,
+    pub error: String,
+    pub attempts: u32,
+    pub parked_at_micros: u64,
+}
+
+impl DeadLetter {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec(self).expect("encode a dead letter")
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("dead letter record: {e}")))
+    }
+}

@@ -7,7 +7,7 @@
 //! batches of 64.
 
 use super::tables::*;
-use super::{AppendBatch, AppendError, Committed, Position, StoreError, StoredEvent};
+use super::{AppendBatch, AppendError, Committed, DeadLetter, Position, StoreError, StoredEvent};
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -24,6 +24,8 @@ enum Request {
     Append(AppendBatch, Reply),
     /// A subscriber's cursor, serialized with the appends it follows.
     Cursor(String, Position, oneshot::Sender<Result<(), StoreError>>),
+    /// Park a delivery the router gave up on.
+    Park(DeadLetter, oneshot::Sender<Result<(), StoreError>>),
     /// Commit what was queued before this, then stop.
     Stop,
 }
@@ -70,6 +72,13 @@ impl Writer {
         self.requests
             .send(Request::Cursor(name.to_owned(), position, reply))
             .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Record a dead letter (durably).
+    pub async fn park(&self, letter: DeadLetter) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Park(letter, reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -146,6 +155,15 @@ fn commit_group(
                     txn.open_table(CURSORS)?.insert(name.as_str(), *position)?;
                     Ok(Committed { first_position: 0, recorded_at_micros })
                 }
+                Request::Park(letter, _) => {
+                    let key = (
+                        letter.subscriber.as_str(),
+                        letter.position,
+                        letter.command_index.unwrap_or(u64::MAX),
+                    );
+                    txn.open_table(DEAD_LETTERS)?.insert(key, letter.encode().as_slice())?;
+                    Ok(Committed { first_position: 0, recorded_at_micros })
+                }
                 Request::Stop => continue,
             };
             // A storage failure may have left part of a batch written: abort everything.
@@ -165,7 +183,7 @@ fn commit_group(
                     Request::Append(_, reply) => {
                         let _ = reply.send(answer);
                     }
-                    Request::Cursor(_, _, reply) => {
+                    Request::Cursor(_, _, reply) | Request::Park(_, reply) => {
                         let _ = reply.send(Ok(()));
                     }
                     Request::Stop => {}
@@ -181,7 +199,7 @@ fn commit_group(
                     Request::Append(_, reply) => {
                         let _ = reply.send(Err(StoreError::CommitFailed(message.clone()).into()));
                     }
-                    Request::Cursor(_, _, reply) => {
+                    Request::Cursor(_, _, reply) | Request::Park(_, reply) => {
                         let _ = reply.send(Err(StoreError::CommitFailed(message.clone())));
                     }
                     Request::Stop => {}
