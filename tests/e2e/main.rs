@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod cli;
 mod commands;
 mod durability;
 mod errors;

@@ -8,3 +8,16 @@ include!(concat!(env!("OUT_DIR"), "/components.rs"));
 pub fn component(type_name: &str) -> Option<&'static [u8]> {
     BUNDLED.iter().find(|(name, _)| *name == type_name).map(|(_, bytes)| *bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    /// A component binary has the preamble `\0asm` + version 0x0d, layer 1; a core module
+    /// has version 1, layer 0.
+    #[test]
+    fn every_artifact_is_a_component_not_a_core_module() {
+        for (name, bytes) in super::BUNDLED.iter().chain([("faulty", super::FAULTY)].iter()) {
+            assert_eq!(&bytes[..4], b"\0asm", "{name} is not WebAssembly");
+            assert_eq!(&bytes[4..8], &[0x0d, 0x00, 0x01, 0x00], "{name} is not a component");
+        }
+    }
+}

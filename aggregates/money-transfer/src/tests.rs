@@ -117,6 +117,20 @@ fn a_rejected_credit_starts_compensation_and_the_refund_fails_the_transfer() {
 }
 
 #[test]
+fn a_refused_refund_is_recorded_for_an_operator() {
+    let credit_failed = MoneyTransferCreditFailed {
+        from_account_id: "101".into(),
+        to_account_id: "202".into(),
+        amount: 5500,
+        reason: "account 202: account_closed".into(),
+    };
+    given::<MoneyTransferAggregate>([created(), debit_recorded(), credit_failed])
+        .when_rejected(rejected("CreditAccount", "101", "account_closed"))
+        .then_events([MoneyTransferRefundFailed { reason: "account 101: account_closed".into() }])
+        .then_state(state_is(TransferState::REFUND_FAILED));
+}
+
+#[test]
 fn a_rejected_debit_fails_the_transfer_with_nothing_moved() {
     given::<MoneyTransferAggregate>([created()])
         .when_rejected(rejected("DebitAccount", "101", "account_closed"))

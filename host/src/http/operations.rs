@@ -113,6 +113,7 @@ pub async fn deploy(
     let deployed = tokio::task::spawn_blocking(move || components.deploy(&name, &bytes))
         .await
         .map_err(|e| ApiError::internal(format!("deploy task failed: {e}")))??;
+    state.routing.ensure_subscriber(&deployed.name)?;
     Ok(Json(deployed))
 }
 

@@ -150,6 +150,22 @@ impl Routing {
         Ok(routing)
     }
 
+    /// Start a subscriber for a component deployed after start-up, if it subscribes to
+    /// anything and has none yet. (A new version of a running one is picked up by its
+    /// subscriber at its next chunk.)
+    pub fn ensure_subscriber(&self, name: &str) -> Result<(), StoreError> {
+        let subscribes = self
+            .context
+            .components
+            .active(name)
+            .is_some_and(|a| !a.component.info().subscriptions.is_empty());
+        let running = self.handles.lock().expect("routing lock").iter().any(|h| h.name == name);
+        if subscribes && !running && !*self.stop.borrow() {
+            self.spawn(name.to_owned())?;
+        }
+        Ok(())
+    }
+
     fn spawn(&self, name: String) -> Result<(), StoreError> {
         let cursor = self.context.store.cursor(&cursor_name(&name))?;
         let counters = Arc::new(Mutex::new(Counters { cursor, ..Counters::default() }));

@@ -1,7 +1,8 @@
 //! A test-only aggregate that misbehaves on command, to prove the sandbox: a trap or a
-//! timeout answers an error, stores nothing, and the actor goes on serving.
+//! timeout answers an error, stores nothing, and the actor goes on serving. Its reactions
+//! misbehave too, to prove the router parks what it cannot deliver and goes on.
 
-use cairn_guest::{Aggregate, Rejection};
+use cairn_guest::{Aggregate, EventEnvelope, OutgoingCommand, Rejection, Subscription};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,6 +50,23 @@ impl Aggregate for Faulty {
 
     fn apply(state: Option<Counter>, _event: &FaultyEvent) -> Counter {
         Counter { count: state.map_or(0, |s| s.count) + 1 }
+    }
+
+    fn subscriptions() -> Vec<Subscription> {
+        vec![Subscription::to("account", ["AccountOpened", "AccountClosed"])]
+    }
+
+    /// An opened account makes it send a command to a type nobody deployed; a closed one
+    /// makes the reaction itself trap.
+    fn react(event: &EventEnvelope) -> Vec<OutgoingCommand> {
+        #[derive(Serialize)]
+        struct NoFields {}
+        match event.event_type.as_str() {
+            "AccountOpened" => {
+                vec![OutgoingCommand::new("nowhere", &event.stream_id, "Anything", &NoFields {})]
+            }
+            _ => panic!("asked to fail a reaction"),
+        }
     }
 }
 

@@ -1,0 +1,69 @@
+//! The `cairn` client subcommands against a running host.
+
+use crate::harness::Host;
+use serde_json::Value;
+use std::process::{Command, Output};
+
+fn cairn(host: &Host, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .args(["--url", &host.url])
+        .output()
+        .expect("run cairn")
+}
+
+fn json_of(output: &Output) -> Value {
+    assert!(output.status.success(), "cairn failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("the CLI prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn send_state_events_components_and_deploy() {
+    let host = Host::start();
+    let opened = json_of(&cairn(
+        &host,
+        &["send", "account", "1", r#"{"type":"OpenAccount","data":{"initial_balance":10}}"#],
+    ));
+    assert_eq!(opened["version"], 1);
+    let keyed =
+        ["send", "account", "1", r#"{"type":"CreditAccount","data":{"amount":5,"transaction_id":"t"}}"#];
+    let first = json_of(&cairn(
+        &host,
+        &[&keyed[..], &["--idempotency-key", "k", "--correlation-id", "cli-1"]].concat(),
+    ));
+    let retry = json_of(&cairn(&host, &[&keyed[..], &["--idempotency-key", "k"]].concat()));
+    assert_eq!(first, retry);
+    assert_eq!(first["events"][0]["correlation_id"], "cli-1");
+
+    assert_eq!(json_of(&cairn(&host, &["state", "account", "1"]))["state"]["balance"], 15);
+    assert_eq!(json_of(&cairn(&host, &["state", "account", "1", "--version", "1"]))["state"]["balance"], 10);
+    let events = json_of(&cairn(&host, &["events", "account", "1", "--from", "2"]));
+    assert_eq!(events["events"].as_array().unwrap().len(), 1);
+
+    let refused =
+        cairn(&host, &["send", "account", "1", r#"{"type":"OpenAccount","data":{"initial_balance":1}}"#]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("account_already_open"));
+    let conflict = cairn(&host, &[&keyed[..], &["--expect-version", "1"]].concat());
+    assert!(String::from_utf8_lossy(&conflict.stderr).contains("version_conflict"));
+
+    let components = json_of(&cairn(&host, &["components"]));
+    assert!(components.as_array().unwrap().iter().any(|c| c["name"] == "account"));
+    let deployed = json_of(&cairn(
+        &host,
+        &["deploy", cairn_artifacts::FAULTY_PATH, "--admin-token", "test-token", "--name", "faulty"],
+    ));
+    assert_eq!((deployed["name"].as_str(), deployed["version"].as_u64()), (Some("faulty"), Some(1)));
+    let unauthorized = cairn(&host, &["deploy", cairn_artifacts::FAULTY_PATH, "--admin-token", "nope"]);
+    assert!(String::from_utf8_lossy(&unauthorized.stderr).contains("unauthorized"));
+}
+
+#[test]
+fn a_client_command_without_a_host_fails_clearly() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["state", "account", "1", "--url", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("could not reach the cairn host"));
+}
