@@ -7,19 +7,57 @@
 //! reads the active version before every batch, so activating a version is a pointer
 //! swap between two batches.
 
-use crate::runtime::{AggregateComponent, ComponentDigest, LoadError, Runtime};
+use crate::runtime::{AggregateComponent, ComponentDigest, GuestError, LoadError, Runtime};
 use crate::store::tables::{COMPONENT_BLOBS, COMPONENTS};
-use crate::store::{EventStore, StoreError};
+use crate::store::{EventStore, StoreError, StreamId, Version};
+use cairn_guest::glue::RawEvent;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// An active aggregate component version, shared by every actor of its type.
 pub struct ActiveAggregate {
     pub version: u32,
     pub component: AggregateComponent,
+}
+
+/// Events read from the store per chunk while rebuilding state.
+const REPLAY_CHUNK: usize = 4096;
+
+/// Why a stream's state could not be rebuilt.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+}
+
+impl ActiveAggregate {
+    /// Fold the events of `stream` after `version`, up to `up_to`, into `state` with this
+    /// component version; returns the state and the version it reached. Each chunk read
+    /// from the store is folded in one guest call.
+    pub fn replay(
+        &self,
+        store: &EventStore,
+        stream: &StreamId,
+        mut state: Option<Vec<u8>>,
+        mut version: Version,
+        up_to: Version,
+    ) -> Result<(Option<Vec<u8>>, Version), ReplayError> {
+        while version < up_to {
+            let events = store.read_stream_range(stream, version + 1, up_to, REPLAY_CHUNK)?;
+            let Some(last) = events.last() else { break };
+            version = last.version;
+            let events: Vec<RawEvent> = events
+                .into_iter()
+                .map(|e| RawEvent { event_type: e.event_type, payload: e.payload })
+                .collect();
+            state = self.component.apply_events(state.as_deref(), &events)?;
+        }
+        Ok((state, version))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,10 +121,6 @@ pub struct ComponentRegistry {
     store: EventStore,
     records: RwLock<BTreeMap<String, ComponentRecord>>,
     active: RwLock<HashMap<String, Arc<ActiveAggregate>>>,
-}
-
-fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -180,7 +214,7 @@ impl ComponentRegistry {
         record.versions.push(VersionRecord {
             version,
             digest: digest.as_bytes().to_vec(),
-            deployed_at_micros: now_micros(),
+            deployed_at_micros: crate::time::now_micros(),
             size: bytes.len() as u64,
         });
         record.active = version;
@@ -231,10 +265,7 @@ impl ComponentRegistry {
                             .map(|d| d.to_string())
                             .unwrap_or_default(),
                         size: v.size,
-                        deployed_at: humantime::format_rfc3339_seconds(
-                            UNIX_EPOCH + std::time::Duration::from_micros(v.deployed_at_micros),
-                        )
-                        .to_string(),
+                        deployed_at: crate::time::rfc3339_seconds(v.deployed_at_micros),
                         active: v.version == record.active,
                     })
                     .collect(),

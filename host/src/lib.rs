@@ -25,3 +25,4 @@ pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod testkit;
+pub mod time;

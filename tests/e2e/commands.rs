@@ -26,19 +26,6 @@ async fn a_command_answers_its_durable_events() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_walkthrough_figures_25000_minus_5500_plus_1000() {
-    let host = Host::start();
-    host.open_account("101", 25000).await;
-    host.command("account", "101", "DebitAccount", json!({"amount": 5500, "transaction_id": "t1"}))
-        .await
-        .expect(200);
-    host.command("account", "101", "CreditAccount", json!({"amount": 1000, "transaction_id": "t2"}))
-        .await
-        .expect(200);
-    assert_eq!(host.state("account", "101").await["balance"], 20500);
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn data_may_be_omitted_for_a_command_without_fields() {
     let host = Host::start();
     host.open_account("1", 10).await;

@@ -12,9 +12,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-/// Events read per store round trip while rebuilding state.
-const REPLAY_CHUNK: usize = 4096;
-
 type Reply = oneshot::Sender<Result<CommandReply, CommandError>>;
 
 pub(super) async fn run(
@@ -152,16 +149,7 @@ impl Actor {
             state = Some(snapshot.state);
             version = snapshot.version;
         }
-        loop {
-            let events = store.read_stream(&self.stream, version + 1, REPLAY_CHUNK)?;
-            let Some(last) = events.last() else { break };
-            version = last.version;
-            let raw: Vec<_> = events
-                .into_iter()
-                .map(|e| cairn_guest::glue::RawEvent { event_type: e.event_type, payload: e.payload })
-                .collect();
-            state = active.component.apply_events(state.as_deref(), &raw)?;
-        }
+        let (state, version) = active.replay(store, &self.stream, state, version, Version::MAX)?;
         self.loaded = Some(Loaded { component: active, state, version });
         Ok(())
     }

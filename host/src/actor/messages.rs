@@ -79,6 +79,15 @@ pub enum CommandError {
     ShuttingDown,
 }
 
+impl From<crate::components::ReplayError> for CommandError {
+    fn from(error: crate::components::ReplayError) -> Self {
+        match error {
+            crate::components::ReplayError::Store(e) => CommandError::Store(e),
+            crate::components::ReplayError::Guest(e) => CommandError::Guest(e),
+        }
+    }
+}
+
 impl CommandError {
     /// The same error for another waiting caller (store errors keep only their message).
     pub(crate) fn duplicate(&self) -> CommandError {

@@ -3,7 +3,7 @@
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Body, Params, header_text, if_match};
-use crate::actor::{CommandReply, CommandRequest};
+use crate::actor::{CommandError, CommandReply, CommandRequest};
 use crate::json::{self, EventJson};
 use crate::store::{StreamId, StreamIdError};
 use axum::Json;
@@ -191,18 +191,7 @@ async fn state_at(state: &AppState, stream: &StreamId, version: u64) -> Result<O
     let store = state.store.clone();
     let stream = stream.clone();
     tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, ApiError> {
-        let mut folded = None;
-        let mut next = 1;
-        while next <= version {
-            let events = store.read_stream_range(&stream, next, version, 4096)?;
-            let Some(last) = events.last() else { break };
-            next = last.version + 1;
-            let raw: Vec<_> = events
-                .into_iter()
-                .map(|e| cairn_guest::glue::RawEvent { event_type: e.event_type, payload: e.payload })
-                .collect();
-            folded = active.component.apply_events(folded.as_deref(), &raw)?;
-        }
+        let (folded, _) = active.replay(&store, &stream, None, 0, version).map_err(CommandError::from)?;
         Ok(folded)
     })
     .await

@@ -45,9 +45,7 @@ pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Resu
                 "command_type": d.command_type,
                 "error": d.error,
                 "attempts": d.attempts,
-                "parked_at": humantime::format_rfc3339_micros(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_micros(d.parked_at_micros)
-                ).to_string(),
+                "parked_at": crate::time::rfc3339_micros(d.parked_at_micros),
             })
         })
         .collect();

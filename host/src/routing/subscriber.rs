@@ -7,7 +7,7 @@ use crate::store::{DeadLetter, Position, StoredEvent, StreamId};
 use cairn_guest::{COMMAND_REJECTED, CommandRejected, OutgoingCommand, Rejection, codec};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -154,10 +154,6 @@ struct StreamDelivery {
     subscriber: String,
     component: Arc<ActiveAggregate>,
     counters: Arc<Mutex<Counters>>,
-}
-
-fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 impl StreamDelivery {
@@ -319,7 +315,7 @@ impl StreamDelivery {
             command_type: command.map(|c| c.command_type.clone()),
             error,
             attempts,
-            parked_at_micros: now_micros(),
+            parked_at_micros: crate::time::now_micros(),
         }
     }
 

@@ -24,6 +24,8 @@ pub use records::{
 };
 pub use writer::Writer;
 
+use records::Record;
+
 use redb::{Database, ReadableDatabase, ReadableTable};
 use std::path::Path;
 use std::sync::Arc;

@@ -2,7 +2,23 @@
 //! are internal and compact; the log's payloads stay as the guest wrote them).
 
 use super::{Position, StoreError, Version};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+/// A value kept in one of the store's tables.
+pub(crate) trait Record: Serialize + DeserializeOwned {
+    /// Named in the error when a stored record does not decode.
+    const KIND: &'static str;
+
+    fn encode(&self) -> Vec<u8> {
+        // Plain serde data into a Vec: cannot fail.
+        rmp_serde::to_vec(self).expect("encode a store record")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{} record: {e}", Self::KIND)))
+    }
+}
 use std::fmt;
 
 /// One aggregate instance's stream: `account/101`.
@@ -70,23 +86,18 @@ pub struct StoredEvent {
     pub component_version: u32,
 }
 
+impl Record for StoredEvent {
+    const KIND: &'static str = "event";
+}
+
 impl StoredEvent {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        rmp_serde::to_vec(self).expect("encode a stored event")
-    }
-
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("event record: {e}")))
-    }
-
     pub fn stream(&self) -> StreamId {
         StreamId { type_name: self.stream_type.clone(), id: self.stream_id.clone() }
     }
 
     /// `recorded_at` in RFC 3339, as users and guests see it.
     pub fn recorded_at(&self) -> String {
-        let time = std::time::UNIX_EPOCH + std::time::Duration::from_micros(self.recorded_at_micros);
-        humantime::format_rfc3339_micros(time).to_string()
+        crate::time::rfc3339_micros(self.recorded_at_micros)
     }
 
     /// The envelope a reaction or projection receives.
@@ -125,14 +136,8 @@ pub enum StoredOutcome {
     Rejected { code: String, message: String },
 }
 
-impl StoredOutcome {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        rmp_serde::to_vec(self).expect("encode an outcome")
-    }
-
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("outcome record: {e}")))
-    }
+impl Record for StoredOutcome {
+    const KIND: &'static str = "outcome";
 }
 
 /// An aggregate's state after `version`, valid only while `digest` is the active component.
@@ -145,14 +150,8 @@ pub struct Snapshot {
     pub state: Vec<u8>,
 }
 
-impl Snapshot {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        rmp_serde::to_vec(self).expect("encode a snapshot")
-    }
-
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("snapshot record: {e}")))
-    }
+impl Record for Snapshot {
+    const KIND: &'static str = "snapshot";
 }
 
 /// One actor's contribution to a group commit: all of it is stored, or none.
@@ -192,12 +191,6 @@ pub struct DeadLetter {
     pub parked_at_micros: u64,
 }
 
-impl DeadLetter {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        rmp_serde::to_vec(self).expect("encode a dead letter")
-    }
-
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("dead letter record: {e}")))
-    }
+impl Record for DeadLetter {
+    const KIND: &'static str = "dead letter";
 }

@@ -6,13 +6,13 @@
 //! DESIGN.md measured 3 600–4 600 single-row commits/s against 115 000+ rows/s in
 //! batches of 64.
 
+use super::records::Record;
 use super::tables::*;
 use super::{AppendBatch, AppendError, Committed, DeadLetter, Position, StoreError, StoredEvent};
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, watch};
 
 /// Upper bound on events in one group commit, so one transaction stays reasonably sized.
@@ -95,10 +95,6 @@ impl Writer {
     }
 }
 
-fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
-}
-
 fn run(
     db: Arc<Database>,
     mut head: Position,
@@ -142,7 +138,7 @@ fn commit_group(
     head_tx: &watch::Sender<Position>,
     requests: Vec<Request>,
 ) -> Position {
-    let recorded_at_micros = now_micros();
+    let recorded_at_micros = crate::time::now_micros();
     let mut next = head + 1;
     let written = (|| -> Result<Vec<Result<Committed, AppendError>>, StoreError> {
         let mut txn = db.begin_write()?;
