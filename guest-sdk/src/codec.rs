@@ -50,13 +50,34 @@ pub fn encode_variant<T: Serialize>(value: &T) -> (String, Vec<u8>) {
     }
 }
 
+/// Decode, naming the field that failed (`field \`amount\` has the wrong type`): the
+/// message reaches the user who sent the command.
+fn decode_with_path<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let mut deserializer = rmp_serde::Deserializer::new(bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        // The path starts with the variant name, which the caller already names.
+        let path = error.path().to_string();
+        let field = path.split_once('.').map(|(_, rest)| rest).unwrap_or("");
+        let inner = error.into_inner().to_string();
+        let what = if inner.contains("wrong msgpack marker") || inner.contains("invalid type") {
+            "has the wrong type".to_owned()
+        } else {
+            inner
+        };
+        match field {
+            "" | "?" => CodecError(what),
+            field => CodecError(format!("field `{field}` {what}")),
+        }
+    })
+}
+
 /// Rebuild an enum value from its variant name and the MessagePack map of its fields.
 pub fn decode_variant<T: DeserializeOwned>(name: &str, payload: &[u8]) -> Result<T, CodecError> {
     let mut tagged = Vec::with_capacity(payload.len() + name.len() + 6);
     rmp::encode::write_map_len(&mut tagged, 1).expect("write to Vec");
     rmp::encode::write_str(&mut tagged, name).expect("write to Vec");
     tagged.extend_from_slice(payload);
-    match rmp_serde::from_slice(&tagged) {
+    match decode_with_path(&tagged) {
         Ok(value) => Ok(value),
         Err(first) => {
             // A unit variant (`CloseAccount`) carries no fields; accept `{}` or nil for it.
@@ -67,7 +88,7 @@ pub fn decode_variant<T: DeserializeOwned>(name: &str, payload: &[u8]) -> Result
                     return Ok(value);
                 }
             }
-            Err(CodecError(first.to_string()))
+            Err(first)
         }
     }
 }
@@ -118,5 +139,8 @@ mod tests {
         let bad = encode(&std::collections::BTreeMap::from([("radius", "big")]));
         let err = decode_variant::<Shape>("Circle", &bad).unwrap_err();
         assert!(!is_unknown_variant(&err), "{err}");
+        assert_eq!(err.to_string(), "field `radius` has the wrong type");
+        let err = decode_variant::<Shape>("Circle", EMPTY_MAP).unwrap_err();
+        assert_eq!(err.to_string(), "missing field `radius`");
     }
 }

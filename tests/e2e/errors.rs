@@ -20,9 +20,14 @@ async fn bad_commands_are_400() {
     host.send(post(r#"{"type": ""}"#)).await.expect_error(400, "invalid_command");
     host.send(post(r#"{"type": "CommandRejected", "data": {}}"#)).await.expect_error(400, "invalid_command");
     host.command("account", "1", "Teleport", json!({})).await.expect_error(400, "unknown_command");
-    host.command("account", "1", "CreditAccount", json!({"amount": "lots", "transaction_id": "t"}))
+    let wrong_type = host
+        .command("account", "1", "CreditAccount", json!({"amount": "lots", "transaction_id": "t"}))
         .await
         .expect_error(400, "invalid_command");
+    assert_eq!(
+        wrong_type.body["error"]["message"],
+        "CreditAccount is malformed: field `amount` has the wrong type"
+    );
     host.command("account", "1", "CreditAccount", json!({"transaction_id": "t"}))
         .await
         .expect_error(400, "invalid_command");
