@@ -94,9 +94,11 @@ async fn snapshots_and_passivation_rebuild_the_same_state() {
         .await
         .expect(200);
     }
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let health = host.get("/healthz").await.expect(200);
-    assert_eq!(health.body["live_actors"], 0, "the idle actor passivated");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while host.get("/healthz").await.expect(200).body["live_actors"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "the idle actor never passivated");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(host.state("account", "1").await["balance"], 500);
     host.restart();
     let answer = host.get("/aggregates/account/1").await.expect(200);

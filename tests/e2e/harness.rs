@@ -126,7 +126,8 @@ impl Host {
     /// Stop with SIGTERM (graceful) and wait for the process to end.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             loop {
                 if child.try_wait().unwrap().is_some() {
