@@ -35,6 +35,9 @@ enum Command {
         /// Largest command request body, in bytes.
         #[arg(long, default_value_t = 1 << 20)]
         max_body_bytes: usize,
+        /// Requests handled at once before the host answers 503.
+        #[arg(long, default_value_t = 4096)]
+        max_in_flight: usize,
         /// Commands one aggregate may have waiting before it answers 429.
         #[arg(long, default_value_t = 1024)]
         mailbox_capacity: usize,
@@ -111,9 +114,18 @@ pub fn run() -> anyhow::Result<()> {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { data, listen, admin_token, max_body_bytes, mailbox_capacity, idle_seconds } => {
+        Command::Serve {
+            data,
+            listen,
+            admin_token,
+            max_body_bytes,
+            max_in_flight,
+            mailbox_capacity,
+            idle_seconds,
+        } => {
             let mut config = ServeConfig { data_dir: data, listen, admin_token, ..ServeConfig::default() };
             config.body_limits.command_bytes = max_body_bytes;
+            config.body_limits.max_in_flight = max_in_flight.max(1);
             config.actors.mailbox_capacity = mailbox_capacity.max(1);
             config.actors.idle_timeout = std::time::Duration::from_secs(idle_seconds.max(1));
             crate::server::serve(config).await

@@ -26,7 +26,11 @@ impl Default for ServeConfig {
             data_dir: PathBuf::from("data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: None,
-            body_limits: BodyLimits { command_bytes: 1 << 20, component_bytes: 64 << 20 },
+            body_limits: BodyLimits {
+                command_bytes: 1 << 20,
+                component_bytes: 64 << 20,
+                max_in_flight: 4096,
+            },
             actors: ActorConfig::default(),
             guest_limits: Limits::default(),
             routing: RoutingConfig::default(),

@@ -129,6 +129,33 @@ async fn a_full_mailbox_answers_429_at_once_and_nothing_is_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn beyond_the_in_flight_limit_the_host_sheds_load_with_503() {
+    let host = Host::start_with(&["--max-in-flight", "1"]);
+    host.open_account("1", 0).await;
+    let mut requests = Vec::new();
+    for n in 0..200 {
+        let id = (n % 20).to_string();
+        let request = host.command_request("account", &id, "OpenAccount", json!({"initial_balance": 1}));
+        requests.push(tokio::spawn(answer_of(request)));
+    }
+    let mut shed = 0;
+    for request in requests {
+        let answer = request.await.unwrap();
+        match answer.status.as_u16() {
+            200 | 422 => {}
+            503 => {
+                assert_eq!(answer.code(), "overloaded");
+                assert_eq!(answer.headers["retry-after"], "1");
+                shed += 1;
+            }
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+    assert!(shed > 0, "200 concurrent requests against a limit of 1 must shed some");
+    assert_eq!(host.get("/healthz").await.status, 200, "the host serves again once the burst is over");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn admin_endpoints_need_the_token() {
     let host = Host::start();
     let put = |token: Option<&str>| {

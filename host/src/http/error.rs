@@ -56,6 +56,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The answer when the host is at its limit of requests in flight (load shedding).
+pub async fn overloaded(error: tower::BoxError) -> ApiError {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the host is at its limit of requests in flight; retry shortly",
+        )
+        .retry_after(1)
+    } else {
+        ApiError::internal(format!("request failed in the HTTP stack: {error}"))
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", error.to_string())

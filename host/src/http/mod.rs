@@ -15,9 +15,11 @@ use crate::components::ComponentRegistry;
 use crate::routing::Routing;
 use crate::store::EventStore;
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use std::sync::Arc;
+use tower::ServiceBuilder;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -29,11 +31,14 @@ pub struct AppState {
     pub admin_token: Arc<str>,
 }
 
-/// Body limits per kind of request.
+/// Limits on what requests may cost.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimits {
     pub command_bytes: usize,
     pub component_bytes: usize,
+    /// Requests handled at once; beyond it the host answers 503 at once instead of
+    /// queueing without bound.
+    pub max_in_flight: usize,
 }
 
 /// Every route of the API, apart from `main` so tests can use it without a socket.
@@ -59,6 +64,12 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
         .route("/healthz", get(operations::health))
         .fallback(operations::not_found)
         .method_not_allowed_fallback(operations::method_not_allowed)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            ServiceBuilder::new()
+                .layer(tower_http::trace::TraceLayer::new_for_http())
+                .layer(HandleErrorLayer::new(error::overloaded))
+                .load_shed()
+                .concurrency_limit(limits.max_in_flight),
+        )
         .with_state(state)
 }
