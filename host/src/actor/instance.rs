@@ -4,7 +4,7 @@ use super::Shared;
 use super::messages::{CommandError, CommandReply, CommandRequest, Message, StateReply};
 use crate::components::ActiveAggregate;
 use crate::store::{
-    AppendBatch, AppendError, NewEvent, Snapshot, StoredEvent, StoredOutcome, StreamId, Version,
+    AppendBatch, AppendError, NewEvent, Snapshot, StoreError, StoredEvent, StoredOutcome, StreamId, Version,
 };
 use cairn_guest::Rejection;
 use cairn_guest::glue::RawCommand;
@@ -107,8 +107,8 @@ impl Actor {
             if self.loaded.is_none() {
                 // A failed append dropped the state and it could not be rebuilt.
                 match message {
-                    Message::Command(_, reply) => drop(reply.send(Err(CommandError::ShuttingDown))),
-                    Message::State(reply) => drop(reply.send(Err(CommandError::ShuttingDown))),
+                    Message::Command(_, reply) => drop(reply.send(Err(self.unavailable()))),
+                    Message::State(reply) => drop(reply.send(Err(self.unavailable()))),
                 }
                 continue;
             }
@@ -120,13 +120,21 @@ impl Actor {
                     let loaded = self.loaded.as_ref();
                     let answer = match loaded {
                         Some(l) => Ok(StateReply { version: l.version, state: l.state.clone() }),
-                        None => Err(CommandError::ShuttingDown),
+                        None => Err(self.unavailable()),
                     };
                     let _ = reply.send(answer);
                 }
             }
         }
         self.commit(pending).await;
+    }
+
+    /// The answer while the state cannot be rebuilt after a failed commit (storage trouble).
+    fn unavailable(&self) -> CommandError {
+        CommandError::Store(StoreError::Unavailable(format!(
+            "the state of {} could not be rebuilt",
+            self.stream
+        )))
     }
 
     /// Build the state with the active component version if it is not already built by it
@@ -267,7 +275,7 @@ impl Actor {
     async fn commit(&mut self, pending: Pending) -> Pending {
         let Some(loaded) = self.loaded.as_ref() else {
             for (_, reply) in pending.answers {
-                let _ = reply.send(Err(CommandError::ShuttingDown));
+                let _ = reply.send(Err(self.unavailable()));
             }
             return Pending::at(0);
         };
@@ -308,7 +316,7 @@ impl Actor {
                             CommandError::VersionConflict { expected: *expected, actual: *actual }
                         }
                         AppendError::Store(_) => {
-                            CommandError::Store(crate::store::StoreError::CommitFailed(message.clone()))
+                            CommandError::Store(StoreError::CommitFailed(message.clone()))
                         }
                     };
                     let _ = reply.send(Err(error));
