@@ -13,14 +13,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// Components compiled once per test process, by aggregate type.
 fn compiled(type_name: &str) -> Arc<AggregateComponent> {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     static CACHE: OnceLock<Mutex<HashMap<String, Arc<AggregateComponent>>>> = OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| Runtime::new(None, Limits::default()).expect("wasmtime engine"));
     let mut cache = CACHE.get_or_init(Default::default).lock().expect("component cache lock");
     cache
         .entry(type_name.to_owned())
         .or_insert_with(|| {
             let bytes = cairn_artifacts::component(type_name)
                 .unwrap_or_else(|| panic!("no bundled component for aggregate type {type_name}"));
-            let runtime = Runtime::new(None, Limits::default()).expect("wasmtime engine");
             Arc::new(runtime.load_aggregate(bytes).expect("the bundled component loads"))
         })
         .clone()

@@ -95,10 +95,7 @@ impl Actor {
             // Nothing can be decided without state; answer everything with the cause.
             tracing::error!(stream = %self.stream, "cannot build state: {error}");
             for message in batch {
-                match message {
-                    Message::Command(_, reply) => drop(reply.send(Err(error.duplicate()))),
-                    Message::State(reply) => drop(reply.send(Err(error.duplicate()))),
-                }
+                message.fail(error.duplicate());
             }
             return;
         }
@@ -106,10 +103,7 @@ impl Actor {
         for message in batch {
             if self.loaded.is_none() {
                 // A failed append dropped the state and it could not be rebuilt.
-                match message {
-                    Message::Command(_, reply) => drop(reply.send(Err(self.unavailable()))),
-                    Message::State(reply) => drop(reply.send(Err(self.unavailable()))),
-                }
+                message.fail(self.unavailable());
                 continue;
             }
             match message {
@@ -296,14 +290,13 @@ impl Actor {
         let batch = AppendBatch {
             stream: self.stream.clone(),
             expected_version: pending.base_version,
-            events: pending.events.clone(),
+            events: pending.events,
             outcomes: pending.outcomes,
             snapshot,
         };
         match self.shared.writer.append(batch).await {
             Ok(committed) => {
-                let stored = self.stored_events(pending.events, pending.base_version, committed);
-                self.answer(pending.answers, &stored, pending.base_version);
+                self.answer(pending.answers, &committed.events, pending.base_version);
             }
             Err(error) => {
                 // Nothing was stored: forget the decided state and rebuild it next time.
@@ -327,30 +320,6 @@ impl Actor {
             }
         }
         Pending::at(self.loaded.as_ref().map_or(0, |l| l.version))
-    }
-
-    fn stored_events(
-        &self,
-        events: Vec<NewEvent>,
-        base_version: Version,
-        committed: crate::store::Committed,
-    ) -> Vec<StoredEvent> {
-        events
-            .into_iter()
-            .enumerate()
-            .map(|(offset, e)| StoredEvent {
-                stream_type: self.stream.type_name.clone(),
-                stream_id: self.stream.id.clone(),
-                version: base_version + 1 + offset as u64,
-                position: committed.first_position + offset as u64,
-                event_type: e.event_type,
-                payload: e.payload,
-                recorded_at_micros: committed.recorded_at_micros,
-                correlation_id: e.correlation_id,
-                causation_id: e.causation_id,
-                component_version: e.component_version,
-            })
-            .collect()
     }
 
     /// Send every answer of a committed batch; `stored` are its events from `base_version + 1`.

@@ -10,6 +10,21 @@ pub(crate) enum Message {
     State(oneshot::Sender<Result<StateReply, CommandError>>),
 }
 
+impl Message {
+    /// Answer the message with `error`, whatever it asked.
+    pub(crate) fn fail(self, error: CommandError) {
+        // A caller that stopped waiting needs no answer.
+        match self {
+            Message::Command(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Message::State(reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
 /// A command for one aggregate instance.
 #[derive(Debug, Clone)]
 pub struct CommandRequest {

@@ -148,6 +148,19 @@ impl Subscriber {
     }
 }
 
+/// A command caused by `event`: it carries the chain's correlation, the event's position
+/// as its cause, and `dedup_key`, which makes its effect happen once.
+fn routed(event: &StoredEvent, command_type: String, payload: Vec<u8>, dedup_key: String) -> CommandRequest {
+    CommandRequest {
+        command_type,
+        payload,
+        expected_version: None,
+        idempotency_key: None,
+        correlation_id: event.correlation_id.clone(),
+        causation: Some(Causation { causation_id: event.position.to_string(), dedup_key }),
+    }
+}
+
 /// Delivers the subscribed events of one source stream, in order.
 struct StreamDelivery {
     context: Arc<Context>,
@@ -201,7 +214,6 @@ impl StreamDelivery {
     }
 
     async fn deliver_command(&self, event: &StoredEvent, index: u64, command: OutgoingCommand) -> bool {
-        let causation_id = event.position.to_string();
         let target = match StreamId::new(&command.target_type, &command.target_id) {
             Ok(target) => target,
             Err(error) => {
@@ -210,17 +222,12 @@ impl StreamDelivery {
                 return self.park(letter).await;
             }
         };
-        let request = CommandRequest {
-            command_type: command.command_type.clone(),
-            payload: command.payload.clone(),
-            expected_version: None,
-            idempotency_key: None,
-            correlation_id: event.correlation_id.clone(),
-            causation: Some(Causation {
-                causation_id: causation_id.clone(),
-                dedup_key: format!("{}:{index}", event.position),
-            }),
-        };
+        let request = routed(
+            event,
+            command.command_type.clone(),
+            command.payload.clone(),
+            format!("{}:{index}", event.position),
+        );
         let rejection = match self.send(target, request).await {
             Delivered::Done { duplicate } => {
                 let mut counters = self.counters.lock().expect("counters lock");
@@ -244,17 +251,12 @@ impl StreamDelivery {
             code: rejection.code,
             message: rejection.message,
         };
-        let hand_back = CommandRequest {
-            command_type: COMMAND_REJECTED.to_owned(),
-            payload: codec::encode(&rejected),
-            expected_version: None,
-            idempotency_key: None,
-            correlation_id: event.correlation_id.clone(),
-            causation: Some(Causation {
-                causation_id,
-                dedup_key: format!("{}:{index}:rejected", event.position),
-            }),
-        };
+        let hand_back = routed(
+            event,
+            COMMAND_REJECTED.to_owned(),
+            codec::encode(&rejected),
+            format!("{}:{index}:rejected", event.position),
+        );
         match self.send(event.stream(), hand_back).await {
             Delivered::Done { .. } => true,
             Delivered::Stopping => false,

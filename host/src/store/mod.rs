@@ -166,7 +166,7 @@ impl EventStore {
         let events = read.open_table(EVENTS)?;
         let mut out = Vec::new();
         for entry in index.range((correlation_id, 0)..=(correlation_id, Position::MAX))?.take(limit) {
-            let (key, ()) = entry.map(|(k, v)| (k, v.value()))?;
+            let (key, _) = entry?;
             let position = key.value().1;
             if let Some(record) = events.get(position)? {
                 out.push(StoredEvent::decode(record.value())?);

@@ -166,12 +166,10 @@ pub struct AppendBatch {
     pub snapshot: Option<Snapshot>,
 }
 
-/// Where a committed batch landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A committed batch: its events as the log now holds them (version, position, time).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Committed {
-    /// Position of the batch's first event (meaningless when it had none).
-    pub first_position: Position,
-    pub recorded_at_micros: u64,
+    pub events: Vec<StoredEvent>,
 }
 
 /// A delivery the router gave up on after its retries: kept, visible, never dropped.

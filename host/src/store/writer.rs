@@ -149,7 +149,7 @@ fn commit_group(
                 Request::Append(batch, _) => write_batch(&txn, batch, &mut next, recorded_at_micros),
                 Request::Cursor(name, position, _) => {
                     txn.open_table(CURSORS)?.insert(name.as_str(), *position)?;
-                    Ok(Committed { first_position: 0, recorded_at_micros })
+                    Ok(Committed::default())
                 }
                 Request::Park(letter, _) => {
                     let key = (
@@ -158,7 +158,7 @@ fn commit_group(
                         letter.command_index.unwrap_or(u64::MAX),
                     );
                     txn.open_table(DEAD_LETTERS)?.insert(key, letter.encode().as_slice())?;
-                    Ok(Committed { first_position: 0, recorded_at_micros })
+                    Ok(Committed::default())
                 }
                 Request::Stop => continue,
             };
@@ -221,12 +221,12 @@ fn write_batch(
     if version != batch.expected_version {
         return Err(AppendError::VersionConflict { expected: batch.expected_version, actual: version });
     }
-    let first_position = *next;
     let mut events = txn.open_table(EVENTS).map_err(StoreError::from)?;
     let mut index = txn.open_table(STREAM_INDEX).map_err(StoreError::from)?;
     let mut correlations = txn.open_table(CORRELATIONS).map_err(StoreError::from)?;
     let mut stream_version = version;
     let mut stream_last = last_position;
+    let mut stored = Vec::with_capacity(batch.events.len());
     for event in &batch.events {
         stream_version += 1;
         let position = *next;
@@ -247,6 +247,7 @@ fn write_batch(
         index.insert((key.as_str(), stream_version), position).map_err(StoreError::from)?;
         correlations.insert((event.correlation_id.as_str(), position), ()).map_err(StoreError::from)?;
         stream_last = position;
+        stored.push(record);
     }
     if !batch.events.is_empty() {
         streams.insert(key.as_str(), (stream_version, stream_last)).map_err(StoreError::from)?;
@@ -263,5 +264,5 @@ fn write_batch(
         let mut snapshots = txn.open_table(SNAPSHOTS).map_err(StoreError::from)?;
         snapshots.insert(key.as_str(), snapshot.encode().as_slice()).map_err(StoreError::from)?;
     }
-    Ok(Committed { first_position, recorded_at_micros })
+    Ok(Committed { events: stored })
 }
