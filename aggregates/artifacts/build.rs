@@ -19,8 +19,10 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("money-transfer", "MONEY_TRANSFER", "aggregates/money-transfer"),
     ("order", "ORDER", "aggregates/order"),
     ("customer", "CUSTOMER", "aggregates/customer"),
-    // Test-only: misbehaves on command; built but not bundled into the host.
+    // Test-only: misbehave on command (logic in tests/guests/misbehave); built, never bundled.
     ("faulty", "FAULTY", "tests/guests/faulty"),
+    ("faulty-fixed", "FAULTY_FIXED", "tests/guests/faulty-fixed"),
+    ("twin", "TWIN", "tests/guests/twin"),
 ];
 /// The components a new data directory starts with.
 const BUNDLED: &[&str] = &["account", "money-transfer", "order", "customer"];
@@ -93,6 +95,7 @@ fn main() {
     for (_, _, sources) in GUESTS {
         println!("cargo:rerun-if-changed={}", workspace.join(sources).display());
     }
+    println!("cargo:rerun-if-changed={}", workspace.join("tests/guests/misbehave").display());
 }
 
 /// Rebuild when any source file the guest was compiled from changes (from its dep-info).

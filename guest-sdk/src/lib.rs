@@ -60,6 +60,7 @@
 
 pub mod codec;
 pub mod glue;
+mod id;
 mod reaction;
 pub mod testing;
 
@@ -67,6 +68,7 @@ pub mod testing;
 #[doc(hidden)]
 pub mod bindings;
 
+pub use id::{InvalidId, MAX_ID_LEN, check_aggregate_id};
 pub use reaction::{CommandRejected, EventEnvelope, OutgoingCommand, Subscription};
 use serde::{Serialize, de::DeserializeOwned};
 

@@ -18,6 +18,7 @@ pub mod actor;
 pub mod cli;
 pub mod components;
 pub mod config;
+pub mod faults;
 pub mod http;
 pub mod json;
 pub mod routing;

@@ -15,7 +15,9 @@ mod tests {
     /// has version 1, layer 0.
     #[test]
     fn every_artifact_is_a_component_not_a_core_module() {
-        for (name, bytes) in super::BUNDLED.iter().chain([("faulty", super::FAULTY)].iter()) {
+        let test_only =
+            [("faulty", super::FAULTY), ("faulty-fixed", super::FAULTY_FIXED), ("twin", super::TWIN)];
+        for (name, bytes) in super::BUNDLED.iter().chain(test_only.iter()) {
             assert_eq!(&bytes[..4], b"\0asm", "{name} is not WebAssembly");
             assert_eq!(&bytes[4..8], &[0x0d, 0x00, 0x01, 0x00], "{name} is not a component");
         }

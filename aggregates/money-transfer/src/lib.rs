@@ -10,7 +10,9 @@
 //! The account aggregate debits and credits; this aggregate records what happened, and
 //! asks for the source to be credited back when the target account is missing or closed.
 
-use cairn_guest::{Aggregate, CommandRejected, EventEnvelope, OutgoingCommand, Rejection, Subscription};
+use cairn_guest::{
+    Aggregate, CommandRejected, EventEnvelope, OutgoingCommand, Rejection, Subscription, check_aggregate_id,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +93,12 @@ impl Aggregate for MoneyTransferAggregate {
             }
             if from_account_id.trim().is_empty() || to_account_id.trim().is_empty() {
                 return Err(Rejection::invalid("from_account_id and to_account_id must not be empty"));
+            }
+            // An id no account can have would be debited and then fail inside the saga.
+            for (field, id) in [("from_account_id", &from_account_id), ("to_account_id", &to_account_id)] {
+                check_aggregate_id(id).map_err(|e| {
+                    Rejection::new("invalid_account_id", format!("{field} can never name an account: {e}"))
+                })?;
             }
             if from_account_id == to_account_id {
                 return Err(Rejection::new("same_account", "cannot transfer from an account to itself"));

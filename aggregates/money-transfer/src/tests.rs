@@ -68,6 +68,16 @@ fn empty_account_ids_are_invalid() {
 }
 
 #[test]
+fn account_ids_that_can_never_name_an_account_are_refused_at_creation() {
+    let long = "x".repeat(300);
+    for (from, to) in [("101", "a/b"), ("a/b", "202"), ("101", long.as_str()), ("101", "bad\nid")] {
+        given_no_events::<MoneyTransferAggregate>()
+            .when(create(from, to, 5))
+            .then_rejected("invalid_account_id");
+    }
+}
+
+#[test]
 fn saga_steps_for_a_missing_transfer_are_rejected() {
     given_no_events::<MoneyTransferAggregate>().when(RecordDebit).then_rejected("transfer_not_found");
 }

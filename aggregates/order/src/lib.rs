@@ -3,7 +3,9 @@
 //! (`INSUFFICIENT_CREDIT`, or `UNKNOWN_CUSTOMER` when the customer does not exist).
 //! Cancelling an approved order makes it `CANCELLED` and the customer releases the credit.
 
-use cairn_guest::{Aggregate, CommandRejected, EventEnvelope, OutgoingCommand, Rejection, Subscription};
+use cairn_guest::{
+    Aggregate, CommandRejected, EventEnvelope, OutgoingCommand, Rejection, Subscription, check_aggregate_id,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +75,9 @@ impl Aggregate for OrderAggregate {
             if customer_id.trim().is_empty() {
                 return Err(Rejection::invalid("customer_id must not be empty"));
             }
+            check_aggregate_id(&customer_id).map_err(|e| {
+                Rejection::new("invalid_customer_id", format!("customer_id can never name a customer: {e}"))
+            })?;
             if order_total <= 0 {
                 return Err(Rejection::new(
                     "invalid_amount",
@@ -161,7 +166,10 @@ impl Aggregate for OrderAggregate {
     fn on_rejected(state: Option<&Order>, rejected: CommandRejected) -> Result<Vec<OrderEvent>, Rejection> {
         match state {
             Some(order) if order.state == OrderState::PENDING && rejected.command_type == "ReserveCredit" => {
-                let rejection_reason = if rejected.code == "customer_not_found" {
+                // No customer, or an id no customer can ever have (refused at creation by
+                // this version; possible in orders stored before it).
+                let no_such_customer = ["customer_not_found", "invalid_target", "unknown_type"];
+                let rejection_reason = if no_such_customer.contains(&rejected.code.as_str()) {
                     UNKNOWN_CUSTOMER.to_owned()
                 } else {
                     rejected.code.to_uppercase()

@@ -50,6 +50,15 @@ fn a_non_positive_total_or_empty_customer_is_rejected() {
 }
 
 #[test]
+fn a_customer_id_that_can_never_name_a_customer_is_refused_at_creation() {
+    for customer_id in ["c/1".to_owned(), "c".repeat(300)] {
+        given_no_events::<OrderAggregate>()
+            .when(CreateOrder { customer_id, order_total: 10 })
+            .then_rejected("invalid_customer_id");
+    }
+}
+
+#[test]
 fn approved_when_credit_is_reserved() {
     given::<OrderAggregate>([created(123400)])
         .when(ApproveOrder)
@@ -71,6 +80,15 @@ fn rejected_as_unknown_customer_when_the_customer_refuses_the_reservation() {
         .when_rejected(customer_rejected("customer_not_found"))
         .then_events([OrderRejected { rejection_reason: UNKNOWN_CUSTOMER.into() }])
         .then_state(state_is(OrderState::REJECTED));
+}
+
+#[test]
+fn rejected_as_unknown_customer_when_the_customer_can_never_exist() {
+    for code in ["invalid_target", "unknown_type"] {
+        given::<OrderAggregate>([created(5)])
+            .when_rejected(customer_rejected(code))
+            .then_events([OrderRejected { rejection_reason: UNKNOWN_CUSTOMER.into() }]);
+    }
 }
 
 #[test]

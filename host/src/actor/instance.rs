@@ -8,7 +8,9 @@ use crate::store::{
 };
 use cairn_guest::Rejection;
 use cairn_guest::glue::RawCommand;
+use futures_util::FutureExt;
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,7 +40,18 @@ pub(super) async fn run(
                 Err(_) => break,
             }
         }
-        actor.handle(batch).await;
+        // A panic here is a host defect. The batch's callers learn it (their replies are
+        // dropped: 500 `internal_error`), and this actor ends, dropping its mailbox: the
+        // next command to the stream starts a fresh actor from the store.
+        if let Err(panic) = AssertUnwindSafe(actor.handle(batch)).catch_unwind().await {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(stream = %actor.stream, "the actor panicked and stops: {message}");
+            return;
+        }
     }
     tracing::trace!(stream = %actor.stream, "actor stopped");
 }
@@ -107,7 +120,12 @@ impl Actor {
                 continue;
             }
             match message {
-                Message::Command(request, reply) => self.decide(request, reply, &mut pending),
+                Message::Command(request, reply) => {
+                    if let Some(stall) = crate::faults::actor_stall(&request.command_type) {
+                        tokio::time::sleep(stall).await;
+                    }
+                    self.decide(request, reply, &mut pending)
+                }
                 Message::State(reply) => {
                     // A state read sees every command before it, committed.
                     pending = self.commit(pending).await;
@@ -186,6 +204,7 @@ impl Actor {
             let _ = reply.send(Err(CommandError::VersionConflict { expected, actual: loaded.version }));
             return;
         }
+        crate::faults::actor_panic(&request.command_type);
         let command = RawCommand { command_type: request.command_type, payload: request.payload };
         let component = &loaded.component.component;
         let answer = match component.process_command(loaded.state.as_deref(), &command) {

@@ -92,6 +92,11 @@ pub enum CommandError {
     /// The host is stopping (503).
     #[error("the host is shutting down")]
     ShuttingDown,
+    /// The actor failed while it held the command (a host defect, 500): whether the
+    /// command took effect is unknown, so retry it with an `Idempotency-Key`. The next
+    /// command to the stream gets a fresh actor.
+    #[error("the actor of this aggregate failed while handling the command; it has been restarted")]
+    ActorFailed,
 }
 
 impl From<crate::components::ReplayError> for CommandError {
@@ -116,6 +121,7 @@ impl CommandError {
             CommandError::Guest(g) => CommandError::Guest(g.clone()),
             CommandError::Store(e) => CommandError::Store(StoreError::Unavailable(e.to_string())),
             CommandError::ShuttingDown => CommandError::ShuttingDown,
+            CommandError::ActorFailed => CommandError::ActorFailed,
         }
     }
 }

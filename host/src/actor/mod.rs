@@ -107,14 +107,24 @@ impl Actors {
     ) -> Result<CommandReply, CommandError> {
         let (reply, answer) = oneshot::channel();
         self.enqueue(stream, Message::Command(request, reply))?;
-        answer.await.map_err(|_| CommandError::ShuttingDown)?
+        answer.await.map_err(|_| self.lost_reply())?
     }
 
     /// The current state of `stream`, through its actor (which holds it in memory).
     pub async fn state(&self, stream: StreamId) -> Result<StateReply, CommandError> {
         let (reply, answer) = oneshot::channel();
         self.enqueue(stream, Message::State(reply))?;
-        answer.await.map_err(|_| CommandError::ShuttingDown)?
+        answer.await.map_err(|_| self.lost_reply())?
+    }
+
+    /// Why a message was dropped unanswered: an actor only does that when it ends without
+    /// draining its mailbox, which while the host is accepting means it panicked.
+    fn lost_reply(&self) -> CommandError {
+        if self.shared.accepting.load(Ordering::Acquire) {
+            CommandError::ActorFailed
+        } else {
+            CommandError::ShuttingDown
+        }
     }
 
     fn enqueue(&self, stream: StreamId, message: Message) -> Result<(), CommandError> {

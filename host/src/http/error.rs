@@ -106,6 +106,7 @@ impl From<CommandError> for ApiError {
             CommandError::UnknownType(_) => ApiError::not_found("unknown_type", error.to_string()),
             CommandError::Guest(guest) => guest.into(),
             CommandError::Store(store) => store.into(),
+            CommandError::ActorFailed => ApiError::internal(error.to_string()),
             CommandError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", error.to_string())
                     .retry_after(5)

@@ -61,6 +61,17 @@ impl Params {
         }
     }
 
+    /// An optional text parameter (1 to 512 bytes when given).
+    pub fn text(&self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(text) if text.is_empty() || text.len() > 512 => {
+                Err(ApiError::bad_request("invalid_query", format!("{name} must be 1 to 512 bytes")))
+            }
+            Some(text) => Ok(Some(text.clone())),
+        }
+    }
+
     /// `limit`, defaulting to `default` and capped at `max`.
     pub fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
         match self.u64("limit")? {

@@ -60,6 +60,8 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
         .route("/components", get(operations::components))
         .route("/routing", get(operations::routing))
         .route("/routing/dead-letters", get(operations::dead_letters))
+        .route("/routing/dead-letters/retry", post(operations::retry_dead_letters))
+        .route("/routing/dead-letters/discard", post(operations::discard_dead_letters))
         .route("/routing/{subscriber}/rewind", post(operations::rewind))
         .route("/healthz", get(operations::health))
         .fallback(operations::not_found)

@@ -5,6 +5,7 @@ use super::error::ApiError;
 use super::extract::{Body, Params};
 use crate::components::{ComponentSummary, Deployed};
 use crate::routing::RoutingError;
+use crate::store::DeadLetterKey;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -22,24 +23,40 @@ pub async fn components(State(state): State<AppState>) -> Json<Vec<ComponentSumm
     Json(state.components.list())
 }
 
-/// `GET /routing`: each subscriber's cursor and lag.
-pub async fn routing(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"subscribers": state.routing.status()}))
+/// `GET /routing`: each subscriber's cursor, lag, counters, restarts and dead letters.
+pub async fn routing(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"subscribers": state.routing.status()?})))
 }
 
-/// `GET /routing/dead-letters`: deliveries the router gave up on.
+/// `GET /routing/dead-letters?subscriber=&stream=&after=&limit=`: parked events in
+/// (subscriber, stream, position) order, so each stream's sequence reads in order. `after`
+/// is the `id` of the last letter of the previous page (`next_after`).
 pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Result<Json<Value>, ApiError> {
-    let limit = params.limit(100, 10_000)?;
-    let letters: Vec<Value> = state
-        .store
-        .dead_letters(limit)?
+    let limit = params.limit(100, 1000)?;
+    let subscriber = params.text("subscriber")?;
+    let stream = params.text("stream")?;
+    let after = match params.text("after")? {
+        None => None,
+        Some(text) => Some(text.parse::<DeadLetterKey>().map_err(|()| {
+            ApiError::bad_request(
+                "invalid_query",
+                "after must be a dead letter's id (subscriber:stream:position)",
+            )
+        })?),
+    };
+    let letters =
+        state.store.dead_letters(subscriber.as_deref(), stream.as_deref(), after.as_ref(), limit)?;
+    let next_after = (letters.len() == limit).then(|| letters.last().map(|l| l.key().to_string())).flatten();
+    let letters: Vec<Value> = letters
         .into_iter()
         .map(|d| {
             json!({
+                "id": d.key().to_string(),
                 "subscriber": d.subscriber,
-                "position": d.position,
                 "stream": d.stream,
+                "position": d.position,
                 "event_type": d.event_type,
+                "waiting_behind": d.behind,
                 "command_index": d.command_index,
                 "target": d.target,
                 "command_type": d.command_type,
@@ -49,7 +66,62 @@ pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Resu
             })
         })
         .collect();
-    Ok(Json(json!({"dead_letters": letters})))
+    Ok(Json(json!({"dead_letters": letters, "next_after": next_after})))
+}
+
+/// `POST /routing/dead-letters/retry?subscriber=&stream=` (admin): deliver the parked
+/// sequences again, in order, with the components now active (typically after deploying a
+/// fixed version). Without `subscriber`, every subscriber's; without `stream`, every
+/// parked stream's. Answers what it released; delivery goes on in the background.
+pub async fn retry_dead_letters(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    let (subscriber, stream) = sequence_params(&params)?;
+    let released =
+        state.routing.retry(subscriber.as_deref(), stream.as_deref()).await.map_err(routing_error)?;
+    let events: u64 = released.iter().map(|a| a.events).sum();
+    Ok(Json(json!({"retried": released, "events": events})))
+}
+
+/// `POST /routing/dead-letters/discard?subscriber=&stream=` (admin): drop parked sequences
+/// on purpose (their events are never delivered to that subscriber). `subscriber` is
+/// required; without `stream`, every parked stream of that subscriber.
+pub async fn discard_dead_letters(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    let (subscriber, stream) = sequence_params(&params)?;
+    let subscriber = subscriber.ok_or_else(|| {
+        ApiError::bad_request("invalid_query", "discard needs a subscriber (and optionally a stream)")
+    })?;
+    let dropped = state.routing.discard(&subscriber, stream.as_deref()).await.map_err(routing_error)?;
+    let events: u64 = dropped.iter().map(|a| a.events).sum();
+    Ok(Json(json!({"discarded": dropped, "events": events})))
+}
+
+/// `subscriber` and `stream` of a retry or discard; a stream needs its subscriber.
+fn sequence_params(params: &Params) -> Result<(Option<String>, Option<String>), ApiError> {
+    let subscriber = params.text("subscriber")?;
+    let stream = params.text("stream")?;
+    if stream.is_some() && subscriber.is_none() {
+        return Err(ApiError::bad_request("invalid_query", "a stream is named together with its subscriber"));
+    }
+    Ok((subscriber, stream))
+}
+
+fn routing_error(error: RoutingError) -> ApiError {
+    match error {
+        RoutingError::UnknownSubscriber(_) => ApiError::not_found("unknown_subscriber", error.to_string()),
+        RoutingError::Interrupted(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "subscriber_restarting", error.to_string())
+        }
+        RoutingError::Store(store) => store.into(),
+    }
 }
 
 /// `POST /routing/{subscriber}/rewind?to=<position>` (admin): deliver again every event
@@ -62,10 +134,7 @@ pub async fn rewind(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
     let to = params.u64("to")?.unwrap_or(0);
-    state.routing.rewind(&subscriber, to).await.map_err(|e| match e {
-        RoutingError::UnknownSubscriber(_) => ApiError::not_found("unknown_subscriber", e.to_string()),
-        RoutingError::Store(store) => store.into(),
-    })?;
+    state.routing.rewind(&subscriber, to).await.map_err(routing_error)?;
     Ok(Json(json!({"subscriber": subscriber, "rewound_to": to})))
 }
 

@@ -1,52 +1,61 @@
 //! Choreography: deliver committed events to the components that subscribe to them, and
-//! the commands their reactions send to the target aggregates, exactly once in effect.
+//! the commands their reactions send to the target aggregates, exactly once in effect, in
+//! order per source stream, and always to an end (API.md, Sagas).
 //!
-//! One subscriber task per subscribing component follows the global log from a durable
-//! cursor. It reads a chunk of the log, groups the subscribed events by source stream,
-//! and delivers each group in order while different streams proceed concurrently; once
-//! every effect of the chunk is committed, the cursor moves past it. A crash before that
-//! redelivers the chunk, which is harmless: every routed command carries a dedup key
-//! (`<position>:<index>`, the triggering event and the command's place in the reaction),
-//! and the target actor records it in the same transaction as the events it causes, so a
-//! redelivery gets the recorded outcome and stores nothing.
+//! One subscriber per subscribing component follows the global log from a durable cursor
+//! ([`subscriber`]); each source stream's events are delivered in order by a worker of
+//! their own ([`delivery`]) while streams proceed independently, within a window of events
+//! in flight; the cursor is one below the lowest event still in flight ([`progress`]).
+//! Every routed command carries a dedup key that the target records in the same
+//! transaction as the events it causes, so a redelivery (after a crash, a restart of the
+//! subscriber, or an operator's rewind) gets the recorded answer and stores nothing.
 //!
-//! A command the target rejects is handed back to the stream whose event caused it, as
-//! the host command `CommandRejected` (deduplicated the same way): that is how a transfer
-//! to a missing account gets compensated. A reaction that traps, or a target that stays
-//! overloaded, is retried with backoff; after the last attempt the delivery is parked as
-//! a dead letter (`GET /routing/dead-letters`) and the subscriber goes on.
+//! What the target refuses for ever comes back to the source stream as `CommandRejected`,
+//! so sagas compensate; what may pass (overload, storage trouble) is retried for as long as
+//! it lasts; what fails the same way every time is parked as a dead letter, with the later
+//! events of its stream parked behind it in order (sequenced dead letters), until an
+//! operator retries or discards the sequence. A supervisor restarts a subscriber whose run
+//! fails (a panicking delivery task, an unreadable log) from its durable cursor, with
+//! backoff, and `GET /routing` shows the restarts and the last error.
 
+mod delivery;
+mod progress;
 mod subscriber;
 
 use crate::actor::Actors;
 use crate::components::ComponentRegistry;
 use crate::store::{EventStore, Position, StoreError, Writer};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use subscriber::Subscriber;
+use std::time::{Duration, Instant};
+use subscriber::{Exit, Subscriber};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Settings of the router.
 #[derive(Debug, Clone, Copy)]
 pub struct RoutingConfig {
-    /// Log events read and delivered per step; bounds how many streams run at once and
-    /// how much is redelivered after a crash.
-    pub chunk: usize,
-    /// Attempts per delivery before it is parked.
+    /// Subscribed events in flight at once across all streams of one subscriber; bounds
+    /// memory and how much is delivered again after a crash.
+    pub window: usize,
+    /// Attempts at what fails the same way every time (a trapping reaction or target)
+    /// before the event is parked. Overload and storage errors are retried without limit.
     pub max_attempts: u32,
     pub first_backoff: Duration,
     pub max_backoff: Duration,
+    /// The longest pause between restarts of a failing subscriber.
+    pub max_restart_backoff: Duration,
 }
 
 impl Default for RoutingConfig {
     fn default() -> Self {
         RoutingConfig {
-            chunk: 256,
-            max_attempts: 8,
+            window: 4096,
+            max_attempts: 5,
             first_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(1),
+            max_restart_backoff: Duration::from_secs(10),
         }
     }
 }
@@ -61,20 +70,74 @@ pub(crate) struct Context {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// What a subscriber's run and its stream workers share.
+pub(crate) struct SubscriberShared {
+    pub context: Arc<Context>,
+    pub name: String,
+    pub counters: Mutex<Counters>,
+    /// Streams with parked events, each with its first parked position. Loaded from the
+    /// store at every run's start; a worker adds its stream after the letter is durable.
+    pub parked: Mutex<BTreeMap<String, Position>>,
+}
+
+/// Live figures of a subscriber, for `GET /routing`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub cursor: Position,
+    pub in_flight: u64,
+    pub delivered_commands: u64,
+    pub duplicates_ignored: u64,
+    pub handed_back: u64,
+    pub transient_retries: u64,
+    pub parked: u64,
+    pub retried: u64,
+    pub discarded: u64,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+    pub last_error_at_micros: Option<u64>,
+}
+
+/// An operator's request to a running subscriber.
+pub(crate) enum Control {
+    /// Move the cursor; answered once it is stored.
+    Rewind(Position, oneshot::Sender<()>),
+    /// Deliver the parked sequence of a stream (or of every parked stream) again.
+    Retry(Option<String>, oneshot::Sender<Vec<(String, u64)>>),
+    /// Drop the parked sequence of a stream (or of every parked stream).
+    Discard(Option<String>, oneshot::Sender<Vec<(String, u64)>>),
+}
+
 /// A subscriber as `GET /routing` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SubscriberStatus {
     pub name: String,
     pub subscriptions: Vec<SubscriptionJson>,
-    /// Every event at or below this position has been handled.
+    /// Every event at or below this position has been handled (durably recorded).
     pub cursor: Position,
     pub head_position: Position,
     /// Events in the log not yet handled by this subscriber.
     pub lag: u64,
+    /// Subscribed events being delivered now.
+    pub in_flight: u64,
     pub delivered_commands: u64,
     /// Deliveries the target had already seen: deduplicated, no second effect.
     pub duplicates_ignored: u64,
+    /// Commands the target refused, handed back to their source as `CommandRejected`.
+    pub handed_back: u64,
+    /// Attempts that met an overloaded target or a storage error and were retried.
+    pub transient_retries: u64,
+    /// Events parked since the host started (a retry that fails again counts again).
     pub parked: u64,
+    /// Parked events delivered by a retry, and dropped by a discard, since the host started.
+    pub retried: u64,
+    pub discarded: u64,
+    /// Dead letters now kept, and the streams they hold back.
+    pub dead_letters: u64,
+    pub parked_streams: u64,
+    /// How often the subscriber was restarted after a failure, and the last failure.
+    pub restarts: u64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,22 +146,18 @@ pub struct SubscriptionJson {
     pub event_types: Vec<String>,
 }
 
-/// Live counters a subscriber task updates.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub cursor: Position,
-    pub delivered_commands: u64,
-    pub duplicates_ignored: u64,
-    pub parked: u64,
+/// What a retry or discard did to one stream's parked sequence.
+#[derive(Debug, Clone, Serialize)]
+pub struct SequenceAction {
+    pub subscriber: String,
+    pub stream: String,
+    /// Events released for delivery (retry) or dropped (discard).
+    pub events: u64,
 }
 
-/// A request to move a subscriber's cursor, answered once it is stored.
-pub(crate) type Rewind = (Position, oneshot::Sender<()>);
-
 struct Handle {
-    name: String,
-    counters: Arc<Mutex<Counters>>,
-    rewind: mpsc::UnboundedSender<Rewind>,
+    shared: Arc<SubscriberShared>,
+    controls: mpsc::UnboundedSender<Control>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -107,6 +166,8 @@ struct Handle {
 pub enum RoutingError {
     #[error("no subscriber named {0:?}")]
     UnknownSubscriber(String),
+    #[error("the subscriber {0:?} restarted before it answered; try again")]
+    Interrupted(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -121,6 +182,15 @@ pub struct Routing {
 /// The durable cursor's name for a subscriber.
 pub(crate) fn cursor_name(subscriber: &str) -> String {
     format!("reactions/{subscriber}")
+}
+
+/// The text of a panic's payload.
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with no message".to_owned())
 }
 
 impl Routing {
@@ -145,96 +215,163 @@ impl Routing {
             .collect();
         names.sort();
         for name in names {
-            routing.spawn(name)?;
+            routing.spawn(name);
         }
         Ok(routing)
     }
 
     /// Start a subscriber for a component deployed after start-up, if it subscribes to
     /// anything and has none yet. (A new version of a running one is picked up by its
-    /// subscriber at its next chunk.)
+    /// subscriber at its next event.)
     pub fn ensure_subscriber(&self, name: &str) -> Result<(), StoreError> {
         let subscribes = self
             .context
             .components
             .active(name)
             .is_some_and(|a| !a.component.info().subscriptions.is_empty());
-        let running = self.handles.lock().expect("routing lock").iter().any(|h| h.name == name);
+        let running = self.handles.lock().expect("routing lock").iter().any(|h| h.shared.name == name);
         if subscribes && !running && !*self.stop.borrow() {
-            self.spawn(name.to_owned())?;
+            self.spawn(name.to_owned());
         }
         Ok(())
     }
 
-    fn spawn(&self, name: String) -> Result<(), StoreError> {
-        let cursor = self.context.store.cursor(&cursor_name(&name))?;
-        let counters = Arc::new(Mutex::new(Counters { cursor, ..Counters::default() }));
-        let (rewind, rewinds) = mpsc::unbounded_channel();
-        let subscriber =
-            Subscriber::new(self.context.clone(), name.clone(), cursor, counters.clone(), rewinds);
-        let task = tokio::spawn(subscriber.run());
-        self.handles.lock().expect("routing lock").push(Handle { name, counters, rewind, task: Some(task) });
-        Ok(())
+    fn spawn(&self, name: String) {
+        let shared = Arc::new(SubscriberShared {
+            context: self.context.clone(),
+            name,
+            counters: Mutex::new(Counters::default()),
+            parked: Mutex::new(BTreeMap::new()),
+        });
+        let (controls, receiver) = mpsc::unbounded_channel();
+        let task = tokio::spawn(supervise(shared.clone(), receiver));
+        self.handles.lock().expect("routing lock").push(Handle { shared, controls, task: Some(task) });
     }
 
-    /// Every subscriber with its cursor and lag.
-    pub fn status(&self) -> Vec<SubscriberStatus> {
+    /// Every subscriber with its cursor, lag, counters and dead letters.
+    pub fn status(&self) -> Result<Vec<SubscriberStatus>, StoreError> {
         let head = self.context.store.head_position();
+        let shared: Vec<_> =
+            self.handles.lock().expect("routing lock").iter().map(|h| h.shared.clone()).collect();
+        let mut statuses = Vec::with_capacity(shared.len());
+        for shared in shared {
+            let dead_letters = self.context.store.dead_letter_count(&shared.name)?;
+            let parked_streams = shared.parked.lock().expect("parked lock").len() as u64;
+            let subscriptions = self
+                .context
+                .components
+                .active(&shared.name)
+                .map(|active| {
+                    active
+                        .component
+                        .info()
+                        .subscriptions
+                        .iter()
+                        .map(|s| SubscriptionJson {
+                            source_type: s.source_type.clone(),
+                            event_types: s.event_types.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let counters = shared.counters.lock().expect("counters lock");
+            statuses.push(SubscriberStatus {
+                name: shared.name.clone(),
+                subscriptions,
+                cursor: counters.cursor,
+                head_position: head,
+                lag: head.saturating_sub(counters.cursor),
+                in_flight: counters.in_flight,
+                delivered_commands: counters.delivered_commands,
+                duplicates_ignored: counters.duplicates_ignored,
+                handed_back: counters.handed_back,
+                transient_retries: counters.transient_retries,
+                parked: counters.parked,
+                retried: counters.retried,
+                discarded: counters.discarded,
+                dead_letters,
+                parked_streams,
+                restarts: counters.restarts,
+                last_error: counters.last_error.clone(),
+                last_error_at: counters.last_error_at_micros.map(crate::time::rfc3339_micros),
+            });
+        }
+        Ok(statuses)
+    }
+
+    fn controls_of(&self, name: &str) -> Result<mpsc::UnboundedSender<Control>, RoutingError> {
         let handles = self.handles.lock().expect("routing lock");
         handles
             .iter()
-            .map(|handle| {
-                let counters = handle.counters.lock().expect("counters lock");
-                let subscriptions = self
-                    .context
-                    .components
-                    .active(&handle.name)
-                    .map(|active| {
-                        active
-                            .component
-                            .info()
-                            .subscriptions
-                            .iter()
-                            .map(|s| SubscriptionJson {
-                                source_type: s.source_type.clone(),
-                                event_types: s.event_types.clone(),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                SubscriberStatus {
-                    name: handle.name.clone(),
-                    subscriptions,
-                    cursor: counters.cursor,
-                    head_position: head,
-                    lag: head.saturating_sub(counters.cursor),
-                    delivered_commands: counters.delivered_commands,
-                    duplicates_ignored: counters.duplicates_ignored,
-                    parked: counters.parked,
-                }
-            })
-            .collect()
+            .find(|h| h.shared.name == name)
+            .map(|h| h.controls.clone())
+            .ok_or_else(|| RoutingError::UnknownSubscriber(name.to_owned()))
+    }
+
+    /// Every subscriber's name.
+    pub fn subscribers(&self) -> Vec<String> {
+        self.handles.lock().expect("routing lock").iter().map(|h| h.shared.name.clone()).collect()
     }
 
     /// Move a subscriber's cursor back (or forward) to `position`: the events after it are
     /// delivered again. Effects are deduplicated, so a rewind re-runs nothing twice; it is
-    /// how an operator redelivers after fixing a parked delivery's cause.
-    /// Answers once the new cursor is stored (after the chunk in flight, if any).
+    /// how an operator redelivers history, e.g. through a changed `react`.
+    /// Answers once the new cursor is stored.
     pub async fn rewind(&self, name: &str, position: Position) -> Result<(), RoutingError> {
         let (done, stored) = oneshot::channel();
-        {
-            let handles = self.handles.lock().expect("routing lock");
-            let handle = handles
-                .iter()
-                .find(|h| h.name == name)
-                .ok_or_else(|| RoutingError::UnknownSubscriber(name.to_owned()))?;
-            handle.rewind.send((position, done)).map_err(|_| StoreError::Closed)?;
-        }
-        stored.await.map_err(|_| StoreError::Closed)?;
-        Ok(())
+        self.controls_of(name)?
+            .send(Control::Rewind(position, done))
+            .map_err(|_| RoutingError::Interrupted(name.to_owned()))?;
+        stored.await.map_err(|_| RoutingError::Interrupted(name.to_owned()))
     }
 
-    /// Stop every subscriber (mid-chunk is fine: the cursor has not moved past it).
+    /// Deliver parked sequences again, in order: of `stream`, of every stream of
+    /// `subscriber`, or of every subscriber. Answers what was released once each stream's
+    /// worker has reached it; delivery goes on in the background.
+    pub async fn retry(
+        &self,
+        subscriber: Option<&str>,
+        stream: Option<&str>,
+    ) -> Result<Vec<SequenceAction>, RoutingError> {
+        self.to_sequences(subscriber, stream, Control::Retry).await
+    }
+
+    /// Drop parked sequences on purpose: of `stream` or of every stream of `subscriber`.
+    pub async fn discard(
+        &self,
+        subscriber: &str,
+        stream: Option<&str>,
+    ) -> Result<Vec<SequenceAction>, RoutingError> {
+        self.to_sequences(Some(subscriber), stream, Control::Discard).await
+    }
+
+    async fn to_sequences(
+        &self,
+        subscriber: Option<&str>,
+        stream: Option<&str>,
+        control: fn(Option<String>, oneshot::Sender<Vec<(String, u64)>>) -> Control,
+    ) -> Result<Vec<SequenceAction>, RoutingError> {
+        let names = match subscriber {
+            Some(name) => vec![name.to_owned()],
+            None => self.subscribers(),
+        };
+        let mut actions = Vec::new();
+        for name in names {
+            let (reply, answer) = oneshot::channel();
+            self.controls_of(&name)?
+                .send(control(stream.map(str::to_owned), reply))
+                .map_err(|_| RoutingError::Interrupted(name.clone()))?;
+            let counts = answer.await.map_err(|_| RoutingError::Interrupted(name.clone()))?;
+            actions.extend(counts.into_iter().map(|(stream, events)| SequenceAction {
+                subscriber: name.clone(),
+                stream,
+                events,
+            }));
+        }
+        Ok(actions)
+    }
+
+    /// Stop every subscriber (mid-delivery is fine: the cursor has not moved past it).
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
         let tasks: Vec<_> =
@@ -243,4 +380,65 @@ impl Routing {
             let _ = task.await;
         }
     }
+}
+
+/// Run a subscriber, and run it again from its durable cursor whenever a run fails,
+/// waiting longer after each failure that comes soon after the last.
+async fn supervise(shared: Arc<SubscriberShared>, controls: mpsc::UnboundedReceiver<Control>) {
+    let context = shared.context.clone();
+    let mut shutdown = context.shutdown.clone();
+    // Each run borrows the controls; a run that panics drops its guard, not the channel.
+    let controls = Arc::new(tokio::sync::Mutex::new(controls));
+    let mut backoff = context.config.first_backoff;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let started = Instant::now();
+        let run = tokio::spawn(run_once(shared.clone(), controls.clone()));
+        let error = match run.await {
+            Ok(Exit::Stopped) => return,
+            Ok(Exit::Failed(error)) => error,
+            Err(join) if join.is_panic() => {
+                format!("the subscriber panicked: {}", panic_message(join.into_panic()))
+            }
+            Err(join) => format!("the subscriber task ended: {join}"),
+        };
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = context.config.first_backoff;
+        }
+        tracing::error!(subscriber = shared.name, "restarting the subscriber in {backoff:?}: {error}");
+        {
+            let mut counters = shared.counters.lock().expect("counters lock");
+            counters.restarts += 1;
+            counters.last_error = Some(error);
+            counters.last_error_at_micros = Some(crate::time::now_micros());
+            counters.in_flight = 0;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(context.config.max_restart_backoff);
+    }
+}
+
+/// One run: from the durable cursor and the stored parked streams.
+async fn run_once(
+    shared: Arc<SubscriberShared>,
+    controls: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Control>>>,
+) -> Exit {
+    let mut controls = controls.lock().await;
+    let store = &shared.context.store;
+    let start = store.cursor(&cursor_name(&shared.name)).and_then(|cursor| {
+        let parked = store.parked_streams(&shared.name)?;
+        Ok((cursor, parked))
+    });
+    let (cursor, parked) = match start {
+        Ok(start) => start,
+        Err(error) => return Exit::Failed(format!("cannot read the cursor: {error}")),
+    };
+    *shared.parked.lock().expect("parked lock") = parked;
+    shared.counters.lock().expect("counters lock").cursor = cursor;
+    Subscriber::new(shared.clone(), cursor).run(&mut controls).await
 }

@@ -1,343 +1,283 @@
-//! One subscriber: follow the log, react, deliver, advance the cursor.
+//! One subscriber's run: follow the log, hand each subscribed event to the worker of its
+//! source stream, and move the durable cursor as effects finish.
+//!
+//! Streams proceed independently: a stream that is being retried or is parked holds back
+//! only itself. The events in flight across all streams are bounded by a window; the
+//! cursor is one below the lowest position still in flight ([`Progress`]), written at most
+//! every [`CURSOR_EVERY`] and whenever the subscriber catches up. After a crash the events
+//! above the durable cursor are delivered again, and the dedup keys make that harmless.
 
-use super::{Context, Counters, Rewind, cursor_name};
-use crate::actor::{Causation, CommandError, CommandRequest};
-use crate::components::ActiveAggregate;
-use crate::store::{DeadLetter, Position, StoredEvent, StreamId};
-use cairn_guest::{COMMAND_REJECTED, CommandRejected, OutgoingCommand, Rejection, codec};
+use super::delivery::{Finished, StreamWorker, Work};
+use super::progress::Progress;
+use super::{Control, SubscriberShared};
+use crate::store::{Position, StoreError};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
-pub(super) struct Subscriber {
-    context: Arc<Context>,
-    name: String,
-    cursor: Position,
-    counters: Arc<Mutex<Counters>>,
-    rewinds: mpsc::UnboundedReceiver<Rewind>,
+/// Log events read per store read.
+const PAGE: usize = 256;
+/// The longest the durable cursor lags the in-memory one while events keep finishing.
+const CURSOR_EVERY: Duration = Duration::from_millis(50);
+
+/// Why a run ended.
+pub(super) enum Exit {
+    /// The host is stopping.
+    Stopped,
+    /// Something failed (a delivery task panicked, the log could not be read): the
+    /// supervisor starts a new run from the durable cursor.
+    Failed(String),
 }
 
-/// How one delivery ended.
-enum Delivered {
-    /// Stored now, or found already stored (`duplicate`).
-    Done {
-        duplicate: bool,
-    },
-    Rejected(Rejection),
-    /// Given up after retries (or not deliverable at all): park it with this reason.
-    GaveUp {
-        error: String,
-        attempts: u32,
-    },
-    /// The host is stopping: leave the cursor where it is.
-    Stopping,
+/// The queue of one source stream and how much of it is not finished.
+struct Lane {
+    work: mpsc::UnboundedSender<Work>,
+    outstanding: usize,
+}
+
+pub(super) struct Subscriber {
+    shared: Arc<SubscriberShared>,
+    progress: Progress,
+    stored_cursor: Position,
+    last_write: Instant,
+    lanes: HashMap<String, Lane>,
+    workers: JoinSet<()>,
+    finished_tx: mpsc::UnboundedSender<Finished>,
+    finished: mpsc::UnboundedReceiver<Finished>,
 }
 
 impl Subscriber {
-    pub(super) fn new(
-        context: Arc<Context>,
-        name: String,
-        cursor: Position,
-        counters: Arc<Mutex<Counters>>,
-        rewinds: mpsc::UnboundedReceiver<Rewind>,
-    ) -> Self {
-        Subscriber { context, name, cursor, counters, rewinds }
+    pub(super) fn new(shared: Arc<SubscriberShared>, cursor: Position) -> Self {
+        let (finished_tx, finished) = mpsc::unbounded_channel();
+        Subscriber {
+            shared,
+            progress: Progress::from(cursor),
+            stored_cursor: cursor,
+            last_write: Instant::now(),
+            lanes: HashMap::new(),
+            workers: JoinSet::new(),
+            finished_tx,
+            finished,
+        }
     }
 
-    pub(super) async fn run(mut self) {
-        let mut head = self.context.store.subscribe_head();
-        let mut shutdown = self.context.shutdown.clone();
-        tracing::info!(subscriber = self.name, cursor = self.cursor, "routing from cursor");
+    pub(super) async fn run(mut self, controls: &mut mpsc::UnboundedReceiver<Control>) -> Exit {
+        let context = self.shared.context.clone();
+        let mut head = context.store.subscribe_head();
+        let mut shutdown = context.shutdown.clone();
+        tracing::info!(subscriber = self.shared.name, cursor = self.stored_cursor, "routing from cursor");
         loop {
             if *shutdown.borrow() {
-                return;
+                self.abandon().await;
+                return Exit::Stopped;
             }
-            while let Ok(rewind) = self.rewinds.try_recv() {
-                self.rewind(rewind).await;
+            let caught_up = match self.read_more(&mut head) {
+                Ok(caught_up) => caught_up,
+                Err(error) => {
+                    self.abandon().await;
+                    return Exit::Failed(format!("cannot read the log: {error}"));
+                }
+            };
+            let flush_at = self.flush_if_due().await;
+            self.shared.counters.lock().expect("counters lock").in_flight = self.progress.in_flight() as u64;
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                Some(control) = controls.recv() => {
+                    if let Err(error) = self.control(control).await {
+                        self.abandon().await;
+                        return Exit::Failed(error);
+                    }
+                }
+                Some(finished) = self.finished.recv() => {
+                    self.finish(finished);
+                    while let Ok(finished) = self.finished.try_recv() {
+                        self.finish(finished);
+                    }
+                }
+                Some(joined) = self.workers.join_next(), if !self.workers.is_empty() => {
+                    if let Err(error) = joined && error.is_panic() {
+                        let message = super::panic_message(error.into_panic());
+                        self.abandon().await;
+                        return Exit::Failed(format!("a delivery task panicked: {message}"));
+                    }
+                }
+                _ = head.changed(), if caught_up => {}
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {}
+            }
+        }
+    }
+
+    /// Read and dispatch log events while the window has room. `true` when the reader has
+    /// reached the head of the log (so only a new commit gives it more to do).
+    fn read_more(&mut self, head: &mut watch::Receiver<Position>) -> Result<bool, StoreError> {
+        let context = self.shared.context.clone();
+        loop {
+            let room = context.config.window.saturating_sub(self.progress.in_flight());
+            if room == 0 {
+                return Ok(false);
             }
             head.borrow_and_update();
-            let events = match self.context.store.read_all(self.cursor, self.context.config.chunk) {
-                Ok(events) => events,
-                Err(error) => {
-                    tracing::error!(subscriber = self.name, "cannot read the log: {error}");
-                    tokio::time::sleep(self.context.config.max_backoff).await;
-                    continue;
-                }
-            };
-            let Some(last) = events.last().map(|e| e.position) else {
-                // Caught up: wait for a commit, a rewind, or the end.
-                tokio::select! {
-                    _ = head.changed() => {}
-                    Some(rewind) = self.rewinds.recv() => self.rewind(rewind).await,
-                    _ = shutdown.changed() => {}
-                }
-                continue;
-            };
-            if !self.deliver_chunk(events).await {
-                return;
-            }
-            self.move_cursor(last).await;
-        }
-    }
-
-    async fn rewind(&mut self, (position, done): Rewind) {
-        tracing::info!(
-            subscriber = self.name,
-            from = self.cursor,
-            to = position,
-            "cursor moved by an operator"
-        );
-        self.move_cursor(position).await;
-        let _ = done.send(());
-    }
-
-    async fn move_cursor(&mut self, position: Position) {
-        // Retried until it sticks: a cursor that does not advance only means redelivery.
-        while let Err(error) = self.context.writer.set_cursor(&cursor_name(&self.name), position).await {
-            tracing::error!(subscriber = self.name, "cannot store the cursor: {error}");
-            if *self.context.shutdown.borrow() {
-                return;
-            }
-            tokio::time::sleep(self.context.config.max_backoff).await;
-        }
-        self.cursor = position;
-        self.counters.lock().expect("counters lock").cursor = position;
-    }
-
-    /// Deliver a chunk: per source stream in order, streams concurrently. `false` when the
-    /// host is stopping (the cursor must then stay where it is).
-    async fn deliver_chunk(&self, events: Vec<StoredEvent>) -> bool {
-        let Some(component) = self.context.components.active(&self.name) else {
-            return true;
-        };
-        let subscriptions = &component.component.info().subscriptions;
-        let mut by_stream: HashMap<(String, String), Vec<StoredEvent>> = HashMap::new();
-        for event in events {
-            let wanted = subscriptions.iter().any(|s| s.matches(&event.stream_type, &event.event_type));
-            if wanted {
-                by_stream
-                    .entry((event.stream_type.clone(), event.stream_id.clone()))
-                    .or_default()
-                    .push(event);
-            }
-        }
-        let mut streams = JoinSet::new();
-        for (_, events) in by_stream {
-            let delivery = StreamDelivery {
-                context: self.context.clone(),
-                subscriber: self.name.clone(),
-                component: component.clone(),
-                counters: self.counters.clone(),
-            };
-            streams.spawn(async move { delivery.deliver_in_order(events).await });
-        }
-        let mut completed = true;
-        while let Some(result) = streams.join_next().await {
-            match result {
-                Ok(true) => {}
-                Ok(false) => completed = false,
-                Err(panic) => {
-                    tracing::error!(subscriber = self.name, "a delivery task failed: {panic}");
-                    completed = false;
+            let wanted = room.min(PAGE);
+            let events = context.store.read_all(self.progress.last_read(), wanted)?;
+            let Some(last) = events.last().map(|e| e.position) else { return Ok(true) };
+            let full = events.len() == wanted;
+            let subscriptions = context
+                .components
+                .active(&self.shared.name)
+                .map(|a| a.component.info().subscriptions.clone());
+            for event in events {
+                let wanted = subscriptions.as_ref().is_some_and(|subs| {
+                    subs.iter().any(|s| s.matches(&event.stream_type, &event.event_type))
+                });
+                if wanted {
+                    self.progress.start(event.position);
+                    self.dispatch(event.stream().key(), Work::Event(event));
                 }
             }
-        }
-        completed
-    }
-}
-
-/// A command caused by `event`: it carries the chain's correlation, the event's position
-/// as its cause, and `dedup_key`, which makes its effect happen once.
-fn routed(event: &StoredEvent, command_type: String, payload: Vec<u8>, dedup_key: String) -> CommandRequest {
-    CommandRequest {
-        command_type,
-        payload,
-        expected_version: None,
-        idempotency_key: None,
-        correlation_id: event.correlation_id.clone(),
-        causation: Some(Causation { causation_id: event.position.to_string(), dedup_key }),
-    }
-}
-
-/// Delivers the subscribed events of one source stream, in order.
-struct StreamDelivery {
-    context: Arc<Context>,
-    subscriber: String,
-    component: Arc<ActiveAggregate>,
-    counters: Arc<Mutex<Counters>>,
-}
-
-impl StreamDelivery {
-    async fn deliver_in_order(&self, events: Vec<StoredEvent>) -> bool {
-        for event in events {
-            if !self.deliver_event(&event).await {
-                return false;
+            self.progress.read_up_to(last);
+            if !full {
+                return Ok(true);
             }
         }
-        true
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let config = &self.context.config;
-        config.first_backoff.saturating_mul(1 << attempt.min(16)).min(config.max_backoff)
+    /// Queue work for a stream, starting its worker if it has none.
+    fn dispatch(&mut self, stream: String, work: Work) {
+        let lane = self.lanes.entry(stream.clone()).or_insert_with(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            let worker = StreamWorker { shared: self.shared.clone(), stream };
+            self.workers.spawn(worker.run(receiver, self.finished_tx.clone()));
+            Lane { work: sender, outstanding: 0 }
+        });
+        lane.outstanding += 1;
+        // The worker only ends when its lane is dropped or it is aborted, so this arrives.
+        let _ = lane.work.send(work);
     }
 
-    async fn deliver_event(&self, event: &StoredEvent) -> bool {
-        let envelope = event.envelope();
-        let mut attempt = 0;
-        let commands = loop {
-            attempt += 1;
-            match self.component.component.react(&envelope) {
-                Ok(commands) => break commands,
-                Err(error) if attempt >= self.context.config.max_attempts => {
-                    let letter = self.letter(event, None, None, format!("react failed: {error}"), attempt);
-                    return self.park(letter).await;
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        subscriber = self.subscriber,
-                        position = event.position,
-                        "react failed, retrying: {error}"
-                    );
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                }
-            }
-        };
-        for (index, command) in commands.into_iter().enumerate() {
-            if !self.deliver_command(event, index as u64, command).await {
-                return false;
+    fn finish(&mut self, finished: Finished) {
+        if let Some(position) = finished.position {
+            self.progress.finish(position);
+        }
+        if let Some(lane) = self.lanes.get_mut(&finished.stream) {
+            lane.outstanding -= 1;
+            if lane.outstanding == 0 {
+                // Dropping the sender ends the idle worker.
+                self.lanes.remove(&finished.stream);
             }
         }
-        true
     }
 
-    async fn deliver_command(&self, event: &StoredEvent, index: u64, command: OutgoingCommand) -> bool {
-        let target = match StreamId::new(&command.target_type, &command.target_id) {
-            Ok(target) => target,
+    /// Write the cursor if it moved and is due; answers when the next write is due.
+    async fn flush_if_due(&mut self) -> Option<Instant> {
+        if self.progress.cursor() <= self.stored_cursor {
+            return None;
+        }
+        let due = self.last_write + CURSOR_EVERY;
+        if self.progress.in_flight() > 0 && Instant::now() < due {
+            return Some(due);
+        }
+        self.write_cursor(self.progress.cursor()).await;
+        (self.progress.cursor() > self.stored_cursor).then(|| Instant::now() + CURSOR_EVERY)
+    }
+
+    async fn write_cursor(&mut self, cursor: Position) -> bool {
+        self.last_write = Instant::now();
+        let name = super::cursor_name(&self.shared.name);
+        match self.shared.context.writer.set_cursor(&name, cursor).await {
+            Ok(()) => {
+                self.stored_cursor = cursor;
+                self.shared.counters.lock().expect("counters lock").cursor = cursor;
+                true
+            }
             Err(error) => {
-                let letter =
-                    self.letter(event, Some(index), Some(&command), format!("bad target id: {error}"), 0);
-                return self.park(letter).await;
+                // Retried at the next flush; meanwhile a crash only means redelivery.
+                tracing::error!(subscriber = self.shared.name, "cannot store the cursor: {error}");
+                false
             }
-        };
-        let request = routed(
-            event,
-            command.command_type.clone(),
-            command.payload.clone(),
-            format!("{}:{index}", event.position),
-        );
-        let rejection = match self.send(target, request).await {
-            Delivered::Done { duplicate } => {
-                let mut counters = self.counters.lock().expect("counters lock");
-                counters.delivered_commands += 1;
-                if duplicate {
-                    counters.duplicates_ignored += 1;
-                }
-                return true;
-            }
-            Delivered::Stopping => return false,
-            Delivered::GaveUp { error, attempts } => {
-                return self.park(self.letter(event, Some(index), Some(&command), error, attempts)).await;
-            }
-            Delivered::Rejected(rejection) => rejection,
-        };
-        // Hand the rejection back to the stream whose event caused the command.
-        let rejected = CommandRejected {
-            command_type: command.command_type.clone(),
-            target_type: command.target_type.clone(),
-            target_id: command.target_id.clone(),
-            code: rejection.code,
-            message: rejection.message,
-        };
-        let hand_back = routed(
-            event,
-            COMMAND_REJECTED.to_owned(),
-            codec::encode(&rejected),
-            format!("{}:{index}:rejected", event.position),
-        );
-        match self.send(event.stream(), hand_back).await {
-            Delivered::Done { .. } => true,
-            Delivered::Stopping => false,
-            Delivered::Rejected(r) => {
-                let error = format!(
-                    "{} was rejected ({}), and so was handing that back: {r}",
-                    command.command_type, rejected.code
+        }
+    }
+
+    async fn control(&mut self, control: Control) -> Result<(), String> {
+        match control {
+            Control::Rewind(position, done) => {
+                self.abandon().await;
+                tracing::info!(
+                    subscriber = self.shared.name,
+                    from = self.stored_cursor,
+                    to = position,
+                    "cursor moved by an operator"
                 );
-                self.park(self.letter(event, Some(index), Some(&command), error, 1)).await
-            }
-            Delivered::GaveUp { error, attempts } => {
-                let error = format!("handing back a rejection failed: {error}");
-                self.park(self.letter(event, Some(index), Some(&command), error, attempts)).await
-            }
-        }
-    }
-
-    /// Send with retries for what may pass (overload, a trap, a storage hiccup).
-    async fn send(&self, target: StreamId, request: CommandRequest) -> Delivered {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let error = match self.context.actors.send(target.clone(), request.clone()).await {
-                Ok(reply) => return Delivered::Done { duplicate: reply.replayed },
-                Err(CommandError::Rejected(rejection)) => return Delivered::Rejected(rejection),
-                Err(CommandError::ShuttingDown) => return Delivered::Stopping,
-                Err(error @ CommandError::UnknownType(_)) => {
-                    return Delivered::GaveUp { error: error.to_string(), attempts: attempt };
+                if !self.write_cursor(position).await {
+                    return Err("could not store the rewound cursor".to_owned());
                 }
-                Err(error) => error,
-            };
-            if *self.context.shutdown.borrow() {
-                return Delivered::Stopping;
+                self.progress = Progress::from(position);
+                self.reload_parked()?;
+                let _ = done.send(());
             }
-            if attempt >= self.context.config.max_attempts {
-                return Delivered::GaveUp { error: error.to_string(), attempts: attempt };
-            }
-            tracing::debug!(subscriber = self.subscriber, %target, "delivery failed, retrying: {error}");
-            tokio::time::sleep(self.backoff(attempt)).await;
+            Control::Retry(stream, reply) => self.to_parked_streams(stream, Work::Retry, reply),
+            Control::Discard(stream, reply) => self.to_parked_streams(stream, Work::Discard, reply),
         }
+        Ok(())
     }
 
-    fn letter(
-        &self,
-        event: &StoredEvent,
-        index: Option<u64>,
-        command: Option<&OutgoingCommand>,
-        error: String,
-        attempts: u32,
-    ) -> DeadLetter {
-        DeadLetter {
-            subscriber: self.subscriber.clone(),
-            position: event.position,
-            stream: event.stream().key(),
-            event_type: event.event_type.clone(),
-            command_index: index,
-            target: command.map(|c| format!("{}/{}", c.target_type, c.target_id)),
-            command_type: command.map(|c| c.command_type.clone()),
-            error,
-            attempts,
-            parked_at_micros: crate::time::now_micros(),
+    /// Queue a retry or discard on `stream` (or on every parked stream) behind the work each
+    /// already has, and answer, without waiting here, how many events each released.
+    fn to_parked_streams(
+        &mut self,
+        stream: Option<String>,
+        work: fn(oneshot::Sender<u64>) -> Work,
+        reply: oneshot::Sender<Vec<(String, u64)>>,
+    ) {
+        let streams: Vec<String> = match stream {
+            Some(stream) => vec![stream],
+            None => self.shared.parked.lock().expect("parked lock").keys().cloned().collect(),
+        };
+        let mut answers = Vec::with_capacity(streams.len());
+        for stream in streams {
+            let (answer, answered) = oneshot::channel();
+            self.dispatch(stream.clone(), work(answer));
+            answers.push((stream, answered));
         }
+        tokio::spawn(async move {
+            let mut counts = Vec::with_capacity(answers.len());
+            for (stream, answered) in answers {
+                // A worker that stopped first answers nothing: the caller sees a shorter list.
+                if let Ok(count) = answered.await {
+                    counts.push((stream, count));
+                }
+            }
+            let _ = reply.send(counts);
+        });
     }
 
-    /// Store a dead letter; `false` if the host stopped first (the event must then be
-    /// delivered again, so the cursor must not pass it).
-    async fn park(&self, letter: DeadLetter) -> bool {
-        tracing::error!(
-            subscriber = self.subscriber,
-            position = letter.position,
-            "parking a delivery as a dead letter: {}",
-            letter.error
-        );
-        while let Err(error) = self.context.writer.park(letter.clone()).await {
-            tracing::error!(subscriber = self.subscriber, "cannot store a dead letter: {error}");
-            if *self.context.shutdown.borrow() {
-                return false;
+    fn reload_parked(&self) -> Result<(), String> {
+        let parked = self
+            .shared
+            .context
+            .store
+            .parked_streams(&self.shared.name)
+            .map_err(|e| format!("cannot read the parked streams: {e}"))?;
+        *self.shared.parked.lock().expect("parked lock") = parked;
+        Ok(())
+    }
+
+    /// Stop every worker where it is and keep what is known done: the cursor stays below
+    /// every unfinished event, which is delivered again by the next run.
+    async fn abandon(&mut self) {
+        self.workers.abort_all();
+        while self.workers.join_next().await.is_some() {}
+        while let Ok(finished) = self.finished.try_recv() {
+            if let Some(position) = finished.position {
+                self.progress.finish(position);
             }
-            tokio::time::sleep(self.context.config.max_backoff).await;
         }
-        self.counters.lock().expect("counters lock").parked += 1;
-        true
+        self.lanes.clear();
+        let cursor = self.progress.cursor();
+        if cursor > self.stored_cursor {
+            self.write_cursor(cursor).await;
+        }
     }
 }

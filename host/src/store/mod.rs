@@ -19,14 +19,15 @@ mod writer;
 
 pub use error::{AppendError, StoreError};
 pub use records::{
-    AppendBatch, Committed, DeadLetter, NewEvent, Snapshot, StoredEvent, StoredOutcome, StreamId,
-    StreamIdError,
+    AppendBatch, Committed, DeadLetter, DeadLetterKey, NewEvent, Snapshot, StoredEvent, StoredOutcome,
+    StreamId, StreamIdError,
 };
 pub use writer::Writer;
 
 use records::Record;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use tables::*;
@@ -175,16 +176,94 @@ impl EventStore {
         Ok(out)
     }
 
-    /// Parked deliveries, oldest first, at most `limit`.
-    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+    /// One event of the global log, if there is one at `position`.
+    pub fn read_event(&self, position: Position) -> Result<Option<StoredEvent>, StoreError> {
         let read = self.db.begin_read()?;
-        let table = read.open_table(DEAD_LETTERS)?;
+        let events = read.open_table(EVENTS)?;
+        events.get(position)?.map(|record| StoredEvent::decode(record.value())).transpose()
+    }
+
+    /// Dead letters in (subscriber, stream, position) order: those of `subscriber` and
+    /// `stream` when given, after the key `after`, at most `limit`.
+    pub fn dead_letters(
+        &self,
+        subscriber: Option<&str>,
+        stream: Option<&str>,
+        after: Option<&DeadLetterKey>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let read = self.db.begin_read()?;
+        let table = read.open_table(PARKED)?;
+        let start = match (subscriber, stream) {
+            (Some(subscriber), Some(stream)) => (subscriber, stream, 0),
+            (Some(subscriber), None) => (subscriber, "", 0),
+            _ => ("", "", 0),
+        };
+        let start = match after {
+            Some(key) if (key.subscriber.as_str(), key.stream.as_str(), key.position) > start => {
+                (key.subscriber.as_str(), key.stream.as_str(), key.position)
+            }
+            _ => start,
+        };
         let mut out = Vec::new();
-        for entry in table.iter()?.take(limit) {
-            let (_, record) = entry?;
+        for entry in table.range(start..)? {
+            let (key, record) = entry?;
+            let (key_subscriber, key_stream, _) = key.value();
+            if subscriber.is_some_and(|s| s != key_subscriber) {
+                break;
+            }
+            if stream.is_some_and(|s| s != key_stream) {
+                if subscriber.is_some() {
+                    break;
+                }
+                continue;
+            }
+            if after.is_some_and(|a| (a.subscriber.as_str(), a.stream.as_str(), a.position) >= key.value()) {
+                continue;
+            }
             out.push(DeadLetter::decode(record.value())?);
+            if out.len() >= limit {
+                break;
+            }
         }
-        out.sort_by_key(|d| (d.parked_at_micros, d.position));
+        Ok(out)
+    }
+
+    /// One dead letter, if it is kept.
+    pub fn dead_letter(&self, key: &DeadLetterKey) -> Result<Option<DeadLetter>, StoreError> {
+        let read = self.db.begin_read()?;
+        let table = read.open_table(PARKED)?;
+        let letter = table.get((key.subscriber.as_str(), key.stream.as_str(), key.position))?;
+        letter.map(|record| DeadLetter::decode(record.value())).transpose()
+    }
+
+    /// How many dead letters `subscriber` has.
+    pub fn dead_letter_count(&self, subscriber: &str) -> Result<u64, StoreError> {
+        let read = self.db.begin_read()?;
+        let table = read.open_table(PARKED)?;
+        let mut count = 0;
+        for entry in table.range((subscriber, "", 0)..)? {
+            if entry?.0.value().0 != subscriber {
+                break;
+            }
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// The streams `subscriber` has parked events of, each with its first parked position.
+    pub fn parked_streams(&self, subscriber: &str) -> Result<BTreeMap<String, Position>, StoreError> {
+        let read = self.db.begin_read()?;
+        let table = read.open_table(PARKED)?;
+        let mut out = BTreeMap::new();
+        for entry in table.range((subscriber, "", 0)..)? {
+            let (key, _) = entry?;
+            let (key_subscriber, stream, position) = key.value();
+            if key_subscriber != subscriber {
+                break;
+            }
+            out.entry(stream.to_owned()).or_insert(position);
+        }
         Ok(out)
     }
 

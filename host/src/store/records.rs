@@ -28,31 +28,13 @@ pub struct StreamId {
     pub id: String,
 }
 
-/// Why a string is not usable as an aggregate id.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StreamIdError {
-    #[error("an aggregate id must not be empty")]
-    Empty,
-    #[error("an aggregate id is at most {max} bytes, this one has {len}")]
-    TooLong { len: usize, max: usize },
-    #[error("an aggregate id must not contain '/' or control characters")]
-    BadCharacter,
-}
+/// Why a string is not usable as an aggregate id (the rule guests check too).
+pub type StreamIdError = cairn_guest::InvalidId;
 
 impl StreamId {
-    pub const MAX_ID_LEN: usize = 200;
-
     /// A stream id, checking that `id` is one a user can address in a URL path.
     pub fn new(type_name: &str, id: &str) -> Result<Self, StreamIdError> {
-        if id.is_empty() {
-            return Err(StreamIdError::Empty);
-        }
-        if id.len() > Self::MAX_ID_LEN {
-            return Err(StreamIdError::TooLong { len: id.len(), max: Self::MAX_ID_LEN });
-        }
-        if id.chars().any(|c| c == '/' || c.is_control()) {
-            return Err(StreamIdError::BadCharacter);
-        }
+        cairn_guest::check_aggregate_id(id)?;
         Ok(StreamId { type_name: type_name.to_owned(), id: id.to_owned() })
     }
 
@@ -172,21 +154,68 @@ pub struct Committed {
     pub events: Vec<StoredEvent>,
 }
 
-/// A delivery the router gave up on after its retries: kept, visible, never dropped.
+/// An event parked for one subscriber: its reaction could not be delivered (a reaction
+/// that traps, a hand-back that fails), or it waits behind an earlier parked event of the
+/// same stream. Kept, visible, and delivered again by a retry; never dropped but on purpose.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub subscriber: String,
-    /// The triggering event.
-    pub position: Position,
+    /// The source stream's key (`type/id`).
     pub stream: String,
+    /// The parked event.
+    pub position: Position,
     pub event_type: String,
-    /// Which command of the reaction failed (`None`: the reaction itself failed).
+    /// The earlier parked event of the same stream this one waits behind (`None`: this one
+    /// failed itself).
+    pub behind: Option<Position>,
+    /// Which command of the reaction failed (`None`: the reaction itself, or waiting).
     pub command_index: Option<u64>,
     pub target: Option<String>,
     pub command_type: Option<String>,
     pub error: String,
     pub attempts: u32,
     pub parked_at_micros: u64,
+}
+
+impl DeadLetter {
+    /// Its key in the `parked` table.
+    pub fn key(&self) -> DeadLetterKey {
+        DeadLetterKey {
+            subscriber: self.subscriber.clone(),
+            stream: self.stream.clone(),
+            position: self.position,
+        }
+    }
+}
+
+/// Where a dead letter is kept: one subscriber's parked event of one stream.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeadLetterKey {
+    pub subscriber: String,
+    pub stream: String,
+    pub position: Position,
+}
+
+impl fmt::Display for DeadLetterKey {
+    /// `subscriber:stream:position`, the `id` users page with (subscriber names have no
+    /// `:`, positions are digits, so the stream in between may contain anything).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.subscriber, self.stream, self.position)
+    }
+}
+
+impl std::str::FromStr for DeadLetterKey {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let (subscriber, rest) = text.split_once(':').ok_or(())?;
+        let (stream, position) = rest.rsplit_once(':').ok_or(())?;
+        Ok(DeadLetterKey {
+            subscriber: subscriber.to_owned(),
+            stream: stream.to_owned(),
+            position: position.parse().map_err(|_| ())?,
+        })
+    }
 }
 
 impl Record for DeadLetter {

@@ -22,8 +22,9 @@ pub const COMPONENT_BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new(
 /// subscriber name → position handled up to.
 pub const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 
-/// (subscriber, position, command index) → [`super::DeadLetter`]: deliveries given up on.
-pub const DEAD_LETTERS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("dead_letters");
+/// (subscriber, source stream key, position) → [`super::DeadLetter`]: parked events, in
+/// stream order per subscriber, so a parked sequence is one range.
+pub const PARKED: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("parked");
 
 /// Open every table once so that read transactions find them even in a new file.
 pub fn create_all(txn: &WriteTransaction) -> Result<(), TableError> {
@@ -36,6 +37,6 @@ pub fn create_all(txn: &WriteTransaction) -> Result<(), TableError> {
     txn.open_table(COMPONENTS)?;
     txn.open_table(COMPONENT_BLOBS)?;
     txn.open_table(CURSORS)?;
-    txn.open_table(DEAD_LETTERS)?;
+    txn.open_table(PARKED)?;
     Ok(())
 }

@@ -8,7 +8,9 @@
 
 use super::records::Record;
 use super::tables::*;
-use super::{AppendBatch, AppendError, Committed, DeadLetter, Position, StoreError, StoredEvent};
+use super::{
+    AppendBatch, AppendError, Committed, DeadLetter, DeadLetterKey, Position, StoreError, StoredEvent,
+};
 use redb::{Database, Durability, ReadableTable, WriteTransaction};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -24,8 +26,10 @@ enum Request {
     Append(AppendBatch, Reply),
     /// A subscriber's cursor, serialized with the appends it follows.
     Cursor(String, Position, oneshot::Sender<Result<(), StoreError>>),
-    /// Park a delivery the router gave up on.
+    /// Park an event for a subscriber (a dead letter), replacing one with the same key.
     Park(DeadLetter, oneshot::Sender<Result<(), StoreError>>),
+    /// Remove dead letters: delivered by a retry, or discarded.
+    Unpark(Vec<DeadLetterKey>, oneshot::Sender<Result<(), StoreError>>),
     /// Commit what was queued before this, then stop.
     Stop,
 }
@@ -79,6 +83,13 @@ impl Writer {
     pub async fn park(&self, letter: DeadLetter) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::Park(letter, reply)).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Remove dead letters (durably); keys that are not there are ignored.
+    pub async fn unpark(&self, keys: Vec<DeadLetterKey>) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Unpark(keys, reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -152,12 +163,15 @@ fn commit_group(
                     Ok(Committed::default())
                 }
                 Request::Park(letter, _) => {
-                    let key = (
-                        letter.subscriber.as_str(),
-                        letter.position,
-                        letter.command_index.unwrap_or(u64::MAX),
-                    );
-                    txn.open_table(DEAD_LETTERS)?.insert(key, letter.encode().as_slice())?;
+                    let key = (letter.subscriber.as_str(), letter.stream.as_str(), letter.position);
+                    txn.open_table(PARKED)?.insert(key, letter.encode().as_slice())?;
+                    Ok(Committed::default())
+                }
+                Request::Unpark(keys, _) => {
+                    let mut parked = txn.open_table(PARKED)?;
+                    for key in keys {
+                        parked.remove((key.subscriber.as_str(), key.stream.as_str(), key.position))?;
+                    }
                     Ok(Committed::default())
                 }
                 Request::Stop => continue,
@@ -179,7 +193,7 @@ fn commit_group(
                     Request::Append(_, reply) => {
                         let _ = reply.send(answer);
                     }
-                    Request::Cursor(_, _, reply) | Request::Park(_, reply) => {
+                    Request::Cursor(_, _, reply) | Request::Park(_, reply) | Request::Unpark(_, reply) => {
                         let _ = reply.send(Ok(()));
                     }
                     Request::Stop => {}
@@ -195,7 +209,7 @@ fn commit_group(
                     Request::Append(_, reply) => {
                         let _ = reply.send(Err(StoreError::CommitFailed(message.clone()).into()));
                     }
-                    Request::Cursor(_, _, reply) | Request::Park(_, reply) => {
+                    Request::Cursor(_, _, reply) | Request::Park(_, reply) | Request::Unpark(_, reply) => {
                         let _ = reply.send(Err(StoreError::CommitFailed(message.clone())));
                     }
                     Request::Stop => {}

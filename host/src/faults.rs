@@ -1,0 +1,117 @@
+//! Test-only fault injection, read from the `CAIRN_FAULTS` environment variable, so the
+//! end-to-end tests can make the real binary fail where no component can: a host-side task
+//! that panics, an actor held busy.
+//!
+//! Only debug builds (what `cargo test` builds) read the variable; in a release build every
+//! hook is a constant no-op and the variable is ignored.
+//!
+//! `CAIRN_FAULTS` is a comma-separated list of:
+//! - `actor-panic=<CommandType>`: the first command of that type panics its actor;
+//! - `actor-stall=<CommandType>:<millis>`: every command of that type holds its actor
+//!   (before it is decided) for that long;
+//! - `delivery-panic=<EventType>`: the first delivery of an event of that type panics the
+//!   delivery task.
+
+use std::time::Duration;
+
+#[cfg(debug_assertions)]
+mod injected {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    #[derive(Default)]
+    pub struct Faults {
+        actor_panic: Option<String>,
+        actor_stall: Option<(String, Duration)>,
+        delivery_panic: Option<String>,
+    }
+
+    static ACTOR_PANICKED: AtomicBool = AtomicBool::new(false);
+    static DELIVERY_PANICKED: AtomicBool = AtomicBool::new(false);
+
+    pub fn faults() -> &'static Faults {
+        static FAULTS: OnceLock<Faults> = OnceLock::new();
+        FAULTS.get_or_init(|| parse(&std::env::var("CAIRN_FAULTS").unwrap_or_default()))
+    }
+
+    fn parse(text: &str) -> Faults {
+        let mut faults = Faults::default();
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            match entry.split_once('=') {
+                Some(("actor-panic", command)) => faults.actor_panic = Some(command.to_owned()),
+                Some(("delivery-panic", event)) => faults.delivery_panic = Some(event.to_owned()),
+                Some(("actor-stall", spec)) => {
+                    if let Some((command, millis)) = spec.split_once(':')
+                        && let Ok(millis) = millis.parse()
+                    {
+                        faults.actor_stall = Some((command.to_owned(), Duration::from_millis(millis)));
+                    }
+                }
+                _ => tracing::warn!("ignoring the unknown CAIRN_FAULTS entry {entry:?}"),
+            }
+        }
+        faults
+    }
+
+    fn first_time(flag: &AtomicBool) -> bool {
+        !flag.swap(true, Ordering::SeqCst)
+    }
+
+    impl Faults {
+        pub fn actor_panic(&self, command_type: &str) -> bool {
+            self.actor_panic.as_deref() == Some(command_type) && first_time(&ACTOR_PANICKED)
+        }
+
+        pub fn actor_stall(&self, command_type: &str) -> Option<Duration> {
+            self.actor_stall.as_ref().filter(|(c, _)| c == command_type).map(|(_, d)| *d)
+        }
+
+        pub fn delivery_panic(&self, event_type: &str) -> bool {
+            self.delivery_panic.as_deref() == Some(event_type) && first_time(&DELIVERY_PANICKED)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn entries_parse_and_unknown_ones_are_ignored() {
+            let faults = super::parse("actor-stall=Hold:250, delivery-panic=AccountCredited,bogus");
+            assert_eq!(faults.actor_stall("Hold"), Some(std::time::Duration::from_millis(250)));
+            assert_eq!(faults.actor_stall("Other"), None);
+            assert_eq!(faults.delivery_panic.as_deref(), Some("AccountCredited"));
+            assert!(faults.actor_panic.is_none());
+        }
+    }
+}
+
+/// Panics the actor deciding `command_type` if a test asked for it (once).
+pub fn actor_panic(command_type: &str) {
+    #[cfg(debug_assertions)]
+    if injected::faults().actor_panic(command_type) {
+        panic!("fault injection: actor-panic={command_type}");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = command_type;
+}
+
+/// How long to hold an actor before it decides `command_type`, if a test asked for it.
+pub fn actor_stall(command_type: &str) -> Option<Duration> {
+    #[cfg(debug_assertions)]
+    return injected::faults().actor_stall(command_type);
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = command_type;
+        None
+    }
+}
+
+/// Panics the delivery task delivering an event `event_type` if a test asked for it (once).
+pub fn delivery_panic(event_type: &str) {
+    #[cfg(debug_assertions)]
+    if injected::faults().delivery_panic(event_type) {
+        panic!("fault injection: delivery-panic={event_type}");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = event_type;
+}

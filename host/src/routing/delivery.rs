@@ -1,0 +1,593 @@
+//! Delivery of one source stream's events for one subscriber, strictly in order.
+//!
+//! A worker owns a stream's queue while it has work. For each event it calls the
+//! subscriber's `react` and sends each resulting command to its target actor; a command
+//! the target can never accept (a business rejection, an id that cannot name an aggregate,
+//! a type nobody deployed, a command it cannot decode) is handed back to the source stream
+//! as `CommandRejected`, so the saga compensates. Overload and storage trouble are retried
+//! with capped backoff for as long as they last. Only what fails the same way every time
+//! (a reaction that traps, a target that traps, a hand-back that fails, a reaction that
+//! forges a host command) parks the event, and then every later event of the stream
+//! parks behind it, in order, until an operator retries or discards the sequence.
+
+use super::{Counters, SubscriberShared};
+use crate::actor::{Causation, CommandError, CommandRequest};
+use crate::store::{DeadLetter, DeadLetterKey, Position, StoreError, StoredEvent, StreamId};
+use cairn_guest::{COMMAND_REJECTED, CommandRejected, OutgoingCommand, Rejection, codec};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a stream's worker is asked to do, in the stream's order.
+pub(super) enum Work {
+    /// An event read from the log; the cursor waits for it.
+    Event(StoredEvent),
+    /// An operator's retry: deliver the stream's parked sequence again, in order. Answers
+    /// how many events were released.
+    Retry(oneshot::Sender<u64>),
+    /// An operator's discard: drop the stream's parked sequence. Answers how many.
+    Discard(oneshot::Sender<u64>),
+}
+
+/// A finished piece of work; `position` is set for a log event.
+pub(super) struct Finished {
+    pub stream: String,
+    pub position: Option<Position>,
+}
+
+/// How delivering one event ended.
+enum Outcome {
+    Done,
+    Park(DeadLetter),
+    /// The host is stopping: the event is not done, the cursor must not pass it.
+    Stopping,
+}
+
+/// How sending one command ended.
+enum Sent {
+    Done {
+        duplicate: bool,
+    },
+    /// Refused now and for ever: hand it back.
+    Rejected(Rejection),
+    /// Failed the same way on every attempt (the target's component traps).
+    Failed {
+        error: String,
+        attempts: u32,
+    },
+    Stopping,
+}
+
+pub(super) struct StreamWorker {
+    pub shared: Arc<SubscriberShared>,
+    pub stream: String,
+}
+
+impl StreamWorker {
+    pub(super) async fn run(
+        self,
+        mut work: mpsc::UnboundedReceiver<Work>,
+        finished: mpsc::UnboundedSender<Finished>,
+    ) {
+        while let Some(item) = work.recv().await {
+            let position = match &item {
+                Work::Event(event) => Some(event.position),
+                Work::Retry(_) | Work::Discard(_) => None,
+            };
+            let done = match item {
+                Work::Event(event) => self.on_event(event).await,
+                Work::Retry(reply) => self.retry(reply).await,
+                Work::Discard(reply) => self.discard(reply).await,
+            };
+            if !done {
+                return;
+            }
+            let _ = finished.send(Finished { stream: self.stream.clone(), position });
+        }
+    }
+
+    fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
+        self.shared.counters.lock().expect("counters lock")
+    }
+
+    fn first_parked(&self) -> Option<Position> {
+        self.shared.parked.lock().expect("parked lock").get(&self.stream).copied()
+    }
+
+    fn mark_parked(&self, position: Position) {
+        self.shared.parked.lock().expect("parked lock").entry(self.stream.clone()).or_insert(position);
+    }
+
+    /// `false` when the host is stopping before the event is done.
+    async fn on_event(&self, event: StoredEvent) -> bool {
+        if let Some(first) = self.first_parked() {
+            return self.park_behind(&event, first).await;
+        }
+        crate::faults::delivery_panic(&event.event_type);
+        match self.deliver(&event).await {
+            Outcome::Done => true,
+            Outcome::Park(letter) => self.park(letter).await,
+            Outcome::Stopping => false,
+        }
+    }
+
+    /// The stream is parked at `first`: this event waits behind it, as a dead letter of its
+    /// own. One that is already parked (a rewind delivers it again) keeps its letter.
+    async fn park_behind(&self, event: &StoredEvent, first: Position) -> bool {
+        let key = DeadLetterKey {
+            subscriber: self.shared.name.clone(),
+            stream: self.stream.clone(),
+            position: event.position,
+        };
+        match self.shared.context.store.dead_letter(&key) {
+            Ok(Some(_)) => return true,
+            Ok(None) if event.position < first => return true, // delivered before the stream parked
+            Ok(None) => {}
+            Err(error) => tracing::warn!(subscriber = self.shared.name, "cannot read a dead letter: {error}"),
+        }
+        let letter = self.letter(
+            event,
+            Some(first),
+            None,
+            None,
+            format!("waiting behind the parked event at position {first} of {}", self.stream),
+            0,
+        );
+        self.park(letter).await
+    }
+
+    /// Deliver the parked sequence again, in order, with the component now active. The
+    /// first event that fails again parks the stream anew; the rest stay parked behind it.
+    async fn retry(&self, reply: oneshot::Sender<u64>) -> bool {
+        let Some(letters) = self.parked_sequence().await else { return false };
+        self.shared.parked.lock().expect("parked lock").remove(&self.stream);
+        let _ = reply.send(letters.len() as u64);
+        for letter in letters {
+            let event = match self.shared.context.store.read_event(letter.position) {
+                Ok(Some(event)) => event,
+                Ok(None) => {
+                    tracing::error!(
+                        subscriber = self.shared.name,
+                        position = letter.position,
+                        "a parked event is not in the log"
+                    );
+                    continue;
+                }
+                Err(error) => {
+                    tracing::error!(subscriber = self.shared.name, "cannot read a parked event: {error}");
+                    self.mark_parked(letter.position);
+                    continue;
+                }
+            };
+            if let Some(first) = self.first_parked() {
+                let behind = self.letter(
+                    &event,
+                    Some(first),
+                    None,
+                    None,
+                    format!("waiting behind the parked event at position {first} of {}", self.stream),
+                    0,
+                );
+                if !self.park(behind).await {
+                    return false;
+                }
+                continue;
+            }
+            match self.deliver(&event).await {
+                Outcome::Done => {
+                    if !self.unpark(vec![letter.key()]).await {
+                        return false;
+                    }
+                    self.counters().retried += 1;
+                }
+                Outcome::Park(letter) => {
+                    if !self.park(letter).await {
+                        return false;
+                    }
+                }
+                Outcome::Stopping => return false,
+            }
+        }
+        true
+    }
+
+    /// Drop the parked sequence on purpose: its events will not be delivered.
+    async fn discard(&self, reply: oneshot::Sender<u64>) -> bool {
+        let Some(letters) = self.parked_sequence().await else { return false };
+        let count = letters.len() as u64;
+        if !self.unpark(letters.iter().map(DeadLetter::key).collect()).await {
+            return false;
+        }
+        self.shared.parked.lock().expect("parked lock").remove(&self.stream);
+        self.counters().discarded += count;
+        tracing::warn!(subscriber = self.shared.name, stream = self.stream, count, "discarded parked events");
+        let _ = reply.send(count);
+        true
+    }
+
+    /// Every dead letter of this stream, in order (`None`: the host is stopping).
+    async fn parked_sequence(&self) -> Option<Vec<DeadLetter>> {
+        let store = &self.shared.context.store;
+        loop {
+            match store.dead_letters(Some(&self.shared.name), Some(&self.stream), None, usize::MAX) {
+                Ok(letters) => return Some(letters),
+                Err(error) => {
+                    tracing::error!(subscriber = self.shared.name, "cannot read dead letters: {error}");
+                    if !self.pause(self.shared.context.config.max_backoff).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// React to one event and deliver what the reaction sends, in the reaction's order.
+    async fn deliver(&self, event: &StoredEvent) -> Outcome {
+        let config = &self.shared.context.config;
+        let Some(component) = self.shared.context.components.active(&self.shared.name) else {
+            let error = "the subscribing component is not deployed".to_owned();
+            return Outcome::Park(self.letter(event, None, None, None, error, 0));
+        };
+        let envelope = event.envelope();
+        let mut attempt = 0;
+        let commands = loop {
+            attempt += 1;
+            match component.component.react(&envelope) {
+                Ok(commands) => break commands,
+                Err(error) if attempt >= config.max_attempts => {
+                    let error = format!("react failed: {error}");
+                    return Outcome::Park(self.letter(event, None, None, None, error, attempt));
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        subscriber = self.shared.name,
+                        position = event.position,
+                        "react failed, retrying: {error}"
+                    );
+                    if !self.pause(backoff(config, attempt)).await {
+                        return Outcome::Stopping;
+                    }
+                }
+            }
+        };
+        if let Some(index) = commands.iter().position(|c| c.command_type == COMMAND_REJECTED) {
+            let error = format!("the reaction sent {COMMAND_REJECTED}, which only the host may send");
+            return Outcome::Park(self.letter(
+                event,
+                None,
+                Some(index as u64),
+                Some(&commands[index]),
+                error,
+                1,
+            ));
+        }
+        let keys = dedup_keys(&self.shared.name, event.position, &commands);
+        for (index, (command, key)) in commands.iter().zip(keys).enumerate() {
+            match self.deliver_command(event, index as u64, command, key).await {
+                Outcome::Done => {}
+                other => return other,
+            }
+        }
+        Outcome::Done
+    }
+
+    async fn deliver_command(
+        &self,
+        event: &StoredEvent,
+        index: u64,
+        command: &OutgoingCommand,
+        key: String,
+    ) -> Outcome {
+        let rejection = match StreamId::new(&command.target_type, &command.target_id) {
+            Err(error) => Rejection::new(
+                "invalid_target",
+                format!(
+                    "{:?} can never name a {} aggregate: {error}",
+                    command.target_id, command.target_type
+                ),
+            ),
+            Ok(target) => {
+                let request =
+                    routed(event, command.command_type.clone(), command.payload.clone(), key.clone());
+                match self.send(target, request).await {
+                    Sent::Done { duplicate } => {
+                        let mut counters = self.counters();
+                        counters.delivered_commands += 1;
+                        counters.duplicates_ignored += u64::from(duplicate);
+                        return Outcome::Done;
+                    }
+                    Sent::Rejected(rejection) => rejection,
+                    Sent::Failed { error, attempts } => {
+                        return Outcome::Park(self.letter(
+                            event,
+                            None,
+                            Some(index),
+                            Some(command),
+                            error,
+                            attempts,
+                        ));
+                    }
+                    Sent::Stopping => return Outcome::Stopping,
+                }
+            }
+        };
+        // Hand the rejection back to the stream whose event caused the command.
+        let rejected = CommandRejected {
+            command_type: command.command_type.clone(),
+            target_type: command.target_type.clone(),
+            target_id: command.target_id.clone(),
+            code: rejection.code,
+            message: rejection.message,
+        };
+        let hand_back =
+            routed(event, COMMAND_REJECTED.to_owned(), codec::encode(&rejected), format!("{key}:rejected"));
+        let (error, attempts) = match self.send(event.stream(), hand_back).await {
+            Sent::Done { .. } => {
+                self.counters().handed_back += 1;
+                return Outcome::Done;
+            }
+            Sent::Stopping => return Outcome::Stopping,
+            Sent::Rejected(refused) => (
+                format!(
+                    "{} was rejected ({}: {}), and so was handing that back: {refused}",
+                    command.command_type, rejected.code, rejected.message
+                ),
+                1,
+            ),
+            Sent::Failed { error, attempts } => {
+                (format!("handing back a rejection failed: {error}"), attempts)
+            }
+        };
+        Outcome::Park(self.letter(event, None, Some(index), Some(command), error, attempts))
+    }
+
+    /// Send a command, retrying what may pass: overload and storage trouble for as long
+    /// as they last, a trapping target up to `max_attempts` times.
+    async fn send(&self, target: StreamId, request: CommandRequest) -> Sent {
+        let config = &self.shared.context.config;
+        let mut attempt = 0;
+        let mut failures = 0;
+        loop {
+            attempt += 1;
+            let error = match self.shared.context.actors.send(target.clone(), request.clone()).await {
+                Ok(reply) => return Sent::Done { duplicate: reply.replayed },
+                Err(CommandError::Rejected(rejection)) => return Sent::Rejected(rejection),
+                Err(error @ CommandError::UnknownType(_)) => {
+                    return Sent::Rejected(Rejection::new("unknown_type", error.to_string()));
+                }
+                Err(CommandError::ShuttingDown) => return Sent::Stopping,
+                Err(error @ (CommandError::Guest(_) | CommandError::ActorFailed)) => {
+                    failures += 1;
+                    if failures >= config.max_attempts {
+                        return Sent::Failed { error: error.to_string(), attempts: attempt };
+                    }
+                    error
+                }
+                // Overload, storage trouble, a conflict: nothing about the command itself.
+                Err(error) => {
+                    self.counters().transient_retries += 1;
+                    error
+                }
+            };
+            if attempt == 1 || attempt % 20 == 0 {
+                tracing::warn!(
+                    subscriber = self.shared.name,
+                    %target,
+                    attempt,
+                    "delivery failed, retrying: {error}"
+                );
+            }
+            if !self.pause(backoff(config, attempt)).await {
+                return Sent::Stopping;
+            }
+        }
+    }
+
+    /// Sleep, unless the host stops first (`false`).
+    async fn pause(&self, duration: Duration) -> bool {
+        let mut shutdown = self.shared.context.shutdown.clone();
+        if *shutdown.borrow() {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => true,
+            _ = shutdown.changed() => false,
+        }
+    }
+
+    fn letter(
+        &self,
+        event: &StoredEvent,
+        behind: Option<Position>,
+        index: Option<u64>,
+        command: Option<&OutgoingCommand>,
+        error: String,
+        attempts: u32,
+    ) -> DeadLetter {
+        DeadLetter {
+            subscriber: self.shared.name.clone(),
+            stream: self.stream.clone(),
+            position: event.position,
+            event_type: event.event_type.clone(),
+            behind,
+            command_index: index,
+            target: command.map(|c| format!("{}/{}", c.target_type, c.target_id)),
+            command_type: command.map(|c| c.command_type.clone()),
+            error,
+            attempts,
+            parked_at_micros: crate::time::now_micros(),
+        }
+    }
+
+    /// Store a dead letter and mark the stream parked; `false` if the host stopped first
+    /// (the event is then not done and is delivered again after a restart).
+    async fn park(&self, letter: DeadLetter) -> bool {
+        if letter.behind.is_none() {
+            tracing::error!(
+                subscriber = self.shared.name,
+                stream = self.stream,
+                position = letter.position,
+                "parking an event: {}",
+                letter.error
+            );
+        }
+        let position = letter.position;
+        if !self
+            .write(|writer| {
+                let letter = letter.clone();
+                async move { writer.park(letter).await }
+            })
+            .await
+        {
+            return false;
+        }
+        self.mark_parked(position);
+        self.counters().parked += 1;
+        true
+    }
+
+    async fn unpark(&self, keys: Vec<DeadLetterKey>) -> bool {
+        self.write(|writer| {
+            let keys = keys.clone();
+            async move { writer.unpark(keys).await }
+        })
+        .await
+    }
+
+    /// Run a write until it sticks (`false`: the host is stopping).
+    async fn write<F, Fut>(&self, write: F) -> bool
+    where
+        F: Fn(crate::store::Writer) -> Fut,
+        Fut: Future<Output = Result<(), StoreError>>,
+    {
+        loop {
+            match write(self.shared.context.writer.clone()).await {
+                Ok(()) => return true,
+                Err(StoreError::Closed) => return false,
+                Err(error) => {
+                    tracing::error!(
+                        subscriber = self.shared.name,
+                        "cannot store a dead letter change: {error}"
+                    );
+                    if !self.pause(self.shared.context.config.max_backoff).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn backoff(config: &super::RoutingConfig, attempt: u32) -> Duration {
+    config.first_backoff.saturating_mul(1 << attempt.min(16)).min(config.max_backoff)
+}
+
+/// A command caused by `event`: it carries the chain's correlation, the event's position
+/// as its cause, and `dedup_key`, which makes its effect happen once.
+fn routed(event: &StoredEvent, command_type: String, payload: Vec<u8>, dedup_key: String) -> CommandRequest {
+    CommandRequest {
+        command_type,
+        payload,
+        expected_version: None,
+        idempotency_key: None,
+        correlation_id: event.correlation_id.clone(),
+        causation: Some(Causation { causation_id: event.position.to_string(), dedup_key }),
+    }
+}
+
+/// The dedup key of each command of one reaction. A routed command is identified by the
+/// subscriber, the triggering event's position, its target stream, its command type, and
+/// its occurrence among the reaction's commands with that same target and type. Not by its
+/// index in the reaction: a changed `react` that adds, drops or reorders commands, or
+/// changes a command's fields, still recognises the commands already delivered when a
+/// rewind runs history through it again. The subscriber is part of it, so two components
+/// reacting to one event with the same command to the same stream both take effect. The
+/// target and type are hashed, so a key stays short whatever the guest sent.
+pub(super) fn dedup_keys(subscriber: &str, position: Position, commands: &[OutgoingCommand]) -> Vec<String> {
+    let mut occurrences: HashMap<(&str, &str, &str), u32> = HashMap::new();
+    commands
+        .iter()
+        .map(|command| {
+            let seen = occurrences
+                .entry((&command.target_type, &command.target_id, &command.command_type))
+                .or_insert(0);
+            let occurrence = *seen;
+            *seen += 1;
+            let mut hash = Sha256::new();
+            for part in [&command.target_type, &command.target_id, &command.command_type] {
+                hash.update((part.len() as u64).to_le_bytes());
+                hash.update(part.as_bytes());
+            }
+            hash.update(occurrence.to_le_bytes());
+            format!("{subscriber}:{position}:{}", hex::encode(&hash.finalize()[..16]))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dedup_keys;
+    use cairn_guest::OutgoingCommand;
+
+    fn command(target: &str, command_type: &str, amount: i64) -> OutgoingCommand {
+        #[derive(serde::Serialize)]
+        struct Data {
+            amount: i64,
+        }
+        OutgoingCommand::new("account", target, command_type, &Data { amount })
+    }
+
+    #[test]
+    fn two_subscribers_get_different_keys_for_the_same_command() {
+        let commands = [command("101", "CreditAccount", 5)];
+        assert_ne!(dedup_keys("faulty", 7, &commands), dedup_keys("twin", 7, &commands));
+    }
+
+    #[test]
+    fn reordering_adding_or_changing_commands_keeps_the_keys_of_those_delivered() {
+        let before = dedup_keys(
+            "account",
+            7,
+            &[command("101", "DebitAccount", 5), command("202", "CreditAccount", 5)],
+        );
+        let after = dedup_keys(
+            "account",
+            7,
+            &[
+                command("303", "Notify", 0),
+                command("202", "CreditAccount", 6),
+                command("101", "DebitAccount", 5),
+            ],
+        );
+        assert_eq!(after[2], before[0]);
+        assert_eq!(after[1], before[1]);
+        assert!(!before.contains(&after[0]));
+    }
+
+    #[test]
+    fn the_same_command_twice_in_one_reaction_is_two_commands() {
+        let keys = dedup_keys(
+            "account",
+            7,
+            &[command("101", "CreditAccount", 5), command("101", "CreditAccount", 5)],
+        );
+        assert_ne!(keys[0], keys[1]);
+        assert_ne!(
+            keys,
+            dedup_keys(
+                "account",
+                8,
+                &[command("101", "CreditAccount", 5), command("101", "CreditAccount", 5)]
+            )
+        );
+    }
+
+    #[test]
+    fn keys_stay_short_whatever_the_target() {
+        let long = "x".repeat(5000);
+        let key = &dedup_keys("account", 7, &[command(&long, "CreditAccount", 5)])[0];
+        assert!(key.len() < 64, "{key}");
+    }
+}

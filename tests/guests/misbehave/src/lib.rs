@@ -1,0 +1,279 @@
+//! Test-only aggregates that misbehave on request, to prove the sandbox and the router:
+//! a trap or a timeout answers an error and stores nothing; a reaction that traps parks its
+//! event and the later events of the stream behind it; a forged host command is parked;
+//! a command to a target that can never accept it is handed back and compensated.
+//!
+//! `Faulty<false>` is the `faulty` component; `Faulty<true>` is a later version of it
+//! (`faulty-fixed`) whose reaction no longer traps, for the retry after a fix. `Twin` is a
+//! second subscriber that sends the same command to the same streams as `faulty`.
+
+use cairn_guest::{
+    Aggregate, COMMAND_REJECTED, CommandRejected, EventEnvelope, OutgoingCommand, Rejection, Subscription,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct FaultyState {
+    pub count: u64,
+    /// Every `Record` note, in the order the commands arrived.
+    pub notes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<Payment>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Payment {
+    pub from_account_id: String,
+    pub amount: i64,
+    pub credit_command: String,
+    /// Why the credit leg was handed back (the payment was refunded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FaultyCommand {
+    Increment,
+    Panic,
+    Spin,
+    Hog,
+    Record {
+        note: String,
+    },
+    /// Debit `from_account_id` and send `credit_command` for the amount to `to_type/to_id`,
+    /// which may be a target that can never accept it: unlike a money transfer, nothing is
+    /// checked here, so the host's hand-back is what must save the money.
+    Pay {
+        from_account_id: String,
+        to_type: String,
+        to_id: String,
+        amount: i64,
+        credit_command: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FaultyEvent {
+    Incremented,
+    Recorded {
+        note: String,
+    },
+    PaymentRequested {
+        from_account_id: String,
+        to_type: String,
+        to_id: String,
+        amount: i64,
+        credit_command: String,
+    },
+    PaymentFailed {
+        reason: String,
+    },
+}
+
+/// The fields of an account movement this test reads.
+#[derive(Deserialize)]
+struct Movement {
+    transaction_id: String,
+}
+
+#[derive(Serialize)]
+struct Note {
+    note: String,
+}
+
+#[derive(Serialize)]
+struct Money<'a> {
+    amount: i64,
+    transaction_id: &'a str,
+}
+
+/// Whether an account movement belongs to a payment of this test's own (not recorded).
+fn is_payment_leg(transaction_id: &str) -> bool {
+    transaction_id.starts_with("pay-") || transaction_id.starts_with("refund-")
+}
+
+/// The misbehaving aggregate; `FIXED` is the later version whose reaction works.
+pub struct Faulty<const FIXED: bool>;
+
+impl<const FIXED: bool> Aggregate for Faulty<FIXED> {
+    const TYPE: &'static str = "faulty";
+    type State = FaultyState;
+    type Command = FaultyCommand;
+    type Event = FaultyEvent;
+
+    fn handle(state: Option<&FaultyState>, command: FaultyCommand) -> Result<Vec<FaultyEvent>, Rejection> {
+        match command {
+            FaultyCommand::Increment => Ok(vec![FaultyEvent::Incremented]),
+            FaultyCommand::Panic => panic!("asked to panic"),
+            FaultyCommand::Spin => {
+                let mut n = state.map_or(0, |s| s.count);
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            FaultyCommand::Hog => {
+                let hog: Vec<u8> = vec![1; 1 << 30];
+                Err(Rejection::new("unreachable", format!("{}", hog.len())))
+            }
+            FaultyCommand::Record { note } => Ok(vec![FaultyEvent::Recorded { note }]),
+            FaultyCommand::Pay { from_account_id, to_type, to_id, amount, credit_command } => {
+                Ok(vec![FaultyEvent::PaymentRequested {
+                    from_account_id,
+                    to_type,
+                    to_id,
+                    amount,
+                    credit_command,
+                }])
+            }
+        }
+    }
+
+    fn apply(state: Option<FaultyState>, event: &FaultyEvent) -> FaultyState {
+        let mut state = state.unwrap_or_default();
+        match event {
+            FaultyEvent::Incremented => state.count += 1,
+            FaultyEvent::Recorded { note } => state.notes.push(note.clone()),
+            FaultyEvent::PaymentRequested { from_account_id, amount, credit_command, .. } => {
+                state.payment = Some(Payment {
+                    from_account_id: from_account_id.clone(),
+                    amount: *amount,
+                    credit_command: credit_command.clone(),
+                    failed: None,
+                })
+            }
+            FaultyEvent::PaymentFailed { reason } => {
+                if let Some(payment) = &mut state.payment {
+                    payment.failed = Some(reason.clone());
+                }
+            }
+        }
+        state
+    }
+
+    fn subscriptions() -> Vec<Subscription> {
+        vec![
+            Subscription::to("account", ["AccountCredited", "AccountDebited"]),
+            Subscription::to(Self::TYPE, ["PaymentRequested", "PaymentFailed"]),
+        ]
+    }
+
+    /// Account movements are recorded on `faulty/<account id>` by transaction id, except
+    /// `poison` (the reaction traps, unless `FIXED`) and `forge` (the reaction sends the
+    /// host-only `CommandRejected`). A payment debits, then credits its target; a failed
+    /// one is refunded.
+    fn react(event: &EventEnvelope) -> Vec<OutgoingCommand> {
+        if event.stream_type == "account" {
+            let Ok(Movement { transaction_id }) = event.data() else { return Vec::new() };
+            return match transaction_id.as_str() {
+                "poison" if !FIXED => panic!("asked to fail a reaction"),
+                "forge" => {
+                    let forged = CommandRejected {
+                        command_type: "CreditAccount".into(),
+                        target_type: "account".into(),
+                        target_id: event.stream_id.clone(),
+                        code: "forged".into(),
+                        message: "a reaction pretending to be the host".into(),
+                    };
+                    vec![OutgoingCommand::new("account", &event.stream_id, COMMAND_REJECTED, &forged)]
+                }
+                id if is_payment_leg(id) => Vec::new(),
+                _ => vec![OutgoingCommand::new(
+                    Self::TYPE,
+                    &event.stream_id,
+                    "Record",
+                    &Note { note: transaction_id },
+                )],
+            };
+        }
+        let Ok(requested) = event.data::<PaymentFacts>() else { return Vec::new() };
+        let pay = format!("pay-{}", event.stream_id);
+        match event.event_type.as_str() {
+            "PaymentRequested" => vec![
+                OutgoingCommand::new(
+                    "account",
+                    &requested.from_account_id,
+                    "DebitAccount",
+                    &Money { amount: requested.amount, transaction_id: &pay },
+                ),
+                OutgoingCommand::new(
+                    &requested.to_type,
+                    &requested.to_id,
+                    &requested.credit_command,
+                    &Money { amount: requested.amount, transaction_id: &pay },
+                ),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The credit leg of a payment was refused for ever: refund the debit.
+    fn on_rejected(
+        state: Option<&FaultyState>,
+        rejected: CommandRejected,
+    ) -> Result<Vec<FaultyEvent>, Rejection> {
+        match state.and_then(|s| s.payment.as_ref()) {
+            Some(payment) if payment.failed.is_none() && rejected.command_type == payment.credit_command => {
+                Ok(vec![FaultyEvent::PaymentFailed { reason: rejected.code }])
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// What a `PaymentRequested` says, read by field name.
+#[derive(Deserialize)]
+struct PaymentFacts {
+    #[serde(default)]
+    from_account_id: String,
+    #[serde(default)]
+    to_type: String,
+    #[serde(default)]
+    to_id: String,
+    #[serde(default)]
+    amount: i64,
+    #[serde(default)]
+    credit_command: String,
+}
+
+/// A second subscriber to account credits: it records `twin:<transaction id>` on the same
+/// `faulty/<account id>` stream, with the same command type `faulty` sends.
+pub struct Twin;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum TwinCommand {
+    Noop,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum TwinEvent {
+    Nooped,
+}
+
+impl Aggregate for Twin {
+    const TYPE: &'static str = "twin";
+    type State = u64;
+    type Command = TwinCommand;
+    type Event = TwinEvent;
+
+    fn handle(_state: Option<&u64>, _command: TwinCommand) -> Result<Vec<TwinEvent>, Rejection> {
+        Ok(vec![TwinEvent::Nooped])
+    }
+
+    fn apply(state: Option<u64>, _event: &TwinEvent) -> u64 {
+        state.unwrap_or(0) + 1
+    }
+
+    fn subscriptions() -> Vec<Subscription> {
+        vec![Subscription::to("account", ["AccountCredited"])]
+    }
+
+    fn react(event: &EventEnvelope) -> Vec<OutgoingCommand> {
+        match event.data::<Movement>() {
+            Ok(Movement { transaction_id }) if !is_payment_leg(&transaction_id) => {
+                let note = Note { note: format!("twin:{transaction_id}") };
+                vec![OutgoingCommand::new("faulty", &event.stream_id, "Record", &note)]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
