@@ -60,8 +60,8 @@ fn main() {
     let status = build.status().expect("run the nested cargo build of the guests");
     if !status.success() {
         panic!(
-            "building the guest components failed ({status}); is the target installed? \
-             run `rustup target add {TARGET}`"
+            "building the guest components failed ({status}): see the compiler's output above \
+             (is the target installed? `rustup target add {TARGET}`)"
         );
     }
 

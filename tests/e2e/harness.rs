@@ -13,6 +13,7 @@ pub struct Host {
     data: PathBuf,
     _dir: Option<tempfile::TempDir>,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     pub http: reqwest::Client,
 }
 
@@ -67,6 +68,11 @@ impl Host {
 
     /// A host on a fresh data directory with extra `cairn serve` flags.
     pub fn start_with(args: &[&str]) -> Host {
+        Host::start_with_env(args, &[])
+    }
+
+    /// A host with extra flags and environment variables (e.g. `CAIRN_FAULTS`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Host {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let mut host = Host {
@@ -75,6 +81,7 @@ impl Host {
             data,
             _dir: Some(dir),
             extra_args: args.iter().map(|a| a.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             http: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
         };
         host.spawn();
@@ -93,6 +100,7 @@ impl Host {
             .args(["--listen", "127.0.0.1:0", "--admin-token", "test-token"])
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -120,7 +128,15 @@ impl Host {
 
     /// A client for a host started elsewhere (no process of its own to stop).
     pub fn attach(http: reqwest::Client, url: String) -> Host {
-        Host { child: None, url, data: PathBuf::new(), _dir: None, extra_args: Vec::new(), http }
+        Host {
+            child: None,
+            url,
+            data: PathBuf::new(),
+            _dir: None,
+            extra_args: Vec::new(),
+            env: Vec::new(),
+            http,
+        }
     }
 
     /// Stop with SIGTERM (graceful) and wait for the process to end.
@@ -190,6 +206,22 @@ impl Host {
     /// The aggregate's state JSON (asserting 200).
     pub async fn state(&self, type_name: &str, id: &str) -> Value {
         self.get(&format!("/aggregates/{type_name}/{id}")).await.expect(200).body["state"].clone()
+    }
+
+    /// `PUT /components/{name}` with the admin token.
+    pub async fn deploy(&self, name: &str, bytes: &[u8]) -> Answer {
+        let request = self
+            .http
+            .put(format!("{}/components/{name}", self.url))
+            .bearer_auth("test-token")
+            .header("content-type", "application/wasm")
+            .body(bytes.to_vec());
+        self.send(request).await
+    }
+
+    /// `POST path` with the admin token.
+    pub async fn admin_post(&self, path: &str) -> Answer {
+        self.send(self.http.post(format!("{}{path}", self.url)).bearer_auth("test-token")).await
     }
 
     pub async fn open_account(&self, id: &str, balance: i64) {

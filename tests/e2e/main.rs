@@ -5,6 +5,7 @@ mod harness;
 
 mod cli;
 mod commands;
+mod delivery;
 mod durability;
 mod errors;
 mod reads;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Poll `check` until it holds; sagas complete asynchronously after the first 200.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -20,14 +20,14 @@ where
     }
 }
 
-async fn transfer_state(host: &Host, id: &str) -> String {
+pub(crate) async fn transfer_state(host: &Host, id: &str) -> String {
     let answer = host.get(&format!("/aggregates/money-transfer/{id}")).await.expect(200);
     answer.body["state"]["state"].as_str().unwrap().to_owned()
 }
 
 const TERMINAL: [&str; 3] = ["COMPLETED", "FAILED_DUE_TO_INSUFFICIENT_FUNDS", "FAILED"];
 
-async fn wait_terminal(host: &Host, id: &str) -> String {
+pub(crate) async fn wait_terminal(host: &Host, id: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let state = transfer_state(host, id).await;
@@ -39,11 +39,11 @@ async fn wait_terminal(host: &Host, id: &str) -> String {
     }
 }
 
-async fn balance(host: &Host, id: &str) -> i64 {
+pub(crate) async fn balance(host: &Host, id: &str) -> i64 {
     host.state("account", id).await["balance"].as_i64().unwrap()
 }
 
-async fn transfer(host: &Host, id: &str, from: &str, to: &str, amount: i64) {
+pub(crate) async fn transfer(host: &Host, id: &str, from: &str, to: &str, amount: i64) {
     let data = json!({"from_account_id": from, "to_account_id": to, "amount": amount});
     host.command("money-transfer", id, "CreateMoneyTransfer", data).await.expect(200);
 }
@@ -142,7 +142,7 @@ async fn order_state(host: &Host, id: &str) -> Value {
     host.state("order", id).await
 }
 
-async fn wait_order(host: &Host, id: &str) -> Value {
+pub(crate) async fn wait_order(host: &Host, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let order = order_state(host, id).await;
@@ -154,7 +154,7 @@ async fn wait_order(host: &Host, id: &str) -> Value {
     }
 }
 
-async fn create_order(host: &Host, id: &str, customer: &str, total: i64) {
+pub(crate) async fn create_order(host: &Host, id: &str, customer: &str, total: i64) {
     host.command("order", id, "CreateOrder", json!({"customer_id": customer, "order_total": total}))
         .await
         .expect(200);
@@ -198,10 +198,10 @@ async fn an_order_for_an_unknown_customer_is_rejected_and_cannot_be_cancelled() 
 }
 
 /// A tiny deterministic generator for random transfers.
-struct Random(u64);
+pub(crate) struct Random(pub u64);
 
 impl Random {
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -211,7 +211,12 @@ impl Random {
 
 /// 16 clients send `count` random transfers between 10 accounts; returns the ids of the
 /// transfers that were acknowledged (200), counting them in `progress` as they come.
-async fn transfer_storm(host: &Host, count: usize, prefix: &str, progress: Arc<AtomicUsize>) -> Vec<String> {
+pub(crate) async fn transfer_storm(
+    host: &Host,
+    count: usize,
+    prefix: &str,
+    progress: Arc<AtomicUsize>,
+) -> Vec<String> {
     let per_client = count / 16;
     let mut clients = Vec::new();
     for client in 0..16u64 {
@@ -247,13 +252,13 @@ async fn transfer_storm(host: &Host, count: usize, prefix: &str, progress: Arc<A
     acknowledged
 }
 
-async fn open_ten_accounts(host: &Host) {
+pub(crate) async fn open_ten_accounts(host: &Host) {
     for id in 0..10 {
         host.open_account(&id.to_string(), 10000).await;
     }
 }
 
-async fn total_balance(host: &Host) -> i64 {
+pub(crate) async fn total_balance(host: &Host) -> i64 {
     let mut total = 0;
     for id in 0..10 {
         total += balance(host, &id.to_string()).await;
@@ -262,7 +267,7 @@ async fn total_balance(host: &Host) -> i64 {
 }
 
 /// No account shows one transaction twice (the same kind of movement with the same id).
-async fn assert_no_duplicate_movements(host: &Host) {
+pub(crate) async fn assert_no_duplicate_movements(host: &Host) {
     for id in 0..10 {
         let mut seen = HashSet::new();
         let mut from = 1;
@@ -285,7 +290,7 @@ async fn assert_no_duplicate_movements(host: &Host) {
     }
 }
 
-async fn wait_all_terminal(host: &Host, transfers: &[String]) -> HashMap<String, usize> {
+pub(crate) async fn wait_all_terminal(host: &Host, transfers: &[String]) -> HashMap<String, usize> {
     let mut outcomes = HashMap::new();
     for id in transfers {
         *outcomes.entry(wait_terminal(host, id).await).or_insert(0) += 1;

@@ -97,14 +97,17 @@ pub(crate) struct Counters {
     pub last_error_at_micros: Option<u64>,
 }
 
+/// The answer to a retry or discard: each stream with the number of events released.
+pub(crate) type SequenceReply = oneshot::Sender<Vec<(String, u64)>>;
+
 /// An operator's request to a running subscriber.
 pub(crate) enum Control {
     /// Move the cursor; answered once it is stored.
     Rewind(Position, oneshot::Sender<()>),
     /// Deliver the parked sequence of a stream (or of every parked stream) again.
-    Retry(Option<String>, oneshot::Sender<Vec<(String, u64)>>),
+    Retry(Option<String>, SequenceReply),
     /// Drop the parked sequence of a stream (or of every parked stream).
-    Discard(Option<String>, oneshot::Sender<Vec<(String, u64)>>),
+    Discard(Option<String>, SequenceReply),
 }
 
 /// A subscriber as `GET /routing` shows it.
@@ -349,7 +352,7 @@ impl Routing {
         &self,
         subscriber: Option<&str>,
         stream: Option<&str>,
-        control: fn(Option<String>, oneshot::Sender<Vec<(String, u64)>>) -> Control,
+        control: fn(Option<String>, SequenceReply) -> Control,
     ) -> Result<Vec<SequenceAction>, RoutingError> {
         let names = match subscriber {
             Some(name) => vec![name.to_owned()],

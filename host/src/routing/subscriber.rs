@@ -9,7 +9,7 @@
 
 use super::delivery::{Finished, StreamWorker, Work};
 use super::progress::Progress;
-use super::{Control, SubscriberShared};
+use super::{Control, SequenceReply, SubscriberShared};
 use crate::store::{Position, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -217,19 +217,19 @@ impl Subscriber {
                 self.reload_parked()?;
                 let _ = done.send(());
             }
-            Control::Retry(stream, reply) => self.to_parked_streams(stream, Work::Retry, reply),
-            Control::Discard(stream, reply) => self.to_parked_streams(stream, Work::Discard, reply),
+            Control::Retry(stream, reply) => self.queue_on_parked_streams(stream, Work::Retry, reply),
+            Control::Discard(stream, reply) => self.queue_on_parked_streams(stream, Work::Discard, reply),
         }
         Ok(())
     }
 
     /// Queue a retry or discard on `stream` (or on every parked stream) behind the work each
     /// already has, and answer, without waiting here, how many events each released.
-    fn to_parked_streams(
+    fn queue_on_parked_streams(
         &mut self,
         stream: Option<String>,
         work: fn(oneshot::Sender<u64>) -> Work,
-        reply: oneshot::Sender<Vec<(String, u64)>>,
+        reply: SequenceReply,
     ) {
         let streams: Vec<String> = match stream {
             Some(stream) => vec![stream],

@@ -66,6 +66,8 @@ pub enum FaultyEvent {
         credit_command: String,
     },
     PaymentFailed {
+        from_account_id: String,
+        amount: i64,
         reason: String,
     },
 }
@@ -141,7 +143,7 @@ impl<const FIXED: bool> Aggregate for Faulty<FIXED> {
                     failed: None,
                 })
             }
-            FaultyEvent::PaymentFailed { reason } => {
+            FaultyEvent::PaymentFailed { reason, .. } => {
                 if let Some(payment) = &mut state.payment {
                     payment.failed = Some(reason.clone());
                 }
@@ -202,6 +204,12 @@ impl<const FIXED: bool> Aggregate for Faulty<FIXED> {
                     &Money { amount: requested.amount, transaction_id: &pay },
                 ),
             ],
+            "PaymentFailed" => vec![OutgoingCommand::new(
+                "account",
+                &requested.from_account_id,
+                "CreditAccount",
+                &Money { amount: requested.amount, transaction_id: &format!("refund-{}", event.stream_id) },
+            )],
             _ => Vec::new(),
         }
     }
@@ -213,7 +221,11 @@ impl<const FIXED: bool> Aggregate for Faulty<FIXED> {
     ) -> Result<Vec<FaultyEvent>, Rejection> {
         match state.and_then(|s| s.payment.as_ref()) {
             Some(payment) if payment.failed.is_none() && rejected.command_type == payment.credit_command => {
-                Ok(vec![FaultyEvent::PaymentFailed { reason: rejected.code }])
+                Ok(vec![FaultyEvent::PaymentFailed {
+                    from_account_id: payment.from_account_id.clone(),
+                    amount: payment.amount,
+                    reason: rejected.code,
+                }])
             }
             _ => Ok(Vec::new()),
         }
