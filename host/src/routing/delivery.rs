@@ -102,7 +102,10 @@ impl StreamWorker {
 
     /// `false` when the host is stopping before the event is done.
     async fn on_event(&self, event: StoredEvent) -> bool {
-        if let Some(first) = self.first_parked() {
+        // Events before the first parked one (a rewind delivers them again) are not behind it.
+        if let Some(first) = self.first_parked()
+            && event.position >= first
+        {
             return self.park_behind(&event, first).await;
         }
         crate::faults::delivery_panic(&event.event_type);
@@ -113,8 +116,8 @@ impl StreamWorker {
         }
     }
 
-    /// The stream is parked at `first`: this event waits behind it, as a dead letter of its
-    /// own. One that is already parked (a rewind delivers it again) keeps its letter.
+    /// The stream is parked at `first`: this event (at or after it) waits behind it, as a
+    /// dead letter of its own. One already parked (a rewind delivers it again) keeps its letter.
     async fn park_behind(&self, event: &StoredEvent, first: Position) -> bool {
         let key = DeadLetterKey {
             subscriber: self.shared.name.clone(),
@@ -123,7 +126,6 @@ impl StreamWorker {
         };
         match self.shared.context.store.dead_letter(&key) {
             Ok(Some(_)) => return true,
-            Ok(None) if event.position < first => return true, // delivered before the stream parked
             Ok(None) => {}
             Err(error) => tracing::warn!(subscriber = self.shared.name, "cannot read a dead letter: {error}"),
         }

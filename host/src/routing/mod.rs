@@ -80,21 +80,29 @@ pub(crate) struct SubscriberShared {
     pub parked: Mutex<BTreeMap<String, Position>>,
 }
 
-/// Live figures of a subscriber, for `GET /routing`.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
+/// Live figures of a subscriber, as `GET /routing` shows them.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Counters {
+    /// Every event at or below this position has been handled (durably recorded).
     pub cursor: Position,
+    /// Subscribed events being delivered now.
     pub in_flight: u64,
     pub delivered_commands: u64,
+    /// Deliveries the target had already seen: deduplicated, no second effect.
     pub duplicates_ignored: u64,
+    /// Commands the target refused, handed back to their source as `CommandRejected`.
     pub handed_back: u64,
+    /// Attempts that met an overloaded target or a storage error and were retried.
     pub transient_retries: u64,
+    /// Events parked since the host started (a retry that fails again counts again).
     pub parked: u64,
+    /// Parked events delivered by a retry, and dropped by a discard, since the host started.
     pub retried: u64,
     pub discarded: u64,
+    /// How often the subscriber was restarted after a failure, and the last failure.
     pub restarts: u64,
     pub last_error: Option<String>,
-    pub last_error_at_micros: Option<u64>,
+    pub last_error_at: Option<String>,
 }
 
 /// The answer to a retry or discard: each stream with the number of events released.
@@ -115,32 +123,14 @@ pub(crate) enum Control {
 pub struct SubscriberStatus {
     pub name: String,
     pub subscriptions: Vec<SubscriptionJson>,
-    /// Every event at or below this position has been handled (durably recorded).
-    pub cursor: Position,
     pub head_position: Position,
     /// Events in the log not yet handled by this subscriber.
     pub lag: u64,
-    /// Subscribed events being delivered now.
-    pub in_flight: u64,
-    pub delivered_commands: u64,
-    /// Deliveries the target had already seen: deduplicated, no second effect.
-    pub duplicates_ignored: u64,
-    /// Commands the target refused, handed back to their source as `CommandRejected`.
-    pub handed_back: u64,
-    /// Attempts that met an overloaded target or a storage error and were retried.
-    pub transient_retries: u64,
-    /// Events parked since the host started (a retry that fails again counts again).
-    pub parked: u64,
-    /// Parked events delivered by a retry, and dropped by a discard, since the host started.
-    pub retried: u64,
-    pub discarded: u64,
     /// Dead letters now kept, and the streams they hold back.
     pub dead_letters: u64,
     pub parked_streams: u64,
-    /// How often the subscriber was restarted after a failure, and the last failure.
-    pub restarts: u64,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<String>,
+    #[serde(flatten)]
+    pub counters: Counters,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -277,26 +267,15 @@ impl Routing {
                         .collect()
                 })
                 .unwrap_or_default();
-            let counters = shared.counters.lock().expect("counters lock");
+            let counters = shared.counters.lock().expect("counters lock").clone();
             statuses.push(SubscriberStatus {
                 name: shared.name.clone(),
                 subscriptions,
-                cursor: counters.cursor,
                 head_position: head,
                 lag: head.saturating_sub(counters.cursor),
-                in_flight: counters.in_flight,
-                delivered_commands: counters.delivered_commands,
-                duplicates_ignored: counters.duplicates_ignored,
-                handed_back: counters.handed_back,
-                transient_retries: counters.transient_retries,
-                parked: counters.parked,
-                retried: counters.retried,
-                discarded: counters.discarded,
                 dead_letters,
                 parked_streams,
-                restarts: counters.restarts,
-                last_error: counters.last_error.clone(),
-                last_error_at: counters.last_error_at_micros.map(crate::time::rfc3339_micros),
+                counters,
             });
         }
         Ok(statuses)
@@ -415,7 +394,7 @@ async fn supervise(shared: Arc<SubscriberShared>, controls: mpsc::UnboundedRecei
             let mut counters = shared.counters.lock().expect("counters lock");
             counters.restarts += 1;
             counters.last_error = Some(error);
-            counters.last_error_at_micros = Some(crate::time::now_micros());
+            counters.last_error_at = Some(crate::time::rfc3339_micros(crate::time::now_micros()));
             counters.in_flight = 0;
         }
         tokio::select! {
