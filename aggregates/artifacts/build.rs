@@ -23,6 +23,8 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("faulty", "FAULTY", "tests/guests/faulty"),
     ("faulty-fixed", "FAULTY_FIXED", "tests/guests/faulty-fixed"),
     ("twin", "TWIN", "tests/guests/twin"),
+    ("faulty-broken", "FAULTY_BROKEN", "tests/guests/faulty-broken"),
+    ("hanging-describe", "HANGING_DESCRIBE", "tests/guests/hanging-describe"),
 ];
 /// The components a new data directory starts with.
 const BUNDLED: &[&str] = &["account", "money-transfer", "order", "customer"];

@@ -89,21 +89,65 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
-    /// Deploy a component (.wasm) as a new active version.
+    /// Deploy a component (.wasm) as a new active version, after the host's replay check.
     Deploy {
         file: PathBuf,
         /// Component name; defaults to the file name without `.wasm` (`_` read as `-`).
         #[arg(long)]
         name: Option<String>,
-        /// Admin token; defaults to $CAIRN_ADMIN_TOKEN, then DATA/admin-token.
-        #[arg(long, env = "CAIRN_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
-        /// The data directory whose admin token to use.
-        #[arg(long, default_value = "data")]
-        data: PathBuf,
+        /// Run every check (including the replay check) and activate nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// A new subscribing component reacts to the whole log, not only to new events.
+        #[arg(long)]
+        react_from_beginning: bool,
+        #[command(flatten)]
+        admin: Admin,
         #[command(flatten)]
         client: Client,
     },
+    /// Make the version that was active before the current one active again.
+    Rollback {
+        name: String,
+        #[command(flatten)]
+        admin: Admin,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Make a stored version of a component active.
+    Activate {
+        name: String,
+        version: u32,
+        #[command(flatten)]
+        admin: Admin,
+        #[command(flatten)]
+        client: Client,
+    },
+}
+
+/// Where an admin command finds the admin token.
+#[derive(clap::Args, Debug)]
+struct Admin {
+    /// Admin token; defaults to $CAIRN_ADMIN_TOKEN, then DATA/admin-token.
+    #[arg(long, env = "CAIRN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// The data directory whose admin token to use.
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+}
+
+impl Admin {
+    fn token(self) -> anyhow::Result<String> {
+        match self.admin_token {
+            Some(token) => Ok(token),
+            None => Ok(std::fs::read_to_string(self.data.join(ADMIN_TOKEN_FILE))
+                .with_context(|| {
+                    format!("no --admin-token and no {}", self.data.join(ADMIN_TOKEN_FILE).display())
+                })?
+                .trim()
+                .to_owned()),
+        }
+    }
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -159,7 +203,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Components { client } => {
             print_answer(http().get(format!("{}/components", client.url))).await
         }
-        Command::Deploy { file, name, admin_token, data, client } => {
+        Command::Deploy { file, name, dry_run, react_from_beginning, admin, client } => {
             let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
             let name = match name {
                 Some(name) => name,
@@ -169,21 +213,27 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     .map(|s| s.replace('_', "-"))
                     .context("cannot tell the component name from the file name; pass --name")?,
             };
-            let token = match admin_token {
-                Some(token) => token,
-                None => std::fs::read_to_string(data.join(ADMIN_TOKEN_FILE))
-                    .with_context(|| {
-                        format!("no --admin-token and no {}", data.join(ADMIN_TOKEN_FILE).display())
-                    })?
-                    .trim()
-                    .to_owned(),
-            };
+            let mut query = Vec::new();
+            if dry_run {
+                query.push("dry_run=true");
+            }
+            if react_from_beginning {
+                query.push("react_from=beginning");
+            }
             let request = http()
-                .put(format!("{}/components/{name}", client.url))
-                .bearer_auth(token)
+                .put(format!("{}/components/{name}?{}", client.url, query.join("&")))
+                .bearer_auth(admin.token()?)
                 .header("Content-Type", "application/wasm")
                 .body(bytes);
             print_answer(request).await
+        }
+        Command::Rollback { name, admin, client } => {
+            let url = format!("{}/components/{name}/rollback", client.url);
+            print_answer(http().post(url).bearer_auth(admin.token()?)).await
+        }
+        Command::Activate { name, version, admin, client } => {
+            let url = format!("{}/components/{name}/activate?version={version}", client.url);
+            print_answer(http().post(url).bearer_auth(admin.token()?)).await
         }
     }
 }

@@ -28,7 +28,7 @@ impl Default for ServeConfig {
             admin_token: None,
             body_limits: BodyLimits {
                 command_bytes: 1 << 20,
-                component_bytes: 64 << 20,
+                component_bytes: 32 << 20,
                 max_in_flight: 4096,
             },
             actors: ActorConfig::default(),

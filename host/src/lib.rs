@@ -21,6 +21,7 @@ pub mod config;
 pub mod faults;
 pub mod http;
 pub mod json;
+pub mod replay;
 pub mod routing;
 pub mod runtime;
 pub mod server;

@@ -3,7 +3,7 @@
 //! commits what is queued, the store closes.
 
 use crate::actor::Actors;
-use crate::components::ComponentRegistry;
+use crate::components::{ComponentRegistry, DeployOptions};
 use crate::config::{ADMIN_TOKEN_FILE, COMPILED_DIR, STORE_FILE, ServeConfig};
 use crate::http::{self, AppState};
 use crate::routing::Routing;
@@ -25,11 +25,16 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         other => other.with_context(|| format!("open the event store in {}", data.display()))?,
     };
     let runtime = Runtime::new(Some(&data.join(COMPILED_DIR)), config.guest_limits)?;
-    let components =
-        Arc::new(ComponentRegistry::open(runtime, store.clone()).context("load deployed components")?);
+    let components = Arc::new(
+        ComponentRegistry::open(runtime, store.clone(), writer.clone())
+            .context("load deployed components")?,
+    );
     if components.is_empty() {
         for (name, bytes) in cairn_artifacts::BUNDLED {
-            components.deploy(name, bytes).with_context(|| format!("deploy the bundled {name} component"))?;
+            components
+                .deploy(name, bytes.to_vec(), DeployOptions::default())
+                .await
+                .with_context(|| format!("deploy the bundled {name} component"))?;
         }
         tracing::info!("new data directory: deployed the bundled example components");
     }
@@ -44,6 +49,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         components,
         routing: routing.clone(),
         admin_token: admin_token.into(),
+        max_component_bytes: config.body_limits.component_bytes,
     };
     let app = http::router(state, config.body_limits);
 

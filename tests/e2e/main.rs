@@ -6,6 +6,7 @@ mod harness;
 mod cli;
 mod commands;
 mod delivery;
+mod deploys;
 mod durability;
 mod errors;
 mod reads;

@@ -3,6 +3,7 @@
 use super::Shared;
 use super::messages::{CommandError, CommandReply, CommandRequest, Message, StateReply};
 use crate::components::ActiveAggregate;
+use crate::replay::replay;
 use crate::store::{
     AppendBatch, AppendError, NewEvent, Snapshot, StoreError, StoredEvent, StoredOutcome, StreamId, Version,
 };
@@ -56,6 +57,16 @@ pub(super) async fn run(
     tracing::trace!(stream = %actor.stream, "actor stopped");
 }
 
+/// A stream's state rebuilt from its snapshot (if one of this version) and events.
+struct Rebuilt {
+    state: Option<Vec<u8>>,
+    version: Version,
+    /// Events folded on top of the snapshot.
+    folded: u64,
+    /// The stream's newest snapshot was made by another version.
+    stale_snapshot: bool,
+}
+
 /// The state an actor holds in memory, built by one component version.
 struct Loaded {
     component: Arc<ActiveAggregate>,
@@ -104,7 +115,7 @@ impl Pending {
 
 impl Actor {
     async fn handle(&mut self, batch: Vec<Message>) {
-        if let Err(error) = self.ensure_loaded() {
+        if let Err(error) = self.ensure_loaded().await {
             // Nothing can be decided without state; answer everything with the cause.
             tracing::error!(stream = %self.stream, "cannot build state: {error}");
             for message in batch {
@@ -150,8 +161,9 @@ impl Actor {
     }
 
     /// Build the state with the active component version if it is not already built by it
-    /// (first use, after passivation, or after a deploy swapped the version).
-    fn ensure_loaded(&mut self) -> Result<(), CommandError> {
+    /// (first use, after passivation, or after a deploy swapped the version: the swap
+    /// happens here, between two batches). The fold runs off the async threads.
+    async fn ensure_loaded(&mut self) -> Result<(), CommandError> {
         let active = self
             .shared
             .components
@@ -163,15 +175,53 @@ impl Actor {
             return Ok(());
         }
         self.loaded = None;
-        let store = &self.shared.store;
-        let (mut state, mut version) = (None, 0);
-        if let Some(snapshot) = store.load_snapshot_for(&self.stream, active.component.digest().as_bytes())? {
-            state = Some(snapshot.state);
-            version = snapshot.version;
+        let (store, stream, component) = (self.shared.store.clone(), self.stream.clone(), active.clone());
+        let rebuilt = tokio::task::spawn_blocking(move || -> Result<Rebuilt, CommandError> {
+            let digest = component.component.digest().as_bytes();
+            let newest = store.load_snapshot(&stream)?;
+            let stale_snapshot = newest.as_ref().is_some_and(|s| s.digest != digest);
+            let (state, from) = match newest.filter(|s| s.digest == digest) {
+                Some(snapshot) => (Some(snapshot.state), snapshot.version),
+                None => (None, 0),
+            };
+            let (state, version) = replay(&component.component, &store, &stream, state, from, Version::MAX)?;
+            Ok(Rebuilt { state, version, folded: version - from, stale_snapshot })
+        })
+        .await
+        .map_err(|e| {
+            CommandError::Store(StoreError::Unavailable(format!("rebuilding state failed: {e}")))
+        })??;
+        let interval = self.snapshot_interval(&active);
+        // After a swap the stream's snapshot belongs to another version: save one of this
+        // version right away (and after any long fold), so the next wake-up is cheap.
+        if rebuilt.folded > 0 && (rebuilt.stale_snapshot || rebuilt.folded >= interval) {
+            let snapshot = Snapshot {
+                version: rebuilt.version,
+                digest: active.component.digest().as_bytes().to_vec(),
+                state: rebuilt.state.clone().unwrap_or_default(),
+            };
+            let batch = AppendBatch {
+                stream: self.stream.clone(),
+                expected_version: rebuilt.version,
+                events: Vec::new(),
+                outcomes: Vec::new(),
+                snapshot: Some(snapshot),
+            };
+            if let Err(error) = self.shared.writer.append(batch).await {
+                tracing::warn!(stream = %self.stream, "could not save the snapshot after a rebuild: {error}");
+            }
         }
-        let (state, version) = active.replay(store, &self.stream, state, version, Version::MAX)?;
-        self.loaded = Some(Loaded { component: active, state, version });
+        self.loaded = Some(Loaded { component: active, state: rebuilt.state, version: rebuilt.version });
         Ok(())
+    }
+
+    /// Take a snapshot every this many events.
+    fn snapshot_interval(&self, component: &ActiveAggregate) -> u64 {
+        match component.component.info().snapshot_interval {
+            0 => self.shared.config.default_snapshot_interval,
+            n => n,
+        }
+        .into()
     }
 
     fn decide(&mut self, request: CommandRequest, reply: Reply, pending: &mut Pending) {
@@ -296,10 +346,7 @@ impl Actor {
             self.answer(pending.answers, &[], pending.base_version);
             return Pending::at(loaded.version);
         }
-        let interval = match loaded.component.component.info().snapshot_interval {
-            0 => self.shared.config.default_snapshot_interval,
-            n => n,
-        } as u64;
+        let interval = self.snapshot_interval(&loaded.component);
         let snapshot =
             (interval > 0 && loaded.version / interval > pending.base_version / interval).then(|| Snapshot {
                 version: loaded.version,
@@ -333,7 +380,7 @@ impl Actor {
                     };
                     let _ = reply.send(Err(error));
                 }
-                if let Err(error) = self.ensure_loaded() {
+                if let Err(error) = self.ensure_loaded().await {
                     tracing::error!(stream = %self.stream, "cannot rebuild state after a failed append: {error}");
                 }
             }

@@ -99,11 +99,11 @@ pub enum CommandError {
     ActorFailed,
 }
 
-impl From<crate::components::ReplayError> for CommandError {
-    fn from(error: crate::components::ReplayError) -> Self {
+impl From<crate::replay::ReplayError> for CommandError {
+    fn from(error: crate::replay::ReplayError) -> Self {
         match error {
-            crate::components::ReplayError::Store(e) => CommandError::Store(e),
-            crate::components::ReplayError::Guest(e) => CommandError::Guest(e),
+            crate::replay::ReplayError::Store(e) => CommandError::Store(e),
+            crate::replay::ReplayError::Guest { error, .. } => CommandError::Guest(error),
         }
     }
 }

@@ -5,6 +5,7 @@ use super::error::ApiError;
 use super::extract::{Body, Params, header_text, if_match};
 use crate::actor::{CommandError, CommandReply, CommandRequest};
 use crate::json::{self, EventJson};
+use crate::replay::replay;
 use crate::store::{StreamId, StreamIdError};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -191,7 +192,8 @@ async fn state_at(state: &AppState, stream: &StreamId, version: u64) -> Result<O
     let store = state.store.clone();
     let stream = stream.clone();
     tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, ApiError> {
-        let (folded, _) = active.replay(&store, &stream, None, 0, version).map_err(CommandError::from)?;
+        let (folded, _) =
+            replay(&active.component, &store, &stream, None, 0, version).map_err(CommandError::from)?;
         Ok(folded)
     })
     .await

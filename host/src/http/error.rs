@@ -3,7 +3,7 @@
 //! API.md gives for each kind of failure.
 
 use crate::actor::CommandError;
-use crate::components::DeployError;
+use crate::components::{DeployError, VersionError};
 use crate::runtime::{GuestError, LoadError};
 use crate::store::StoreError;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -128,7 +128,25 @@ impl From<DeployError> for ApiError {
             DeployError::NameMismatch { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "name_mismatch", message)
             }
+            DeployError::ReplayFailed { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "replay_failed", message)
+            }
             DeployError::Store(store) => store.into(),
+        }
+    }
+}
+
+impl From<VersionError> for ApiError {
+    fn from(error: VersionError) -> Self {
+        let message = error.to_string();
+        match error {
+            VersionError::UnknownComponent(_) => ApiError::not_found("unknown_component", message),
+            VersionError::UnknownVersion { .. } => ApiError::not_found("unknown_version", message),
+            VersionError::NothingToRollBack(_) => {
+                ApiError::new(StatusCode::CONFLICT, "nothing_to_roll_back", message)
+            }
+            VersionError::Load(load) => DeployError::Load(load).into(),
+            VersionError::Store(store) => store.into(),
         }
     }
 }

@@ -72,6 +72,17 @@ impl Params {
         }
     }
 
+    /// An optional boolean parameter: `true`/`1` or `false`/`0`; absent is `false`.
+    pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.0.get(name).map(String::as_str) {
+            None | Some("false" | "0") => Ok(false),
+            Some("true" | "1" | "") => Ok(true),
+            Some(other) => {
+                Err(ApiError::bad_request("invalid_query", format!("{name} is true or false, not {other:?}")))
+            }
+        }
+    }
+
     /// `limit`, defaulting to `default` and capped at `max`.
     pub fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
         match self.u64("limit")? {

@@ -29,6 +29,8 @@ pub struct AppState {
     pub components: Arc<ComponentRegistry>,
     pub routing: Arc<Routing>,
     pub admin_token: Arc<str>,
+    /// The largest component a deploy accepts.
+    pub max_component_bytes: usize,
 }
 
 /// Limits on what requests may cost.
@@ -47,12 +49,13 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
         .route("/aggregates/{type}/{id}/commands", post(aggregates::command))
         .route("/aggregates/{type}/commands", post(aggregates::command_new_id))
         .layer(DefaultBodyLimit::max(limits.command_bytes));
-    let deploy = Router::new()
-        .route("/components/{name}", put(operations::deploy))
-        .layer(DefaultBodyLimit::max(limits.component_bytes));
     Router::new()
         .merge(commands)
-        .merge(deploy)
+        // Its body is read by the handler, after the token check, up to `component_bytes`.
+        .route("/components/{name}", put(operations::deploy))
+        .route("/components/{name}/versions/{version}", get(operations::version_bytes))
+        .route("/components/{name}/rollback", post(operations::rollback))
+        .route("/components/{name}/activate", post(operations::activate))
         .route("/aggregates/{type}/{id}", get(aggregates::state))
         .route("/aggregates/{type}/{id}/events", get(aggregates::events))
         .route("/events", get(log::global))

@@ -2,13 +2,14 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Body, Params};
-use crate::components::{ComponentSummary, Deployed};
+use super::extract::Params;
+use crate::components::{ComponentSummary, DeployOptions, Deployed};
 use crate::routing::RoutingError;
 use crate::store::DeadLetterKey;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 /// `GET /healthz`
@@ -161,27 +162,97 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
     }
 }
 
-/// `PUT /components/{name}` with the `.wasm` bytes: deploy and activate a new version.
+/// `PUT /components/{name}?dry_run=true&react_from=beginning` (admin) with the `.wasm`
+/// bytes: validate, replay-check, and (unless a dry run) store and activate a new version.
+/// The token is checked before a byte of the body is read.
 pub async fn deploy(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Body(bytes): Body,
+    params: Params,
+    body: axum::body::Body,
 ) -> Result<Json<Deployed>, ApiError> {
     require_admin(&state, &headers)?;
+    let react_from_beginning = match params.text("react_from")?.as_deref() {
+        None | Some("now") => false,
+        Some("beginning") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("react_from is `beginning` or `now`, not {other:?}"),
+            ));
+        }
+    };
+    let options =
+        DeployOptions { dry_run: params.flag("dry_run")?, react_from_beginning, ..DeployOptions::default() };
+    let bytes = axum::body::to_bytes(body, state.max_component_bytes).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("a component is at most {} bytes", state.max_component_bytes),
+        )
+    })?;
     if bytes.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_component",
             "the body must be the component's .wasm bytes",
         ));
     }
-    let components = state.components.clone();
-    // Compiling takes ~100 ms of CPU: keep it off the async threads.
-    let deployed = tokio::task::spawn_blocking(move || components.deploy(&name, &bytes))
-        .await
-        .map_err(|e| ApiError::internal(format!("deploy task failed: {e}")))??;
-    state.routing.ensure_subscriber(&deployed.name)?;
+    let deployed = state.components.deploy(&name, bytes.to_vec(), options).await?;
+    if deployed.active {
+        state.routing.ensure_subscriber(&deployed.name)?;
+    }
     Ok(Json(deployed))
+}
+
+/// `GET /components/{name}/versions/{version}`: the bytes of a stored version.
+pub async fn version_bytes(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let version = parse_version(&version)?;
+    let bytes = state.components.version_bytes(&name, version)?;
+    Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
+}
+
+/// `POST /components/{name}/rollback` (admin): the version active before the current one
+/// becomes active again.
+pub async fn rollback(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    let version = state.components.rollback(&name).await?;
+    state.routing.ensure_subscriber(&name)?;
+    Ok(Json(json!({"name": name, "active_version": version})))
+}
+
+/// `POST /components/{name}/activate?version=N` (admin): any stored version becomes active.
+pub async fn activate(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    let version = params
+        .u64("version")?
+        .ok_or_else(|| ApiError::bad_request("invalid_query", "activate needs ?version=N"))?;
+    let version =
+        u32::try_from(version).map_err(|_| ApiError::not_found("unknown_version", "no such version"))?;
+    let version = state.components.activate(&name, version).await?;
+    state.routing.ensure_subscriber(&name)?;
+    Ok(Json(json!({"name": name, "active_version": version})))
+}
+
+fn parse_version(text: &str) -> Result<u32, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_version",
+            format!("a component version is a positive integer, not {text:?}"),
+        )
+    })
 }
 
 pub async fn not_found() -> ApiError {

@@ -172,11 +172,6 @@ pub struct Routing {
     stop: watch::Sender<bool>,
 }
 
-/// The durable cursor's name for a subscriber.
-pub(crate) fn cursor_name(subscriber: &str) -> String {
-    format!("reactions/{subscriber}")
-}
-
 /// The text of a panic's payload.
 pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     payload
@@ -412,7 +407,7 @@ async fn run_once(
 ) -> Exit {
     let mut controls = controls.lock().await;
     let store = &shared.context.store;
-    let start = store.cursor(&cursor_name(&shared.name)).and_then(|cursor| {
+    let start = store.cursor(&crate::store::reaction_cursor(&shared.name)).and_then(|cursor| {
         let parked = store.parked_streams(&shared.name)?;
         Ok((cursor, parked))
     });

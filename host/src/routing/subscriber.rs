@@ -185,7 +185,7 @@ impl Subscriber {
 
     async fn write_cursor(&mut self, cursor: Position) -> bool {
         self.last_write = Instant::now();
-        let name = super::cursor_name(&self.shared.name);
+        let name = crate::store::reaction_cursor(&self.shared.name);
         match self.shared.context.writer.set_cursor(&name, cursor).await {
             Ok(()) => {
                 self.stored_cursor = cursor;

@@ -22,7 +22,7 @@ pub use records::{
     AppendBatch, Committed, DeadLetter, DeadLetterKey, NewEvent, Snapshot, StoredEvent, StoredOutcome,
     StreamId, StreamIdError,
 };
-pub use writer::Writer;
+pub use writer::{CursorStart, Writer};
 
 use records::Record;
 
@@ -37,6 +37,11 @@ use tokio::sync::watch;
 pub type Position = u64;
 /// Version of a stream: the number of events in it; the first event is version 1.
 pub type Version = u64;
+
+/// The durable cursor's name of the subscriber of component `component`.
+pub fn reaction_cursor(component: &str) -> String {
+    format!("reactions/{component}")
+}
 
 /// Read access to the store, cheap to clone; appends go through [`Writer`].
 #[derive(Clone)]
@@ -65,7 +70,7 @@ impl EventStore {
         Ok((EventStore { db, head: head_rx }, writer))
     }
 
-    /// The raw database, for the component registry's own small transactions.
+    /// The raw database, for the component registry's reads.
     pub(crate) fn database(&self) -> &Arc<Database> {
         &self.db
     }
@@ -174,6 +179,28 @@ impl EventStore {
             }
         }
         Ok(out)
+    }
+
+    /// The streams of `type_name` written most recently (by their newest event's
+    /// position), newest first, at most `limit`. Scans the type's streams once.
+    pub fn recent_streams(&self, type_name: &str, limit: usize) -> Result<Vec<StreamId>, StoreError> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let read = self.db.begin_read()?;
+        let streams = read.open_table(STREAMS)?;
+        let prefix = format!("{type_name}/");
+        let mut newest: BinaryHeap<Reverse<(Position, String)>> = BinaryHeap::new();
+        for entry in streams.range(prefix.as_str()..)? {
+            let (key, head) = entry?;
+            let Some(id) = key.value().strip_prefix(&prefix) else { break };
+            newest.push(Reverse((head.value().1, id.to_owned())));
+            if newest.len() > limit {
+                newest.pop();
+            }
+        }
+        let mut streams: Vec<_> = newest.into_iter().map(|Reverse(entry)| entry).collect();
+        streams.sort_by_key(|&(position, _)| std::cmp::Reverse(position));
+        Ok(streams.into_iter().map(|(_, id)| StreamId { type_name: type_name.to_owned(), id }).collect())
     }
 
     /// One event of the global log, if there is one at `position`.

@@ -30,8 +30,27 @@ enum Request {
     Park(DeadLetter, oneshot::Sender<Result<(), StoreError>>),
     /// Remove dead letters: delivered by a retry, or discarded.
     Unpark(Vec<DeadLetterKey>, oneshot::Sender<Result<(), StoreError>>),
+    /// A component's registry record, with its bytes for a new version, and the cursor of
+    /// its subscriber when it has none yet.
+    Component(ComponentWrite, oneshot::Sender<Result<(), StoreError>>),
     /// Commit what was queued before this, then stop.
     Stop,
+}
+
+/// Where a new subscriber starts reading the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorStart {
+    /// After the last event committed before its component was stored.
+    Head,
+    /// At the first event of the log.
+    Beginning,
+}
+
+struct ComponentWrite {
+    name: String,
+    record: Vec<u8>,
+    blob: Option<(Vec<u8>, Vec<u8>)>,
+    cursor: Option<(String, CursorStart)>,
 }
 
 /// The handle actors append through. [`Writer::shutdown`] stops the thread after it has
@@ -90,6 +109,21 @@ impl Writer {
     pub async fn unpark(&self, keys: Vec<DeadLetterKey>) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::Unpark(keys, reply)).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Store a component's record, its bytes (`(digest, bytes)`) when the version is new,
+    /// and, if `cursor` names a cursor that does not exist yet, that cursor at `start`.
+    pub async fn put_component(
+        &self,
+        name: &str,
+        record: Vec<u8>,
+        blob: Option<(Vec<u8>, Vec<u8>)>,
+        cursor: Option<(String, CursorStart)>,
+    ) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let write = ComponentWrite { name: name.to_owned(), record, blob, cursor };
+        self.requests.send(Request::Component(write, reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -174,6 +208,21 @@ fn commit_group(
                     }
                     Ok(Committed::default())
                 }
+                Request::Component(write, _) => {
+                    txn.open_table(COMPONENTS)?.insert(write.name.as_str(), write.record.as_slice())?;
+                    if let Some((digest, bytes)) = &write.blob {
+                        txn.open_table(COMPONENT_BLOBS)?.insert(digest.as_slice(), bytes.as_slice())?;
+                    }
+                    if let Some((cursor, start)) = &write.cursor {
+                        let mut cursors = txn.open_table(CURSORS)?;
+                        if cursors.get(cursor.as_str())?.is_none() {
+                            // `next - 1`: the head as of this transaction, appends before it included.
+                            let position = if *start == CursorStart::Head { next - 1 } else { 0 };
+                            cursors.insert(cursor.as_str(), position)?;
+                        }
+                    }
+                    Ok(Committed::default())
+                }
                 Request::Stop => continue,
             };
             // A storage failure may have left part of a batch written: abort everything.
@@ -193,7 +242,10 @@ fn commit_group(
                     Request::Append(_, reply) => {
                         let _ = reply.send(answer);
                     }
-                    Request::Cursor(_, _, reply) | Request::Park(_, reply) | Request::Unpark(_, reply) => {
+                    Request::Cursor(_, _, reply)
+                    | Request::Park(_, reply)
+                    | Request::Unpark(_, reply)
+                    | Request::Component(_, reply) => {
                         let _ = reply.send(Ok(()));
                     }
                     Request::Stop => {}
@@ -209,7 +261,10 @@ fn commit_group(
                     Request::Append(_, reply) => {
                         let _ = reply.send(Err(StoreError::CommitFailed(message.clone()).into()));
                     }
-                    Request::Cursor(_, _, reply) | Request::Park(_, reply) | Request::Unpark(_, reply) => {
+                    Request::Cursor(_, _, reply)
+                    | Request::Park(_, reply)
+                    | Request::Unpark(_, reply)
+                    | Request::Component(_, reply) => {
                         let _ = reply.send(Err(StoreError::CommitFailed(message.clone())));
                     }
                     Request::Stop => {}

@@ -94,10 +94,12 @@ fn is_payment_leg(transaction_id: &str) -> bool {
     transaction_id.starts_with("pay-") || transaction_id.starts_with("refund-")
 }
 
-/// The misbehaving aggregate; `FIXED` is the later version whose reaction works.
-pub struct Faulty<const FIXED: bool>;
+/// The misbehaving aggregate. `FIXED` is its later version: the reaction no longer traps,
+/// and (a changed rule) every `Incremented` counts ten. `BROKEN_FOLD` is a version whose
+/// fold traps on `Incremented`, so a deploy's replay check must refuse it.
+pub struct Faulty<const FIXED: bool, const BROKEN_FOLD: bool = false>;
 
-impl<const FIXED: bool> Aggregate for Faulty<FIXED> {
+impl<const FIXED: bool, const BROKEN_FOLD: bool> Aggregate for Faulty<FIXED, BROKEN_FOLD> {
     const TYPE: &'static str = "faulty";
     type State = FaultyState;
     type Command = FaultyCommand;
@@ -133,7 +135,8 @@ impl<const FIXED: bool> Aggregate for Faulty<FIXED> {
     fn apply(state: Option<FaultyState>, event: &FaultyEvent) -> FaultyState {
         let mut state = state.unwrap_or_default();
         match event {
-            FaultyEvent::Incremented => state.count += 1,
+            FaultyEvent::Incremented if BROKEN_FOLD => panic!("this version cannot fold Incremented"),
+            FaultyEvent::Incremented => state.count += if FIXED { 10 } else { 1 },
             FaultyEvent::Recorded { note } => state.notes.push(note.clone()),
             FaultyEvent::PaymentRequested { from_account_id, amount, credit_command, .. } => {
                 state.payment = Some(Payment {
@@ -286,6 +289,32 @@ impl Aggregate for Twin {
                 vec![OutgoingCommand::new("faulty", &event.stream_id, "Record", &note)]
             }
             _ => Vec::new(),
+        }
+    }
+}
+
+/// A `faulty` whose `describe()` never returns (its subscriptions loop for ever): a deploy
+/// must refuse it within its time budget.
+pub struct HangingDescribe;
+
+impl Aggregate for HangingDescribe {
+    const TYPE: &'static str = "faulty";
+    type State = u64;
+    type Command = TwinCommand;
+    type Event = TwinEvent;
+
+    fn handle(_state: Option<&u64>, _command: TwinCommand) -> Result<Vec<TwinEvent>, Rejection> {
+        Ok(Vec::new())
+    }
+
+    fn apply(state: Option<u64>, _event: &TwinEvent) -> u64 {
+        state.unwrap_or(0)
+    }
+
+    fn subscriptions() -> Vec<Subscription> {
+        let mut n = 0u64;
+        loop {
+            n = std::hint::black_box(n.wrapping_add(1));
         }
     }
 }

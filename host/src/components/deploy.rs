@@ -1,0 +1,243 @@
+//! Deploying a version: validate it, replay recent history through it, then store it and
+//! make it active — or refuse it and leave the running version as it was.
+//!
+//! The checks, in order: a kebab-case name; bytes that compile as a component of the
+//! `aggregate` world; `describe()` answering within its fuel and naming the same type; then
+//! the replay check: the most recently written streams of that type (a bounded sample) are
+//! rebuilt with the new version, off the async threads. A trap or a decode failure refuses
+//! the deploy naming the stream and the event; a state that differs from the old version's
+//! is counted and reported (a changed rule is legitimate, and whoever deploys should see how
+//! much it changes). A dry run does every check and changes nothing.
+
+use super::records::{ComponentRecord, ReplaySummary, VersionRecord};
+use super::{ActiveAggregate, ComponentRegistry};
+use crate::replay::{ReplayError, replay};
+use crate::runtime::{AggregateComponent, ComponentDigest, LoadError};
+use crate::store::{CursorStart, EventStore, StoreError, StreamId, Version};
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// How a deploy is done.
+#[derive(Debug, Clone, Copy)]
+pub struct DeployOptions {
+    /// Run every check, store and activate nothing.
+    pub dry_run: bool,
+    /// A component that subscribes to events and has no subscriber yet reacts to the whole
+    /// log, instead of only to events committed after its deploy.
+    pub react_from_beginning: bool,
+    /// How many of the most recently written streams of the type the replay check rebuilds.
+    pub replay_sample: usize,
+}
+
+impl Default for DeployOptions {
+    fn default() -> Self {
+        DeployOptions { dry_run: false, react_from_beginning: false, replay_sample: 100 }
+    }
+}
+
+/// What a deploy answers (API.md: `{"name", "kind", "version", "digest"}`, plus the replay
+/// check's report and whether the version is now active).
+#[derive(Debug, Clone, Serialize)]
+pub struct Deployed {
+    pub name: String,
+    pub kind: &'static str,
+    /// The version these bytes are (or would be, on a dry run).
+    pub version: u32,
+    pub digest: String,
+    pub active: bool,
+    pub dry_run: bool,
+    pub replay: ReplayReport,
+}
+
+/// What the replay check found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplayReport {
+    /// Streams rebuilt with the new version.
+    pub streams: u64,
+    /// Of those, the ones whose state differs from the running version's.
+    pub changed: u64,
+    pub example: Option<ReplayExample>,
+}
+
+/// One stream whose state the new version changes, with both states.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayExample {
+    pub stream: String,
+    pub before: Value,
+    pub after: Value,
+}
+
+/// Why a deploy was refused; the running version stays active.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("component names are kebab-case ([a-z0-9-], 1 to 64 characters): {0:?}")]
+    InvalidName(String),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("the component describes itself as {declared:?}, not {name:?}")]
+    NameMismatch { name: String, declared: String },
+    #[error("replaying {stream} with the new version failed at {detail}")]
+    ReplayFailed { stream: String, detail: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+impl ComponentRegistry {
+    /// Validate, replay-check, store and activate a new version of the aggregate component
+    /// `name`. Deploying the bytes of a stored version gives that version back (active
+    /// again if it was not); deploying the active version's bytes changes nothing.
+    ///
+    /// # Errors
+    /// The name is not kebab-case, the bytes are not an aggregate component, it describes
+    /// itself under another name, replaying recent streams through it fails, or the store
+    /// failed. The running version stays.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        options: DeployOptions,
+    ) -> Result<Deployed, DeployError> {
+        if !valid_name(name) {
+            return Err(DeployError::InvalidName(name.to_owned()));
+        }
+        let _changing = self.changing.lock().await;
+        let digest = ComponentDigest::of(&bytes);
+        let existing = self.records.read().expect("registry lock").get(name).cloned();
+        if let Some(record) = &existing
+            && let Some(active) = record.version(record.active)
+            && active.digest == digest.as_bytes()
+        {
+            let report = ReplayReport::default();
+            return Ok(answer(name, active.version, &digest, true, options.dry_run, report));
+        }
+        let runtime = self.runtime.clone();
+        let store = self.store.clone();
+        let running = self.active(name);
+        let type_name = name.to_owned();
+        // Compiling (~100 ms) and replaying are CPU work: keep them off the async threads.
+        let (component, report, bytes) = tokio::task::spawn_blocking(move || {
+            let component = runtime.load_aggregate(&bytes)?;
+            let declared = &component.info().type_name;
+            if declared != &type_name {
+                return Err(DeployError::NameMismatch { name: type_name, declared: declared.clone() });
+            }
+            let report =
+                replay_check(running.as_deref(), &component, &store, &type_name, options.replay_sample)?;
+            Ok((component, report, bytes))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("the deploy task failed: {e}")))??;
+
+        let stored = existing.as_ref().and_then(|r| r.with_digest(&digest)).map(|v| v.version);
+        let mut record = existing.clone().unwrap_or(ComponentRecord {
+            kind: "aggregate".to_owned(),
+            versions: Vec::new(),
+            active: 0,
+            history: Vec::new(),
+        });
+        let version =
+            stored.unwrap_or_else(|| record.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1);
+        if options.dry_run {
+            return Ok(answer(name, version, &digest, false, true, report));
+        }
+        let blob = match stored {
+            Some(_) => None,
+            None => {
+                record.versions.push(VersionRecord {
+                    version,
+                    digest: digest.as_bytes().to_vec(),
+                    deployed_at_micros: crate::time::now_micros(),
+                    size: bytes.len() as u64,
+                    replay: Some(ReplaySummary {
+                        streams: report.streams,
+                        changed: report.changed,
+                        example_stream: report.example.as_ref().map(|e| e.stream.clone()),
+                    }),
+                });
+                Some((digest.as_bytes().to_vec(), bytes))
+            }
+        };
+        record.activate(version);
+        // A component that starts subscribing starts at the head of the log unless asked
+        // for history; a running subscriber keeps its cursor (the writer sets only a new one).
+        let cursor = (!component.info().subscriptions.is_empty()).then(|| {
+            let start = if options.react_from_beginning { CursorStart::Beginning } else { CursorStart::Head };
+            (crate::store::reaction_cursor(name), start)
+        });
+        self.writer.put_component(name, record.encode(), blob, cursor).await?;
+        self.records.write().expect("registry lock").insert(name.to_owned(), record);
+        self.active
+            .write()
+            .expect("registry lock")
+            .insert(name.to_owned(), Arc::new(ActiveAggregate { version, component }));
+        tracing::info!(component = name, version, %digest, streams = report.streams, changed = report.changed, "deployed");
+        Ok(answer(name, version, &digest, true, false, report))
+    }
+}
+
+fn answer(
+    name: &str,
+    version: u32,
+    digest: &ComponentDigest,
+    active: bool,
+    dry_run: bool,
+    replay: ReplayReport,
+) -> Deployed {
+    Deployed {
+        name: name.to_owned(),
+        kind: "aggregate",
+        version,
+        digest: digest.to_string(),
+        active,
+        dry_run,
+        replay,
+    }
+}
+
+/// Rebuild the most recently written streams of `type_name` with `new`, and compare each
+/// with the state the running version builds.
+fn replay_check(
+    running: Option<&ActiveAggregate>,
+    new: &AggregateComponent,
+    store: &EventStore,
+    type_name: &str,
+    sample: usize,
+) -> Result<ReplayReport, DeployError> {
+    let streams = store.recent_streams(type_name, sample)?;
+    let mut report = ReplayReport { streams: streams.len() as u64, ..ReplayReport::default() };
+    for stream in streams {
+        let (after, _) = replay(new, store, &stream, None, 0, Version::MAX).map_err(|error| match error {
+            ReplayError::Store(error) => DeployError::Store(error),
+            ReplayError::Guest { .. } => {
+                DeployError::ReplayFailed { stream: stream.key(), detail: error.to_string() }
+            }
+        })?;
+        let Some(before) = running.and_then(|running| state_with(running, store, &stream)) else { continue };
+        if before != after {
+            report.changed += 1;
+            report.example.get_or_insert_with(|| ReplayExample {
+                stream: stream.key(),
+                before: before.as_deref().map(crate::json::to_json).unwrap_or(Value::Null),
+                after: after.as_deref().map(crate::json::to_json).unwrap_or(Value::Null),
+            });
+        }
+    }
+    Ok(report)
+}
+
+/// The state `running` builds for `stream` (from its own snapshot when it has one);
+/// `None` when it cannot (then there is nothing to compare with).
+fn state_with(running: &ActiveAggregate, store: &EventStore, stream: &StreamId) -> Option<Option<Vec<u8>>> {
+    let component = &running.component;
+    let snapshot = store.load_snapshot_for(stream, component.digest().as_bytes()).ok()?;
+    let (state, version) = snapshot.map_or((None, 0), |s| (Some(s.state), s.version));
+    replay(component, store, stream, state, version, Version::MAX).ok().map(|(state, _)| state)
+}

@@ -1,0 +1,231 @@
+//! The component registry: every deployed version of every component, which one is
+//! active, and the compiled, ready-to-call active versions.
+//!
+//! Records and the component bytes live in the event store's file (`components` and
+//! `component_blobs` tables), written through the store's writer like every other write,
+//! so deployed versions and the active pointer survive a restart and `kill -9`. Compiled
+//! code is cached beside it by the runtime. Versions are numbered from 1 per component.
+//! An actor reads the active version before every batch, so activating a version is a
+//! pointer swap between two batches ([`deploy`] checks a new version before that).
+
+mod deploy;
+mod records;
+
+pub use deploy::{DeployError, DeployOptions, Deployed, ReplayExample, ReplayReport};
+pub use records::ReplaySummary;
+
+use crate::runtime::{AggregateComponent, ComponentDigest, Runtime};
+use crate::store::tables::{COMPONENT_BLOBS, COMPONENTS};
+use crate::store::{EventStore, StoreError, Writer};
+use records::ComponentRecord;
+use redb::{ReadableDatabase, ReadableTable};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+/// An active aggregate component version, shared by every actor of its type.
+pub struct ActiveAggregate {
+    pub version: u32,
+    pub component: AggregateComponent,
+}
+
+/// One component as `GET /components` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentSummary {
+    pub name: String,
+    pub kind: String,
+    pub active_version: u32,
+    pub versions: Vec<VersionSummary>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionSummary {
+    pub version: u32,
+    pub digest: String,
+    pub size: u64,
+    pub deployed_at: String,
+    pub active: bool,
+    /// The replay check's findings when this version was deployed.
+    pub replay: Option<ReplaySummary>,
+}
+
+/// Why a version could not be activated or read.
+#[derive(Debug, thiserror::Error)]
+pub enum VersionError {
+    #[error("no component named {0:?} is deployed")]
+    UnknownComponent(String),
+    #[error("{name} has no version {version}")]
+    UnknownVersion { name: String, version: u32 },
+    #[error("{0} has no earlier active version to roll back to")]
+    NothingToRollBack(String),
+    #[error(transparent)]
+    Load(#[from] crate::runtime::LoadError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct ComponentRegistry {
+    runtime: Runtime,
+    store: EventStore,
+    writer: Writer,
+    records: RwLock<BTreeMap<String, ComponentRecord>>,
+    active: RwLock<HashMap<String, Arc<ActiveAggregate>>>,
+    /// Deploys, activations and rollbacks one at a time, so each sees the last one's result.
+    changing: tokio::sync::Mutex<()>,
+}
+
+impl ComponentRegistry {
+    /// Load every component's active version from the store and compile (or load the
+    /// cached compilation of) each.
+    pub fn open(runtime: Runtime, store: EventStore, writer: Writer) -> Result<Self, DeployError> {
+        let mut records = BTreeMap::new();
+        let mut active = HashMap::new();
+        {
+            let read = store.database().begin_read().map_err(StoreError::from)?;
+            let table = read.open_table(COMPONENTS).map_err(StoreError::from)?;
+            for entry in table.iter().map_err(StoreError::from)? {
+                let (name, record) = entry.map_err(StoreError::from)?;
+                let name = name.value().to_owned();
+                let record: ComponentRecord = rmp_serde::from_slice(record.value())
+                    .map_err(|e| StoreError::Corrupt(format!("component record {name}: {e}")))?;
+                let bytes = blob(&store, &name, &record, record.active)?;
+                let component = runtime.load_aggregate(&bytes)?;
+                active.insert(name.clone(), Arc::new(ActiveAggregate { version: record.active, component }));
+                records.insert(name, record);
+            }
+        }
+        Ok(ComponentRegistry {
+            runtime,
+            store,
+            writer,
+            records: RwLock::new(records),
+            active: RwLock::new(active),
+            changing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.read().expect("registry lock").is_empty()
+    }
+
+    /// The active version of the aggregate component for `type_name`.
+    pub fn active(&self, type_name: &str) -> Option<Arc<ActiveAggregate>> {
+        self.active.read().expect("registry lock").get(type_name).cloned()
+    }
+
+    /// Every active aggregate component, by type name.
+    pub fn all_active(&self) -> Vec<(String, Arc<ActiveAggregate>)> {
+        let active = self.active.read().expect("registry lock");
+        active.iter().map(|(name, a)| (name.clone(), a.clone())).collect()
+    }
+
+    /// Every component with its versions, for `GET /components`.
+    pub fn list(&self) -> Vec<ComponentSummary> {
+        let records = self.records.read().expect("registry lock");
+        records
+            .iter()
+            .map(|(name, record)| ComponentSummary {
+                name: name.clone(),
+                kind: record.kind.clone(),
+                active_version: record.active,
+                versions: record
+                    .versions
+                    .iter()
+                    .map(|v| VersionSummary {
+                        version: v.version,
+                        digest: ComponentDigest::from_bytes(&v.digest)
+                            .map(|d| d.to_string())
+                            .unwrap_or_default(),
+                        size: v.size,
+                        deployed_at: crate::time::rfc3339_seconds(v.deployed_at_micros),
+                        active: v.version == record.active,
+                        replay: v.replay.clone(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The bytes of one stored version.
+    pub fn version_bytes(&self, name: &str, version: u32) -> Result<Vec<u8>, VersionError> {
+        let record = self.record(name)?;
+        if record.version(version).is_none() {
+            return Err(VersionError::UnknownVersion { name: name.to_owned(), version });
+        }
+        Ok(blob(&self.store, name, &record, version)?)
+    }
+
+    fn record(&self, name: &str) -> Result<ComponentRecord, VersionError> {
+        self.records
+            .read()
+            .expect("registry lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| VersionError::UnknownComponent(name.to_owned()))
+    }
+
+    /// Make a stored version active (the same swap as a deploy: actors rebuild on it
+    /// before their next batch). Activating the active version changes nothing.
+    pub async fn activate(&self, name: &str, version: u32) -> Result<u32, VersionError> {
+        let _changing = self.changing.lock().await;
+        let mut record = self.record(name)?;
+        if record.version(version).is_none() {
+            return Err(VersionError::UnknownVersion { name: name.to_owned(), version });
+        }
+        if record.active == version {
+            return Ok(version);
+        }
+        record.activate(version);
+        self.switch(name, record).await?;
+        Ok(version)
+    }
+
+    /// Make the version that was active before the current one active again.
+    pub async fn rollback(&self, name: &str) -> Result<u32, VersionError> {
+        let _changing = self.changing.lock().await;
+        let mut record = self.record(name)?;
+        let previous =
+            record.history.pop().ok_or_else(|| VersionError::NothingToRollBack(name.to_owned()))?;
+        record.active = previous;
+        self.switch(name, record).await?;
+        Ok(previous)
+    }
+
+    /// Store `record` and point the active version at its `active`.
+    async fn switch(&self, name: &str, record: ComponentRecord) -> Result<(), VersionError> {
+        let bytes = blob(&self.store, name, &record, record.active)?;
+        let runtime = self.runtime.clone();
+        // Loading may compile (when the cache was cleared): keep it off the async threads.
+        let component = tokio::task::spawn_blocking(move || runtime.load_aggregate(&bytes))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("loading a component failed: {e}")))??;
+        self.writer.put_component(name, record.encode(), None, None).await?;
+        let version = record.active;
+        self.records.write().expect("registry lock").insert(name.to_owned(), record);
+        self.active
+            .write()
+            .expect("registry lock")
+            .insert(name.to_owned(), Arc::new(ActiveAggregate { version, component }));
+        tracing::info!(component = name, version, "activated");
+        Ok(())
+    }
+}
+
+/// The stored bytes of `name`'s `version`.
+fn blob(
+    store: &EventStore,
+    name: &str,
+    record: &ComponentRecord,
+    version: u32,
+) -> Result<Vec<u8>, StoreError> {
+    let digest = &record
+        .version(version)
+        .ok_or_else(|| StoreError::Corrupt(format!("component {name} has no version {version}")))?
+        .digest;
+    let read = store.database().begin_read()?;
+    let blobs = read.open_table(COMPONENT_BLOBS)?;
+    let bytes = blobs
+        .get(digest.as_slice())?
+        .ok_or_else(|| StoreError::Corrupt(format!("component {name} v{version} bytes missing")))?;
+    Ok(bytes.value().to_vec())
+}

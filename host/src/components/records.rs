@@ -1,0 +1,62 @@
+//! What the registry keeps per component in the store's `components` table.
+
+use crate::runtime::ComponentDigest;
+use serde::{Deserialize, Serialize};
+
+/// One deployed version of a component.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct VersionRecord {
+    pub version: u32,
+    #[serde(with = "serde_bytes")]
+    pub digest: Vec<u8>,
+    pub deployed_at_micros: u64,
+    pub size: u64,
+    /// What the replay check found when this version was deployed.
+    #[serde(default)]
+    pub replay: Option<ReplaySummary>,
+}
+
+/// A component: its kind, every version, the active one, and the ones active before it
+/// (most recent last), which `rollback` goes back through.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct ComponentRecord {
+    pub kind: String,
+    pub versions: Vec<VersionRecord>,
+    pub active: u32,
+    #[serde(default)]
+    pub history: Vec<u32>,
+}
+
+impl ComponentRecord {
+    pub fn version(&self, version: u32) -> Option<&VersionRecord> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+
+    pub fn with_digest(&self, digest: &ComponentDigest) -> Option<&VersionRecord> {
+        self.versions.iter().find(|v| v.digest == digest.as_bytes())
+    }
+
+    /// Make `version` the active one, remembering the one it replaces.
+    pub fn activate(&mut self, version: u32) {
+        if self.active != version {
+            if self.active != 0 {
+                self.history.push(self.active);
+            }
+            self.active = version;
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec(self).expect("encode a component record")
+    }
+}
+
+/// How many of the sampled streams a new version replayed, and how many came out in a
+/// different state than under the version it replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplaySummary {
+    pub streams: u64,
+    pub changed: u64,
+    /// One stream whose state changed, if any.
+    pub example_stream: Option<String>,
+}

@@ -1,0 +1,236 @@
+//! Safe hot swap: a deploy is checked (world, name, describe, a replay of recent streams)
+//! before it goes live, a swap under load fails no command, versions can be rolled back and
+//! activated, and all of it survives a restart and `kill -9`.
+
+use crate::harness::{Answer, Host, answer_of};
+use crate::sagas::eventually;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+async fn deploy_with(host: &Host, name: &str, query: &str, bytes: &[u8]) -> Answer {
+    let request = host
+        .http
+        .put(format!("{}/components/{name}?{query}", host.url))
+        .bearer_auth("test-token")
+        .header("content-type", "application/wasm")
+        .body(bytes.to_vec());
+    host.send(request).await
+}
+
+async fn component(host: &Host, name: &str) -> Value {
+    let list = host.get("/components").await.expect(200).body;
+    list.as_array().unwrap().iter().find(|c| c["name"] == name).cloned().unwrap_or(Value::Null)
+}
+
+async fn count(host: &Host, id: &str) -> u64 {
+    host.state("faulty", id).await["count"].as_u64().unwrap()
+}
+
+async fn increment(host: &Host, id: &str) {
+    host.command("faulty", id, "Increment", json!({})).await.expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_components_are_refused_and_the_running_version_stays() {
+    let host = Host::start();
+    // The token is checked before the body is read: 40 MiB (over the limit) still gets 401.
+    let huge = host.http.put(format!("{}/components/account", host.url)).body(vec![0u8; 40 << 20]);
+    host.send(huge).await.expect_error(401, "unauthorized");
+    let over = deploy_with(&host, "account", "", &vec![0u8; 40 << 20]).await;
+    over.expect_error(413, "body_too_large");
+    host.deploy("account", b"not wasm at all").await.expect_error(400, "invalid_component");
+    host.deploy("account", b"\0asm\x01\0\0\0").await.expect_error(400, "invalid_component");
+    host.deploy("account", b"\0asm\x0d\0\x01\0").await.expect_error(422, "wrong_world");
+    host.deploy("account", cairn_artifacts::ORDER).await.expect_error(422, "name_mismatch");
+    host.deploy("faulty", cairn_artifacts::HANGING_DESCRIBE).await.expect_error(422, "guest_timeout");
+    host.deploy("Bad_Name", cairn_artifacts::ORDER).await.expect_error(400, "invalid_name");
+    let account = component(&host, "account").await;
+    assert_eq!(
+        (account["active_version"].as_u64(), account["versions"].as_array().unwrap().len()),
+        (Some(1), 1)
+    );
+    assert_eq!(component(&host, "faulty").await, Value::Null, "nothing of the refused faulty was kept");
+    host.open_account("1", 5).await;
+    assert_eq!(host.state("account", "1").await["balance"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_rule_is_reported_followed_and_rolled_back_and_versions_survive_kill_9() {
+    let mut host = Host::start();
+    let first = host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    assert_eq!(first.body["version"], 1);
+    let again = host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    assert_eq!(
+        (again.body["version"].clone(), again.body["digest"].clone()),
+        (json!(1), first.body["digest"].clone())
+    );
+    for id in ["1", "2"] {
+        for _ in 0..3 {
+            increment(&host, id).await;
+        }
+    }
+
+    // A dry run checks everything and activates nothing.
+    let dry = deploy_with(&host, "faulty", "dry_run=true", cairn_artifacts::FAULTY_FIXED).await.expect(200);
+    assert_eq!((dry.body["dry_run"].as_bool(), dry.body["active"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(
+        (dry.body["replay"]["streams"].as_u64(), dry.body["replay"]["changed"].as_u64()),
+        (Some(2), Some(2))
+    );
+    increment(&host, "1").await;
+    assert_eq!(count(&host, "1").await, 4, "still the old rule");
+    assert_eq!(component(&host, "faulty").await["active_version"], 1);
+
+    // v2 counts in tens: the replay report shows how much it changes, new commands follow it.
+    let v2 = host.deploy("faulty", cairn_artifacts::FAULTY_FIXED).await.expect(200);
+    assert_eq!((v2.body["version"].as_u64(), v2.body["active"].as_bool()), (Some(2), Some(true)));
+    let replay = &v2.body["replay"];
+    assert_eq!((replay["streams"].as_u64(), replay["changed"].as_u64()), (Some(2), Some(2)), "{replay}");
+    let example = &replay["example"];
+    let (before, after) =
+        (example["before"]["count"].as_u64().unwrap(), example["after"]["count"].as_u64().unwrap());
+    assert_eq!(after, before * 10, "{example}");
+    assert_eq!(count(&host, "1").await, 40, "the state is rebuilt with v2");
+    increment(&host, "1").await;
+    assert_eq!(count(&host, "1").await, 50);
+
+    // Rollback: v1's rule again, rebuilt from events (v2's snapshot is not v1's).
+    let rolled = host.admin_post("/components/faulty/rollback").await.expect(200);
+    assert_eq!(rolled.body["active_version"], 1);
+    assert_eq!(count(&host, "1").await, 5);
+    increment(&host, "1").await;
+    assert_eq!(count(&host, "1").await, 6);
+    host.admin_post("/components/faulty/rollback").await.expect_error(409, "nothing_to_roll_back");
+    host.admin_post("/components/faulty/activate?version=2").await.expect(200);
+    assert_eq!(count(&host, "1").await, 60);
+    host.admin_post("/components/faulty/activate?version=9").await.expect_error(404, "unknown_version");
+    host.admin_post("/components/nobody/activate?version=1").await.expect_error(404, "unknown_component");
+    let unauthorized = host.http.post(format!("{}/components/faulty/rollback", host.url));
+    host.send(unauthorized).await.expect_error(401, "unauthorized");
+    host.admin_post("/components/faulty/activate?version=1").await.expect(200);
+
+    // Versions, their bytes and the active pointer survive kill -9.
+    host.kill9();
+    host.start_again();
+    let faulty = component(&host, "faulty").await;
+    assert_eq!(faulty["active_version"], 1, "{faulty}");
+    let versions = faulty["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(versions[1]["replay"]["changed"], 2, "{faulty}");
+    assert!(versions[1]["size"].as_u64().unwrap() > 0 && versions[1]["deployed_at"].is_string());
+    let bytes = host.http.get(format!("{}/components/faulty/versions/2", host.url)).send().await.unwrap();
+    assert_eq!(bytes.headers()["content-type"], "application/wasm");
+    assert_eq!(bytes.bytes().await.unwrap().as_ref(), cairn_artifacts::FAULTY_FIXED);
+    host.get("/components/faulty/versions/3").await.expect_error(404, "unknown_version");
+    assert_eq!(count(&host, "1").await, 6, "v1 again, from the same six events");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_that_traps_on_replay_is_refused_naming_the_stream() {
+    let host = Host::start();
+    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    increment(&host, "7").await;
+    let refused =
+        host.deploy("faulty", cairn_artifacts::FAULTY_BROKEN).await.expect_error(422, "replay_failed");
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("faulty/7") && message.contains("event 1"), "{message}");
+    // The guest's own panic text needs a bounded guest stderr (issue 11); the trap is named.
+    assert!(message.contains("trapped"), "{message}");
+    let dry = deploy_with(&host, "faulty", "dry_run=true", cairn_artifacts::FAULTY_BROKEN).await;
+    dry.expect_error(422, "replay_failed");
+    assert_eq!(component(&host, "faulty").await["versions"].as_array().unwrap().len(), 1);
+    increment(&host, "7").await;
+    assert_eq!(count(&host, "7").await, 2, "the running version keeps serving");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_deployed_later_reacts_to_new_events_unless_asked_for_history() {
+    let host = Host::start();
+    host.open_account("a", 0).await;
+    for n in 0..100 {
+        host.command(
+            "account",
+            "a",
+            "CreditAccount",
+            json!({"amount": 1, "transaction_id": format!("old-{n}")}),
+        )
+        .await
+        .expect(200);
+    }
+    // `faulty` records every credit of account/a on faulty/a; twin would too (on faulty/a).
+    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    deploy_with(&host, "twin", "react_from=beginning", cairn_artifacts::TWIN).await.expect(200);
+    host.command("account", "a", "CreditAccount", json!({"amount": 1, "transaction_id": "new"}))
+        .await
+        .expect(200);
+    eventually("both to record what they should", || async {
+        let notes = host.state("faulty", "a").await["notes"].as_array().map_or(0, |n| n.len());
+        notes == 1 + 101
+    })
+    .await;
+    let notes = host.state("faulty", "a").await["notes"].clone();
+    let notes: Vec<&str> = notes.as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    assert_eq!(
+        notes.iter().copied().filter(|n| !n.starts_with("twin:")).collect::<Vec<_>>(),
+        ["new"],
+        "faulty started now"
+    );
+    assert_eq!(notes.iter().filter(|n| n.starts_with("twin:old-")).count(), 100, "twin reacted to history");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swaps_under_load_fail_no_command_and_apply_each_once() {
+    let host = Host::start();
+    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client in 0..8 {
+        let (http, url, stop) = (host.http.clone(), host.url.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut acknowledged = 0u64;
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let request = http
+                    .post(format!("{url}/aggregates/faulty/c{client}/commands"))
+                    .json(&json!({"type": "Increment"}));
+                let answer = answer_of(request).await;
+                if answer.status == 200 {
+                    acknowledged += 1;
+                } else {
+                    failures.push(answer.body);
+                }
+            }
+            (acknowledged, failures)
+        }));
+    }
+    let mut versions = Vec::new();
+    for bytes in [cairn_artifacts::FAULTY_FIXED, cairn_artifacts::FAULTY, cairn_artifacts::FAULTY_FIXED] {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        versions.push(host.deploy("faulty", bytes).await.expect(200).body["version"].as_u64().unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    versions.push(
+        host.admin_post("/components/faulty/rollback").await.expect(200).body["active_version"]
+            .as_u64()
+            .unwrap(),
+    );
+    for bytes in [cairn_artifacts::FAULTY_FIXED, cairn_artifacts::FAULTY] {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        versions.push(host.deploy("faulty", bytes).await.expect(200).body["version"].as_u64().unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    assert_eq!(versions, [2, 1, 2, 1, 2, 1], "each deploy of stored bytes gives their version back");
+    for (client, task) in clients.into_iter().enumerate() {
+        let (acknowledged, failures) = task.await.unwrap();
+        assert!(failures.is_empty(), "client {client} saw failures: {failures:?}");
+        assert!(acknowledged > 0);
+        let stream = host.get(&format!("/aggregates/faulty/c{client}")).await.expect(200);
+        assert_eq!(
+            stream.body["version"].as_u64(),
+            Some(acknowledged),
+            "each acknowledged command applied once"
+        );
+    }
+}
