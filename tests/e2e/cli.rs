@@ -56,6 +56,21 @@ async fn send_state_events_components_and_deploy() {
     assert_eq!((deployed["name"].as_str(), deployed["version"].as_u64()), (Some("faulty"), Some(1)));
     let unauthorized = cairn(&host, &["deploy", cairn_artifacts::FAULTY_PATH, "--admin-token", "nope"]);
     assert!(String::from_utf8_lossy(&unauthorized.stderr).contains("unauthorized"));
+
+    let token = ["--admin-token", "test-token"];
+    let fixed = cairn_artifacts::FAULTY_FIXED_PATH;
+    let dry =
+        json_of(&cairn(&host, &[&["deploy", fixed, "--name", "faulty", "--dry-run"][..], &token].concat()));
+    assert_eq!((dry["version"].as_u64(), dry["active"].as_bool()), (Some(2), Some(false)));
+    let v2 = json_of(&cairn(&host, &[&["deploy", fixed, "--name", "faulty"][..], &token].concat()));
+    assert_eq!((v2["version"].as_u64(), v2["active"].as_bool()), (Some(2), Some(true)));
+    let rolled = json_of(&cairn(&host, &[&["rollback", "faulty"][..], &token].concat()));
+    assert_eq!(rolled["active_version"], 1);
+    let activated = json_of(&cairn(&host, &[&["activate", "faulty", "2"][..], &token].concat()));
+    assert_eq!(activated["active_version"], 2);
+    let missing = cairn(&host, &[&["activate", "faulty", "9"][..], &token].concat());
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("unknown_version"));
 }
 
 #[test]

@@ -126,6 +126,36 @@ async fn a_changed_rule_is_reported_followed_and_rolled_back_and_versions_surviv
     assert_eq!(count(&host, "1").await, 6, "v1 again, from the same six events");
 }
 
+async fn debit(host: &Host, account: &str, amount: i64) -> String {
+    let data = json!({"amount": amount, "transaction_id": format!("d{amount}")});
+    let answer = host.command("account", account, "DebitAccount", data).await.expect(200);
+    answer.body["events"][0]["type"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_example_account_v2_grants_an_overdraft_until_it_is_rolled_back() {
+    let host = Host::start();
+    host.open_account("101", 100).await;
+    assert_eq!(debit(&host, "101", 150).await, "AccountDebitFailedDueToInsufficientFunds");
+    let v2 = host.deploy("account", cairn_artifacts::ACCOUNT_V2).await.expect(200);
+    assert_eq!(v2.body["version"], 2);
+    let replay = &v2.body["replay"];
+    assert_eq!(
+        (replay["streams"].as_u64(), replay["changed"].as_u64()),
+        (Some(1), Some(0)),
+        "same events, same states"
+    );
+    assert_eq!(debit(&host, "101", 150).await, "AccountDebited", "v2's overdraft");
+    assert_eq!(host.state("account", "101").await["balance"], -50);
+    host.admin_post("/components/account/rollback").await.expect(200);
+    assert_eq!(debit(&host, "101", 1).await, "AccountDebitFailedDueToInsufficientFunds", "v1's rule again");
+    assert_eq!(host.state("account", "101").await["balance"], -50, "v1 reads what v2 wrote");
+    let events = host.get("/aggregates/account/101/events").await.expect(200).body["events"].clone();
+    let versions: Vec<_> =
+        events.as_array().unwrap().iter().map(|e| e["component_version"].as_u64().unwrap()).collect();
+    assert_eq!(versions, [1, 1, 2, 1], "each event names the version that decided it");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_that_traps_on_replay_is_refused_naming_the_stream() {
     let host = Host::start();
@@ -232,5 +262,70 @@ async fn swaps_under_load_fail_no_command_and_apply_each_once() {
             Some(acknowledged),
             "each acknowledged command applied once"
         );
+    }
+}
+
+/// Figures for the notes, not a test of speed (run it in release:
+/// `cargo test --release -p cairn --test e2e measure_swaps -- --ignored --nocapture`):
+/// deploy latency of the Account with 10 000 account streams, and the longest command
+/// latency of 8 clients with and without swaps in the same run.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement; run it by hand in release"]
+async fn measure_swaps() {
+    let host = Host::start();
+    let streams = 10_000;
+    let mut writers = Vec::new();
+    for client in 0..16 {
+        let (http, url) = (host.http.clone(), host.url.clone());
+        writers.push(tokio::spawn(async move {
+            for n in (client..streams).step_by(16) {
+                let open = json!({"type": "OpenAccount", "data": {"initial_balance": 100}});
+                answer_of(http.post(format!("{url}/aggregates/account/s{n}/commands")).json(&open))
+                    .await
+                    .expect(200);
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    for bytes in [cairn_artifacts::ACCOUNT_V2, cairn_artifacts::ACCOUNT] {
+        let started = std::time::Instant::now();
+        host.deploy("account", bytes).await.expect(200);
+        eprintln!("deploy of account (PUT to active) with {streams} streams: {:?}", started.elapsed());
+    }
+    for swapping in [false, true] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut clients = Vec::new();
+        for client in 0..8 {
+            let (http, url, stop) = (host.http.clone(), host.url.clone(), stop.clone());
+            clients.push(tokio::spawn(async move {
+                let mut worst = std::time::Duration::ZERO;
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let credit = json!({"type": "CreditAccount", "data": {"amount": 1, "transaction_id": format!("{swapping}-{n}")}});
+                    let started = std::time::Instant::now();
+                    let request = http.post(format!("{url}/aggregates/account/s{client}/commands")).json(&credit);
+                    answer_of(request).await.expect(200);
+                    worst = worst.max(started.elapsed());
+                }
+                worst
+            }));
+        }
+        for round in 0..6 {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            if swapping {
+                let bytes =
+                    if round % 2 == 0 { cairn_artifacts::ACCOUNT_V2 } else { cairn_artifacts::ACCOUNT };
+                host.deploy("account", bytes).await.expect(200);
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        let mut worst = std::time::Duration::ZERO;
+        for client in clients {
+            worst = worst.max(client.await.unwrap());
+        }
+        eprintln!("longest command latency of 8 clients over 3 s, swapping={swapping}: {worst:?}");
     }
 }

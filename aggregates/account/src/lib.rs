@@ -209,6 +209,7 @@ impl Aggregate for AccountAggregate {
     }
 }
 
+#[cfg(not(feature = "library"))]
 cairn_guest::export_aggregate!(AccountAggregate);
 
 #[cfg(test)]
