@@ -44,6 +44,9 @@ enum Command {
         /// Seconds an idle aggregate stays in memory.
         #[arg(long, default_value_t = 60)]
         idle_seconds: u64,
+        /// Streams a deploy's replay check rebuilds with the new version (the most recent).
+        #[arg(long, default_value_t = 100)]
+        replay_sample: usize,
     },
     /// Send a command: `cairn send account 101 '{"type":"OpenAccount","data":{"initial_balance":100}}'`.
     Send {
@@ -166,12 +169,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             max_in_flight,
             mailbox_capacity,
             idle_seconds,
+            replay_sample,
         } => {
             let mut config = ServeConfig { data_dir: data, listen, admin_token, ..ServeConfig::default() };
             config.body_limits.command_bytes = max_body_bytes;
             config.body_limits.max_in_flight = max_in_flight.max(1);
             config.actors.mailbox_capacity = mailbox_capacity.max(1);
             config.actors.idle_timeout = std::time::Duration::from_secs(idle_seconds.max(1));
+            config.replay_sample = replay_sample;
             crate::server::serve(config).await
         }
         Command::Send { type_name, id, json, idempotency_key, correlation_id, expect_version, client } => {

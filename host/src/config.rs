@@ -18,6 +18,8 @@ pub struct ServeConfig {
     pub actors: ActorConfig,
     pub guest_limits: Limits,
     pub routing: RoutingConfig,
+    /// Streams a deploy's replay check rebuilds with the new version (the most recent ones).
+    pub replay_sample: usize,
 }
 
 impl Default for ServeConfig {
@@ -34,6 +36,7 @@ impl Default for ServeConfig {
             actors: ActorConfig::default(),
             guest_limits: Limits::default(),
             routing: RoutingConfig::default(),
+            replay_sample: 100,
         }
     }
 }

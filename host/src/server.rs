@@ -50,6 +50,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         routing: routing.clone(),
         admin_token: admin_token.into(),
         max_component_bytes: config.body_limits.component_bytes,
+        replay_sample: config.replay_sample,
     };
     let app = http::router(state, config.body_limits);
 

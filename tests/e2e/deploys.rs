@@ -2,21 +2,11 @@
 //! before it goes live, a swap under load fails no command, versions can be rolled back and
 //! activated, and all of it survives a restart and `kill -9`.
 
-use crate::harness::{Answer, Host, answer_of};
+use crate::harness::{Host, answer_of};
 use crate::sagas::eventually;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-async fn deploy_with(host: &Host, name: &str, query: &str, bytes: &[u8]) -> Answer {
-    let request = host
-        .http
-        .put(format!("{}/components/{name}?{query}", host.url))
-        .bearer_auth("test-token")
-        .header("content-type", "application/wasm")
-        .body(bytes.to_vec());
-    host.send(request).await
-}
 
 async fn component(host: &Host, name: &str) -> Value {
     let list = host.get("/components").await.expect(200).body;
@@ -37,7 +27,7 @@ async fn bad_components_are_refused_and_the_running_version_stays() {
     // The token is checked before the body is read: 40 MiB (over the limit) still gets 401.
     let huge = host.http.put(format!("{}/components/account", host.url)).body(vec![0u8; 40 << 20]);
     host.send(huge).await.expect_error(401, "unauthorized");
-    let over = deploy_with(&host, "account", "", &vec![0u8; 40 << 20]).await;
+    let over = host.deploy_with("account", "", &vec![0u8; 40 << 20]).await;
     over.expect_error(413, "body_too_large");
     host.deploy("account", b"not wasm at all").await.expect_error(400, "invalid_component");
     host.deploy("account", b"\0asm\x01\0\0\0").await.expect_error(400, "invalid_component");
@@ -72,7 +62,7 @@ async fn a_changed_rule_is_reported_followed_and_rolled_back_and_versions_surviv
     }
 
     // A dry run checks everything and activates nothing.
-    let dry = deploy_with(&host, "faulty", "dry_run=true", cairn_artifacts::FAULTY_FIXED).await.expect(200);
+    let dry = host.deploy_with("faulty", "dry_run=true", cairn_artifacts::FAULTY_FIXED).await.expect(200);
     assert_eq!((dry.body["dry_run"].as_bool(), dry.body["active"].as_bool()), (Some(true), Some(false)));
     assert_eq!(
         (dry.body["replay"]["streams"].as_u64(), dry.body["replay"]["changed"].as_u64()),
@@ -95,10 +85,17 @@ async fn a_changed_rule_is_reported_followed_and_rolled_back_and_versions_surviv
     increment(&host, "1").await;
     assert_eq!(count(&host, "1").await, 50);
 
-    // Rollback: v1's rule again, rebuilt from events (v2's snapshot is not v1's).
+    // 100 events under v2 make a snapshot of v2 (every 100 events by default).
+    for _ in 0..100 {
+        increment(&host, "long").await;
+    }
+    assert_eq!(count(&host, "long").await, 1000);
+
+    // Rollback: v1's rule again, rebuilt from events: v2's snapshot is not v1's.
     let rolled = host.admin_post("/components/faulty/rollback").await.expect(200);
     assert_eq!(rolled.body["active_version"], 1);
     assert_eq!(count(&host, "1").await, 5);
+    assert_eq!(count(&host, "long").await, 100, "v1 did not start from v2's snapshot");
     increment(&host, "1").await;
     assert_eq!(count(&host, "1").await, 6);
     host.admin_post("/components/faulty/rollback").await.expect_error(409, "nothing_to_roll_back");
@@ -157,6 +154,16 @@ async fn the_example_account_v2_grants_an_overdraft_until_it_is_rolled_back() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_replay_sample_is_configurable() {
+    let host = Host::start_with(&["--replay-sample", "1"]);
+    for id in ["a", "b", "c"] {
+        host.open_account(id, 1).await;
+    }
+    let dry = host.deploy_with("account", "dry_run=true", cairn_artifacts::ACCOUNT_V2).await.expect(200);
+    assert_eq!(dry.body["replay"]["streams"], 1, "{}", dry.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_version_that_traps_on_replay_is_refused_naming_the_stream() {
     let host = Host::start();
     host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
@@ -167,7 +174,7 @@ async fn a_version_that_traps_on_replay_is_refused_naming_the_stream() {
     assert!(message.contains("faulty/7") && message.contains("event 1"), "{message}");
     // The guest's own panic text needs a bounded guest stderr (issue 11); the trap is named.
     assert!(message.contains("trapped"), "{message}");
-    let dry = deploy_with(&host, "faulty", "dry_run=true", cairn_artifacts::FAULTY_BROKEN).await;
+    let dry = host.deploy_with("faulty", "dry_run=true", cairn_artifacts::FAULTY_BROKEN).await;
     dry.expect_error(422, "replay_failed");
     assert_eq!(component(&host, "faulty").await["versions"].as_array().unwrap().len(), 1);
     increment(&host, "7").await;
@@ -190,7 +197,7 @@ async fn a_subscriber_deployed_later_reacts_to_new_events_unless_asked_for_histo
     }
     // `faulty` records every credit of account/a on faulty/a; twin would too (on faulty/a).
     host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
-    deploy_with(&host, "twin", "react_from=beginning", cairn_artifacts::TWIN).await.expect(200);
+    host.deploy_with("twin", "react_from=beginning", cairn_artifacts::TWIN).await.expect(200);
     host.command("account", "a", "CreditAccount", json!({"amount": 1, "transaction_id": "new"}))
         .await
         .expect(200);

@@ -210,9 +210,14 @@ impl Host {
 
     /// `PUT /components/{name}` with the admin token.
     pub async fn deploy(&self, name: &str, bytes: &[u8]) -> Answer {
+        self.deploy_with(name, "", bytes).await
+    }
+
+    /// `PUT /components/{name}?{query}` with the admin token.
+    pub async fn deploy_with(&self, name: &str, query: &str, bytes: &[u8]) -> Answer {
         let request = self
             .http
-            .put(format!("{}/components/{name}", self.url))
+            .put(format!("{}/components/{name}?{query}", self.url))
             .bearer_auth("test-token")
             .header("content-type", "application/wasm")
             .body(bytes.to_vec());

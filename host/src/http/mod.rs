@@ -31,6 +31,8 @@ pub struct AppState {
     pub admin_token: Arc<str>,
     /// The largest component a deploy accepts.
     pub max_component_bytes: usize,
+    /// Streams a deploy's replay check rebuilds.
+    pub replay_sample: usize,
 }
 
 /// Limits on what requests may cost.

@@ -183,8 +183,11 @@ pub async fn deploy(
             ));
         }
     };
-    let options =
-        DeployOptions { dry_run: params.flag("dry_run")?, react_from_beginning, ..DeployOptions::default() };
+    let options = DeployOptions {
+        dry_run: params.flag("dry_run")?,
+        react_from_beginning,
+        replay_sample: state.replay_sample,
+    };
     let bytes = axum::body::to_bytes(body, state.max_component_bytes).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
