@@ -45,11 +45,7 @@ pub(super) async fn run(
         // dropped: 500 `internal_error`), and this actor ends, dropping its mailbox: the
         // next command to the stream starts a fresh actor from the store.
         if let Err(panic) = AssertUnwindSafe(actor.handle(batch)).catch_unwind().await {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let message = super::panic_message(panic);
             tracing::error!(stream = %actor.stream, "the actor panicked and stops: {message}");
             return;
         }

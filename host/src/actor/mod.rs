@@ -50,6 +50,15 @@ impl Default for ActorConfig {
     }
 }
 
+/// The text of a panic's payload (a `&str` or a `String`, as `panic!` makes them).
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with no message".to_owned())
+}
+
 /// The actor system: routes commands and state queries to the actor of their stream.
 #[derive(Clone)]
 pub struct Actors {

@@ -137,7 +137,7 @@ impl ComponentRegistry {
         .map_err(|e| StoreError::Unavailable(format!("the deploy task failed: {e}")))??;
 
         let stored = existing.as_ref().and_then(|r| r.with_digest(&digest)).map(|v| v.version);
-        let mut record = existing.clone().unwrap_or(ComponentRecord {
+        let mut record = existing.unwrap_or(ComponentRecord {
             kind: "aggregate".to_owned(),
             versions: Vec::new(),
             active: 0,

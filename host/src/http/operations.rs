@@ -4,7 +4,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::Params;
 use crate::components::{ComponentSummary, DeployOptions, Deployed};
-use crate::routing::RoutingError;
+use crate::routing::{RoutingError, SequenceAction};
 use crate::store::DeadLetterKey;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -83,8 +83,7 @@ pub async fn retry_dead_letters(
     let (subscriber, stream) = sequence_params(&params)?;
     let released =
         state.routing.retry(subscriber.as_deref(), stream.as_deref()).await.map_err(routing_error)?;
-    let events: u64 = released.iter().map(|a| a.events).sum();
-    Ok(Json(json!({"retried": released, "events": events})))
+    Ok(sequences_answer("retried", released))
 }
 
 /// `POST /routing/dead-letters/discard?subscriber=&stream=` (admin): drop parked sequences
@@ -101,8 +100,13 @@ pub async fn discard_dead_letters(
         ApiError::bad_request("invalid_query", "discard needs a subscriber (and optionally a stream)")
     })?;
     let dropped = state.routing.discard(&subscriber, stream.as_deref()).await.map_err(routing_error)?;
-    let events: u64 = dropped.iter().map(|a| a.events).sum();
-    Ok(Json(json!({"discarded": dropped, "events": events})))
+    Ok(sequences_answer("discarded", dropped))
+}
+
+/// What a retry or discard did: each stream under `verb`, and the events in all.
+fn sequences_answer(verb: &str, actions: Vec<SequenceAction>) -> Json<Value> {
+    let events: u64 = actions.iter().map(|a| a.events).sum();
+    Json(json!({verb: actions, "events": events}))
 }
 
 /// `subscriber` and `stream` of a retry or discard; a stream needs its subscriber.

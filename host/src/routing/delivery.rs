@@ -129,15 +129,13 @@ impl StreamWorker {
             Ok(None) => {}
             Err(error) => tracing::warn!(subscriber = self.shared.name, "cannot read a dead letter: {error}"),
         }
-        let letter = self.letter(
-            event,
-            Some(first),
-            None,
-            None,
-            format!("waiting behind the parked event at position {first} of {}", self.stream),
-            0,
-        );
-        self.park(letter).await
+        self.park(self.behind_letter(event, first)).await
+    }
+
+    /// The dead letter of an event that waits behind the stream's parked event at `first`.
+    fn behind_letter(&self, event: &StoredEvent, first: Position) -> DeadLetter {
+        let error = format!("waiting behind the parked event at position {first} of {}", self.stream);
+        self.letter(event, Some(first), None, None, error, 0)
     }
 
     /// Deliver the parked sequence again, in order, with the component now active. The
@@ -164,15 +162,8 @@ impl StreamWorker {
                 }
             };
             if let Some(first) = self.first_parked() {
-                let behind = self.letter(
-                    &event,
-                    Some(first),
-                    None,
-                    None,
-                    format!("waiting behind the parked event at position {first} of {}", self.stream),
-                    0,
-                );
-                if !self.park(behind).await {
+                // It stays parked, now behind the event that failed again.
+                if !self.park(self.behind_letter(&event, first)).await {
                     return false;
                 }
                 continue;
@@ -436,13 +427,7 @@ impl StreamWorker {
             );
         }
         let position = letter.position;
-        if !self
-            .write(|writer| {
-                let letter = letter.clone();
-                async move { writer.park(letter).await }
-            })
-            .await
-        {
+        if !self.write(LetterChange::Park(letter)).await {
             return false;
         }
         self.mark_parked(position);
@@ -451,21 +436,18 @@ impl StreamWorker {
     }
 
     async fn unpark(&self, keys: Vec<DeadLetterKey>) -> bool {
-        self.write(|writer| {
-            let keys = keys.clone();
-            async move { writer.unpark(keys).await }
-        })
-        .await
+        self.write(LetterChange::Unpark(keys)).await
     }
 
-    /// Run a write until it sticks (`false`: the host is stopping).
-    async fn write<F, Fut>(&self, write: F) -> bool
-    where
-        F: Fn(crate::store::Writer) -> Fut,
-        Fut: Future<Output = Result<(), StoreError>>,
-    {
+    /// Store a dead-letter change until it sticks (`false`: the host is stopping).
+    async fn write(&self, change: LetterChange) -> bool {
+        let writer = &self.shared.context.writer;
         loop {
-            match write(self.shared.context.writer.clone()).await {
+            let written = match &change {
+                LetterChange::Park(letter) => writer.park(letter.clone()).await,
+                LetterChange::Unpark(keys) => writer.unpark(keys.clone()).await,
+            };
+            match written {
                 Ok(()) => return true,
                 Err(StoreError::Closed) => return false,
                 Err(error) => {
@@ -480,6 +462,12 @@ impl StreamWorker {
             }
         }
     }
+}
+
+/// A change to the dead letters, retried until it is stored.
+enum LetterChange {
+    Park(DeadLetter),
+    Unpark(Vec<DeadLetterKey>),
 }
 
 fn backoff(config: &super::RoutingConfig, attempt: u32) -> Duration {

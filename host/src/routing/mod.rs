@@ -172,15 +172,6 @@ pub struct Routing {
     stop: watch::Sender<bool>,
 }
 
-/// The text of a panic's payload.
-pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic with no message".to_owned())
-}
-
 impl Routing {
     /// Start one subscriber per active component that subscribes to anything.
     pub fn start(
@@ -377,7 +368,7 @@ async fn supervise(shared: Arc<SubscriberShared>, controls: mpsc::UnboundedRecei
             Ok(Exit::Stopped) => return,
             Ok(Exit::Failed(error)) => error,
             Err(join) if join.is_panic() => {
-                format!("the subscriber panicked: {}", panic_message(join.into_panic()))
+                format!("the subscriber panicked: {}", crate::actor::panic_message(join.into_panic()))
             }
             Err(join) => format!("the subscriber task ended: {join}"),
         };

@@ -99,7 +99,7 @@ impl Subscriber {
                 }
                 Some(joined) = self.workers.join_next(), if !self.workers.is_empty() => {
                     if let Err(error) = joined && error.is_panic() {
-                        let message = super::panic_message(error.into_panic());
+                        let message = crate::actor::panic_message(error.into_panic());
                         self.abandon().await;
                         return Exit::Failed(format!("a delivery task panicked: {message}"));
                     }
