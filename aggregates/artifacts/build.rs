@@ -1,4 +1,4 @@
-//! Builds the example aggregates for `wasm32-wasip2` with a nested `cargo build` into
+//! Builds the example aggregates and projections for `wasm32-wasip2` with a nested `cargo build` into
 //! this crate's `OUT_DIR` (its own target directory, so it never waits on the outer
 //! build's lock), then writes `components.rs`: one constant per component with its bytes
 //! and its path, for the host to embed and for tests to load.
@@ -19,19 +19,24 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("money-transfer", "MONEY_TRANSFER", "aggregates/money-transfer"),
     ("order", "ORDER", "aggregates/order"),
     ("customer", "CUSTOMER", "aggregates/customer"),
+    ("account-info", "ACCOUNT_INFO", "examples/account-info"),
+    ("customer-orders", "CUSTOMER_ORDERS", "examples/customer-orders"),
     // Test-only: misbehave on command (logic in tests/guests/misbehave); built, never bundled.
     ("faulty", "FAULTY", "tests/guests/faulty"),
     ("faulty-fixed", "FAULTY_FIXED", "tests/guests/faulty-fixed"),
     ("twin", "TWIN", "tests/guests/twin"),
     ("faulty-broken", "FAULTY_BROKEN", "tests/guests/faulty-broken"),
     ("hanging-describe", "HANGING_DESCRIBE", "tests/guests/hanging-describe"),
+    ("fragile-view", "FRAGILE_VIEW", "tests/guests/fragile-view"),
+    ("fragile-view-fixed", "FRAGILE_VIEW_FIXED", "tests/guests/fragile-view-fixed"),
 ];
 /// Example versions built on an aggregate crate used as a library (its `library` feature
 /// leaves that crate's exports out). They are built by a second cargo invocation, so the
 /// feature never reaches the aggregate's own component.
 const EXAMPLES: &[(&str, &str, &str)] = &[("account-v2", "ACCOUNT_V2", "examples/account-v2")];
 /// The components a new data directory starts with.
-const BUNDLED: &[&str] = &["account", "money-transfer", "order", "customer"];
+const BUNDLED: &[&str] =
+    &["account", "money-transfer", "order", "customer", "account-info", "customer-orders"];
 const TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "guest";
 

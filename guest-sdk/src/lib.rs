@@ -10,7 +10,8 @@
 //! in everything an aggregate may depend on, so replaying its events always gives the
 //! same state. Time, when a rule needs it, comes from the event envelope.
 //!
-//! Start with [`Aggregate`], then [`testing`] for the given/when/then test kit.
+//! Start with [`Aggregate`], then [`testing`] for the given/when/then test kit. Read
+//! models are [`Projection`]s, exported with [`export_projection!`].
 //!
 //! ```
 //! use cairn_guest::{Aggregate, Rejection};
@@ -61,16 +62,23 @@
 pub mod codec;
 pub mod glue;
 mod id;
+pub mod projection;
 mod reaction;
 pub mod testing;
 
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod bindings;
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod projection_bindings;
 
 pub use id::{InvalidId, MAX_ID_LEN, check_aggregate_id};
+pub use projection::{DocumentStore, Projection, View};
 pub use reaction::{CommandRejected, EventEnvelope, OutgoingCommand, Subscription};
 use serde::{Serialize, de::DeserializeOwned};
+/// For documents in tests: `then_view(key, json!({...}))`.
+pub use serde_json;
 
 /// The command type the host uses to hand a rejection back to the aggregate whose event
 /// caused the rejected command (see [`Aggregate::on_rejected`]). Users cannot send it.
@@ -185,6 +193,34 @@ macro_rules! export_aggregate {
             }
 
             $crate::bindings::export!(Component with_types_in $crate::bindings);
+        }
+    };
+}
+
+/// Export a [`Projection`] as the component's `cairn:runtime/projection` world.
+/// Call it once, at the root of a `cdylib` crate built for `wasm32-wasip2`.
+/// On other targets it expands to nothing, so the same crate runs native tests.
+#[macro_export]
+macro_rules! export_projection {
+    ($projection:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        mod __cairn_export_projection {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::projection_bindings::{self as b, Guest};
+
+            struct Component;
+
+            impl Guest for Component {
+                fn describe() -> b::ProjectionInfo {
+                    $crate::projection_bindings::describe::<$projection>()
+                }
+                fn handle(event: b::EventEnvelope) {
+                    $crate::projection_bindings::handle::<$projection>(event)
+                }
+            }
+
+            $crate::projection_bindings::export!(Component with_types_in $crate::projection_bindings);
         }
     };
 }

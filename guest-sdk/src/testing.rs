@@ -247,3 +247,149 @@ pub fn envelope<E: serde::Serialize>(
         causation_id: None,
     }
 }
+
+/// Given / then for projections: `given(events).then_view(key, json!({...}))`.
+///
+/// Events are envelopes of committed events (build them with [`envelope`](super::envelope));
+/// the kit numbers their positions in the order given, as the log would. Every backend
+/// starts from an empty view and handles the events in one batch, as the host does.
+pub mod projection {
+    use super::Trap;
+    use crate::EventEnvelope;
+    use crate::projection::{self, Projection};
+    use serde_json::Value;
+    use std::collections::BTreeMap;
+    use std::marker::PhantomData;
+
+    /// Something that can run a projection's `handle`: the native code, or a component.
+    pub trait ProjectionBackend {
+        /// Shown in failure messages, e.g. `native` or `account_info.wasm`.
+        fn name(&self) -> String;
+        /// Handle `events` in order against `documents` (JSON text by key).
+        fn handle(
+            &mut self,
+            documents: &mut BTreeMap<String, String>,
+            events: &[EventEnvelope],
+        ) -> Result<(), Trap>;
+    }
+
+    /// Runs the projection's Rust code in this process, through the export's glue.
+    pub struct Native<P>(PhantomData<P>);
+
+    impl<P> Default for Native<P> {
+        fn default() -> Self {
+            Native(PhantomData)
+        }
+    }
+
+    impl<P: Projection> ProjectionBackend for Native<P> {
+        fn name(&self) -> String {
+            "native".to_owned()
+        }
+
+        fn handle(
+            &mut self,
+            documents: &mut BTreeMap<String, String>,
+            events: &[EventEnvelope],
+        ) -> Result<(), Trap> {
+            // A panic is what a component's trap is; catch it so `then_trapped` can see it.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                for event in events {
+                    projection::handle::<P>(event, documents);
+                }
+            }));
+            run.map_err(|panic| {
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "a panic without a message".to_owned())
+            })
+        }
+    }
+
+    /// Start a scenario natively: the log holds `events`.
+    pub fn given<P: Projection + 'static>(events: impl IntoIterator<Item = EventEnvelope>) -> Then<P> {
+        given_on(vec![Box::new(Native::<P>::default())], events)
+    }
+
+    /// Run `events` through each of `backends`.
+    pub fn given_on<P: Projection>(
+        backends: Vec<Box<dyn ProjectionBackend>>,
+        events: impl IntoIterator<Item = EventEnvelope>,
+    ) -> Then<P> {
+        let events: Vec<EventEnvelope> = events
+            .into_iter()
+            .enumerate()
+            .map(|(index, event)| EventEnvelope { position: index as u64 + 1, ..event })
+            .collect();
+        let runs = backends
+            .into_iter()
+            .map(|mut backend| {
+                let mut documents = BTreeMap::new();
+                let run = backend.handle(&mut documents, &events).map(|()| documents);
+                (backend.name(), run)
+            })
+            .collect();
+        Then { runs, _projection: PhantomData }
+    }
+
+    /// The documents (JSON text by key) a backend built, or why it trapped.
+    type Built = Result<BTreeMap<String, String>, Trap>;
+
+    /// The view each backend built.
+    pub struct Then<P> {
+        runs: Vec<(String, Built)>,
+        _projection: PhantomData<P>,
+    }
+
+    impl<P> Then<P> {
+        fn views(&self) -> impl Iterator<Item = (&str, &BTreeMap<String, String>)> {
+            self.runs.iter().map(|(name, run)| match run {
+                Ok(documents) => (name.as_str(), documents),
+                Err(trap) => panic!("[{name}] the projection trapped: {trap}"),
+            })
+        }
+
+        /// The document under `key` equals `expected` (as JSON values).
+        pub fn then_view(self, key: &str, expected: Value) -> Self {
+            for (name, documents) in self.views() {
+                let text = documents
+                    .get(key)
+                    .unwrap_or_else(|| panic!("[{name}] no document {key:?}; keys: {:?}", documents.keys()));
+                let got: Value = serde_json::from_str(text).expect("documents are JSON");
+                assert_eq!(got, expected, "[{name}] document {key:?} differs (left: built, right: expected)");
+            }
+            self
+        }
+
+        /// There is no document under `key`.
+        pub fn then_no_view(self, key: &str) -> Self {
+            for (name, documents) in self.views() {
+                assert!(!documents.contains_key(key), "[{name}] expected no document {key:?}");
+            }
+            self
+        }
+
+        /// The view holds exactly these keys.
+        pub fn then_keys<'k>(self, keys: impl IntoIterator<Item = &'k str>) -> Self {
+            let expected: Vec<&str> = keys.into_iter().collect();
+            for (name, documents) in self.views() {
+                let got: Vec<&str> = documents.keys().map(String::as_str).collect();
+                assert_eq!(got, expected, "[{name}] keys differ (left: built, right: expected)");
+            }
+            self
+        }
+
+        /// Handling the events trapped on every backend, with a message containing `text`.
+        pub fn then_trapped(self, text: &str) -> Self {
+            for (name, run) in &self.runs {
+                match run {
+                    Err(trap) => assert!(trap.contains(text), "[{name}] trapped, but with {trap:?}"),
+                    Ok(_) => panic!("[{name}] expected a trap, but the projection handled every event"),
+                }
+            }
+            self
+        }
+    }
+}

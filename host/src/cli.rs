@@ -87,6 +87,29 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
+    /// The document a projection keeps under KEY, e.g. `cairn view account-info 101`.
+    View {
+        projection: String,
+        key: String,
+        /// Wait (up to the host's bound) until the view has handled this global position.
+        #[arg(long)]
+        min_position: Option<u64>,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Every projection with its cursor, lag and status (running, rebuilding, failed).
+    Views {
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Build a projection's view again from the whole log, beside the live one.
+    Rebuild {
+        projection: String,
+        #[command(flatten)]
+        admin: Admin,
+        #[command(flatten)]
+        client: Client,
+    },
     /// List deployed components and their versions.
     Components {
         #[command(flatten)]
@@ -205,6 +228,18 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let url = format!("{}/aggregates/{type_name}/{id}/events?from={from}&limit={limit}", client.url);
             print_answer(http().get(url)).await
         }
+        Command::View { projection, key, min_position, client } => {
+            let mut url = format!("{}/views/{}/{}", client.url, encode(&projection), encode(&key));
+            if let Some(position) = min_position {
+                url.push_str(&format!("?min_position={position}"));
+            }
+            print_answer(http().get(url)).await
+        }
+        Command::Views { client } => print_answer(http().get(format!("{}/views", client.url))).await,
+        Command::Rebuild { projection, admin, client } => {
+            let url = format!("{}/views/{}/rebuild", client.url, encode(&projection));
+            print_answer(http().post(url).bearer_auth(admin.token()?)).await
+        }
         Command::Components { client } => {
             print_answer(http().get(format!("{}/components", client.url))).await
         }
@@ -241,6 +276,17 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             print_answer(http().post(url).bearer_auth(admin.token()?)).await
         }
     }
+}
+
+/// One path segment, percent-encoded (an id may hold any character but `/`).
+fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn http() -> reqwest::Client {

@@ -20,6 +20,8 @@ pub struct ServeConfig {
     pub routing: RoutingConfig,
     /// Streams a deploy's replay check rebuilds with the new version (the most recent ones).
     pub replay_sample: usize,
+    /// The longest a view read with `?min_position=` waits before answering 503.
+    pub view_wait: std::time::Duration,
 }
 
 impl Default for ServeConfig {
@@ -37,6 +39,7 @@ impl Default for ServeConfig {
             guest_limits: Limits::default(),
             routing: RoutingConfig::default(),
             replay_sample: 100,
+            view_wait: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -45,5 +48,7 @@ impl Default for ServeConfig {
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// The event store's file in the data directory.
 pub const STORE_FILE: &str = "events.redb";
+/// The views' file in the data directory: derived data, rebuilt from the log if lost.
+pub const VIEWS_FILE: &str = "views.redb";
 /// Where compiled components are cached in the data directory.
 pub const COMPILED_DIR: &str = "compiled";

@@ -10,7 +10,9 @@
 //! - `actor-stall=<CommandType>:<millis>`: every command of that type holds its actor
 //!   (before it is decided) for that long;
 //! - `delivery-panic=<EventType>`: the first delivery of an event of that type panics the
-//!   delivery task.
+//!   delivery task;
+//! - `rebuild-stall=<millis>`: every batch of a view rebuild waits that long first, so a
+//!   test can read the old generation while the new one is built.
 
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ mod injected {
         actor_panic: Option<String>,
         actor_stall: Option<(String, Duration)>,
         delivery_panic: Option<String>,
+        rebuild_stall: Option<Duration>,
     }
 
     static ACTOR_PANICKED: AtomicBool = AtomicBool::new(false);
@@ -41,6 +44,9 @@ mod injected {
             match entry.split_once('=') {
                 Some(("actor-panic", command)) => faults.actor_panic = Some(command.to_owned()),
                 Some(("delivery-panic", event)) => faults.delivery_panic = Some(event.to_owned()),
+                Some(("rebuild-stall", millis)) if millis.parse::<u64>().is_ok() => {
+                    faults.rebuild_stall = millis.parse().ok().map(Duration::from_millis);
+                }
                 Some(("actor-stall", spec)) => {
                     if let Some((command, millis)) = spec.split_once(':')
                         && let Ok(millis) = millis.parse()
@@ -65,6 +71,10 @@ mod injected {
 
         pub fn actor_stall(&self, command_type: &str) -> Option<Duration> {
             self.actor_stall.as_ref().filter(|(c, _)| c == command_type).map(|(_, d)| *d)
+        }
+
+        pub fn rebuild_stall(&self) -> Option<Duration> {
+            self.rebuild_stall
         }
 
         pub fn delivery_panic(&self, event_type: &str) -> bool {
@@ -114,4 +124,12 @@ pub fn delivery_panic(event_type: &str) {
     }
     #[cfg(not(debug_assertions))]
     let _ = event_type;
+}
+
+/// How long each batch of a view rebuild waits first, if a test asked for it.
+pub fn rebuild_stall() -> Option<Duration> {
+    #[cfg(debug_assertions)]
+    return injected::faults().rebuild_stall();
+    #[cfg(not(debug_assertions))]
+    None
 }

@@ -10,8 +10,9 @@
 //! - [`store`] appends the events (group commit, fsync) and the actor answers.
 //!
 //! - [`routing`] follows the log and delivers reactions between aggregates (sagas).
+//! - [`projection`] follows the log too and keeps the read models in [`views`].
 //!
-//! Data flows one way: http → actor → store → routing. Lower layers never call upward;
+//! Data flows one way: http → actor → store → routing / projection. Lower layers never call upward;
 //! the store publishes its head position for whatever follows the log.
 
 pub mod actor;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod faults;
 pub mod http;
 pub mod json;
+pub mod projection;
 pub mod replay;
 pub mod routing;
 pub mod runtime;
@@ -28,3 +30,4 @@ pub mod server;
 pub mod store;
 pub mod testkit;
 pub mod time;
+pub mod views;

@@ -4,11 +4,13 @@
 
 use crate::actor::Actors;
 use crate::components::{ComponentRegistry, DeployOptions};
-use crate::config::{ADMIN_TOKEN_FILE, COMPILED_DIR, STORE_FILE, ServeConfig};
+use crate::config::{ADMIN_TOKEN_FILE, COMPILED_DIR, STORE_FILE, ServeConfig, VIEWS_FILE};
 use crate::http::{self, AppState};
+use crate::projection::Projections;
 use crate::routing::Routing;
 use crate::runtime::Runtime;
 use crate::store::{EventStore, StoreError};
+use crate::views::ViewStore;
 use anyhow::Context;
 use std::path::Path;
 use std::sync::Arc;
@@ -43,14 +45,21 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         Routing::start(actors.clone(), store.clone(), writer.clone(), components.clone(), config.routing)
             .context("start the router")?,
     );
+    let views = ViewStore::open(&data.join(VIEWS_FILE))
+        .with_context(|| format!("open the view store in {}", data.display()))?;
+    let projections = Arc::new(
+        Projections::start(store.clone(), views, components.clone()).context("start the projections")?,
+    );
     let state = AppState {
         actors: actors.clone(),
         store,
         components,
         routing: routing.clone(),
+        projections: projections.clone(),
         admin_token: admin_token.into(),
         max_component_bytes: config.body_limits.component_bytes,
         replay_sample: config.replay_sample,
+        view_wait: config.view_wait,
     };
     let app = http::router(state, config.body_limits);
 
@@ -65,6 +74,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("shutting down: stopping the router, draining actors");
     routing.shutdown().await;
+    projections.shutdown().await;
     actors.shutdown().await;
     writer.shutdown();
     tracing::info!("stopped cleanly");

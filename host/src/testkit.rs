@@ -92,3 +92,65 @@ pub fn reactions<A: Aggregate + 'static>(event: &EventEnvelope) -> Vec<OutgoingC
 pub fn describe<A: Aggregate + 'static>() -> crate::runtime::AggregateInfo {
     compiled(A::TYPE).info().clone()
 }
+
+/// Given / then for projections, natively and on the bundled component of `P::NAME`.
+pub mod projection {
+    use crate::runtime::{DocumentReader, Limits, ProjectionComponent, Runtime};
+    use cairn_guest::EventEnvelope;
+    use cairn_guest::Projection;
+    use cairn_guest::testing::Trap;
+    use cairn_guest::testing::projection::{Native, ProjectionBackend, Then, given_on};
+    use std::collections::BTreeMap;
+
+    /// Runs a projection's `handle` on its compiled component, as the host does: one
+    /// batch on a fresh instance, reading the documents as they were before it.
+    pub struct ComponentBackend {
+        name: String,
+        component: ProjectionComponent,
+    }
+
+    impl ComponentBackend {
+        /// The bundled component of the projection `name` (e.g. `account-info`).
+        pub fn bundled(name: &str) -> Self {
+            let bytes = cairn_artifacts::component(name)
+                .unwrap_or_else(|| panic!("no bundled component for projection {name}"));
+            let runtime = Runtime::new(None, Limits::default()).expect("wasmtime engine");
+            let component = runtime.load_projection(bytes).expect("the bundled projection loads");
+            ComponentBackend { name: format!("{}.wasm", name.replace('-', "_")), component }
+        }
+    }
+
+    struct Snapshot(BTreeMap<String, String>);
+
+    impl DocumentReader for Snapshot {
+        fn get(&mut self, key: &str) -> Result<Option<String>, String> {
+            Ok(self.0.get(key).cloned())
+        }
+    }
+
+    impl ProjectionBackend for ComponentBackend {
+        fn name(&self) -> String {
+            self.name.clone()
+        }
+
+        fn handle(
+            &mut self,
+            documents: &mut BTreeMap<String, String>,
+            events: &[EventEnvelope],
+        ) -> Result<(), Trap> {
+            let outcome = self.component.handle_batch(events, Box::new(Snapshot(documents.clone())));
+            for (key, document) in outcome.writes {
+                match document {
+                    Some(document) => documents.insert(key, document),
+                    None => documents.remove(&key),
+                };
+            }
+            outcome.failure.map_or(Ok(()), |failure| Err(failure.to_string()))
+        }
+    }
+
+    /// Start a scenario that runs natively and on the bundled component of `P::NAME`.
+    pub fn given<P: Projection + 'static>(events: impl IntoIterator<Item = EventEnvelope>) -> Then<P> {
+        given_on(vec![Box::new(Native::<P>::default()), Box::new(ComponentBackend::bundled(P::NAME))], events)
+    }
+}

@@ -71,6 +71,17 @@ async fn send_state_events_components_and_deploy() {
     let missing = cairn(&host, &[&["activate", "faulty", "9"][..], &token].concat());
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("unknown_version"));
+
+    let position = opened["events"][0]["position"].as_u64().unwrap().to_string();
+    let info = json_of(&cairn(&host, &["view", "account-info", "1", "--min-position", &position]));
+    assert_eq!(info["transactions"][0]["kind"], "opened");
+    let views = json_of(&cairn(&host, &["views"]));
+    let names: Vec<_> = views["projections"].as_array().unwrap().iter().map(|p| p["name"].clone()).collect();
+    assert_eq!(names, ["account-info", "customer-orders"]);
+    let rebuilding = json_of(&cairn(&host, &[&["rebuild", "account-info"][..], &token].concat()));
+    assert_eq!(rebuilding["rebuild"]["projection"], "account-info");
+    let absent = cairn(&host, &["view", "account-info", "no such account"]);
+    assert!(String::from_utf8_lossy(&absent.stderr).contains("document_not_found"));
 }
 
 #[test]

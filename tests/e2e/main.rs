@@ -12,3 +12,4 @@ mod errors;
 mod reads;
 mod sagas;
 mod sandbox;
+mod views;

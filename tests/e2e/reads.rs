@@ -81,10 +81,11 @@ async fn health_and_components_answer() {
         components.body.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["account", "customer", "money-transfer", "order"],
+        ["account", "account-info", "customer", "customer-orders", "money-transfer", "order"],
         "a new data directory has the examples"
     );
     let account = &components.body[0];
-    assert_eq!(account["active_version"], 1);
+    assert_eq!((account["active_version"].as_u64(), account["kind"].as_str()), (Some(1), Some("aggregate")));
+    assert_eq!(components.body[1]["kind"], "projection");
     assert!(account["versions"][0]["digest"].as_str().unwrap().starts_with("sha256:"));
 }

@@ -317,7 +317,7 @@ async fn three_hundred_concurrent_random_transfers_conserve_money() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_kill_9_in_the_middle_of_the_storm_loses_nothing_and_doubles_nothing() {
+async fn a_kill_9_in_the_middle_of_the_storm_loses_nothing_and_doubles_nothing_in_the_log_or_the_views() {
     let mut host = Host::start();
     open_ten_accounts(&host).await;
     let progress = Arc::new(AtomicUsize::new(0));
@@ -343,6 +343,16 @@ async fn a_kill_9_in_the_middle_of_the_storm_loses_nothing_and_doubles_nothing()
     let outcomes = wait_all_terminal(&host, &acknowledged).await;
     assert_eq!(total_balance(&host).await, 100000, "outcomes after the crash: {outcomes:?}");
     assert_no_duplicate_movements(&host).await;
+    // The account-info view lost nothing and doubled nothing either.
+    let head = crate::views::head(&host).await;
+    for id in 0..10 {
+        let id = id.to_string();
+        let (_, info) = crate::views::view(&host, "account-info", &id, head).await;
+        assert_eq!(info["balance"].as_i64(), Some(balance(&host, &id).await), "account-info of {id}: {info}");
+        let transactions = info["transactions"].as_array().unwrap();
+        let unique: HashSet<_> = transactions.iter().map(|t| (&t["kind"], &t["transaction_id"])).collect();
+        assert_eq!(unique.len(), transactions.len(), "account-info of {id} shows a transaction twice");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

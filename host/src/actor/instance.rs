@@ -45,6 +45,9 @@ pub(super) async fn run(
         // dropped: 500 `internal_error`), and this actor ends, dropping its mailbox: the
         // next command to the stream starts a fresh actor from the store.
         if let Err(panic) = AssertUnwindSafe(actor.handle(batch)).catch_unwind().await {
+            // Close first: a caller answered 500 may retry at once, and its retry must find
+            // the mailbox closed (and start a fresh actor), not wait in this dying one.
+            inbox.close();
             let message = super::panic_message(panic);
             tracing::error!(stream = %actor.stream, "the actor panicked and stops: {message}");
             return;

@@ -12,11 +12,10 @@
 use super::records::{ComponentRecord, ReplaySummary, VersionRecord};
 use super::{ActiveAggregate, ComponentRegistry};
 use crate::replay::{ReplayError, replay};
-use crate::runtime::{AggregateComponent, ComponentDigest, LoadError};
+use crate::runtime::{AggregateComponent, ComponentDigest, LoadError, Loaded};
 use crate::store::{CursorStart, EventStore, StoreError, StreamId, Version};
 use serde::Serialize;
 use serde_json::Value;
-use std::sync::Arc;
 
 /// How a deploy is done.
 #[derive(Debug, Clone, Copy)]
@@ -77,6 +76,8 @@ pub enum DeployError {
     Load(#[from] LoadError),
     #[error("the component describes itself as {declared:?}, not {name:?}")]
     NameMismatch { name: String, declared: String },
+    #[error("{name} is deployed as {existing}; this component is {new}")]
+    KindMismatch { name: String, existing: String, new: &'static str },
     #[error("replaying {stream} with the new version failed at {detail}")]
     ReplayFailed { stream: String, detail: String },
     #[error(transparent)]
@@ -116,29 +117,43 @@ impl ComponentRegistry {
             && active.digest == digest.as_bytes()
         {
             let report = ReplayReport::default();
-            return Ok(answer(name, active.version, &digest, true, options.dry_run, report));
+            let kind = kind_of(&record.kind);
+            return Ok(answer(name, kind, active.version, &digest, true, options.dry_run, report));
         }
         let runtime = self.runtime.clone();
         let store = self.store.clone();
         let running = self.active(name);
         let type_name = name.to_owned();
         // Compiling (~100 ms) and replaying are CPU work: keep them off the async threads.
+        let existing_kind = existing.as_ref().map(|r| r.kind.clone());
         let (component, report, bytes) = tokio::task::spawn_blocking(move || {
-            let component = runtime.load_aggregate(&bytes)?;
-            let declared = &component.info().type_name;
-            if declared != &type_name {
-                return Err(DeployError::NameMismatch { name: type_name, declared: declared.clone() });
+            let component = runtime.load(&bytes)?;
+            let declared = component.declared_name();
+            if declared != type_name {
+                return Err(DeployError::NameMismatch { name: type_name, declared: declared.to_owned() });
             }
-            let report =
-                replay_check(running.as_deref(), &component, &store, &type_name, options.replay_sample)?;
+            if let Some(existing) = existing_kind
+                && existing != component.kind()
+            {
+                return Err(DeployError::KindMismatch { name: type_name, existing, new: component.kind() });
+            }
+            // A projection's new version is checked by rebuilding its view beside the live
+            // one: the live view stays until the new one has caught up.
+            let report = match &component {
+                Loaded::Aggregate(new) => {
+                    replay_check(running.as_deref(), new, &store, &type_name, options.replay_sample)?
+                }
+                Loaded::Projection(_) => ReplayReport::default(),
+            };
             Ok((component, report, bytes))
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("the deploy task failed: {e}")))??;
 
+        let kind = component.kind();
         let stored = existing.as_ref().and_then(|r| r.with_digest(&digest)).map(|v| v.version);
         let mut record = existing.unwrap_or(ComponentRecord {
-            kind: "aggregate".to_owned(),
+            kind: kind.to_owned(),
             versions: Vec::new(),
             active: 0,
             history: Vec::new(),
@@ -146,7 +161,7 @@ impl ComponentRegistry {
         let version =
             stored.unwrap_or_else(|| record.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1);
         if options.dry_run {
-            return Ok(answer(name, version, &digest, false, true, report));
+            return Ok(answer(name, kind, version, &digest, false, true, report));
         }
         let blob = match stored {
             Some(_) => None,
@@ -168,38 +183,34 @@ impl ComponentRegistry {
         record.activate(version);
         // A component that starts subscribing starts at the head of the log unless asked
         // for history; a running subscriber keeps its cursor (the writer sets only a new one).
-        let cursor = (!component.info().subscriptions.is_empty()).then(|| {
+        let subscribes = matches!(&component, Loaded::Aggregate(a) if !a.info().subscriptions.is_empty());
+        let cursor = subscribes.then(|| {
             let start = if options.react_from_beginning { CursorStart::Beginning } else { CursorStart::Head };
             (crate::store::reaction_cursor(name), start)
         });
         self.writer.put_component(name, record.encode(), blob, cursor).await?;
         self.records.write().expect("registry lock").insert(name.to_owned(), record);
-        self.active
-            .write()
-            .expect("registry lock")
-            .insert(name.to_owned(), Arc::new(ActiveAggregate { version, component }));
-        tracing::info!(component = name, version, %digest, streams = report.streams, changed = report.changed, "deployed");
-        Ok(answer(name, version, &digest, true, false, report))
+        self.make_active(name, version, component);
+        tracing::info!(component = name, kind, version, %digest, streams = report.streams, changed = report.changed, "deployed");
+        Ok(answer(name, kind, version, &digest, true, false, report))
     }
+}
+
+/// The stored kind as the static name the answer carries.
+fn kind_of(kind: &str) -> &'static str {
+    if kind == "projection" { "projection" } else { "aggregate" }
 }
 
 fn answer(
     name: &str,
+    kind: &'static str,
     version: u32,
     digest: &ComponentDigest,
     active: bool,
     dry_run: bool,
     replay: ReplayReport,
 ) -> Deployed {
-    Deployed {
-        name: name.to_owned(),
-        kind: "aggregate",
-        version,
-        digest: digest.to_string(),
-        active,
-        dry_run,
-        replay,
-    }
+    Deployed { name: name.to_owned(), kind, version, digest: digest.to_string(), active, dry_run, replay }
 }
 
 /// Rebuild the most recently written streams of `type_name` with `new`, and compare each

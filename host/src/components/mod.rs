@@ -14,7 +14,7 @@ mod records;
 pub use deploy::{DeployError, DeployOptions, Deployed, ReplayExample, ReplayReport};
 pub use records::ReplaySummary;
 
-use crate::runtime::{AggregateComponent, ComponentDigest, Runtime};
+use crate::runtime::{AggregateComponent, ComponentDigest, Loaded, ProjectionComponent, Runtime};
 use crate::store::tables::{COMPONENT_BLOBS, COMPONENTS};
 use crate::store::{EventStore, StoreError, Writer};
 use records::ComponentRecord;
@@ -27,6 +27,12 @@ use std::sync::{Arc, RwLock};
 pub struct ActiveAggregate {
     pub version: u32,
     pub component: AggregateComponent,
+}
+
+/// An active projection component version, run by the projection's runner.
+pub struct ActiveProjection {
+    pub version: u32,
+    pub component: Arc<ProjectionComponent>,
 }
 
 /// One component as `GET /components` lists it.
@@ -70,6 +76,7 @@ pub struct ComponentRegistry {
     writer: Writer,
     records: RwLock<BTreeMap<String, ComponentRecord>>,
     active: RwLock<HashMap<String, Arc<ActiveAggregate>>>,
+    projections: RwLock<HashMap<String, Arc<ActiveProjection>>>,
     /// Deploys, activations and rollbacks one at a time, so each sees the last one's result.
     changing: tokio::sync::Mutex<()>,
 }
@@ -80,6 +87,7 @@ impl ComponentRegistry {
     pub fn open(runtime: Runtime, store: EventStore, writer: Writer) -> Result<Self, DeployError> {
         let mut records = BTreeMap::new();
         let mut active = HashMap::new();
+        let mut projections = HashMap::new();
         {
             let read = store.database().begin_read().map_err(StoreError::from)?;
             let table = read.open_table(COMPONENTS).map_err(StoreError::from)?;
@@ -89,8 +97,16 @@ impl ComponentRegistry {
                 let record: ComponentRecord = rmp_serde::from_slice(record.value())
                     .map_err(|e| StoreError::Corrupt(format!("component record {name}: {e}")))?;
                 let bytes = blob(&store, &name, &record, record.active)?;
-                let component = runtime.load_aggregate(&bytes)?;
-                active.insert(name.clone(), Arc::new(ActiveAggregate { version: record.active, component }));
+                let version = record.active;
+                match runtime.load(&bytes)? {
+                    Loaded::Aggregate(component) => {
+                        active.insert(name.clone(), Arc::new(ActiveAggregate { version, component }));
+                    }
+                    Loaded::Projection(component) => {
+                        let component = Arc::new(component);
+                        projections.insert(name.clone(), Arc::new(ActiveProjection { version, component }));
+                    }
+                }
                 records.insert(name, record);
             }
         }
@@ -100,8 +116,38 @@ impl ComponentRegistry {
             writer,
             records: RwLock::new(records),
             active: RwLock::new(active),
+            projections: RwLock::new(projections),
             changing: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The active version of the projection `name`.
+    pub fn active_projection(&self, name: &str) -> Option<Arc<ActiveProjection>> {
+        self.projections.read().expect("registry lock").get(name).cloned()
+    }
+
+    /// Every projection's name.
+    pub fn projection_names(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.projections.read().expect("registry lock").keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// A stored version of the projection `name`, active or not (a view built by an older
+    /// version keeps being served, and updated, by it until its rebuild has caught up).
+    pub fn projection_version(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<Arc<ProjectionComponent>, VersionError> {
+        if let Some(active) = self.active_projection(name)
+            && active.version == version
+        {
+            return Ok(active.component.clone());
+        }
+        let bytes = self.version_bytes(name, version)?;
+        Ok(Arc::new(self.runtime.load_projection(&bytes)?))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -196,18 +242,28 @@ impl ComponentRegistry {
         let bytes = blob(&self.store, name, &record, record.active)?;
         let runtime = self.runtime.clone();
         // Loading may compile (when the cache was cleared): keep it off the async threads.
-        let component = tokio::task::spawn_blocking(move || runtime.load_aggregate(&bytes))
+        let component = tokio::task::spawn_blocking(move || runtime.load(&bytes))
             .await
             .map_err(|e| StoreError::Unavailable(format!("loading a component failed: {e}")))??;
         self.writer.put_component(name, record.encode(), None, None).await?;
         let version = record.active;
         self.records.write().expect("registry lock").insert(name.to_owned(), record);
-        self.active
-            .write()
-            .expect("registry lock")
-            .insert(name.to_owned(), Arc::new(ActiveAggregate { version, component }));
+        self.make_active(name, version, component);
         tracing::info!(component = name, version, "activated");
         Ok(())
+    }
+
+    fn make_active(&self, name: &str, version: u32, component: Loaded) {
+        match component {
+            Loaded::Aggregate(component) => {
+                let active = Arc::new(ActiveAggregate { version, component });
+                self.active.write().expect("registry lock").insert(name.to_owned(), active);
+            }
+            Loaded::Projection(component) => {
+                let active = Arc::new(ActiveProjection { version, component: Arc::new(component) });
+                self.projections.write().expect("registry lock").insert(name.to_owned(), active);
+            }
+        }
     }
 }
 

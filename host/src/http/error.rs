@@ -36,7 +36,7 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }
 
-    fn retry_after(mut self, seconds: u32) -> Self {
+    pub(super) fn retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = Some(seconds);
         self
     }
@@ -127,6 +127,9 @@ impl From<DeployError> for ApiError {
             DeployError::Load(LoadError::Describe(guest)) => guest.into(),
             DeployError::NameMismatch { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "name_mismatch", message)
+            }
+            DeployError::KindMismatch { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "kind_mismatch", message)
             }
             DeployError::ReplayFailed { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "replay_failed", message)

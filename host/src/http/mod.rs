@@ -7,11 +7,14 @@ mod error;
 mod extract;
 mod log;
 mod operations;
+mod views;
 
 pub use error::ApiError;
+pub use views::POSITION_HEADER;
 
 use crate::actor::Actors;
 use crate::components::ComponentRegistry;
+use crate::projection::Projections;
 use crate::routing::Routing;
 use crate::store::EventStore;
 use axum::Router;
@@ -28,11 +31,14 @@ pub struct AppState {
     pub store: EventStore,
     pub components: Arc<ComponentRegistry>,
     pub routing: Arc<Routing>,
+    pub projections: Arc<Projections>,
     pub admin_token: Arc<str>,
     /// The largest component a deploy accepts.
     pub max_component_bytes: usize,
     /// Streams a deploy's replay check rebuilds.
     pub replay_sample: usize,
+    /// The longest a view read waits for `min_position`.
+    pub view_wait: std::time::Duration,
 }
 
 /// Limits on what requests may cost.
@@ -68,6 +74,10 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
         .route("/routing/dead-letters/retry", post(operations::retry_dead_letters))
         .route("/routing/dead-letters/discard", post(operations::discard_dead_letters))
         .route("/routing/{subscriber}/rewind", post(operations::rewind))
+        .route("/views", get(views::list))
+        .route("/views/{projection}", get(views::keys))
+        .route("/views/{projection}/{key}", get(views::document))
+        .route("/views/{projection}/rebuild", post(views::rebuild))
         .route("/healthz", get(operations::health))
         .fallback(operations::not_found)
         .method_not_allowed_fallback(operations::method_not_allowed)

@@ -144,7 +144,7 @@ pub async fn rewind(
 }
 
 /// Admin endpoints need `Authorization: Bearer <admin token>` (401 otherwise).
-fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -208,6 +208,7 @@ pub async fn deploy(
     let deployed = state.components.deploy(&name, bytes.to_vec(), options).await?;
     if deployed.active {
         state.routing.ensure_subscriber(&deployed.name)?;
+        state.projections.sync(&deployed.name).await?;
     }
     Ok(Json(deployed))
 }
@@ -232,6 +233,7 @@ pub async fn rollback(
     require_admin(&state, &headers)?;
     let version = state.components.rollback(&name).await?;
     state.routing.ensure_subscriber(&name)?;
+    state.projections.sync(&name).await?;
     Ok(Json(json!({"name": name, "active_version": version})))
 }
 
@@ -250,6 +252,7 @@ pub async fn activate(
         u32::try_from(version).map_err(|_| ApiError::not_found("unknown_version", "no such version"))?;
     let version = state.components.activate(&name, version).await?;
     state.routing.ensure_subscriber(&name)?;
+    state.projections.sync(&name).await?;
     Ok(Json(json!({"name": name, "active_version": version})))
 }
 

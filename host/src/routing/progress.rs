@@ -40,10 +40,6 @@ impl Progress {
         self.in_flight.len()
     }
 
-    pub(super) fn last_read(&self) -> Position {
-        self.read
-    }
-
     /// The highest position at or below which everything is done.
     pub(super) fn cursor(&self) -> Position {
         match self.in_flight.first() {

@@ -10,11 +10,11 @@
 use super::delivery::{Finished, StreamWorker, Work};
 use super::progress::Progress;
 use super::{Control, SequenceReply, SubscriberShared};
-use crate::store::{Position, StoreError};
+use crate::store::{LogFollower, Position, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -40,6 +40,7 @@ struct Lane {
 
 pub(super) struct Subscriber {
     shared: Arc<SubscriberShared>,
+    follower: LogFollower,
     progress: Progress,
     stored_cursor: Position,
     last_write: Instant,
@@ -53,6 +54,7 @@ impl Subscriber {
     pub(super) fn new(shared: Arc<SubscriberShared>, cursor: Position) -> Self {
         let (finished_tx, finished) = mpsc::unbounded_channel();
         Subscriber {
+            follower: LogFollower::new(shared.context.store.clone(), cursor),
             shared,
             progress: Progress::from(cursor),
             stored_cursor: cursor,
@@ -65,16 +67,14 @@ impl Subscriber {
     }
 
     pub(super) async fn run(mut self, controls: &mut mpsc::UnboundedReceiver<Control>) -> Exit {
-        let context = self.shared.context.clone();
-        let mut head = context.store.subscribe_head();
-        let mut shutdown = context.shutdown.clone();
+        let mut shutdown = self.shared.context.shutdown.clone();
         tracing::info!(subscriber = self.shared.name, cursor = self.stored_cursor, "routing from cursor");
         loop {
             if *shutdown.borrow() {
                 self.abandon().await;
                 return Exit::Stopped;
             }
-            let caught_up = match self.read_more(&mut head) {
+            let caught_up = match self.read_more() {
                 Ok(caught_up) => caught_up,
                 Err(error) => {
                     self.abandon().await;
@@ -104,7 +104,7 @@ impl Subscriber {
                         return Exit::Failed(format!("a delivery task panicked: {message}"));
                     }
                 }
-                _ = head.changed(), if caught_up => {}
+                _ = self.follower.more(), if caught_up => {}
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {}
             }
         }
@@ -112,16 +112,15 @@ impl Subscriber {
 
     /// Read and dispatch log events while the window has room. `true` when the reader has
     /// reached the head of the log (so only a new commit gives it more to do).
-    fn read_more(&mut self, head: &mut watch::Receiver<Position>) -> Result<bool, StoreError> {
+    fn read_more(&mut self) -> Result<bool, StoreError> {
         let context = self.shared.context.clone();
         loop {
             let room = context.config.window.saturating_sub(self.progress.in_flight());
             if room == 0 {
                 return Ok(false);
             }
-            head.borrow_and_update();
             let wanted = room.min(PAGE);
-            let events = context.store.read_all(self.progress.last_read(), wanted)?;
+            let events = self.follower.next_page(wanted)?;
             let Some(last) = events.last().map(|e| e.position) else { return Ok(true) };
             let full = events.len() == wanted;
             let subscriptions = context
@@ -214,6 +213,7 @@ impl Subscriber {
                     return Err("could not store the rewound cursor".to_owned());
                 }
                 self.progress = Progress::from(position);
+                self.follower.seek(position);
                 self.reload_parked()?;
                 let _ = done.send(());
             }

@@ -13,9 +13,13 @@
 
 mod aggregate;
 mod digest;
+mod projection;
 
 pub use aggregate::{AggregateComponent, AggregateInfo};
 pub use digest::ComponentDigest;
+pub use projection::{
+    BatchOutcome, DocumentReader, MAX_KEY_BYTES, ProjectionComponent, ProjectionInfo, Writes,
+};
 
 use std::path::{Path, PathBuf};
 use wasmtime::component::Component;
@@ -37,7 +41,7 @@ pub enum GuestError {
 pub enum LoadError {
     #[error("not a valid WebAssembly component: {0}")]
     Invalid(String),
-    #[error("the component does not implement the cairn:runtime/aggregate world: {0}")]
+    #[error("the component does not implement the cairn:runtime/aggregate or projection world: {0}")]
     WrongWorld(String),
     #[error("the component trapped while describing itself: {0}")]
     Describe(GuestError),
@@ -54,6 +58,8 @@ pub struct Limits {
     pub max_memory_bytes: usize,
     /// Idle instances kept per component version.
     pub max_idle_instances: usize,
+    /// The largest document a projection may write.
+    pub max_document_bytes: usize,
 }
 
 impl Default for Limits {
@@ -63,6 +69,7 @@ impl Default for Limits {
             fuel_per_event: 2_000_000,
             max_memory_bytes: 64 << 20,
             max_idle_instances: 16,
+            max_document_bytes: 1 << 20,
         }
     }
 }
@@ -127,8 +134,67 @@ impl Runtime {
 
     /// Compile and link an aggregate component and ask it to describe itself.
     pub fn load_aggregate(&self, bytes: &[u8]) -> Result<AggregateComponent, LoadError> {
+        match self.load(bytes)? {
+            Loaded::Aggregate(component) => Ok(component),
+            Loaded::Projection(_) => {
+                Err(LoadError::WrongWorld("this is a projection, not an aggregate".into()))
+            }
+        }
+    }
+
+    /// Compile and link a projection component and ask it to describe itself.
+    pub fn load_projection(&self, bytes: &[u8]) -> Result<ProjectionComponent, LoadError> {
+        match self.load(bytes)? {
+            Loaded::Projection(component) => Ok(component),
+            Loaded::Aggregate(_) => {
+                Err(LoadError::WrongWorld("this is an aggregate, not a projection".into()))
+            }
+        }
+    }
+
+    /// Compile a component, tell its world from its exports, link it and ask it to
+    /// describe itself.
+    pub fn load(&self, bytes: &[u8]) -> Result<Loaded, LoadError> {
         let digest = ComponentDigest::of(bytes);
         let component = self.compile(&digest, bytes)?;
-        AggregateComponent::link(self.engine.clone(), component, digest, self.limits)
+        let exports: Vec<String> =
+            component.component_type().exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
+        let exports_fn = |name: &str| exports.iter().any(|e| e == name);
+        if exports_fn("process-command") {
+            AggregateComponent::link(self.engine.clone(), component, digest, self.limits)
+                .map(Loaded::Aggregate)
+        } else if exports_fn("handle") {
+            ProjectionComponent::link(self.engine.clone(), component, digest, self.limits)
+                .map(Loaded::Projection)
+        } else {
+            Err(LoadError::WrongWorld(format!(
+                "it exports neither process-command nor handle (its exports: {})",
+                exports.join(", ")
+            )))
+        }
+    }
+}
+
+/// A loaded component of either world.
+pub enum Loaded {
+    Aggregate(AggregateComponent),
+    Projection(ProjectionComponent),
+}
+
+impl Loaded {
+    /// `aggregate` or `projection`, as `GET /components` shows it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Loaded::Aggregate(_) => "aggregate",
+            Loaded::Projection(_) => "projection",
+        }
+    }
+
+    /// The name the component gives itself.
+    pub fn declared_name(&self) -> &str {
+        match self {
+            Loaded::Aggregate(component) => &component.info().type_name,
+            Loaded::Projection(component) => &component.info().name,
+        }
     }
 }

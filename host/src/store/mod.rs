@@ -13,11 +13,13 @@
 //! never answered, and never half of one (a transaction commits whole or not at all).
 
 mod error;
+mod follow;
 mod records;
 pub mod tables;
 mod writer;
 
 pub use error::{AppendError, StoreError};
+pub use follow::LogFollower;
 pub use records::{
     AppendBatch, Committed, DeadLetter, DeadLetterKey, NewEvent, Snapshot, StoredEvent, StoredOutcome,
     StreamId, StreamIdError,

@@ -318,3 +318,22 @@ impl Aggregate for HangingDescribe {
         }
     }
 }
+
+/// The projection `fragile-view`: counts each account's events. Version 1 (`FIXED = false`)
+/// traps on `AccountClosed`; the fixed version counts it like any other event.
+pub struct FragileView<const FIXED: bool>;
+
+impl<const FIXED: bool> cairn_guest::Projection for FragileView<FIXED> {
+    const NAME: &'static str = "fragile-view";
+
+    fn subscriptions() -> Vec<Subscription> {
+        vec![Subscription::to("account", Vec::<String>::new())]
+    }
+
+    fn handle(event: &EventEnvelope, view: &mut cairn_guest::View<'_>) {
+        if !FIXED && event.event_type == "AccountClosed" {
+            panic!("fragile-view cannot show a closed account");
+        }
+        view.update(&event.stream_id, |count: &mut u64| *count += 1);
+    }
+}

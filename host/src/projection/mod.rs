@@ -1,0 +1,426 @@
+//! Projections: read models kept by the host (API.md, Projections).
+//!
+//! Each deployed projection component has a task ([`runner`]) that follows the global log
+//! from its view's cursor, the same way routing does (a [`crate::store::LogFollower`]),
+//! and commits every batch's documents with the new cursor in `views.redb`
+//! ([`crate::views`]): exactly once, whatever crashes. A new projection starts from
+//! position 0, since a view must see all of history. A rebuild, asked for by an operator
+//! or by a deploy of a new version, fills a fresh generation beside the live one and
+//! switches when it has caught up; readers get the old generation until then.
+//!
+//! Readers can wait for their own writes: [`Projections::document`] with a `min_position`
+//! waits (bounded) until the live view has handled that position.
+
+mod runner;
+
+use crate::components::ComponentRegistry;
+use crate::store::{EventStore, Position, StoreError};
+use crate::views::{Generation, ViewRecord, ViewStore};
+use runner::Runner;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// What the runners need.
+pub(crate) struct Context {
+    pub store: EventStore,
+    pub views: ViewStore,
+    pub components: Arc<ComponentRegistry>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Where a generation stopped, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// The position of the event the component failed on; the view has handled every
+    /// event before it.
+    pub position: Position,
+    pub stream: String,
+    pub event_type: String,
+    pub reason: String,
+}
+
+/// What a runner shows of itself.
+#[derive(Debug, Default)]
+pub(crate) struct RunnerStatus {
+    pub live: Option<Generation>,
+    pub live_failure: Option<Failure>,
+    pub next: Option<Generation>,
+    pub next_failure: Option<Failure>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Counters {
+    pub rebuilds_completed: u64,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+}
+
+/// What a projection's runner and its readers share.
+pub(crate) struct Shared {
+    pub name: String,
+    pub status: Mutex<RunnerStatus>,
+    pub counters: Mutex<Counters>,
+    /// The position the live generation has handled.
+    pub live_position: watch::Sender<Position>,
+}
+
+/// An operator's (or a deploy's) request to a runner.
+pub(crate) enum Control {
+    /// Build a fresh generation with `version`; unless `force`, only if neither the live
+    /// generation nor one being built is built by that version already.
+    Rebuild { version: u32, force: bool, reply: oneshot::Sender<Result<Generation, String>> },
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+    controls: mpsc::UnboundedSender<Control>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Why a view request could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("no projection named {0:?} is deployed")]
+    UnknownProjection(String),
+    #[error("the view {name} has reached position {reached}, not {wanted}{why}")]
+    Behind { name: String, reached: Position, wanted: Position, why: String },
+    #[error("the projection {0:?} could not take the request; try again")]
+    Interrupted(String),
+    #[error("cannot rebuild {name}: {reason}")]
+    RebuildFailed { name: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A projection as `GET /views` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectionStatus {
+    pub name: String,
+    /// `running`, `rebuilding` or `failed`.
+    pub status: &'static str,
+    /// The component version that builds the live view.
+    pub version: u32,
+    pub generation: u32,
+    /// Every event at or below this position is in the live view.
+    pub cursor: Position,
+    pub head_position: Position,
+    pub lag: u64,
+    pub documents: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<RebuildStatus>,
+    #[serde(flatten)]
+    pub counters: Counters,
+}
+
+/// A generation being built beside the live one.
+#[derive(Debug, Clone, Serialize)]
+pub struct RebuildStatus {
+    pub generation: u32,
+    pub version: u32,
+    pub cursor: Position,
+    /// The share of the log handled, from 0 to 1.
+    pub progress: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+}
+
+/// A rebuild that was started.
+#[derive(Debug, Clone, Serialize)]
+pub struct RebuildStarted {
+    pub projection: String,
+    pub generation: u32,
+    pub version: u32,
+}
+
+/// The running projections.
+pub struct Projections {
+    context: Arc<Context>,
+    handles: Mutex<BTreeMap<String, Handle>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Projections {
+    /// Start a runner for every deployed projection.
+    pub fn start(
+        store: EventStore,
+        views: ViewStore,
+        components: Arc<ComponentRegistry>,
+    ) -> Result<Projections, StoreError> {
+        let (stop, shutdown) = watch::channel(false);
+        let context = Arc::new(Context { store, views, components, shutdown });
+        let projections = Projections { context, handles: Mutex::new(BTreeMap::new()), stop };
+        for name in projections.context.components.projection_names() {
+            projections.ensure_running(&name)?;
+        }
+        Ok(projections)
+    }
+
+    /// After a deploy, activation or rollback of `name`: start the runner of a new
+    /// projection, or rebuild the view with the version now active.
+    pub async fn sync(&self, name: &str) -> Result<(), ViewError> {
+        let Some(active) = self.context.components.active_projection(name) else { return Ok(()) };
+        if !self.handles.lock().expect("projections lock").contains_key(name) {
+            return Ok(self.ensure_running(name)?);
+        }
+        self.rebuild_with(name, active.version, false).await?;
+        Ok(())
+    }
+
+    /// Start the runner of `name`, making its view (from position 0) if it has none.
+    fn ensure_running(&self, name: &str) -> Result<(), StoreError> {
+        let Some(active) = self.context.components.active_projection(name) else { return Ok(()) };
+        if *self.stop.borrow() || self.handles.lock().expect("projections lock").contains_key(name) {
+            return Ok(());
+        }
+        let record = match self.context.views.records()?.remove(name) {
+            Some(record) => record,
+            None => {
+                let record =
+                    ViewRecord { live: Generation { id: 1, version: active.version, cursor: 0 }, next: None };
+                self.context.views.put_record(name, &record)?;
+                record
+            }
+        };
+        let (live_position, _) = watch::channel(record.live.cursor);
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            status: Mutex::new(RunnerStatus::default()),
+            counters: Mutex::new(Counters::default()),
+            live_position,
+        });
+        let (controls, receiver) = mpsc::unbounded_channel();
+        let task = tokio::spawn(supervise(self.context.clone(), shared.clone(), receiver));
+        self.handles
+            .lock()
+            .expect("projections lock")
+            .insert(name.to_owned(), Handle { shared, controls: controls.clone(), task: Some(task) });
+        // A view built by another version than the active one (a deploy that was not
+        // followed by its rebuild before a crash) is rebuilt.
+        let building = record.next.map(|n| n.version).unwrap_or(record.live.version);
+        if building != active.version {
+            let (reply, _) = oneshot::channel();
+            let _ = controls.send(Control::Rebuild { version: active.version, force: false, reply });
+        }
+        Ok(())
+    }
+
+    fn shared(&self, name: &str) -> Result<Arc<Shared>, ViewError> {
+        let handles = self.handles.lock().expect("projections lock");
+        handles
+            .get(name)
+            .map(|h| h.shared.clone())
+            .ok_or_else(|| ViewError::UnknownProjection(name.to_owned()))
+    }
+
+    /// Build the view of `name` again, from position 0, with the active version, beside
+    /// the live one.
+    pub async fn rebuild(&self, name: &str) -> Result<RebuildStarted, ViewError> {
+        let active = self
+            .context
+            .components
+            .active_projection(name)
+            .ok_or_else(|| ViewError::UnknownProjection(name.to_owned()))?;
+        self.rebuild_with(name, active.version, true).await
+    }
+
+    async fn rebuild_with(&self, name: &str, version: u32, force: bool) -> Result<RebuildStarted, ViewError> {
+        let controls = {
+            let handles = self.handles.lock().expect("projections lock");
+            handles
+                .get(name)
+                .map(|h| h.controls.clone())
+                .ok_or_else(|| ViewError::UnknownProjection(name.to_owned()))?
+        };
+        let (reply, answer) = oneshot::channel();
+        controls
+            .send(Control::Rebuild { version, force, reply })
+            .map_err(|_| ViewError::Interrupted(name.to_owned()))?;
+        let generation = answer
+            .await
+            .map_err(|_| ViewError::Interrupted(name.to_owned()))?
+            .map_err(|reason| ViewError::RebuildFailed { name: name.to_owned(), reason })?;
+        Ok(RebuildStarted { projection: name.to_owned(), generation: generation.id, version })
+    }
+
+    /// Every projection with its cursor, lag and status.
+    pub fn status(&self) -> Result<Vec<ProjectionStatus>, StoreError> {
+        let head = self.context.store.head_position();
+        let shared: Vec<_> =
+            self.handles.lock().expect("projections lock").values().map(|h| h.shared.clone()).collect();
+        let mut out = Vec::with_capacity(shared.len());
+        for shared in shared {
+            let (live, live_failure, next, next_failure) = {
+                let status = shared.status.lock().expect("status lock");
+                (status.live, status.live_failure.clone(), status.next, status.next_failure.clone())
+            };
+            let Some(live) = live else { continue };
+            let rebuild = next.map(|next| RebuildStatus {
+                generation: next.id,
+                version: next.version,
+                cursor: next.cursor,
+                progress: if head == 0 { 1.0 } else { (next.cursor as f64 / head as f64).min(1.0) },
+                failure: next_failure,
+            });
+            let status = if rebuild.as_ref().is_some_and(|r| r.failure.is_none()) {
+                "rebuilding"
+            } else if live_failure.is_some() {
+                "failed"
+            } else {
+                "running"
+            };
+            out.push(ProjectionStatus {
+                name: shared.name.clone(),
+                status,
+                version: live.version,
+                generation: live.id,
+                cursor: live.cursor,
+                head_position: head,
+                lag: head.saturating_sub(live.cursor),
+                documents: self.context.views.document_count(&shared.name, live.id)?,
+                failure: live_failure,
+                rebuild,
+                counters: shared.counters.lock().expect("counters lock").clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Wait until the live view of `name` has handled `min_position` (at most `wait`).
+    async fn caught_up(
+        &self,
+        name: &str,
+        min_position: Option<Position>,
+        wait: Duration,
+    ) -> Result<(), ViewError> {
+        let shared = self.shared(name)?;
+        let Some(wanted) = min_position else { return Ok(()) };
+        let mut position = shared.live_position.subscribe();
+        let behind = |reached: Position, why: String| ViewError::Behind {
+            name: name.to_owned(),
+            reached,
+            wanted,
+            why,
+        };
+        let waited = tokio::time::timeout(wait, async {
+            loop {
+                let reached = *position.borrow_and_update();
+                if reached >= wanted {
+                    return Ok(());
+                }
+                let failure = shared.status.lock().expect("status lock").live_failure.clone();
+                if let Some(failure) = failure {
+                    let why = format!(
+                        " and has stopped: it failed on {} of {} at position {}: {}",
+                        failure.event_type, failure.stream, failure.position, failure.reason
+                    );
+                    return Err(behind(reached, why));
+                }
+                if position.changed().await.is_err() {
+                    return Err(behind(reached, " and has stopped".to_owned()));
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(result) => result,
+            Err(_) => Err(behind(*position.borrow(), format!(" after waiting {} ms", wait.as_millis()))),
+        }
+    }
+
+    /// The live document of `name` under `key`, once the view has handled `min_position`,
+    /// with the position the view had handled when it was read.
+    pub async fn document(
+        &self,
+        name: &str,
+        key: &str,
+        min_position: Option<Position>,
+        wait: Duration,
+    ) -> Result<(Position, Option<String>), ViewError> {
+        self.caught_up(name, min_position, wait).await?;
+        self.context.views.document(name, key)?.ok_or_else(|| ViewError::UnknownProjection(name.to_owned()))
+    }
+
+    /// The live view's keys after `after`, once the view has handled `min_position`.
+    pub async fn keys(
+        &self,
+        name: &str,
+        after: Option<&str>,
+        limit: usize,
+        min_position: Option<Position>,
+        wait: Duration,
+    ) -> Result<(Position, Vec<String>), ViewError> {
+        self.caught_up(name, min_position, wait).await?;
+        self.context
+            .views
+            .keys(name, after, limit)?
+            .ok_or_else(|| ViewError::UnknownProjection(name.to_owned()))
+    }
+
+    /// Stop every runner between batches.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let tasks: Vec<_> = self
+            .handles
+            .lock()
+            .expect("projections lock")
+            .values_mut()
+            .filter_map(|h| h.task.take())
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+        if let Err(error) = self.context.views.flush() {
+            tracing::error!("cannot make the views durable at shutdown: {error}");
+        }
+    }
+}
+
+/// Run a projection, and run it again from its stored record if the run panics.
+async fn supervise(context: Arc<Context>, shared: Arc<Shared>, controls: mpsc::UnboundedReceiver<Control>) {
+    let controls = Arc::new(tokio::sync::Mutex::new(controls));
+    let mut shutdown = context.shutdown.clone();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let run = {
+            let (context, shared, controls) = (context.clone(), shared.clone(), controls.clone());
+            tokio::spawn(async move {
+                let mut controls = controls.lock().await;
+                let record = context
+                    .views
+                    .records()
+                    .map_err(|e| e.to_string())?
+                    .remove(&shared.name)
+                    .ok_or_else(|| format!("the view record of {} is missing", shared.name))?;
+                let runner = Runner::from_record(context.clone(), shared.clone(), &record)?;
+                runner.run(&mut controls).await;
+                Ok::<(), String>(())
+            })
+        };
+        let error = match run.await {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error,
+            Err(join) if join.is_panic() => {
+                format!("the projection task panicked: {}", crate::actor::panic_message(join.into_panic()))
+            }
+            Err(join) => format!("the projection task ended: {join}"),
+        };
+        tracing::error!(projection = shared.name, "restarting the projection in 1 s: {error}");
+        {
+            let mut counters = shared.counters.lock().expect("counters lock");
+            counters.restarts += 1;
+            counters.last_error = Some(error);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! One projection's task: follow the log for the live generation of its view (and, during a
+//! rebuild, for the generation being built beside it), hand subscribed events to the
+//! component in batches, and commit each batch's documents with the generation's cursor.
+//!
+//! Both generations advance in the same task, one batch each in turn, so the live view
+//! stays current while a rebuild catches up; when the new generation has read up to the
+//! head of the log it becomes the live one in one transaction. A generation whose
+//! component fails on an event stops there (its documents stay as they were, readers keep
+//! them) and says why in `GET /views`; a rebuild, or a deploy of a fixed version, starts it
+//! again.
+
+use super::{Context, Control, Failure, Shared};
+use crate::runtime::ProjectionComponent;
+use crate::store::{LogFollower, StoreError};
+use crate::views::{Generation, ViewRecord};
+use cairn_guest::EventEnvelope;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Log events read per batch.
+const BATCH: usize = 512;
+
+/// One generation being built or kept current.
+pub(super) struct Lane {
+    pub generation: Generation,
+    pub component: Arc<ProjectionComponent>,
+    follower: LogFollower,
+    pub failure: Option<Failure>,
+    /// Whether this lane is a rebuild (for progress and test-only slowdowns).
+    rebuild: bool,
+}
+
+/// What one batch did.
+enum Step {
+    /// Nothing new in the log for this lane.
+    Idle,
+    Advanced,
+}
+
+pub(super) struct Runner {
+    pub context: Arc<Context>,
+    pub shared: Arc<Shared>,
+    pub live: Lane,
+    pub next: Option<Lane>,
+}
+
+impl Runner {
+    /// The runner of `name` as its stored record says.
+    pub fn from_record(
+        context: Arc<Context>,
+        shared: Arc<Shared>,
+        record: &ViewRecord,
+    ) -> Result<Runner, String> {
+        let live = lane(&context, &shared.name, record.live, false)?;
+        let next = record.next.map(|next| lane(&context, &shared.name, next, true)).transpose()?;
+        let runner = Runner { context, shared, live, next };
+        runner.publish();
+        Ok(runner)
+    }
+
+    pub async fn run(mut self, controls: &mut mpsc::UnboundedReceiver<Control>) {
+        let mut shutdown = self.context.shutdown.clone();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            while let Ok(control) = controls.try_recv() {
+                self.control(control);
+            }
+            let mut advanced = false;
+            if let Some(next) = self.next.as_mut().filter(|n| n.failure.is_none()) {
+                advanced |= matches!(step(&self.context, &self.shared.name, next).await, Step::Advanced);
+                self.switch_if_caught_up();
+            }
+            if self.live.failure.is_none() {
+                advanced |=
+                    matches!(step(&self.context, &self.shared.name, &mut self.live).await, Step::Advanced);
+            }
+            self.publish();
+            if advanced {
+                continue;
+            }
+            let next = self.next.as_mut().filter(|n| n.failure.is_none());
+            let live = Some(&mut self.live).filter(|l| l.failure.is_none());
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                Some(control) = controls.recv() => self.control(control),
+                _ = more(live) => {}
+                _ = more(next) => {}
+            }
+        }
+    }
+
+    fn control(&mut self, control: Control) {
+        match control {
+            Control::Rebuild { version, force, reply } => {
+                let building = self.next.as_ref().unwrap_or(&self.live).generation;
+                let answer = if !force && building.version == version {
+                    Ok(building)
+                } else {
+                    self.start_rebuild(version)
+                };
+                self.publish();
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// Start building a fresh generation with `version` of the component beside the live one
+    /// (replacing a rebuild already under way).
+    fn start_rebuild(&mut self, version: u32) -> Result<Generation, String> {
+        let name = &self.shared.name;
+        let record =
+            ViewRecord { live: self.live.generation, next: self.next.as_ref().map(|n| n.generation) };
+        let generation = Generation { id: record.new_generation_id(), version, cursor: 0 };
+        let record = ViewRecord { live: self.live.generation, next: Some(generation) };
+        self.context.views.put_record(name, &record).map_err(|e| e.to_string())?;
+        self.next = Some(lane(&self.context, name, generation, true)?);
+        tracing::info!(projection = name, generation = generation.id, version, "rebuilding");
+        Ok(generation)
+    }
+
+    /// Make the rebuilt generation live once it has read everything committed.
+    fn switch_if_caught_up(&mut self) {
+        let Some(next) = &self.next else { return };
+        if next.failure.is_some() || next.generation.cursor < self.context.store.head_position() {
+            return;
+        }
+        match self.context.views.switch(&self.shared.name, next.generation.id) {
+            Ok(Some(_)) => {
+                let mut next = self.next.take().expect("checked above");
+                next.rebuild = false;
+                tracing::info!(
+                    projection = self.shared.name,
+                    generation = next.generation.id,
+                    cursor = next.generation.cursor,
+                    "rebuilt view is live"
+                );
+                self.live = next;
+                self.shared.counters.lock().expect("status lock").rebuilds_completed += 1;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(projection = self.shared.name, "cannot switch to the rebuilt view: {error}")
+            }
+        }
+    }
+
+    /// Show the lanes' positions to readers and to `GET /views`.
+    fn publish(&self) {
+        let mut status = self.shared.status.lock().expect("status lock");
+        status.live = Some(self.live.generation);
+        status.live_failure = self.live.failure.clone();
+        status.next = self.next.as_ref().map(|n| n.generation);
+        status.next_failure = self.next.as_ref().and_then(|n| n.failure.clone());
+        drop(status);
+        self.shared.live_position.send_if_modified(|position| {
+            let changed = *position != self.live.generation.cursor;
+            *position = self.live.generation.cursor;
+            changed
+        });
+    }
+}
+
+fn lane(context: &Context, name: &str, generation: Generation, rebuild: bool) -> Result<Lane, String> {
+    let component = context
+        .components
+        .projection_version(name, generation.version)
+        .map_err(|e| format!("cannot load {name} version {}: {e}", generation.version))?;
+    Ok(Lane {
+        generation,
+        component,
+        follower: LogFollower::new(context.store.clone(), generation.cursor),
+        failure: None,
+        rebuild,
+    })
+}
+
+/// Resolves when the lane has something new to read; never for no lane.
+async fn more(lane: Option<&mut Lane>) {
+    match lane {
+        Some(lane) => lane.follower.more().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Read one batch of the log for `lane`, handle its subscribed events, commit.
+async fn step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Step {
+    match try_step(context, name, lane).await {
+        Ok(step) => step,
+        Err(error) => {
+            // Storage trouble: read again from the committed cursor after a pause.
+            tracing::error!(projection = name, "a view batch failed, retrying: {error}");
+            lane.follower.seek(lane.generation.cursor);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Step::Advanced
+        }
+    }
+}
+
+async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result<Step, StoreError> {
+    let page = lane.follower.next_page(BATCH)?;
+    let Some(last) = page.last().map(|e| e.position) else { return Ok(Step::Idle) };
+    let info = lane.component.info();
+    let events: Vec<EventEnvelope> =
+        page.iter().filter(|e| info.wants(&e.stream_type, &e.event_type)).map(|e| e.envelope()).collect();
+    let (views, component, generation, rebuild) =
+        (context.views.clone(), lane.component.clone(), lane.generation.id, lane.rebuild);
+    let name_owned = name.to_owned();
+    let (outcome, committed) = tokio::task::spawn_blocking(move || {
+        if rebuild && let Some(stall) = crate::faults::rebuild_stall() {
+            std::thread::sleep(stall);
+        }
+        let reader = views.reader(&name_owned, generation)?;
+        let outcome = (!events.is_empty()).then(|| component.handle_batch(&events, reader));
+        let (writes, cursor, failure) = match outcome {
+            None => (Default::default(), last, None),
+            Some(outcome) => match outcome.failure {
+                None => (outcome.writes, last, None),
+                Some(error) => {
+                    let failed = &events[outcome.handled];
+                    (outcome.writes, failed.position - 1, Some((failed.clone(), error)))
+                }
+            },
+        };
+        let committed = views.commit(&name_owned, generation, &writes, cursor)?;
+        Ok::<_, StoreError>(((cursor, failure), committed))
+    })
+    .await
+    .map_err(|e| StoreError::Unavailable(format!("a view batch task failed: {e}")))??;
+    let (cursor, failure) = outcome;
+    if !committed {
+        return Err(StoreError::Unavailable(format!("generation {generation} of {name} is gone")));
+    }
+    lane.generation.cursor = cursor;
+    if let Some((event, error)) = failure {
+        tracing::error!(projection = name, position = event.position, "the projection failed: {error}");
+        lane.follower.seek(cursor);
+        lane.failure = Some(Failure {
+            position: event.position,
+            stream: format!("{}/{}", event.stream_type, event.stream_id),
+            event_type: event.event_type,
+            reason: error.to_string(),
+        });
+    }
+    Ok(Step::Advanced)
+}

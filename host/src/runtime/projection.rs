@@ -1,0 +1,248 @@
+//! A projection component version: linked once, instantiated fresh for every batch.
+//!
+//! The guest's `view-store` imports read through a [`DocumentReader`] (the committed view)
+//! and an overlay of the batch's own writes, so a read sees what the batch wrote before it;
+//! the overlay is what the caller commits. If the guest traps on an event, what that
+//! event had written is taken back, and the writes of the events before it are kept.
+
+use super::{ComponentDigest, GuestError, Limits, LoadError};
+use cairn_guest::{EventEnvelope, Subscription};
+use std::collections::BTreeMap;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+
+mod wit {
+    wasmtime::component::bindgen!({
+        world: "projection",
+        path: "../wit",
+        imports: { default: trappable },
+    });
+}
+
+use wit::cairn::runtime::types as witty;
+
+/// The longest key a projection may write.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// What a projection component says about itself through `describe()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionInfo {
+    pub name: String,
+    pub subscriptions: Vec<Subscription>,
+}
+
+impl ProjectionInfo {
+    /// Whether the projection is handed an event `event_type` of a `stream_type` stream.
+    pub fn wants(&self, stream_type: &str, event_type: &str) -> bool {
+        self.subscriptions.iter().any(|s| s.matches(stream_type, event_type))
+    }
+}
+
+/// The committed documents of the view a batch runs against.
+pub trait DocumentReader: Send {
+    fn get(&mut self, key: &str) -> Result<Option<String>, String>;
+}
+
+/// Writes of a batch, by key: `Some` document, or `None` for a delete.
+pub type Writes = BTreeMap<String, Option<String>>;
+
+/// What one batch did.
+pub struct BatchOutcome {
+    /// The documents written by the events handled.
+    pub writes: Writes,
+    /// How many events (from the first) were handled.
+    pub handled: usize,
+    /// The guest failed on event `handled`: why.
+    pub failure: Option<GuestError>,
+}
+
+struct ViewData {
+    limits: StoreLimits,
+    reader: Box<dyn DocumentReader>,
+    writes: Writes,
+    /// What the event being handled replaced in `writes`, to take it back on a trap.
+    undo: Vec<(String, Option<Option<String>>)>,
+    max_document_bytes: usize,
+}
+
+impl ViewData {
+    fn write(&mut self, key: String, document: Option<String>) -> wasmtime::Result<()> {
+        if key.len() > MAX_KEY_BYTES {
+            wasmtime::bail!("a view key is {} bytes, more than the {MAX_KEY_BYTES} allowed", key.len());
+        }
+        if let Some(document) = &document
+            && document.len() > self.max_document_bytes
+        {
+            wasmtime::bail!(
+                "the document {key:?} is {} bytes, more than the {} allowed",
+                document.len(),
+                self.max_document_bytes
+            );
+        }
+        let previous = self.writes.insert(key.clone(), document);
+        self.undo.push((key, previous));
+        Ok(())
+    }
+
+    fn take_back_current_event(&mut self) {
+        while let Some((key, previous)) = self.undo.pop() {
+            match previous {
+                Some(previous) => self.writes.insert(key, previous),
+                None => self.writes.remove(&key),
+            };
+        }
+    }
+}
+
+impl wit::cairn::runtime::view_store::Host for ViewData {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        if let Some(written) = self.writes.get(&key) {
+            return Ok(written.clone());
+        }
+        self.reader.get(&key).map_err(|e| wasmtime::format_err!("reading the view failed: {e}"))
+    }
+
+    fn put(&mut self, key: String, document: String) -> wasmtime::Result<()> {
+        if serde_json::from_str::<serde::de::IgnoredAny>(&document).is_err() {
+            wasmtime::bail!("the document {key:?} is not JSON");
+        }
+        self.write(key, Some(document))
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.write(key, None)
+    }
+}
+
+impl wit::cairn::runtime::types::Host for ViewData {}
+
+/// One compiled, linked version of a projection component.
+pub struct ProjectionComponent {
+    engine: Engine,
+    pre: wit::ProjectionPre<ViewData>,
+    digest: ComponentDigest,
+    info: ProjectionInfo,
+    limits: Limits,
+}
+
+/// A reader of an empty view, for `describe()`.
+struct NoDocuments;
+
+impl DocumentReader for NoDocuments {
+    fn get(&mut self, _key: &str) -> Result<Option<String>, String> {
+        Ok(None)
+    }
+}
+
+impl ProjectionComponent {
+    pub(super) fn link(
+        engine: Engine,
+        component: Component,
+        digest: ComponentDigest,
+        limits: Limits,
+    ) -> Result<Self, LoadError> {
+        let mut linker = Linker::<ViewData>::new(&engine);
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld(format!("{e:#}"));
+        wit::Projection::add_to_linker::<_, HasSelf<ViewData>>(&mut linker, |data| data)
+            .map_err(wrong_world)?;
+        // No capabilities: whatever else the guest imports traps if it is ever called.
+        linker.define_unknown_imports_as_traps(&component).map_err(wrong_world)?;
+        let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = wit::ProjectionPre::new(pre).map_err(wrong_world)?;
+        let mut loaded = ProjectionComponent {
+            engine,
+            pre,
+            digest,
+            info: ProjectionInfo { name: String::new(), subscriptions: Vec::new() },
+            limits,
+        };
+        let (mut store, guest) = loaded.instantiate(Box::new(NoDocuments)).map_err(LoadError::Describe)?;
+        let described =
+            guest.call_describe(&mut store).map_err(|e| LoadError::Describe(guest_error(e, limits)))?;
+        loaded.info = ProjectionInfo {
+            name: described.name,
+            subscriptions: described
+                .subscriptions
+                .into_iter()
+                .map(|s| Subscription { source_type: s.source_type, event_types: s.event_types })
+                .collect(),
+        };
+        Ok(loaded)
+    }
+
+    pub fn digest(&self) -> &ComponentDigest {
+        &self.digest
+    }
+
+    pub fn info(&self) -> &ProjectionInfo {
+        &self.info
+    }
+
+    fn instantiate(
+        &self,
+        reader: Box<dyn DocumentReader>,
+    ) -> Result<(Store<ViewData>, wit::Projection), GuestError> {
+        let limits = StoreLimitsBuilder::new().memory_size(self.limits.max_memory_bytes).build();
+        let data = ViewData {
+            limits,
+            reader,
+            writes: Writes::new(),
+            undo: Vec::new(),
+            max_document_bytes: self.limits.max_document_bytes,
+        };
+        let mut store = Store::new(&self.engine, data);
+        store.limiter(|data| &mut data.limits);
+        store.set_fuel(self.limits.fuel_per_call).map_err(|e| GuestError::Trap(e.to_string()))?;
+        let guest = self.pre.instantiate(&mut store).map_err(|e| GuestError::Trap(format!("{e:#}")))?;
+        Ok((store, guest))
+    }
+
+    /// Handle `events` in order on one fresh instance, reading the committed view through
+    /// `reader`. Stops at the first event the guest fails on.
+    pub fn handle_batch(&self, events: &[EventEnvelope], reader: Box<dyn DocumentReader>) -> BatchOutcome {
+        let (mut store, guest) = match self.instantiate(reader) {
+            Ok(instance) => instance,
+            Err(failure) => {
+                return BatchOutcome { writes: Writes::new(), handled: 0, failure: Some(failure) };
+            }
+        };
+        for (index, event) in events.iter().enumerate() {
+            store.data_mut().undo.clear();
+            let called = store
+                .set_fuel(self.limits.fuel_per_call)
+                .and_then(|()| guest.call_handle(&mut store, &envelope(event)));
+            if let Err(error) = called {
+                store.data_mut().take_back_current_event();
+                let writes = std::mem::take(&mut store.data_mut().writes);
+                return BatchOutcome {
+                    writes,
+                    handled: index,
+                    failure: Some(guest_error(error, self.limits)),
+                };
+            }
+        }
+        let writes = std::mem::take(&mut store.data_mut().writes);
+        BatchOutcome { writes, handled: events.len(), failure: None }
+    }
+}
+
+fn guest_error(error: wasmtime::Error, limits: Limits) -> GuestError {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => GuestError::Timeout(limits.fuel_per_call),
+        _ => GuestError::Trap(format!("{error:#}")),
+    }
+}
+
+fn envelope(event: &EventEnvelope) -> witty::EventEnvelope {
+    witty::EventEnvelope {
+        stream_type: event.stream_type.clone(),
+        stream_id: event.stream_id.clone(),
+        version: event.version,
+        position: event.position,
+        event_type: event.event_type.clone(),
+        payload: event.payload.clone(),
+        recorded_at: event.recorded_at.clone(),
+        correlation_id: event.correlation_id.clone(),
+        causation_id: event.causation_id.clone(),
+    }
+}

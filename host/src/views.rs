@@ -1,0 +1,275 @@
+//! The view store: the projections' documents, in a redb file of their own
+//! (`views.redb`). Views are derived data: they can always be rebuilt from the log, so
+//! they are kept apart from it and never slow its commits down.
+//!
+//! Each projection has a record (its live generation and, during a rebuild, the one being
+//! built) and one table of documents per generation, `view/{projection}/{generation}`. A
+//! batch's documents and the generation's new cursor commit in one transaction, so after a
+//! crash a view is exactly what its cursor says. Most commits skip the fsync
+//! ([`Durability::None`]): a crash may take a view back a little, never apart, and the
+//! events after its cursor are handled again. One commit a second is made durable.
+
+use crate::runtime::{DocumentReader, Writes};
+use crate::store::{Position, StoreError};
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// projection name → [`ViewRecord`].
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("projections");
+
+/// How often a view commit is made durable.
+const DURABLE_EVERY: Duration = Duration::from_secs(1);
+
+/// One generation of a view: its documents' table, the component version that builds it,
+/// and the position it has handled the log up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generation {
+    pub id: u32,
+    pub version: u32,
+    pub cursor: Position,
+}
+
+/// What is kept per projection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewRecord {
+    /// The generation readers get.
+    pub live: Generation,
+    /// A generation being built beside it (a rebuild), switched to once caught up.
+    pub next: Option<Generation>,
+}
+
+impl ViewRecord {
+    fn generation_mut(&mut self, id: u32) -> Option<&mut Generation> {
+        if self.live.id == id {
+            Some(&mut self.live)
+        } else {
+            self.next.as_mut().filter(|next| next.id == id)
+        }
+    }
+
+    /// A fresh generation number.
+    pub fn new_generation_id(&self) -> u32 {
+        self.live.id.max(self.next.map_or(0, |n| n.id)) + 1
+    }
+}
+
+fn table_name(projection: &str, generation: u32) -> String {
+    format!("view/{projection}/{generation}")
+}
+
+fn decode(name: &str, bytes: &[u8]) -> Result<ViewRecord, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("view record {name}: {e}")))
+}
+
+fn encode(record: &ViewRecord) -> Vec<u8> {
+    rmp_serde::to_vec(record).expect("encode a view record")
+}
+
+#[derive(Clone)]
+pub struct ViewStore {
+    db: Arc<Database>,
+    last_durable: Arc<Mutex<Instant>>,
+}
+
+impl ViewStore {
+    /// Open (or create) the view store at `path`.
+    pub fn open(path: &Path) -> Result<ViewStore, StoreError> {
+        let db = Database::create(path).map_err(redb::Error::from)?;
+        let txn = db.begin_write()?;
+        txn.open_table(RECORDS)?;
+        txn.commit()?;
+        Ok(ViewStore { db: Arc::new(db), last_durable: Arc::new(Mutex::new(Instant::now())) })
+    }
+
+    /// Every projection's record.
+    pub fn records(&self) -> Result<BTreeMap<String, ViewRecord>, StoreError> {
+        let read = self.db.begin_read()?;
+        let table = read.open_table(RECORDS)?;
+        let mut out = BTreeMap::new();
+        for entry in table.iter()? {
+            let (name, record) = entry?;
+            out.insert(name.value().to_owned(), decode(name.value(), record.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Store a projection's record as given (a new projection, a rebuild starting); a
+    /// generation that is no longer in it loses its documents.
+    pub fn put_record(&self, name: &str, record: &ViewRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(RECORDS)?;
+            let before = table.get(name)?.map(|v| decode(name, v.value())).transpose()?;
+            table.insert(name, encode(record).as_slice())?;
+            if let Some(before) = before {
+                for old in [Some(before.live), before.next].into_iter().flatten() {
+                    let kept = old.id == record.live.id || record.next.is_some_and(|n| n.id == old.id);
+                    if !kept {
+                        txn.delete_table(TableDefinition::<&str, &str>::new(&table_name(name, old.id)))?;
+                    }
+                }
+            }
+            // Empty tables, so readers of a new generation find them.
+            txn.open_table(TableDefinition::<&str, &str>::new(&table_name(name, record.live.id)))?;
+            if let Some(next) = record.next {
+                txn.open_table(TableDefinition::<&str, &str>::new(&table_name(name, next.id)))?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Commit a batch: `writes` into generation `generation`'s documents and its cursor moved
+    /// to `cursor`, in one transaction. Refused (`Ok(false)`) when the generation is no
+    /// longer the projection's (a rebuild replaced it meanwhile).
+    pub fn commit(
+        &self,
+        name: &str,
+        generation: u32,
+        writes: &Writes,
+        cursor: Position,
+    ) -> Result<bool, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        let durable = {
+            let mut last = self.last_durable.lock().expect("durability clock lock");
+            let due = last.elapsed() >= DURABLE_EVERY;
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
+        if !durable {
+            txn.set_durability(Durability::None).map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+        }
+        {
+            let mut records = txn.open_table(RECORDS)?;
+            let Some(mut record) = records.get(name)?.map(|v| decode(name, v.value())).transpose()? else {
+                return Ok(false);
+            };
+            let Some(target) = record.generation_mut(generation) else { return Ok(false) };
+            target.cursor = cursor;
+            records.insert(name, encode(&record).as_slice())?;
+            let mut documents =
+                txn.open_table(TableDefinition::<&str, &str>::new(&table_name(name, generation)))?;
+            for (key, document) in writes {
+                match document {
+                    Some(document) => documents.insert(key.as_str(), document.as_str())?,
+                    None => documents.remove(key.as_str())?,
+                };
+            }
+        }
+        txn.commit()?;
+        Ok(true)
+    }
+
+    /// Make every commit so far durable (at shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(RECORDS)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Make the generation being built the live one, and drop the old one's documents.
+    pub fn switch(&self, name: &str, generation: u32) -> Result<Option<ViewRecord>, StoreError> {
+        let txn = self.db.begin_write()?;
+        let switched = {
+            let mut records = txn.open_table(RECORDS)?;
+            let Some(mut record) = records.get(name)?.map(|v| decode(name, v.value())).transpose()? else {
+                return Ok(None);
+            };
+            let Some(next) = record.next.filter(|n| n.id == generation) else { return Ok(None) };
+            let old = std::mem::replace(&mut record.live, next);
+            record.next = None;
+            records.insert(name, encode(&record).as_slice())?;
+            txn.delete_table(TableDefinition::<&str, &str>::new(&table_name(name, old.id)))?;
+            record
+        };
+        txn.commit()?;
+        Ok(Some(switched))
+    }
+
+    /// The live generation's document under `key`, and the position the view had handled
+    /// when it was read. `None` for a projection with no view yet.
+    pub fn document(&self, name: &str, key: &str) -> Result<Option<(Position, Option<String>)>, StoreError> {
+        let read = self.db.begin_read()?;
+        let records = read.open_table(RECORDS)?;
+        let Some(record) = records.get(name)?.map(|v| decode(name, v.value())).transpose()? else {
+            return Ok(None);
+        };
+        let documents =
+            read.open_table(TableDefinition::<&str, &str>::new(&table_name(name, record.live.id)))?;
+        let document = documents.get(key)?.map(|v| v.value().to_owned());
+        Ok(Some((record.live.cursor, document)))
+    }
+
+    /// The live generation's keys after `after`, at most `limit`, leaving out the
+    /// projection's own bookkeeping (keys starting with `_`); and the view's position.
+    pub fn keys(
+        &self,
+        name: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<(Position, Vec<String>)>, StoreError> {
+        let read = self.db.begin_read()?;
+        let records = read.open_table(RECORDS)?;
+        let Some(record) = records.get(name)?.map(|v| decode(name, v.value())).transpose()? else {
+            return Ok(None);
+        };
+        let documents =
+            read.open_table(TableDefinition::<&str, &str>::new(&table_name(name, record.live.id)))?;
+        let mut keys = Vec::new();
+        let range = match after {
+            Some(after) => {
+                documents.range::<&str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))?
+            }
+            None => documents.range::<&str>(..)?,
+        };
+        for entry in range {
+            let (key, _) = entry?;
+            if key.value().starts_with('_') {
+                continue;
+            }
+            keys.push(key.value().to_owned());
+            if keys.len() >= limit {
+                break;
+            }
+        }
+        Ok(Some((record.live.cursor, keys)))
+    }
+
+    /// How many documents a generation holds (bookkeeping included).
+    pub fn document_count(&self, name: &str, generation: u32) -> Result<u64, StoreError> {
+        let read = self.db.begin_read()?;
+        match read.open_table(TableDefinition::<&str, &str>::new(&table_name(name, generation))) {
+            Ok(documents) => Ok(documents.len()?),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The committed documents of a generation, for a batch's guest to read.
+    pub fn reader(&self, name: &str, generation: u32) -> Result<Box<dyn DocumentReader>, StoreError> {
+        let read = self.db.begin_read()?;
+        let table = read.open_table(TableDefinition::<&str, &str>::new(&table_name(name, generation)))?;
+        Ok(Box::new(CommittedDocuments { table }))
+    }
+}
+
+/// A generation's documents as of the start of a batch.
+struct CommittedDocuments {
+    table: ReadOnlyTable<&'static str, &'static str>,
+}
+
+impl DocumentReader for CommittedDocuments {
+    fn get(&mut self, key: &str) -> Result<Option<String>, String> {
+        self.table.get(key).map(|v| v.map(|v| v.value().to_owned())).map_err(|e| e.to_string())
+    }
+}
