@@ -47,6 +47,9 @@ enum Command {
         /// Streams a deploy's replay check rebuilds with the new version (the most recent).
         #[arg(long, default_value_t = 100)]
         replay_sample: usize,
+        /// The longest a deploy may spend compiling a component before it is refused.
+        #[arg(long, default_value_t = 60_000, value_name = "MILLIS")]
+        compile_timeout_ms: u64,
     },
     /// Send a command: `cairn send account 101 '{"type":"OpenAccount","data":{"initial_balance":100}}'`.
     Send {
@@ -193,6 +196,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             mailbox_capacity,
             idle_seconds,
             replay_sample,
+            compile_timeout_ms,
         } => {
             let mut config = ServeConfig { data_dir: data, listen, admin_token, ..ServeConfig::default() };
             config.body_limits.command_bytes = max_body_bytes;
@@ -200,6 +204,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             config.actors.mailbox_capacity = mailbox_capacity.max(1);
             config.actors.idle_timeout = std::time::Duration::from_secs(idle_seconds.max(1));
             config.replay_sample = replay_sample;
+            config.compile_timeout = std::time::Duration::from_millis(compile_timeout_ms.max(1));
             crate::server::serve(config).await
         }
         Command::Send { type_name, id, json, idempotency_key, correlation_id, expect_version, client } => {

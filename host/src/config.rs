@@ -20,6 +20,8 @@ pub struct ServeConfig {
     pub routing: RoutingConfig,
     /// Streams a deploy's replay check rebuilds with the new version (the most recent ones).
     pub replay_sample: usize,
+    /// The longest an uploaded component may take to compile before the deploy is refused.
+    pub compile_timeout: std::time::Duration,
     /// The longest a view read with `?min_position=` waits before answering 503.
     pub view_wait: std::time::Duration,
 }
@@ -39,6 +41,7 @@ impl Default for ServeConfig {
             guest_limits: Limits::default(),
             routing: RoutingConfig::default(),
             replay_sample: 100,
+            compile_timeout: std::time::Duration::from_secs(60),
             view_wait: std::time::Duration::from_secs(5),
         }
     }

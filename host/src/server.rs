@@ -59,6 +59,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         admin_token: admin_token.into(),
         max_component_bytes: config.body_limits.component_bytes,
         replay_sample: config.replay_sample,
+        compile_timeout: config.compile_timeout,
         view_wait: config.view_wait,
     };
     let app = http::router(state, config.body_limits);

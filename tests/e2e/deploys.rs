@@ -84,6 +84,15 @@ async fn bad_components_are_refused_and_the_running_version_stays() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_compile_beyond_its_time_bound_is_refused() {
+    let host = Host::start_with(&["--compile-timeout-ms", "1"]);
+    let refused = host.deploy("faulty", cairn_artifacts::FAULTY).await.expect_error(422, "compile_timeout");
+    assert!(refused.body["error"]["message"].as_str().unwrap().contains("1ms"), "{}", refused.body);
+    assert_eq!(component(&host, "faulty").await, Value::Null, "nothing of it was kept");
+    host.open_account("1", 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_changed_rule_is_reported_followed_and_rolled_back_and_versions_survive_kill_9() {
     let mut host = Host::start();
     let first = host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);

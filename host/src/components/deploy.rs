@@ -27,11 +27,19 @@ pub struct DeployOptions {
     pub react_from_beginning: bool,
     /// How many of the most recently written streams of the type the replay check rebuilds.
     pub replay_sample: usize,
+    /// The longest compiling the component may take (uploads are bounded, the bundled
+    /// components are trusted).
+    pub compile_timeout: Option<std::time::Duration>,
 }
 
 impl Default for DeployOptions {
     fn default() -> Self {
-        DeployOptions { dry_run: false, react_from_beginning: false, replay_sample: 100 }
+        DeployOptions {
+            dry_run: false,
+            react_from_beginning: false,
+            replay_sample: 100,
+            compile_timeout: None,
+        }
     }
 }
 
@@ -74,6 +82,8 @@ pub enum DeployError {
     InvalidName(String),
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error("compiling the component took longer than {0:?}")]
+    CompileTimeout(std::time::Duration),
     #[error("the component describes itself as {declared:?}, not {name:?}")]
     NameMismatch { name: String, declared: String },
     #[error("{name} is deployed as {existing}; this component is {new}")]
@@ -124,28 +134,35 @@ impl ComponentRegistry {
         let store = self.store.clone();
         let running = self.active(name);
         let type_name = name.to_owned();
-        // Compiling (~100 ms) and replaying are CPU work: keep them off the async threads.
         let existing_kind = existing.as_ref().map(|r| r.kind.clone());
-        let (component, report, bytes) = tokio::task::spawn_blocking(move || {
-            let component = runtime.load(&bytes)?;
-            let declared = component.declared_name();
-            if declared != type_name {
-                return Err(DeployError::NameMismatch { name: type_name, declared: declared.to_owned() });
-            }
-            if let Some(existing) = existing_kind
-                && existing != component.kind()
-            {
-                return Err(DeployError::KindMismatch { name: type_name, existing, new: component.kind() });
-            }
-            // A projection's new version is checked by rebuilding its view beside the live
-            // one: the live view stays until the new one has caught up.
+        // Compiling is CPU work with a wall-clock bound; a compile that overruns is refused
+        // (it finishes in the background, and only warms the compile cache).
+        let compile_timeout = options.compile_timeout.unwrap_or(std::time::Duration::MAX);
+        let compiling = tokio::task::spawn_blocking(move || runtime.load(&bytes).map(|c| (c, bytes)));
+        let (component, bytes) = tokio::time::timeout(compile_timeout, compiling)
+            .await
+            .map_err(|_| DeployError::CompileTimeout(compile_timeout))?
+            .map_err(|e| StoreError::Unavailable(format!("the deploy task failed: {e}")))??;
+        let declared = component.declared_name();
+        if declared != type_name {
+            return Err(DeployError::NameMismatch { name: type_name, declared: declared.to_owned() });
+        }
+        if let Some(existing) = existing_kind
+            && existing != component.kind()
+        {
+            return Err(DeployError::KindMismatch { name: type_name, existing, new: component.kind() });
+        }
+        // Replaying is CPU work too: keep it off the async threads. A projection's new version
+        // is checked by rebuilding its view beside the live one instead: the live view stays
+        // until the new one has caught up.
+        let (component, report) = tokio::task::spawn_blocking(move || {
             let report = match &component {
                 Loaded::Aggregate(new) => {
                     replay_check(running.as_deref(), new, &store, &type_name, options.replay_sample)?
                 }
                 Loaded::Projection(_) => ReplayReport::default(),
             };
-            Ok((component, report, bytes))
+            Ok::<_, DeployError>((component, report))
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("the deploy task failed: {e}")))??;

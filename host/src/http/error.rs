@@ -128,6 +128,9 @@ impl From<DeployError> for ApiError {
             DeployError::NameMismatch { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "name_mismatch", message)
             }
+            DeployError::CompileTimeout(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "compile_timeout", message)
+            }
             DeployError::KindMismatch { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "kind_mismatch", message)
             }

@@ -37,6 +37,8 @@ pub struct AppState {
     pub max_component_bytes: usize,
     /// Streams a deploy's replay check rebuilds.
     pub replay_sample: usize,
+    /// The longest an upload may take to compile.
+    pub compile_timeout: std::time::Duration,
     /// The longest a view read waits for `min_position`.
     pub view_wait: std::time::Duration,
 }

@@ -191,6 +191,7 @@ pub async fn deploy(
         dry_run: params.flag("dry_run")?,
         react_from_beginning,
         replay_sample: state.replay_sample,
+        compile_timeout: Some(state.compile_timeout),
     };
     let bytes = axum::body::to_bytes(body, state.max_component_bytes).await.map_err(|_| {
         ApiError::new(

@@ -100,7 +100,7 @@ pub enum ViewError {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProjectionStatus {
     pub name: String,
-    /// `running`, `rebuilding` or `failed`.
+    /// `starting`, `running`, `rebuilding` or `failed`.
     pub status: &'static str,
     /// The component version that builds the live view.
     pub version: u32,
@@ -259,7 +259,9 @@ impl Projections {
                 let status = shared.status.lock().expect("status lock");
                 (status.live, status.live_failure.clone(), status.next, status.next_failure.clone())
             };
-            let Some(live) = live else { continue };
+            // A runner that has not started yet (or cannot: see `last_error`) shows as starting.
+            let starting = live.is_none();
+            let live = live.unwrap_or(Generation { id: 0, version: 0, cursor: 0 });
             let rebuild = next.map(|next| RebuildStatus {
                 generation: next.id,
                 version: next.version,
@@ -267,7 +269,9 @@ impl Projections {
                 progress: if head == 0 { 1.0 } else { (next.cursor as f64 / head as f64).min(1.0) },
                 failure: next_failure,
             });
-            let status = if rebuild.as_ref().is_some_and(|r| r.failure.is_none()) {
+            let status = if starting {
+                "starting"
+            } else if rebuild.as_ref().is_some_and(|r| r.failure.is_none()) {
                 "rebuilding"
             } else if live_failure.is_some() {
                 "failed"

@@ -3,8 +3,8 @@
 //! component in batches, and commit each batch's documents with the generation's cursor.
 //!
 //! Both generations advance in the same task, one batch each in turn, so the live view
-//! stays current while a rebuild catches up; when the new generation has read up to the
-//! head of the log it becomes the live one in one transaction. A generation whose
+//! stays current while a rebuild catches up; when the new generation has caught up with the
+//! live one it becomes the live one in one transaction. A generation whose
 //! component fails on an event stops there (its documents stay as they were, readers keep
 //! them) and says why in `GET /views`; a rebuild, or a deploy of a fixed version, starts it
 //! again.
@@ -121,10 +121,12 @@ impl Runner {
         Ok(generation)
     }
 
-    /// Make the rebuilt generation live once it has read everything committed.
+    /// Make the rebuilt generation live once it is as far along the log as the live one
+    /// (comparing with the head instead could starve a switch under a steady stream of
+    /// commits). A live generation that has stopped on a failure is overtaken sooner.
     fn switch_if_caught_up(&mut self) {
         let Some(next) = &self.next else { return };
-        if next.failure.is_some() || next.generation.cursor < self.context.store.head_position() {
+        if next.failure.is_some() || next.generation.cursor < self.live.generation.cursor {
             return;
         }
         match self.context.views.switch(&self.shared.name, next.generation.id) {
