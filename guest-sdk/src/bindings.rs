@@ -19,7 +19,13 @@ fn raw(event: Event) -> RawEvent {
     RawEvent { event_type: event.event_type, payload: event.payload }
 }
 
+/// Route panic messages to the host (once per instance): see [`crate::panic_hook`].
+pub fn report_panics() {
+    crate::panic_hook::install(cairn::runtime::diagnostics::panicked);
+}
+
 pub fn describe<A: Aggregate>() -> AggregateInfo {
+    report_panics();
     AggregateInfo {
         type_name: A::TYPE.to_owned(),
         subscriptions: A::subscriptions()
@@ -34,6 +40,7 @@ pub fn process_command<A: Aggregate>(
     state: Option<Vec<u8>>,
     command: Command,
 ) -> Result<Vec<Event>, Rejection> {
+    report_panics();
     let command = RawCommand { command_type: command.command_type, payload: command.payload };
     match glue::process_command::<A>(state.as_deref(), &command) {
         Ok(events) => {
@@ -44,15 +51,18 @@ pub fn process_command<A: Aggregate>(
 }
 
 pub fn apply_event<A: Aggregate>(state: Option<Vec<u8>>, event: Event) -> Vec<u8> {
+    report_panics();
     glue::apply_events::<A>(state.as_deref(), &[raw(event)]).expect("state after an event")
 }
 
 pub fn apply_events<A: Aggregate>(state: Option<Vec<u8>>, events: Vec<Event>) -> Option<Vec<u8>> {
+    report_panics();
     let events: Vec<RawEvent> = events.into_iter().map(raw).collect();
     glue::apply_events::<A>(state.as_deref(), &events)
 }
 
 pub fn react<A: Aggregate>(event: WitEnvelope) -> Vec<OutgoingCommand> {
+    report_panics();
     let envelope = crate::EventEnvelope {
         stream_type: event.stream_type,
         stream_id: event.stream_id,

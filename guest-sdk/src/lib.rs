@@ -70,6 +70,8 @@ pub mod testing;
 #[doc(hidden)]
 pub mod bindings;
 #[cfg(target_arch = "wasm32")]
+mod panic_hook;
+#[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod projection_bindings;
 

@@ -29,7 +29,13 @@ impl DocumentStore for HostDocuments {
     }
 }
 
+/// Route panic messages to the host (once per instance): see [`crate::panic_hook`].
+fn report_panics() {
+    crate::panic_hook::install(cairn::runtime::diagnostics::panicked);
+}
+
 pub fn describe<P: Projection>() -> ProjectionInfo {
+    report_panics();
     ProjectionInfo {
         name: P::NAME.to_owned(),
         subscriptions: P::subscriptions()
@@ -40,6 +46,7 @@ pub fn describe<P: Projection>() -> ProjectionInfo {
 }
 
 pub fn handle<P: Projection>(event: EventEnvelope) {
+    report_panics();
     let envelope = crate::EventEnvelope {
         stream_type: event.stream_type,
         stream_id: event.stream_id,

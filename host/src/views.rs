@@ -273,3 +273,69 @@ impl DocumentReader for CommittedDocuments {
         self.table.get(key).map(|v| v.map(|v| v.value().to_owned())).map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writes(entries: &[(&str, Option<&str>)]) -> Writes {
+        entries.iter().map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned))).collect()
+    }
+
+    fn open() -> (tempfile::TempDir, ViewStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let views = ViewStore::open(&dir.path().join("views.redb")).unwrap();
+        (dir, views)
+    }
+
+    fn generation(id: u32) -> Generation {
+        Generation { id, version: 1, cursor: 0 }
+    }
+
+    #[test]
+    fn a_batch_commits_its_documents_with_the_cursor_and_hides_bookkeeping_keys() {
+        let (_dir, views) = open();
+        assert_eq!(views.document("v", "a").unwrap(), None, "no view yet");
+        views.put_record("v", &ViewRecord { live: generation(1), next: None }).unwrap();
+        let batch = writes(&[("a", Some("1")), ("_index", Some("{}")), ("b", Some("2"))]);
+        assert!(views.commit("v", 1, &batch, 7).unwrap());
+        assert_eq!(views.document("v", "a").unwrap(), Some((7, Some("1".to_owned()))));
+        assert_eq!(views.keys("v", None, 10).unwrap(), Some((7, vec!["a".to_owned(), "b".to_owned()])));
+        assert_eq!(views.keys("v", Some("a"), 10).unwrap().unwrap().1, ["b"]);
+        assert!(views.commit("v", 1, &writes(&[("a", None)]), 9).unwrap());
+        assert_eq!(views.document("v", "a").unwrap(), Some((9, None)));
+        assert_eq!(views.document_count("v", 1).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_rebuilt_generation_switches_whole_and_the_old_one_is_dropped() {
+        let (dir, views) = open();
+        views.put_record("v", &ViewRecord { live: generation(1), next: None }).unwrap();
+        views.commit("v", 1, &writes(&[("a", Some("old"))]), 5).unwrap();
+        views
+            .put_record(
+                "v",
+                &ViewRecord { live: Generation { cursor: 5, ..generation(1) }, next: Some(generation(2)) },
+            )
+            .unwrap();
+        views.commit("v", 2, &writes(&[("a", Some("new"))]), 5).unwrap();
+        assert_eq!(
+            views.document("v", "a").unwrap(),
+            Some((5, Some("old".to_owned()))),
+            "readers keep the live one"
+        );
+        let record = views.switch("v", 2).unwrap().unwrap();
+        assert_eq!((record.live.id, record.next), (2, None));
+        assert_eq!(views.document("v", "a").unwrap(), Some((5, Some("new".to_owned()))));
+        assert!(
+            !views.commit("v", 1, &writes(&[("a", Some("late"))]), 6).unwrap(),
+            "a dropped generation takes no writes"
+        );
+        assert_eq!(views.document_count("v", 1).unwrap(), 0);
+        // What was committed survives a reopen.
+        drop(views);
+        let views = ViewStore::open(&dir.path().join("views.redb")).unwrap();
+        assert_eq!(views.records().unwrap()["v"].live.id, 2);
+        assert_eq!(views.document("v", "a").unwrap(), Some((5, Some("new".to_owned()))));
+    }
+}

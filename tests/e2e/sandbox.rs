@@ -20,7 +20,11 @@ async fn traps_and_timeouts_are_422_and_the_actor_survives() {
     assert_eq!(deployed.body["version"], 1);
     assert!(deployed.body["digest"].as_str().unwrap().starts_with("sha256:"));
     host.command("faulty", "1", "Increment", json!({})).await.expect(200);
-    host.command("faulty", "1", "Panic", json!({})).await.expect_error(422, "guest_trap");
+    let panicked = host.command("faulty", "1", "Panic", json!({})).await.expect_error(422, "guest_trap");
+    // The guest's own message, with where it panicked, and no WebAssembly backtrace.
+    let message = panicked.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("asked to panic") && message.contains("misbehave/src/lib.rs"), "{message}");
+    assert!(!message.contains("wasm backtrace"), "{message}");
     host.command("faulty", "1", "Spin", json!({})).await.expect_error(422, "guest_timeout");
     host.command("faulty", "1", "Hog", json!({})).await.expect_error(422, "guest_trap");
     let after = host.command("faulty", "1", "Increment", json!({})).await.expect(200);

@@ -87,9 +87,11 @@ fn a_debit_refused_for_lack_of_funds_is_not_a_transaction_and_closing_is_shown()
 
 #[test]
 fn events_that_do_not_decode_stop_the_projection_with_a_clear_message() {
-    let bad = || envelope("account", "A", 1, &json!({"AccountOpened": {"initial_balance": "lots"}}));
-    // The component traps too; its message reaches the host once guests get a stderr (#11).
-    given::<AccountInfoProjection>([bad()]).then_trapped("");
-    cairn_guest::testing::projection::given::<AccountInfoProjection>([bad()])
-        .then_trapped("AccountOpened at position 1 does not decode");
+    given::<AccountInfoProjection>([envelope(
+        "account",
+        "A",
+        1,
+        &json!({"AccountOpened": {"initial_balance": "lots"}}),
+    )])
+    .then_trapped("AccountOpened at position 1 does not decode");
 }

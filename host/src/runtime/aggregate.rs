@@ -1,11 +1,11 @@
 //! An aggregate component version: linked once, instantiated from a pool per call.
 
-use super::{ComponentDigest, GuestError, Limits, LoadError};
+use super::{ComponentDigest, Diagnostics, GuestError, Limits, LoadError};
 use cairn_guest::glue::{RawCommand, RawEvent};
 use cairn_guest::{EventEnvelope, OutgoingCommand, Rejection, Subscription};
 use std::sync::Mutex;
-use wasmtime::component::{Component, Linker};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 
 mod wit {
     wasmtime::component::bindgen!({
@@ -26,7 +26,18 @@ pub struct AggregateInfo {
 
 struct GuestData {
     limits: StoreLimits,
+    /// The type name, for the log.
+    component: String,
+    diagnostics: Diagnostics,
 }
+
+impl wit::cairn::runtime::diagnostics::Host for GuestData {
+    fn panicked(&mut self, message: String) {
+        self.diagnostics.panicked(&self.component, message);
+    }
+}
+
+impl wit::cairn::runtime::types::Host for GuestData {}
 
 struct Instance {
     store: Store<GuestData>,
@@ -51,7 +62,9 @@ impl AggregateComponent {
         limits: Limits,
     ) -> Result<Self, LoadError> {
         let mut linker = Linker::<GuestData>::new(&engine);
-        // No capabilities: whatever the guest imports traps if it is ever called.
+        wit::Aggregate::add_to_linker::<_, HasSelf<GuestData>>(&mut linker, |data| data)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        // No capabilities: whatever else the guest imports traps if it is ever called.
         linker
             .define_unknown_imports_as_traps(&component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
@@ -90,7 +103,9 @@ impl AggregateComponent {
 
     fn instantiate(&self) -> Result<Instance, GuestError> {
         let limits = StoreLimitsBuilder::new().memory_size(self.limits.max_memory_bytes).build();
-        let mut store = Store::new(&self.engine, GuestData { limits });
+        let component = self.info.type_name.clone();
+        let mut store =
+            Store::new(&self.engine, GuestData { limits, component, diagnostics: Diagnostics::default() });
         store.limiter(|data| &mut data.limits);
         store.set_fuel(self.limits.fuel_per_call).map_err(|e| GuestError::Trap(e.to_string()))?;
         let bindings = self.pre.instantiate(&mut store).map_err(|e| GuestError::Trap(format!("{e:#}")))?;
@@ -118,10 +133,7 @@ impl AggregateComponent {
                 }
                 Ok(value)
             }
-            Err(error) => Err(match error.downcast_ref::<Trap>() {
-                Some(Trap::OutOfFuel) => GuestError::Timeout(fuel),
-                _ => GuestError::Trap(format!("{error:#}")),
-            }),
+            Err(error) => Err(instance.store.data_mut().diagnostics.failure(error, fuel)),
         }
     }
 

@@ -36,6 +36,42 @@ pub enum GuestError {
     Timeout(u64),
 }
 
+/// What the guest told the host before it failed (its panic message, bounded).
+#[derive(Default)]
+struct Diagnostics {
+    panic: Option<String>,
+}
+
+/// The most of a guest's panic message the host keeps.
+const MAX_PANIC_MESSAGE: usize = 4096;
+
+impl Diagnostics {
+    fn panicked(&mut self, component: &str, mut message: String) {
+        if message.len() > MAX_PANIC_MESSAGE {
+            let mut end = MAX_PANIC_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        tracing::warn!(component, "the guest panicked: {message}");
+        self.panic = Some(message);
+    }
+
+    /// A failed call as the caller sees it: out of fuel, or a trap told with the guest's
+    /// own panic message when it sent one, else the trap's cause (never a backtrace).
+    fn failure(&mut self, error: wasmtime::Error, fuel: u64) -> GuestError {
+        let panic = self.panic.take();
+        match error.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::OutOfFuel) => GuestError::Timeout(fuel),
+            trap => GuestError::Trap(match panic {
+                Some(message) => message,
+                None => trap.map_or_else(|| error.root_cause().to_string(), ToString::to_string),
+            }),
+        }
+    }
+}
+
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

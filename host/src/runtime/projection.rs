@@ -5,11 +5,11 @@
 //! the overlay is what the caller commits. If the guest traps on an event, what that
 //! event had written is taken back, and the writes of the events before it are kept.
 
-use super::{ComponentDigest, GuestError, Limits, LoadError};
+use super::{ComponentDigest, Diagnostics, GuestError, Limits, LoadError};
 use cairn_guest::{EventEnvelope, Subscription};
 use std::collections::BTreeMap;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
 
 mod wit {
     wasmtime::component::bindgen!({
@@ -63,6 +63,16 @@ struct ViewData {
     /// What the event being handled replaced in `writes`, to take it back on a trap.
     undo: Vec<(String, Option<Option<String>>)>,
     max_document_bytes: usize,
+    /// The projection's name, for the log.
+    component: String,
+    diagnostics: Diagnostics,
+}
+
+impl wit::cairn::runtime::diagnostics::Host for ViewData {
+    fn panicked(&mut self, message: String) -> wasmtime::Result<()> {
+        self.diagnostics.panicked(&self.component, message);
+        Ok(())
+    }
 }
 
 impl ViewData {
@@ -157,8 +167,9 @@ impl ProjectionComponent {
             limits,
         };
         let (mut store, guest) = loaded.instantiate(Box::new(NoDocuments)).map_err(LoadError::Describe)?;
-        let described =
-            guest.call_describe(&mut store).map_err(|e| LoadError::Describe(guest_error(e, limits)))?;
+        let described = guest.call_describe(&mut store).map_err(|e| {
+            LoadError::Describe(store.data_mut().diagnostics.failure(e, limits.fuel_per_call))
+        })?;
         loaded.info = ProjectionInfo {
             name: described.name,
             subscriptions: described
@@ -189,6 +200,8 @@ impl ProjectionComponent {
             writes: Writes::new(),
             undo: Vec::new(),
             max_document_bytes: self.limits.max_document_bytes,
+            component: self.info.name.clone(),
+            diagnostics: Diagnostics::default(),
         };
         let mut store = Store::new(&self.engine, data);
         store.limiter(|data| &mut data.limits);
@@ -214,22 +227,12 @@ impl ProjectionComponent {
             if let Err(error) = called {
                 store.data_mut().take_back_current_event();
                 let writes = std::mem::take(&mut store.data_mut().writes);
-                return BatchOutcome {
-                    writes,
-                    handled: index,
-                    failure: Some(guest_error(error, self.limits)),
-                };
+                let failure = store.data_mut().diagnostics.failure(error, self.limits.fuel_per_call);
+                return BatchOutcome { writes, handled: index, failure: Some(failure) };
             }
         }
         let writes = std::mem::take(&mut store.data_mut().writes);
         BatchOutcome { writes, handled: events.len(), failure: None }
-    }
-}
-
-fn guest_error(error: wasmtime::Error, limits: Limits) -> GuestError {
-    match error.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => GuestError::Timeout(limits.fuel_per_call),
-        _ => GuestError::Trap(format!("{error:#}")),
     }
 }
 
