@@ -50,6 +50,9 @@ enum Command {
         /// The longest a deploy may spend compiling a component before it is refused.
         #[arg(long, default_value_t = 60_000, value_name = "MILLIS")]
         compile_timeout_ms: u64,
+        /// The longest a view read with `?min_position=` waits before answering 503.
+        #[arg(long, default_value_t = 5_000, value_name = "MILLIS")]
+        view_wait_ms: u64,
     },
     /// Send a command: `cairn send account 101 '{"type":"OpenAccount","data":{"initial_balance":100}}'`.
     Send {
@@ -197,6 +200,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             idle_seconds,
             replay_sample,
             compile_timeout_ms,
+            view_wait_ms,
         } => {
             let mut config = ServeConfig { data_dir: data, listen, admin_token, ..ServeConfig::default() };
             config.body_limits.command_bytes = max_body_bytes;
@@ -205,6 +209,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             config.actors.idle_timeout = std::time::Duration::from_secs(idle_seconds.max(1));
             config.replay_sample = replay_sample;
             config.compile_timeout = std::time::Duration::from_millis(compile_timeout_ms.max(1));
+            config.view_wait = std::time::Duration::from_millis(view_wait_ms);
             crate::server::serve(config).await
         }
         Command::Send { type_name, id, json, idempotency_key, correlation_id, expect_version, client } => {

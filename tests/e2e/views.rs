@@ -42,7 +42,7 @@ fn projection<'a>(views: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn account_info_shows_the_transfer_on_both_sides_and_reads_its_own_writes() {
-    let host = Host::start();
+    let host = Host::start_with(&["--view-wait-ms", "1000"]);
     host.open_account("A", 25000).await;
     host.open_account("B", 12500).await;
     let created = host
@@ -90,12 +90,10 @@ async fn account_info_shows_the_transfer_on_both_sides_and_reads_its_own_writes(
     // A position the log will not reach in time: a bounded wait, then 503 with where the view is.
     let behind =
         host.get("/views/account-info/A?min_position=1000000").await.expect_error(503, "view_behind");
-    assert!(
-        behind.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("reached position {}", head(&host).await))
-    );
+    let message = behind.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("reached position {}", head(&host).await)), "{message}");
+    assert!(message.contains("after waiting 1000 ms"), "{message}");
+    assert_eq!(behind.headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
     assert!(position_of(&behind) >= last);
 
     let views = host.get("/views").await.expect(200).body;
@@ -239,7 +237,7 @@ async fn a_projection_that_traps_is_reported_and_the_host_keeps_serving() {
     // What it built before the event is served; waiting for a later position answers at
     // once that it has stopped, and why.
     let (position, count) = view(&host, "fragile-view", "X", poison - 1).await;
-    assert_eq!((position, count), (poison - 1, json!(2)));
+    assert_eq!((position, count), (poison - 1, json!(2)), "the failing event's own write was taken back");
     let behind = host
         .get(&format!("/views/fragile-view/X?min_position={poison}"))
         .await

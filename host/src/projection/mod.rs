@@ -175,7 +175,9 @@ impl Projections {
     /// Start the runner of `name`, making its view (from position 0) if it has none.
     fn ensure_running(&self, name: &str) -> Result<(), StoreError> {
         let Some(active) = self.context.components.active_projection(name) else { return Ok(()) };
-        if *self.stop.borrow() || self.handles.lock().expect("projections lock").contains_key(name) {
+        // Held to the end, so two deploys of one new projection start one runner.
+        let mut handles = self.handles.lock().expect("projections lock");
+        if *self.stop.borrow() || handles.contains_key(name) {
             return Ok(());
         }
         let record = match self.context.views.records()?.remove(name) {
@@ -196,10 +198,7 @@ impl Projections {
         });
         let (controls, receiver) = mpsc::unbounded_channel();
         let task = tokio::spawn(supervise(self.context.clone(), shared.clone(), receiver));
-        self.handles
-            .lock()
-            .expect("projections lock")
-            .insert(name.to_owned(), Handle { shared, controls: controls.clone(), task: Some(task) });
+        handles.insert(name.to_owned(), Handle { shared, controls: controls.clone(), task: Some(task) });
         // A view built by another version than the active one (a deploy that was not
         // followed by its rebuild before a crash) is rebuilt.
         let building = record.next.map(|n| n.version).unwrap_or(record.live.version);

@@ -320,7 +320,8 @@ impl Aggregate for HangingDescribe {
 }
 
 /// The projection `fragile-view`: counts each account's events. Version 1 (`FIXED = false`)
-/// traps on `AccountClosed`; the fixed version counts it like any other event.
+/// traps on `AccountClosed` (after counting it, so the host has a write to take back); the
+/// fixed version counts it like any other event.
 pub struct FragileView<const FIXED: bool>;
 
 impl<const FIXED: bool> cairn_guest::Projection for FragileView<FIXED> {
@@ -331,9 +332,10 @@ impl<const FIXED: bool> cairn_guest::Projection for FragileView<FIXED> {
     }
 
     fn handle(event: &EventEnvelope, view: &mut cairn_guest::View<'_>) {
+        // Count first, then trap: the host must take back the failing event's own write.
+        view.update(&event.stream_id, |count: &mut u64| *count += 1);
         if !FIXED && event.event_type == "AccountClosed" {
             panic!("fragile-view cannot show a closed account");
         }
-        view.update(&event.stream_id, |count: &mut u64| *count += 1);
     }
 }
