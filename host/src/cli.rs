@@ -103,6 +103,26 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
+    /// Follow the global log live (Server-Sent Events), one event a line.
+    Tail {
+        /// Start after this position (default: the head, so only new events).
+        #[arg(long)]
+        after: Option<u64>,
+        #[arg(long)]
+        stream_type: Option<String>,
+        /// One stream, e.g. `account/101`.
+        #[arg(long)]
+        stream: Option<String>,
+        #[arg(long)]
+        event_type: Option<String>,
+        #[arg(long)]
+        correlation_id: Option<String>,
+        /// Print each event as its JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: Client,
+    },
     /// Every projection with its cursor, lag and status (running, rebuilding, failed).
     Views {
         #[command(flatten)]
@@ -245,6 +265,18 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             print_answer(http().get(url)).await
         }
+        Command::Tail { after, stream_type, stream, event_type, correlation_id, json, client } => {
+            let filters = [
+                ("after", after.map(|p| p.to_string())),
+                ("stream_type", stream_type),
+                ("stream", stream),
+                ("event_type", event_type),
+                ("correlation_id", correlation_id),
+            ];
+            let query: Vec<String> =
+                filters.into_iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(&v)))).collect();
+            tail(format!("{}/events/stream?{}", client.url, query.join("&")), json).await
+        }
         Command::Views { client } => print_answer(http().get(format!("{}/views", client.url))).await,
         Command::Rebuild { projection, admin, client } => {
             let url = format!("{}/views/{}/rebuild", client.url, encode(&projection));
@@ -304,6 +336,58 @@ fn http() -> reqwest::Client {
 }
 
 /// Print the answer's JSON; a non-2xx answer is printed to stderr and fails the command.
+/// Print the events of a live stream as they come, one a line, until the host ends it.
+async fn tail(url: String, json: bool) -> anyhow::Result<()> {
+    let mut response =
+        http().get(url).send().await.context("could not reach the cairn host (is `cairn serve` running?)")?;
+    if !response.status().is_success() {
+        let status = response.status();
+        eprintln!("{}", response.text().await.unwrap_or_default());
+        bail!("the host answered {status}");
+    }
+    let mut pending = String::new();
+    while let Some(chunk) = response.chunk().await.context("the event stream broke off")? {
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = pending.find("\n\n") {
+            let block: String = pending.drain(..end + 2).collect();
+            let mut kind = "message";
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("event:") {
+                    kind = if value.trim() == "end" { "end" } else { "other" };
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    data.push_str(value.trim_start());
+                }
+            }
+            match kind {
+                "end" => {
+                    eprintln!("the host ended the stream: {data}");
+                    return Ok(());
+                }
+                _ if data.is_empty() => {} // a keep-alive comment
+                _ if json => println!("{data}"),
+                _ => println!("{}", event_line(&data)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `position stream vVERSION Type {data}`: one event, readable in a terminal.
+fn event_line(data: &str) -> String {
+    match serde_json::from_str::<Value>(data) {
+        Ok(event) => format!(
+            "{:>8} {} v{} {} {}",
+            event["position"],
+            event["stream"].as_str().unwrap_or("?"),
+            event["version"],
+            event["type"].as_str().unwrap_or("?"),
+            event["data"]
+        ),
+        Err(_) => data.to_owned(),
+    }
+}
+
 async fn print_answer(request: reqwest::RequestBuilder) -> anyhow::Result<()> {
     let response =
         request.send().await.context("could not reach the cairn host (is `cairn serve` running?)")?;

@@ -24,6 +24,8 @@ pub struct ServeConfig {
     pub compile_timeout: std::time::Duration,
     /// The longest a view read with `?min_position=` waits before answering 503.
     pub view_wait: std::time::Duration,
+    /// `GET /events/stream` answers open at once; more are refused with 503.
+    pub max_live_streams: usize,
 }
 
 impl Default for ServeConfig {
@@ -43,6 +45,7 @@ impl Default for ServeConfig {
             replay_sample: 100,
             compile_timeout: std::time::Duration::from_secs(60),
             view_wait: std::time::Duration::from_secs(5),
+            max_live_streams: 256,
         }
     }
 }

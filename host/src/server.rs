@@ -5,7 +5,7 @@
 use crate::actor::Actors;
 use crate::components::{ComponentRegistry, DeployOptions};
 use crate::config::{ADMIN_TOKEN_FILE, COMPILED_DIR, STORE_FILE, ServeConfig, VIEWS_FILE};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, LiveStreams};
 use crate::projection::Projections;
 use crate::routing::Routing;
 use crate::runtime::Runtime;
@@ -50,6 +50,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let projections = Arc::new(
         Projections::start(store.clone(), views, components.clone()).context("start the projections")?,
     );
+    // Live event streams never end by themselves: they end when this turns true.
+    let (stop_streams, streams_stopped) = tokio::sync::watch::channel(false);
     let state = AppState {
         actors: actors.clone(),
         store,
@@ -61,6 +63,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         replay_sample: config.replay_sample,
         compile_timeout: config.compile_timeout,
         view_wait: config.view_wait,
+        live_streams: LiveStreams::new(config.max_live_streams, streams_stopped),
     };
     let app = http::router(state, config.body_limits);
 
@@ -72,7 +75,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Tests and scripts read the bound address (for --listen 127.0.0.1:0) from this line.
     println!("cairn listening on http://{address}");
 
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    let stopping = async move {
+        shutdown_signal().await;
+        let _ = stop_streams.send(true);
+    };
+    axum::serve(listener, app).with_graceful_shutdown(stopping).await?;
     tracing::info!("shutting down: stopping the router, draining actors");
     routing.shutdown().await;
     projections.shutdown().await;

@@ -169,8 +169,8 @@ async fn outcomes_and_the_correlation_index_commit_with_the_events() {
     assert_eq!(store.outcome(&s, "idem:k1").unwrap(), Some(accepted));
     assert!(matches!(store.outcome(&s, "idem:k2").unwrap(), Some(StoredOutcome::Rejected { .. })));
     assert_eq!(store.outcome(&stream("2"), "idem:k1").unwrap(), None, "keys are per stream");
-    assert_eq!(store.read_correlation("corr-1", 10).unwrap().len(), 1);
-    assert!(store.read_correlation("corr-unknown", 10).unwrap().is_empty());
+    assert_eq!(store.read_correlation("corr-1", 0, 10).unwrap().len(), 1);
+    assert!(store.read_correlation("corr-unknown", 0, 10).unwrap().is_empty());
     close(store, writer);
 }
 

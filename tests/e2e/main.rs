@@ -12,4 +12,5 @@ mod errors;
 mod reads;
 mod sagas;
 mod sandbox;
+mod stream;
 mod views;

@@ -136,6 +136,15 @@ async fn the_saga_chain_carries_one_correlation_and_each_events_cause() {
     }
     let positions: Vec<_> = events.iter().map(|e| e["position"].as_u64().unwrap()).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "global order");
+    // A long chain pages with `after`.
+    let first = host.get("/sagas/transfer-chain-1?limit=2").await.expect(200).body["events"].clone();
+    let after = first[1]["position"].as_u64().unwrap();
+    let rest =
+        host.get(&format!("/sagas/transfer-chain-1?after={after}")).await.expect(200).body["events"].clone();
+    let paged: Vec<_> = first.as_array().unwrap().iter().chain(rest.as_array().unwrap()).cloned().collect();
+    assert_eq!(&paged, events);
+    let end = host.get(&format!("/sagas/transfer-chain-1?after={}", positions[4])).await.expect(200);
+    assert_eq!(end.body["events"], json!([]));
 }
 
 async fn order_state(host: &Host, id: &str) -> Value {

@@ -7,9 +7,11 @@ mod error;
 mod extract;
 mod log;
 mod operations;
+mod stream;
 mod views;
 
 pub use error::ApiError;
+pub use stream::LiveStreams;
 pub use views::POSITION_HEADER;
 
 use crate::actor::Actors;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub compile_timeout: std::time::Duration,
     /// The longest a view read waits for `min_position`.
     pub view_wait: std::time::Duration,
+    /// The open `GET /events/stream` answers, bounded, and their shutdown signal.
+    pub live_streams: LiveStreams,
 }
 
 /// Limits on what requests may cost.
@@ -69,6 +73,7 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
         .route("/aggregates/{type}/{id}", get(aggregates::state))
         .route("/aggregates/{type}/{id}/events", get(aggregates::events))
         .route("/events", get(log::global))
+        .route("/events/stream", get(stream::stream))
         .route("/sagas/{correlation_id}", get(log::saga))
         .route("/components", get(operations::components))
         .route("/routing", get(operations::routing))

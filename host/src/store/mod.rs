@@ -163,17 +163,20 @@ impl EventStore {
         outcomes.get((stream.key().as_str(), key))?.map(|v| StoredOutcome::decode(v.value())).transpose()
     }
 
-    /// Every event of one correlation (a saga's chain), in global order, at most `limit`.
+    /// The events of one correlation (a saga's chain) after position `after`, in global
+    /// order, at most `limit`.
     pub fn read_correlation(
         &self,
         correlation_id: &str,
+        after: Position,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let read = self.db.begin_read()?;
         let index = read.open_table(CORRELATIONS)?;
         let events = read.open_table(EVENTS)?;
         let mut out = Vec::new();
-        for entry in index.range((correlation_id, 0)..=(correlation_id, Position::MAX))?.take(limit) {
+        let range = (correlation_id, after.saturating_add(1))..=(correlation_id, Position::MAX);
+        for entry in index.range(range)?.take(limit) {
             let (key, _) = entry?;
             let position = key.value().1;
             if let Some(record) = events.get(position)? {

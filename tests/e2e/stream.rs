@@ -1,0 +1,177 @@
+//! `GET /events/stream` and `cairn tail`: the global log live over Server-Sent Events.
+
+use crate::harness::Host;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// One Server-Sent Event: its `id:`, `event:` kind (`message` by default) and JSON data.
+#[derive(Debug)]
+struct Received {
+    id: Option<u64>,
+    kind: String,
+    data: Value,
+}
+
+/// Reads a live stream event by event.
+struct Subscriber {
+    response: reqwest::Response,
+    pending: String,
+}
+
+impl Subscriber {
+    async fn open(host: &Host, query: &str, last_event_id: Option<&str>) -> Subscriber {
+        let mut request = host.http.get(format!("{}/events/stream?{query}", host.url));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Subscriber { response, pending: String::new() }
+    }
+
+    /// The next event (keep-alive comments skipped); `None` when the host ended the stream.
+    async fn next(&mut self) -> Option<Received> {
+        loop {
+            if let Some(end) = self.pending.find("\n\n") {
+                let block: String = self.pending.drain(..end + 2).collect();
+                let mut received = Received { id: None, kind: "message".to_owned(), data: Value::Null };
+                for line in block.lines() {
+                    if let Some(id) = line.strip_prefix("id:") {
+                        received.id = Some(id.trim().parse().unwrap());
+                    } else if let Some(kind) = line.strip_prefix("event:") {
+                        received.kind = kind.trim().to_owned();
+                    } else if let Some(data) = line.strip_prefix("data:") {
+                        received.data = serde_json::from_str(data.trim()).unwrap();
+                    }
+                }
+                if received.data.is_null() {
+                    continue;
+                }
+                return Some(received);
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), self.response.chunk())
+                .await
+                .expect("an event within 30 s")
+                .unwrap()?;
+            self.pending.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    async fn events(&mut self, count: usize) -> Vec<Received> {
+        let mut out = Vec::with_capacity(count);
+        while out.len() < count {
+            out.push(self.next().await.expect("the stream goes on"));
+        }
+        out
+    }
+}
+
+fn credit(n: u64) -> Value {
+    json!({"amount": 1, "transaction_id": format!("t{n}")})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stream_catches_up_then_follows_live_with_no_gap_or_duplicate() {
+    let mut host = Host::start();
+    host.open_account("101", 0).await;
+    host.open_account("202", 0).await;
+    let mut from_start = Subscriber::open(&host, "after=0", None).await;
+    let mut live_only = Subscriber::open(&host, "", None).await;
+    // Commits go on while the first subscriber catches up.
+    let writer = {
+        let host = Host::attach(host.http.clone(), host.url.clone());
+        tokio::spawn(async move {
+            for n in 0..40 {
+                host.command("account", "101", "CreditAccount", credit(n)).await.expect(200);
+            }
+        })
+    };
+    let events = from_start.events(42).await;
+    writer.await.unwrap();
+    let ids: Vec<u64> = events.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(ids, (1..=42).collect::<Vec<_>>(), "every position once, in order");
+    for event in &events {
+        assert_eq!(event.data["position"].as_u64(), event.id, "id is the event's position");
+    }
+    assert_eq!(
+        (events[0].data["type"].as_str(), events[0].data["stream"].as_str()),
+        (Some("AccountOpened"), Some("account/101"))
+    );
+    let live = live_only.events(40).await;
+    assert_eq!(live[0].id, Some(3), "without `after`, the stream starts at the head");
+
+    // A reconnect with Last-Event-ID resumes right after it.
+    let mut resumed = Subscriber::open(&host, "after=0", Some("40")).await;
+    let next: Vec<u64> = resumed.events(2).await.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(next, [41, 42]);
+
+    // Shutdown ends every stream with a last event saying so, and does not wait on them.
+    host.stop();
+    let last = resumed.next().await.expect("a last event");
+    assert_eq!(last.kind, "end");
+    assert!(last.data["reason"].as_str().unwrap().contains("shutting down"), "{:?}", last.data);
+    assert!(resumed.next().await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filters_pick_a_stream_type_a_stream_an_event_type_or_a_saga() {
+    let host = Host::start();
+    host.open_account("101", 25000).await;
+    host.open_account("202", 12500).await;
+    let data = json!({"from_account_id": "101", "to_account_id": "202", "amount": 5500});
+    let transfer = host
+        .send(
+            host.command_request("money-transfer", "tr1", "CreateMoneyTransfer", data)
+                .header("X-Correlation-Id", "sse-saga"),
+        )
+        .await
+        .expect(200);
+    assert_eq!(transfer.body["events"][0]["correlation_id"], "sse-saga");
+
+    let mut saga = Subscriber::open(&host, "after=0&correlation_id=sse-saga", None).await;
+    let mut chain = Vec::new();
+    while chain.last().is_none_or(|e: &Received| e.data["type"] != "MoneyTransferCompleted") {
+        chain.push(saga.next().await.unwrap());
+    }
+    assert!(chain.iter().all(|e| e.data["correlation_id"] == "sse-saga"));
+    let mut streams: Vec<&str> = chain.iter().map(|e| e.data["stream"].as_str().unwrap()).collect();
+    streams.sort();
+    streams.dedup();
+    assert_eq!(streams, ["account/101", "account/202", "money-transfer/tr1"]);
+
+    let mut credits =
+        Subscriber::open(&host, "after=0&stream=account%2F202&event_type=AccountCredited", None).await;
+    let credit = credits.next().await.unwrap();
+    assert_eq!(
+        (credit.data["stream"].as_str(), credit.data["data"]["amount"].as_i64()),
+        (Some("account/202"), Some(5500))
+    );
+    let mut transfers = Subscriber::open(&host, "after=0&stream_type=money-transfer", None).await;
+    assert_eq!(transfers.next().await.unwrap().data["type"], "MoneyTransferCreated");
+
+    host.get("/events/stream?after=soon").await.expect_error(400, "invalid_query");
+    let bad_id =
+        host.send(host.http.get(format!("{}/events/stream", host.url)).header("Last-Event-ID", "x")).await;
+    bad_id.expect_error(400, "invalid_header");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cairn_tail_prints_one_event_a_line() {
+    use std::io::{BufRead, BufReader};
+    let host = Host::start();
+    host.open_account("101", 7).await;
+    host.open_account("202", 8).await;
+    let mut tail = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["tail", "--after", "0", "--stream", "account/202", "--url", &host.url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+    let words: Vec<&str> = first.split_whitespace().collect();
+    assert_eq!(words[..4], ["2", "account/202", "v1", "AccountOpened"], "{first}");
+    assert!(first.contains(r#""initial_balance":8"#), "{first}");
+}
