@@ -1,7 +1,7 @@
 //! The `cairn` command line: `serve`, plus client subcommands that speak the HTTP API.
 
 use crate::config::{ADMIN_TOKEN_FILE, ServeConfig};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -12,14 +12,32 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The host client commands talk to.
+    #[arg(long, global = true, env = "CAIRN_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// How `serve` writes its log to stderr: `text` (coloured only on a terminal) or `json`.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
-#[derive(clap::Args, Debug)]
-struct Client {
-    /// The host to talk to.
-    #[arg(long, env = "CAIRN_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
+
+/// Why a client command failed, for its exit code (see [`run`]).
+#[derive(Debug, thiserror::Error)]
+enum ClientFailure {
+    #[error("the host answered {0}")]
+    Refused(reqwest::StatusCode),
+    #[error("could not reach the cairn host at {url} (is `cairn serve` running?): {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+}
+
+/// Exit codes: 0 ok, 1 refused by the host (or failed), 2 usage, 3 host unreachable.
+pub const EXIT_REFUSED: u8 = 1;
+pub const EXIT_UNREACHABLE: u8 = 3;
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -68,8 +86,6 @@ enum Command {
         /// Append only if the aggregate is at this version.
         #[arg(long)]
         expect_version: Option<u64>,
-        #[command(flatten)]
-        client: Client,
     },
     /// Show an aggregate's state (optionally as it was at a version).
     State {
@@ -78,8 +94,6 @@ enum Command {
         id: String,
         #[arg(long)]
         version: Option<u64>,
-        #[command(flatten)]
-        client: Client,
     },
     /// List an aggregate's events.
     Events {
@@ -90,8 +104,6 @@ enum Command {
         from: u64,
         #[arg(long, default_value_t = 100)]
         limit: u64,
-        #[command(flatten)]
-        client: Client,
     },
     /// The document a projection keeps under KEY, e.g. `cairn view account-info 101`.
     View {
@@ -100,8 +112,6 @@ enum Command {
         /// Wait (up to the host's bound) until the view has handled this global position.
         #[arg(long)]
         min_position: Option<u64>,
-        #[command(flatten)]
-        client: Client,
     },
     /// Follow the global log live (Server-Sent Events), one event a line.
     Tail {
@@ -120,27 +130,17 @@ enum Command {
         /// Print each event as its JSON, for scripts.
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        client: Client,
     },
     /// Every projection with its cursor, lag and status (running, rebuilding, failed).
-    Views {
-        #[command(flatten)]
-        client: Client,
-    },
+    Views {},
     /// Build a projection's view again from the whole log, beside the live one.
     Rebuild {
         projection: String,
         #[command(flatten)]
         admin: Admin,
-        #[command(flatten)]
-        client: Client,
     },
     /// List deployed components and their versions.
-    Components {
-        #[command(flatten)]
-        client: Client,
-    },
+    Components {},
     /// Deploy a component (.wasm) as a new active version, after the host's replay check.
     Deploy {
         file: PathBuf,
@@ -155,16 +155,12 @@ enum Command {
         react_from_beginning: bool,
         #[command(flatten)]
         admin: Admin,
-        #[command(flatten)]
-        client: Client,
     },
     /// Make the version that was active before the current one active again.
     Rollback {
         name: String,
         #[command(flatten)]
         admin: Admin,
-        #[command(flatten)]
-        client: Client,
     },
     /// Make a stored version of a component active.
     Activate {
@@ -172,8 +168,6 @@ enum Command {
         version: u32,
         #[command(flatten)]
         admin: Admin,
-        #[command(flatten)]
-        client: Client,
     },
 }
 
@@ -181,7 +175,7 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct Admin {
     /// Admin token; defaults to $CAIRN_ADMIN_TOKEN, then DATA/admin-token.
-    #[arg(long, env = "CAIRN_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, alias = "token", env = "CAIRN_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// The data directory whose admin token to use.
     #[arg(long, default_value = "data")]
@@ -202,13 +196,42 @@ impl Admin {
     }
 }
 
-pub fn run() -> anyhow::Result<()> {
+/// Parse the command line (usage errors exit with 2), set up logging, run the command, and
+/// turn its outcome into the documented exit code.
+pub fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(dispatch(cli.command))
+    init_logging(cli.log_format);
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(dispatch(cli.command, cli.url)));
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cairn: {error:#}");
+            let code = match error.downcast_ref::<ClientFailure>() {
+                Some(ClientFailure::Unreachable { .. }) => EXIT_UNREACHABLE,
+                _ => EXIT_REFUSED,
+            };
+            std::process::ExitCode::from(code)
+        }
+    }
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<()> {
+/// Logs go to stderr: text, coloured only when stderr is a terminal, or one JSON object a line.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,tower_http=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+async fn dispatch(command: Command, url: String) -> anyhow::Result<()> {
     match command {
         Command::Serve {
             data,
@@ -232,10 +255,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             config.view_wait = std::time::Duration::from_millis(view_wait_ms);
             crate::server::serve(config).await
         }
-        Command::Send { type_name, id, json, idempotency_key, correlation_id, expect_version, client } => {
+        Command::Send { type_name, id, json, idempotency_key, correlation_id, expect_version } => {
             let body: Value = serde_json::from_str(&json).context("the command must be JSON")?;
             let mut request =
-                http().post(format!("{}/aggregates/{type_name}/{id}/commands", client.url)).json(&body);
+                http().post(format!("{}/aggregates/{type_name}/{id}/commands", url)).json(&body);
             if let Some(key) = idempotency_key {
                 request = request.header("Idempotency-Key", key);
             }
@@ -247,25 +270,25 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             print_answer(request).await
         }
-        Command::State { type_name, id, version, client } => {
-            let mut url = format!("{}/aggregates/{type_name}/{id}", client.url);
+        Command::State { type_name, id, version } => {
+            let mut url = format!("{}/aggregates/{type_name}/{id}", url);
             if let Some(version) = version {
                 url.push_str(&format!("?version={version}"));
             }
             print_answer(http().get(url)).await
         }
-        Command::Events { type_name, id, from, limit, client } => {
-            let url = format!("{}/aggregates/{type_name}/{id}/events?from={from}&limit={limit}", client.url);
+        Command::Events { type_name, id, from, limit } => {
+            let url = format!("{}/aggregates/{type_name}/{id}/events?from={from}&limit={limit}", url);
             print_answer(http().get(url)).await
         }
-        Command::View { projection, key, min_position, client } => {
-            let mut url = format!("{}/views/{}/{}", client.url, encode(&projection), encode(&key));
+        Command::View { projection, key, min_position } => {
+            let mut url = format!("{}/views/{}/{}", url, encode(&projection), encode(&key));
             if let Some(position) = min_position {
                 url.push_str(&format!("?min_position={position}"));
             }
             print_answer(http().get(url)).await
         }
-        Command::Tail { after, stream_type, stream, event_type, correlation_id, json, client } => {
+        Command::Tail { after, stream_type, stream, event_type, correlation_id, json } => {
             let filters = [
                 ("after", after.map(|p| p.to_string())),
                 ("stream_type", stream_type),
@@ -275,17 +298,15 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             ];
             let query: Vec<String> =
                 filters.into_iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(&v)))).collect();
-            tail(format!("{}/events/stream?{}", client.url, query.join("&")), json).await
+            tail(format!("{}/events/stream?{}", url, query.join("&")), json).await
         }
-        Command::Views { client } => print_answer(http().get(format!("{}/views", client.url))).await,
-        Command::Rebuild { projection, admin, client } => {
-            let url = format!("{}/views/{}/rebuild", client.url, encode(&projection));
+        Command::Views {} => print_answer(http().get(format!("{}/views", url))).await,
+        Command::Rebuild { projection, admin } => {
+            let url = format!("{}/views/{}/rebuild", url, encode(&projection));
             print_answer(http().post(url).bearer_auth(admin.token()?)).await
         }
-        Command::Components { client } => {
-            print_answer(http().get(format!("{}/components", client.url))).await
-        }
-        Command::Deploy { file, name, dry_run, react_from_beginning, admin, client } => {
+        Command::Components {} => print_answer(http().get(format!("{}/components", url))).await,
+        Command::Deploy { file, name, dry_run, react_from_beginning, admin } => {
             let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
             let name = match name {
                 Some(name) => name,
@@ -303,18 +324,18 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 query.push("react_from=beginning");
             }
             let request = http()
-                .put(format!("{}/components/{name}?{}", client.url, query.join("&")))
+                .put(format!("{}/components/{name}?{}", url, query.join("&")))
                 .bearer_auth(admin.token()?)
                 .header("Content-Type", "application/wasm")
                 .body(bytes);
             print_answer(request).await
         }
-        Command::Rollback { name, admin, client } => {
-            let url = format!("{}/components/{name}/rollback", client.url);
+        Command::Rollback { name, admin } => {
+            let url = format!("{}/components/{name}/rollback", url);
             print_answer(http().post(url).bearer_auth(admin.token()?)).await
         }
-        Command::Activate { name, version, admin, client } => {
-            let url = format!("{}/components/{name}/activate?version={version}", client.url);
+        Command::Activate { name, version, admin } => {
+            let url = format!("{}/components/{name}/activate?version={version}", url);
             print_answer(http().post(url).bearer_auth(admin.token()?)).await
         }
     }
@@ -338,12 +359,15 @@ fn http() -> reqwest::Client {
 /// Print the answer's JSON; a non-2xx answer is printed to stderr and fails the command.
 /// Print the events of a live stream as they come, one a line, until the host ends it.
 async fn tail(url: String, json: bool) -> anyhow::Result<()> {
-    let mut response =
-        http().get(url).send().await.context("could not reach the cairn host (is `cairn serve` running?)")?;
+    let mut response = http()
+        .get(&url)
+        .send()
+        .await
+        .map_err(|source| ClientFailure::Unreachable { url: url.clone(), source })?;
     if !response.status().is_success() {
         let status = response.status();
         eprintln!("{}", response.text().await.unwrap_or_default());
-        bail!("the host answered {status}");
+        return Err(ClientFailure::Refused(status).into());
     }
     let mut pending = String::new();
     while let Some(chunk) = response.chunk().await.context("the event stream broke off")? {
@@ -389,8 +413,10 @@ fn event_line(data: &str) -> String {
 }
 
 async fn print_answer(request: reqwest::RequestBuilder) -> anyhow::Result<()> {
-    let response =
-        request.send().await.context("could not reach the cairn host (is `cairn serve` running?)")?;
+    let response = request.send().await.map_err(|source| {
+        let url = source.url().map(|u| u.origin().ascii_serialization()).unwrap_or_default();
+        ClientFailure::Unreachable { url, source }
+    })?;
     let status = response.status();
     let text = response.text().await?;
     let pretty = serde_json::from_str::<Value>(&text)
@@ -402,6 +428,6 @@ async fn print_answer(request: reqwest::RequestBuilder) -> anyhow::Result<()> {
         Ok(())
     } else {
         eprintln!("{pretty}");
-        bail!("the host answered {status}")
+        Err(ClientFailure::Refused(status).into())
     }
 }

@@ -42,7 +42,7 @@ async fn send_state_events_components_and_deploy() {
 
     let refused =
         cairn(&host, &["send", "account", "1", r#"{"type":"OpenAccount","data":{"initial_balance":1}}"#]);
-    assert!(!refused.status.success());
+    assert_eq!(refused.status.code(), Some(1), "1: refused by the host");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("account_already_open"));
     let conflict = cairn(&host, &[&keyed[..], &["--expect-version", "1"]].concat());
     assert!(String::from_utf8_lossy(&conflict.stderr).contains("version_conflict"));
@@ -75,7 +75,10 @@ async fn send_state_events_components_and_deploy() {
     let position = opened["events"][0]["position"].as_u64().unwrap().to_string();
     let info = json_of(&cairn(&host, &["view", "account-info", "1", "--min-position", &position]));
     assert_eq!(info["transactions"][0]["kind"], "opened");
-    let views = json_of(&cairn(&host, &["views"]));
+    // `--url` goes before the subcommand as well as after it.
+    let global =
+        Command::new(env!("CARGO_BIN_EXE_cairn")).args(["--url", &host.url, "views"]).output().unwrap();
+    let views = json_of(&global);
     let names: Vec<_> = views["projections"].as_array().unwrap().iter().map(|p| p["name"].clone()).collect();
     assert_eq!(names, ["account-info", "customer-orders"]);
     let rebuilding = json_of(&cairn(&host, &[&["rebuild", "account-info"][..], &token].concat()));
@@ -90,6 +93,8 @@ fn a_client_command_without_a_host_fails_clearly() {
         .args(["state", "account", "1", "--url", "http://127.0.0.1:9"])
         .output()
         .unwrap();
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(3), "3: the host cannot be reached");
     assert!(String::from_utf8_lossy(&output.stderr).contains("could not reach the cairn host"));
+    let usage = Command::new(env!("CARGO_BIN_EXE_cairn")).args(["state", "account"]).output().unwrap();
+    assert_eq!(usage.status.code(), Some(2), "2: a usage error");
 }
