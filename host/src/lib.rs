@@ -28,6 +28,7 @@ pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod testkit;
 pub mod time;
 pub mod views;

@@ -9,6 +9,7 @@ mod delivery;
 mod deploys;
 mod durability;
 mod errors;
+mod metrics;
 mod reads;
 mod sagas;
 mod sandbox;

@@ -116,7 +116,18 @@ async fn run_command(
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         causation: None,
     };
-    let CommandReply { stream, version, events, .. } = state.actors.send(stream, request).await?;
+    let started = std::time::Instant::now();
+    let type_name = stream.type_name.clone();
+    let sent = state.actors.send(stream, request).await;
+    let (type_name, outcome) = match &sent {
+        Ok(_) => (type_name.as_str(), "accepted"),
+        Err(CommandError::Rejected(_)) => (type_name.as_str(), "rejected"),
+        // A name nobody deployed must not become a label: anyone could make up thousands.
+        Err(CommandError::UnknownType(_)) => ("_unknown", "failed"),
+        Err(_) => (type_name.as_str(), "failed"),
+    };
+    crate::telemetry::command(type_name, outcome, started.elapsed());
+    let CommandReply { stream, version, events, .. } = sent?;
     let answer = CommandAnswer {
         type_name: stream.type_name,
         id: stream.id,

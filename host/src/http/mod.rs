@@ -45,6 +45,8 @@ pub struct AppState {
     pub view_wait: std::time::Duration,
     /// The open `GET /events/stream` answers, bounded, and their shutdown signal.
     pub live_streams: LiveStreams,
+    /// Renders `GET /metrics`; `None` when metrics could not be installed.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// Limits on what requests may cost.
@@ -55,6 +57,21 @@ pub struct BodyLimits {
     /// Requests handled at once; beyond it the host answers 503 at once instead of
     /// queueing without bound.
     pub max_in_flight: usize,
+}
+
+/// Count every answer by the route's pattern (so ids do not become labels) and status.
+async fn count_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    crate::telemetry::http_request(&route, response.status().as_u16(), started.elapsed());
+    response
 }
 
 /// Every route of the API, apart from `main` so tests can use it without a socket.
@@ -86,8 +103,10 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
         .route("/views/{projection}/{key}", get(views::document))
         .route("/views/{projection}/rebuild", post(views::rebuild))
         .route("/healthz", get(operations::health))
+        .route("/metrics", get(operations::metrics))
         .fallback(operations::not_found)
         .method_not_allowed_fallback(operations::method_not_allowed)
+        .layer(axum::middleware::from_fn(count_request))
         .layer(
             ServiceBuilder::new()
                 .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -19,6 +19,45 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
     )
 }
 
+/// `GET /metrics`: Prometheus text format. Counters and histograms come from where things
+/// happen; the gauges of the host's state are read now.
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    use crate::telemetry::{gauge, labelled_gauge};
+    let Some(handle) = &state.metrics else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "another metrics recorder was installed in this process",
+        ));
+    };
+    let head = state.store.head_position();
+    gauge("cairn_head_position", head as f64);
+    gauge("cairn_live_actors", state.actors.live() as f64);
+    for subscriber in state.routing.status()? {
+        let name = subscriber.name.as_str();
+        labelled_gauge("cairn_routing_lag_events", "subscriber", name, subscriber.lag as f64);
+        labelled_gauge(
+            "cairn_routing_in_flight_events",
+            "subscriber",
+            name,
+            subscriber.counters.in_flight as f64,
+        );
+        labelled_gauge("cairn_dead_letters", "subscriber", name, subscriber.dead_letters as f64);
+    }
+    for projection in state.projections.status()? {
+        let name = projection.name.as_str();
+        labelled_gauge("cairn_projection_lag_events", "projection", name, projection.lag as f64);
+        let failed =
+            projection.failure.is_some() || projection.rebuild.as_ref().is_some_and(|r| r.failure.is_some());
+        labelled_gauge("cairn_projection_failed", "projection", name, if failed { 1.0 } else { 0.0 });
+        let rebuilding = projection.rebuild.as_ref().map_or(0.0, |r| r.progress);
+        labelled_gauge("cairn_projection_rebuild_progress", "projection", name, rebuilding);
+    }
+    handle.run_upkeep();
+    let text = handle.render();
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+}
+
 /// `GET /components`
 pub async fn components(State(state): State<AppState>) -> Json<Vec<ComponentSummary>> {
     Json(state.components.list())

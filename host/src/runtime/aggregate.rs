@@ -125,7 +125,10 @@ impl AggregateComponent {
             None => self.instantiate()?,
         };
         instance.store.set_fuel(fuel).map_err(|e| GuestError::Trap(e.to_string()))?;
-        match f(&mut instance.store, &instance.bindings) {
+        let started = std::time::Instant::now();
+        let called = f(&mut instance.store, &instance.bindings);
+        crate::telemetry::guest_call(&self.info.type_name, started.elapsed());
+        match called {
             Ok(value) => {
                 let mut idle = self.idle.lock().expect("instance pool lock");
                 if idle.len() < self.limits.max_idle_instances {
@@ -133,7 +136,11 @@ impl AggregateComponent {
                 }
                 Ok(value)
             }
-            Err(error) => Err(instance.store.data_mut().diagnostics.failure(error, fuel)),
+            Err(error) => {
+                let failure = instance.store.data_mut().diagnostics.failure(error, fuel);
+                crate::telemetry::guest_failure(&self.info.type_name, failure.kind());
+                Err(failure)
+            }
         }
     }
 

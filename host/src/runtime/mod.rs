@@ -36,6 +36,16 @@ pub enum GuestError {
     Timeout(u64),
 }
 
+impl GuestError {
+    /// `trap` or `timeout`, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GuestError::Trap(_) => "trap",
+            GuestError::Timeout(_) => "timeout",
+        }
+    }
+}
+
 /// What the guest told the host before it failed (its panic message, bounded).
 #[derive(Default)]
 struct Diagnostics {

@@ -221,13 +221,16 @@ impl ProjectionComponent {
         };
         for (index, event) in events.iter().enumerate() {
             store.data_mut().undo.clear();
+            let started = std::time::Instant::now();
             let called = store
                 .set_fuel(self.limits.fuel_per_call)
                 .and_then(|()| guest.call_handle(&mut store, &envelope(event)));
+            crate::telemetry::guest_call(&self.info.name, started.elapsed());
             if let Err(error) = called {
                 store.data_mut().take_back_current_event();
                 let writes = std::mem::take(&mut store.data_mut().writes);
                 let failure = store.data_mut().diagnostics.failure(error, self.limits.fuel_per_call);
+                crate::telemetry::guest_failure(&self.info.name, failure.kind());
                 return BatchOutcome { writes, handled: index, failure: Some(failure) };
             }
         }

@@ -184,6 +184,7 @@ fn commit_group(
     requests: Vec<Request>,
 ) -> Position {
     let recorded_at_micros = crate::time::now_micros();
+    let started = std::time::Instant::now();
     let mut next = head + 1;
     let written = (|| -> Result<Vec<Result<Committed, AppendError>>, StoreError> {
         let mut txn = db.begin_write()?;
@@ -236,6 +237,8 @@ fn commit_group(
     })();
     match written {
         Ok(answers) => {
+            let appends = requests.iter().filter(|r| matches!(r, Request::Append(..))).count();
+            crate::telemetry::group_commit(appends, next - 1 - head, started.elapsed());
             head_tx.send_replace(next - 1);
             for (request, answer) in requests.into_iter().zip(answers) {
                 match request {
@@ -255,6 +258,7 @@ fn commit_group(
         }
         Err(e) => {
             tracing::error!("group commit of {} requests failed: {e}", requests.len());
+            crate::telemetry::commit_failed();
             let message = e.to_string();
             for request in requests {
                 match request {

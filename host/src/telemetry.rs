@@ -1,0 +1,83 @@
+//! Prometheus metrics, served at `GET /metrics` (API.md, Operations).
+//!
+//! Counters and histograms are recorded where things happen, with the `metrics` facade;
+//! gauges that describe a state (live actors, the head, lags, dead letters) are read when
+//! the host is scraped. Names follow Prometheus conventions: a `cairn_` prefix, base units
+//! (seconds), `_total` for counters.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::time::Duration;
+
+/// Buckets for latencies in seconds: 100 µs to 10 s.
+const SECONDS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Buckets for how many appends one group commit holds.
+const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// Install the process-wide recorder; `None` if one is installed already (then this host's
+/// `/metrics` answers 503).
+pub fn install() -> Option<PrometheusHandle> {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full("cairn_commit_batch_appends".to_owned()), BATCH)
+        });
+    match builder.and_then(PrometheusBuilder::install_recorder) {
+        Ok(handle) => Some(handle),
+        Err(error) => {
+            tracing::warn!("metrics are off: {error}");
+            None
+        }
+    }
+}
+
+/// A command answered over HTTP: `outcome` is `accepted`, `rejected` (the aggregate said no)
+/// or `failed` (anything else: conflict, overload, trap, storage).
+pub fn command(type_name: &str, outcome: &'static str, took: Duration) {
+    metrics::counter!("cairn_commands_total", "type" => type_name.to_owned(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("cairn_command_duration_seconds", "type" => type_name.to_owned())
+        .record(took.as_secs_f64());
+}
+
+/// One group commit: its appends, events and how long the transaction and fsync took.
+pub fn group_commit(appends: usize, events: u64, took: Duration) {
+    metrics::counter!("cairn_events_appended_total").increment(events);
+    metrics::histogram!("cairn_commit_batch_appends").record(appends as f64);
+    metrics::histogram!("cairn_commit_duration_seconds").record(took.as_secs_f64());
+}
+
+/// A group commit that failed (nothing of it is stored).
+pub fn commit_failed() {
+    metrics::counter!("cairn_commit_failures_total").increment(1);
+}
+
+/// One call into a guest.
+pub fn guest_call(component: &str, took: Duration) {
+    metrics::histogram!("cairn_guest_call_duration_seconds", "component" => component.to_owned())
+        .record(took.as_secs_f64());
+}
+
+/// A guest call that trapped (`kind` = `trap`) or ran out of fuel (`timeout`).
+pub fn guest_failure(component: &str, kind: &'static str) {
+    metrics::counter!("cairn_guest_failures_total", "component" => component.to_owned(), "kind" => kind)
+        .increment(1);
+}
+
+/// An HTTP request answered: by route (the router's pattern, not the path) and status.
+pub fn http_request(route: &str, status: u16, took: Duration) {
+    metrics::counter!("cairn_http_requests_total", "route" => route.to_owned(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("cairn_http_request_duration_seconds", "route" => route.to_owned())
+        .record(took.as_secs_f64());
+}
+
+/// A gauge of the host's state, set when scraped.
+pub fn gauge(name: &'static str, value: f64) {
+    metrics::gauge!(name).set(value);
+}
+
+/// A gauge with one label, set when scraped.
+pub fn labelled_gauge(name: &'static str, label: &'static str, value_of_label: &str, value: f64) {
+    metrics::gauge!(name, label => value_of_label.to_owned()).set(value);
+}

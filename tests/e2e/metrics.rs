@@ -1,0 +1,94 @@
+//! `GET /metrics`: Prometheus text that a Prometheus parser reads, with counters that move.
+
+use crate::harness::Host;
+use prometheus_parse::{Scrape, Value};
+use serde_json::json;
+
+async fn scrape(host: &Host) -> Scrape {
+    let response = host.http.get(format!("{}/metrics", host.url)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text format");
+    assert!(
+        scrape.samples.iter().all(|s| s.metric.starts_with("cairn_")),
+        "every name has the cairn_ prefix"
+    );
+    scrape
+}
+
+/// The value of a counter or gauge with these labels (0 when it has not appeared yet).
+fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map_or(0.0, |s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            other => panic!("{metric} is not a number: {other:?}"),
+        })
+}
+
+fn has(scrape: &Scrape, metric: &str) -> bool {
+    scrape.samples.iter().any(|s| s.metric == metric)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_parse_and_move_as_commands_are_sent() {
+    let host = Host::start();
+    host.open_account("101", 10).await;
+    let before = scrape(&host).await;
+    let accepted = [("type", "account"), ("outcome", "accepted")];
+    let rejected = [("type", "account"), ("outcome", "rejected")];
+
+    host.command("account", "101", "CreditAccount", json!({"amount": 5, "transaction_id": "a"}))
+        .await
+        .expect(200);
+    host.command("account", "101", "CreditAccount", json!({"amount": 5, "transaction_id": "b"}))
+        .await
+        .expect(200);
+    host.command("account", "101", "OpenAccount", json!({"initial_balance": 1})).await.expect(422);
+    host.command("nonsense", "1", "Anything", json!({})).await.expect(404);
+    let head = host.get("/healthz").await.body["head_position"].as_f64().unwrap();
+    crate::views::view(&host, "account-info", "101", head as u64).await;
+
+    let after = scrape(&host).await;
+    assert_eq!(
+        value(&after, "cairn_commands_total", &accepted) - value(&before, "cairn_commands_total", &accepted),
+        2.0
+    );
+    assert_eq!(
+        value(&after, "cairn_commands_total", &rejected) - value(&before, "cairn_commands_total", &rejected),
+        1.0
+    );
+    assert_eq!(
+        value(&after, "cairn_commands_total", &[("type", "nonsense")]),
+        0.0,
+        "unknown types are not labels"
+    );
+    assert!(
+        value(&after, "cairn_events_appended_total", &[])
+            - value(&before, "cairn_events_appended_total", &[])
+            >= 2.0
+    );
+    assert_eq!(value(&after, "cairn_head_position", &[]), head);
+    assert_eq!(value(&after, "cairn_projection_lag_events", &[("projection", "account-info")]), 0.0);
+    assert!(value(&after, "cairn_live_actors", &[]) >= 1.0);
+    // Requests are counted by route pattern, not by path (ids never become labels).
+    assert!(value(&after, "cairn_http_requests_total", &[("route", "/healthz"), ("status", "200")]) >= 1.0);
+    let text = host.http.get(format!("{}/metrics", host.url)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        text.contains(r#"cairn_http_requests_total{route="/aggregates/{type}/{id}/commands",status="200"} "#)
+    );
+    assert!(!text.contains("/aggregates/account/101"), "a path became a label");
+    for histogram in [
+        "cairn_command_duration_seconds",
+        "cairn_commit_duration_seconds",
+        "cairn_commit_batch_appends",
+        "cairn_guest_call_duration_seconds",
+        "cairn_http_request_duration_seconds",
+    ] {
+        assert!(has(&after, histogram), "{histogram} is missing");
+    }
+    assert!(has(&after, "cairn_routing_lag_events"));
+}
