@@ -113,6 +113,22 @@ enum Command {
         #[arg(long)]
         min_position: Option<u64>,
     },
+    /// The global log, in position order.
+    Log {
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// Every event of one saga (correlation id), in global order.
+    Saga {
+        correlation_id: String,
+        /// The last position of the previous page.
+        #[arg(long)]
+        after: Option<u64>,
+    },
+    /// Each subscriber's cursor, lag, deliveries and dead letters.
+    Routing {},
     /// Follow the global log live (Server-Sent Events), one event a line.
     Tail {
         /// Start after this position (default: the head, so only new events).
@@ -257,8 +273,9 @@ async fn dispatch(command: Command, url: String) -> anyhow::Result<()> {
         }
         Command::Send { type_name, id, json, idempotency_key, correlation_id, expect_version } => {
             let body: Value = serde_json::from_str(&json).context("the command must be JSON")?;
-            let mut request =
-                http().post(format!("{}/aggregates/{type_name}/{id}/commands", url)).json(&body);
+            let mut request = http()
+                .post(format!("{url}/aggregates/{}/{}/commands", encode(&type_name), encode(&id)))
+                .json(&body);
             if let Some(key) = idempotency_key {
                 request = request.header("Idempotency-Key", key);
             }
@@ -271,14 +288,18 @@ async fn dispatch(command: Command, url: String) -> anyhow::Result<()> {
             print_answer(request).await
         }
         Command::State { type_name, id, version } => {
-            let mut url = format!("{}/aggregates/{type_name}/{id}", url);
+            let mut url = format!("{url}/aggregates/{}/{}", encode(&type_name), encode(&id));
             if let Some(version) = version {
                 url.push_str(&format!("?version={version}"));
             }
             print_answer(http().get(url)).await
         }
         Command::Events { type_name, id, from, limit } => {
-            let url = format!("{}/aggregates/{type_name}/{id}/events?from={from}&limit={limit}", url);
+            let url = format!(
+                "{url}/aggregates/{}/{}/events?from={from}&limit={limit}",
+                encode(&type_name),
+                encode(&id)
+            );
             print_answer(http().get(url)).await
         }
         Command::View { projection, key, min_position } => {
@@ -306,6 +327,17 @@ async fn dispatch(command: Command, url: String) -> anyhow::Result<()> {
             print_answer(http().post(url).bearer_auth(admin.token()?)).await
         }
         Command::Components {} => print_answer(http().get(format!("{}/components", url))).await,
+        Command::Log { after, limit } => {
+            print_answer(http().get(format!("{url}/events?after={after}&limit={limit}"))).await
+        }
+        Command::Saga { correlation_id, after } => {
+            let mut url = format!("{url}/sagas/{}", encode(&correlation_id));
+            if let Some(after) = after {
+                url.push_str(&format!("?after={after}"));
+            }
+            print_answer(http().get(url)).await
+        }
+        Command::Routing {} => print_answer(http().get(format!("{url}/routing"))).await,
         Command::Deploy { file, name, dry_run, react_from_beginning, admin } => {
             let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
             let name = match name {

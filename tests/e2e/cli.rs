@@ -83,6 +83,19 @@ async fn send_state_events_components_and_deploy() {
     assert_eq!(names, ["account-info", "customer-orders"]);
     let rebuilding = json_of(&cairn(&host, &[&["rebuild", "account-info"][..], &token].concat()));
     assert_eq!(rebuilding["rebuild"]["projection"], "account-info");
+    let log = json_of(&cairn(&host, &["log", "--after", "0", "--limit", "1"]));
+    assert_eq!(log["events"][0]["position"], 1);
+    let saga = json_of(&cairn(&host, &["saga", "cli-1"]));
+    assert_eq!(saga["events"][0]["correlation_id"], "cli-1");
+    let routing = json_of(&cairn(&host, &["routing"]));
+    assert!(routing["subscribers"].as_array().unwrap().iter().any(|s| s["name"] == "account"));
+    // Ids are sent URL-encoded: a space and a `?` are part of the id, not of the URL.
+    let odd = json_of(&cairn(
+        &host,
+        &["send", "account", "a b?c", r#"{"type":"OpenAccount","data":{"initial_balance":3}}"#],
+    ));
+    assert_eq!(odd["id"], "a b?c");
+    assert_eq!(json_of(&cairn(&host, &["state", "account", "a b?c"]))["state"]["balance"], 3);
     let absent = cairn(&host, &["view", "account-info", "no such account"]);
     assert!(String::from_utf8_lossy(&absent.stderr).contains("document_not_found"));
 }

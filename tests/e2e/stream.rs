@@ -175,3 +175,53 @@ async fn cairn_tail_prints_one_event_a_line() {
     assert_eq!(words[..4], ["2", "account/202", "v1", "AccountOpened"], "{first}");
     assert!(first.contains(r#""initial_balance":8"#), "{first}");
 }
+
+/// A measurement, not a check (run it by hand in release:
+/// `cargo test --release -p cairn --test e2e measure_stream -- --ignored --nocapture`): the
+/// time from an event's commit (its `recorded_at`, taken when its group commit starts, so
+/// the fsync is included) to a live SSE client receiving it, during a command storm.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement; run it by hand in release"]
+async fn measure_stream() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let host = Host::start();
+    for n in 0..100 {
+        host.open_account(&format!("a{n}"), 0).await;
+    }
+    let mut subscriber = Subscriber::open(&host, "", None).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for client in 0..16u64 {
+        let (http, url, stop) = (host.http.clone(), host.url.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let body = json!({"type": "CreditAccount", "data": {"amount": 1, "transaction_id": format!("{client}-{n}")}});
+                let request = http.post(format!("{url}/aggregates/account/a{}/commands", (client * 7 + n) % 100));
+                crate::harness::answer_of(request.json(&body)).await.expect(200);
+            }
+        }));
+    }
+    let started = std::time::Instant::now();
+    let mut delays = Vec::new();
+    while started.elapsed() < Duration::from_secs(10) {
+        let event = subscriber.next().await.unwrap();
+        let recorded = humantime::parse_rfc3339(event.data["recorded_at"].as_str().unwrap()).unwrap();
+        delays.push(std::time::SystemTime::now().duration_since(recorded).unwrap_or_default());
+    }
+    stop.store(true, Ordering::SeqCst);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    delays.sort();
+    let at = |q: f64| delays[((delays.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "{} events over 10 s; commit to SSE client: p50 {:?}, p99 {:?}, worst {:?}",
+        delays.len(),
+        at(0.5),
+        at(0.99),
+        delays[delays.len() - 1]
+    );
+}

@@ -224,6 +224,8 @@ impl Actor {
     }
 
     fn decide(&mut self, request: CommandRequest, reply: Reply, pending: &mut Pending) {
+        let span = request.span.clone();
+        let _in_command = span.enter();
         let outcome_key = match (&request.idempotency_key, &request.causation) {
             (Some(key), _) => Some(format!("idem:{key}")),
             (None, Some(causation)) => Some(format!("cause:{}", causation.dedup_key)),

@@ -38,6 +38,9 @@ pub struct CommandRequest {
     pub correlation_id: String,
     /// Set when the command was sent by a reaction to another event.
     pub causation: Option<Causation>,
+    /// The command's span (type, id, correlation id): the actor enters it while it decides,
+    /// so what the actor and the guest log carries them.
+    pub span: tracing::Span,
 }
 
 /// Where a routed command came from; its `dedup_key` makes its effect happen once.

@@ -107,18 +107,27 @@ async fn run_command(
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let (command_type, payload) = parse_command(body)?;
+    let correlation_id = header_text(headers, "x-correlation-id", MAX_HEADER_LEN)?
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let span = tracing::info_span!(
+        "command",
+        r#type = %stream.type_name,
+        id = %stream.id,
+        command = %command_type,
+        correlation_id = %correlation_id,
+    );
     let request = CommandRequest {
         command_type,
         payload,
         expected_version: if_match(headers)?,
         idempotency_key: header_text(headers, "idempotency-key", MAX_HEADER_LEN)?,
-        correlation_id: header_text(headers, "x-correlation-id", MAX_HEADER_LEN)?
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        correlation_id,
         causation: None,
+        span: span.clone(),
     };
     let started = std::time::Instant::now();
     let type_name = stream.type_name.clone();
-    let sent = state.actors.send(stream, request).await;
+    let sent = tracing::Instrument::instrument(state.actors.send(stream, request), span).await;
     let (type_name, outcome) = match &sent {
         Ok(_) => (type_name.as_str(), "accepted"),
         Err(CommandError::Rejected(_)) => (type_name.as_str(), "rejected"),

@@ -477,7 +477,14 @@ fn backoff(config: &super::RoutingConfig, attempt: u32) -> Duration {
 /// A command caused by `event`: it carries the chain's correlation, the event's position
 /// as its cause, and `dedup_key`, which makes its effect happen once.
 fn routed(event: &StoredEvent, command_type: String, payload: Vec<u8>, dedup_key: String) -> CommandRequest {
+    let span = tracing::info_span!(
+        "routed_command",
+        command = %command_type,
+        correlation_id = %event.correlation_id,
+        cause = event.position,
+    );
     CommandRequest {
+        span,
         command_type,
         payload,
         expected_version: None,
