@@ -199,6 +199,16 @@ impl ViewStore {
     /// The live generation's document under `key`, and the position the view had handled
     /// when it was read. `None` for a projection with no view yet.
     pub fn document(&self, name: &str, key: &str) -> Result<Option<(Position, Option<String>)>, StoreError> {
+        let Some((cursor, documents)) = self.live(name)? else { return Ok(None) };
+        let document = documents.get(key)?.map(|v| v.value().to_owned());
+        Ok(Some((cursor, document)))
+    }
+
+    /// The live generation's cursor and documents, read in one transaction.
+    fn live(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Position, ReadOnlyTable<&'static str, &'static str>)>, StoreError> {
         let read = self.db.begin_read()?;
         let records = read.open_table(RECORDS)?;
         let Some(record) = records.get(name)?.map(|v| decode(name, v.value())).transpose()? else {
@@ -206,8 +216,7 @@ impl ViewStore {
         };
         let documents =
             read.open_table(TableDefinition::<&str, &str>::new(&table_name(name, record.live.id)))?;
-        let document = documents.get(key)?.map(|v| v.value().to_owned());
-        Ok(Some((record.live.cursor, document)))
+        Ok(Some((record.live.cursor, documents)))
     }
 
     /// The live generation's keys after `after`, at most `limit`, leaving out the
@@ -218,13 +227,7 @@ impl ViewStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Option<(Position, Vec<String>)>, StoreError> {
-        let read = self.db.begin_read()?;
-        let records = read.open_table(RECORDS)?;
-        let Some(record) = records.get(name)?.map(|v| decode(name, v.value())).transpose()? else {
-            return Ok(None);
-        };
-        let documents =
-            read.open_table(TableDefinition::<&str, &str>::new(&table_name(name, record.live.id)))?;
+        let Some((cursor, documents)) = self.live(name)? else { return Ok(None) };
         let mut keys = Vec::new();
         let range = match after {
             Some(after) => {
@@ -242,7 +245,7 @@ impl ViewStore {
                 break;
             }
         }
-        Ok(Some((record.live.cursor, keys)))
+        Ok(Some((cursor, keys)))
     }
 
     /// How many documents a generation holds (bookkeeping included).
