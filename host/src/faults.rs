@@ -12,7 +12,9 @@
 //! - `delivery-panic=<EventType>`: the first delivery of an event of that type panics the
 //!   delivery task;
 //! - `rebuild-stall=<millis>`: every batch of a view rebuild waits that long first, so a
-//!   test can read the old generation while the new one is built.
+//!   test can read the old generation while the new one is built;
+//! - `commit-fail=<stream key>`: the first group commit holding an append to that stream
+//!   (e.g. `account/x`) fails, as a full disk would fail it.
 
 use std::time::Duration;
 
@@ -28,10 +30,12 @@ mod injected {
         actor_stall: Option<(String, Duration)>,
         delivery_panic: Option<String>,
         rebuild_stall: Option<Duration>,
+        commit_fail: Option<String>,
     }
 
     static ACTOR_PANICKED: AtomicBool = AtomicBool::new(false);
     static DELIVERY_PANICKED: AtomicBool = AtomicBool::new(false);
+    static COMMIT_FAILED: AtomicBool = AtomicBool::new(false);
 
     pub fn faults() -> &'static Faults {
         static FAULTS: OnceLock<Faults> = OnceLock::new();
@@ -44,6 +48,7 @@ mod injected {
             match entry.split_once('=') {
                 Some(("actor-panic", command)) => faults.actor_panic = Some(command.to_owned()),
                 Some(("delivery-panic", event)) => faults.delivery_panic = Some(event.to_owned()),
+                Some(("commit-fail", stream)) => faults.commit_fail = Some(stream.to_owned()),
                 Some(("rebuild-stall", millis)) if millis.parse::<u64>().is_ok() => {
                     faults.rebuild_stall = millis.parse().ok().map(Duration::from_millis);
                 }
@@ -71,6 +76,10 @@ mod injected {
 
         pub fn actor_stall(&self, command_type: &str) -> Option<Duration> {
             self.actor_stall.as_ref().filter(|(c, _)| c == command_type).map(|(_, d)| *d)
+        }
+
+        pub fn commit_fail(&self, stream: &str) -> bool {
+            self.commit_fail.as_deref() == Some(stream) && first_time(&COMMIT_FAILED)
         }
 
         pub fn rebuild_stall(&self) -> Option<Duration> {
@@ -132,4 +141,15 @@ pub fn rebuild_stall() -> Option<Duration> {
     return injected::faults().rebuild_stall();
     #[cfg(not(debug_assertions))]
     None
+}
+
+/// Whether the group commit holding an append to `stream` must fail, if a test asked (once).
+pub fn commit_fail(stream: &str) -> bool {
+    #[cfg(debug_assertions)]
+    return injected::faults().commit_fail(stream);
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = stream;
+        false
+    }
 }

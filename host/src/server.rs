@@ -55,6 +55,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let state = AppState {
         actors: actors.clone(),
         store,
+        writer: writer.clone(),
         components,
         routing: routing.clone(),
         projections: projections.clone(),

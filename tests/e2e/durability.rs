@@ -108,3 +108,23 @@ async fn snapshots_and_passivation_rebuild_the_same_state() {
     );
     assert_eq!(host.get("/aggregates/account/1?version=101").await.body["state"]["balance"], 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_commit_costs_its_commands_an_error_stores_nothing_and_readyz_tells() {
+    let host = Host::start_with_env(&[], &[("CAIRN_FAULTS", "commit-fail=account/x")]);
+    assert_eq!(host.get("/readyz").await.expect(200).body["status"], "ready");
+    host.command("account", "x", "OpenAccount", json!({"initial_balance": 5}))
+        .await
+        .expect_error(500, "storage_error");
+    let not_ready = host.get("/readyz").await.expect_error(503, "not_ready");
+    assert!(
+        not_ready.body["error"]["message"].as_str().unwrap().contains("last commit failed"),
+        "{}",
+        not_ready.body
+    );
+    host.get("/healthz").await.expect(200);
+    // Nothing of the failed commit was stored: the same command succeeds as version 1.
+    let opened = host.command("account", "x", "OpenAccount", json!({"initial_balance": 5})).await.expect(200);
+    assert_eq!(opened.body["version"], 1);
+    host.get("/readyz").await.expect(200);
+}

@@ -18,7 +18,7 @@ use crate::actor::Actors;
 use crate::components::ComponentRegistry;
 use crate::projection::Projections;
 use crate::routing::Routing;
-use crate::store::EventStore;
+use crate::store::{EventStore, Writer};
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
@@ -31,6 +31,8 @@ use tower::ServiceBuilder;
 pub struct AppState {
     pub actors: Actors,
     pub store: EventStore,
+    /// For `/readyz`: whether the writer can take appends.
+    pub writer: Writer,
     pub components: Arc<ComponentRegistry>,
     pub routing: Arc<Routing>,
     pub projections: Arc<Projections>,
@@ -103,6 +105,7 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
         .route("/views/{projection}/{key}", get(views::document))
         .route("/views/{projection}/rebuild", post(views::rebuild))
         .route("/healthz", get(operations::health))
+        .route("/readyz", get(operations::ready))
         .route("/metrics", get(operations::metrics))
         .fallback(operations::not_found)
         .method_not_allowed_fallback(operations::method_not_allowed)

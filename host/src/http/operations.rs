@@ -19,6 +19,21 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
     )
 }
 
+/// `GET /readyz`: 200 only when the host can take commands: the writer thread is alive, its
+/// last commit succeeded, and components are loaded; else 503 `not_ready` with the reason.
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let problem = state
+        .writer
+        .problem()
+        .or_else(|| state.components.is_empty().then(|| "no components are loaded".to_owned()));
+    match problem {
+        None => Ok(Json(json!({"status": "ready", "head_position": state.store.head_position()}))),
+        Some(reason) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason).retry_after(1))
+        }
+    }
+}
+
 /// `GET /metrics`: Prometheus text format. Counters and histograms come from where things
 /// happen; the gauges of the host's state are read now.
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {

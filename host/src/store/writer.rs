@@ -59,6 +59,8 @@ struct ComponentWrite {
 pub struct Writer {
     requests: mpsc::Sender<Request>,
     thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    /// Why the last group commit failed; `None` once one succeeds again.
+    last_failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Writer {
@@ -68,11 +70,25 @@ impl Writer {
         head_tx: watch::Sender<Position>,
     ) -> Result<Self, StoreError> {
         let (requests, queue) = mpsc::channel();
+        let last_failure = Arc::new(std::sync::Mutex::new(None));
+        let failures = last_failure.clone();
         let thread = std::thread::Builder::new()
             .name("cairn-writer".into())
-            .spawn(move || run(db, head, head_tx, queue))
+            .spawn(move || run(db, head, head_tx, queue, failures))
             .map_err(|e| StoreError::Storage(redb::StorageError::Io(e).into()))?;
-        Ok(Writer { requests, thread: Arc::new(std::sync::Mutex::new(Some(thread))) })
+        Ok(Writer { requests, thread: Arc::new(std::sync::Mutex::new(Some(thread))), last_failure })
+    }
+
+    /// Why the writer cannot take appends now, if it cannot: its thread has stopped, or its
+    /// last group commit failed (until one succeeds again).
+    pub fn problem(&self) -> Option<String> {
+        let alive =
+            self.thread.lock().expect("writer thread lock").as_ref().is_some_and(|t| !t.is_finished());
+        if !alive {
+            return Some("the writer thread has stopped".to_owned());
+        }
+        let failure = self.last_failure.lock().expect("writer health lock").clone();
+        failure.map(|e| format!("the last commit failed: {e}"))
     }
 
     /// Append a batch; answers once it is durable.
@@ -145,6 +161,7 @@ fn run(
     mut head: Position,
     head_tx: watch::Sender<Position>,
     queue: mpsc::Receiver<Request>,
+    last_failure: Arc<std::sync::Mutex<Option<String>>>,
 ) {
     let mut stopping = false;
     while !stopping {
@@ -169,7 +186,7 @@ fn run(
             }
         }
         if !requests.is_empty() {
-            head = commit_group(&db, head, &head_tx, requests);
+            head = commit_group(&db, head, &head_tx, requests, &last_failure);
         }
     }
     tracing::debug!("writer thread stopped");
@@ -182,6 +199,7 @@ fn commit_group(
     head: Position,
     head_tx: &watch::Sender<Position>,
     requests: Vec<Request>,
+    last_failure: &std::sync::Mutex<Option<String>>,
 ) -> Position {
     let recorded_at_micros = crate::time::now_micros();
     let started = std::time::Instant::now();
@@ -232,11 +250,18 @@ fn commit_group(
             }
             answers.push(answer);
         }
+        let faulted = requests.iter().any(
+            |r| matches!(r, Request::Append(batch, _) if crate::faults::commit_fail(&batch.stream.key())),
+        );
+        if faulted {
+            return Err(StoreError::CommitFailed("fault injection: commit-fail".to_owned()));
+        }
         txn.commit()?;
         Ok(answers)
     })();
     match written {
         Ok(answers) => {
+            *last_failure.lock().expect("writer health lock") = None;
             let appends = requests.iter().filter(|r| matches!(r, Request::Append(..))).count();
             crate::telemetry::group_commit(appends, next - 1 - head, started.elapsed());
             head_tx.send_replace(next - 1);
@@ -259,6 +284,7 @@ fn commit_group(
         Err(e) => {
             tracing::error!("group commit of {} requests failed: {e}", requests.len());
             crate::telemetry::commit_failed();
+            *last_failure.lock().expect("writer health lock") = Some(e.to_string());
             let message = e.to_string();
             for request in requests {
                 match request {
