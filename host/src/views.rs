@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 /// projection name → [`ViewRecord`].
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("projections");
 
+/// A generation's documents, as a read transaction sees them.
+type Documents = ReadOnlyTable<&'static str, &'static str>;
+
 /// How often a view commit is made durable.
 const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
@@ -205,10 +208,7 @@ impl ViewStore {
     }
 
     /// The live generation's cursor and documents, read in one transaction.
-    fn live(
-        &self,
-        name: &str,
-    ) -> Result<Option<(Position, ReadOnlyTable<&'static str, &'static str>)>, StoreError> {
+    fn live(&self, name: &str) -> Result<Option<(Position, Documents)>, StoreError> {
         let read = self.db.begin_read()?;
         let records = read.open_table(RECORDS)?;
         let Some(record) = records.get(name)?.map(|v| decode(name, v.value())).transpose()? else {
@@ -268,7 +268,7 @@ impl ViewStore {
 
 /// A generation's documents as of the start of a batch.
 struct CommittedDocuments {
-    table: ReadOnlyTable<&'static str, &'static str>,
+    table: Documents,
 }
 
 impl DocumentReader for CommittedDocuments {
