@@ -160,4 +160,22 @@ async fn the_host_picks_a_new_id_when_none_is_given() {
     let (a, b) = (first.body["id"].as_str().unwrap(), second.body["id"].as_str().unwrap());
     assert_ne!(a, b);
     assert_eq!(host.state("customer", a).await["name"], "Fred");
+
+    // With an Idempotency-Key, a retry gets the first answer and creates nothing new.
+    let keyed = request_with_key(&host, "signup-42");
+    let first = host.send(keyed).await.expect(200);
+    let retry = host.send(request_with_key(&host, "signup-42")).await.expect(200);
+    assert_eq!(retry.body, first.body);
+    let id = first.body["id"].as_str().unwrap();
+    let events = host.get(&format!("/aggregates/customer/{id}/events")).await.expect(200);
+    assert_eq!(events.body["events"].as_array().unwrap().len(), 1, "one aggregate, one event");
+    let other = host.send(request_with_key(&host, "signup-43")).await.expect(200);
+    assert_ne!(other.body["id"], first.body["id"], "another key, another aggregate");
+}
+
+fn request_with_key(host: &Host, key: &str) -> reqwest::RequestBuilder {
+    host.http
+        .post(format!("{}/aggregates/customer/commands", host.url))
+        .header("Idempotency-Key", key)
+        .json(&json!({"type": "CreateCustomer", "data": {"name": "Fred", "credit_limit": 200000}}))
 }

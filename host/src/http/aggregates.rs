@@ -157,15 +157,31 @@ pub async fn command(
     run_command(state, stream, &headers, &body).await
 }
 
-/// `POST /aggregates/{type}/commands`: the host picks a new unique id.
+/// `POST /aggregates/{type}/commands`: the host picks a new unique id. With an
+/// `Idempotency-Key`, the id is derived from the type and the key, so a retry reaches the
+/// same new aggregate and gets the first answer instead of creating another one.
 pub async fn command_new_id(
     State(state): State<AppState>,
     Path(type_name): Path<String>,
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    let stream = stream_of(&state, &type_name, &uuid::Uuid::new_v4().to_string())?;
+    let id = match header_text(&headers, "idempotency-key", MAX_HEADER_LEN)? {
+        Some(key) => id_for_key(&type_name, &key),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let stream = stream_of(&state, &type_name, &id)?;
     run_command(state, stream, &headers, &body).await
+}
+
+/// A UUID-shaped id that only this type and idempotency key give.
+fn id_for_key(type_name: &str, key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new().chain_update(type_name).chain_update([0]).chain_update(key).finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    // Version 8 (custom) and the RFC 9562 variant: a valid UUID, never a random v4 one.
+    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
 }
 
 /// `GET /aggregates/{type}/{id}` and `?version=N` (the state as it was after event N).
