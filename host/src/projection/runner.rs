@@ -111,10 +111,10 @@ impl Runner {
     /// (replacing a rebuild already under way).
     fn start_rebuild(&mut self, version: u32) -> Result<Generation, String> {
         let name = &self.shared.name;
-        let record =
+        let mut record =
             ViewRecord { live: self.live.generation, next: self.next.as_ref().map(|n| n.generation) };
         let generation = Generation { id: record.new_generation_id(), version, cursor: 0 };
-        let record = ViewRecord { live: self.live.generation, next: Some(generation) };
+        record.next = Some(generation);
         self.context.views.put_record(name, &record).map_err(|e| e.to_string())?;
         self.next = Some(lane(&self.context, name, generation, true)?);
         tracing::info!(projection = name, generation = generation.id, version, "rebuilding");

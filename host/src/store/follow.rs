@@ -19,19 +19,9 @@ impl LogFollower {
         LogFollower { store, head, after }
     }
 
-    /// The position of the last event read.
-    pub fn position(&self) -> Position {
-        self.after
-    }
-
     /// Read on from the event after `after`.
     pub fn seek(&mut self, after: Position) {
         self.after = after;
-    }
-
-    /// The head of the log as last seen.
-    pub fn head(&self) -> Position {
-        *self.head.borrow()
     }
 
     /// Up to `limit` events after the last one read, in log order; empty when the follower
