@@ -15,6 +15,18 @@ pub struct Cli {
     /// The host client commands talk to.
     #[arg(long, global = true, env = "CAIRN_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// The admin token: `serve` requires it on admin endpoints (without it one is made and kept
+    /// in DIR/admin-token); admin client commands send it (without it they read DIR/admin-token).
+    #[arg(long, alias = "admin-token", global = true, env = "CAIRN_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The data directory: where `serve` keeps its store, and whose admin token client
+    /// commands use when no `--token` is given.
+    #[arg(long, global = true, default_value = "data", value_name = "DIR")]
+    data: PathBuf,
+    /// Print answers as compact JSON, one line each, and a refusal as the host's JSON error
+    /// body on stderr: for scripts.
+    #[arg(long, global = true)]
+    json: bool,
     /// How `serve` writes its log to stderr: `text` (coloured only on a terminal) or `json`.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -43,13 +55,8 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 enum Command {
     /// Run the host: an embedded event store in DIR, the HTTP API on ADDR.
     Serve {
-        #[arg(long, default_value = "data", value_name = "DIR")]
-        data: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
         listen: SocketAddr,
-        /// Token for admin endpoints; without it one is made and kept in DIR/admin-token.
-        #[arg(long, env = "CAIRN_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
         /// Largest command request body, in bytes.
         #[arg(long, default_value_t = 1 << 20)]
         max_body_bytes: usize,
@@ -71,6 +78,10 @@ enum Command {
         /// The longest a view read with `?min_position=` waits before answering 503.
         #[arg(long, default_value_t = 5_000, value_name = "MILLIS")]
         view_wait_ms: u64,
+        /// How many events behind the head a live event stream may fall, once it has caught
+        /// up, before the host ends it as too slow (the client resumes with Last-Event-ID).
+        #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
+        stream_max_lag: u64,
     },
     /// Send a command: `cairn send account 101 '{"type":"OpenAccount","data":{"initial_balance":100}}'`.
     Send {
@@ -78,7 +89,8 @@ enum Command {
         type_name: String,
         id: String,
         /// The command as JSON: {"type": ..., "data": {...}}.
-        json: String,
+        #[arg(value_name = "JSON")]
+        command: String,
         #[arg(long)]
         idempotency_key: Option<String>,
         #[arg(long)]
@@ -143,18 +155,11 @@ enum Command {
         event_type: Option<String>,
         #[arg(long)]
         correlation_id: Option<String>,
-        /// Print each event as its JSON, for scripts.
-        #[arg(long)]
-        json: bool,
     },
     /// Every projection with its cursor, lag and status (running, rebuilding, failed).
     Views {},
     /// Build a projection's view again from the whole log, beside the live one.
-    Rebuild {
-        projection: String,
-        #[command(flatten)]
-        admin: Admin,
-    },
+    Rebuild { projection: String },
     /// List deployed components and their versions.
     Components {},
     /// Deploy a component (.wasm) as a new active version, after the host's replay check.
@@ -169,46 +174,32 @@ enum Command {
         /// A new subscribing component reacts to the whole log, not only to new events.
         #[arg(long)]
         react_from_beginning: bool,
-        #[command(flatten)]
-        admin: Admin,
     },
     /// Make the version that was active before the current one active again.
-    Rollback {
-        name: String,
-        #[command(flatten)]
-        admin: Admin,
-    },
+    Rollback { name: String },
     /// Make a stored version of a component active.
-    Activate {
-        name: String,
-        version: u32,
-        #[command(flatten)]
-        admin: Admin,
-    },
+    Activate { name: String, version: u32 },
 }
 
-/// Where an admin command finds the admin token.
-#[derive(clap::Args, Debug)]
-struct Admin {
-    /// Admin token; defaults to $CAIRN_ADMIN_TOKEN, then DATA/admin-token.
-    #[arg(long, alias = "token", env = "CAIRN_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
-    /// The data directory whose admin token to use.
-    #[arg(long, default_value = "data")]
+/// What every client command shares: where the host is, how to authenticate, how to print.
+struct Client {
+    url: String,
+    token: Option<String>,
     data: PathBuf,
+    json: bool,
 }
 
-impl Admin {
-    fn token(self) -> anyhow::Result<String> {
-        match self.admin_token {
-            Some(token) => Ok(token),
-            None => Ok(std::fs::read_to_string(self.data.join(ADMIN_TOKEN_FILE))
-                .with_context(|| {
-                    format!("no --admin-token and no {}", self.data.join(ADMIN_TOKEN_FILE).display())
-                })?
-                .trim()
-                .to_owned()),
+impl Client {
+    /// The admin token: `--token` (or `$CAIRN_ADMIN_TOKEN`), else the data directory's file.
+    fn token(&self) -> anyhow::Result<String> {
+        if let Some(token) = &self.token {
+            return Ok(token.clone());
         }
+        let file = self.data.join(ADMIN_TOKEN_FILE);
+        let token = std::fs::read_to_string(&file).with_context(|| {
+            format!("no --token given and no admin token file at {} (pass --data DIR?)", file.display())
+        })?;
+        Ok(token.trim().to_owned())
     }
 }
 
@@ -221,12 +212,19 @@ pub fn run() -> std::process::ExitCode {
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(dispatch(cli.command, cli.url)));
+        .and_then(|runtime| {
+            let client = Client { url: cli.url, token: cli.token, data: cli.data, json: cli.json };
+            runtime.block_on(dispatch(cli.command, client))
+        });
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("cairn: {error:#}");
-            let code = match error.downcast_ref::<ClientFailure>() {
+            let failure = error.downcast_ref::<ClientFailure>();
+            // A refusal's own words (the host's error body) are already on stderr.
+            if !matches!(failure, Some(ClientFailure::Refused(_))) {
+                eprintln!("cairn: {error:#}");
+            }
+            let code = match failure {
                 Some(ClientFailure::Unreachable { .. }) => EXIT_UNREACHABLE,
                 _ => EXIT_REFUSED,
             };
@@ -247,12 +245,11 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn dispatch(command: Command, url: String) -> anyhow::Result<()> {
+async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
+    let url = client.url.as_str();
     match command {
         Command::Serve {
-            data,
             listen,
-            admin_token,
             max_body_bytes,
             max_in_flight,
             mailbox_capacity,
@@ -260,8 +257,14 @@ async fn dispatch(command: Command, url: String) -> anyhow::Result<()> {
             replay_sample,
             compile_timeout_ms,
             view_wait_ms,
+            stream_max_lag,
         } => {
-            let mut config = ServeConfig { data_dir: data, listen, admin_token, ..ServeConfig::default() };
+            let mut config = ServeConfig {
+                data_dir: client.data,
+                listen,
+                admin_token: client.token,
+                ..ServeConfig::default()
+            };
             config.body_limits.command_bytes = max_body_bytes;
             config.body_limits.max_in_flight = max_in_flight.max(1);
             config.actors.mailbox_capacity = mailbox_capacity.max(1);
@@ -269,10 +272,11 @@ async fn dispatch(command: Command, url: String) -> anyhow::Result<()> {
             config.replay_sample = replay_sample;
             config.compile_timeout = std::time::Duration::from_millis(compile_timeout_ms.max(1));
             config.view_wait = std::time::Duration::from_millis(view_wait_ms);
+            config.max_stream_lag = stream_max_lag.max(1);
             crate::server::serve(config).await
         }
-        Command::Send { type_name, id, json, idempotency_key, correlation_id, expect_version } => {
-            let body: Value = serde_json::from_str(&json).context("the command must be JSON")?;
+        Command::Send { type_name, id, command, idempotency_key, correlation_id, expect_version } => {
+            let body: Value = serde_json::from_str(&command).context("the command must be JSON")?;
             let mut request = http()
                 .post(format!("{url}/aggregates/{}/{}/commands", encode(&type_name), encode(&id)))
                 .json(&body);
@@ -285,14 +289,14 @@ async fn dispatch(command: Command, url: String) -> anyhow::Result<()> {
             if let Some(version) = expect_version {
                 request = request.header("If-Match", format!("\"{version}\""));
             }
-            print_answer(request).await
+            print_answer(&client, request).await
         }
         Command::State { type_name, id, version } => {
             let mut url = format!("{url}/aggregates/{}/{}", encode(&type_name), encode(&id));
             if let Some(version) = version {
                 url.push_str(&format!("?version={version}"));
             }
-            print_answer(http().get(url)).await
+            print_answer(&client, http().get(url)).await
         }
         Command::Events { type_name, id, from, limit } => {
             let url = format!(
@@ -300,16 +304,16 @@ async fn dispatch(command: Command, url: String) -> anyhow::Result<()> {
                 encode(&type_name),
                 encode(&id)
             );
-            print_answer(http().get(url)).await
+            print_answer(&client, http().get(url)).await
         }
         Command::View { projection, key, min_position } => {
             let mut url = format!("{}/views/{}/{}", url, encode(&projection), encode(&key));
             if let Some(position) = min_position {
                 url.push_str(&format!("?min_position={position}"));
             }
-            print_answer(http().get(url)).await
+            print_answer(&client, http().get(url)).await
         }
-        Command::Tail { after, stream_type, stream, event_type, correlation_id, json } => {
+        Command::Tail { after, stream_type, stream, event_type, correlation_id } => {
             let filters = [
                 ("after", after.map(|p| p.to_string())),
                 ("stream_type", stream_type),
@@ -319,26 +323,26 @@ async fn dispatch(command: Command, url: String) -> anyhow::Result<()> {
             ];
             let query: Vec<String> =
                 filters.into_iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(&v)))).collect();
-            tail(format!("{}/events/stream?{}", url, query.join("&")), json).await
+            tail(format!("{}/events/stream?{}", url, query.join("&")), client.json).await
         }
-        Command::Views {} => print_answer(http().get(format!("{}/views", url))).await,
-        Command::Rebuild { projection, admin } => {
+        Command::Views {} => print_answer(&client, http().get(format!("{}/views", url))).await,
+        Command::Rebuild { projection } => {
             let url = format!("{}/views/{}/rebuild", url, encode(&projection));
-            print_answer(http().post(url).bearer_auth(admin.token()?)).await
+            print_answer(&client, http().post(url).bearer_auth(client.token()?)).await
         }
-        Command::Components {} => print_answer(http().get(format!("{}/components", url))).await,
+        Command::Components {} => print_answer(&client, http().get(format!("{}/components", url))).await,
         Command::Log { after, limit } => {
-            print_answer(http().get(format!("{url}/events?after={after}&limit={limit}"))).await
+            print_answer(&client, http().get(format!("{url}/events?after={after}&limit={limit}"))).await
         }
         Command::Saga { correlation_id, after } => {
             let mut url = format!("{url}/sagas/{}", encode(&correlation_id));
             if let Some(after) = after {
                 url.push_str(&format!("?after={after}"));
             }
-            print_answer(http().get(url)).await
+            print_answer(&client, http().get(url)).await
         }
-        Command::Routing {} => print_answer(http().get(format!("{url}/routing"))).await,
-        Command::Deploy { file, name, dry_run, react_from_beginning, admin } => {
+        Command::Routing {} => print_answer(&client, http().get(format!("{url}/routing"))).await,
+        Command::Deploy { file, name, dry_run, react_from_beginning } => {
             let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
             let name = match name {
                 Some(name) => name,
@@ -357,18 +361,18 @@ async fn dispatch(command: Command, url: String) -> anyhow::Result<()> {
             }
             let request = http()
                 .put(format!("{}/components/{name}?{}", url, query.join("&")))
-                .bearer_auth(admin.token()?)
+                .bearer_auth(client.token()?)
                 .header("Content-Type", "application/wasm")
                 .body(bytes);
-            print_answer(request).await
+            print_answer(&client, request).await
         }
-        Command::Rollback { name, admin } => {
+        Command::Rollback { name } => {
             let url = format!("{}/components/{name}/rollback", url);
-            print_answer(http().post(url).bearer_auth(admin.token()?)).await
+            print_answer(&client, http().post(url).bearer_auth(client.token()?)).await
         }
-        Command::Activate { name, version, admin } => {
+        Command::Activate { name, version } => {
             let url = format!("{}/components/{name}/activate?version={version}", url);
-            print_answer(http().post(url).bearer_auth(admin.token()?)).await
+            print_answer(&client, http().post(url).bearer_auth(client.token()?)).await
         }
     }
 }
@@ -388,7 +392,6 @@ fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// Print the answer's JSON; a non-2xx answer is printed to stderr and fails the command.
 /// Print the events of a live stream as they come, one a line, until the host ends it.
 async fn tail(url: String, json: bool) -> anyhow::Result<()> {
     let mut response = http()
@@ -398,7 +401,12 @@ async fn tail(url: String, json: bool) -> anyhow::Result<()> {
         .map_err(|source| ClientFailure::Unreachable { url: url.clone(), source })?;
     if !response.status().is_success() {
         let status = response.status();
-        eprintln!("{}", response.text().await.unwrap_or_default());
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str::<Value>(&text).ok();
+        match body {
+            Some(body) if json => eprintln!("{body}"),
+            _ => eprintln!("{}", refusal(status, body.as_ref(), &text)),
+        }
         return Err(ClientFailure::Refused(status).into());
     }
     let mut pending = String::new();
@@ -444,22 +452,48 @@ fn event_line(data: &str) -> String {
     }
 }
 
-async fn print_answer(request: reqwest::RequestBuilder) -> anyhow::Result<()> {
+/// Print the answer's JSON; a refusal goes to stderr and fails the command.
+async fn print_answer(client: &Client, request: reqwest::RequestBuilder) -> anyhow::Result<()> {
     let response = request.send().await.map_err(|source| {
         let url = source.url().map(|u| u.origin().ascii_serialization()).unwrap_or_default();
         ClientFailure::Unreachable { url, source }
     })?;
     let status = response.status();
     let text = response.text().await?;
-    let pretty = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or(text);
+    let body = serde_json::from_str::<Value>(&text).ok();
     if status.is_success() {
-        println!("{pretty}");
-        Ok(())
-    } else {
-        eprintln!("{pretty}");
-        Err(ClientFailure::Refused(status).into())
+        match body {
+            Some(body) if client.json => println!("{body}"),
+            Some(body) => println!("{}", serde_json::to_string_pretty(&body)?),
+            None => println!("{text}"),
+        }
+        return Ok(());
+    }
+    match body {
+        Some(body) if client.json => eprintln!("{body}"),
+        _ => eprintln!("{}", refusal(status, body.as_ref(), &text)),
+    }
+    Err(ClientFailure::Refused(status).into())
+}
+
+/// A refusal for a person: the host's message, its code, and the status.
+fn refusal(status: reqwest::StatusCode, body: Option<&Value>, text: &str) -> String {
+    let error = body.map(|b| &b["error"]);
+    match error.map(|e| (e["code"].as_str(), e["message"].as_str())) {
+        Some((Some(code), Some(message))) => format!("{message} [{code}, HTTP {}]", status.as_u16()),
+        _ => format!("HTTP {status}: {}", text.trim()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks (a global flag and a subcommand argument sharing a name
+    /// fails here rather than at run time).
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -40,10 +40,20 @@ async fn send_state_events_components_and_deploy() {
     let events = json_of(&cairn(&host, &["events", "account", "1", "--from", "2"]));
     assert_eq!(events["events"].as_array().unwrap().len(), 1);
 
-    let refused =
-        cairn(&host, &["send", "account", "1", r#"{"type":"OpenAccount","data":{"initial_balance":1}}"#]);
+    let reopen = ["send", "account", "1", r#"{"type":"OpenAccount","data":{"initial_balance":1}}"#];
+    let refused = cairn(&host, &reopen);
     assert_eq!(refused.status.code(), Some(1), "1: refused by the host");
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("account_already_open"));
+    // A person reads the host's message, its code and the status on one line.
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("[account_already_open, HTTP 422]") && !said.contains('{'), "{said}");
+    // `--json` is for scripts: answers are one compact line, refusals the host's error body.
+    let scripted = cairn(&host, &[&reopen[..], &["--json"]].concat());
+    assert_eq!(scripted.status.code(), Some(1));
+    let body: Value = serde_json::from_slice(&scripted.stderr).expect("the error body as JSON");
+    assert_eq!(body["error"]["code"], "account_already_open");
+    let compact = cairn(&host, &["--json", "state", "account", "1"]);
+    assert_eq!(String::from_utf8_lossy(&compact.stdout).trim().lines().count(), 1);
+    assert_eq!(json_of(&compact)["version"], 2);
     let conflict = cairn(&host, &[&keyed[..], &["--expect-version", "1"]].concat());
     assert!(String::from_utf8_lossy(&conflict.stderr).contains("version_conflict"));
 
@@ -56,8 +66,17 @@ async fn send_state_events_components_and_deploy() {
     assert_eq!((deployed["name"].as_str(), deployed["version"].as_u64()), (Some("faulty"), Some(1)));
     let unauthorized = cairn(&host, &["deploy", cairn_artifacts::FAULTY_PATH, "--admin-token", "nope"]);
     assert!(String::from_utf8_lossy(&unauthorized.stderr).contains("unauthorized"));
+    // Without `--token`, an admin command reads the token file of `--data DIR`.
+    let local = tempfile::tempdir().unwrap();
+    let data = local.path().to_str().unwrap();
+    let no_file = cairn(&host, &["rollback", "faulty", "--data", data]);
+    assert_eq!(no_file.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&no_file.stderr).contains("no --token given"));
+    std::fs::write(local.path().join("admin-token"), "test-token\n").unwrap();
+    let from_file = cairn(&host, &["rollback", "faulty", "--data", data]);
+    assert!(String::from_utf8_lossy(&from_file.stderr).contains("nothing_to_roll_back"), "{from_file:?}");
 
-    let token = ["--admin-token", "test-token"];
+    let token = ["--token", "test-token"];
     let fixed = cairn_artifacts::FAULTY_FIXED_PATH;
     let dry =
         json_of(&cairn(&host, &[&["deploy", fixed, "--name", "faulty", "--dry-run"][..], &token].concat()));
@@ -75,9 +94,11 @@ async fn send_state_events_components_and_deploy() {
     let position = opened["events"][0]["position"].as_u64().unwrap().to_string();
     let info = json_of(&cairn(&host, &["view", "account-info", "1", "--min-position", &position]));
     assert_eq!(info["transactions"][0]["kind"], "opened");
-    // `--url` goes before the subcommand as well as after it.
-    let global =
-        Command::new(env!("CARGO_BIN_EXE_cairn")).args(["--url", &host.url, "views"]).output().unwrap();
+    // Global flags go before the subcommand as well as after it.
+    let global = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["--url", &host.url, "--token", "test-token", "views"])
+        .output()
+        .unwrap();
     let views = json_of(&global);
     let names: Vec<_> = views["projections"].as_array().unwrap().iter().map(|p| p["name"].clone()).collect();
     assert_eq!(names, ["account-info", "customer-orders"]);
