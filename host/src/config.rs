@@ -26,6 +26,9 @@ pub struct ServeConfig {
     pub view_wait: std::time::Duration,
     /// `GET /events/stream` answers open at once; more are refused with 503.
     pub max_live_streams: usize,
+    /// How far behind the head (in log events) a live stream that had caught up may fall
+    /// before it is ended as too slow.
+    pub max_stream_lag: u64,
 }
 
 impl Default for ServeConfig {
@@ -46,6 +49,7 @@ impl Default for ServeConfig {
             compile_timeout: std::time::Duration::from_secs(60),
             view_wait: std::time::Duration::from_secs(5),
             max_live_streams: 256,
+            max_stream_lag: 10_000,
         }
     }
 }

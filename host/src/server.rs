@@ -64,7 +64,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         replay_sample: config.replay_sample,
         compile_timeout: config.compile_timeout,
         view_wait: config.view_wait,
-        live_streams: LiveStreams::new(config.max_live_streams, streams_stopped),
+        live_streams: LiveStreams::new(config.max_live_streams, config.max_stream_lag, streams_stopped),
         metrics: crate::telemetry::install(),
     };
     let app = http::router(state, config.body_limits);

@@ -111,7 +111,104 @@ async fn the_stream_catches_up_then_follows_live_with_no_gap_or_duplicate() {
     let last = resumed.next().await.expect("a last event");
     assert_eq!(last.kind, "end");
     assert!(last.data["reason"].as_str().unwrap().contains("shutting down"), "{:?}", last.data);
+    assert_eq!(last.data["resume_after"], 42);
     assert!(resumed.next().await.is_none());
+}
+
+/// A client that stops reading while the log moves on: the socket buffers fill, the stream
+/// falls behind the head, and the host ends it with an `end` event that says where to resume,
+/// instead of holding a stream slot for it; a reader catching up from an old position is not
+/// ended however far behind it starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_that_falls_too_far_behind_is_ended_with_a_last_event() {
+    use std::io::{Read, Write};
+    let host = Host::start_with(&["--stream-max-lag", "100"]);
+    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    let position = host.command("faulty", "0", "Increment", json!({})).await.expect(200);
+    let start = position.body["events"][0]["position"].as_u64().unwrap();
+    // A tiny receive window; the host's kernel send buffer still takes a few megabytes, so the
+    // events below are large (16 KiB) to fill it with a few hundred.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let address: std::net::SocketAddr = host.url.trim_start_matches("http://").parse().unwrap();
+    socket.connect(&address.into()).unwrap();
+    let mut slow: std::net::TcpStream = socket.into();
+    // HTTP/1.0: the body runs until the host closes the connection, with no chunk framing.
+    slow.write_all(b"GET /events/stream HTTP/1.0\r\n\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Once the answer has begun, the stream is at the head and following live.
+    let mut answer = Vec::new();
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut byte = [0u8];
+        slow.read_exact(&mut byte).expect("the answer's head");
+        answer.push(byte[0]);
+    }
+
+    const WRITERS: u64 = 16;
+    const PER_WRITER: u64 = 100;
+    let note = "n".repeat(16 << 10);
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let host = Host::attach(host.http.clone(), host.url.clone());
+            let note = note.clone();
+            tokio::spawn(async move {
+                for n in 0..PER_WRITER {
+                    let id = format!("{w}-{n}");
+                    host.command("faulty", &id, "Record", json!({"note": note})).await.expect(200);
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let head = start + WRITERS * PER_WRITER;
+
+    // Read until the host closes; keep-alives would keep a stream that is never ended open,
+    // so the wait is bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the host never ended the slow stream");
+        match slow.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("reading the stream: {e}"),
+        }
+    }
+    let answer = String::from_utf8(answer).unwrap();
+    let (head_lines, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head_lines.starts_with("HTTP/1.0 200"), "{head_lines}");
+    let mut ids = Vec::new();
+    let mut ending = None;
+    for block in body.split("\n\n").filter(|b| b.contains("data:")) {
+        let data: Value = serde_json::from_str(block.split_once("data:").unwrap().1.trim()).unwrap();
+        if block.lines().any(|line| line.trim() == "event: end" || line.trim() == "event:end") {
+            ending = Some(data);
+        } else {
+            assert!(ending.is_none(), "nothing follows the end event");
+            ids.push(data["position"].as_u64().unwrap());
+        }
+    }
+    let ending = ending.expect("the stream ends with an `end` event");
+    assert!(ending["reason"].as_str().unwrap().contains("behind the head"), "{ending}");
+    let expected: Vec<u64> = (start + 1..start + 1 + ids.len() as u64).collect();
+    assert_eq!(ids, expected, "no gap before the end");
+    assert_eq!(ending["resume_after"].as_u64(), Some(start + ids.len() as u64), "resume where it stopped");
+    assert!(
+        start + (ids.len() as u64) < head,
+        "it was ended before the head: {} of {}",
+        ids.len(),
+        head - start
+    );
+
+    // Catching up over the whole log from position 0 is reading behind on purpose.
+    let mut catching_up = Subscriber::open(&host, "after=0", None).await;
+    let all = catching_up.events(head as usize).await;
+    assert!(all.iter().all(|e| e.kind == "message"));
+    assert_eq!(all.last().unwrap().id, Some(head));
 }
 
 #[tokio::test(flavor = "multi_thread")]

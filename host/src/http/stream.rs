@@ -5,13 +5,19 @@
 //! takes events: catching up and following live are the same loop, so there is no gap and
 //! no duplicate where one turns into the other, and nothing is buffered for a slow client
 //! beyond one page. `Last-Event-ID` (sent by browsers when they reconnect) resumes right
-//! after that position. Idle streams get a keep-alive comment every 15 s; at shutdown every
-//! stream ends with an `end` event.
+//! after that position. Idle streams get a keep-alive comment every 15 s.
+//!
+//! A stream ends with an `end` event (`{"reason", "resume_after"}`) at shutdown and when a
+//! client that had caught up falls more than `max_lag` events behind the head: pulling keeps
+//! memory bounded either way, but a client that cannot keep up with the live log would
+//! otherwise hold one of the bounded stream slots while serving it ever older pages, and it
+//! would not know it is behind.
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Params, header_text};
-use crate::store::{LogFollower, Position, StoredEvent};
+use super::openapi::ErrorBody;
+use crate::store::{EventStore, LogFollower, Position, StoredEvent};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -49,20 +55,28 @@ impl Filter {
 #[derive(Clone)]
 pub struct LiveStreams {
     permits: Arc<Semaphore>,
+    max_lag: u64,
     shutdown: watch::Receiver<bool>,
 }
 
 impl LiveStreams {
-    /// At most `max` streams at once; every stream ends when `shutdown` turns true.
-    pub fn new(max: usize, shutdown: watch::Receiver<bool>) -> Self {
-        LiveStreams { permits: Arc::new(Semaphore::new(max)), shutdown }
+    /// At most `max` streams at once, each ended once it falls `max_lag` events behind after
+    /// catching up; every stream ends when `shutdown` turns true.
+    pub fn new(max: usize, max_lag: u64, shutdown: watch::Receiver<bool>) -> Self {
+        LiveStreams { permits: Arc::new(Semaphore::new(max)), max_lag, shutdown }
     }
 }
 
 struct Reader {
+    store: EventStore,
     follower: LogFollower,
     filter: Filter,
     pending: VecDeque<StoredEvent>,
+    /// The position of the last event read, sent or filtered out: where to resume.
+    read_to: Position,
+    /// Whether the stream has reached the head once; only then can it fall behind.
+    caught_up: bool,
+    max_lag: u64,
     shutdown: watch::Receiver<bool>,
     ended: bool,
     _permit: OwnedSemaphorePermit,
@@ -70,6 +84,24 @@ struct Reader {
 
 /// `GET /events/stream?after=P&stream_type=&stream=&event_type=&correlation_id=`: the log
 /// after `P` (the head when absent: live events only), then live.
+#[utoipa::path(get, path = "/events/stream", tag = "log",
+    summary = "The log as Server-Sent Events: catch up, then live",
+    description = "Each event is an SSE message with `id:` its position and `data:` the EVENT JSON. \
+        The stream ends with an `end` event `{\"reason\", \"resume_after\"}` at shutdown or when a \
+        client that had caught up falls too far behind the head.",
+    params(
+        ("after" = Option<u64>, Query, description = "Start after this position (default: the head, so only new events)"),
+        ("stream_type" = Option<String>, Query, description = "Only events of this aggregate type"),
+        ("stream" = Option<String>, Query, description = "Only events of this stream, e.g. `account/101`"),
+        ("event_type" = Option<String>, Query, description = "Only events of this type"),
+        ("correlation_id" = Option<String>, Query, description = "Only events of this saga"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume right after this position (overrides `after`)"),
+    ),
+    responses(
+        (status = 200, description = "An endless stream of events", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A bad query or Last-Event-ID", body = ErrorBody),
+        (status = 503, description = "Too many streams are open", body = ErrorBody),
+    ))]
 pub async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -93,9 +125,13 @@ pub async fn stream(
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many live event streams are open")
     })?;
     let reader = Reader {
+        store: state.store.clone(),
         follower: LogFollower::new(state.store.clone(), after),
         filter,
         pending: VecDeque::new(),
+        read_to: after,
+        caught_up: false,
+        max_lag: state.live_streams.max_lag,
         shutdown: state.live_streams.shutdown.clone(),
         ended: false,
         _permit: permit,
@@ -112,6 +148,17 @@ impl Reader {
     async fn next(&mut self) -> Option<Event> {
         loop {
             if let Some(event) = self.pending.pop_front() {
+                let behind = self.store.head_position().saturating_sub(event.position);
+                if self.caught_up && behind > self.max_lag {
+                    self.pending.clear();
+                    self.ended = true;
+                    let reason = format!(
+                        "the client fell {behind} events behind the head (at most {} allowed); \
+                         resume with Last-Event-ID",
+                        self.max_lag
+                    );
+                    return Some(end(&reason, event.position - 1));
+                }
                 return Some(sse_event(&event));
             }
             if self.ended {
@@ -119,24 +166,25 @@ impl Reader {
             }
             if *self.shutdown.borrow() {
                 self.ended = true;
-                return Some(end("the host is shutting down; resume with Last-Event-ID"));
+                return Some(end("the host is shutting down; resume with Last-Event-ID", self.read_to));
             }
             match self.follower.next_page(PAGE) {
                 Ok(page) if page.is_empty() => {
+                    self.caught_up = true;
                     tokio::select! {
                         _ = self.follower.more() => {}
                         _ = self.shutdown.changed() => {}
                     }
                 }
                 Ok(page) => {
+                    self.read_to = page.last().map_or(self.read_to, |e| e.position);
                     let filter = &self.filter;
                     self.pending.extend(page.into_iter().filter(|e| filter.matches(e)));
                 }
                 Err(error) => {
                     self.ended = true;
-                    return Some(end(&format!(
-                        "the log could not be read: {error}; resume with Last-Event-ID"
-                    )));
+                    let reason = format!("the log could not be read: {error}; resume with Last-Event-ID");
+                    return Some(end(&reason, self.read_to));
                 }
             }
         }
@@ -149,6 +197,8 @@ fn sse_event(event: &StoredEvent) -> Event {
     Event::default().id(event.position.to_string()).data(data)
 }
 
-fn end(reason: &str) -> Event {
-    Event::default().event("end").data(serde_json::json!({"reason": reason}).to_string())
+/// The last event of a stream: why it ends, and the position to resume after.
+fn end(reason: &str, resume_after: Position) -> Event {
+    let data = serde_json::json!({"reason": reason, "resume_after": resume_after});
+    Event::default().event("end").data(data.to_string())
 }
