@@ -17,14 +17,19 @@ pub fn to_json(bytes: &[u8]) -> Value {
 }
 
 /// An event as users see it (API.md's EVENT).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventJson {
+    /// `type/id`, e.g. `account/101`.
     pub stream: String,
+    /// Its place in its stream, from 1.
     pub version: u64,
+    /// Its place in the global log, from 1.
     pub position: u64,
     #[serde(rename = "type")]
     pub event_type: String,
+    #[schema(value_type = Object)]
     pub data: Value,
+    /// When it was committed, RFC 3339 in UTC.
     pub recorded_at: String,
     pub correlation_id: String,
     pub causation_id: Option<String>,

@@ -10,6 +10,7 @@ mod deploys;
 mod durability;
 mod errors;
 mod metrics;
+mod openapi;
 mod reads;
 mod sagas;
 mod sandbox;

@@ -45,9 +45,11 @@ impl Default for DeployOptions {
 
 /// What a deploy answers (API.md: `{"name", "kind", "version", "digest"}`, plus the replay
 /// check's report and whether the version is now active).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Deployed {
     pub name: String,
+    /// `aggregate` or `projection`.
+    #[schema(value_type = String)]
     pub kind: &'static str,
     /// The version these bytes are (or would be, on a dry run).
     pub version: u32,
@@ -58,7 +60,7 @@ pub struct Deployed {
 }
 
 /// What the replay check found.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct ReplayReport {
     /// Streams rebuilt with the new version.
     pub streams: u64,
@@ -68,10 +70,12 @@ pub struct ReplayReport {
 }
 
 /// One stream whose state the new version changes, with both states.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReplayExample {
     pub stream: String,
+    #[schema(value_type = Object)]
     pub before: Value,
+    #[schema(value_type = Object)]
     pub after: Value,
 }
 

@@ -36,15 +36,16 @@ pub struct ActiveProjection {
 }
 
 /// One component as `GET /components` lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ComponentSummary {
     pub name: String,
+    /// `aggregate` or `projection`.
     pub kind: String,
     pub active_version: u32,
     pub versions: Vec<VersionSummary>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VersionSummary {
     pub version: u32,
     pub digest: String,

@@ -53,7 +53,7 @@ impl ComponentRecord {
 
 /// How many of the sampled streams a new version replayed, and how many came out in a
 /// different state than under the version it replaced.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplaySummary {
     pub streams: u64,
     pub changed: u64,

@@ -3,6 +3,7 @@
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Body, Params, header_text, if_match};
+use super::openapi::ErrorBody;
 use crate::actor::{CommandError, CommandReply, CommandRequest};
 use crate::json::{self, EventJson};
 use crate::replay::replay;
@@ -13,37 +14,47 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 const MAX_HEADER_LEN: usize = 256;
 const MAX_EVENTS_PAGE: usize = 1000;
 
-#[derive(Deserialize)]
-struct CommandBody {
+/// A command: `{"type": "OpenAccount", "data": {"initial_balance": 25000}}`.
+#[derive(Deserialize, ToSchema)]
+pub(super) struct CommandBody {
+    /// The command's type name, as the component knows it.
     #[serde(rename = "type")]
     command_type: String,
+    /// The command's fields; may be omitted for a command without fields.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     data: Option<Value>,
 }
 
-#[derive(Serialize)]
-struct CommandAnswer {
+/// The answer to an accepted command, sent once its events are durable.
+#[derive(Serialize, ToSchema)]
+pub(super) struct CommandAnswer {
     #[serde(rename = "type")]
     type_name: String,
     id: String,
+    /// The aggregate's version after the command (unchanged when it emitted no events).
     version: u64,
     events: Vec<EventJson>,
 }
 
-#[derive(Serialize)]
-struct StateAnswer {
+/// An aggregate's state at a version.
+#[derive(Serialize, ToSchema)]
+pub(super) struct StateAnswer {
     #[serde(rename = "type")]
     type_name: String,
     id: String,
     version: u64,
+    /// The state as the component encodes it.
+    #[schema(value_type = Object)]
     state: Value,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(super) struct EventsAnswer {
     pub events: Vec<EventJson>,
 }
@@ -147,6 +158,27 @@ async fn run_command(
 }
 
 /// `POST /aggregates/{type}/{id}/commands`
+#[utoipa::path(post, path = "/aggregates/{type}/{id}/commands", tag = "aggregates",
+    summary = "Send a command to an aggregate",
+    params(
+        ("type" = String, Path, description = "The aggregate type, e.g. `account`"),
+        ("id" = String, Path, description = "The aggregate's id"),
+        ("If-Match" = Option<String>, Header, description = "Append only if the aggregate is at this version: `\"3\"`"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key gets the first answer and stores nothing new"),
+        ("X-Correlation-Id" = Option<String>, Header, description = "Carried by every event the command causes; the host makes one without it"),
+    ),
+    request_body(content = CommandBody, description = "The command"),
+    responses(
+        (status = 200, description = "Accepted; its events are durable", body = CommandAnswer,
+            headers(("ETag" = String, description = "The aggregate's version, quoted"))),
+        (status = 400, description = "Malformed JSON, a command the component cannot decode, or a bad id or header", body = ErrorBody),
+        (status = 404, description = "No aggregate type of that name is deployed", body = ErrorBody),
+        (status = 409, description = "If-Match names another version", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 422, description = "The aggregate rejected the command, or the guest trapped or ran out of fuel", body = ErrorBody),
+        (status = 429, description = "The aggregate's mailbox is full", body = ErrorBody),
+        (status = 503, description = "The host is overloaded or shutting down", body = ErrorBody),
+    ))]
 pub async fn command(
     State(state): State<AppState>,
     Path((type_name, id)): Path<(String, String)>,
@@ -160,6 +192,26 @@ pub async fn command(
 /// `POST /aggregates/{type}/commands`: the host picks a new unique id. With an
 /// `Idempotency-Key`, the id is derived from the type and the key, so a retry reaches the
 /// same new aggregate and gets the first answer instead of creating another one.
+#[utoipa::path(post, path = "/aggregates/{type}/commands", tag = "aggregates",
+    summary = "Send a command to a new aggregate whose id the host picks",
+    params(
+        ("type" = String, Path, description = "The aggregate type, e.g. `order`"),
+        ("If-Match" = Option<String>, Header, description = "Append only if the aggregate is at this version: `\"3\"`"),
+        ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key gets the first answer and stores nothing new"),
+        ("X-Correlation-Id" = Option<String>, Header, description = "Carried by every event the command causes; the host makes one without it"),
+    ),
+    request_body(content = CommandBody, description = "The command"),
+    responses(
+        (status = 200, description = "Accepted; its events are durable", body = CommandAnswer,
+            headers(("ETag" = String, description = "The aggregate's version, quoted"))),
+        (status = 400, description = "Malformed JSON, a command the component cannot decode, or a bad id or header", body = ErrorBody),
+        (status = 404, description = "No aggregate type of that name is deployed", body = ErrorBody),
+        (status = 409, description = "If-Match names another version", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 422, description = "The aggregate rejected the command, or the guest trapped or ran out of fuel", body = ErrorBody),
+        (status = 429, description = "The aggregate's mailbox is full", body = ErrorBody),
+        (status = 503, description = "The host is overloaded or shutting down", body = ErrorBody),
+    ))]
 pub async fn command_new_id(
     State(state): State<AppState>,
     Path(type_name): Path<String>,
@@ -185,6 +237,20 @@ fn id_for_key(type_name: &str, key: &str) -> String {
 }
 
 /// `GET /aggregates/{type}/{id}` and `?version=N` (the state as it was after event N).
+#[utoipa::path(get, path = "/aggregates/{type}/{id}", tag = "aggregates",
+    summary = "An aggregate's state, now or as it was at a version",
+    params(
+        ("type" = String, Path, description = "The aggregate type"),
+        ("id" = String, Path, description = "The aggregate's id"),
+        ("version" = Option<u64>, Query, description = "The state as it was after this event (a temporal query)"),
+    ),
+    responses(
+        (status = 200, description = "The state", body = StateAnswer,
+            headers(("ETag" = String, description = "The version, quoted"))),
+        (status = 400, description = "A bad id or query", body = ErrorBody),
+        (status = 404, description = "Unknown type, a stream with no events, or a version not reached yet", body = ErrorBody),
+        (status = 422, description = "The guest trapped while folding the events", body = ErrorBody),
+    ))]
 pub async fn state(
     State(state): State<AppState>,
     Path((type_name, id)): Path<(String, String)>,
@@ -237,6 +303,19 @@ async fn state_at(state: &AppState, stream: &StreamId, version: u64) -> Result<O
 }
 
 /// `GET /aggregates/{type}/{id}/events?from=<version>&limit=<n>`
+#[utoipa::path(get, path = "/aggregates/{type}/{id}/events", tag = "aggregates",
+    summary = "An aggregate's events in version order",
+    params(
+        ("type" = String, Path, description = "The aggregate type"),
+        ("id" = String, Path, description = "The aggregate's id"),
+        ("from" = Option<u64>, Query, description = "The first version (default 1)"),
+        ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000)"),
+    ),
+    responses(
+        (status = 200, description = "A page of events", body = EventsAnswer),
+        (status = 400, description = "A bad id or query", body = ErrorBody),
+        (status = 404, description = "Unknown type or a stream with no events", body = ErrorBody),
+    ))]
 pub async fn events(
     State(state): State<AppState>,
     Path((type_name, id)): Path<(String, String)>,

@@ -2,13 +2,13 @@
 //! `{"error": {"code": "<machine_code>", "message": "<sentence>"}}` with the status
 //! API.md gives for each kind of failure.
 
+use super::openapi::{ErrorBody, ErrorDetail};
 use crate::actor::CommandError;
 use crate::components::{DeployError, VersionError};
 use crate::runtime::{GuestError, LoadError};
 use crate::store::StoreError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -47,7 +47,7 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, "{}", self.message);
         }
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message } };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));

@@ -4,6 +4,7 @@ use super::AppState;
 use super::aggregates::EventsAnswer;
 use super::error::ApiError;
 use super::extract::Params;
+use super::openapi::ErrorBody;
 use crate::json;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -11,6 +12,15 @@ use axum::extract::{Path, State};
 const MAX_PAGE: usize = 1000;
 
 /// `GET /events?after=<position>&limit=<n>`: the global log in order.
+#[utoipa::path(get, path = "/events", tag = "log", summary = "The global log in position order",
+    params(
+        ("after" = Option<u64>, Query, description = "Events after this position (default 0)"),
+        ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000)"),
+    ),
+    responses(
+        (status = 200, description = "A page of the log", body = EventsAnswer),
+        (status = 400, description = "A bad query", body = ErrorBody),
+    ))]
 pub async fn global(State(state): State<AppState>, params: Params) -> Result<Json<EventsAnswer>, ApiError> {
     let after = params.u64("after")?.unwrap_or(0);
     let limit = params.limit(100, MAX_PAGE)?;
@@ -20,6 +30,18 @@ pub async fn global(State(state): State<AppState>, params: Params) -> Result<Jso
 
 /// `GET /sagas/{correlation_id}?after=&limit=`: the events of one chain, in global order;
 /// a long chain pages with `after` (the last position of the previous page).
+#[utoipa::path(get, path = "/sagas/{correlation_id}", tag = "log",
+    summary = "Every event of one saga (correlation id), in global order",
+    params(
+        ("correlation_id" = String, Path, description = "The correlation id the chain carries"),
+        ("after" = Option<u64>, Query, description = "The last position of the previous page"),
+        ("limit" = Option<u64>, Query, description = "At most this many (default 1000, at most 10 000)"),
+    ),
+    responses(
+        (status = 200, description = "The chain's events", body = EventsAnswer),
+        (status = 400, description = "A bad query", body = ErrorBody),
+        (status = 404, description = "No event carries that correlation id", body = ErrorBody),
+    ))]
 pub async fn saga(
     State(state): State<AppState>,
     Path(correlation_id): Path<String>,

@@ -6,6 +6,7 @@ mod aggregates;
 mod error;
 mod extract;
 mod log;
+mod openapi;
 mod operations;
 mod stream;
 mod views;
@@ -19,12 +20,14 @@ use crate::components::ComponentRegistry;
 use crate::projection::Projections;
 use crate::routing::Routing;
 use crate::store::{EventStore, Writer};
-use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::{Extension, Router};
 use std::sync::Arc;
 use tower::ServiceBuilder;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -78,37 +81,12 @@ async fn count_request(
 
 /// Every route of the API, apart from `main` so tests can use it without a socket.
 pub fn router(state: AppState, limits: BodyLimits) -> Router {
-    let commands = Router::new()
-        .route("/aggregates/{type}/{id}/commands", post(aggregates::command))
-        .route("/aggregates/{type}/commands", post(aggregates::command_new_id))
-        .layer(DefaultBodyLimit::max(limits.command_bytes));
-    Router::new()
-        .merge(commands)
-        // Its body is read by the handler, after the token check, up to `component_bytes`.
-        .route("/components/{name}", put(operations::deploy))
-        .route("/components/{name}/versions/{version}", get(operations::version_bytes))
-        .route("/components/{name}/rollback", post(operations::rollback))
-        .route("/components/{name}/activate", post(operations::activate))
-        .route("/aggregates/{type}/{id}", get(aggregates::state))
-        .route("/aggregates/{type}/{id}/events", get(aggregates::events))
-        .route("/events", get(log::global))
-        .route("/events/stream", get(stream::stream))
-        .route("/sagas/{correlation_id}", get(log::saga))
-        .route("/components", get(operations::components))
-        .route("/routing", get(operations::routing))
-        .route("/routing/dead-letters", get(operations::dead_letters))
-        .route("/routing/dead-letters/retry", post(operations::retry_dead_letters))
-        .route("/routing/dead-letters/discard", post(operations::discard_dead_letters))
-        .route("/routing/{subscriber}/rewind", post(operations::rewind))
-        .route("/views", get(views::list))
-        .route("/views/{projection}", get(views::keys))
-        .route("/views/{projection}/{key}", get(views::document))
-        .route("/views/{projection}/rebuild", post(views::rebuild))
-        .route("/healthz", get(operations::health))
-        .route("/readyz", get(operations::ready))
-        .route("/metrics", get(operations::metrics))
+    let (routes, doc) = api_routes(limits).split_for_parts();
+    let doc = serde_json::to_vec(&doc).expect("the OpenAPI document serializes");
+    routes
         .fallback(operations::not_found)
         .method_not_allowed_fallback(operations::method_not_allowed)
+        .layer(Extension(openapi::RenderedDoc(doc.into())))
         .layer(axum::middleware::from_fn(count_request))
         .layer(
             ServiceBuilder::new()
@@ -118,4 +96,73 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
                 .concurrency_limit(limits.max_in_flight),
         )
         .with_state(state)
+}
+
+/// The routes, each registered with `routes!` so that it is in the OpenAPI document.
+fn api_routes(limits: BodyLimits) -> OpenApiRouter<AppState> {
+    let commands = OpenApiRouter::new()
+        .routes(routes!(aggregates::command))
+        .routes(routes!(aggregates::command_new_id))
+        .layer(DefaultBodyLimit::max(limits.command_bytes));
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(commands)
+        // Its body is read by the handler, after the token check, up to `component_bytes`.
+        .routes(routes!(operations::deploy))
+        .routes(routes!(operations::version_bytes))
+        .routes(routes!(operations::rollback))
+        .routes(routes!(operations::activate))
+        .routes(routes!(aggregates::state))
+        .routes(routes!(aggregates::events))
+        .routes(routes!(log::global))
+        .routes(routes!(stream::stream))
+        .routes(routes!(log::saga))
+        .routes(routes!(operations::components))
+        .routes(routes!(operations::routing))
+        .routes(routes!(operations::dead_letters))
+        .routes(routes!(operations::retry_dead_letters))
+        .routes(routes!(operations::discard_dead_letters))
+        .routes(routes!(operations::rewind))
+        .routes(routes!(views::list))
+        .routes(routes!(views::keys))
+        .routes(routes!(views::document))
+        .routes(routes!(views::rebuild))
+        .routes(routes!(operations::health))
+        .routes(routes!(operations::ready))
+        .routes(routes!(operations::metrics))
+        .routes(routes!(openapi::openapi_json))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every path the router serves is in the document, and nothing else: the router's own
+    /// route table (axum prints it in its `Debug`) against the document's paths.
+    #[test]
+    fn the_openapi_document_lists_every_route_the_router_serves() {
+        let limits = BodyLimits { command_bytes: 1, component_bytes: 1, max_in_flight: 1 };
+        let (routes, doc) = api_routes(limits).split_for_parts();
+        let debug = format!("{routes:?}");
+        // The fallback router's own entries (`/` among them) follow `fallback_router`.
+        let (table, _) = debug.split_once("fallback_router").expect("axum's Router debug names its parts");
+        let mut served: Vec<&str> =
+            table.split('"').filter(|part| part.starts_with('/') && !part.contains("__private__")).collect();
+        served.sort_unstable();
+        served.dedup();
+        let mut documented: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
+        documented.sort_unstable();
+        assert!(served.len() >= 24, "the walk found the router's paths: {served:?}");
+        assert_eq!(served, documented);
+        for (path, item) in &doc.paths.paths {
+            let operations = [&item.get, &item.put, &item.post, &item.delete];
+            for operation in operations.into_iter().flatten() {
+                assert!(operation.summary.is_some(), "{path} has a summary");
+                assert!(
+                    operation.responses.responses.contains_key("200")
+                        || operation.responses.responses.contains_key("202"),
+                    "{path} has its answer"
+                );
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 use super::AppState;
 use super::error::ApiError;
 use super::extract::Params;
+use super::openapi::ErrorBody;
 use crate::components::{ComponentSummary, DeployOptions, Deployed};
 use crate::routing::{RoutingError, SequenceAction};
 use crate::store::DeadLetterKey;
@@ -13,6 +14,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 /// `GET /healthz`
+#[utoipa::path(get, path = "/healthz", tag = "operations", summary = "The process is up",
+    responses((status = 200, description = "`{\"status\": \"ok\", \"head_position\", \"live_actors\"}`", body = Object)))]
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
     Json(
         json!({"status": "ok", "head_position": state.store.head_position(), "live_actors": state.actors.live()}),
@@ -21,6 +24,11 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
 
 /// `GET /readyz`: 200 only when the host can take commands: the writer thread is alive, its
 /// last commit succeeded, and components are loaded; else 503 `not_ready` with the reason.
+#[utoipa::path(get, path = "/readyz", tag = "operations", summary = "The host can take commands",
+    responses(
+        (status = 200, description = "`{\"status\": \"ready\", \"head_position\"}`", body = Object),
+        (status = 503, description = "`not_ready`: the writer is gone, its last commit failed, or no component is loaded", body = ErrorBody),
+    ))]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let problem = state
         .writer
@@ -36,6 +44,11 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 
 /// `GET /metrics`: Prometheus text format. Counters and histograms come from where things
 /// happen; the gauges of the host's state are read now.
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 503, description = "Metrics could not be installed in this process", body = ErrorBody),
+    ))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     use crate::telemetry::{gauge, labelled_gauge};
     let Some(handle) = &state.metrics else {
@@ -74,11 +87,17 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
 }
 
 /// `GET /components`
+#[utoipa::path(get, path = "/components", tag = "components",
+    summary = "Every component: its versions and the active one",
+    responses((status = 200, description = "The components", body = Vec<ComponentSummary>)))]
 pub async fn components(State(state): State<AppState>) -> Json<Vec<ComponentSummary>> {
     Json(state.components.list())
 }
 
 /// `GET /routing`: each subscriber's cursor, lag, counters, restarts and dead letters.
+#[utoipa::path(get, path = "/routing", tag = "routing",
+    summary = "Each subscriber's cursor, lag, deliveries, restarts and dead letters",
+    responses((status = 200, description = "`{\"subscribers\": [...]}`", body = Object)))]
 pub async fn routing(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({"subscribers": state.routing.status()?})))
 }
@@ -86,6 +105,18 @@ pub async fn routing(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
 /// `GET /routing/dead-letters?subscriber=&stream=&after=&limit=`: parked events in
 /// (subscriber, stream, position) order, so each stream's sequence reads in order. `after`
 /// is the `id` of the last letter of the previous page (`next_after`).
+#[utoipa::path(get, path = "/routing/dead-letters", tag = "routing",
+    summary = "Parked events in (subscriber, stream, position) order",
+    params(
+        ("subscriber" = Option<String>, Query, description = "Only this subscriber's"),
+        ("stream" = Option<String>, Query, description = "Only this stream's, e.g. `account/101`"),
+        ("after" = Option<String>, Query, description = "The `next_after` of the previous page"),
+        ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000)"),
+    ),
+    responses(
+        (status = 200, description = "`{\"dead_letters\": [...], \"next_after\"}`", body = Object),
+        (status = 400, description = "A bad query", body = ErrorBody),
+    ))]
 pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Result<Json<Value>, ApiError> {
     let limit = params.limit(100, 1000)?;
     let subscriber = params.text("subscriber")?;
@@ -128,6 +159,20 @@ pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Resu
 /// sequences again, in order, with the components now active (typically after deploying a
 /// fixed version). Without `subscriber`, every subscriber's; without `stream`, every
 /// parked stream's. Answers what it released; delivery goes on in the background.
+#[utoipa::path(post, path = "/routing/dead-letters/retry", tag = "routing",
+    summary = "Deliver parked sequences again, in order, with the active versions",
+    security(("admin_token" = [])),
+    params(
+        ("subscriber" = Option<String>, Query, description = "The subscriber"),
+        ("stream" = Option<String>, Query, description = "One parked stream of that subscriber"),
+    ),
+    responses(
+        (status = 200, description = "`{\"retried\": [...], \"events\"}`", body = Object),
+        (status = 400, description = "A stream without its subscriber", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such subscriber", body = ErrorBody),
+        (status = 503, description = "The subscriber is restarting", body = ErrorBody),
+    ))]
 pub async fn retry_dead_letters(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -143,6 +188,20 @@ pub async fn retry_dead_letters(
 /// `POST /routing/dead-letters/discard?subscriber=&stream=` (admin): drop parked sequences
 /// on purpose (their events are never delivered to that subscriber). `subscriber` is
 /// required; without `stream`, every parked stream of that subscriber.
+#[utoipa::path(post, path = "/routing/dead-letters/discard", tag = "routing",
+    summary = "Drop parked sequences on purpose",
+    security(("admin_token" = [])),
+    params(
+        ("subscriber" = Option<String>, Query, description = "The subscriber"),
+        ("stream" = Option<String>, Query, description = "One parked stream of that subscriber"),
+    ),
+    responses(
+        (status = 200, description = "`{\"discarded\": [...], \"events\"}`", body = Object),
+        (status = 400, description = "No subscriber named", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such subscriber", body = ErrorBody),
+        (status = 503, description = "The subscriber is restarting", body = ErrorBody),
+    ))]
 pub async fn discard_dead_letters(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -185,6 +244,19 @@ fn routing_error(error: RoutingError) -> ApiError {
 
 /// `POST /routing/{subscriber}/rewind?to=<position>` (admin): deliver again every event
 /// after `to` (default 0). Effects are deduplicated, so nothing happens twice.
+#[utoipa::path(post, path = "/routing/{subscriber}/rewind", tag = "routing",
+    summary = "Deliver every event after a position again (effects are deduplicated)",
+    security(("admin_token" = [])),
+    params(
+        ("subscriber" = String, Path, description = "The subscriber (a component's name)"),
+        ("to" = Option<u64>, Query, description = "Deliver again every event after this position (default 0)"),
+    ),
+    responses(
+        (status = 200, description = "`{\"subscriber\", \"rewound_to\"}`", body = Object),
+        (status = 400, description = "A bad query", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such subscriber", body = ErrorBody),
+    ))]
 pub async fn rewind(
     State(state): State<AppState>,
     Path(subscriber): Path<String>,
@@ -223,6 +295,24 @@ pub(super) fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(),
 /// `PUT /components/{name}?dry_run=true&react_from=beginning` (admin) with the `.wasm`
 /// bytes: validate, replay-check, and (unless a dry run) store and activate a new version.
 /// The token is checked before a byte of the body is read.
+#[utoipa::path(put, path = "/components/{name}", tag = "components",
+    summary = "Check and deploy a new version of a component",
+    description = "The token is checked before a byte of the body is read. An aggregate's new version \
+        is replay-checked against recent streams; a projection's view is rebuilt beside the live one.",
+    security(("admin_token" = [])),
+    params(
+        ("name" = String, Path, description = "The component's name, e.g. `account`"),
+        ("dry_run" = Option<bool>, Query, description = "Run every check and activate nothing"),
+        ("react_from" = Option<String>, Query, description = "`beginning`: a new subscriber reacts to the whole log; `now` (default): to new events"),
+    ),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's .wasm bytes"),
+    responses(
+        (status = 200, description = "The deploy report", body = Deployed),
+        (status = 400, description = "An empty body or a bad query", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 413, description = "The component is too large", body = ErrorBody),
+        (status = 422, description = "Not a valid component, the wrong world or kind, a replay failure, or too slow to compile", body = ErrorBody),
+    ))]
 pub async fn deploy(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -269,6 +359,17 @@ pub async fn deploy(
 }
 
 /// `GET /components/{name}/versions/{version}`: the bytes of a stored version.
+#[utoipa::path(get, path = "/components/{name}/versions/{version}", tag = "components",
+    summary = "The bytes of a stored version",
+    params(
+        ("name" = String, Path, description = "The component's name"),
+        ("version" = u32, Path, description = "The version"),
+    ),
+    responses(
+        (status = 200, description = "The .wasm bytes", content_type = "application/wasm", body = Vec<u8>),
+        (status = 400, description = "Not a version number", body = ErrorBody),
+        (status = 404, description = "No such component or version", body = ErrorBody),
+    ))]
 pub async fn version_bytes(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
@@ -280,6 +381,16 @@ pub async fn version_bytes(
 
 /// `POST /components/{name}/rollback` (admin): the version active before the current one
 /// becomes active again.
+#[utoipa::path(post, path = "/components/{name}/rollback", tag = "components",
+    summary = "Make the version active before the current one active again",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The component's name")),
+    responses(
+        (status = 200, description = "`{\"name\", \"active_version\"}`", body = Object),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such component", body = ErrorBody),
+        (status = 409, description = "There is no earlier version to go back to", body = ErrorBody),
+    ))]
 pub async fn rollback(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -293,6 +404,20 @@ pub async fn rollback(
 }
 
 /// `POST /components/{name}/activate?version=N` (admin): any stored version becomes active.
+#[utoipa::path(post, path = "/components/{name}/activate", tag = "components",
+    summary = "Make a stored version active",
+    security(("admin_token" = [])),
+    params(
+        ("name" = String, Path, description = "The component's name"),
+        ("version" = u32, Query, description = "The version to activate"),
+    ),
+    responses(
+        (status = 200, description = "`{\"name\", \"active_version\"}`", body = Object),
+        (status = 400, description = "No version given", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such component or version", body = ErrorBody),
+        (status = 422, description = "The stored version no longer loads", body = ErrorBody),
+    ))]
 pub async fn activate(
     State(state): State<AppState>,
     Path(name): Path<String>,

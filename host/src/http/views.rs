@@ -6,6 +6,7 @@
 use super::AppState;
 use super::error::ApiError;
 use super::extract::Params;
+use super::openapi::ErrorBody;
 use super::operations::require_admin;
 use crate::projection::ViewError;
 use crate::store::Position;
@@ -19,11 +20,27 @@ use serde_json::{Value, json};
 pub const POSITION_HEADER: HeaderName = HeaderName::from_static("x-cairn-position");
 
 /// `GET /views`: every projection with its cursor, lag and status.
+#[utoipa::path(get, path = "/views", tag = "views",
+    summary = "Every projection with its cursor, lag and status (running, rebuilding, failed)",
+    responses((status = 200, description = "`{\"projections\": [...]}`", body = Object)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({"projections": state.projections.status()?})))
 }
 
 /// `GET /views/{projection}?after=&limit=&min_position=`: the view's keys, in key order.
+#[utoipa::path(get, path = "/views/{projection}", tag = "views", summary = "A view's keys, in key order",
+    params(
+        ("projection" = String, Path, description = "The projection, e.g. `account-info`"),
+        ("after" = Option<String>, Query, description = "Keys after this one (`next_after` of the previous page)"),
+        ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000)"),
+        ("min_position" = Option<u64>, Query, description = "Wait (bounded) until the view has handled this global position"),
+    ),
+    responses(
+        (status = 200, description = "`{\"projection\", \"keys\", \"next_after\"}`", body = Object, headers(("X-Cairn-Position" = u64, description = "The global position the view had handled"))),
+        (status = 400, description = "A bad query", body = ErrorBody),
+        (status = 404, description = "No such projection", body = ErrorBody),
+        (status = 503, description = "The view did not reach `min_position` in time", body = ErrorBody, headers(("X-Cairn-Position" = u64, description = "The global position the view had handled"))),
+    ))]
 pub async fn keys(
     State(state): State<AppState>,
     Path(projection): Path<String>,
@@ -43,6 +60,19 @@ pub async fn keys(
 }
 
 /// `GET /views/{projection}/{key}?min_position=`: the document, as the projection wrote it.
+#[utoipa::path(get, path = "/views/{projection}/{key}", tag = "views",
+    summary = "The document a projection keeps under a key",
+    params(
+        ("projection" = String, Path, description = "The projection"),
+        ("key" = String, Path, description = "The document's key"),
+        ("min_position" = Option<u64>, Query, description = "Wait (bounded) until the view has handled this global position"),
+    ),
+    responses(
+        (status = 200, description = "The document, as the projection wrote it", body = Object, headers(("X-Cairn-Position" = u64, description = "The global position the view had handled"))),
+        (status = 400, description = "A bad query", body = ErrorBody),
+        (status = 404, description = "No such projection or document", body = ErrorBody, headers(("X-Cairn-Position" = u64, description = "The global position the view had handled"))),
+        (status = 503, description = "The view did not reach `min_position` in time", body = ErrorBody, headers(("X-Cairn-Position" = u64, description = "The global position the view had handled"))),
+    ))]
 pub async fn document(
     State(state): State<AppState>,
     Path((projection, key)): Path<(String, String)>,
@@ -67,6 +97,15 @@ pub async fn document(
 
 /// `POST /views/{projection}/rebuild` (admin): build the view again from the whole log,
 /// beside the live one; readers keep the live one until the new one has caught up.
+#[utoipa::path(post, path = "/views/{projection}/rebuild", tag = "views",
+    summary = "Build a view again from the whole log, beside the live one",
+    security(("admin_token" = [])),
+    params(("projection" = String, Path, description = "The projection")),
+    responses(
+        (status = 202, description = "`{\"status\": \"rebuilding\", \"rebuild\": {...}}`", body = Object),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such projection", body = ErrorBody),
+    ))]
 pub async fn rebuild(
     State(state): State<AppState>,
     Path(projection): Path<String>,
