@@ -82,6 +82,16 @@ enum Command {
         /// up, before the host ends it as too slow (the client resumes with Last-Event-ID).
         #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
         stream_max_lag: u64,
+        /// Fuel one guest call may burn (about one unit per WebAssembly instruction).
+        #[arg(long, default_value_t = 200_000_000)]
+        guest_fuel: u64,
+        /// The most linear memory one guest instance may grow to, in bytes.
+        #[arg(long, default_value_t = 64 << 20)]
+        guest_memory_bytes: usize,
+        /// The most bytes one guest call may return (a command's events, a state, a
+        /// reaction's commands); beyond it the call is refused with `guest_output_too_large`.
+        #[arg(long, default_value_t = 1 << 20)]
+        guest_output_bytes: usize,
     },
     /// Send a command: `cairn send account 101 '{"type":"OpenAccount","data":{"initial_balance":100}}'`.
     Send {
@@ -258,6 +268,9 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             compile_timeout_ms,
             view_wait_ms,
             stream_max_lag,
+            guest_fuel,
+            guest_memory_bytes,
+            guest_output_bytes,
         } => {
             let mut config = ServeConfig {
                 data_dir: client.data,
@@ -273,6 +286,9 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             config.compile_timeout = std::time::Duration::from_millis(compile_timeout_ms.max(1));
             config.view_wait = std::time::Duration::from_millis(view_wait_ms);
             config.max_stream_lag = stream_max_lag.max(1);
+            config.guest_limits.fuel_per_call = guest_fuel.max(1);
+            config.guest_limits.max_memory_bytes = guest_memory_bytes;
+            config.guest_limits.max_output_bytes = guest_output_bytes;
             crate::server::serve(config).await
         }
         Command::Send { type_name, id, command, idempotency_key, correlation_id, expect_version } => {

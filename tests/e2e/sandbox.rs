@@ -32,6 +32,27 @@ async fn traps_and_timeouts_are_422_and_the_actor_survives() {
     assert_eq!(host.state("faulty", "1").await["count"], 2);
 }
 
+/// What one guest call returns is bounded: a command's events and the state they fold to.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_that_returns_too_much_is_refused_and_stores_nothing() {
+    let host = Host::start_with(&["--guest-output-bytes", "65536"]);
+    host.send(deploy(&host, "faulty", cairn_artifacts::FAULTY)).await.expect(200);
+    let flood = json!({"note": "x".repeat(100_000)});
+    let refused =
+        host.command("faulty", "1", "Record", flood).await.expect_error(422, "guest_output_too_large");
+    assert!(refused.body["error"]["message"].as_str().unwrap().contains("at most 65536"), "{}", refused.body);
+    host.get("/aggregates/faulty/1").await.expect_error(404, "stream_not_found");
+
+    // Each of these events fits, but the state they fold to would not.
+    let note = json!({"note": "y".repeat(40_000)});
+    host.command("faulty", "2", "Record", note.clone()).await.expect(200);
+    host.command("faulty", "2", "Record", note).await.expect_error(422, "guest_output_too_large");
+    let after = host.command("faulty", "2", "Increment", json!({})).await.expect(200);
+    assert_eq!(after.body["version"], 2, "nothing was stored for the refused command");
+    let log = host.get("/aggregates/faulty/2/events").await.expect(200).body;
+    assert_eq!(log["events"].as_array().unwrap().len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_component_is_refused_and_the_running_one_stays() {
     let host = Host::start();

@@ -82,6 +82,7 @@ impl From<GuestError> for ApiError {
         let code = match error {
             GuestError::Trap(_) => "guest_trap",
             GuestError::Timeout(_) => "guest_timeout",
+            GuestError::OutputTooLarge { .. } => "guest_output_too_large",
         };
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, error.to_string())
     }

@@ -5,7 +5,7 @@ use cairn_guest::glue::{RawCommand, RawEvent};
 use cairn_guest::{EventEnvelope, OutgoingCommand, Rejection, Subscription};
 use std::sync::Mutex;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, Store, StoreLimits};
 
 mod wit {
     wasmtime::component::bindgen!({
@@ -102,7 +102,7 @@ impl AggregateComponent {
     }
 
     fn instantiate(&self) -> Result<Instance, GuestError> {
-        let limits = StoreLimitsBuilder::new().memory_size(self.limits.max_memory_bytes).build();
+        let limits = self.limits.store_limits();
         let component = self.info.type_name.clone();
         let mut store =
             Store::new(&self.engine, GuestData { limits, component, diagnostics: Diagnostics::default() });
@@ -155,6 +155,11 @@ impl AggregateComponent {
         let answer = self.call(self.limits.fuel_per_call, |store, guest| {
             guest.call_process_command(store, state, &command)
         })?;
+        let bytes = match &answer {
+            Ok(events) => events.iter().map(|e| e.event_type.len() + e.payload.len()).sum(),
+            Err(rejection) => rejection.code.len() + rejection.message.len(),
+        };
+        self.limits.bound_output(bytes)?;
         Ok(answer
             .map(|events| {
                 events
@@ -181,6 +186,7 @@ impl AggregateComponent {
             let fuel = self.limits.fuel_per_call + self.limits.fuel_per_event * chunk.len() as u64;
             state =
                 self.call(fuel, |store, guest| guest.call_apply_events(store, state.as_deref(), &chunk))?;
+            self.limits.bound_output(state.as_ref().map_or(0, Vec::len))?;
         }
         Ok(state)
     }
@@ -200,6 +206,16 @@ impl AggregateComponent {
         };
         let commands =
             self.call(self.limits.fuel_per_call, |store, guest| guest.call_react(store, &envelope))?;
+        let bytes = commands
+            .iter()
+            .map(|c| {
+                c.target_type.len()
+                    + c.target_id.len()
+                    + c.command.command_type.len()
+                    + c.command.payload.len()
+            })
+            .sum();
+        self.limits.bound_output(bytes)?;
         Ok(commands
             .into_iter()
             .map(|c| OutgoingCommand {

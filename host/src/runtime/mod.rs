@@ -34,6 +34,9 @@ pub enum GuestError {
     /// The guest used up its fuel: it ran too long.
     #[error("the component ran out of its time budget ({0} fuel)")]
     Timeout(u64),
+    /// The guest answered more bytes (events, state or commands) than one call may return.
+    #[error("the component returned {bytes} bytes from one call; at most {limit} are allowed")]
+    OutputTooLarge { bytes: usize, limit: usize },
 }
 
 impl GuestError {
@@ -42,6 +45,7 @@ impl GuestError {
         match self {
             GuestError::Trap(_) => "trap",
             GuestError::Timeout(_) => "timeout",
+            GuestError::OutputTooLarge { .. } => "output_too_large",
         }
     }
 }
@@ -106,6 +110,31 @@ pub struct Limits {
     pub max_idle_instances: usize,
     /// The largest document a projection may write.
     pub max_document_bytes: usize,
+    /// The most bytes one call may return: a command's events, a folded state, a reaction's
+    /// commands.
+    pub max_output_bytes: usize,
+}
+
+impl Limits {
+    /// What one instance may hold besides its memory's size: a component has a few core
+    /// instances, memories and tables; these bounds leave room and stop a hostile one.
+    pub(crate) fn store_limits(&self) -> wasmtime::StoreLimits {
+        wasmtime::StoreLimitsBuilder::new()
+            .memory_size(self.max_memory_bytes)
+            .memories(4)
+            .tables(16)
+            .table_elements(100_000)
+            .instances(32)
+            .build()
+    }
+
+    /// Refuse a call's output beyond `max_output_bytes`.
+    pub(crate) fn bound_output(&self, bytes: usize) -> Result<(), GuestError> {
+        if bytes > self.max_output_bytes {
+            return Err(GuestError::OutputTooLarge { bytes, limit: self.max_output_bytes });
+        }
+        Ok(())
+    }
 }
 
 impl Default for Limits {
@@ -116,6 +145,7 @@ impl Default for Limits {
             max_memory_bytes: 64 << 20,
             max_idle_instances: 16,
             max_document_bytes: 1 << 20,
+            max_output_bytes: 1 << 20,
         }
     }
 }

@@ -9,7 +9,7 @@ use super::{ComponentDigest, Diagnostics, GuestError, Limits, LoadError};
 use cairn_guest::{EventEnvelope, Subscription};
 use std::collections::BTreeMap;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, Store, StoreLimits};
 
 mod wit {
     wasmtime::component::bindgen!({
@@ -193,7 +193,7 @@ impl ProjectionComponent {
         &self,
         reader: Box<dyn DocumentReader>,
     ) -> Result<(Store<ViewData>, wit::Projection), GuestError> {
-        let limits = StoreLimitsBuilder::new().memory_size(self.limits.max_memory_bytes).build();
+        let limits = self.limits.store_limits();
         let data = ViewData {
             limits,
             reader,
