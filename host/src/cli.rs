@@ -92,6 +92,14 @@ enum Command {
         /// reaction's commands); beyond it the call is refused with `guest_output_too_large`.
         #[arg(long, default_value_t = 1 << 20)]
         guest_output_bytes: usize,
+        /// The longest a request may take, body included (live event streams excepted),
+        /// before it is answered 503 `request_timeout`.
+        #[arg(long, default_value_t = 120_000, value_name = "MILLIS")]
+        request_timeout_ms: u64,
+        /// The longest a client may take to send a request's head, and to stay idle on a
+        /// kept-alive connection.
+        #[arg(long, default_value_t = 30_000, value_name = "MILLIS")]
+        header_timeout_ms: u64,
     },
     /// Send a command: `cairn send account 101 '{"type":"OpenAccount","data":{"initial_balance":100}}'`.
     Send {
@@ -271,6 +279,8 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             guest_fuel,
             guest_memory_bytes,
             guest_output_bytes,
+            request_timeout_ms,
+            header_timeout_ms,
         } => {
             let mut config = ServeConfig {
                 data_dir: client.data,
@@ -289,6 +299,8 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             config.guest_limits.fuel_per_call = guest_fuel.max(1);
             config.guest_limits.max_memory_bytes = guest_memory_bytes;
             config.guest_limits.max_output_bytes = guest_output_bytes;
+            config.body_limits.request_timeout = std::time::Duration::from_millis(request_timeout_ms.max(1));
+            config.connections.header_read = std::time::Duration::from_millis(header_timeout_ms.max(1));
             crate::server::serve(config).await
         }
         Command::Send { type_name, id, command, idempotency_key, correlation_id, expect_version } => {

@@ -1,7 +1,7 @@
 //! Settings of `cairn serve` and their defaults, in one place.
 
 use crate::actor::ActorConfig;
-use crate::http::BodyLimits;
+use crate::http::{BodyLimits, ConnectionLimits};
 use crate::routing::RoutingConfig;
 use crate::runtime::Limits;
 use std::net::SocketAddr;
@@ -29,6 +29,8 @@ pub struct ServeConfig {
     /// How far behind the head (in log events) a live stream that had caught up may fall
     /// before it is ended as too slow.
     pub max_stream_lag: u64,
+    /// Time limits on connections (request heads, idle keep-alive, draining at shutdown).
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ServeConfig {
@@ -41,6 +43,7 @@ impl Default for ServeConfig {
                 command_bytes: 1 << 20,
                 component_bytes: 32 << 20,
                 max_in_flight: 4096,
+                request_timeout: std::time::Duration::from_secs(120),
             },
             actors: ActorConfig::default(),
             guest_limits: Limits::default(),
@@ -50,6 +53,10 @@ impl Default for ServeConfig {
             view_wait: std::time::Duration::from_secs(5),
             max_live_streams: 256,
             max_stream_lag: 10_000,
+            connections: ConnectionLimits {
+                header_read: std::time::Duration::from_secs(30),
+                drain: std::time::Duration::from_secs(10),
+            },
         }
     }
 }

@@ -81,7 +81,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_streams.send(true);
     };
-    axum::serve(listener, app).with_graceful_shutdown(stopping).await?;
+    http::serve(listener, app, config.connections, stopping).await;
     tracing::info!("shutting down: stopping the router, draining actors");
     routing.shutdown().await;
     projections.shutdown().await;

@@ -180,3 +180,60 @@ async fn admin_endpoints_need_the_token() {
     assert_eq!(same.body["version"], 1, "deploying the active bytes again changes nothing");
     assert_eq!(same.body["kind"], "aggregate");
 }
+
+/// A client that is slow with a request's head loses its connection; one that is slow with
+/// its body gets 503 `request_timeout` in the JSON shape; a live event stream is not a slow
+/// request and stays open; and a stopping host does not wait on any of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_clients_are_timed_out() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let mut host = Host::start_with(&["--header-timeout-ms", "300", "--request-timeout-ms", "500"]);
+    let address = host.url.trim_start_matches("http://").to_owned();
+    let connect = || {
+        let stream = std::net::TcpStream::connect(&address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
+    };
+
+    let mut head = connect();
+    head.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    head.read_to_end(&mut answer).expect("the host closes the connection, not the read timeout");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"), "no answer to half a head");
+
+    let mut body = connect();
+    let command = br#"{"type":"OpenAccount","data":{"initial_balance":1}}"#;
+    write!(
+        body,
+        "POST /aggregates/account/slow/commands HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        command.len()
+    )
+    .unwrap();
+    body.write_all(&command[..10]).unwrap();
+    let mut answer = String::new();
+    let mut buffer = [0u8; 4096];
+    while !answer.contains("request_timeout") {
+        let n = body.read(&mut buffer).expect("an answer before the read timeout");
+        assert!(n > 0, "the host answers before it closes: {answer}");
+        answer.push_str(&String::from_utf8_lossy(&buffer[..n]));
+    }
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains(r#"{"error":{"code":"request_timeout""#), "{answer}");
+    host.get("/aggregates/account/slow").await.expect_error(404, "stream_not_found");
+
+    // A live stream outlives both bounds.
+    let mut live = host.http.get(format!("{}/events/stream", host.url)).send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    host.open_account("after", 1).await;
+    let chunk = tokio::time::timeout(Duration::from_secs(10), live.chunk()).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&chunk.unwrap()).contains("account/after"));
+
+    let _idle = connect();
+    let started = Instant::now();
+    host.stop();
+    assert!(started.elapsed() < Duration::from_secs(8), "shutdown waited {:?}", started.elapsed());
+}

@@ -70,6 +70,21 @@ pub async fn overloaded(error: tower::BoxError) -> ApiError {
     }
 }
 
+/// The answer when a request took longer than `--request-timeout-ms`.
+pub async fn timed_out(error: tower::BoxError) -> ApiError {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            "the request took longer than the host allows; a command may still have taken effect, \
+             so retry it with the same Idempotency-Key",
+        )
+        .retry_after(1)
+    } else {
+        ApiError::internal(format!("request failed in the HTTP stack: {error}"))
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", error.to_string())

@@ -3,6 +3,7 @@
 //! through [`ApiError`], the one JSON error shape.
 
 mod aggregates;
+mod connections;
 mod error;
 mod extract;
 mod log;
@@ -11,6 +12,7 @@ mod operations;
 mod stream;
 mod views;
 
+pub use connections::{ConnectionLimits, serve};
 pub use error::ApiError;
 pub use stream::LiveStreams;
 pub use views::POSITION_HEADER;
@@ -62,6 +64,9 @@ pub struct BodyLimits {
     /// Requests handled at once; beyond it the host answers 503 at once instead of
     /// queueing without bound.
     pub max_in_flight: usize,
+    /// The longest a request may take, body included (not a live event stream); beyond it
+    /// the answer is 503 `request_timeout`.
+    pub request_timeout: std::time::Duration,
 }
 
 /// Count every answer by the route's pattern (so ids do not become labels) and status.
@@ -104,7 +109,7 @@ fn api_routes(limits: BodyLimits) -> OpenApiRouter<AppState> {
         .routes(routes!(aggregates::command))
         .routes(routes!(aggregates::command_new_id))
         .layer(DefaultBodyLimit::max(limits.command_bytes));
-    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let timed = OpenApiRouter::new()
         .merge(commands)
         // Its body is read by the handler, after the token check, up to `component_bytes`.
         .routes(routes!(operations::deploy))
@@ -114,7 +119,6 @@ fn api_routes(limits: BodyLimits) -> OpenApiRouter<AppState> {
         .routes(routes!(aggregates::state))
         .routes(routes!(aggregates::events))
         .routes(routes!(log::global))
-        .routes(routes!(stream::stream))
         .routes(routes!(log::saga))
         .routes(routes!(operations::components))
         .routes(routes!(operations::routing))
@@ -130,6 +134,15 @@ fn api_routes(limits: BodyLimits) -> OpenApiRouter<AppState> {
         .routes(routes!(operations::ready))
         .routes(routes!(operations::metrics))
         .routes(routes!(openapi::openapi_json))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(error::timed_out))
+                .timeout(limits.request_timeout),
+        );
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(timed)
+        // A live stream lasts as long as the client follows it.
+        .routes(routes!(stream::stream))
 }
 
 #[cfg(test)]
@@ -140,7 +153,12 @@ mod tests {
     /// route table (axum prints it in its `Debug`) against the document's paths.
     #[test]
     fn the_openapi_document_lists_every_route_the_router_serves() {
-        let limits = BodyLimits { command_bytes: 1, component_bytes: 1, max_in_flight: 1 };
+        let limits = BodyLimits {
+            command_bytes: 1,
+            component_bytes: 1,
+            max_in_flight: 1,
+            request_timeout: std::time::Duration::from_secs(1),
+        };
         let (routes, doc) = api_routes(limits).split_for_parts();
         let debug = format!("{routes:?}");
         // The fallback router's own entries (`/` among them) follow `fallback_router`.
