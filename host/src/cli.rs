@@ -100,6 +100,10 @@ enum Command {
         /// kept-alive connection.
         #[arg(long, default_value_t = 30_000, value_name = "MILLIS")]
         header_timeout_ms: u64,
+        /// How long a command's Idempotency-Key is remembered; a retry after that runs as a
+        /// new command.
+        #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
+        idempotency_retention_seconds: u64,
     },
     /// Send a command: `cairn send account 101 '{"type":"OpenAccount","data":{"initial_balance":100}}'`.
     Send {
@@ -281,6 +285,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             guest_output_bytes,
             request_timeout_ms,
             header_timeout_ms,
+            idempotency_retention_seconds,
         } => {
             let mut config = ServeConfig {
                 data_dir: client.data,
@@ -301,6 +306,8 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             config.guest_limits.max_output_bytes = guest_output_bytes;
             config.body_limits.request_timeout = std::time::Duration::from_millis(request_timeout_ms.max(1));
             config.connections.header_read = std::time::Duration::from_millis(header_timeout_ms.max(1));
+            config.idempotency_retention =
+                std::time::Duration::from_secs(idempotency_retention_seconds.max(1));
             crate::server::serve(config).await
         }
         Command::Send { type_name, id, command, idempotency_key, correlation_id, expect_version } => {

@@ -31,6 +31,8 @@ pub struct ServeConfig {
     pub max_stream_lag: u64,
     /// Time limits on connections (request heads, idle keep-alive, draining at shutdown).
     pub connections: ConnectionLimits,
+    /// How long a client's `Idempotency-Key` is remembered.
+    pub idempotency_retention: std::time::Duration,
 }
 
 impl Default for ServeConfig {
@@ -57,6 +59,7 @@ impl Default for ServeConfig {
                 header_read: std::time::Duration::from_secs(30),
                 drain: std::time::Duration::from_secs(10),
             },
+            idempotency_retention: std::time::Duration::from_secs(24 * 60 * 60),
         }
     }
 }

@@ -77,6 +77,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Tests and scripts read the bound address (for --listen 127.0.0.1:0) from this line.
     println!("cairn listening on http://{address}");
 
+    let sweeper = tokio::spawn(crate::store::forget_expired_idempotency_keys(
+        writer.clone(),
+        config.idempotency_retention,
+    ));
     let stopping = async move {
         shutdown_signal().await;
         let _ = stop_streams.send(true);
@@ -86,6 +90,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     routing.shutdown().await;
     projections.shutdown().await;
     actors.shutdown().await;
+    sweeper.abort();
     writer.shutdown();
     tracing::info!("stopped cleanly");
     Ok(())

@@ -52,6 +52,11 @@ pub fn commit_failed() {
     metrics::counter!("cairn_commit_failures_total").increment(1);
 }
 
+/// Idempotency keys forgotten by the retention sweep.
+pub fn idempotency_keys_forgotten(count: usize) {
+    metrics::counter!("cairn_idempotency_keys_forgotten_total").increment(count as u64);
+}
+
 /// One call into a guest.
 pub fn guest_call(component: &str, took: Duration) {
     metrics::histogram!("cairn_guest_call_duration_seconds", "component" => component.to_owned())

@@ -113,6 +113,47 @@ async fn idempotency_keys_survive_a_restart() {
     assert_eq!(host.state("account", "1").await["balance"], 105);
 }
 
+/// A key is remembered for the retention window, then forgotten: the same key runs again.
+/// Routed commands' dedup records are not idempotency keys and outlive it, so a rewound
+/// subscriber still applies nothing twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_keys_are_forgotten_after_the_retention_window() {
+    let host = Host::start_with(&["--idempotency-retention-seconds", "1"]);
+    host.open_account("1", 100).await;
+    host.open_account("2", 0).await;
+    let credit = |host: &Host| {
+        host.command_request("account", "1", "CreditAccount", json!({"amount": 5, "transaction_id": "t"}))
+            .header("Idempotency-Key", "k")
+    };
+    let first = host.send(credit(&host)).await.expect(200);
+    let retry = host.send(credit(&host)).await.expect(200);
+    assert_eq!(first.body, retry.body, "within the window, the first answer");
+    crate::sagas::transfer(&host, "m1", "1", "2", 50).await;
+    crate::sagas::wait_terminal(&host, "m1").await;
+
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let metrics = host.get("/metrics").await.body;
+    let swept =
+        metrics.as_str().unwrap().lines().find(|l| l.starts_with("cairn_idempotency_keys_forgotten_total"));
+    assert_eq!(swept.and_then(|l| l.split_whitespace().last()), Some("1"), "{swept:?}");
+    let again = host.send(credit(&host)).await.expect(200);
+    assert_eq!(again.body["version"], 4, "after the window the key runs as a new command: {}", again.body);
+
+    let head = host.get("/healthz").await.body["head_position"].as_u64().unwrap();
+    host.admin_post("/routing/account/rewind?to=0").await.expect(200);
+    crate::sagas::eventually("the account subscriber to catch up again", || async {
+        let routing = host.get("/routing").await.body;
+        routing["subscribers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "account" && s["cursor"] == head)
+    })
+    .await;
+    assert_eq!(host.state("account", "1").await["balance"], 100 + 5 + 5 - 50);
+    assert_eq!(host.state("account", "2").await["balance"], 50);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_correlation_id_is_kept_or_made() {
     let host = Host::start();

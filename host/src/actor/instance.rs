@@ -5,7 +5,8 @@ use super::messages::{CommandError, CommandReply, CommandRequest, Message, State
 use crate::components::ActiveAggregate;
 use crate::replay::replay;
 use crate::store::{
-    AppendBatch, AppendError, NewEvent, Snapshot, StoreError, StoredEvent, StoredOutcome, StreamId, Version,
+    AppendBatch, AppendError, IDEMPOTENCY_PREFIX, NewEvent, Snapshot, StoreError, StoredEvent, StoredOutcome,
+    StreamId, Version,
 };
 use cairn_guest::Rejection;
 use cairn_guest::glue::RawCommand;
@@ -227,7 +228,7 @@ impl Actor {
         let span = request.span.clone();
         let _in_command = span.enter();
         let outcome_key = match (&request.idempotency_key, &request.causation) {
-            (Some(key), _) => Some(format!("idem:{key}")),
+            (Some(key), _) => Some(format!("{IDEMPOTENCY_PREFIX}{key}")),
             (None, Some(causation)) => Some(format!("cause:{}", causation.dedup_key)),
             (None, None) => None,
         };

@@ -15,6 +15,7 @@
 mod error;
 mod follow;
 mod records;
+mod retention;
 pub mod tables;
 mod writer;
 
@@ -24,7 +25,8 @@ pub use records::{
     AppendBatch, Committed, DeadLetter, DeadLetterKey, NewEvent, Snapshot, StoredEvent, StoredOutcome,
     StreamId, StreamIdError,
 };
-pub use writer::{CursorStart, Writer};
+pub use retention::forget_expired_idempotency_keys;
+pub use writer::{CursorStart, IDEMPOTENCY_PREFIX, Writer};
 
 use records::Record;
 

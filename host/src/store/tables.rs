@@ -13,6 +13,11 @@ pub const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapsh
 /// (stream key, outcome key) → [`super::StoredOutcome`]. Outcome keys are `idem:<key>`
 /// for an `Idempotency-Key` and `cause:<...>` for a routed command's causation.
 pub const OUTCOMES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("outcomes");
+/// (commit time in µs, stream key, outcome key) → (): when each `idem:` outcome was
+/// recorded, so the retention sweep reads only what has expired. Routed commands' `cause:`
+/// outcomes are not here: they are kept as long as the stream (see ARCHITECTURE.md).
+pub const IDEMPOTENCY_TIMES: TableDefinition<(u64, &str, &str), ()> =
+    TableDefinition::new("idempotency_times");
 /// (correlation id, position) → (): the saga index.
 pub const CORRELATIONS: TableDefinition<(&str, u64), ()> = TableDefinition::new("correlations");
 /// component name → its registry record.
@@ -33,6 +38,7 @@ pub fn create_all(txn: &WriteTransaction) -> Result<(), TableError> {
     txn.open_table(STREAM_INDEX)?;
     txn.open_table(SNAPSHOTS)?;
     txn.open_table(OUTCOMES)?;
+    txn.open_table(IDEMPOTENCY_TIMES)?;
     txn.open_table(CORRELATIONS)?;
     txn.open_table(COMPONENTS)?;
     txn.open_table(COMPONENT_BLOBS)?;

@@ -33,6 +33,13 @@ enum Request {
     /// A component's registry record, with its bytes for a new version, and the cursor of
     /// its subscriber when it has none yet.
     Component(ComponentWrite, oneshot::Sender<Result<(), StoreError>>),
+    /// Forget at most `limit` idempotency keys recorded before the time (µs); answers how
+    /// many it forgot.
+    ForgetKeys {
+        recorded_before: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
     /// Commit what was queued before this, then stop.
     Stop,
 }
@@ -128,6 +135,21 @@ impl Writer {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Forget at most `limit` idempotency keys recorded before `recorded_before` (µs since
+    /// the epoch): a retry with one of them afterwards runs as a new command. Answers how many
+    /// were forgotten.
+    pub async fn forget_idempotency_keys(
+        &self,
+        recorded_before: u64,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::ForgetKeys { recorded_before, limit, reply })
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Store a component's record, its bytes (`(digest, bytes)`) when the version is new,
     /// and, if `cursor` names a cursor that does not exist yet, that cursor at `start`.
     pub async fn put_component(
@@ -204,10 +226,11 @@ fn commit_group(
     let recorded_at_micros = crate::time::now_micros();
     let started = std::time::Instant::now();
     let mut next = head + 1;
-    let written = (|| -> Result<Vec<Result<Committed, AppendError>>, StoreError> {
+    let written = (|| -> Result<(Vec<Result<Committed, AppendError>>, usize), StoreError> {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate).map_err(|e| StoreError::CommitFailed(e.to_string()))?;
         let mut answers = Vec::with_capacity(requests.len());
+        let mut forgotten = 0;
         for request in &requests {
             let answer = match request {
                 Request::Append(batch, _) => write_batch(&txn, batch, &mut next, recorded_at_micros),
@@ -242,6 +265,10 @@ fn commit_group(
                     }
                     Ok(Committed::default())
                 }
+                Request::ForgetKeys { recorded_before, limit, .. } => {
+                    forgotten = forget_keys(&txn, *recorded_before, *limit)?;
+                    Ok(Committed::default())
+                }
                 Request::Stop => continue,
             };
             // A storage failure may have left part of a batch written: abort everything.
@@ -257,10 +284,10 @@ fn commit_group(
             return Err(StoreError::CommitFailed("fault injection: commit-fail".to_owned()));
         }
         txn.commit()?;
-        Ok(answers)
+        Ok((answers, forgotten))
     })();
     match written {
-        Ok(answers) => {
+        Ok((answers, forgotten)) => {
             *last_failure.lock().expect("writer health lock") = None;
             let appends = requests.iter().filter(|r| matches!(r, Request::Append(..))).count();
             crate::telemetry::group_commit(appends, next - 1 - head, started.elapsed());
@@ -275,6 +302,9 @@ fn commit_group(
                     | Request::Unpark(_, reply)
                     | Request::Component(_, reply) => {
                         let _ = reply.send(Ok(()));
+                    }
+                    Request::ForgetKeys { reply, .. } => {
+                        let _ = reply.send(Ok(forgotten));
                     }
                     Request::Stop => {}
                 }
@@ -295,6 +325,9 @@ fn commit_group(
                     | Request::Park(_, reply)
                     | Request::Unpark(_, reply)
                     | Request::Component(_, reply) => {
+                        let _ = reply.send(Err(StoreError::CommitFailed(message.clone())));
+                    }
+                    Request::ForgetKeys { reply, .. } => {
                         let _ = reply.send(Err(StoreError::CommitFailed(message.clone())));
                     }
                     Request::Stop => {}
@@ -353,10 +386,16 @@ fn write_batch(
     }
     if !batch.outcomes.is_empty() {
         let mut outcomes = txn.open_table(OUTCOMES).map_err(StoreError::from)?;
+        let mut times = txn.open_table(IDEMPOTENCY_TIMES).map_err(StoreError::from)?;
         for (outcome_key, outcome) in &batch.outcomes {
             outcomes
                 .insert((key.as_str(), outcome_key.as_str()), outcome.encode().as_slice())
                 .map_err(StoreError::from)?;
+            if outcome_key.starts_with(IDEMPOTENCY_PREFIX) {
+                times
+                    .insert((recorded_at_micros, key.as_str(), outcome_key.as_str()), ())
+                    .map_err(StoreError::from)?;
+            }
         }
     }
     if let Some(snapshot) = &batch.snapshot {
@@ -364,4 +403,28 @@ fn write_batch(
         snapshots.insert(key.as_str(), snapshot.encode().as_slice()).map_err(StoreError::from)?;
     }
     Ok(Committed { events: stored })
+}
+
+/// The outcome key prefix of a client's `Idempotency-Key` (routed commands' is `cause:`).
+pub const IDEMPOTENCY_PREFIX: &str = "idem:";
+
+/// Remove up to `limit` idempotency outcomes recorded before `recorded_before`, oldest first.
+fn forget_keys(txn: &WriteTransaction, recorded_before: u64, limit: usize) -> Result<usize, StoreError> {
+    let mut times = txn.open_table(IDEMPOTENCY_TIMES)?;
+    let mut outcomes = txn.open_table(OUTCOMES)?;
+    let expired: Vec<(u64, String, String)> = times
+        .range(..(recorded_before, "", ""))?
+        .take(limit)
+        .map(|entry| {
+            entry.map(|(key, _)| {
+                let (time, stream, outcome) = key.value();
+                (time, stream.to_owned(), outcome.to_owned())
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    for (time, stream, outcome) in &expired {
+        times.remove((*time, stream.as_str(), outcome.as_str()))?;
+        outcomes.remove((stream.as_str(), outcome.as_str()))?;
+    }
+    Ok(expired.len())
 }
