@@ -69,6 +69,10 @@ enum Command {
         /// Seconds an idle aggregate stays in memory.
         #[arg(long, default_value_t = 60)]
         idle_seconds: u64,
+        /// Aggregates kept live in memory; beyond it the least recently used idle ones
+        /// passivate (they come back from snapshot and events on their next command).
+        #[arg(long, default_value_t = 10_000)]
+        max_live_actors: usize,
         /// Streams a deploy's replay check rebuilds with the new version (the most recent).
         #[arg(long, default_value_t = 100)]
         replay_sample: usize,
@@ -276,6 +280,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             max_in_flight,
             mailbox_capacity,
             idle_seconds,
+            max_live_actors,
             replay_sample,
             compile_timeout_ms,
             view_wait_ms,
@@ -297,6 +302,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             config.body_limits.max_in_flight = max_in_flight.max(1);
             config.actors.mailbox_capacity = mailbox_capacity.max(1);
             config.actors.idle_timeout = std::time::Duration::from_secs(idle_seconds.max(1));
+            config.actors.max_live_actors = max_live_actors.max(1);
             config.replay_sample = replay_sample;
             config.compile_timeout = std::time::Duration::from_millis(compile_timeout_ms.max(1));
             config.view_wait = std::time::Duration::from_millis(view_wait_ms);

@@ -52,6 +52,11 @@ pub fn commit_failed() {
     metrics::counter!("cairn_commit_failures_total").increment(1);
 }
 
+/// Actors asked to passivate because the live-actor cap was reached.
+pub fn actors_asked_to_passivate(count: usize) {
+    metrics::counter!("cairn_actor_evictions_total").increment(count as u64);
+}
+
 /// Idempotency keys forgotten by the retention sweep.
 pub fn idempotency_keys_forgotten(count: usize) {
     metrics::counter!("cairn_idempotency_keys_forgotten_total").increment(count as u64);

@@ -220,3 +220,40 @@ fn request_with_key(host: &Host, key: &str) -> reqwest::RequestBuilder {
         .header("Idempotency-Key", key)
         .json(&json!({"type": "CreateCustomer", "data": {"name": "Fred", "credit_limit": 200000}}))
 }
+
+/// With a cap on live actors, the least recently used passivate while commands keep
+/// coming; none fails and nothing is lost, since an actor stops only with an empty mailbox.
+#[tokio::test(flavor = "multi_thread")]
+async fn beyond_the_live_actor_cap_the_least_recently_used_passivate() {
+    // Idle actors stay for ten minutes here: only the cap can passivate them.
+    let host = Host::start_with(&["--max-live-actors", "10", "--idle-seconds", "600"]);
+    for n in 0..50 {
+        host.open_account(&format!("a{n}"), 0).await;
+    }
+    let credits: Vec<_> = (0..200)
+        .map(|n| {
+            let host = Host::attach(host.http.clone(), host.url.clone());
+            tokio::spawn(async move {
+                let data = json!({"amount": 1, "transaction_id": format!("t{n}")});
+                host.command("account", &format!("a{}", n % 50), "CreditAccount", data).await.expect(200);
+            })
+        })
+        .collect();
+    for credit in credits {
+        credit.await.unwrap();
+    }
+    // The cap is looked at when an actor starts (at most every 100 ms): one more start.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    host.open_account("last", 0).await;
+    crate::sagas::eventually("the live actors to fall to the cap", || async {
+        host.get("/healthz").await.body["live_actors"].as_u64().unwrap() <= 10
+    })
+    .await;
+    for n in 0..50 {
+        assert_eq!(host.state("account", &format!("a{n}")).await["balance"], 4, "account a{n}");
+    }
+    let metrics = host.get("/metrics").await.body;
+    let evictions = metrics.as_str().unwrap().lines().find(|l| l.starts_with("cairn_actor_evictions_total"));
+    let evicted: f64 = evictions.and_then(|l| l.split_whitespace().last()).unwrap().parse().unwrap();
+    assert!(evicted >= 40.0, "{evictions:?}");
+}

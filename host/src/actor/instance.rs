@@ -35,6 +35,12 @@ pub(super) async fn run(
             Err(_) if shared.passivate(&actor.stream, generation, &inbox) => break,
             Err(_) => continue,
         };
+        if matches!(first, Message::Passivate) {
+            if shared.passivate(&actor.stream, generation, &inbox) {
+                break;
+            }
+            continue;
+        }
         let mut batch = vec![first];
         while batch.len() < shared.config.max_batch {
             match inbox.try_recv() {
@@ -147,6 +153,8 @@ impl Actor {
                     };
                     let _ = reply.send(answer);
                 }
+                // Commands came after the nudge: this actor is in use after all.
+                Message::Passivate => {}
             }
         }
         self.commit(pending).await;

@@ -8,6 +8,9 @@ use tokio::sync::oneshot;
 pub(crate) enum Message {
     Command(CommandRequest, oneshot::Sender<Result<CommandReply, CommandError>>),
     State(oneshot::Sender<Result<StateReply, CommandError>>),
+    /// The registry is over its cap of live actors and this one was used least recently:
+    /// stop if nothing else is waiting (as after the idle timeout).
+    Passivate,
 }
 
 impl Message {
@@ -21,6 +24,7 @@ impl Message {
             Message::State(reply) => {
                 let _ = reply.send(Err(error));
             }
+            Message::Passivate => {}
         }
     }
 }

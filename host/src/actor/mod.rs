@@ -23,7 +23,7 @@ use messages::Message;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Settings of the actor layer.
@@ -37,6 +37,8 @@ pub struct ActorConfig {
     pub idle_timeout: Duration,
     /// Snapshot interval when a component does not set one.
     pub default_snapshot_interval: u32,
+    /// Live actors kept in memory; beyond it the least recently used idle ones passivate.
+    pub max_live_actors: usize,
 }
 
 impl Default for ActorConfig {
@@ -46,6 +48,7 @@ impl Default for ActorConfig {
             max_batch: 256,
             idle_timeout: Duration::from_secs(60),
             default_snapshot_interval: 100,
+            max_live_actors: 10_000,
         }
     }
 }
@@ -69,10 +72,18 @@ pub struct Actors {
 struct Mailbox {
     generation: u64,
     sender: mpsc::Sender<Message>,
+    /// When a message was last sent to it, for least-recently-used passivation.
+    last_used: Instant,
 }
+
+/// How often the registry may look for actors to passivate when over its cap: a look is a
+/// pass over every mailbox, so it is rationed, which makes the cap a soft one.
+const EVICTION_PAUSE: Duration = Duration::from_millis(100);
 
 pub(crate) struct Shared {
     mailboxes: Mutex<HashMap<StreamId, Mailbox>>,
+    /// When the registry last asked actors to passivate for being over the cap.
+    last_eviction: Mutex<Option<Instant>>,
     generations: AtomicU64,
     accepting: AtomicBool,
     /// Each actor holds a clone; when the last is dropped every actor has finished.
@@ -95,6 +106,7 @@ impl Actors {
         Actors {
             shared: Arc::new(Shared {
                 mailboxes: Mutex::new(HashMap::new()),
+                last_eviction: Mutex::new(None),
                 generations: AtomicU64::new(0),
                 accepting: AtomicBool::new(true),
                 done: Mutex::new(Some(done)),
@@ -144,10 +156,13 @@ impl Actors {
             return Err(CommandError::UnknownType(stream.type_name));
         }
         let mut mailboxes = self.shared.mailboxes.lock().expect("mailbox registry lock");
-        let message = match mailboxes.get(&stream) {
+        let message = match mailboxes.get_mut(&stream) {
             None => message,
             Some(mailbox) => match mailbox.sender.try_send(message) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    mailbox.last_used = Instant::now();
+                    return Ok(());
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => return Err(CommandError::Overloaded),
                 // The actor died (a host defect); start a fresh one for this stream.
                 Err(mpsc::error::TrySendError::Closed(message)) => message,
@@ -156,6 +171,9 @@ impl Actors {
         let mailbox = self.spawn_actor(stream.clone())?;
         mailbox.sender.try_send(message).map_err(|_| CommandError::Overloaded)?;
         mailboxes.insert(stream, mailbox);
+        if mailboxes.len() > self.shared.config.max_live_actors {
+            self.shared.evict_least_recently_used(&mailboxes);
+        }
         Ok(())
     }
 
@@ -164,7 +182,7 @@ impl Actors {
         let generation = self.shared.generations.fetch_add(1, Ordering::Relaxed);
         let (sender, inbox) = mpsc::channel(self.shared.config.mailbox_capacity);
         tokio::spawn(instance::run(self.shared.clone(), stream, generation, inbox, done));
-        Ok(Mailbox { generation, sender })
+        Ok(Mailbox { generation, sender, last_used: Instant::now() })
     }
 
     /// Number of live actors.
@@ -183,6 +201,28 @@ impl Actors {
 }
 
 impl Shared {
+    /// Ask the least recently used actors to passivate, down to nine tenths of the cap.
+    /// Each stops only if its mailbox is empty when it reads the request, through the same
+    /// path as an idle timeout, so a stream never has two actors.
+    fn evict_least_recently_used(&self, mailboxes: &HashMap<StreamId, Mailbox>) {
+        let mut last = self.last_eviction.lock().expect("eviction lock");
+        if last.is_some_and(|at| at.elapsed() < EVICTION_PAUSE) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let cap = self.config.max_live_actors;
+        let excess = mailboxes.len().saturating_sub(cap - cap / 10);
+        let mut by_use: Vec<(Instant, &Mailbox)> = mailboxes.values().map(|m| (m.last_used, m)).collect();
+        if excess < by_use.len() {
+            by_use.select_nth_unstable_by_key(excess, |(used, _)| *used);
+        }
+        for (_, mailbox) in by_use.into_iter().take(excess) {
+            // A full mailbox belongs to a busy actor: leave it.
+            let _ = mailbox.sender.try_send(Message::Passivate);
+        }
+        crate::telemetry::actors_asked_to_passivate(excess);
+    }
+
     /// Remove an idle actor's mailbox, unless a command arrived meanwhile. Called by the
     /// actor itself; `true` means it must stop.
     fn passivate(&self, stream: &StreamId, generation: u64, inbox: &mpsc::Receiver<Message>) -> bool {
