@@ -89,3 +89,20 @@ async fn health_and_components_answer() {
     assert_eq!(components.body[1]["kind"], "projection");
     assert!(account["versions"][0]["digest"].as_str().unwrap().starts_with("sha256:"));
 }
+
+/// Temporal reads start from the nearest older snapshot (every 100 events for accounts) and
+/// answer the same state as folding from the start, on either side of each snapshot.
+#[tokio::test(flavor = "multi_thread")]
+async fn temporal_reads_across_snapshots_answer_the_state_at_that_version() {
+    let host = Host::start();
+    host.open_account("s", 0).await;
+    for n in 0..250 {
+        let data = serde_json::json!({"amount": 1, "transaction_id": format!("t{n}")});
+        host.command("account", "s", "CreditAccount", data).await.expect(200);
+    }
+    for version in [1u64, 2, 99, 100, 101, 150, 199, 200, 201, 250, 251] {
+        let then = host.get(&format!("/aggregates/account/s?version={version}")).await.expect(200);
+        assert_eq!(then.body["version"], version);
+        assert_eq!(then.body["state"]["balance"], version - 1, "the balance after event {version}");
+    }
+}

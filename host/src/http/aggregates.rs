@@ -285,8 +285,8 @@ pub async fn state(
     Ok(with_etag(version, answer))
 }
 
-/// A temporal query: fold events 1..=version with the active component, off the async
-/// threads (a long stream is a long fold).
+/// A temporal query: fold events up to `version` with the active component, from the
+/// nearest older snapshot it made (the stream keeps its recent ones), off the async threads.
 async fn state_at(state: &AppState, stream: &StreamId, version: u64) -> Result<Option<Vec<u8>>, ApiError> {
     let active = state.components.active(&stream.type_name).ok_or_else(|| {
         ApiError::not_found("unknown_type", format!("no aggregate type {:?}", stream.type_name))
@@ -294,8 +294,11 @@ async fn state_at(state: &AppState, stream: &StreamId, version: u64) -> Result<O
     let store = state.store.clone();
     let stream = stream.clone();
     tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, ApiError> {
+        let digest = active.component.digest().as_bytes();
+        let start = store.snapshot_at_or_before(&stream, version, digest)?;
+        let (state, from) = start.map_or((None, 0), |snapshot| (Some(snapshot.state), snapshot.version));
         let (folded, _) =
-            replay(&active.component, &store, &stream, None, 0, version).map_err(CommandError::from)?;
+            replay(&active.component, &store, &stream, state, from, version).map_err(CommandError::from)?;
         Ok(folded)
     })
     .await

@@ -148,6 +148,26 @@ impl EventStore {
         snapshots.get(stream.key().as_str())?.map(|v| Snapshot::decode(v.value())).transpose()
     }
 
+    /// The newest snapshot in a stream's history at or before `version` that `digest` made:
+    /// where a temporal read starts folding.
+    pub fn snapshot_at_or_before(
+        &self,
+        stream: &StreamId,
+        version: Version,
+        digest: &[u8],
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let read = self.db.begin_read()?;
+        let history = read.open_table(SNAPSHOT_HISTORY)?;
+        let key = stream.key();
+        for entry in history.range((key.as_str(), 0)..=(key.as_str(), version))?.rev() {
+            let snapshot = Snapshot::decode(entry?.1.value())?;
+            if snapshot.digest == digest {
+                return Ok(Some(snapshot));
+            }
+        }
+        Ok(None)
+    }
+
     /// The newest snapshot of a stream if `digest` made it: a snapshot is only valid while
     /// the component version that built it is active (DESIGN.md, durability rule 4).
     pub fn load_snapshot_for(
@@ -306,5 +326,48 @@ impl EventStore {
         let read = self.db.begin_read()?;
         let cursors = read.open_table(CURSORS)?;
         Ok(cursors.get(name)?.map(|v| v.value()).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream keeps its most recent snapshots; a temporal read finds the newest one at or
+    /// before the version it wants that the active component made.
+    #[tokio::test]
+    async fn a_stream_keeps_its_recent_snapshots_for_temporal_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = EventStore::open(&dir.path().join("events.redb")).unwrap();
+        let stream = StreamId::new("account", "1").unwrap();
+        for version in 1..=40u64 {
+            let event = NewEvent {
+                event_type: "Credited".to_owned(),
+                payload: vec![0x80],
+                correlation_id: "c".to_owned(),
+                causation_id: None,
+                component_version: 1,
+            };
+            // A new component version (digest 2) made the last five.
+            let digest = vec![if version <= 35 { 1 } else { 2 }];
+            let snapshot = Snapshot { version, digest, state: vec![version as u8] };
+            let batch = AppendBatch {
+                stream: stream.clone(),
+                expected_version: version - 1,
+                events: vec![event],
+                outcomes: Vec::new(),
+                snapshot: Some(snapshot),
+            };
+            writer.append(batch).await.unwrap();
+        }
+        let at = |version, digest: u8| {
+            store.snapshot_at_or_before(&stream, version, &[digest]).unwrap().map(|s| (s.version, s.state))
+        };
+        assert_eq!(at(20, 1), Some((20, vec![20])));
+        assert_eq!(at(40, 1), Some((35, vec![35])), "another version's snapshots are skipped");
+        assert_eq!(at(40, 2), Some((40, vec![40])));
+        assert_eq!(at(8, 1), None, "the oldest beyond the bound are gone");
+        assert_eq!(at(9, 1).map(|(v, _)| v), Some(40 - SNAPSHOT_HISTORY_PER_STREAM as u64 + 1));
+        writer.shutdown();
     }
 }

@@ -13,6 +13,12 @@ pub const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapsh
 /// (stream key, outcome key) → [`super::StoredOutcome`]. Outcome keys are `idem:<key>`
 /// for an `Idempotency-Key` and `cause:<...>` for a routed command's causation.
 pub const OUTCOMES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("outcomes");
+/// (stream key, version) → [`super::Snapshot`]: the most recent snapshots of each stream
+/// ([`SNAPSHOT_HISTORY_PER_STREAM`]), so a temporal read folds from the nearest older one.
+pub const SNAPSHOT_HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("snapshot_history");
+/// Snapshots kept per stream for temporal reads: with the default interval (100), reads of
+/// the last 3 200 versions fold at most 100 events.
+pub const SNAPSHOT_HISTORY_PER_STREAM: usize = 32;
 /// (commit time in µs, stream key, outcome key) → (): when each `idem:` outcome was
 /// recorded, so the retention sweep reads only what has expired. Routed commands' `cause:`
 /// outcomes are not here: they are kept as long as the stream (see ARCHITECTURE.md).
@@ -37,6 +43,7 @@ pub fn create_all(txn: &WriteTransaction) -> Result<(), TableError> {
     txn.open_table(STREAMS)?;
     txn.open_table(STREAM_INDEX)?;
     txn.open_table(SNAPSHOTS)?;
+    txn.open_table(SNAPSHOT_HISTORY)?;
     txn.open_table(OUTCOMES)?;
     txn.open_table(IDEMPOTENCY_TIMES)?;
     txn.open_table(CORRELATIONS)?;

@@ -399,8 +399,10 @@ fn write_batch(
         }
     }
     if let Some(snapshot) = &batch.snapshot {
+        let encoded = snapshot.encode();
         let mut snapshots = txn.open_table(SNAPSHOTS).map_err(StoreError::from)?;
-        snapshots.insert(key.as_str(), snapshot.encode().as_slice()).map_err(StoreError::from)?;
+        snapshots.insert(key.as_str(), encoded.as_slice()).map_err(StoreError::from)?;
+        keep_in_history(txn, &key, snapshot.version, &encoded)?;
     }
     Ok(Committed { events: stored })
 }
@@ -427,4 +429,23 @@ fn forget_keys(txn: &WriteTransaction, recorded_before: u64, limit: usize) -> Re
         outcomes.remove((stream.as_str(), outcome.as_str()))?;
     }
     Ok(expired.len())
+}
+
+/// Add a snapshot to its stream's history and drop the oldest beyond the bound.
+fn keep_in_history(
+    txn: &WriteTransaction,
+    stream: &str,
+    version: u64,
+    encoded: &[u8],
+) -> Result<(), StoreError> {
+    let mut history = txn.open_table(SNAPSHOT_HISTORY)?;
+    history.insert((stream, version), encoded)?;
+    let kept: Vec<u64> = history
+        .range((stream, 0)..=(stream, u64::MAX))?
+        .map(|entry| entry.map(|(key, _)| key.value().1))
+        .collect::<Result<_, _>>()?;
+    for old in kept.iter().take(kept.len().saturating_sub(SNAPSHOT_HISTORY_PER_STREAM)) {
+        history.remove((stream, *old))?;
+    }
+    Ok(())
 }
