@@ -20,10 +20,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(data).with_context(|| format!("create data directory {}", data.display()))?;
     let admin_token = admin_token(data, config.admin_token.as_deref())?;
 
-    let (store, writer) = match EventStore::open(&data.join(STORE_FILE)) {
+    let store_file = data.join(STORE_FILE);
+    let (store, writer) = match EventStore::open(&store_file) {
         Err(StoreError::Storage(redb::Error::DatabaseAlreadyOpen)) => {
-            anyhow::bail!("{} is in use by another cairn process", data.join(STORE_FILE).display())
+            anyhow::bail!("{} is in use by another cairn process", store_file.display())
         }
+        Err(StoreError::Storage(error)) => anyhow::bail!(unreadable(&store_file, &error)),
         other => other.with_context(|| format!("open the event store in {}", data.display()))?,
     };
     let runtime = Runtime::new(Some(&data.join(COMPILED_DIR)), config.guest_limits)?;
@@ -45,8 +47,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         Routing::start(actors.clone(), store.clone(), writer.clone(), components.clone(), config.routing)
             .context("start the router")?,
     );
-    let views = ViewStore::open(&data.join(VIEWS_FILE))
-        .with_context(|| format!("open the view store in {}", data.display()))?;
+    let views_file = data.join(VIEWS_FILE);
+    let views = match ViewStore::open(&views_file) {
+        Err(StoreError::Storage(error)) => anyhow::bail!(unreadable(&views_file, &error)),
+        other => other.with_context(|| format!("open the view store in {}", data.display()))?,
+    };
     let projections = Arc::new(
         Projections::start(store.clone(), views, components.clone()).context("start the projections")?,
     );
@@ -96,6 +101,15 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Why a data file cannot be used, and what the operator can do about it.
+fn unreadable(file: &Path, error: &redb::Error) -> String {
+    format!(
+        "{} cannot be opened: {error}. It is not a file this version of cairn wrote, or it is \
+         damaged; point --data at a cairn data directory, or move the file away to start it empty",
+        file.display()
+    )
+}
+
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -117,9 +131,13 @@ fn admin_token(data: &Path, given: Option<&str>) -> anyhow::Result<String> {
         return Ok(token.to_owned());
     }
     let path = data.join(ADMIN_TOKEN_FILE);
-    if let Ok(token) = std::fs::read_to_string(&path) {
+    // A symlink is not followed: the token is written as a file of our own instead.
+    let is_file = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file());
+    if is_file && let Ok(token) = std::fs::read_to_string(&path) {
         let token = token.trim().to_owned();
         if !token.is_empty() {
+            #[cfg(unix)]
+            keep_private(&path).with_context(|| format!("make {} owner-only", path.display()))?;
             return Ok(token);
         }
     }
@@ -129,11 +147,31 @@ fn admin_token(data: &Path, given: Option<&str>) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// Write `text` to `path` readable by the owner only, whatever was there before (a file
+/// with looser permissions, a symlink): a new file is written beside it, synced, and renamed
+/// over it, so a crash leaves the old file or the new one, never half of one.
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
+    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&temporary);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(text.as_bytes())
+    let mut file = options.open(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
+
+/// An existing token file that others can read is made owner-only.
+#[cfg(unix)]
+fn keep_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::symlink_metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), "the admin token file was readable by others; made it owner-only");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }

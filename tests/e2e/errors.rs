@@ -237,3 +237,55 @@ async fn slow_clients_are_timed_out() {
     host.stop();
     assert!(started.elapsed() < Duration::from_secs(8), "shutdown waited {:?}", started.elapsed());
 }
+
+/// `cairn serve` on a data directory holding a foreign file, and one whose token file is
+/// readable by others or a symlink.
+#[test]
+fn bad_data_files_fail_clearly_and_the_token_file_is_owner_only() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+    let serve = |data: &std::path::Path| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env_remove("CAIRN_ADMIN_TOKEN");
+        command
+    };
+
+    let foreign = tempfile::tempdir().unwrap();
+    std::fs::write(foreign.path().join("events.redb"), "not a database at all").unwrap();
+    let refused = serve(foreign.path()).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("events.redb cannot be opened") && said.contains("--data"), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+
+    // Started once with a token file others can read, and once where it is a symlink.
+    let loose = tempfile::tempdir().unwrap();
+    let token_file = loose.path().join("admin-token");
+    std::fs::write(&token_file, "loose-token\n").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let linked = tempfile::tempdir().unwrap();
+    let elsewhere = linked.path().join("elsewhere");
+    std::fs::write(&elsewhere, "someone else's file").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, linked.path().join("admin-token")).unwrap();
+    for data in [loose.path(), linked.path()] {
+        let mut host = serve(data).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut lines = std::io::BufReader::new(host.stdout.take().unwrap()).lines();
+        assert!(lines.next().unwrap().unwrap().starts_with("cairn listening on"));
+        host.kill().unwrap();
+        host.wait().unwrap();
+        let token_file = data.join("admin-token");
+        let metadata = std::fs::symlink_metadata(&token_file).unwrap();
+        assert!(metadata.file_type().is_file(), "a file of the host's own");
+        assert_eq!(metadata.permissions().mode() & 0o777, 0o600);
+    }
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), "loose-token\n", "the token is kept");
+    assert_eq!(
+        std::fs::read_to_string(&elsewhere).unwrap(),
+        "someone else's file",
+        "the link's target untouched"
+    );
+}
