@@ -227,3 +227,39 @@ impl AggregateComponent {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Limits, Runtime};
+    use cairn_guest::glue::RawCommand;
+    use std::time::Instant;
+
+    /// What a fresh instance costs next to a call on a pooled one, on the Account component.
+    #[test]
+    #[ignore = "a measurement: cargo test --release -p cairn --lib measure_instance -- --ignored --nocapture"]
+    fn measure_instance_cost() {
+        let runtime = Runtime::new(None, Limits::default()).unwrap();
+        let account = runtime.load_aggregate(cairn_artifacts::component("account").unwrap()).unwrap();
+        let open = RawCommand {
+            command_type: "OpenAccount".to_owned(),
+            payload: crate::json::to_msgpack(&serde_json::json!({"initial_balance": 100})),
+        };
+        const N: u32 = 20_000;
+        for round in 0..3 {
+            let started = Instant::now();
+            for _ in 0..N {
+                account.process_command(None, &open).unwrap().unwrap();
+            }
+            let pooled = started.elapsed() / N;
+            let started = Instant::now();
+            for _ in 0..N {
+                drop(account.instantiate().unwrap());
+            }
+            let fresh = started.elapsed() / N;
+            let ratio = fresh.as_secs_f64() / pooled.as_secs_f64();
+            println!(
+                "round {round}: a pooled decide {pooled:?}, a fresh instance {fresh:?} ({ratio:.2}x a decide)"
+            );
+        }
+    }
+}
