@@ -383,3 +383,34 @@ async fn measure_swaps() {
         eprintln!("longest command latency of 8 clients over 3 s, swapping={swapping}: {worst:?}");
     }
 }
+
+/// An old version can be deleted to reclaim its space, never the active one; its number is
+/// not given again, and rollback no longer goes back to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inactive_version_can_be_deleted_and_its_number_is_not_reused() {
+    let host = Host::start();
+    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    host.deploy("faulty", cairn_artifacts::FAULTY_FIXED).await.expect(200);
+    let delete = |version: u32| {
+        host.http
+            .delete(format!("{}/components/faulty/versions/{version}", host.url))
+            .bearer_auth("test-token")
+    };
+    let unauthorized = host.http.delete(format!("{}/components/faulty/versions/1", host.url));
+    host.send(unauthorized).await.expect_error(401, "unauthorized");
+    host.send(delete(2)).await.expect_error(409, "version_active");
+    host.send(delete(7)).await.expect_error(404, "unknown_version");
+    let deleted = host.send(delete(1)).await.expect(200);
+    assert_eq!(deleted.body["freed_bytes"], cairn_artifacts::FAULTY.len());
+
+    let components = host.get("/components").await.expect(200).body;
+    let faulty = components.as_array().unwrap().iter().find(|c| c["name"] == "faulty").unwrap();
+    let versions: Vec<_> =
+        faulty["versions"].as_array().unwrap().iter().map(|v| v["version"].clone()).collect();
+    assert_eq!(versions, [2]);
+    host.get("/components/faulty/versions/1").await.expect_error(404, "unknown_version");
+    host.admin_post("/components/faulty/rollback").await.expect_error(409, "nothing_to_roll_back");
+    let again = host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    assert_eq!(again.body["version"], 3, "the same bytes come back as a new number");
+    host.command("faulty", "1", "Increment", serde_json::json!({})).await.expect(200);
+}

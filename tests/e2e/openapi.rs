@@ -35,6 +35,7 @@ async fn openapi_json_describes_what_the_host_serves() {
                 "get" => host.http.get(&url),
                 "post" => host.http.post(&url),
                 "put" => host.http.put(&url),
+                "delete" => host.http.delete(&url),
                 other => panic!("{other} {path}: a method the API does not use"),
             };
             let response = request.send().await.unwrap();

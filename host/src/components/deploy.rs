@@ -178,9 +178,9 @@ impl ComponentRegistry {
             versions: Vec::new(),
             active: 0,
             history: Vec::new(),
+            last_version: 0,
         });
-        let version =
-            stored.unwrap_or_else(|| record.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1);
+        let version = stored.unwrap_or_else(|| record.next_version());
         if options.dry_run {
             return Ok(answer(name, kind, version, &digest, false, true, report));
         }

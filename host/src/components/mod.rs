@@ -65,6 +65,8 @@ pub enum VersionError {
     UnknownVersion { name: String, version: u32 },
     #[error("{0} has no earlier active version to roll back to")]
     NothingToRollBack(String),
+    #[error("{name} v{version} is the active version; activate another one before deleting it")]
+    ActiveVersion { name: String, version: u32 },
     #[error(transparent)]
     Load(#[from] crate::runtime::LoadError),
     #[error(transparent)]
@@ -225,6 +227,33 @@ impl ComponentRegistry {
         record.activate(version);
         self.switch(name, record).await?;
         Ok(version)
+    }
+
+    /// Delete a stored version that is not active: its record, its place in the rollback
+    /// history, and its bytes and compiled code unless another version has the same digest.
+    /// Answers the bytes freed.
+    pub async fn delete_version(&self, name: &str, version: u32) -> Result<u64, VersionError> {
+        let _changing = self.changing.lock().await;
+        let mut record = self.record(name)?;
+        let Some(index) = record.versions.iter().position(|v| v.version == version) else {
+            return Err(VersionError::UnknownVersion { name: name.to_owned(), version });
+        };
+        if record.active == version {
+            return Err(VersionError::ActiveVersion { name: name.to_owned(), version });
+        }
+        let removed = record.versions.remove(index);
+        record.history.retain(|v| *v != version);
+        record.last_version = record.last_version.max(version);
+        let shared = self.records.read().expect("registry lock").iter().any(|(other, r)| {
+            r.versions.iter().any(|v| v.digest == removed.digest && (other != name || v.version != version))
+        });
+        let freed = if shared { None } else { Some(removed.digest.clone()) };
+        self.writer.delete_component_version(name, record.encode(), freed.clone()).await?;
+        self.records.write().expect("registry lock").insert(name.to_owned(), record);
+        if let Some(digest) = freed.as_deref().and_then(ComponentDigest::from_bytes) {
+            self.runtime.forget_compiled(&digest);
+        }
+        Ok(if shared { 0 } else { removed.size })
     }
 
     /// Make the version that was active before the current one active again.

@@ -25,11 +25,20 @@ pub(super) struct ComponentRecord {
     pub active: u32,
     #[serde(default)]
     pub history: Vec<u32>,
+    /// The highest version number ever given, deleted ones included, so a number is never
+    /// given twice (events name the version that wrote them).
+    #[serde(default)]
+    pub last_version: u32,
 }
 
 impl ComponentRecord {
     pub fn version(&self, version: u32) -> Option<&VersionRecord> {
         self.versions.iter().find(|v| v.version == version)
+    }
+
+    /// The number the next new version gets.
+    pub fn next_version(&self) -> u32 {
+        self.versions.iter().map(|v| v.version).max().unwrap_or(0).max(self.last_version) + 1
     }
 
     pub fn with_digest(&self, digest: &ComponentDigest) -> Option<&VersionRecord> {

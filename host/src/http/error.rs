@@ -167,6 +167,9 @@ impl From<VersionError> for ApiError {
             VersionError::NothingToRollBack(_) => {
                 ApiError::new(StatusCode::CONFLICT, "nothing_to_roll_back", message)
             }
+            VersionError::ActiveVersion { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "version_active", message)
+            }
             VersionError::Load(load) => DeployError::Load(load).into(),
             VersionError::Store(store) => store.into(),
         }

@@ -113,7 +113,7 @@ fn api_routes(limits: BodyLimits) -> OpenApiRouter<AppState> {
         .merge(commands)
         // Its body is read by the handler, after the token check, up to `component_bytes`.
         .routes(routes!(operations::deploy))
-        .routes(routes!(operations::version_bytes))
+        .routes(routes!(operations::version_bytes, operations::delete_version))
         .routes(routes!(operations::rollback))
         .routes(routes!(operations::activate))
         .routes(routes!(aggregates::state))

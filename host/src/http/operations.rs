@@ -379,6 +379,33 @@ pub async fn version_bytes(
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
 }
 
+/// `DELETE /components/{name}/versions/{version}` (admin): delete a version that is not
+/// active, to reclaim its space; its number is never given again.
+#[utoipa::path(delete, path = "/components/{name}/versions/{version}", tag = "components",
+    summary = "Delete a stored version that is not active",
+    security(("admin_token" = [])),
+    params(
+        ("name" = String, Path, description = "The component's name"),
+        ("version" = u32, Path, description = "The version"),
+    ),
+    responses(
+        (status = 200, description = "`{\"name\", \"deleted_version\", \"freed_bytes\"}`", body = Object),
+        (status = 400, description = "Not a version number", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such component or version", body = ErrorBody),
+        (status = 409, description = "It is the active version", body = ErrorBody),
+    ))]
+pub async fn delete_version(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&state, &headers)?;
+    let version = parse_version(&version)?;
+    let freed = state.components.delete_version(&name, version).await?;
+    Ok(Json(json!({"name": name, "deleted_version": version, "freed_bytes": freed})))
+}
+
 /// `POST /components/{name}/rollback` (admin): the version active before the current one
 /// becomes active again.
 #[utoipa::path(post, path = "/components/{name}/rollback", tag = "components",

@@ -175,6 +175,18 @@ impl Runtime {
         self.limits
     }
 
+    /// Remove the compiled code cached for `digest` (its component version was deleted).
+    pub fn forget_compiled(&self, digest: &ComponentDigest) {
+        if let Some(dir) = &self.cache_dir {
+            let path = dir.join(format!("{}.cwasm", digest.hex()));
+            if let Err(error) = std::fs::remove_file(&path)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), "could not remove cached compiled code: {error}");
+            }
+        }
+    }
+
     /// Compile `bytes`, or load the compiled code cached for their digest.
     fn compile(&self, digest: &ComponentDigest, bytes: &[u8]) -> Result<Component, LoadError> {
         let cached = self.cache_dir.as_ref().map(|dir| dir.join(format!("{}.cwasm", digest.hex())));

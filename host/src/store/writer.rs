@@ -58,6 +58,8 @@ struct ComponentWrite {
     record: Vec<u8>,
     blob: Option<(Vec<u8>, Vec<u8>)>,
     cursor: Option<(String, CursorStart)>,
+    /// The digest of bytes no version uses any more.
+    drop_blob: Option<Vec<u8>>,
 }
 
 /// The handle actors append through. [`Writer::shutdown`] stops the thread after it has
@@ -160,7 +162,21 @@ impl Writer {
         cursor: Option<(String, CursorStart)>,
     ) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        let write = ComponentWrite { name: name.to_owned(), record, blob, cursor };
+        let write = ComponentWrite { name: name.to_owned(), record, blob, cursor, drop_blob: None };
+        self.requests.send(Request::Component(write, reply)).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Store a component's record after one of its versions was deleted, and remove the
+    /// bytes `drop_blob` names (no version uses them any more).
+    pub async fn delete_component_version(
+        &self,
+        name: &str,
+        record: Vec<u8>,
+        drop_blob: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let write = ComponentWrite { name: name.to_owned(), record, blob: None, cursor: None, drop_blob };
         self.requests.send(Request::Component(write, reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
@@ -254,6 +270,9 @@ fn commit_group(
                     txn.open_table(COMPONENTS)?.insert(write.name.as_str(), write.record.as_slice())?;
                     if let Some((digest, bytes)) = &write.blob {
                         txn.open_table(COMPONENT_BLOBS)?.insert(digest.as_slice(), bytes.as_slice())?;
+                    }
+                    if let Some(digest) = &write.drop_blob {
+                        txn.open_table(COMPONENT_BLOBS)?.remove(digest.as_slice())?;
                     }
                     if let Some((cursor, start)) = &write.cursor {
                         let mut cursors = txn.open_table(CURSORS)?;
