@@ -289,3 +289,13 @@ fn bad_data_files_fail_clearly_and_the_token_file_is_owner_only() {
         "the link's target untouched"
     );
 }
+
+/// Path and target-length refusals come in the JSON shape too.
+#[tokio::test(flavor = "multi_thread")]
+async fn undecodable_paths_and_overlong_targets_answer_json() {
+    let host = Host::start();
+    host.get("/aggregates/account/%FF").await.expect_error(400, "invalid_path");
+    host.get("/views/account-info/%C3%28").await.expect_error(400, "invalid_path");
+    let long = format!("/events?after=0&padding={}", "a".repeat(9000));
+    host.get(&long).await.expect_error(414, "uri_too_long");
+}

@@ -2,14 +2,14 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Body, Params, header_text, if_match};
+use super::extract::{Body, Params, Path, header_text, if_match};
 use super::openapi::ErrorBody;
 use crate::actor::{CommandError, CommandReply, CommandRequest};
 use crate::json::{self, EventJson};
 use crate::replay::replay;
 use crate::store::{StreamId, StreamIdError};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};

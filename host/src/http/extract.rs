@@ -27,6 +27,39 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     }
 }
 
+/// Path segments, percent-decoded; a segment that is not UTF-8 is 400 `invalid_path`.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(rejection) => Err(ApiError::bad_request("invalid_path", rejection.body_text())),
+        }
+    }
+}
+
+/// The longest request target (path and query) the host reads; beyond it, 414. (hyper
+/// itself refuses targets beyond 64 KiB, with an empty 414.)
+pub const MAX_URI_BYTES: usize = 8 << 10;
+
+/// Refuse a request target longer than [`MAX_URI_BYTES`] with 414 in the JSON shape.
+pub async fn bound_uri(request: Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let length = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if length > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is {length} bytes; at most {MAX_URI_BYTES} are read"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 /// Query parameters, parsed by name with errors in the JSON shape.
 pub struct Params(HashMap<String, String>);
 

@@ -3,11 +3,11 @@
 use super::AppState;
 use super::aggregates::EventsAnswer;
 use super::error::ApiError;
-use super::extract::Params;
+use super::extract::{Params, Path};
 use super::openapi::ErrorBody;
 use crate::json;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 
 const MAX_PAGE: usize = 1000;
 

@@ -93,6 +93,7 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
         .method_not_allowed_fallback(operations::method_not_allowed)
         .layer(Extension(openapi::RenderedDoc(doc.into())))
         .layer(axum::middleware::from_fn(count_request))
+        .layer(axum::middleware::from_fn(extract::bound_uri))
         .layer(
             ServiceBuilder::new()
                 .layer(tower_http::trace::TraceLayer::new_for_http())

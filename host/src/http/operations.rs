@@ -2,13 +2,13 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::Params;
+use super::extract::{Params, Path};
 use super::openapi::ErrorBody;
 use crate::components::{ComponentSummary, DeployOptions, Deployed};
 use crate::routing::{RoutingError, SequenceAction};
 use crate::store::DeadLetterKey;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};

@@ -5,13 +5,13 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::Params;
+use super::extract::{Params, Path};
 use super::openapi::ErrorBody;
 use super::operations::require_admin;
 use crate::projection::ViewError;
 use crate::store::Position;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
