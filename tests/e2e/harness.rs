@@ -126,6 +126,11 @@ impl Host {
         self.child = Some(child);
     }
 
+    /// What the host has written to its log (stderr) so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+
     /// A client for a host started elsewhere (no process of its own to stop).
     pub fn attach(http: reqwest::Client, url: String) -> Host {
         Host {

@@ -1,4 +1,5 @@
-//! `GET /metrics`: Prometheus text that a Prometheus parser reads, with counters that move.
+//! `GET /metrics`: Prometheus text that a Prometheus parser reads, with counters that move; and
+//! the logs: JSON lines, command spans.
 
 use crate::harness::Host;
 use prometheus_parse::{Scrape, Value};
@@ -91,4 +92,32 @@ async fn metrics_parse_and_move_as_commands_are_sent() {
         assert!(has(&after, histogram), "{histogram} is missing");
     }
     assert!(has(&after, "cairn_routing_lag_events"));
+}
+
+/// `--log-format json` writes one JSON object a line, and a command's span (type, id,
+/// correlation id) carries what is logged about it through to its commit; text logs to a
+/// file carry no colour codes.
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_are_json_lines_and_a_command_span_reaches_its_commit() {
+    let host = Host::start_with_env(&["--log-format", "json"], &[("RUST_LOG", "info,cairn=debug")]);
+    let request = host
+        .command_request("account", "101", "OpenAccount", serde_json::json!({"initial_balance": 1}))
+        .header("X-Correlation-Id", "trace-me");
+    host.send(request).await.expect(200);
+    let log = host.log_text();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON line: {line}")))
+        .collect();
+    let committed = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "committed")
+        .unwrap_or_else(|| panic!("no commit logged: {log}"));
+    assert_eq!(committed["span"]["correlation_id"], "trace-me", "{committed}");
+    assert_eq!(committed["span"]["id"], "101");
+    assert_eq!(committed["fields"]["version"], 1);
+
+    let text = Host::start();
+    text.open_account("1", 1).await;
+    assert!(!text.log_text().contains('\u{1b}'), "no colour codes in a log file");
 }

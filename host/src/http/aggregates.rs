@@ -138,7 +138,20 @@ async fn run_command(
     };
     let started = std::time::Instant::now();
     let type_name = stream.type_name.clone();
-    let sent = tracing::Instrument::instrument(state.actors.send(stream, request), span).await;
+    let sent = tracing::Instrument::instrument(state.actors.send(stream, request), span.clone()).await;
+    // The commit happened in the writer thread with other actors' batches; its outcome is
+    // told here, in the command's own span.
+    match &sent {
+        Ok(reply) => tracing::debug!(
+            parent: &span,
+            version = reply.version,
+            events = reply.events.len(),
+            first_position = reply.events.first().map(|e| e.position),
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "committed"
+        ),
+        Err(error) => tracing::debug!(parent: &span, "not committed: {error}"),
+    }
     let (type_name, outcome) = match &sent {
         Ok(_) => (type_name.as_str(), "accepted"),
         Err(CommandError::Rejected(_)) => (type_name.as_str(), "rejected"),
