@@ -75,6 +75,9 @@ async fn metrics_parse_and_move_as_commands_are_sent() {
     assert_eq!(value(&after, "cairn_head_position", &[]), head);
     assert_eq!(value(&after, "cairn_projection_lag_events", &[("projection", "account-info")]), 0.0);
     assert!(value(&after, "cairn_live_actors", &[]) >= 1.0);
+    assert_eq!(value(&after, "cairn_mailbox_messages", &[]), 0.0, "every command was answered");
+    assert_eq!(value(&after, "cairn_mailbox_depth_max", &[]), 0.0);
+    assert!(value(&after, "cairn_idle_instances", &[("component", "account")]) >= 1.0, "a pooled instance");
     // Requests are counted by route pattern, not by path (ids never become labels).
     assert!(value(&after, "cairn_http_requests_total", &[("route", "/healthz"), ("status", "200")]) >= 1.0);
     let text = host.http.get(format!("{}/metrics", host.url)).send().await.unwrap().text().await.unwrap();
@@ -120,4 +123,28 @@ async fn logs_are_json_lines_and_a_command_span_reaches_its_commit() {
     let text = Host::start();
     text.open_account("1", 1).await;
     assert!(!text.log_text().contains('\u{1b}'), "no colour codes in a log file");
+}
+
+/// Commands waiting behind a busy actor show in the mailbox gauges.
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_commands_show_in_the_mailbox_gauges() {
+    let host = Host::start_with_env(&[], &[("CAIRN_FAULTS", "actor-stall=CreditAccount:1500")]);
+    host.open_account("101", 0).await;
+    let credits: Vec<_> = (0..4)
+        .map(|n| {
+            let host = Host::attach(host.http.clone(), host.url.clone());
+            tokio::spawn(async move {
+                let data = json!({"amount": 1, "transaction_id": format!("t{n}")});
+                host.command("account", "101", "CreditAccount", data).await.expect(200);
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let during = scrape(&host).await;
+    assert!(value(&during, "cairn_mailbox_messages", &[]) >= 1.0, "commands wait behind the held one");
+    assert!(value(&during, "cairn_mailbox_depth_max", &[]) >= 1.0);
+    for credit in credits {
+        credit.await.unwrap();
+    }
+    assert_eq!(value(&scrape(&host).await, "cairn_mailbox_messages", &[]), 0.0);
 }

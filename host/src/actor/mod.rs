@@ -190,6 +190,16 @@ impl Actors {
         self.shared.mailboxes.lock().expect("mailbox registry lock").len()
     }
 
+    /// Messages waiting in mailboxes: in all of them, and in the fullest one.
+    pub fn queued(&self) -> (usize, usize) {
+        let mailboxes = self.shared.mailboxes.lock().expect("mailbox registry lock");
+        let capacity = self.shared.config.mailbox_capacity;
+        mailboxes
+            .values()
+            .map(|m| capacity - m.sender.capacity())
+            .fold((0, 0), |(sum, max), depth| (sum + depth, max.max(depth)))
+    }
+
     /// Stop taking commands, let every actor finish what is in its mailbox, and wait.
     pub async fn shutdown(&self) {
         self.shared.accepting.store(false, Ordering::Release);

@@ -61,6 +61,13 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     let head = state.store.head_position();
     gauge("cairn_head_position", head as f64);
     gauge("cairn_live_actors", state.actors.live() as f64);
+    let (queued, deepest) = state.actors.queued();
+    gauge("cairn_mailbox_messages", queued as f64);
+    gauge("cairn_mailbox_depth_max", deepest as f64);
+    for (type_name, active) in state.components.all_active() {
+        let idle = active.component.idle_instances() as f64;
+        labelled_gauge("cairn_idle_instances", "component", &type_name, idle);
+    }
     for subscriber in state.routing.status()? {
         let name = subscriber.name.as_str();
         labelled_gauge("cairn_routing_lag_events", "subscriber", name, subscriber.lag as f64);

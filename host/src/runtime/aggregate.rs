@@ -101,6 +101,11 @@ impl AggregateComponent {
         &self.info
     }
 
+    /// Instances waiting in the pool for the next call.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().expect("instance pool lock").len()
+    }
+
     fn instantiate(&self) -> Result<Instance, GuestError> {
         let limits = self.limits.store_limits();
         let component = self.info.type_name.clone();
