@@ -226,11 +226,13 @@ impl Shared {
         if excess < by_use.len() {
             by_use.select_nth_unstable_by_key(excess, |(used, _)| *used);
         }
-        for (_, mailbox) in by_use.into_iter().take(excess) {
-            // A full mailbox belongs to a busy actor: leave it.
-            let _ = mailbox.sender.try_send(Message::Passivate);
-        }
-        crate::telemetry::actors_asked_to_passivate(excess);
+        // A full mailbox belongs to a busy actor: it is left alone, and not counted.
+        let asked = by_use
+            .into_iter()
+            .take(excess)
+            .filter(|(_, mailbox)| mailbox.sender.try_send(Message::Passivate).is_ok())
+            .count();
+        crate::telemetry::actors_asked_to_passivate(asked);
     }
 
     /// Remove an idle actor's mailbox, unless a command arrived meanwhile. Called by the

@@ -247,13 +247,13 @@ impl ComponentRegistry {
         let shared = self.records.read().expect("registry lock").iter().any(|(other, r)| {
             r.versions.iter().any(|v| v.digest == removed.digest && (other != name || v.version != version))
         });
-        let freed = if shared { None } else { Some(removed.digest.clone()) };
+        let freed = (!shared).then(|| removed.digest.clone());
         self.writer.delete_component_version(name, record.encode(), freed.clone()).await?;
         self.records.write().expect("registry lock").insert(name.to_owned(), record);
         if let Some(digest) = freed.as_deref().and_then(ComponentDigest::from_bytes) {
             self.runtime.forget_compiled(&digest);
         }
-        Ok(if shared { 0 } else { removed.size })
+        Ok(freed.map_or(0, |_| removed.size))
     }
 
     /// Make the version that was active before the current one active again.

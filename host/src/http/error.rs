@@ -56,8 +56,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The answer when the host is at its limit of requests in flight (load shedding).
-pub async fn overloaded(error: tower::BoxError) -> ApiError {
+/// The answer for an error of the tower layers around the handlers: load shedding at the
+/// limit of requests in flight, or a request past `--request-timeout-ms`.
+pub async fn stack_error(error: tower::BoxError) -> ApiError {
     if error.is::<tower::load_shed::error::Overloaded>() {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -65,14 +66,7 @@ pub async fn overloaded(error: tower::BoxError) -> ApiError {
             "the host is at its limit of requests in flight; retry shortly",
         )
         .retry_after(1)
-    } else {
-        ApiError::internal(format!("request failed in the HTTP stack: {error}"))
-    }
-}
-
-/// The answer when a request took longer than `--request-timeout-ms`.
-pub async fn timed_out(error: tower::BoxError) -> ApiError {
-    if error.is::<tower::timeout::error::Elapsed>() {
+    } else if error.is::<tower::timeout::error::Elapsed>() {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "request_timeout",

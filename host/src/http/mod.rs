@@ -97,7 +97,7 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(tower_http::trace::TraceLayer::new_for_http())
-                .layer(HandleErrorLayer::new(error::overloaded))
+                .layer(HandleErrorLayer::new(error::stack_error))
                 .load_shed()
                 .concurrency_limit(limits.max_in_flight),
         )
@@ -137,7 +137,7 @@ fn api_routes(limits: BodyLimits) -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::openapi_json))
         .layer(
             ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(error::timed_out))
+                .layer(HandleErrorLayer::new(error::stack_error))
                 .timeout(limits.request_timeout),
         );
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
