@@ -71,4 +71,46 @@ mod tests {
     fn undecodable_bytes_are_reported_not_hidden() {
         assert!(to_json(&[0xc1]).as_str().unwrap().starts_with("<undecodable"));
     }
+
+    /// Any JSON value: every number serde_json holds (negative, beyond i64, fractional),
+    /// any string, nested arrays and objects.
+    pub(crate) fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_filter("JSON has no NaN or infinity", |f| f.is_finite()).prop_map(Value::from),
+            ".{0,24}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,12}", inner, 0..6)
+                    .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+            ]
+        })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn every_json_value_round_trips_through_msgpack(value in any_json()) {
+            prop_assert_eq!(to_json(&to_msgpack(&value)), value);
+        }
+
+        #[test]
+        fn every_json_text_accepted_round_trips(value in any_json()) {
+            // What a request body holds: the text, parsed, as a component receives it.
+            let text = serde_json::to_string(&value).unwrap();
+            let parsed: Value = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(to_json(&to_msgpack(&parsed)), parsed);
+        }
+
+        #[test]
+        fn arbitrary_bytes_from_a_guest_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = to_json(&bytes);
+        }
+    }
 }

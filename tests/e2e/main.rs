@@ -5,10 +5,12 @@ mod harness;
 
 mod cli;
 mod commands;
+mod crash;
 mod delivery;
 mod deploys;
 mod durability;
 mod errors;
+mod fuzz;
 mod metrics;
 mod openapi;
 mod reads;

@@ -77,7 +77,9 @@ async fn metrics_parse_and_move_as_commands_are_sent() {
     assert!(value(&after, "cairn_live_actors", &[]) >= 1.0);
     assert_eq!(value(&after, "cairn_mailbox_messages", &[]), 0.0, "every command was answered");
     assert_eq!(value(&after, "cairn_mailbox_depth_max", &[]), 0.0);
-    assert!(value(&after, "cairn_idle_instances", &[("component", "account")]) >= 1.0, "a pooled instance");
+    // Each call gets a fresh instance and drops it: none outlives the calls above.
+    assert!(has(&after, "cairn_guest_instances"));
+    assert!(value(&after, "cairn_guest_instances", &[]) <= 4.0, "instances outlive their calls");
     // Requests are counted by route pattern, not by path (ids never become labels).
     assert!(value(&after, "cairn_http_requests_total", &[("route", "/healthz"), ("status", "200")]) >= 1.0);
     let text = host.http.get(format!("{}/metrics", host.url)).send().await.unwrap().text().await.unwrap();

@@ -62,3 +62,91 @@ async fn a_bad_component_is_refused_and_the_running_one_stays() {
     host.open_account("1", 5).await;
     assert_eq!(host.state("account", "1").await["balance"], 5);
 }
+
+async fn bystander_serves(host: &Host, transaction_id: &str) {
+    host.command(
+        "account",
+        "bystander",
+        "CreditAccount",
+        json!({"amount": 1, "transaction_id": transaction_id}),
+    )
+    .await
+    .expect(200);
+}
+
+/// Each hostile guest gets the documented error, nothing of its is stored, and another
+/// aggregate is served between the blows. (A panic, a runaway loop and a memory hog are in
+/// `traps_and_timeouts_are_422_and_the_actor_survives`, a `describe` that never returns in
+/// `deploys.rs`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_guests_get_the_documented_errors_while_others_are_served() {
+    // Room in the guest's memory for 40 MiB of events, so the output cap is what stops them.
+    let host = Host::start_with(&["--guest-memory-bytes", &(256u64 << 20).to_string()]);
+    host.send(deploy(&host, "faulty", cairn_artifacts::FAULTY)).await.expect(200);
+    host.open_account("bystander", 0).await;
+
+    // A global the guest bumps on every call never carries over: each call is a fresh instance.
+    for id in ["g1", "g2", "g1", "g1"] {
+        host.command("faulty", id, "CountCalls", json!({})).await.expect(200);
+    }
+    for (id, count) in [("g1", 3), ("g2", 1)] {
+        let events =
+            host.get(&format!("/aggregates/faulty/{id}/events")).await.expect(200).body["events"].clone();
+        let calls: Vec<_> = events.as_array().unwrap().iter().map(|e| e["data"]["calls"].as_u64()).collect();
+        assert_eq!(calls, vec![Some(1); count], "state leaked between calls through a global");
+    }
+    bystander_serves(&host, "1").await;
+
+    let deep = host.command("faulty", "h", "Recurse", json!({"depth": 100_000_000})).await;
+    let message = deep.expect_error(422, "guest_trap").body["error"]["message"].as_str().unwrap().to_owned();
+    // Rust's stack lives in linear memory below the data: running off it is an
+    // out-of-bounds access, or wasmtime's own call-stack limit, whichever comes first.
+    assert!(message.contains("out of bounds") || message.contains("stack"), "{message}");
+    assert!(!message.contains("backtrace"), "{message}");
+    bystander_serves(&host, "2").await;
+
+    let flood = json!({"events": 40, "bytes": 1 << 20});
+    let refused =
+        host.command("faulty", "h", "Flood", flood).await.expect_error(422, "guest_output_too_large");
+    assert!(refused.body["error"]["message"].as_str().unwrap().contains("4194"), "{}", refused.body);
+    bystander_serves(&host, "3").await;
+
+    // The event is small; the state it folds to is 8 MiB, beyond the 1 MiB a call may return.
+    host.command("faulty", "h", "Grow", json!({"bytes": 8 << 20}))
+        .await
+        .expect_error(422, "guest_output_too_large");
+    host.get("/aggregates/faulty/h").await.expect_error(404, "stream_not_found");
+    bystander_serves(&host, "4").await;
+
+    // Files, environment, clock and randomness are not there: reaching for them traps,
+    // and the error names what the guest reached for.
+    for (what, import) in [
+        ("files", "wasi:filesystem"),
+        ("env", "wasi:cli/environment"),
+        ("clock", "wasi:clocks"),
+        ("random", "wasi:random"),
+    ] {
+        let probed = host.command("faulty", "h", "Probe", json!({ "what": what })).await;
+        let message =
+            probed.expect_error(422, "guest_trap").body["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(import), "{what}: {message}");
+    }
+    bystander_serves(&host, "5").await;
+
+    // A reaction that sends a million commands fails every attempt and is parked; the
+    // event that asked for it is stored, and nothing of the million was sent.
+    host.command("faulty", "s", "Swarm", json!({"commands": 1_000_000})).await.expect(200);
+    crate::sagas::eventually("the swarm to be parked", || async {
+        let parked = host.get("/routing/dead-letters?subscriber=faulty&stream=faulty/s").await.expect(200);
+        parked.body["dead_letters"].as_array().unwrap().len() == 1
+    })
+    .await;
+    let parked = host.get("/routing/dead-letters?subscriber=faulty&stream=faulty/s").await.expect(200);
+    let letter = &parked.body["dead_letters"][0];
+    assert!(letter["error"].as_str().unwrap().contains("react failed"), "{letter}");
+    host.get("/aggregates/faulty/swarm-0").await.expect_error(404, "stream_not_found");
+    bystander_serves(&host, "6").await;
+
+    assert_eq!(host.state("account", "bystander").await["balance"], 6);
+    assert_eq!(host.command("faulty", "h", "Increment", json!({})).await.expect(200).body["version"], 1);
+}

@@ -87,6 +87,11 @@ pub struct ComponentRegistry {
 impl ComponentRegistry {
     /// Load every component's active version from the store and compile (or load the
     /// cached compilation of) each.
+    /// Guest instances alive now (calls in progress).
+    pub fn guest_instances(&self) -> u64 {
+        self.runtime.instances_in_use()
+    }
+
     pub fn open(runtime: Runtime, store: EventStore, writer: Writer) -> Result<Self, DeployError> {
         let mut records = BTreeMap::new();
         let mut active = HashMap::new();

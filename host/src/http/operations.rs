@@ -64,10 +64,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     let (queued, deepest) = state.actors.queued();
     gauge("cairn_mailbox_messages", queued as f64);
     gauge("cairn_mailbox_depth_max", deepest as f64);
-    for (type_name, active) in state.components.all_active() {
-        let idle = active.component.idle_instances() as f64;
-        labelled_gauge("cairn_idle_instances", "component", &type_name, idle);
-    }
+    gauge("cairn_guest_instances", state.components.guest_instances() as f64);
     for subscriber in state.routing.status()? {
         let name = subscriber.name.as_str();
         labelled_gauge("cairn_routing_lag_events", "subscriber", name, subscriber.lag as f64);

@@ -216,6 +216,9 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
         }
         let reader = views.reader(&name_owned, generation)?;
         let outcome = (!events.is_empty()).then(|| component.handle_batch(&events, reader));
+        if let Some(error) = outcome.as_ref().and_then(|o| o.failure.as_ref()).filter(|e| e.is_transient()) {
+            return Err(StoreError::Unavailable(error.to_string()));
+        }
         let (writes, cursor, failure) = match outcome {
             None => (Default::default(), last, None),
             Some(outcome) => match outcome.failure {

@@ -229,7 +229,7 @@ impl StreamWorker {
             attempt += 1;
             match component.component.react(&envelope) {
                 Ok(commands) => break commands,
-                Err(error) if attempt >= config.max_attempts => {
+                Err(error) if attempt >= config.max_attempts && !error.is_transient() => {
                     let error = format!("react failed: {error}");
                     return Outcome::Park(self.letter(event, None, None, None, error, attempt));
                 }

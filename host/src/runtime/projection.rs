@@ -5,7 +5,7 @@
 //! the overlay is what the caller commits. If the guest traps on an event, what that
 //! event had written is taken back, and the writes of the events before it are kept.
 
-use super::{ComponentDigest, Diagnostics, GuestError, Limits, LoadError};
+use super::{ComponentDigest, Diagnostics, GuestError, Limits, LoadError, instantiation_failure};
 use cairn_guest::{EventEnvelope, Subscription};
 use std::collections::BTreeMap;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -206,7 +206,7 @@ impl ProjectionComponent {
         let mut store = Store::new(&self.engine, data);
         store.limiter(|data| &mut data.limits);
         store.set_fuel(self.limits.fuel_per_call).map_err(|e| GuestError::Trap(e.to_string()))?;
-        let guest = self.pre.instantiate(&mut store).map_err(|e| GuestError::Trap(format!("{e:#}")))?;
+        let guest = self.pre.instantiate(&mut store).map_err(|e| instantiation_failure(&e, &self.limits))?;
         Ok((store, guest))
     }
 

@@ -221,3 +221,63 @@ impl std::str::FromStr for DeadLetterKey {
 impl Record for DeadLetter {
     const KIND: &'static str = "dead letter";
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_event() -> impl Strategy<Value = StoredEvent> {
+        (
+            ("[a-z][a-z-]{0,20}", ".{1,40}", any::<u64>(), any::<u64>(), ".{0,30}"),
+            // The writer sets `recorded_at` from the clock: any time before the year 10000.
+            (
+                prop::collection::vec(any::<u8>(), 0..512),
+                0..253_402_300_800_000_000u64,
+                ".{0,40}",
+                prop::option::of(".{0,40}"),
+                any::<u32>(),
+            ),
+        )
+            .prop_map(
+                |(
+                    (stream_type, stream_id, version, position, event_type),
+                    (payload, recorded_at_micros, correlation_id, causation_id, component_version),
+                )| StoredEvent {
+                    stream_type,
+                    stream_id,
+                    version,
+                    position,
+                    event_type,
+                    payload,
+                    recorded_at_micros,
+                    correlation_id,
+                    causation_id,
+                    component_version,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn a_stored_event_round_trips_and_its_envelope_carries_it(event in any_event()) {
+            let decoded = StoredEvent::decode(&event.encode()).unwrap();
+            prop_assert_eq!(&decoded, &event);
+            let envelope = decoded.envelope();
+            prop_assert_eq!(
+                (&envelope.stream_type, &envelope.stream_id, envelope.version, envelope.position),
+                (&event.stream_type, &event.stream_id, event.version, event.position)
+            );
+            prop_assert_eq!((&envelope.event_type, &envelope.payload), (&event.event_type, &event.payload));
+            prop_assert_eq!((&envelope.correlation_id, &envelope.causation_id), (&event.correlation_id, &event.causation_id));
+            prop_assert_eq!(envelope.recorded_at, event.recorded_at());
+        }
+
+        #[test]
+        fn garbage_is_a_corrupt_record_never_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Err(error) = StoredEvent::decode(&bytes) {
+                prop_assert!(matches!(error, StoreError::Corrupt(_)));
+            }
+        }
+    }
+}

@@ -19,6 +19,9 @@ pub struct FaultyState {
     pub notes: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment: Option<Payment>,
+    /// What `Grown` events added: state that grows by whatever each event says.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ballast: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +53,30 @@ pub enum FaultyCommand {
         amount: i64,
         credit_command: String,
     },
+    /// Counts the calls this instance served in a global. Only a fresh instance per call
+    /// makes the answer always 1.
+    CountCalls,
+    /// Recurse `depth` calls deep without a tail call: a stack overflow.
+    Recurse {
+        depth: u64,
+    },
+    /// `events` events of `bytes` bytes each in one answer.
+    Flood {
+        events: u32,
+        bytes: u32,
+    },
+    /// One event whose fold adds `bytes` bytes to the state.
+    Grow {
+        bytes: u32,
+    },
+    /// One event whose reaction sends `commands` commands.
+    Swarm {
+        commands: u32,
+    },
+    /// Reach for what a guest does not get: `files`, `env`, `clock` or `random`.
+    Probe {
+        what: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -70,6 +97,44 @@ pub enum FaultyEvent {
         amount: i64,
         reason: String,
     },
+    CallsCounted {
+        calls: u64,
+    },
+    Grown {
+        bytes: u32,
+    },
+    Swarmed {
+        commands: u32,
+    },
+    /// What a probe saw, when it did not trap.
+    Probed {
+        what: String,
+        saw: String,
+    },
+}
+
+static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn recurse(depth: u64) -> u64 {
+    if depth == 0 {
+        return 0;
+    }
+    // black_box keeps this a real call with a frame, not a loop.
+    1 + std::hint::black_box(recurse(std::hint::black_box(depth - 1)))
+}
+
+/// What a guest sees when it reaches for a capability (if the host lets the call return).
+fn probe(what: &str) -> String {
+    match what {
+        "files" => format!("{:?}", std::fs::read_to_string("/etc/passwd").map(|t| t.len())),
+        "env" => format!("{:?}", std::env::vars().collect::<Vec<_>>()),
+        "clock" => format!("{:?}", std::time::SystemTime::now()),
+        "random" => {
+            use std::hash::BuildHasher;
+            format!("{}", std::collections::hash_map::RandomState::new().hash_one(1u8))
+        }
+        other => format!("nothing to probe called {other}"),
+    }
 }
 
 /// The fields of an account movement this test reads.
@@ -77,6 +142,14 @@ pub enum FaultyEvent {
 struct Movement {
     transaction_id: String,
 }
+
+#[derive(Deserialize)]
+struct Swarm {
+    commands: u32,
+}
+
+#[derive(Serialize)]
+struct Empty {}
 
 #[derive(Serialize)]
 struct Note {
@@ -129,6 +202,22 @@ impl<const FIXED: bool, const BROKEN_FOLD: bool> Aggregate for Faulty<FIXED, BRO
                     credit_command,
                 }])
             }
+            FaultyCommand::CountCalls => {
+                let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                Ok(vec![FaultyEvent::CallsCounted { calls }])
+            }
+            FaultyCommand::Recurse { depth } => {
+                Err(Rejection::new("unreachable", format!("{}", recurse(depth))))
+            }
+            FaultyCommand::Flood { events, bytes } => {
+                Ok((0..events).map(|_| FaultyEvent::Recorded { note: "x".repeat(bytes as usize) }).collect())
+            }
+            FaultyCommand::Grow { bytes } => Ok(vec![FaultyEvent::Grown { bytes }]),
+            FaultyCommand::Swarm { commands } => Ok(vec![FaultyEvent::Swarmed { commands }]),
+            FaultyCommand::Probe { what } => {
+                let saw = probe(&what);
+                Ok(vec![FaultyEvent::Probed { what, saw }])
+            }
         }
     }
 
@@ -151,6 +240,8 @@ impl<const FIXED: bool, const BROKEN_FOLD: bool> Aggregate for Faulty<FIXED, BRO
                     payment.failed = Some(reason.clone());
                 }
             }
+            FaultyEvent::Grown { bytes } => state.ballast.push_str(&"b".repeat(*bytes as usize)),
+            FaultyEvent::CallsCounted { .. } | FaultyEvent::Swarmed { .. } | FaultyEvent::Probed { .. } => {}
         }
         state
     }
@@ -158,7 +249,7 @@ impl<const FIXED: bool, const BROKEN_FOLD: bool> Aggregate for Faulty<FIXED, BRO
     fn subscriptions() -> Vec<Subscription> {
         vec![
             Subscription::to("account", ["AccountCredited", "AccountDebited"]),
-            Subscription::to(Self::TYPE, ["PaymentRequested", "PaymentFailed"]),
+            Subscription::to(Self::TYPE, ["PaymentRequested", "PaymentFailed", "Swarmed"]),
         ]
     }
 
@@ -189,6 +280,12 @@ impl<const FIXED: bool, const BROKEN_FOLD: bool> Aggregate for Faulty<FIXED, BRO
                     &Note { note: transaction_id },
                 )],
             };
+        }
+        if event.event_type == "Swarmed" {
+            let Ok(Swarm { commands }) = event.data() else { return Vec::new() };
+            return (0..commands)
+                .map(|i| OutgoingCommand::new(Self::TYPE, &format!("swarm-{i}"), "Increment", &Empty {}))
+                .collect();
         }
         let Ok(requested) = event.data::<PaymentFacts>() else { return Vec::new() };
         let pay = format!("pay-{}", event.stream_id);
