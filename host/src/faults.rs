@@ -14,7 +14,9 @@
 //! - `rebuild-stall=<millis>`: every batch of a view rebuild waits that long first, so a
 //!   test can read the old generation while the new one is built;
 //! - `commit-fail=<stream key>`: the first group commit holding an append to that stream
-//!   (e.g. `account/x`) fails, as a full disk would fail it.
+//!   (e.g. `account/x`) fails, as a full disk would fail it;
+//! - `commit-stall=<stream key>:<millis>`: the first group commit holding an append to that
+//!   stream waits that long before it commits, as a stalled fsync would hold the writer.
 
 use std::time::Duration;
 
@@ -31,11 +33,13 @@ mod injected {
         delivery_panic: Option<String>,
         rebuild_stall: Option<Duration>,
         commit_fail: Option<String>,
+        commit_stall: Option<(String, Duration)>,
     }
 
     static ACTOR_PANICKED: AtomicBool = AtomicBool::new(false);
     static DELIVERY_PANICKED: AtomicBool = AtomicBool::new(false);
     static COMMIT_FAILED: AtomicBool = AtomicBool::new(false);
+    static COMMIT_STALLED: AtomicBool = AtomicBool::new(false);
 
     pub fn faults() -> &'static Faults {
         static FAULTS: OnceLock<Faults> = OnceLock::new();
@@ -52,17 +56,18 @@ mod injected {
                 Some(("rebuild-stall", millis)) if millis.parse::<u64>().is_ok() => {
                     faults.rebuild_stall = millis.parse().ok().map(Duration::from_millis);
                 }
-                Some(("actor-stall", spec)) => {
-                    if let Some((command, millis)) = spec.split_once(':')
-                        && let Ok(millis) = millis.parse()
-                    {
-                        faults.actor_stall = Some((command.to_owned(), Duration::from_millis(millis)));
-                    }
-                }
+                Some(("actor-stall", spec)) => faults.actor_stall = name_and_millis(spec),
+                Some(("commit-stall", spec)) => faults.commit_stall = name_and_millis(spec),
                 _ => tracing::warn!("ignoring the unknown CAIRN_FAULTS entry {entry:?}"),
             }
         }
         faults
+    }
+
+    /// `<name>:<millis>`, split at the last colon (a stream key has none, but be lenient).
+    fn name_and_millis(spec: &str) -> Option<(String, Duration)> {
+        let (name, millis) = spec.rsplit_once(':')?;
+        Some((name.to_owned(), Duration::from_millis(millis.parse().ok()?)))
     }
 
     fn first_time(flag: &AtomicBool) -> bool {
@@ -86,6 +91,11 @@ mod injected {
             self.rebuild_stall
         }
 
+        pub fn commit_stall(&self, stream: &str) -> Option<Duration> {
+            let (_, stall) = self.commit_stall.as_ref().filter(|(s, _)| s == stream)?;
+            first_time(&COMMIT_STALLED).then_some(*stall)
+        }
+
         pub fn delivery_panic(&self, event_type: &str) -> bool {
             self.delivery_panic.as_deref() == Some(event_type) && first_time(&DELIVERY_PANICKED)
         }
@@ -95,11 +105,17 @@ mod injected {
     mod tests {
         #[test]
         fn entries_parse_and_unknown_ones_are_ignored() {
-            let faults = super::parse("actor-stall=Hold:250, delivery-panic=AccountCredited,bogus");
+            let faults = super::parse(
+                "actor-stall=Hold:250, delivery-panic=AccountCredited,bogus,commit-stall=account/s:40",
+            );
             assert_eq!(faults.actor_stall("Hold"), Some(std::time::Duration::from_millis(250)));
             assert_eq!(faults.actor_stall("Other"), None);
             assert_eq!(faults.delivery_panic.as_deref(), Some("AccountCredited"));
             assert!(faults.actor_panic.is_none());
+            assert_eq!(
+                faults.commit_stall,
+                Some(("account/s".to_owned(), std::time::Duration::from_millis(40)))
+            );
         }
     }
 }
@@ -151,5 +167,17 @@ pub fn commit_fail(stream: &str) -> bool {
     {
         let _ = stream;
         false
+    }
+}
+
+/// How long the group commit holding an append to `stream` must wait before it commits, if
+/// a test asked (once).
+pub fn commit_stall(stream: &str) -> Option<Duration> {
+    #[cfg(debug_assertions)]
+    return injected::faults().commit_stall(stream);
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = stream;
+        None
     }
 }

@@ -128,3 +128,35 @@ async fn a_failed_commit_costs_its_commands_an_error_stores_nothing_and_readyz_t
     assert_eq!(opened.body["version"], 1);
     host.get("/readyz").await.expect(200);
 }
+
+/// A stalled fsync holds the writer: the command waiting on it gets an error (its request
+/// times out), its events still commit once, a retry with its key answers the first
+/// result, and the host goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_commit_costs_its_command_a_timeout_and_loses_nothing() {
+    let host = Host::start_with_env(
+        &["--request-timeout-ms", "1000"],
+        &[("CAIRN_FAULTS", "commit-stall=account/s:3000")],
+    );
+    let open = || {
+        host.command_request("account", "s", "OpenAccount", json!({"initial_balance": 5}))
+            .header("idempotency-key", "open-s")
+    };
+    let started = std::time::Instant::now();
+    host.send(open()).await.expect_error(503, "request_timeout");
+    assert!(started.elapsed() < std::time::Duration::from_millis(2500), "the timeout did not cut the wait");
+    crate::sagas::eventually("the stalled commit to land", || async {
+        host.get("/aggregates/account/s").await.status == 200
+    })
+    .await;
+    let retried = host.send(open()).await.expect(200);
+    assert_eq!(retried.body["version"], 1, "the retry answers the first result");
+    assert_eq!(host.state("account", "s").await["balance"], 5);
+    let log = host.get("/aggregates/account/s/events").await.expect(200).body;
+    assert_eq!(log["events"].as_array().unwrap().len(), 1, "committed once");
+    host.command("account", "s", "CreditAccount", json!({"amount": 1, "transaction_id": "after"}))
+        .await
+        .expect(200);
+    host.open_account("t", 1).await;
+    host.get("/readyz").await.expect(200);
+}

@@ -302,6 +302,13 @@ fn commit_group(
         if faulted {
             return Err(StoreError::CommitFailed("fault injection: commit-fail".to_owned()));
         }
+        let stall = requests.iter().find_map(|r| match r {
+            Request::Append(batch, _) => crate::faults::commit_stall(&batch.stream.key()),
+            _ => None,
+        });
+        if let Some(stall) = stall {
+            std::thread::sleep(stall);
+        }
         txn.commit()?;
         Ok((answers, forgotten))
     })();
