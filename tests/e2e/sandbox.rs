@@ -118,14 +118,12 @@ async fn hostile_guests_get_the_documented_errors_while_others_are_served() {
     host.get("/aggregates/faulty/h").await.expect_error(404, "stream_not_found");
     bystander_serves(&host, "4").await;
 
-    // Files, environment, clock and randomness are not there: reaching for them traps,
-    // and the error names what the guest reached for.
-    for (what, import) in [
-        ("files", "wasi:filesystem"),
-        ("env", "wasi:cli/environment"),
-        ("clock", "wasi:clocks"),
-        ("random", "wasi:random"),
-    ] {
+    // The environment is empty; files, clock and randomness are not there: reaching for
+    // them traps, and the error names what the guest reached for.
+    let probed = host.command("faulty", "env", "Probe", json!({"what": "env"})).await.expect(200);
+    assert_eq!(probed.body["events"][0]["data"]["saw"], "[]");
+    for (what, import) in [("files", "wasi:filesystem"), ("clock", "wasi:clocks"), ("random", "wasi:random")]
+    {
         let probed = host.command("faulty", "h", "Probe", json!({ "what": what })).await;
         let message =
             probed.expect_error(422, "guest_trap").body["error"]["message"].as_str().unwrap().to_owned();
@@ -147,6 +145,24 @@ async fn hostile_guests_get_the_documented_errors_while_others_are_served() {
     host.get("/aggregates/faulty/swarm-0").await.expect_error(404, "stream_not_found");
     bystander_serves(&host, "6").await;
 
-    assert_eq!(host.state("account", "bystander").await["balance"], 6);
+    // Standard output and error reach the host's log under the component's name, bounded
+    // per call.
+    host.command("faulty", "p", "Print", json!({"text": "hello from the guest", "times": 1}))
+        .await
+        .expect(200);
+    host.command("faulty", "p", "Print", json!({"text": "x".repeat(1000), "times": 200})).await.expect(200);
+    crate::sagas::eventually("the guest's output in the log", || async {
+        let log = host.log_text();
+        log.contains("hello from the guest") && log.contains("on stderr: hello from the guest")
+    })
+    .await;
+    let log = host.log_text();
+    let line = log.lines().find(|l| l.contains("hello from the guest")).unwrap();
+    assert!(line.contains("faulty") && line.contains("stdout"), "{line}");
+    assert!(log.contains("more than 65536 bytes in one call"), "the bound was not applied");
+    assert!(log.matches(&"x".repeat(1000)).count() < 100, "more than the bound reached the log");
+    bystander_serves(&host, "7").await;
+
+    assert_eq!(host.state("account", "bystander").await["balance"], 7);
     assert_eq!(host.command("faulty", "h", "Increment", json!({})).await.expect(200).body["version"], 1);
 }

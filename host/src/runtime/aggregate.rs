@@ -1,5 +1,6 @@
 //! An aggregate component version: linked once, instantiated afresh for every call.
 
+use super::guest_io::{self, GuestIo};
 use super::{ComponentDigest, Diagnostics, GuestError, Limits, LoadError, instantiation_failure};
 use cairn_guest::glue::{RawCommand, RawEvent};
 use cairn_guest::{EventEnvelope, OutgoingCommand, Rejection, Subscription};
@@ -25,6 +26,7 @@ pub struct AggregateInfo {
 
 struct GuestData {
     limits: StoreLimits,
+    io: GuestIo,
     /// The type name, for the log.
     component: String,
     diagnostics: Diagnostics,
@@ -62,9 +64,10 @@ impl AggregateComponent {
         let mut linker = Linker::<GuestData>::new(&engine);
         wit::Aggregate::add_to_linker::<_, HasSelf<GuestData>>(&mut linker, |data| data)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        // No capabilities: whatever else the guest imports traps if it is ever called.
-        linker
-            .define_unknown_imports_as_traps(&component)
+        guest_io::add_to_linker(&mut linker, |data| &mut data.io)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        // Standard streams and an empty environment; whatever else the guest imports traps if called.
+        guest_io::trap_other_imports(&mut linker, &component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pre = wit::AggregatePre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
@@ -101,8 +104,11 @@ impl AggregateComponent {
     fn instantiate(&self) -> Result<Instance, GuestError> {
         let limits = self.limits.store_limits();
         let component = self.info.type_name.clone();
-        let mut store =
-            Store::new(&self.engine, GuestData { limits, component, diagnostics: Diagnostics::default() });
+        let io = GuestIo::new(&component);
+        let mut store = Store::new(
+            &self.engine,
+            GuestData { limits, io, component, diagnostics: Diagnostics::default() },
+        );
         store.limiter(|data| &mut data.limits);
         store.set_fuel(self.limits.fuel_per_call).map_err(|e| GuestError::Trap(e.to_string()))?;
         let bindings =

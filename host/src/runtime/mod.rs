@@ -11,12 +11,13 @@
 //! Every wasmtime type stays inside this module; the rest of the host calls
 //! [`AggregateComponent`].
 //!
-//! Guests get no capabilities: every import (a Rust guest on `wasm32-wasip2` still
-//! imports parts of `wasi:cli` and `wasi:io` for its panic path) is defined as a trap.
+//! Guests get no capabilities: standard output and error go to the log (`guest_io`), the
+//! environment is empty, and every other import is defined as a trap.
 //! Each call runs with a fuel budget (a deterministic bound on time) and a memory cap.
 
 mod aggregate;
 mod digest;
+mod guest_io;
 mod projection;
 
 pub use aggregate::{AggregateComponent, AggregateInfo};

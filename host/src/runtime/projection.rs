@@ -5,6 +5,7 @@
 //! the overlay is what the caller commits. If the guest traps on an event, what that
 //! event had written is taken back, and the writes of the events before it are kept.
 
+use super::guest_io::{self, GuestIo};
 use super::{ComponentDigest, Diagnostics, GuestError, Limits, LoadError, instantiation_failure};
 use cairn_guest::{EventEnvelope, Subscription};
 use std::collections::BTreeMap;
@@ -58,6 +59,7 @@ pub struct BatchOutcome {
 
 struct ViewData {
     limits: StoreLimits,
+    io: GuestIo,
     reader: Box<dyn DocumentReader>,
     writes: Writes,
     /// What the event being handled replaced in `writes`, to take it back on a trap.
@@ -155,8 +157,9 @@ impl ProjectionComponent {
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld(format!("{e:#}"));
         wit::Projection::add_to_linker::<_, HasSelf<ViewData>>(&mut linker, |data| data)
             .map_err(wrong_world)?;
-        // No capabilities: whatever else the guest imports traps if it is ever called.
-        linker.define_unknown_imports_as_traps(&component).map_err(wrong_world)?;
+        guest_io::add_to_linker(&mut linker, |data| &mut data.io).map_err(wrong_world)?;
+        // Standard streams and an empty environment; whatever else the guest imports traps if called.
+        guest_io::trap_other_imports(&mut linker, &component).map_err(wrong_world)?;
         let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
         let pre = wit::ProjectionPre::new(pre).map_err(wrong_world)?;
         let mut loaded = ProjectionComponent {
@@ -196,6 +199,7 @@ impl ProjectionComponent {
         let limits = self.limits.store_limits();
         let data = ViewData {
             limits,
+            io: GuestIo::new(&self.info.name),
             reader,
             writes: Writes::new(),
             undo: Vec::new(),

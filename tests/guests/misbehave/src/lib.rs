@@ -77,6 +77,11 @@ pub enum FaultyCommand {
     Probe {
         what: String,
     },
+    /// Print `text` to standard output `times` times, and once to standard error.
+    Print {
+        text: String,
+        times: u32,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -214,6 +219,13 @@ impl<const FIXED: bool, const BROKEN_FOLD: bool> Aggregate for Faulty<FIXED, BRO
             }
             FaultyCommand::Grow { bytes } => Ok(vec![FaultyEvent::Grown { bytes }]),
             FaultyCommand::Swarm { commands } => Ok(vec![FaultyEvent::Swarmed { commands }]),
+            FaultyCommand::Print { text, times } => {
+                for _ in 0..times {
+                    println!("{text}");
+                }
+                eprintln!("on stderr: {text}");
+                Ok(Vec::new())
+            }
             FaultyCommand::Probe { what } => {
                 let saw = probe(&what);
                 Ok(vec![FaultyEvent::Probed { what, saw }])
