@@ -126,6 +126,14 @@ impl Host {
         self.child = Some(child);
     }
 
+    /// The resident memory of the host process, from `/proc` (Linux).
+    pub fn resident_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().expect("a running host").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+
     /// What the host has written to its log (stderr) so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()

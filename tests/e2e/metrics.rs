@@ -132,16 +132,19 @@ async fn logs_are_json_lines_and_a_command_span_reaches_its_commit() {
 async fn waiting_commands_show_in_the_mailbox_gauges() {
     let host = Host::start_with_env(&[], &[("CAIRN_FAULTS", "actor-stall=CreditAccount:1500")]);
     host.open_account("101", 0).await;
-    let credits: Vec<_> = (0..4)
-        .map(|n| {
-            let host = Host::attach(host.http.clone(), host.url.clone());
-            tokio::spawn(async move {
-                let data = json!({"amount": 1, "transaction_id": format!("t{n}")});
-                host.command("account", "101", "CreditAccount", data).await.expect(200);
-            })
+    let credit = |n: u32| {
+        let host = Host::attach(host.http.clone(), host.url.clone());
+        tokio::spawn(async move {
+            let data = json!({"amount": 1, "transaction_id": format!("t{n}")});
+            host.command("account", "101", "CreditAccount", data).await.expect(200);
         })
-        .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    };
+    // The first is taken alone and held; the rest arrive while it is held, so they wait in
+    // the mailbox (sent together, all four could be taken as one batch).
+    let mut credits = vec![credit(0)];
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    credits.extend((1..4).map(credit));
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let during = scrape(&host).await;
     assert!(value(&during, "cairn_mailbox_messages", &[]) >= 1.0, "commands wait behind the held one");
     assert!(value(&during, "cairn_mailbox_depth_max", &[]) >= 1.0);
@@ -149,4 +152,53 @@ async fn waiting_commands_show_in_the_mailbox_gauges() {
         credit.await.unwrap();
     }
     assert_eq!(value(&scrape(&host).await, "cairn_mailbox_messages", &[]), 0.0);
+}
+
+/// The host's memory after 100 000 streams were touched, with the live-actor cap (10 000
+/// by default) passivating the least recently used. A measurement, not a test of a target:
+/// `cargo test -p cairn --test e2e measure_memory -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement"]
+async fn measure_memory_with_100k_streams() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let host = Host::start();
+    host.open_account("warm", 1).await;
+    let idle = host.resident_bytes();
+    let next = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (http, url, next) = (host.http.clone(), host.url.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= 100_000 {
+                        return;
+                    }
+                    let body = json!({"type": "OpenAccount", "data": {"initial_balance": 1}});
+                    let response =
+                        http.post(format!("{url}/aggregates/account/m{n}/commands")).json(&body).send().await.unwrap();
+                    assert_eq!(response.status(), 200);
+                }
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    for client in clients {
+        while !client.is_finished() {
+            peak = peak.max(host.resident_bytes());
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        client.await.unwrap();
+    }
+    let metrics = host.get("/healthz").await.expect(200).body;
+    let after = host.resident_bytes();
+    println!(
+        "100 000 streams touched: resident {} MiB (idle {} MiB, peak {} MiB), live actors {}",
+        after >> 20,
+        idle >> 20,
+        peak.max(after) >> 20,
+        metrics["live_actors"]
+    );
+    assert!(metrics["live_actors"].as_u64().unwrap() <= 10_000 + 64, "{metrics}");
 }

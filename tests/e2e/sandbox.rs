@@ -142,6 +142,8 @@ async fn hostile_guests_get_the_documented_errors_while_others_are_served() {
     let parked = host.get("/routing/dead-letters?subscriber=faulty&stream=faulty/s").await.expect(200);
     let letter = &parked.body["dead_letters"][0];
     assert!(letter["error"].as_str().unwrap().contains("react failed"), "{letter}");
+    let stored = letter["stored_bytes"].as_u64().unwrap();
+    assert!(stored > letter["error"].as_str().unwrap().len() as u64 && stored < 64 << 10, "{letter}");
     host.get("/aggregates/faulty/swarm-0").await.expect_error(404, "stream_not_found");
     bystander_serves(&host, "6").await;
 

@@ -118,7 +118,7 @@ pub async fn routing(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
         ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000)"),
     ),
     responses(
-        (status = 200, description = "`{\"dead_letters\": [...], \"next_after\"}`", body = Object),
+        (status = 200, description = "`{\"dead_letters\": [...], \"next_after\"}`; each letter says the `stored_bytes` it takes", body = Object),
         (status = 400, description = "A bad query", body = ErrorBody),
     ))]
 pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Result<Json<Value>, ApiError> {
@@ -136,10 +136,10 @@ pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Resu
     };
     let letters =
         state.store.dead_letters(subscriber.as_deref(), stream.as_deref(), after.as_ref(), limit)?;
-    let next_after = (letters.len() == limit).then(|| letters.last().map(|l| l.key().to_string())).flatten();
+    let next_after = (letters.len() == limit).then(|| letters.last().map(|(l, _)| l.key().to_string())).flatten();
     let letters: Vec<Value> = letters
         .into_iter()
-        .map(|d| {
+        .map(|(d, stored_bytes)| {
             json!({
                 "id": d.key().to_string(),
                 "subscriber": d.subscriber,
@@ -153,6 +153,7 @@ pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Resu
                 "error": d.error,
                 "attempts": d.attempts,
                 "parked_at": crate::time::rfc3339_micros(d.parked_at_micros),
+                "stored_bytes": stored_bytes,
             })
         })
         .collect();

@@ -205,7 +205,7 @@ impl StreamWorker {
         let store = &self.shared.context.store;
         loop {
             match store.dead_letters(Some(&self.shared.name), Some(&self.stream), None, usize::MAX) {
-                Ok(letters) => return Some(letters),
+                Ok(letters) => return Some(letters.into_iter().map(|(letter, _)| letter).collect()),
                 Err(error) => {
                     tracing::error!(subscriber = self.shared.name, "cannot read dead letters: {error}");
                     if !self.pause(self.shared.context.config.max_backoff).await {

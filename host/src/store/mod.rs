@@ -238,14 +238,15 @@ impl EventStore {
     }
 
     /// Dead letters in (subscriber, stream, position) order: those of `subscriber` and
-    /// `stream` when given, after the key `after`, at most `limit`.
+    /// `stream` when given, after the key `after`, at most `limit`; each with the bytes it
+    /// takes in the store (its record and key; the parked event itself stays in the log).
     pub fn dead_letters(
         &self,
         subscriber: Option<&str>,
         stream: Option<&str>,
         after: Option<&DeadLetterKey>,
         limit: usize,
-    ) -> Result<Vec<DeadLetter>, StoreError> {
+    ) -> Result<Vec<(DeadLetter, u64)>, StoreError> {
         let read = self.db.begin_read()?;
         let table = read.open_table(PARKED)?;
         let start = match (subscriber, stream) {
@@ -275,7 +276,9 @@ impl EventStore {
             if after.is_some_and(|a| (a.subscriber.as_str(), a.stream.as_str(), a.position) >= key.value()) {
                 continue;
             }
-            out.push(DeadLetter::decode(record.value())?);
+            let (subscriber, stream, _) = key.value();
+            let stored_bytes = record.value().len() + subscriber.len() + stream.len() + 8;
+            out.push((DeadLetter::decode(record.value())?, stored_bytes as u64));
             if out.len() >= limit {
                 break;
             }
