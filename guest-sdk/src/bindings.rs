@@ -10,6 +10,7 @@ wit_bindgen::generate!({
     pub_export_macro: true,
 });
 
+pub use cairn::runtime::types::Decided;
 use cairn::runtime::types::Subscription;
 
 /// The world's envelope type, named apart from the SDK's [`crate::EventEnvelope`].
@@ -46,6 +47,21 @@ pub fn process_command<A: Aggregate>(
         Ok(events) => {
             Ok(events.into_iter().map(|e| Event { event_type: e.event_type, payload: e.payload }).collect())
         }
+        Err(r) => Err(Rejection { code: r.code, message: r.message }),
+    }
+}
+
+pub fn execute<A: Aggregate>(state: Option<Vec<u8>>, command: Command) -> Result<Decided, Rejection> {
+    report_panics();
+    let command = RawCommand { command_type: command.command_type, payload: command.payload };
+    match glue::execute::<A>(state.as_deref(), &command) {
+        Ok((events, state)) => Ok(Decided {
+            events: events
+                .into_iter()
+                .map(|e| Event { event_type: e.event_type, payload: e.payload })
+                .collect(),
+            state,
+        }),
         Err(r) => Err(Rejection { code: r.code, message: r.message }),
     }
 }

@@ -6,9 +6,14 @@
 //! macro produces the WebAssembly component exports of the `cairn:runtime/aggregate`
 //! world. No wit-bindgen or MessagePack code is written by hand.
 //!
+//! The macro also exports `execute`, which decides and folds in one call (the host's hot
+//! path), folding the events from their encoded form exactly as a replay would.
+//!
 //! Nothing here offers a clock, randomness, I/O or global mutable state: the host hands
 //! in everything an aggregate may depend on, so replaying its events always gives the
-//! same state. Time, when a rule needs it, comes from the event envelope.
+//! same state. Time, when a rule needs it, comes from the event envelope. The host runs
+//! every call on a fresh instance, so a global never survives a call, and it sends
+//! `println!`/`eprintln!` output to its log under the component's name.
 //!
 //! Start with [`Aggregate`], then [`testing`] for the given/when/then test kit. Read
 //! models are [`Projection`]s, exported with [`export_projection!`].
@@ -191,6 +196,12 @@ macro_rules! export_aggregate {
                 }
                 fn react(event: b::WitEnvelope) -> Vec<b::OutgoingCommand> {
                     $crate::bindings::react::<$aggregate>(event)
+                }
+            }
+
+            impl $crate::bindings::exports::cairn::runtime::executor::Guest for Component {
+                fn execute(state: Option<Vec<u8>>, command: b::Command) -> Result<b::Decided, b::Rejection> {
+                    $crate::bindings::execute::<$aggregate>(state, command)
                 }
             }
 

@@ -176,8 +176,12 @@ async fn measure_memory_with_100k_streams() {
                         return;
                     }
                     let body = json!({"type": "OpenAccount", "data": {"initial_balance": 1}});
-                    let response =
-                        http.post(format!("{url}/aggregates/account/m{n}/commands")).json(&body).send().await.unwrap();
+                    let response = http
+                        .post(format!("{url}/aggregates/account/m{n}/commands"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
                     assert_eq!(response.status(), 200);
                 }
             })

@@ -80,8 +80,10 @@ async fn bystander_serves(host: &Host, transaction_id: &str) {
 /// `deploys.rs`.)
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_guests_get_the_documented_errors_while_others_are_served() {
-    // Room in the guest's memory for 40 MiB of events, so the output cap is what stops them.
-    let host = Host::start_with(&["--guest-memory-bytes", &(256u64 << 20).to_string()]);
+    // Room in the guest's memory and fuel for 40 MiB of events (with the default fuel the
+    // guest runs out of time first, also a 422), so the output cap is what stops them.
+    let memory = (256u64 << 20).to_string();
+    let host = Host::start_with(&["--guest-memory-bytes", &memory, "--guest-fuel", "2000000000"]);
     host.send(deploy(&host, "faulty", cairn_artifacts::FAULTY)).await.expect(200);
     host.open_account("bystander", 0).await;
 

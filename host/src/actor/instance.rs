@@ -4,6 +4,7 @@ use super::Shared;
 use super::messages::{CommandError, CommandReply, CommandRequest, Message, StateReply};
 use crate::components::ActiveAggregate;
 use crate::replay::replay;
+use crate::runtime::Executed;
 use crate::store::{
     AppendBatch, AppendError, IDEMPOTENCY_PREFIX, NewEvent, Snapshot, StoreError, StoredEvent, StoredOutcome,
     StreamId, Version,
@@ -267,7 +268,7 @@ impl Actor {
         crate::faults::actor_panic(&request.command_type);
         let command = RawCommand { command_type: request.command_type, payload: request.payload };
         let component = &loaded.component.component;
-        let answer = match component.process_command(loaded.state.as_deref(), &command) {
+        let answer = match component.execute(loaded.state.as_deref(), &command) {
             Err(trap) => {
                 tracing::warn!(stream = %self.stream, command = command.command_type, "guest failed: {trap}");
                 let _ = reply.send(Err(trap.into()));
@@ -283,18 +284,7 @@ impl Actor {
                 }
                 Answer::Rejected(rejection)
             }
-            Ok(Ok(events)) => {
-                let state = if events.is_empty() {
-                    loaded.state.clone()
-                } else {
-                    match component.apply_events(loaded.state.as_deref(), &events) {
-                        Ok(state) => state,
-                        Err(trap) => {
-                            let _ = reply.send(Err(trap.into()));
-                            return;
-                        }
-                    }
-                };
+            Ok(Ok(Executed { events, state })) => {
                 let first_version = loaded.version + 1;
                 let count = events.len() as u64;
                 loaded.state = state;

@@ -136,7 +136,8 @@ pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Resu
     };
     let letters =
         state.store.dead_letters(subscriber.as_deref(), stream.as_deref(), after.as_ref(), limit)?;
-    let next_after = (letters.len() == limit).then(|| letters.last().map(|(l, _)| l.key().to_string())).flatten();
+    let next_after =
+        (letters.len() == limit).then(|| letters.last().map(|(l, _)| l.key().to_string())).flatten();
     let letters: Vec<Value> = letters
         .into_iter()
         .map(|(d, stored_bytes)| {

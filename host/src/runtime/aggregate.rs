@@ -4,17 +4,24 @@ use super::guest_io::{self, GuestIo};
 use super::{ComponentDigest, Diagnostics, GuestError, Limits, LoadError, instantiation_failure};
 use cairn_guest::glue::{RawCommand, RawEvent};
 use cairn_guest::{EventEnvelope, OutgoingCommand, Rejection, Subscription};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimits};
 
 mod wit {
     wasmtime::component::bindgen!({
-        world: "aggregate",
+        world: "aggregate-core",
         path: "../wit",
     });
 }
 
 use wit::cairn::runtime::types as witty;
+
+/// An accepted command: its events and the state after them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Executed {
+    pub events: Vec<RawEvent>,
+    pub state: Option<Vec<u8>>,
+}
 
 /// What a component says about itself through `describe()`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,13 +49,41 @@ impl wit::cairn::runtime::types::Host for GuestData {}
 
 struct Instance {
     store: Store<GuestData>,
-    bindings: wit::Aggregate,
+    guest: Guest,
+}
+
+/// A fresh instance's exports: those of `aggregate-core` through the bindings, `execute`
+/// (of the `executor` interface) by name, since components built before it lack it.
+struct Guest {
+    core: wit::AggregateCore,
+    instance: wasmtime::component::Instance,
+}
+
+impl Guest {
+    fn call_execute(
+        &self,
+        store: &mut Store<GuestData>,
+        index: &ComponentExportIndex,
+        state: Option<&[u8]>,
+        command: &witty::Command,
+    ) -> wasmtime::Result<Result<witty::Decided, witty::Rejection>> {
+        let execute = self
+            .instance
+            .get_typed_func::<(Option<&[u8]>, &witty::Command), (Result<witty::Decided, witty::Rejection>,)>(
+                &mut *store,
+                index,
+            )?;
+        let (answer,) = execute.call(&mut *store, (state, command))?;
+        Ok(answer)
+    }
 }
 
 /// One compiled, linked version of an aggregate component.
 pub struct AggregateComponent {
     engine: Engine,
-    pre: wit::AggregatePre<GuestData>,
+    pre: wit::AggregateCorePre<GuestData>,
+    /// `execute`, when the component exports it (components built before it did not).
+    execute: Option<ComponentExportIndex>,
     digest: ComponentDigest,
     info: AggregateInfo,
     limits: Limits,
@@ -62,7 +97,7 @@ impl AggregateComponent {
         limits: Limits,
     ) -> Result<Self, LoadError> {
         let mut linker = Linker::<GuestData>::new(&engine);
-        wit::Aggregate::add_to_linker::<_, HasSelf<GuestData>>(&mut linker, |data| data)
+        wit::AggregateCore::add_to_linker::<_, HasSelf<GuestData>>(&mut linker, |data| data)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         guest_io::add_to_linker(&mut linker, |data| &mut data.io)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
@@ -70,16 +105,28 @@ impl AggregateComponent {
         guest_io::trap_other_imports(&mut linker, &component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        let pre = wit::AggregatePre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre = wit::AggregateCorePre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let execute = component
+            .get_export_index(None, "cairn:runtime/executor@0.1.0")
+            .and_then(|executor| component.get_export_index(Some(&executor), "execute"));
         let mut loaded = AggregateComponent {
             engine,
             pre,
+            execute,
             digest,
             info: AggregateInfo { type_name: String::new(), subscriptions: Vec::new(), snapshot_interval: 0 },
             limits,
         };
+        if let Some(index) = &loaded.execute {
+            // A wrong signature is found now, not on the first command.
+            loaded
+                .call(limits.fuel_per_call, |store, guest| {
+                    guest.instance.get_typed_func::<(Option<&[u8]>, &witty::Command), (Result<witty::Decided, witty::Rejection>,)>(store, index).map(drop)
+                })
+                .map_err(|e| LoadError::WrongWorld(format!("its execute export does not match the contract: {e}")))?;
+        }
         let described = loaded
-            .call(limits.fuel_per_call, |store, guest| guest.call_describe(store))
+            .call(limits.fuel_per_call, |store, guest| guest.core.call_describe(store))
             .map_err(LoadError::Describe)?;
         loaded.info = AggregateInfo {
             type_name: described.type_name,
@@ -111,9 +158,14 @@ impl AggregateComponent {
         );
         store.limiter(|data| &mut data.limits);
         store.set_fuel(self.limits.fuel_per_call).map_err(|e| GuestError::Trap(e.to_string()))?;
-        let bindings =
-            self.pre.instantiate(&mut store).map_err(|e| instantiation_failure(&e, &self.limits))?;
-        Ok(Instance { store, bindings })
+        let instance = self
+            .pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .map_err(|e| instantiation_failure(&e, &self.limits))?;
+        let core =
+            wit::AggregateCore::new(&mut store, &instance).map_err(|e| GuestError::Trap(format!("{e:#}")))?;
+        Ok(Instance { store, guest: Guest { core, instance } })
     }
 
     /// Run `f` on a fresh instance with `fuel`, so nothing an earlier call left in the
@@ -121,12 +173,12 @@ impl AggregateComponent {
     fn call<R>(
         &self,
         fuel: u64,
-        f: impl FnOnce(&mut Store<GuestData>, &wit::Aggregate) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<GuestData>, &Guest) -> wasmtime::Result<R>,
     ) -> Result<R, GuestError> {
         let started = std::time::Instant::now();
         let mut instance = self.instantiate()?;
         instance.store.set_fuel(fuel).map_err(|e| GuestError::Trap(e.to_string()))?;
-        let called = f(&mut instance.store, &instance.bindings);
+        let called = f(&mut instance.store, &instance.guest);
         crate::telemetry::guest_call(&self.info.type_name, started.elapsed());
         called.map_err(|error| {
             let failure = instance.store.data_mut().diagnostics.failure(error, fuel);
@@ -144,7 +196,7 @@ impl AggregateComponent {
         let command =
             witty::Command { command_type: command.command_type.clone(), payload: command.payload.clone() };
         let answer = self.call(self.limits.fuel_per_call, |store, guest| {
-            guest.call_process_command(store, state, &command)
+            guest.core.call_process_command(store, state, &command)
         })?;
         let bytes = match &answer {
             Ok(events) => events.iter().map(|e| e.event_type.len() + e.payload.len()).sum(),
@@ -161,6 +213,52 @@ impl AggregateComponent {
             .map_err(|r| Rejection { code: r.code, message: r.message }))
     }
 
+    /// Decide and fold in one call: the events `command` causes in `state` and the state
+    /// after them, or the rejection. A component without `execute` (built before it
+    /// existed) is asked twice, `process-command` then `apply-events`, with the same answer.
+    /// The call gets the fuel of both (a decide and a fold); its events and its state are
+    /// each bounded as those two calls' outputs are.
+    pub fn execute(
+        &self,
+        state: Option<&[u8]>,
+        command: &RawCommand,
+    ) -> Result<Result<Executed, Rejection>, GuestError> {
+        let Some(index) = &self.execute else {
+            return match self.process_command(state, command)? {
+                Err(rejection) => Ok(Err(rejection)),
+                Ok(events) if events.is_empty() => {
+                    Ok(Ok(Executed { events, state: state.map(<[u8]>::to_vec) }))
+                }
+                Ok(events) => {
+                    let state = self.apply_events(state, &events)?;
+                    Ok(Ok(Executed { events, state }))
+                }
+            };
+        };
+        let command =
+            witty::Command { command_type: command.command_type.clone(), payload: command.payload.clone() };
+        let fuel = 2 * self.limits.fuel_per_call;
+        let answer = self.call(fuel, |store, guest| guest.call_execute(store, index, state, &command))?;
+        match answer {
+            Err(rejection) => {
+                self.limits.bound_output(rejection.code.len() + rejection.message.len())?;
+                Ok(Err(Rejection { code: rejection.code, message: rejection.message }))
+            }
+            Ok(decided) => {
+                self.limits.bound_output(
+                    decided.events.iter().map(|e| e.event_type.len() + e.payload.len()).sum(),
+                )?;
+                self.limits.bound_output(decided.state.as_ref().map_or(0, Vec::len))?;
+                let events = decided
+                    .events
+                    .into_iter()
+                    .map(|e| RawEvent { event_type: e.event_type, payload: e.payload })
+                    .collect();
+                Ok(Ok(Executed { events, state: decided.state }))
+            }
+        }
+    }
+
     /// Evolve: `state` after `events`, folded inside the guest in one call per chunk.
     pub fn apply_events(
         &self,
@@ -175,8 +273,8 @@ impl AggregateComponent {
                 .map(|e| witty::Event { event_type: e.event_type.clone(), payload: e.payload.clone() })
                 .collect();
             let fuel = self.limits.fuel_per_call + self.limits.fuel_per_event * chunk.len() as u64;
-            state =
-                self.call(fuel, |store, guest| guest.call_apply_events(store, state.as_deref(), &chunk))?;
+            state = self
+                .call(fuel, |store, guest| guest.core.call_apply_events(store, state.as_deref(), &chunk))?;
             self.limits.bound_output(state.as_ref().map_or(0, Vec::len))?;
         }
         Ok(state)
@@ -196,7 +294,7 @@ impl AggregateComponent {
             causation_id: event.causation_id.clone(),
         };
         let commands =
-            self.call(self.limits.fuel_per_call, |store, guest| guest.call_react(store, &envelope))?;
+            self.call(self.limits.fuel_per_call, |store, guest| guest.core.call_react(store, &envelope))?;
         let bytes = commands
             .iter()
             .map(|c| {
@@ -225,6 +323,36 @@ mod tests {
     use cairn_guest::glue::RawCommand;
     use std::time::Instant;
 
+    /// `execute` answers what `process-command` then `apply-events` answer, accepted or
+    /// refused; a component without it (`execute: None`) is asked the two-call way.
+    #[test]
+    fn execute_is_decide_then_fold_in_one_call() {
+        let runtime = Runtime::new(None, Limits::default()).unwrap();
+        let mut account = runtime.load_aggregate(cairn_artifacts::component("account").unwrap()).unwrap();
+        assert!(account.execute.is_some(), "the SDK exports execute");
+        let command = |command_type: &str, data: serde_json::Value| RawCommand {
+            command_type: command_type.to_owned(),
+            payload: crate::json::to_msgpack(&data),
+        };
+        let open = command("OpenAccount", serde_json::json!({"initial_balance": 100}));
+        let debit = command("DebitAccount", serde_json::json!({"amount": 30, "transaction_id": "t1"}));
+        for two_calls in [false, true] {
+            if two_calls {
+                account.execute = None;
+            }
+            let super::Executed { events: opened, state } = account.execute(None, &open).unwrap().unwrap();
+            assert_eq!(opened, account.process_command(None, &open).unwrap().unwrap());
+            assert_eq!(state, account.apply_events(None, &opened).unwrap());
+            let super::Executed { events: debited, state: after } =
+                account.execute(state.as_deref(), &debit).unwrap().unwrap();
+            assert_eq!(after, account.apply_events(state.as_deref(), &debited).unwrap());
+            assert_eq!(crate::json::to_json(after.as_deref().unwrap())["balance"], 70);
+            let refused = account.execute(after.as_deref(), &open).unwrap().unwrap_err();
+            assert_eq!(refused, account.process_command(after.as_deref(), &open).unwrap().unwrap_err());
+            assert_eq!(refused.code, "account_already_open");
+        }
+    }
+
     /// What a fresh instance per call costs: a decide on a fresh instance from the pooling
     /// allocator (what the host does) next to the same decide on one reused instance.
     #[test]
@@ -244,7 +372,7 @@ mod tests {
             let started = Instant::now();
             for _ in 0..N {
                 reused.store.set_fuel(1_000_000).unwrap();
-                reused.bindings.call_process_command(&mut reused.store, None, &command).unwrap().unwrap();
+                reused.guest.core.call_process_command(&mut reused.store, None, &command).unwrap().unwrap();
             }
             let on_reused = started.elapsed() / N;
             let started = Instant::now();
@@ -252,6 +380,14 @@ mod tests {
                 account.process_command(None, &open).unwrap().unwrap();
             }
             let on_fresh = started.elapsed() / N;
+            let started = Instant::now();
+            for _ in 0..N {
+                account.execute(None, &open).unwrap().unwrap();
+            }
+            println!(
+                "a whole command (execute: decide and fold) on a fresh instance {:?}",
+                started.elapsed() / N
+            );
             let started = Instant::now();
             for _ in 0..N {
                 drop(account.instantiate().unwrap());

@@ -20,7 +20,7 @@ mod digest;
 mod guest_io;
 mod projection;
 
-pub use aggregate::{AggregateComponent, AggregateInfo};
+pub use aggregate::{AggregateComponent, AggregateInfo, Executed};
 pub use digest::ComponentDigest;
 pub use projection::{
     BatchOutcome, DocumentReader, MAX_KEY_BYTES, ProjectionComponent, ProjectionInfo, Writes,

@@ -105,6 +105,10 @@ pub enum FaultyEvent {
     CallsCounted {
         calls: u64,
     },
+    /// Bytes that change nothing in the state.
+    Flooded {
+        filler: String,
+    },
     Grown {
         bytes: u32,
     },
@@ -253,7 +257,10 @@ impl<const FIXED: bool, const BROKEN_FOLD: bool> Aggregate for Faulty<FIXED, BRO
                 }
             }
             FaultyEvent::Grown { bytes } => state.ballast.push_str(&"b".repeat(*bytes as usize)),
-            FaultyEvent::CallsCounted { .. } | FaultyEvent::Swarmed { .. } | FaultyEvent::Probed { .. } => {}
+            FaultyEvent::CallsCounted { .. }
+            | FaultyEvent::Flooded { .. }
+            | FaultyEvent::Swarmed { .. }
+            | FaultyEvent::Probed { .. } => {}
         }
         state
     }
