@@ -201,6 +201,27 @@ enum Command {
         #[arg(long)]
         react_from_beginning: bool,
     },
+    /// Load the host and measure it: throughput, latency, errors, and the same for its
+    /// `/healthz` in the same run, so each figure is also a ratio.
+    Bench {
+        #[arg(value_enum, default_value_t = crate::bench::Scenario::Credits)]
+        scenario: crate::bench::Scenario,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// How long each load runs (the scenario, then `/healthz`), in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Stop the scenario after this many requests.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Accounts the load is spread over (`credits`, `transfers`, `mixed`).
+        #[arg(long, default_value_t = 1000)]
+        accounts: u64,
+        /// Do not measure `/healthz`.
+        #[arg(long)]
+        no_baseline: bool,
+    },
     /// Make the version that was active before the current one active again.
     Rollback { name: String },
     /// Make a stored version of a component active.
@@ -406,6 +427,28 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
                 .header("Content-Type", "application/wasm")
                 .body(bytes);
             print_answer(&client, request).await
+        }
+        Command::Bench { scenario, connections, duration, count, accounts, no_baseline } => {
+            use std::io::IsTerminal;
+            if !(duration.is_finite() && duration > 0.0) {
+                anyhow::bail!("--duration must be a positive number of seconds");
+            }
+            let options = crate::bench::BenchOptions {
+                scenario,
+                connections,
+                duration: std::time::Duration::from_secs_f64(duration),
+                count,
+                accounts,
+                no_baseline,
+                progress: !client.json && std::io::stderr().is_terminal(),
+            };
+            let report = crate::bench::run(url, &options).await?;
+            if client.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                crate::bench::print(&report);
+            }
+            Ok(())
         }
         Command::Rollback { name } => {
             let url = format!("{}/components/{name}/rollback", url);

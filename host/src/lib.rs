@@ -16,6 +16,7 @@
 //! the store publishes its head position for whatever follows the log.
 
 pub mod actor;
+pub mod bench;
 pub mod cli;
 pub mod components;
 pub mod config;

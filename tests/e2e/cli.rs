@@ -132,3 +132,29 @@ fn a_client_command_without_a_host_fails_clearly() {
     let usage = Command::new(env!("CARGO_BIN_EXE_cairn")).args(["state", "account"]).output().unwrap();
     assert_eq!(usage.status.code(), Some(2), "2: a usage error");
 }
+
+/// `cairn bench` against a running host: a 2-second smoke of each scenario that asserts the
+/// report is whole (the real figures come from release builds, see BENCHMARKS.md).
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_measures_a_scenario_and_the_healthz_baseline() {
+    let host = Host::start();
+    let common = ["--json", "bench", "--duration", "1", "--connections", "4", "--accounts", "20"];
+    for scenario in ["credits", "hot", "mixed", "transfers"] {
+        let report = json_of(&cairn(&host, &[&common[..], &[scenario]].concat()));
+        assert_eq!(report["scenario"], scenario);
+        let load = &report["load"];
+        assert!(load["requests"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(load["errors"], 0, "{report}");
+        assert!(load["p50_ms"].as_f64().unwrap() <= load["p99_ms"].as_f64().unwrap(), "{report}");
+        assert!(load["p99_ms"].as_f64().unwrap() <= load["max_ms"].as_f64().unwrap(), "{report}");
+        assert!(report["healthz"]["per_second"].as_f64().unwrap() > 0.0, "{report}");
+        let ratio = report["ratio_to_healthz"].as_f64().unwrap();
+        assert!(ratio > 0.0 && ratio < 1.0, "commands cost more than /healthz: {report}");
+        assert!(report["average_commit_batch"].as_f64().unwrap() > 0.0, "{report}");
+        assert_eq!(report["transfers_terminal_after_ms"].is_number(), scenario == "transfers", "{report}");
+    }
+    // Transfers need two accounts: a clear refusal, not a hang.
+    let refused = cairn(&host, &["bench", "transfers", "--accounts", "1", "--duration", "1"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--accounts 2"), "{refused:?}");
+}

@@ -1,0 +1,394 @@
+//! `cairn bench`: load against a running host over HTTP keep-alive, with the host's own
+//! `/healthz` measured in the same run so every figure is also a ratio (absolute rates on a
+//! shared machine are noise; ratios measured together are not).
+//!
+//! Scenarios: `credits` (CreditAccount spread over K accounts), `hot` (all to one account),
+//! `transfers` (money transfers between K accounts, then the time until every one is
+//! terminal) and `mixed` (credits with one state read in five).
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    Credits,
+    Hot,
+    Transfers,
+    Mixed,
+}
+
+/// How to load the host.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub scenario: Scenario,
+    pub connections: usize,
+    pub duration: Duration,
+    /// Stop after this many requests (before the duration runs out).
+    pub count: Option<u64>,
+    pub accounts: u64,
+    /// Skip the `/healthz` baseline.
+    pub no_baseline: bool,
+    /// Draw a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+/// Throughput and latency of one load.
+#[derive(Debug, Clone, Serialize)]
+pub struct Load {
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// What one `cairn bench` run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub connections: usize,
+    pub load: Load,
+    /// `/healthz` with the same connections for the same time.
+    pub healthz: Option<Load>,
+    /// `load.per_second / healthz.per_second`.
+    pub ratio_to_healthz: Option<f64>,
+    /// Group commits during the load: appends per commit, and the commit's time (fsync
+    /// included), from the host's `/metrics`.
+    pub average_commit_batch: Option<f64>,
+    pub average_commit_ms: Option<f64>,
+    /// `transfers`: from the last accepted transfer until every one was terminal.
+    pub transfers_terminal_after_ms: Option<f64>,
+}
+
+/// Run one benchmark against the host at `url`.
+pub async fn run(url: &str, options: &BenchOptions) -> anyhow::Result<Report> {
+    if options.connections == 0 || options.accounts == 0 {
+        bail!("--connections and --accounts must be at least 1");
+    }
+    if options.scenario == Scenario::Transfers && options.accounts < 2 {
+        bail!("transfers need --accounts 2 or more");
+    }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.connections)
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    // Fresh accounts each run, so runs against one host never share streams.
+    let run_id: String = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let accounts = match options.scenario {
+        Scenario::Hot => 1,
+        _ => options.accounts,
+    };
+    open_accounts(&http, url, &run_id, accounts, options.connections).await?;
+    let healthz = if options.no_baseline {
+        None
+    } else {
+        Some(drive(&http, url, options, "/healthz", |_, _, _| Request::Get("/healthz".to_owned())).await?)
+    };
+    let before = commit_metrics(&http, url).await;
+    let transfers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = transfers.clone();
+    let scenario = options.scenario;
+    let load = drive(&http, url, options, scenario_label(scenario), move |connection, n, pick| {
+        let account = |k: u64| format!("bench-{run_id}-{k}");
+        let credit = |k: u64| {
+            Request::Post(
+                format!("/aggregates/account/{}/commands", account(k)),
+                json!({"type": "CreditAccount", "data": {"amount": 1, "transaction_id": format!("c{connection}-{n}")}}),
+            )
+        };
+        match scenario {
+            Scenario::Credits => credit(pick % accounts),
+            Scenario::Hot => credit(0),
+            Scenario::Mixed if pick % 5 == 0 => Request::Get(format!("/aggregates/account/{}", account(pick % accounts))),
+            Scenario::Mixed => credit(pick % accounts),
+            Scenario::Transfers => {
+                let from = pick % accounts;
+                let to = (from + 1 + (pick >> 20) % (accounts - 1).max(1)) % accounts;
+                let id = format!("bench-{run_id}-t{connection}-{n}");
+                seen.lock().expect("transfer list").push(id.clone());
+                Request::Post(
+                    format!("/aggregates/money-transfer/{id}/commands"),
+                    json!({"type": "CreateMoneyTransfer", "data": {
+                        "from_account_id": account(from), "to_account_id": account(to), "amount": 1}}),
+                )
+            }
+        }
+    })
+    .await?;
+    let accepted_by = Instant::now();
+    let transfers_terminal_after_ms = if scenario == Scenario::Transfers {
+        let ids = std::mem::take(&mut *transfers.lock().expect("transfer list"));
+        wait_terminal(&http, url, &ids, options.connections).await?;
+        Some(accepted_by.elapsed().as_secs_f64() * 1000.0)
+    } else {
+        None
+    };
+    let after = commit_metrics(&http, url).await;
+    let (average_commit_batch, average_commit_ms) = match (before, after) {
+        (Some(before), Some(after)) if after.commits > before.commits => {
+            let commits = after.commits - before.commits;
+            (
+                Some((after.appends - before.appends) / commits),
+                Some((after.seconds - before.seconds) / commits * 1000.0),
+            )
+        }
+        _ => (None, None),
+    };
+    let ratio_to_healthz = healthz.as_ref().map(|h| load.per_second / h.per_second.max(f64::MIN_POSITIVE));
+    Ok(Report {
+        scenario,
+        connections: options.connections,
+        load,
+        healthz,
+        ratio_to_healthz,
+        average_commit_batch,
+        average_commit_ms,
+        transfers_terminal_after_ms,
+    })
+}
+
+fn scenario_label(scenario: Scenario) -> &'static str {
+    match scenario {
+        Scenario::Credits => "credits",
+        Scenario::Hot => "hot",
+        Scenario::Transfers => "transfers",
+        Scenario::Mixed => "mixed",
+    }
+}
+
+enum Request {
+    Get(String),
+    Post(String, Value),
+}
+
+/// `connections` tasks send requests from `next(connection, n, random)` until the duration
+/// or the count runs out; every answer other than 200 is an error.
+async fn drive(
+    http: &reqwest::Client,
+    url: &str,
+    options: &BenchOptions,
+    label: &str,
+    next: impl Fn(usize, u64, u64) -> Request + Send + Sync + 'static,
+) -> anyhow::Result<Load> {
+    let next = Arc::new(next);
+    let sent = Arc::new(AtomicU64::new(0));
+    let limit = options.count.unwrap_or(u64::MAX);
+    let bar = progress(options, label);
+    let started = Instant::now();
+    let deadline = started + options.duration;
+    let mut tasks = Vec::new();
+    for connection in 0..options.connections {
+        let (http, url, next, sent, bar) =
+            (http.clone(), url.to_owned(), next.clone(), sent.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            let mut random =
+                0x9E37_79B9_7F4A_7C15u64 ^ (connection as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            for n in 0.. {
+                if Instant::now() >= deadline || sent.fetch_add(1, Ordering::Relaxed) >= limit {
+                    break;
+                }
+                random ^= random << 13;
+                random ^= random >> 7;
+                random ^= random << 17;
+                let request = match next(connection, n, random) {
+                    Request::Get(path) => http.get(format!("{url}{path}")),
+                    Request::Post(path, body) => http.post(format!("{url}{path}")).json(&body),
+                };
+                let begun = Instant::now();
+                let ok = match request.send().await {
+                    Ok(response) => {
+                        let status = response.status();
+                        // Read the whole answer: a command's 200 is only complete with its body.
+                        response.bytes().await.is_ok() && status == reqwest::StatusCode::OK
+                    }
+                    Err(error) if error.is_connect() => return Err(error),
+                    Err(_) => false,
+                };
+                latencies.push(begun.elapsed());
+                if !ok {
+                    errors += 1;
+                }
+                bar.inc(1);
+            }
+            Ok((latencies, errors))
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (mut mine, failed) = task.await.context("a load task failed")?.with_context(|| {
+            format!("could not reach the cairn host at {url} (is `cairn serve` running?)")
+        })?;
+        latencies.append(&mut mine);
+        errors += failed;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    latencies.sort();
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len().max(1) - 1) as f64 * q) as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    let requests = latencies.len() as u64;
+    Ok(Load {
+        requests,
+        errors,
+        seconds,
+        per_second: (requests - errors) as f64 / seconds,
+        p50_ms: at(0.5),
+        p90_ms: at(0.9),
+        p99_ms: at(0.99),
+        max_ms: at(1.0),
+    })
+}
+
+fn progress(options: &BenchOptions, label: &str) -> indicatif::ProgressBar {
+    if !options.progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed} {pos} requests ({per_sec})")
+            .expect("a valid progress template"),
+    );
+    bar.set_message(label.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Open the accounts the scenario uses, with a balance no transfer of 1 can exhaust.
+async fn open_accounts(
+    http: &reqwest::Client,
+    url: &str,
+    run_id: &str,
+    accounts: u64,
+    connections: usize,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..connections.min(accounts as usize) {
+        let (http, url, next, run_id) = (http.clone(), url.to_owned(), next.clone(), run_id.to_owned());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= accounts {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let body = json!({"type": "OpenAccount", "data": {"initial_balance": 1_000_000_000}});
+                let response = http
+                    .post(format!("{url}/aggregates/account/bench-{run_id}-{k}/commands"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .with_context(|| {
+                        format!("could not reach the cairn host at {url} (is `cairn serve` running?)")
+                    })?;
+                if !response.status().is_success() {
+                    bail!("opening an account was refused: {} {}", response.status(), response.text().await?);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// Poll every transfer until it is terminal.
+async fn wait_terminal(
+    http: &reqwest::Client,
+    url: &str,
+    ids: &[String],
+    connections: usize,
+) -> anyhow::Result<()> {
+    const TERMINAL: [&str; 3] = ["COMPLETED", "FAILED_DUE_TO_INSUFFICIENT_FUNDS", "FAILED"];
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let chunk = ids.len().div_ceil(connections.max(1)).max(1);
+    let mut tasks = Vec::new();
+    for part in ids.chunks(chunk) {
+        let (http, url, part) = (http.clone(), url.to_owned(), part.to_vec());
+        tasks.push(tokio::spawn(async move {
+            for id in part {
+                loop {
+                    let answer = http.get(format!("{url}/aggregates/money-transfer/{id}")).send().await?;
+                    let body: Value = answer.json().await.unwrap_or(Value::Null);
+                    if body["state"]["state"].as_str().is_some_and(|s| TERMINAL.contains(&s)) {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("transfer {id} is not terminal after 5 minutes: {body}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+struct CommitMetrics {
+    commits: f64,
+    appends: f64,
+    seconds: f64,
+}
+
+/// The host's group-commit counters, when it serves `/metrics`.
+async fn commit_metrics(http: &reqwest::Client, url: &str) -> Option<CommitMetrics> {
+    let text = http.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
+    let sample = |name: &str| {
+        text.lines()
+            .find(|line| line.split_whitespace().next() == Some(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|value| value.parse::<f64>().ok())
+    };
+    Some(CommitMetrics {
+        commits: sample("cairn_commit_batch_appends_count")?,
+        appends: sample("cairn_commit_batch_appends_sum")?,
+        seconds: sample("cairn_commit_duration_seconds_sum")?,
+    })
+}
+
+/// The report for a person.
+pub fn print(report: &Report) {
+    let row = |name: &str, load: &Load| {
+        println!(
+            "{name:<10} {:>9.0}/s  {:>8} requests  {:>5} errors  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms",
+            load.per_second, load.requests, load.errors, load.p50_ms, load.p90_ms, load.p99_ms, load.max_ms
+        );
+    };
+    println!(
+        "{} with {} connections for {:.1} s",
+        scenario_label(report.scenario),
+        report.connections,
+        report.load.seconds
+    );
+    row(scenario_label(report.scenario), &report.load);
+    if let Some(healthz) = &report.healthz {
+        row("/healthz", healthz);
+    }
+    if let Some(ratio) = report.ratio_to_healthz {
+        println!("ratio to /healthz: {ratio:.3}");
+    }
+    if let (Some(batch), Some(ms)) = (report.average_commit_batch, report.average_commit_ms) {
+        println!("group commit: {batch:.1} appends per commit, {ms:.2} ms per commit (fsync included)");
+    }
+    if let Some(ms) = report.transfers_terminal_after_ms {
+        println!("every transfer terminal {ms:.0} ms after the last was accepted");
+    }
+}
