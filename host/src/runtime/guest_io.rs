@@ -227,7 +227,7 @@ impl streams::HostOutputStream for GuestIo {
     ) -> wasmtime::Result<Result<(), StreamError>> {
         if contents.len() as u64 > WRITE_BUDGET {
             wasmtime::bail!(
-                "the guest wrote {} bytes after check-write allowed {WRITE_BUDGET}",
+                "the guest wrote {} bytes at once; check-write allows at most {WRITE_BUDGET}",
                 contents.len()
             );
         }
@@ -236,20 +236,13 @@ impl streams::HostOutputStream for GuestIo {
         Ok(Ok(()))
     }
 
+    /// Writes land in memory at once, so a blocking write is a write.
     fn blocking_write_and_flush(
         &mut self,
         stream: Resource<OutputStream>,
         contents: Vec<u8>,
     ) -> wasmtime::Result<Result<(), StreamError>> {
-        if contents.len() as u64 > WRITE_BUDGET {
-            wasmtime::bail!(
-                "the guest wrote {} bytes at once; at most {WRITE_BUDGET} are allowed",
-                contents.len()
-            );
-        }
-        let which = self.stream(&stream)?;
-        GuestIo::write(self, which, &contents);
-        Ok(Ok(()))
+        streams::HostOutputStream::write(self, stream, contents)
     }
 
     fn flush(&mut self, _stream: Resource<OutputStream>) -> wasmtime::Result<Result<(), StreamError>> {
