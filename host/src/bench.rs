@@ -22,6 +22,14 @@ pub enum Scenario {
     Mixed,
 }
 
+/// The name the command line takes.
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        f.write_str(self.to_possible_value().expect("every scenario has a name").get_name())
+    }
+}
+
 /// How to load the host.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -96,7 +104,7 @@ pub async fn run(url: &str, options: &BenchOptions) -> anyhow::Result<Report> {
     let transfers = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = transfers.clone();
     let scenario = options.scenario;
-    let load = drive(&http, url, options, scenario_label(scenario), move |connection, n, pick| {
+    let load = drive(&http, url, options, &scenario.to_string(), move |connection, n, pick| {
         let account = |k: u64| format!("bench-{run_id}-{k}");
         let credit = |k: u64| {
             Request::Post(
@@ -153,15 +161,6 @@ pub async fn run(url: &str, options: &BenchOptions) -> anyhow::Result<Report> {
         average_commit_ms,
         transfers_terminal_after_ms,
     })
-}
-
-fn scenario_label(scenario: Scenario) -> &'static str {
-    match scenario {
-        Scenario::Credits => "credits",
-        Scenario::Hot => "hot",
-        Scenario::Transfers => "transfers",
-        Scenario::Mixed => "mixed",
-    }
 }
 
 enum Request {
@@ -372,13 +371,8 @@ pub fn print(report: &Report) {
             load.per_second, load.requests, load.errors, load.p50_ms, load.p90_ms, load.p99_ms, load.max_ms
         );
     };
-    println!(
-        "{} with {} connections for {:.1} s",
-        scenario_label(report.scenario),
-        report.connections,
-        report.load.seconds
-    );
-    row(scenario_label(report.scenario), &report.load);
+    println!("{} with {} connections for {:.1} s", report.scenario, report.connections, report.load.seconds);
+    row(&report.scenario.to_string(), &report.load);
     if let Some(healthz) = &report.healthz {
         row("/healthz", healthz);
     }

@@ -88,15 +88,15 @@ impl From<StoreError> for ApiError {
 impl From<GuestError> for ApiError {
     /// A guest failure is the component's fault, not the host's: 422, never 500.
     fn from(error: GuestError) -> Self {
-        if error.is_transient() {
-            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", error.to_string())
-                .retry_after(1);
-        }
         let code = match error {
             GuestError::Trap(_) => "guest_trap",
             GuestError::Timeout(_) => "guest_timeout",
             GuestError::OutputTooLarge { .. } => "guest_output_too_large",
-            GuestError::Busy(_) => "overloaded",
+            // Every instance slot is taken: the host is overloaded, the guest did nothing wrong.
+            GuestError::Busy(_) => {
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", error.to_string())
+                    .retry_after(1);
+            }
         };
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, error.to_string())
     }

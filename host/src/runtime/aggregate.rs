@@ -59,7 +59,21 @@ struct Guest {
     instance: wasmtime::component::Instance,
 }
 
+/// `execute`'s signature, as the `executor` interface declares it.
+type ExecuteFunc<'a> = wasmtime::component::TypedFunc<
+    (Option<&'a [u8]>, &'a witty::Command),
+    (Result<witty::Decided, witty::Rejection>,),
+>;
+
 impl Guest {
+    fn execute_func<'a>(
+        &self,
+        store: &mut Store<GuestData>,
+        index: &ComponentExportIndex,
+    ) -> wasmtime::Result<ExecuteFunc<'a>> {
+        self.instance.get_typed_func(store, index)
+    }
+
     fn call_execute(
         &self,
         store: &mut Store<GuestData>,
@@ -67,13 +81,7 @@ impl Guest {
         state: Option<&[u8]>,
         command: &witty::Command,
     ) -> wasmtime::Result<Result<witty::Decided, witty::Rejection>> {
-        let execute = self
-            .instance
-            .get_typed_func::<(Option<&[u8]>, &witty::Command), (Result<witty::Decided, witty::Rejection>,)>(
-                &mut *store,
-                index,
-            )?;
-        let (answer,) = execute.call(&mut *store, (state, command))?;
+        let (answer,) = self.execute_func(store, index)?.call(&mut *store, (state, command))?;
         Ok(answer)
     }
 }
@@ -117,17 +125,19 @@ impl AggregateComponent {
             info: AggregateInfo { type_name: String::new(), subscriptions: Vec::new(), snapshot_interval: 0 },
             limits,
         };
-        if let Some(index) = &loaded.execute {
-            // A wrong signature is found now, not on the first command.
-            loaded
-                .call(limits.fuel_per_call, |store, guest| {
-                    guest.instance.get_typed_func::<(Option<&[u8]>, &witty::Command), (Result<witty::Decided, witty::Rejection>,)>(store, index).map(drop)
-                })
-                .map_err(|e| LoadError::WrongWorld(format!("its execute export does not match the contract: {e}")))?;
-        }
-        let described = loaded
-            .call(limits.fuel_per_call, |store, guest| guest.core.call_describe(store))
+        let execute = loaded.execute;
+        let (signature, described) = loaded
+            .call(limits.fuel_per_call, |store, guest| {
+                // A wrong `execute` signature is found now, not on the first command.
+                let signature = execute.as_ref().map(|index| guest.execute_func(store, index).map(drop));
+                Ok((signature, guest.core.call_describe(store)?))
+            })
             .map_err(LoadError::Describe)?;
+        if let Some(Err(error)) = signature {
+            return Err(LoadError::WrongWorld(format!(
+                "its execute export does not match the contract: {error}"
+            )));
+        }
         loaded.info = AggregateInfo {
             type_name: described.type_name,
             subscriptions: described

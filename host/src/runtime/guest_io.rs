@@ -166,6 +166,7 @@ impl poll::HostPollable for GuestIo {
 
 impl streams::Host for GuestIo {}
 
+/// Every blocking operation is its non-blocking twin: nothing here ever has to wait.
 impl streams::HostInputStream for GuestIo {
     fn read(
         &mut self,
@@ -177,10 +178,10 @@ impl streams::HostInputStream for GuestIo {
 
     fn blocking_read(
         &mut self,
-        _stream: Resource<InputStream>,
-        _len: u64,
+        stream: Resource<InputStream>,
+        len: u64,
     ) -> wasmtime::Result<Result<Vec<u8>, StreamError>> {
-        Ok(Err(StreamError::Closed))
+        streams::HostInputStream::read(self, stream, len)
     }
 
     fn skip(
@@ -193,10 +194,10 @@ impl streams::HostInputStream for GuestIo {
 
     fn blocking_skip(
         &mut self,
-        _stream: Resource<InputStream>,
-        _len: u64,
+        stream: Resource<InputStream>,
+        len: u64,
     ) -> wasmtime::Result<Result<u64, StreamError>> {
-        Ok(Err(StreamError::Closed))
+        streams::HostInputStream::skip(self, stream, len)
     }
 
     fn subscribe(&mut self, _stream: Resource<InputStream>) -> wasmtime::Result<Resource<Pollable>> {
@@ -251,9 +252,9 @@ impl streams::HostOutputStream for GuestIo {
 
     fn blocking_flush(
         &mut self,
-        _stream: Resource<OutputStream>,
+        stream: Resource<OutputStream>,
     ) -> wasmtime::Result<Result<(), StreamError>> {
-        Ok(Ok(()))
+        streams::HostOutputStream::flush(self, stream)
     }
 
     fn subscribe(&mut self, _stream: Resource<OutputStream>) -> wasmtime::Result<Resource<Pollable>> {
@@ -289,11 +290,11 @@ impl streams::HostOutputStream for GuestIo {
 
     fn blocking_splice(
         &mut self,
-        _stream: Resource<OutputStream>,
-        _source: Resource<InputStream>,
-        _len: u64,
+        stream: Resource<OutputStream>,
+        source: Resource<InputStream>,
+        len: u64,
     ) -> wasmtime::Result<Result<u64, StreamError>> {
-        Ok(Err(StreamError::Closed))
+        streams::HostOutputStream::splice(self, stream, source, len)
     }
 
     fn drop(&mut self, stream: Resource<OutputStream>) -> wasmtime::Result<()> {
