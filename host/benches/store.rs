@@ -1,0 +1,161 @@
+//! criterion benchmarks of the event store's append path (`cargo bench -p cairn --bench store`),
+//! each next to the ceiling beneath it:
+//! (b) one append per commit; 64 appends from 64 concurrent writers, group-committed; the same
+//!     64 rows inserted into one redb table in one durable commit (redb's raw batched-insert
+//!     ceiling at that batch size); and the disk's raw `fsync` rate.
+//!
+//! Every commit here is durable (fsynced), as a command's is. The data lives in a temporary
+//! directory next to the target directory, so it is on the same disk as a host's data.
+
+use cairn::store::{AppendBatch, EventStore, NewEvent, StreamId};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use redb::{Database, Durability, TableDefinition};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// Writers per group commit, as at 64 HTTP connections.
+const WRITERS: u64 = 64;
+
+fn scratch() -> tempfile::TempDir {
+    let beside_target = std::env::var_os("CARGO_TARGET_TMPDIR").map(std::path::PathBuf::from);
+    match beside_target {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .expect("a scratch directory")
+}
+
+/// An event as an Account credit stores it: MessagePack of about 60 bytes.
+fn credit(n: u64) -> NewEvent {
+    let data = serde_json::json!({"amount": 1, "transaction_id": format!("c-{n}"), "balance": 1_000_000 + n});
+    NewEvent {
+        event_type: "AccountCredited".to_owned(),
+        payload: cairn::json::to_msgpack(&data),
+        correlation_id: format!("{n:032x}"),
+        causation_id: None,
+        component_version: 1,
+    }
+}
+
+fn stream(k: u64) -> StreamId {
+    StreamId::new("account", &format!("bench-{k}")).expect("a valid stream id")
+}
+
+fn appends(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let dir = scratch();
+    let (_store, writer) = EventStore::open(&dir.path().join("events.redb")).expect("the store opens");
+    let mut versions = vec![0u64; WRITERS as usize];
+    let mut sequence = 0u64;
+
+    let mut group = c.benchmark_group("store append");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("one append per commit", |b| {
+        b.iter(|| {
+            sequence += 1;
+            versions[0] += 1;
+            let batch = AppendBatch {
+                stream: stream(0),
+                expected_version: versions[0] - 1,
+                events: vec![credit(sequence)],
+                outcomes: Vec::new(),
+                snapshot: None,
+            };
+            runtime.block_on(writer.append(batch)).expect("the append commits")
+        })
+    });
+    group.throughput(Throughput::Elements(WRITERS));
+    group.bench_function("64 concurrent writers, group commit", |b| {
+        b.iter_custom(|rounds| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..rounds {
+                let batches: Vec<_> = (0..WRITERS)
+                    .map(|k| {
+                        sequence += 1;
+                        versions[k as usize] += 1;
+                        AppendBatch {
+                            stream: stream(k),
+                            expected_version: versions[k as usize] - 1,
+                            events: vec![credit(sequence)],
+                            outcomes: Vec::new(),
+                            snapshot: None,
+                        }
+                    })
+                    .collect();
+                let began = Instant::now();
+                runtime.block_on(async {
+                    let pending: Vec<_> = batches
+                        .into_iter()
+                        .map(|batch| {
+                            let writer = writer.clone();
+                            tokio::spawn(async move { writer.append(batch).await })
+                        })
+                        .collect();
+                    for append in pending {
+                        append.await.expect("the writer task").expect("the append commits");
+                    }
+                });
+                spent += began.elapsed();
+            }
+            spent
+        })
+    });
+    group.finish();
+    writer.shutdown();
+}
+
+const ROWS: TableDefinition<u64, &[u8]> = TableDefinition::new("rows");
+
+/// redb alone: the same number of rows of an encoded event's size, one table, one durable
+/// commit. Our group commit also writes the stream index, the correlation index and the
+/// stream's head for every event, so it cannot reach this.
+fn raw_redb(c: &mut Criterion) {
+    let dir = scratch();
+    let db = Database::create(dir.path().join("raw.redb")).expect("redb creates a file");
+    let row = vec![7u8; 160];
+    let mut key = 0u64;
+    let mut group = c.benchmark_group("store append");
+    group.throughput(Throughput::Elements(WRITERS));
+    group.bench_function("raw redb, 64 rows in one durable commit", |b| {
+        b.iter(|| {
+            let mut txn = db.begin_write().expect("a write transaction");
+            txn.set_durability(Durability::Immediate).expect("durable commits");
+            {
+                let mut rows = txn.open_table(ROWS).expect("the table");
+                for _ in 0..WRITERS {
+                    key += 1;
+                    rows.insert(key, row.as_slice()).expect("an insert");
+                }
+            }
+            txn.commit().expect("the commit");
+        })
+    });
+    group.finish();
+}
+
+/// The disk's own ceiling for commits: write 4 KiB, `fdatasync`, again.
+fn raw_fsync(c: &mut Criterion) {
+    let dir = scratch();
+    let mut file = std::fs::File::create(dir.path().join("fsync")).expect("a file");
+    let page = vec![1u8; 4096];
+    let mut group = c.benchmark_group("store append");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("raw fsync of 4 KiB", |b| {
+        b.iter_batched(
+            || (),
+            |()| {
+                file.write_all(&page).expect("a write");
+                file.sync_data().expect("fdatasync");
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(5));
+    targets = appends, raw_redb, raw_fsync
+}
+criterion_main!(benches);
