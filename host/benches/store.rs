@@ -2,7 +2,8 @@
 //! each next to the ceiling beneath it:
 //! (b) one append per commit; 64 appends from 64 concurrent writers, group-committed; the same
 //!     64 rows inserted into one redb table in one durable commit (redb's raw batched-insert
-//!     ceiling at that batch size); and the disk's raw `fsync` rate.
+//!     ceiling at that batch size), then into the store's tables one by one (what its layout
+//!     costs without the writer); and the disk's raw `fsync` rate.
 //!
 //! Every commit here is durable (fsynced), as a command's is. The data lives in a temporary
 //! directory next to the target directory, so it is on the same disk as a host's data.
@@ -42,6 +43,7 @@ fn stream(k: u64) -> StreamId {
 }
 
 fn appends(c: &mut Criterion) {
+    let metrics = cairn::telemetry::install();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let dir = scratch();
     let (_store, writer) = EventStore::open(&dir.path().join("events.redb")).expect("the store opens");
@@ -102,6 +104,20 @@ fn appends(c: &mut Criterion) {
     });
     group.finish();
     writer.shutdown();
+    if let Some(batch) = metrics.and_then(|handle| average_batch(&handle.render())) {
+        eprintln!("group commit over both benchmarks: {batch:.1} appends per commit on average");
+    }
+}
+
+/// `cairn_commit_batch_appends` sum / count, from the host's own histogram.
+fn average_batch(rendered: &str) -> Option<f64> {
+    let sample = |name: &str| {
+        rendered
+            .lines()
+            .find(|line| line.split_whitespace().next() == Some(name))
+            .and_then(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
+    };
+    Some(sample("cairn_commit_batch_appends_sum")? / sample("cairn_commit_batch_appends_count")?)
 }
 
 const ROWS: TableDefinition<u64, &[u8]> = TableDefinition::new("rows");
@@ -130,6 +146,48 @@ fn raw_redb(c: &mut Criterion) {
             txn.commit().expect("the commit");
         })
     });
+    // The store's own layout, table by table, to show what each costs a commit.
+    let layouts = [
+        "events only",
+        "events + stream index",
+        "events + stream index + correlations",
+        "the store's four tables",
+    ];
+    let (mut versions, mut position) = (vec![0u64; WRITERS as usize], 0u64);
+    for (tables, layout) in layouts.into_iter().enumerate() {
+        group.bench_function(format!("raw redb, 64 events into {layout}, one durable commit"), |b| {
+            use cairn::store::tables::{CORRELATIONS, EVENTS, STREAM_INDEX, STREAMS};
+            b.iter(|| {
+                let mut txn = db.begin_write().expect("a write transaction");
+                txn.set_durability(Durability::Immediate).expect("durable commits");
+                {
+                    let mut events = txn.open_table(EVENTS).expect("events");
+                    let mut index = txn.open_table(STREAM_INDEX).expect("stream index");
+                    let mut correlations = txn.open_table(CORRELATIONS).expect("correlations");
+                    let mut streams = txn.open_table(STREAMS).expect("streams");
+                    for (k, version) in versions.iter_mut().enumerate() {
+                        position += 1;
+                        *version += 1;
+                        let stream = format!("account/bench-{k}");
+                        events.insert(position, row.as_slice()).expect("an event");
+                        if tables >= 1 {
+                            index.insert((stream.as_str(), *version), position).expect("its index entry");
+                        }
+                        if tables >= 2 {
+                            let correlation = format!("{position:032x}");
+                            correlations
+                                .insert((correlation.as_str(), position), ())
+                                .expect("its correlation");
+                        }
+                        if tables >= 3 {
+                            streams.insert(stream.as_str(), (*version, position)).expect("its stream head");
+                        }
+                    }
+                }
+                txn.commit().expect("the commit");
+            })
+        });
+    }
     group.finish();
 }
 

@@ -15,15 +15,16 @@
 //!   test can read the old generation while the new one is built;
 //! - `commit-fail=<stream key>`: the first group commit holding an append to that stream
 //!   (e.g. `account/x`) fails, as a full disk would fail it;
-//! - `commit-stall=<stream key>:<millis>`: the first group commit holding an append to that
-//!   stream waits that long before it commits, as a stalled fsync would hold the writer.
+//! - `commit-stall=<stream key>:<millis>[:<skip>]`: the group commit holding that stream's
+//!   first append (or the one after `skip` appends) waits that long before it commits, as a
+//!   stalled fsync would hold the writer.
 
 use std::time::Duration;
 
 #[cfg(debug_assertions)]
 mod injected {
     use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::Duration;
 
     #[derive(Default)]
@@ -33,13 +34,13 @@ mod injected {
         delivery_panic: Option<String>,
         rebuild_stall: Option<Duration>,
         commit_fail: Option<String>,
-        commit_stall: Option<(String, Duration)>,
+        commit_stall: Option<(String, Duration, u64)>,
     }
 
     static ACTOR_PANICKED: AtomicBool = AtomicBool::new(false);
     static DELIVERY_PANICKED: AtomicBool = AtomicBool::new(false);
     static COMMIT_FAILED: AtomicBool = AtomicBool::new(false);
-    static COMMIT_STALLED: AtomicBool = AtomicBool::new(false);
+    static COMMIT_STALL_APPENDS: AtomicU64 = AtomicU64::new(0);
 
     pub fn faults() -> &'static Faults {
         static FAULTS: OnceLock<Faults> = OnceLock::new();
@@ -57,7 +58,7 @@ mod injected {
                     faults.rebuild_stall = millis.parse().ok().map(Duration::from_millis);
                 }
                 Some(("actor-stall", spec)) => faults.actor_stall = name_and_millis(spec),
-                Some(("commit-stall", spec)) => faults.commit_stall = name_and_millis(spec),
+                Some(("commit-stall", spec)) => faults.commit_stall = stall_after(spec),
                 _ => tracing::warn!("ignoring the unknown CAIRN_FAULTS entry {entry:?}"),
             }
         }
@@ -68,6 +69,17 @@ mod injected {
     fn name_and_millis(spec: &str) -> Option<(String, Duration)> {
         let (name, millis) = spec.rsplit_once(':')?;
         Some((name.to_owned(), Duration::from_millis(millis.parse().ok()?)))
+    }
+
+    /// `<stream key>:<millis>[:<skip>]`.
+    fn stall_after(spec: &str) -> Option<(String, Duration, u64)> {
+        let mut parts = spec.split(':');
+        let (stream, millis) = (parts.next()?, parts.next()?.parse().ok()?);
+        let skip = match parts.next() {
+            Some(skip) => skip.parse().ok()?,
+            None => 0,
+        };
+        parts.next().is_none().then(|| (stream.to_owned(), Duration::from_millis(millis), skip))
     }
 
     fn first_time(flag: &AtomicBool) -> bool {
@@ -92,8 +104,8 @@ mod injected {
         }
 
         pub fn commit_stall(&self, stream: &str) -> Option<Duration> {
-            let (_, stall) = self.commit_stall.as_ref().filter(|(s, _)| s == stream)?;
-            first_time(&COMMIT_STALLED).then_some(*stall)
+            let (_, stall, skip) = self.commit_stall.as_ref().filter(|(s, ..)| s == stream)?;
+            (COMMIT_STALL_APPENDS.fetch_add(1, Ordering::SeqCst) == *skip).then_some(*stall)
         }
 
         pub fn delivery_panic(&self, event_type: &str) -> bool {
@@ -106,7 +118,7 @@ mod injected {
         #[test]
         fn entries_parse_and_unknown_ones_are_ignored() {
             let faults = super::parse(
-                "actor-stall=Hold:250, delivery-panic=AccountCredited,bogus,commit-stall=account/s:40",
+                "actor-stall=Hold:250, delivery-panic=AccountCredited,bogus,commit-stall=account/s:40:2",
             );
             assert_eq!(faults.actor_stall("Hold"), Some(std::time::Duration::from_millis(250)));
             assert_eq!(faults.actor_stall("Other"), None);
@@ -114,7 +126,7 @@ mod injected {
             assert!(faults.actor_panic.is_none());
             assert_eq!(
                 faults.commit_stall,
-                Some(("account/s".to_owned(), std::time::Duration::from_millis(40)))
+                Some(("account/s".to_owned(), std::time::Duration::from_millis(40), 2))
             );
         }
     }

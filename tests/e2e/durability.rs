@@ -160,3 +160,40 @@ async fn a_stalled_commit_costs_its_command_a_timeout_and_loses_nothing() {
     host.open_account("t", 1).await;
     host.get("/readyz").await.expect(200);
 }
+
+/// While one batch of a stream commits, its actor decides the next (pipelining), and a state
+/// read answers from the last committed state at once instead of waiting for either. The
+/// later command is answered only after the stalled one, with the next version.
+#[tokio::test]
+async fn a_read_answers_the_committed_state_while_a_commit_stalls_and_later_commands_queue_behind() {
+    // The stream's second append (the first credit) stalls for 3 s.
+    let host = Host::start_with_env(&[], &[("CAIRN_FAULTS", "commit-stall=account/p:3000:1")]);
+    host.open_account("p", 10).await;
+    let credit = |amount: i64, transaction: &str| {
+        host.command_request(
+            "account",
+            "p",
+            "CreditAccount",
+            json!({"amount": amount, "transaction_id": transaction}),
+        )
+        .send()
+    };
+    let stalled = tokio::spawn(credit(5, "stalled"));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let behind = tokio::spawn(credit(7, "behind"));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let read = host.get("/aggregates/account/p").await.expect(200);
+    assert!(!stalled.is_finished(), "the read waited for the stalled commit");
+    assert_eq!(read.body["version"], 1, "the read sees what is committed: {}", read.body);
+    assert_eq!(read.body["state"]["balance"], 10);
+    assert!(!behind.is_finished(), "the later credit was answered before the one it follows committed");
+
+    let stalled: serde_json::Value =
+        stalled.await.unwrap().unwrap().error_for_status().unwrap().json().await.unwrap();
+    let behind: serde_json::Value =
+        behind.await.unwrap().unwrap().error_for_status().unwrap().json().await.unwrap();
+    assert_eq!((stalled["version"].as_u64(), behind["version"].as_u64()), (Some(2), Some(3)));
+    let now = host.get("/aggregates/account/p").await.expect(200);
+    assert_eq!((now.body["version"].as_u64(), now.body["state"]["balance"].as_i64()), (Some(3), Some(22)));
+}

@@ -6,13 +6,13 @@ use crate::components::ActiveAggregate;
 use crate::replay::replay;
 use crate::runtime::Executed;
 use crate::store::{
-    AppendBatch, AppendError, IDEMPOTENCY_PREFIX, NewEvent, Snapshot, StoreError, StoredEvent, StoredOutcome,
-    StreamId, Version,
+    AppendBatch, AppendError, Committed, IDEMPOTENCY_PREFIX, NewEvent, Receipt, Snapshot, StoreError,
+    StoredEvent, StoredOutcome, StreamId, Version,
 };
 use cairn_guest::Rejection;
 use cairn_guest::glue::RawCommand;
 use futures_util::FutureExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -26,17 +26,49 @@ pub(super) async fn run(
     mut inbox: mpsc::Receiver<Message>,
     _done: mpsc::Sender<()>,
 ) {
-    let mut actor = Actor { shared: shared.clone(), stream, loaded: None };
+    let mut actor = Actor {
+        shared: shared.clone(),
+        stream,
+        loaded: None,
+        committed: None,
+        in_flight: VecDeque::new(),
+        in_flight_keys: HashSet::new(),
+    };
     let idle = shared.config.idle_timeout;
     loop {
-        let first = match tokio::time::timeout(idle, inbox.recv()).await {
-            Ok(Some(message)) => message,
+        let message = if actor.in_flight.is_empty() {
+            match tokio::time::timeout(idle, inbox.recv()).await {
+                Ok(message) => message,
+                Err(_) if shared.passivate(&actor.stream, generation, &inbox) => break,
+                Err(_) => continue,
+            }
+        } else {
+            // Batches are committing: answer each as its commit lands, and decide the next
+            // commands meanwhile, up to MAX_IN_FLIGHT batches ahead of the log.
+            let room = actor.in_flight.len() < MAX_IN_FLIGHT;
+            let front = actor.in_flight.front_mut().expect("a batch in flight");
+            tokio::select! {
+                biased;
+                result = &mut front.receipt => {
+                    actor.settle(result);
+                    continue;
+                }
+                message = inbox.recv(), if room => message,
+            }
+        };
+        let Some(first) = message else {
             // Every sender is gone: the host is shutting down and the mailbox is drained.
-            Ok(None) => break,
-            Err(_) if shared.passivate(&actor.stream, generation, &inbox) => break,
-            Err(_) => continue,
+            // Answer what is still committing, then stop.
+            if let Err(panic) = caught(actor.drain()).await {
+                return stop(&mut inbox, &actor.stream, panic);
+            }
+            break;
         };
         if matches!(first, Message::Passivate) {
+            // Stopping would drop the answers of what is committing: settle it first.
+            if let Err(panic) = caught(actor.drain()).await {
+                return stop(&mut inbox, &actor.stream, panic);
+            }
             if shared.passivate(&actor.stream, generation, &inbox) {
                 break;
             }
@@ -49,19 +81,30 @@ pub(super) async fn run(
                 Err(_) => break,
             }
         }
-        // A panic here is a host defect. The batch's callers learn it (their replies are
-        // dropped: 500 `internal_error`), and this actor ends, dropping its mailbox: the
-        // next command to the stream starts a fresh actor from the store.
-        if let Err(panic) = AssertUnwindSafe(actor.handle(batch)).catch_unwind().await {
-            // Close first: a caller answered 500 may retry at once, and its retry must find
-            // the mailbox closed (and start a fresh actor), not wait in this dying one.
-            inbox.close();
-            let message = super::panic_message(panic);
-            tracing::error!(stream = %actor.stream, "the actor panicked and stops: {message}");
-            return;
+        if let Err(panic) = caught(actor.handle(batch)).await {
+            return stop(&mut inbox, &actor.stream, panic);
         }
     }
     tracing::trace!(stream = %actor.stream, "actor stopped");
+}
+
+/// Batches an actor may have committing at once while it decides the next.
+const MAX_IN_FLIGHT: usize = 4;
+
+/// Run actor work, catching a panic (a host defect).
+async fn caught(work: impl Future<Output = ()>) -> Result<(), Box<dyn std::any::Any + Send>> {
+    AssertUnwindSafe(work).catch_unwind().await
+}
+
+/// After a panic: the callers of the batches it held learn it (their replies are dropped:
+/// 500 `internal_error`), and this actor ends, dropping its mailbox, so the next command to
+/// the stream starts a fresh actor from the store.
+fn stop(inbox: &mut mpsc::Receiver<Message>, stream: &StreamId, panic: Box<dyn std::any::Any + Send>) {
+    // Close first: a caller answered 500 may retry at once, and its retry must find the
+    // mailbox closed (and start a fresh actor), not wait in this dying one.
+    inbox.close();
+    let message = super::panic_message(panic);
+    tracing::error!(stream = %stream, "the actor panicked and stops: {message}");
 }
 
 /// A stream's state rebuilt from its snapshot (if one of this version) and events.
@@ -84,7 +127,27 @@ struct Loaded {
 struct Actor {
     shared: Arc<Shared>,
     stream: StreamId,
+    /// The state after every command decided so far, committed or still committing.
     loaded: Option<Loaded>,
+    /// The version and state as of the last commit that landed: what a state read sees.
+    committed: Option<(Version, Option<Vec<u8>>)>,
+    /// Batches submitted to the writer and not yet answered, oldest first.
+    in_flight: VecDeque<InFlight>,
+    /// The outcome keys those batches record.
+    in_flight_keys: HashSet<String>,
+}
+
+/// A decided batch that is committing. Its answers wait for its commit, and so do those
+/// of a batch that writes nothing: they were decided on state the batches before it
+/// make, which holds only if those commit.
+struct InFlight {
+    receipt: Receipt,
+    answers: Vec<(Answer, Reply)>,
+    base_version: Version,
+    wrote: bool,
+    version_after: Version,
+    state_after: Option<Vec<u8>>,
+    keys: Vec<String>,
 }
 
 /// How a decided command will be answered once its batch is committed.
@@ -122,6 +185,10 @@ impl Pending {
 
 impl Actor {
     async fn handle(&mut self, batch: Vec<Message>) {
+        if !self.in_flight.is_empty() && !self.is_current() {
+            // A swap rebuilds state from the log: let the log hold everything decided first.
+            self.drain().await;
+        }
         if let Err(error) = self.ensure_loaded().await {
             // Nothing can be decided without state; answer everything with the cause.
             tracing::error!(stream = %self.stream, "cannot build state: {error}");
@@ -133,7 +200,7 @@ impl Actor {
         let mut pending = Pending::at(self.loaded.as_ref().map_or(0, |l| l.version));
         for message in batch {
             if self.loaded.is_none() {
-                // A failed append dropped the state and it could not be rebuilt.
+                // A failed append dropped the state; it is rebuilt with the next batch.
                 message.fail(self.unavailable());
                 continue;
             }
@@ -142,14 +209,23 @@ impl Actor {
                     if let Some(stall) = crate::faults::actor_stall(&request.command_type) {
                         tokio::time::sleep(stall).await;
                     }
+                    if outcome_key(&request).is_some_and(|key| self.in_flight_keys.contains(&key)) {
+                        // A retry of a command still committing: its recorded answer exists
+                        // only once that commit lands.
+                        self.submit(std::mem::replace(&mut pending, Pending::at(0)));
+                        self.drain().await;
+                        let Some(loaded) = &self.loaded else {
+                            let _ = reply.send(Err(self.unavailable()));
+                            continue;
+                        };
+                        pending = Pending::at(loaded.version);
+                    }
                     self.decide(request, reply, &mut pending)
                 }
                 Message::State(reply) => {
-                    // A state read sees every command before it, committed.
-                    pending = self.commit(pending).await;
-                    let loaded = self.loaded.as_ref();
-                    let answer = match loaded {
-                        Some(l) => Ok(StateReply { version: l.version, state: l.state.clone() }),
+                    // The last committed state: a read never waits for, nor forces, a commit.
+                    let answer = match &self.committed {
+                        Some((version, state)) => Ok(StateReply { version: *version, state: state.clone() }),
                         None => Err(self.unavailable()),
                     };
                     let _ = reply.send(answer);
@@ -158,7 +234,16 @@ impl Actor {
                 Message::Passivate => {}
             }
         }
-        self.commit(pending).await;
+        self.submit(pending);
+    }
+
+    /// The loaded state was built by the active version of the component.
+    fn is_current(&self) -> bool {
+        let active = self.shared.components.active(&self.stream.type_name);
+        match (&self.loaded, active) {
+            (Some(loaded), Some(active)) => Arc::ptr_eq(&loaded.component, &active),
+            _ => false,
+        }
     }
 
     /// The answer while the state cannot be rebuilt after a failed commit (storage trouble).
@@ -220,6 +305,7 @@ impl Actor {
                 tracing::warn!(stream = %self.stream, "could not save the snapshot after a rebuild: {error}");
             }
         }
+        self.committed = Some((rebuilt.version, rebuilt.state.clone()));
         self.loaded = Some(Loaded { component: active, state: rebuilt.state, version: rebuilt.version });
         Ok(())
     }
@@ -236,11 +322,7 @@ impl Actor {
     fn decide(&mut self, request: CommandRequest, reply: Reply, pending: &mut Pending) {
         let span = request.span.clone();
         let _in_command = span.enter();
-        let outcome_key = match (&request.idempotency_key, &request.causation) {
-            (Some(key), _) => Some(format!("{IDEMPOTENCY_PREFIX}{key}")),
-            (None, Some(causation)) => Some(format!("cause:{}", causation.dedup_key)),
-            (None, None) => None,
-        };
+        let outcome_key = outcome_key(&request);
         if let Some(key) = &outcome_key {
             if let Some(&earlier) = pending.keys.get(key) {
                 pending.answers.push((Answer::SameAs(earlier), reply));
@@ -334,43 +416,92 @@ impl Actor {
         }
     }
 
-    /// Append what `pending` decided, answer every command, and start a fresh `Pending`.
-    async fn commit(&mut self, pending: Pending) -> Pending {
+    /// Submit what `pending` decided to the writer; its answers go out when it commits.
+    fn submit(&mut self, pending: Pending) {
         let Some(loaded) = self.loaded.as_ref() else {
             for (_, reply) in pending.answers {
                 let _ = reply.send(Err(self.unavailable()));
             }
-            return Pending::at(0);
+            return;
         };
-        if pending.events.is_empty() && pending.outcomes.is_empty() {
+        let wrote = !(pending.events.is_empty() && pending.outcomes.is_empty());
+        if !wrote && self.in_flight.is_empty() {
             self.answer(pending.answers, &[], pending.base_version);
-            return Pending::at(loaded.version);
+            return;
         }
-        let interval = self.snapshot_interval(&loaded.component);
-        let snapshot =
-            (interval > 0 && loaded.version / interval > pending.base_version / interval).then(|| Snapshot {
-                version: loaded.version,
-                digest: loaded.component.component.digest().as_bytes().to_vec(),
-                state: loaded.state.clone().unwrap_or_default(),
-            });
-        let batch = AppendBatch {
-            stream: self.stream.clone(),
-            expected_version: pending.base_version,
-            events: pending.events,
-            outcomes: pending.outcomes,
-            snapshot,
+        let receipt = if wrote {
+            let interval = self.snapshot_interval(&loaded.component);
+            let snapshot = (interval > 0 && loaded.version / interval > pending.base_version / interval)
+                .then(|| Snapshot {
+                    version: loaded.version,
+                    digest: loaded.component.component.digest().as_bytes().to_vec(),
+                    state: loaded.state.clone().unwrap_or_default(),
+                });
+            let batch = AppendBatch {
+                stream: self.stream.clone(),
+                expected_version: pending.base_version,
+                events: pending.events,
+                outcomes: pending.outcomes,
+                snapshot,
+            };
+            match self.shared.writer.submit(batch) {
+                Ok(receipt) => receipt,
+                Err(error) => Receipt::ready(Err(error.into())),
+            }
+        } else {
+            Receipt::ready(Ok(Committed::default()))
         };
-        match self.shared.writer.append(batch).await {
+        let keys: Vec<String> = pending.keys.into_keys().collect();
+        self.in_flight_keys.extend(keys.iter().cloned());
+        self.in_flight.push_back(InFlight {
+            receipt,
+            answers: pending.answers,
+            base_version: pending.base_version,
+            wrote,
+            version_after: loaded.version,
+            state_after: loaded.state.clone(),
+            keys,
+        });
+    }
+
+    /// Wait for every batch in flight and answer it.
+    async fn drain(&mut self) {
+        while let Some(front) = self.in_flight.front_mut() {
+            let result = (&mut front.receipt).await;
+            self.settle(result);
+        }
+    }
+
+    /// Answer the oldest batch in flight with how its commit went.
+    fn settle(&mut self, result: Result<Committed, AppendError>) {
+        let batch = self.in_flight.pop_front().expect("a batch in flight");
+        for key in &batch.keys {
+            self.in_flight_keys.remove(key);
+        }
+        // An earlier batch failed: the state it counted on is gone.
+        let earlier_failed = self.loaded.is_none();
+        match result {
+            Ok(_) if earlier_failed && !batch.wrote => {
+                for (_, reply) in batch.answers {
+                    let _ = reply.send(Err(self.unavailable()));
+                }
+            }
             Ok(committed) => {
-                self.answer(pending.answers, &committed.events, pending.base_version);
+                self.answer(batch.answers, &committed.events, batch.base_version);
+                self.committed = Some((batch.version_after, batch.state_after));
             }
             Err(error) => {
-                // Nothing was stored: forget the decided state and rebuild it next time.
+                // Nothing of it was stored: forget the decided state; the next batch
+                // rebuilds it from the log.
                 tracing::error!(stream = %self.stream, "append failed: {error}");
                 self.loaded = None;
                 let message = error.to_string();
-                for (_, reply) in pending.answers {
+                for (_, reply) in batch.answers {
                     let error = match &error {
+                        // Refused because an earlier batch stored nothing it counted on.
+                        AppendError::VersionConflict { .. } if earlier_failed => {
+                            CommandError::Store(StoreError::CommitFailed(message.clone()))
+                        }
                         AppendError::VersionConflict { expected, actual } => {
                             CommandError::VersionConflict { expected: *expected, actual: *actual }
                         }
@@ -380,12 +511,8 @@ impl Actor {
                     };
                     let _ = reply.send(Err(error));
                 }
-                if let Err(error) = self.ensure_loaded().await {
-                    tracing::error!(stream = %self.stream, "cannot rebuild state after a failed append: {error}");
-                }
             }
         }
-        Pending::at(self.loaded.as_ref().map_or(0, |l| l.version))
     }
 
     /// Send every answer of a committed batch; `stored` are its events from `base_version + 1`.
@@ -407,5 +534,15 @@ impl Actor {
             let _ = reply.send(result.clone().map_err(CommandError::Rejected));
             made.push(result);
         }
+    }
+}
+
+/// The key under which a command's outcome is recorded, if it has one: a client's
+/// `Idempotency-Key`, or a routed command's causation.
+fn outcome_key(request: &CommandRequest) -> Option<String> {
+    match (&request.idempotency_key, &request.causation) {
+        (Some(key), _) => Some(format!("{IDEMPOTENCY_PREFIX}{key}")),
+        (None, Some(causation)) => Some(format!("cause:{}", causation.dedup_key)),
+        (None, None) => None,
     }
 }

@@ -4,7 +4,7 @@
 //! Streams proceed independently: a stream that is being retried or is parked holds back
 //! only itself. The events in flight across all streams are bounded by a window; the
 //! cursor is one below the lowest position still in flight ([`Progress`]), written at most
-//! every [`CURSOR_EVERY`] and whenever the subscriber catches up. After a crash the events
+//! every [`CURSOR_EVERY`], also once the subscriber has caught up. After a crash the events
 //! above the durable cursor are delivered again, and the dedup keys make that harmless.
 
 use super::delivery::{Finished, StreamWorker, Work};
@@ -174,8 +174,11 @@ impl Subscriber {
         if self.progress.cursor() <= self.stored_cursor {
             return None;
         }
+        // Also when caught up: a subscriber that follows every group commit would otherwise
+        // add a commit (an fsync) of its own for nearly each one. Redelivery after a crash
+        // covers at most this interval, and the dedup keys make it harmless.
         let due = self.last_write + CURSOR_EVERY;
-        if self.progress.in_flight() > 0 && Instant::now() < due {
+        if Instant::now() < due {
             return Some(due);
         }
         self.write_cursor(self.progress.cursor()).await;

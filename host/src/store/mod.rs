@@ -26,7 +26,7 @@ pub use records::{
     StreamId, StreamIdError,
 };
 pub use retention::forget_expired_idempotency_keys;
-pub use writer::{CursorStart, IDEMPOTENCY_PREFIX, Writer};
+pub use writer::{CursorStart, IDEMPOTENCY_PREFIX, Receipt, Writer};
 
 use records::Record;
 

@@ -11,7 +11,7 @@ use super::tables::*;
 use super::{
     AppendBatch, AppendError, Committed, DeadLetter, DeadLetterKey, Position, StoreError, StoredEvent,
 };
-use redb::{Database, Durability, ReadableTable, WriteTransaction};
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -62,6 +62,31 @@ struct ComponentWrite {
     drop_blob: Option<Vec<u8>>,
 }
 
+/// A submitted batch's answer, to await.
+pub struct Receipt(oneshot::Receiver<Result<Committed, AppendError>>);
+
+impl Receipt {
+    /// A receipt already answered (for work that needs no commit, or could not be queued).
+    pub fn ready(result: Result<Committed, AppendError>) -> Receipt {
+        let (reply, answer) = oneshot::channel();
+        let _ = reply.send(result);
+        Receipt(answer)
+    }
+}
+
+impl std::future::Future for Receipt {
+    type Output = Result<Committed, AppendError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(StoreError::Closed.into())))
+    }
+}
+
 /// The handle actors append through. [`Writer::shutdown`] stops the thread after it has
 /// committed everything queued before it; appends after that fail with `Closed`.
 #[derive(Clone)]
@@ -109,9 +134,21 @@ impl Writer {
     /// # Durability
     /// `Ok` means fsynced: redb `Durability::Immediate`.
     pub async fn append(&self, batch: AppendBatch) -> Result<Committed, AppendError> {
+        self.submit(batch)?.await
+    }
+
+    /// Queue a batch and answer at once; the [`Receipt`] resolves once it is durable (or
+    /// refused), as [`Writer::append`] would. Batches are committed in the order they were
+    /// submitted, so an actor may decide its next batch while this one commits: a later
+    /// batch of the same stream is refused with `VersionConflict` if an earlier one stored
+    /// nothing it counted on.
+    ///
+    /// # Errors
+    /// `Closed` when the writer has stopped.
+    pub fn submit(&self, batch: AppendBatch) -> Result<Receipt, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::Append(batch, reply)).map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        Ok(Receipt(answer))
     }
 
     /// Move a subscriber's cursor (durably).
@@ -247,9 +284,16 @@ fn commit_group(
         txn.set_durability(Durability::Immediate).map_err(|e| StoreError::CommitFailed(e.to_string()))?;
         let mut answers = Vec::with_capacity(requests.len());
         let mut forgotten = 0;
+        let mut tables = None;
         for request in &requests {
             let answer = match request {
-                Request::Append(batch, _) => write_batch(&txn, batch, &mut next, recorded_at_micros),
+                Request::Append(batch, _) => {
+                    let tables = match &mut tables {
+                        Some(open) => open,
+                        None => tables.insert(AppendTables::open(&txn)?),
+                    };
+                    write_batch(tables, batch, &mut next, recorded_at_micros)
+                }
                 Request::Cursor(name, position, _) => {
                     txn.open_table(CURSORS)?.insert(name.as_str(), *position)?;
                     Ok(Committed::default())
@@ -285,6 +329,8 @@ fn commit_group(
                     Ok(Committed::default())
                 }
                 Request::ForgetKeys { recorded_before, limit, .. } => {
+                    // It opens the outcome tables itself: no table may be open twice.
+                    tables = None;
                     forgotten = forget_keys(&txn, *recorded_before, *limit)?;
                     Ok(Committed::default())
                 }
@@ -309,6 +355,7 @@ fn commit_group(
         if let Some(stall) = stall {
             std::thread::sleep(stall);
         }
+        drop(tables);
         txn.commit()?;
         Ok((answers, forgotten))
     })();
@@ -364,24 +411,52 @@ fn commit_group(
     }
 }
 
+/// The tables appends write, opened once per group commit rather than once per batch: in
+/// redb every open and close of a table rewrites its root in the transaction's table tree.
+struct AppendTables<'txn> {
+    txn: &'txn WriteTransaction,
+    streams: Table<'txn, &'static str, (u64, u64)>,
+    events: Table<'txn, u64, &'static [u8]>,
+    index: Table<'txn, (&'static str, u64), u64>,
+    correlations: Table<'txn, (&'static str, u64), ()>,
+    /// Opened when a batch first needs them (keyed commands, snapshots).
+    outcomes: Option<(OutcomeTable<'txn>, IdempotencyTimes<'txn>)>,
+    snapshots: Option<(SnapshotTable<'txn>, SnapshotHistory<'txn>)>,
+}
+
+type OutcomeTable<'txn> = Table<'txn, (&'static str, &'static str), &'static [u8]>;
+type IdempotencyTimes<'txn> = Table<'txn, (u64, &'static str, &'static str), ()>;
+type SnapshotTable<'txn> = Table<'txn, &'static str, &'static [u8]>;
+type SnapshotHistory<'txn> = Table<'txn, (&'static str, u64), &'static [u8]>;
+
+impl<'txn> AppendTables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        Ok(AppendTables {
+            txn,
+            streams: txn.open_table(STREAMS)?,
+            events: txn.open_table(EVENTS)?,
+            index: txn.open_table(STREAM_INDEX)?,
+            correlations: txn.open_table(CORRELATIONS)?,
+            outcomes: None,
+            snapshots: None,
+        })
+    }
+}
+
 /// Write one actor's batch inside the group's transaction, or refuse it whole: the
 /// version check happens before anything of the batch is written.
 fn write_batch(
-    txn: &WriteTransaction,
+    tables: &mut AppendTables<'_>,
     batch: &AppendBatch,
     next: &mut Position,
     recorded_at_micros: u64,
 ) -> Result<Committed, AppendError> {
     let key = batch.stream.key();
-    let mut streams = txn.open_table(STREAMS).map_err(StoreError::from)?;
     let (version, last_position) =
-        streams.get(key.as_str()).map_err(StoreError::from)?.map(|v| v.value()).unwrap_or((0, 0));
+        tables.streams.get(key.as_str()).map_err(StoreError::from)?.map(|v| v.value()).unwrap_or((0, 0));
     if version != batch.expected_version {
         return Err(AppendError::VersionConflict { expected: batch.expected_version, actual: version });
     }
-    let mut events = txn.open_table(EVENTS).map_err(StoreError::from)?;
-    let mut index = txn.open_table(STREAM_INDEX).map_err(StoreError::from)?;
-    let mut correlations = txn.open_table(CORRELATIONS).map_err(StoreError::from)?;
     let mut stream_version = version;
     let mut stream_last = last_position;
     let mut stored = Vec::with_capacity(batch.events.len());
@@ -401,18 +476,26 @@ fn write_batch(
             causation_id: event.causation_id.clone(),
             component_version: event.component_version,
         };
-        events.insert(position, record.encode().as_slice()).map_err(StoreError::from)?;
-        index.insert((key.as_str(), stream_version), position).map_err(StoreError::from)?;
-        correlations.insert((event.correlation_id.as_str(), position), ()).map_err(StoreError::from)?;
+        tables.events.insert(position, record.encode().as_slice()).map_err(StoreError::from)?;
+        tables.index.insert((key.as_str(), stream_version), position).map_err(StoreError::from)?;
+        tables
+            .correlations
+            .insert((event.correlation_id.as_str(), position), ())
+            .map_err(StoreError::from)?;
         stream_last = position;
         stored.push(record);
     }
     if !batch.events.is_empty() {
-        streams.insert(key.as_str(), (stream_version, stream_last)).map_err(StoreError::from)?;
+        tables.streams.insert(key.as_str(), (stream_version, stream_last)).map_err(StoreError::from)?;
     }
     if !batch.outcomes.is_empty() {
-        let mut outcomes = txn.open_table(OUTCOMES).map_err(StoreError::from)?;
-        let mut times = txn.open_table(IDEMPOTENCY_TIMES).map_err(StoreError::from)?;
+        let (outcomes, times) = match &mut tables.outcomes {
+            Some(open) => open,
+            None => tables.outcomes.insert((
+                tables.txn.open_table(OUTCOMES).map_err(StoreError::from)?,
+                tables.txn.open_table(IDEMPOTENCY_TIMES).map_err(StoreError::from)?,
+            )),
+        };
         for (outcome_key, outcome) in &batch.outcomes {
             outcomes
                 .insert((key.as_str(), outcome_key.as_str()), outcome.encode().as_slice())
@@ -426,9 +509,15 @@ fn write_batch(
     }
     if let Some(snapshot) = &batch.snapshot {
         let encoded = snapshot.encode();
-        let mut snapshots = txn.open_table(SNAPSHOTS).map_err(StoreError::from)?;
+        let (snapshots, history) = match &mut tables.snapshots {
+            Some(open) => open,
+            None => tables.snapshots.insert((
+                tables.txn.open_table(SNAPSHOTS).map_err(StoreError::from)?,
+                tables.txn.open_table(SNAPSHOT_HISTORY).map_err(StoreError::from)?,
+            )),
+        };
         snapshots.insert(key.as_str(), encoded.as_slice()).map_err(StoreError::from)?;
-        keep_in_history(txn, &key, snapshot.version, &encoded)?;
+        keep_in_history(history, &key, snapshot.version, &encoded)?;
     }
     Ok(Committed { events: stored })
 }
@@ -459,12 +548,11 @@ fn forget_keys(txn: &WriteTransaction, recorded_before: u64, limit: usize) -> Re
 
 /// Add a snapshot to its stream's history and drop the oldest beyond the bound.
 fn keep_in_history(
-    txn: &WriteTransaction,
+    history: &mut SnapshotHistory<'_>,
     stream: &str,
     version: u64,
     encoded: &[u8],
 ) -> Result<(), StoreError> {
-    let mut history = txn.open_table(SNAPSHOT_HISTORY)?;
     history.insert((stream, version), encoded)?;
     let kept: Vec<u64> = history
         .range((stream, 0)..=(stream, u64::MAX))?
