@@ -108,6 +108,11 @@ enum Command {
         /// new command.
         #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
         idempotency_retention_seconds: u64,
+        /// Which bundled example components a new data directory gets (comma-separated:
+        /// account, money-transfer, order, customer, account-info, customer-orders; `none`
+        /// for none). Ignored when the directory already has components.
+        #[arg(long, value_delimiter = ',', default_value = "all", value_name = "NAMES")]
+        examples: Vec<String>,
     },
     /// Send a command: `cairn send account 101 '{"type":"OpenAccount","data":{"initial_balance":100}}'`.
     Send {
@@ -312,6 +317,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             request_timeout_ms,
             header_timeout_ms,
             idempotency_retention_seconds,
+            examples,
         } => {
             let mut config = ServeConfig {
                 data_dir: client.data,
@@ -335,6 +341,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             config.connections.header_read = std::time::Duration::from_millis(header_timeout_ms.max(1));
             config.idempotency_retention =
                 std::time::Duration::from_secs(idempotency_retention_seconds.max(1));
+            config.examples = bundled_examples(&examples)?;
             crate::server::serve(config).await
         }
         Command::Send { type_name, id, command, idempotency_key, correlation_id, expect_version } => {
@@ -567,6 +574,25 @@ fn refusal(status: reqwest::StatusCode, body: Option<&Value>, text: &str) -> Str
         Some((Some(code), Some(message))) => format!("{message} [{code}, HTTP {}]", status.as_u16()),
         _ => format!("HTTP {status}: {}", text.trim()),
     }
+}
+
+/// The bundled components `--examples` names (`all`, `none`, or a list), checked against
+/// what is bundled.
+fn bundled_examples(names: &[String]) -> anyhow::Result<Vec<&'static str>> {
+    let bundled: Vec<&'static str> = cairn_artifacts::BUNDLED.iter().map(|(name, _)| *name).collect();
+    match names {
+        [one] if one == "all" => return Ok(bundled),
+        [one] if one == "none" => return Ok(Vec::new()),
+        _ => {}
+    }
+    names
+        .iter()
+        .map(|name| {
+            bundled.iter().copied().find(|b| b == name).ok_or_else(|| {
+                anyhow::anyhow!("--examples: no bundled component {name:?} (bundled: {})", bundled.join(", "))
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

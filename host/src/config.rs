@@ -33,6 +33,8 @@ pub struct ServeConfig {
     pub connections: ConnectionLimits,
     /// How long a client's `Idempotency-Key` is remembered.
     pub idempotency_retention: std::time::Duration,
+    /// The bundled example components a new data directory gets.
+    pub examples: Vec<&'static str>,
 }
 
 impl Default for ServeConfig {
@@ -60,6 +62,7 @@ impl Default for ServeConfig {
                 drain: std::time::Duration::from_secs(10),
             },
             idempotency_retention: std::time::Duration::from_secs(24 * 60 * 60),
+            examples: cairn_artifacts::BUNDLED.iter().map(|(name, _)| *name).collect(),
         }
     }
 }

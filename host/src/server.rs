@@ -34,13 +34,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             .context("load deployed components")?,
     );
     if components.is_empty() {
-        for (name, bytes) in cairn_artifacts::BUNDLED {
+        let chosen = cairn_artifacts::BUNDLED.iter().filter(|(name, _)| config.examples.contains(name));
+        for (name, bytes) in chosen {
             components
                 .deploy(name, bytes.to_vec(), DeployOptions::default())
                 .await
                 .with_context(|| format!("deploy the bundled {name} component"))?;
         }
-        tracing::info!("new data directory: deployed the bundled example components");
+        tracing::info!(examples = ?config.examples, "new data directory: deployed bundled example components");
     }
     let actors = Actors::new(store.clone(), writer.clone(), components.clone(), config.actors);
     let routing = Arc::new(

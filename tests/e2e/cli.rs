@@ -158,3 +158,33 @@ async fn bench_measures_a_scenario_and_the_healthz_baseline() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--accounts 2"), "{refused:?}");
 }
+
+/// `serve --examples` picks which bundled components a new data directory gets; a name that
+/// is not bundled stops the host with a message naming what is.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_deploys_only_the_examples_asked_for() {
+    let host = Host::start_with(&["--examples", "account,money-transfer"]);
+    let listed = host.get("/components").await.expect(200).body;
+    let mut names: Vec<&str> =
+        listed.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["account", "money-transfer"], "{listed}");
+    host.open_account("e", 1).await;
+
+    let scratch = tempfile::tempdir().unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "--data",
+            scratch.path().to_str().unwrap(),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--examples",
+            "acount",
+        ])
+        .output()
+        .expect("run cairn serve");
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("\"acount\"") && message.contains("money-transfer"), "{message}");
+}

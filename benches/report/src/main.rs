@@ -70,7 +70,8 @@ fn table(runs: &[Run]) {
     for Run { system, report } in runs {
         let load = &report.load;
         println!(
-            "| {system} | {} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {} of {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {} of {} | {} |",
+            label(system),
             report.scenario,
             report.connections,
             load.per_second,
@@ -86,8 +87,10 @@ fn table(runs: &[Run]) {
     for Run { system, report } in runs {
         if let Some(ms) = report.transfers_terminal_after_ms {
             println!(
-                "\n{system}: {} transfers at {} connections, every one terminal {ms:.0} ms after the last was accepted.",
-                report.load.requests, report.connections
+                "\n{}: {} transfers at {} connections, every one terminal {ms:.0} ms after the last was accepted.",
+                label(system),
+                report.load.requests,
+                report.connections
             );
         }
     }
@@ -98,29 +101,44 @@ fn table(runs: &[Run]) {
             })
             .and_then(|r| r.report.ratio_to_healthz)
     };
-    for scenario in ["credits", "hot"] {
-        if let (Some(cairn), Some(peer)) = (ratio("cairn", scenario, 64), ratio("peer", scenario, 64))
-            && peer > 0.0
-        {
-            println!(
-                "\n{scenario} at 64 connections, each as a share of its own `/healthz`: Cairn {cairn:.4}, peer {peer:.4}: Cairn is {:.1}× the peer.",
-                cairn / peer
-            );
+    for system in ["cairn", "cairnall"] {
+        for scenario in ["credits", "hot"] {
+            if let (Some(cairn), Some(peer)) = (ratio(system, scenario, 64), ratio("peer", scenario, 64))
+                && peer > 0.0
+            {
+                println!(
+                    "\n{scenario} at 64 connections, each as a share of its own `/healthz`: {} {cairn:.4}, the peer {peer:.4}: {:.1}× the peer.",
+                    label(system),
+                    cairn / peer
+                );
+            }
         }
     }
 }
 
-const SERIES: [(&str, &str, RGBColor); 4] = [
+/// The systems `benches/run` measures, by the prefix of their result files.
+fn label(system: &str) -> &str {
+    match system {
+        "cairn" => "Cairn, Account only",
+        "cairnall" => "Cairn, every example",
+        "peer" => "cqrs-es + PostgreSQL",
+        other => other,
+    }
+}
+
+const SERIES: [(&str, &str, RGBColor); 6] = [
     ("cairn", "credits", RGBColor(0x1f, 0x6f, 0xb4)),
     ("cairn", "hot", RGBColor(0x5a, 0xb4, 0xe6)),
+    ("cairnall", "credits", RGBColor(0x2c, 0x8c, 0x3c)),
+    ("cairnall", "hot", RGBColor(0x8c, 0xcf, 0x7e)),
     ("peer", "credits", RGBColor(0xd0, 0x5a, 0x1e)),
     ("peer", "hot", RGBColor(0xf0, 0xa0, 0x50)),
 ];
 
 fn plot(runs: &[Run], file: &Path) -> anyhow::Result<()> {
-    let root = SVGBackend::new(file, (1100, 460)).into_drawing_area();
+    let root = SVGBackend::new(file, (1200, 520)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(550);
+    let (left, right) = root.split_horizontally(600);
     let max_connections = runs.iter().map(|r| r.report.connections).max().unwrap_or(256).max(2);
     let points = |system: &str, scenario: &str, value: &dyn Fn(&Report) -> f64| -> Vec<(u32, f64)> {
         runs.iter()

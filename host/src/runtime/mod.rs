@@ -212,6 +212,10 @@ impl Runtime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.consume_fuel(true);
+        // For profiling guests with `perf`: /tmp/perf-<pid>.map names their compiled code.
+        if std::env::var_os("CAIRN_PERF_MAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(limits.pool()));
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("create the wasmtime engine: {e}"))?;
         if let Some(dir) = cache_dir {
