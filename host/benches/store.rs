@@ -67,6 +67,8 @@ fn appends(c: &mut Criterion) {
         })
     });
     group.throughput(Throughput::Elements(WRITERS));
+    // No commit yet (the benchmark before was filtered out): no histogram yet either.
+    let before = metrics.as_ref().map(|handle| batches(&handle.render()).unwrap_or((0.0, 0.0)));
     group.bench_function("64 concurrent writers, group commit", |b| {
         b.iter_custom(|rounds| {
             let mut spent = Duration::ZERO;
@@ -104,20 +106,22 @@ fn appends(c: &mut Criterion) {
     });
     group.finish();
     writer.shutdown();
-    if let Some(batch) = metrics.and_then(|handle| average_batch(&handle.render())) {
-        eprintln!("group commit over both benchmarks: {batch:.1} appends per commit on average");
+    let after = metrics.as_ref().and_then(|handle| batches(&handle.render()));
+    if let (Some((appends_before, commits_before)), Some((appends, commits))) = (before, after) {
+        let batch = (appends - appends_before) / (commits - commits_before).max(1.0);
+        eprintln!("64 concurrent writers: {batch:.1} appends per group commit on average");
     }
 }
 
-/// `cairn_commit_batch_appends` sum / count, from the host's own histogram.
-fn average_batch(rendered: &str) -> Option<f64> {
+/// (appends, commits) so far, from the host's own `cairn_commit_batch_appends` histogram.
+fn batches(rendered: &str) -> Option<(f64, f64)> {
     let sample = |name: &str| {
         rendered
             .lines()
             .find(|line| line.split_whitespace().next() == Some(name))
             .and_then(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
     };
-    Some(sample("cairn_commit_batch_appends_sum")? / sample("cairn_commit_batch_appends_count")?)
+    Some((sample("cairn_commit_batch_appends_sum")?, sample("cairn_commit_batch_appends_count")?))
 }
 
 const ROWS: TableDefinition<u64, &[u8]> = TableDefinition::new("rows");

@@ -155,28 +155,33 @@ fn plot(runs: &[Run], file: &Path) -> anyhow::Result<()> {
         let all: Vec<f64> =
             runs.iter().filter(|r| r.report.scenario != "transfers").map(|r| value(&r.report)).collect();
         let low = all.iter().cloned().fold(f64::MAX, f64::min).max(0.01) / 2.0;
-        let high = all.iter().cloned().fold(0.0, f64::max) * 2.0;
+        // Headroom above the data for the legend.
+        let high = all.iter().cloned().fold(0.0, f64::max) * 12.0;
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 20))
             .margin(14)
             .x_label_area_size(40)
             .y_label_area_size(64)
             .build_cartesian_2d((1u32..max_connections).log_scale(), (low..high).log_scale())?;
-        chart.configure_mesh().x_desc("connections").draw()?;
+        chart.configure_mesh().x_desc("connections").y_label_formatter(&|v| format!("{v:.0}")).draw()?;
         for (system, scenario, colour) in SERIES {
             let series = points(system, scenario, value);
             if series.is_empty() {
                 continue;
             }
-            let label =
-                format!("{} {scenario}", if system == "cairn" { "Cairn" } else { "cqrs-es + PostgreSQL" });
+            let label = format!("{}: {scenario}", label(system));
             chart
                 .draw_series(LineSeries::new(series.clone(), colour.stroke_width(2)))?
                 .label(label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
             chart.draw_series(series.into_iter().map(|p| Circle::new(p, 4, colour.filled())))?;
         }
-        chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()?;
     }
     root.present()?;
     Ok(())
