@@ -13,8 +13,9 @@
 //!   delivery task;
 //! - `rebuild-stall=<millis>`: every batch of a view rebuild waits that long first, so a
 //!   test can read the old generation while the new one is built;
-//! - `commit-fail=<stream key>`: the first group commit holding an append to that stream
-//!   (e.g. `account/x`) fails, as a full disk would fail it;
+//! - `commit-fail=<stream key>[:<skip>]`: the group commit holding that stream's first
+//!   append (e.g. `account/x`; or the one after `skip` appends) fails, as a full disk would
+//!   fail it (after a `commit-stall` of the same commit);
 //! - `commit-stall=<stream key>:<millis>[:<skip>]`: the group commit holding that stream's
 //!   first append (or the one after `skip` appends) waits that long before it commits, as a
 //!   stalled fsync would hold the writer.
@@ -33,13 +34,13 @@ mod injected {
         actor_stall: Option<(String, Duration)>,
         delivery_panic: Option<String>,
         rebuild_stall: Option<Duration>,
-        commit_fail: Option<String>,
+        commit_fail: Option<(String, u64)>,
         commit_stall: Option<(String, Duration, u64)>,
     }
 
     static ACTOR_PANICKED: AtomicBool = AtomicBool::new(false);
     static DELIVERY_PANICKED: AtomicBool = AtomicBool::new(false);
-    static COMMIT_FAILED: AtomicBool = AtomicBool::new(false);
+    static COMMIT_FAIL_APPENDS: AtomicU64 = AtomicU64::new(0);
     static COMMIT_STALL_APPENDS: AtomicU64 = AtomicU64::new(0);
 
     pub fn faults() -> &'static Faults {
@@ -53,7 +54,7 @@ mod injected {
             match entry.split_once('=') {
                 Some(("actor-panic", command)) => faults.actor_panic = Some(command.to_owned()),
                 Some(("delivery-panic", event)) => faults.delivery_panic = Some(event.to_owned()),
-                Some(("commit-fail", stream)) => faults.commit_fail = Some(stream.to_owned()),
+                Some(("commit-fail", spec)) => faults.commit_fail = name_and_skip(spec),
                 Some(("rebuild-stall", millis)) if millis.parse::<u64>().is_ok() => {
                     faults.rebuild_stall = millis.parse().ok().map(Duration::from_millis);
                 }
@@ -69,6 +70,14 @@ mod injected {
     fn name_and_millis(spec: &str) -> Option<(String, Duration)> {
         let (name, millis) = spec.rsplit_once(':')?;
         Some((name.to_owned(), Duration::from_millis(millis.parse().ok()?)))
+    }
+
+    /// `<stream key>[:<skip>]`.
+    fn name_and_skip(spec: &str) -> Option<(String, u64)> {
+        match spec.split_once(':') {
+            Some((stream, skip)) => Some((stream.to_owned(), skip.parse().ok()?)),
+            None => Some((spec.to_owned(), 0)),
+        }
     }
 
     /// `<stream key>:<millis>[:<skip>]`.
@@ -96,7 +105,10 @@ mod injected {
         }
 
         pub fn commit_fail(&self, stream: &str) -> bool {
-            self.commit_fail.as_deref() == Some(stream) && first_time(&COMMIT_FAILED)
+            let Some((_, skip)) = self.commit_fail.as_ref().filter(|(s, _)| s == stream) else {
+                return false;
+            };
+            COMMIT_FAIL_APPENDS.fetch_add(1, Ordering::SeqCst) == *skip
         }
 
         pub fn rebuild_stall(&self) -> Option<Duration> {
@@ -118,12 +130,13 @@ mod injected {
         #[test]
         fn entries_parse_and_unknown_ones_are_ignored() {
             let faults = super::parse(
-                "actor-stall=Hold:250, delivery-panic=AccountCredited,bogus,commit-stall=account/s:40:2",
+                "actor-stall=Hold:250, delivery-panic=AccountCredited,bogus,commit-stall=account/s:40:2,commit-fail=account/f:1",
             );
             assert_eq!(faults.actor_stall("Hold"), Some(std::time::Duration::from_millis(250)));
             assert_eq!(faults.actor_stall("Other"), None);
             assert_eq!(faults.delivery_panic.as_deref(), Some("AccountCredited"));
             assert!(faults.actor_panic.is_none());
+            assert_eq!(faults.commit_fail, Some(("account/f".to_owned(), 1)));
             assert_eq!(
                 faults.commit_stall,
                 Some(("account/s".to_owned(), std::time::Duration::from_millis(40), 2))

@@ -197,3 +197,43 @@ async fn a_read_answers_the_committed_state_while_a_commit_stalls_and_later_comm
     let now = host.get("/aggregates/account/p").await.expect(200);
     assert_eq!((now.body["version"].as_u64(), now.body["state"]["balance"].as_i64()), (Some(3), Some(22)));
 }
+
+/// A command decided while the batch before it was committing counted on that batch: when
+/// that commit fails, the later command fails too (nothing of either is stored, and the
+/// later one is not mistaken for a version conflict), the actor rebuilds its state from the
+/// log, and the next command is decided on what is really there.
+#[tokio::test]
+async fn when_a_commit_fails_the_commands_decided_behind_it_fail_too_and_nothing_is_stored() {
+    // The stream's second append (the first credit) stalls for 1.5 s, then fails.
+    let host = Host::start_with_env(
+        &[],
+        &[("CAIRN_FAULTS", "commit-stall=account/f:1500:1,commit-fail=account/f:1")],
+    );
+    host.open_account("f", 10).await;
+    let credit = |amount: i64, transaction: &str| {
+        host.command_request(
+            "account",
+            "f",
+            "CreditAccount",
+            json!({"amount": amount, "transaction_id": transaction}),
+        )
+        .send()
+    };
+    let failing = tokio::spawn(credit(5, "failing"));
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let behind = tokio::spawn(credit(7, "behind"));
+
+    for answer in [failing.await.unwrap().unwrap(), behind.await.unwrap().unwrap()] {
+        let status = answer.status().as_u16();
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!((status, body["error"]["code"].as_str()), (500, Some("storage_error")), "{body}");
+    }
+    let log = host.get("/aggregates/account/f/events").await.expect(200).body;
+    assert_eq!(log["events"].as_array().unwrap().len(), 1, "only the opening is stored: {log}");
+    let after = host
+        .command("account", "f", "CreditAccount", json!({"amount": 1, "transaction_id": "after"}))
+        .await
+        .expect(200);
+    assert_eq!(after.body["version"], 2);
+    assert_eq!(host.state("account", "f").await["balance"], 11);
+}

@@ -342,18 +342,18 @@ fn commit_group(
             }
             answers.push(answer);
         }
-        let faulted = requests.iter().any(
-            |r| matches!(r, Request::Append(batch, _) if crate::faults::commit_fail(&batch.stream.key())),
-        );
-        if faulted {
-            return Err(StoreError::CommitFailed("fault injection: commit-fail".to_owned()));
-        }
         let stall = requests.iter().find_map(|r| match r {
             Request::Append(batch, _) => crate::faults::commit_stall(&batch.stream.key()),
             _ => None,
         });
         if let Some(stall) = stall {
             std::thread::sleep(stall);
+        }
+        let faulted = requests.iter().any(
+            |r| matches!(r, Request::Append(batch, _) if crate::faults::commit_fail(&batch.stream.key())),
+        );
+        if faulted {
+            return Err(StoreError::CommitFailed("fault injection: commit-fail".to_owned()));
         }
         drop(tables);
         txn.commit()?;
