@@ -218,6 +218,59 @@ async fn everything_is_there_after_close_and_reopen() {
 
 /// Run by `acknowledged_appends_survive_sigkill_mid_write` in a child process: append
 /// forever from 4 concurrent streams, printing each acknowledged append.
+/// The stream index is written from a tail the writer keeps in memory (a stream's entries
+/// move into the table 16 at a time, or once 16 384 events old): reads see every event
+/// before and after a move, and a reopened store rebuilds the tail from the log.
+#[tokio::test]
+async fn reads_are_complete_across_stream_index_flushes_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer) = open(dir.path());
+    let streams: Vec<StreamId> = (0..60).map(|k| stream(&format!("f-{k}"))).collect();
+    let all = |upto: u64| (1..=upto).collect::<Vec<_>>();
+    // 60 streams × 100 events, ten at a time, interleaved: 6 000 events, past a flush.
+    for round in 0..10u64 {
+        for s in &streams {
+            writer.append(batch(s, round * 10, round * 10 + 1..=round * 10 + 10)).await.unwrap();
+        }
+        for s in &streams {
+            assert_eq!(versions(&store.read_stream(s, 1, usize::MAX).unwrap()), all((round + 1) * 10));
+        }
+    }
+    // A quiet stream's one entry leaves the tail once 16 384 events have passed it.
+    let quiet = stream("quiet");
+    writer.append(batch(&quiet, 0, [1])).await.unwrap();
+    let bulk = stream("bulk");
+    for round in 0..17u64 {
+        writer.append(batch(&bulk, round * 1000, round * 1000 + 1..=round * 1000 + 1000)).await.unwrap();
+        assert_eq!(versions(&store.read_stream(&quiet, 1, usize::MAX).unwrap()), [1]);
+    }
+    assert_eq!(store.read_stream(&bulk, 1, usize::MAX).unwrap().len(), 17_000);
+    let s = &streams[7];
+    assert_eq!(versions(&store.read_stream_range(s, 35, 72, 10).unwrap()), (35..=44).collect::<Vec<_>>());
+    assert_eq!(versions(&store.read_stream_range(s, 95, 200, 100).unwrap()), (95..=100).collect::<Vec<_>>());
+    assert!(store.read_stream_range(s, 50, 40, 100).unwrap().is_empty());
+    let positions: Vec<u64> =
+        store.read_stream(s, 1, usize::MAX).unwrap().iter().map(|e| e.position).collect();
+    close(store, writer);
+
+    let (store, writer) = open(dir.path());
+    for s in &streams {
+        assert_eq!(versions(&store.read_stream(s, 1, usize::MAX).unwrap()), all(100), "{s} after reopening");
+    }
+    assert_eq!(versions(&store.read_stream(&quiet, 1, usize::MAX).unwrap()), [1]);
+    assert_eq!(
+        versions(&store.read_stream(&bulk, 16_990, usize::MAX).unwrap()),
+        (16_990..=17_000).collect::<Vec<_>>()
+    );
+    let reread: Vec<u64> = store.read_stream(s, 1, usize::MAX).unwrap().iter().map(|e| e.position).collect();
+    assert_eq!(reread, positions, "the same events at the same positions");
+    for s in &streams {
+        writer.append(batch(s, 100, [101])).await.unwrap();
+        assert_eq!(versions(&store.read_stream(s, 99, usize::MAX).unwrap()), [99, 100, 101]);
+    }
+    close(store, writer);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_writer() {
     let Some(dir) = std::env::var_os("CAIRN_TCK_CHILD_DIR") else {
@@ -253,7 +306,9 @@ fn acknowledged_appends_survive_sigkill_mid_write() {
     let mut acked = HashMap::<String, u64>::new();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut count = 0;
-    while count < 300 {
+    // Long enough for the stream index to be written from the writer's tail many times, so
+    // the kill finds both the table and the tail in use.
+    while count < 1600 {
         let line = lines.next().expect("the child stopped early").unwrap();
         if let Some(rest) = line.strip_prefix("acked ") {
             let (id, version) = rest.split_once(' ').unwrap();

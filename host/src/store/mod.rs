@@ -16,6 +16,7 @@ mod error;
 mod follow;
 mod records;
 mod retention;
+mod stream_tail;
 pub mod tables;
 mod writer;
 
@@ -52,6 +53,7 @@ pub fn reaction_cursor(component: &str) -> String {
 pub struct EventStore {
     db: Arc<Database>,
     head: watch::Receiver<Position>,
+    tail: Arc<stream_tail::StreamTail>,
 }
 
 impl EventStore {
@@ -63,15 +65,13 @@ impl EventStore {
         let db = Arc::new(Database::create(path)?);
         let txn = db.begin_write()?;
         tables::create_all(&txn)?;
+        let head_position = txn.open_table(EVENTS)?.last()?.map(|(k, _)| k.value()).unwrap_or(0);
+        stream_tail::record_indexed_through_if_missing(&txn, head_position)?;
         txn.commit()?;
-        let head_position = {
-            let read = db.begin_read()?;
-            let events = read.open_table(EVENTS)?;
-            events.last()?.map(|(k, _)| k.value()).unwrap_or(0)
-        };
+        let tail = Arc::new(stream_tail::StreamTail::load(&db, head_position)?);
         let (head_tx, head_rx) = watch::channel(head_position);
-        let writer = Writer::start(db.clone(), head_position, head_tx)?;
-        Ok((EventStore { db, head: head_rx }, writer))
+        let writer = Writer::start(db.clone(), head_position, head_tx, tail.clone())?;
+        Ok((EventStore { db, head: head_rx, tail }, writer))
     }
 
     /// The raw database, for the component registry's reads.
@@ -114,19 +114,7 @@ impl EventStore {
         to: Version,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let read = self.db.begin_read()?;
-        let index = read.open_table(STREAM_INDEX)?;
-        let events = read.open_table(EVENTS)?;
-        let key = stream.key();
-        let mut out = Vec::new();
-        for entry in index.range((key.as_str(), from.max(1))..=(key.as_str(), to))?.take(limit) {
-            let (_, position) = entry?;
-            let record = events.get(position.value())?.ok_or_else(|| {
-                StoreError::Corrupt(format!("{key} points at missing position {}", position.value()))
-            })?;
-            out.push(StoredEvent::decode(record.value())?);
-        }
-        Ok(out)
+        stream_tail::read_range(&self.db, &self.tail, stream, from, to, limit)
     }
 
     /// Events of the global log with `position > after`, at most `limit`, in order.

@@ -6,7 +6,8 @@ use redb::{TableDefinition, TableError, WriteTransaction};
 pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// stream key (`type/id`) → (version, position of its newest event).
 pub const STREAMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("streams");
-/// (stream key, version) → position.
+/// (stream key, version) → position, complete up to `meta`'s `stream_index_through`; the
+/// newer entries are in the writer's tail (`stream_tail.rs`).
 pub const STREAM_INDEX: TableDefinition<(&str, u64), u64> = TableDefinition::new("stream_index");
 /// stream key → [`super::Snapshot`] (the newest).
 pub const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
@@ -37,6 +38,9 @@ pub const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 /// stream order per subscriber, so a parked sequence is one range.
 pub const PARKED: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("parked");
 
+/// name → number: the store's own bookkeeping (`stream_index_through`).
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
 /// Open every table once so that read transactions find them even in a new file.
 pub fn create_all(txn: &WriteTransaction) -> Result<(), TableError> {
     txn.open_table(EVENTS)?;
@@ -51,5 +55,6 @@ pub fn create_all(txn: &WriteTransaction) -> Result<(), TableError> {
     txn.open_table(COMPONENT_BLOBS)?;
     txn.open_table(CURSORS)?;
     txn.open_table(PARKED)?;
+    txn.open_table(META)?;
     Ok(())
 }

@@ -7,9 +7,11 @@
 //! batches of 64.
 
 use super::records::Record;
+use super::stream_tail::StreamTail;
 use super::tables::*;
 use super::{
     AppendBatch, AppendError, Committed, DeadLetter, DeadLetterKey, Position, StoreError, StoredEvent,
+    Version,
 };
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use std::sync::Arc;
@@ -102,13 +104,14 @@ impl Writer {
         db: Arc<Database>,
         head: Position,
         head_tx: watch::Sender<Position>,
+        tail: Arc<StreamTail>,
     ) -> Result<Self, StoreError> {
         let (requests, queue) = mpsc::channel();
         let last_failure = Arc::new(std::sync::Mutex::new(None));
         let failures = last_failure.clone();
         let thread = std::thread::Builder::new()
             .name("cairn-writer".into())
-            .spawn(move || run(db, head, head_tx, queue, failures))
+            .spawn(move || run(db, head, head_tx, tail, queue, failures))
             .map_err(|e| StoreError::Storage(redb::StorageError::Io(e).into()))?;
         Ok(Writer { requests, thread: Arc::new(std::sync::Mutex::new(Some(thread))), last_failure })
     }
@@ -235,6 +238,7 @@ fn run(
     db: Arc<Database>,
     mut head: Position,
     head_tx: watch::Sender<Position>,
+    tail: Arc<StreamTail>,
     queue: mpsc::Receiver<Request>,
     last_failure: Arc<std::sync::Mutex<Option<String>>>,
 ) {
@@ -261,7 +265,7 @@ fn run(
             }
         }
         if !requests.is_empty() {
-            head = commit_group(&db, head, &head_tx, requests, &last_failure);
+            head = commit_group(&db, head, &head_tx, &tail, requests, &last_failure);
         }
     }
     tracing::debug!("writer thread stopped");
@@ -273,12 +277,16 @@ fn commit_group(
     db: &Database,
     head: Position,
     head_tx: &watch::Sender<Position>,
+    tail: &StreamTail,
     requests: Vec<Request>,
     last_failure: &std::sync::Mutex<Option<String>>,
 ) -> Position {
     let recorded_at_micros = crate::time::now_micros();
     let started = std::time::Instant::now();
     let mut next = head + 1;
+    // The group's stream-index entries, for the tail (see stream_tail.rs).
+    let mut indexed = Vec::new();
+    let mut flush = None;
     let written = (|| -> Result<(Vec<Result<Committed, AppendError>>, usize), StoreError> {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate).map_err(|e| StoreError::CommitFailed(e.to_string()))?;
@@ -292,7 +300,7 @@ fn commit_group(
                         Some(open) => open,
                         None => tables.insert(AppendTables::open(&txn)?),
                     };
-                    write_batch(tables, batch, &mut next, recorded_at_micros)
+                    write_batch(tables, batch, &mut next, recorded_at_micros, &mut indexed)
                 }
                 Request::Cursor(name, position, _) => {
                     txn.open_table(CURSORS)?.insert(name.as_str(), *position)?;
@@ -356,11 +364,19 @@ fn commit_group(
             return Err(StoreError::CommitFailed("fault injection: commit-fail".to_owned()));
         }
         drop(tables);
+        tail.add(&indexed);
+        flush = tail.due(next - 1);
+        if let Some(flush) = &flush {
+            tail.write(&txn, flush)?;
+        }
         txn.commit()?;
         Ok((answers, forgotten))
     })();
     match written {
         Ok((answers, forgotten)) => {
+            if let Some(flush) = flush {
+                tail.moved(flush);
+            }
             *last_failure.lock().expect("writer health lock") = None;
             let appends = requests.iter().filter(|r| matches!(r, Request::Append(..))).count();
             crate::telemetry::group_commit(appends, next - 1 - head, started.elapsed());
@@ -385,6 +401,7 @@ fn commit_group(
             next - 1
         }
         Err(e) => {
+            tail.undo(&indexed, head, flush);
             tracing::error!("group commit of {} requests failed: {e}", requests.len());
             crate::telemetry::commit_failed();
             *last_failure.lock().expect("writer health lock") = Some(e.to_string());
@@ -417,7 +434,6 @@ struct AppendTables<'txn> {
     txn: &'txn WriteTransaction,
     streams: Table<'txn, &'static str, (u64, u64)>,
     events: Table<'txn, u64, &'static [u8]>,
-    index: Table<'txn, (&'static str, u64), u64>,
     correlations: Table<'txn, (&'static str, u64), ()>,
     /// Opened when a batch first needs them (keyed commands, snapshots).
     outcomes: Option<(OutcomeTable<'txn>, IdempotencyTimes<'txn>)>,
@@ -435,7 +451,6 @@ impl<'txn> AppendTables<'txn> {
             txn,
             streams: txn.open_table(STREAMS)?,
             events: txn.open_table(EVENTS)?,
-            index: txn.open_table(STREAM_INDEX)?,
             correlations: txn.open_table(CORRELATIONS)?,
             outcomes: None,
             snapshots: None,
@@ -450,6 +465,7 @@ fn write_batch(
     batch: &AppendBatch,
     next: &mut Position,
     recorded_at_micros: u64,
+    indexed: &mut Vec<(String, Version, Position)>,
 ) -> Result<Committed, AppendError> {
     let key = batch.stream.key();
     let (version, last_position) =
@@ -477,7 +493,7 @@ fn write_batch(
             component_version: event.component_version,
         };
         tables.events.insert(position, record.encode().as_slice()).map_err(StoreError::from)?;
-        tables.index.insert((key.as_str(), stream_version), position).map_err(StoreError::from)?;
+        indexed.push((key.clone(), stream_version, position));
         tables
             .correlations
             .insert((event.correlation_id.as_str(), position), ())
