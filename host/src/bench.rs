@@ -95,6 +95,9 @@ pub async fn run(url: &str, options: &BenchOptions) -> anyhow::Result<Report> {
         _ => options.accounts,
     };
     open_accounts(&http, url, &run_id, accounts, options.connections).await?;
+    // Subscribers and projections still working through an earlier load would take CPU
+    // from this one, and from its baseline.
+    settle(&http, url).await?;
     let healthz = if options.no_baseline {
         None
     } else {
@@ -339,6 +342,37 @@ async fn wait_terminal(
         task.await??;
     }
     Ok(())
+}
+
+/// Wait until every subscriber and projection of the host has handled the whole log (a host
+/// without `/routing` or `/views`, like the benchmark's peer, is settled at once).
+async fn settle(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let json = |path: &'static str| async move {
+        let answer = http.get(format!("{url}{path}")).send().await.ok()?;
+        answer.json::<Value>().await.ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let head = json("/healthz").await.and_then(|h| h["head_position"].as_u64());
+        let Some(head) = head else { return Ok(()) };
+        let routing = json("/routing").await;
+        let subscribers_done = routing.as_ref().and_then(|r| r["subscribers"].as_array()).is_none_or(|all| {
+            all.iter().all(|s| s["cursor"].as_u64() == Some(head) && s["in_flight"].as_u64() == Some(0))
+        });
+        let views = json("/views").await;
+        let projections_done = views
+            .as_ref()
+            .and_then(|v| v["projections"].as_array())
+            // A failed projection will not catch up by waiting.
+            .is_none_or(|all| all.iter().all(|p| p["lag"].as_u64() == Some(0) || p["status"] == "failed"));
+        if subscribers_done && projections_done {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the host's subscribers and projections did not catch up with the log in 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 struct CommitMetrics {
