@@ -115,13 +115,7 @@ fn appends(c: &mut Criterion) {
 
 /// (appends, commits) so far, from the host's own `cairn_commit_batch_appends` histogram.
 fn batches(rendered: &str) -> Option<(f64, f64)> {
-    let sample = |name: &str| {
-        rendered
-            .lines()
-            .find(|line| line.split_whitespace().next() == Some(name))
-            .and_then(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
-    };
-    Some((sample("cairn_commit_batch_appends_sum")?, sample("cairn_commit_batch_appends_count")?))
+    cairn::bench::CommitMetrics::from_prometheus(rendered).map(|m| (m.appends, m.commits))
 }
 
 const ROWS: TableDefinition<u64, &[u8]> = TableDefinition::new("rows");

@@ -375,26 +375,36 @@ async fn settle(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
     }
 }
 
-struct CommitMetrics {
-    commits: f64,
-    appends: f64,
-    seconds: f64,
+/// The host's group-commit counters so far, from its Prometheus text (`/metrics`).
+#[derive(Debug, Clone, Copy)]
+pub struct CommitMetrics {
+    pub commits: f64,
+    pub appends: f64,
+    /// Time spent committing, fsync included.
+    pub seconds: f64,
+}
+
+impl CommitMetrics {
+    /// `None` until the host has committed (no histogram yet) or when `text` has none.
+    pub fn from_prometheus(text: &str) -> Option<CommitMetrics> {
+        let sample = |name: &str| {
+            text.lines()
+                .find(|line| line.split_whitespace().next() == Some(name))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|value| value.parse::<f64>().ok())
+        };
+        Some(CommitMetrics {
+            commits: sample("cairn_commit_batch_appends_count")?,
+            appends: sample("cairn_commit_batch_appends_sum")?,
+            seconds: sample("cairn_commit_duration_seconds_sum")?,
+        })
+    }
 }
 
 /// The host's group-commit counters, when it serves `/metrics`.
 async fn commit_metrics(http: &reqwest::Client, url: &str) -> Option<CommitMetrics> {
     let text = http.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
-    let sample = |name: &str| {
-        text.lines()
-            .find(|line| line.split_whitespace().next() == Some(name))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|value| value.parse::<f64>().ok())
-    };
-    Some(CommitMetrics {
-        commits: sample("cairn_commit_batch_appends_count")?,
-        appends: sample("cairn_commit_batch_appends_sum")?,
-        seconds: sample("cairn_commit_duration_seconds_sum")?,
-    })
+    CommitMetrics::from_prometheus(&text)
 }
 
 /// The report for a person.

@@ -161,6 +161,17 @@ async fn a_stalled_commit_costs_its_command_a_timeout_and_loses_nothing() {
     host.get("/readyz").await.expect(200);
 }
 
+/// A `CreditAccount` sent from its own task, so the test can act while it waits.
+fn credit_in_background(
+    host: &Host,
+    id: &str,
+    amount: i64,
+    transaction: &str,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let data = json!({"amount": amount, "transaction_id": transaction});
+    tokio::spawn(host.command_request("account", id, "CreditAccount", data).send())
+}
+
 /// While one batch of a stream commits, its actor decides the next (pipelining), and a state
 /// read answers from the last committed state at once instead of waiting for either. The
 /// later command is answered only after the stalled one, with the next version.
@@ -169,18 +180,9 @@ async fn a_read_answers_the_committed_state_while_a_commit_stalls_and_later_comm
     // The stream's second append (the first credit) stalls for 3 s.
     let host = Host::start_with_env(&[], &[("CAIRN_FAULTS", "commit-stall=account/p:3000:1")]);
     host.open_account("p", 10).await;
-    let credit = |amount: i64, transaction: &str| {
-        host.command_request(
-            "account",
-            "p",
-            "CreditAccount",
-            json!({"amount": amount, "transaction_id": transaction}),
-        )
-        .send()
-    };
-    let stalled = tokio::spawn(credit(5, "stalled"));
+    let stalled = credit_in_background(&host, "p", 5, "stalled");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let behind = tokio::spawn(credit(7, "behind"));
+    let behind = credit_in_background(&host, "p", 7, "behind");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
     let read = host.get("/aggregates/account/p").await.expect(200);
@@ -210,18 +212,9 @@ async fn when_a_commit_fails_the_commands_decided_behind_it_fail_too_and_nothing
         &[("CAIRN_FAULTS", "commit-stall=account/f:1500:1,commit-fail=account/f:1")],
     );
     host.open_account("f", 10).await;
-    let credit = |amount: i64, transaction: &str| {
-        host.command_request(
-            "account",
-            "f",
-            "CreditAccount",
-            json!({"amount": amount, "transaction_id": transaction}),
-        )
-        .send()
-    };
-    let failing = tokio::spawn(credit(5, "failing"));
+    let failing = credit_in_background(&host, "f", 5, "failing");
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    let behind = tokio::spawn(credit(7, "behind"));
+    let behind = credit_in_background(&host, "f", 7, "behind");
 
     for answer in [failing.await.unwrap().unwrap(), behind.await.unwrap().unwrap()] {
         let status = answer.status().as_u16();

@@ -258,16 +258,14 @@ impl Actor {
     /// (first use, after passivation, or after a deploy swapped the version: the swap
     /// happens here, between two batches). The fold runs off the async threads.
     async fn ensure_loaded(&mut self) -> Result<(), CommandError> {
+        if self.is_current() {
+            return Ok(());
+        }
         let active = self
             .shared
             .components
             .active(&self.stream.type_name)
             .ok_or_else(|| CommandError::UnknownType(self.stream.type_name.clone()))?;
-        if let Some(loaded) = &self.loaded
-            && Arc::ptr_eq(&loaded.component, &active)
-        {
-            return Ok(());
-        }
         self.loaded = None;
         let (store, stream, component) = (self.shared.store.clone(), self.stream.clone(), active.clone());
         let rebuilt = tokio::task::spawn_blocking(move || -> Result<Rebuilt, CommandError> {
