@@ -1,10 +1,12 @@
 //! End-to-end tests: the real `cairn serve` binary, a temporary data directory with a
 //! real redb file, the real example components, and HTTP.
 
+mod browser;
 mod harness;
 
 mod cli;
 mod commands;
+mod console;
 mod crash;
 mod delivery;
 mod deploys;

@@ -10,6 +10,7 @@ mod log;
 mod openapi;
 mod operations;
 mod stream;
+mod ui;
 mod views;
 
 pub use connections::{ConnectionLimits, serve};
@@ -89,6 +90,8 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
     let (routes, doc) = api_routes(limits).split_for_parts();
     let doc = serde_json::to_vec(&doc).expect("the OpenAPI document serializes");
     routes
+        .route("/ui/", axum::routing::get(ui::console))
+        .route("/ui/{*asset}", axum::routing::get(ui::asset))
         .fallback(operations::not_found)
         .method_not_allowed_fallback(operations::method_not_allowed)
         .layer(Extension(openapi::RenderedDoc(doc.into())))
@@ -135,6 +138,7 @@ fn api_routes(limits: BodyLimits) -> OpenApiRouter<AppState> {
         .routes(routes!(operations::ready))
         .routes(routes!(operations::metrics))
         .routes(routes!(openapi::openapi_json))
+        .routes(routes!(ui::console))
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(error::stack_error))
