@@ -56,6 +56,7 @@ async fn a_command_sent_from_the_form_appears_live_in_the_log_and_pause_holds_ev
     browser.click("#send-submit").await;
     let accepted = browser.text_of("#send-accepted").await;
     assert!(accepted.contains("account/live-1 is at version 1"), "{accepted}");
+    browser.screenshot("send-answer").await;
     // The answer links to the saga the command started, under the id the form sent.
     let saga_link =
         browser.eval("return document.getElementById('send-open-saga').getAttribute('href')", vec![]).await;
@@ -178,6 +179,7 @@ async fn a_transfer_sent_from_the_form_opens_as_a_saga_across_its_three_streams(
     browser.click(".saga-event[data-type='AccountCredited']").await;
     let detail = browser.text_of("#saga-detail").await;
     assert!(detail.contains("MoneyTransferDebitRecorded"), "{detail}");
+    browser.screenshot("saga-selected").await;
     assert_eq!(host.state("account", "s-202").await["balance"], 2500);
     assert_no_console_errors(&browser.console_errors().await, "the saga page");
     browser.close().await;
@@ -228,6 +230,7 @@ async fn a_deploy_without_the_token_is_refused_in_the_page_and_with_it_the_new_v
         .eval("return [...document.querySelectorAll(\"[data-component='account'] tbody tr\")].map(r => r.dataset.version)", vec![])
         .await;
     assert_eq!(versions, json!(["2", "1"]));
+    browser.screenshot("components-deployed").await;
     let components = host.get("/components").await.expect(200).body;
     let account = components.as_array().unwrap().iter().find(|c| c["name"] == "account").unwrap().clone();
     assert_eq!(account["active_version"], 2, "{account}");
@@ -329,5 +332,82 @@ async fn every_page_of_the_console_loads_without_errors_in_the_browser_console()
         )
         .await;
     assert_no_console_errors(&browser.console_errors().await, "keyboard navigation");
+    browser.close().await;
+}
+
+/// The parked sequences of `subscriber` as `(stream, position)`, from the API.
+async fn parked(host: &Host, subscriber: &str) -> Vec<(String, u64)> {
+    let answer = host.get(&format!("/routing/dead-letters?subscriber={subscriber}")).await.expect(200);
+    let letters = answer.body["dead_letters"].as_array().unwrap().clone();
+    letters
+        .iter()
+        .map(|l| (l["stream"].as_str().unwrap().to_owned(), l["position"].as_u64().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_are_retried_and_discarded_from_the_routing_page_with_the_token() {
+    let Some((host, browser)) = console("console::dead_letters").await else { return };
+    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    host.open_account("p", 100).await;
+    for transaction in ["poison", "after-poison"] {
+        host.command("account", "p", "CreditAccount", json!({"amount": 1, "transaction_id": transaction}))
+            .await
+            .expect(200);
+    }
+    crate::sagas::eventually("account/p to park for faulty", || async {
+        parked(&host, "faulty").await.len() == 2
+    })
+    .await;
+
+    browser.goto(&format!("{}/ui/#/routing", host.url)).await;
+    let sequence = "#dead-letter-table tr[data-subscriber='faulty'][data-stream='account/p']";
+    let shown = browser.text_of(sequence).await;
+    assert!(shown.contains("AccountCredited") && shown.contains("react failed"), "{shown}");
+    browser.screenshot("routing-dead-letters").await;
+
+    // Without the token the host refuses, and the page says so; nothing is released.
+    browser.click(&format!("{sequence} button.retry")).await;
+    let refused = browser.text_of("#routing-result").await;
+    assert!(refused.contains("401"), "{refused}");
+    assert_eq!(parked(&host, "faulty").await.len(), 2);
+
+    // With the token and a fixed version, Retry delivers the sequence in order.
+    browser.type_into("#admin-token", "test-token").await;
+    browser.click("#token-save").await;
+    host.deploy("faulty", cairn_artifacts::FAULTY_FIXED).await.expect(200);
+    browser.click(&format!("{sequence} button.retry")).await;
+    browser
+        .wait_for(
+            "the retried sequence to leave the page",
+            "return document.getElementById('dead-letters')?.textContent.includes('No dead letters')",
+        )
+        .await;
+    assert_eq!(parked(&host, "faulty").await, Vec::<(String, u64)>::new());
+    let notes = host.state("faulty", "p").await["notes"].clone();
+    assert_eq!(notes, json!(["poison", "after-poison"]));
+
+    // A forged host command parks; Discard asks once more, then drops the sequence.
+    host.open_account("q", 100).await;
+    host.command("account", "q", "CreditAccount", json!({"amount": 1, "transaction_id": "forge"}))
+        .await
+        .expect(200);
+    crate::sagas::eventually("account/q to park", || async { parked(&host, "faulty").await.len() == 1 })
+        .await;
+    let sequence = "#dead-letter-table tr[data-subscriber='faulty'][data-stream='account/q']";
+    browser.text_of(sequence).await;
+    browser.click(&format!("{sequence} button.danger")).await;
+    assert_eq!(browser.text_of(&format!("{sequence} button.danger")).await, "Really discard?");
+    assert_eq!(parked(&host, "faulty").await.len(), 1, "one click only asks");
+    browser.click(&format!("{sequence} button.danger")).await;
+    browser
+        .wait_for(
+            "the discarded sequence to leave the page",
+            "return document.getElementById('dead-letters')?.textContent.includes('No dead letters')",
+        )
+        .await;
+    assert_eq!(parked(&host, "faulty").await, Vec::<(String, u64)>::new());
+    let result = browser.text_of("#routing-result").await;
+    assert!(result.contains("Discarded"), "{result}");
     browser.close().await;
 }

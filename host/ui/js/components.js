@@ -3,7 +3,7 @@
 // without it the host refuses them and the page says so.
 
 import { adminToken, get, path, query, request } from "./api.js";
-import { clock, errorBox, field, fill, h, notice, shortDigest } from "./dom.js";
+import { dateTime, errorBox, field, fill, h, jsonBlock, notice, shortDigest } from "./dom.js";
 
 export async function mount(view) {
   const list = h("div", { id: "component-list" });
@@ -68,10 +68,17 @@ function deployForm(result, refresh, names) {
 
 function deployReport(report, dryRun) {
   const replay = report.replay;
+  const example = replay?.example;
   return h("div", { class: "notice success", role: "status", id: "deploy-report" },
     h("strong", {}, dryRun ? `${report.name}: the check passed; nothing was activated.` : `${report.name} version ${report.version} is active.`),
     " ", `${report.kind}, ${shortDigest(report.digest)}.`,
-    replay ? ` Replay check: ${replay.streams} streams rebuilt, ${replay.changed} with a different state${replay.example ? ` (e.g. ${replay.example.stream})` : ""}.` : "");
+    replay ? ` Replay check: ${replay.streams} streams rebuilt, ${replay.changed} with a different state.` : "",
+    example
+      ? h("details", {}, h("summary", {}, `How ${example.stream} changes`),
+        h("div", { class: "before-after" },
+          h("div", {}, h("span", { class: "label" }, "running version"), jsonBlock(example.before)),
+          h("div", {}, h("span", { class: "label" }, "new version"), jsonBlock(example.after))))
+      : null);
 }
 
 /** The host's refusal, with what to do about a missing token. */
@@ -110,7 +117,7 @@ function card(component, result, refresh) {
         h("td", {}, `v${v.version}`, v.active ? h("span", { class: "badge active" }, "active") : null),
         h("td", {}, h("code", { title: v.digest }, shortDigest(v.digest))),
         h("td", { class: "num" }, `${(v.size / 1024).toFixed(0)} KiB`),
-        h("td", {}, clock(v.deployed_at)),
+        h("td", {}, dateTime(v.deployed_at)),
         h("td", {}, v.replay ? `${v.replay.streams} streams, ${v.replay.changed} changed` : "—"),
         h("td", {}, v.active ? null : h("button", {
           type: "button", class: "activate",

@@ -59,6 +59,15 @@ export function clock(rfc3339) {
   return h("time", { datetime: rfc3339, title: rfc3339 }, text);
 }
 
+/** `24 Nov 2026, 03:44:57`: a date and time in the person's locale. */
+export function dateTime(rfc3339) {
+  const date = new Date(rfc3339);
+  const text = Number.isNaN(date.getTime())
+    ? rfc3339
+    : date.toLocaleString([], { dateStyle: "medium", timeStyle: "medium", hour12: false });
+  return h("time", { datetime: rfc3339, title: rfc3339 }, text);
+}
+
 export const shortDigest = (digest) => digest.replace(/^sha256:/, "").slice(0, 12);
 
 /** A labelled field: `<label>text <input ...></label>`. */

@@ -66,7 +66,8 @@ export async function mount(view, route) {
   let shown = 0;
   const onEvent = (event) => {
     const row = eventRow(event);
-    row.classList.add("arrived");
+    // Highlight what is new since the page opened, not the history it starts with.
+    if (event.position > head) row.classList.add("arrived");
     rows.prepend(row);
     shown += 1;
     empty.hidden = true;

@@ -36,9 +36,9 @@ export async function mount(view, route) {
       const [routing, views, parked] = await Promise.all([
         get("/routing"), get("/views"), get(`/routing/dead-letters${query({ limit: 200 })}`),
       ]);
-      fill(subscribers, subscriberTable(routing.subscribers));
-      fill(projections, projectionTable(views.projections, act));
-      fill(letters, deadLetterTable(parked, act));
+      redraw(subscribers, routing.subscribers, () => subscriberTable(routing.subscribers));
+      redraw(projections, views.projections, () => projectionTable(views.projections, act));
+      redraw(letters, parked, () => deadLetterTable(parked, act));
       if (!documents.dataset.ready) {
         documents.dataset.ready = "yes";
         fill(documents, viewBrowser(views.projections.map((p) => p.name), route.params.get("view")));
@@ -52,13 +52,26 @@ export async function mount(view, route) {
   return () => clearInterval(timer);
 }
 
+const NUMERIC = new Set(["Cursor", "Head", "Lag", "In flight", "Commands sent", "Parked streams", "Restarts", "Version", "Documents", "Attempts"]);
+const headings = (titles) => h("thead", {}, h("tr", {}, titles.map((t) => h("th", { scope: "col", class: NUMERIC.has(t) ? "num" : null }, t))));
+const none = () => h("span", { class: "muted" }, "—");
+
+/** Redraw a section only when its figures changed, so a refresh does not take the keyboard
+ * focus (or a half-confirmed discard) away from the person using it. */
+const drawn = new WeakMap();
+function redraw(section, figures, draw) {
+  const text = JSON.stringify(figures);
+  if (drawn.get(section) === text) return;
+  drawn.set(section, text);
+  fill(section, draw());
+}
+
 const lagCell = (lag) => h("td", { class: `num ${lag > 0 ? "behind" : "caught-up"}` }, lag);
 
 function subscriberTable(subscribers) {
   if (subscribers.length === 0) return notice("No component subscribes to other aggregates' events.");
   return h("table", { class: "figures", id: "subscriber-table" },
-    h("thead", {}, h("tr", {}, ["Subscriber", "Reacts to", "Cursor", "Head", "Lag", "In flight", "Commands sent", "Parked streams", "Restarts", "Last error"]
-      .map((t) => h("th", { scope: "col" }, t)))),
+    headings(["Subscriber", "Reacts to", "Cursor", "Head", "Lag", "In flight", "Commands sent", "Parked streams", "Restarts", "Last error"]),
     h("tbody", {}, subscribers.map((s) => h("tr", { dataset: { subscriber: s.name } },
       h("th", { scope: "row" }, s.name),
       h("td", {}, s.subscriptions.map((sub) => h("div", { class: "subscription" },
@@ -70,14 +83,13 @@ function subscriberTable(subscribers) {
       h("td", { class: "num" }, s.delivered_commands),
       h("td", { class: `num ${s.parked_streams > 0 ? "behind" : ""}` }, s.parked_streams),
       h("td", { class: "num" }, s.restarts),
-      h("td", { class: "error-text" }, s.last_error ? [s.last_error, " ", s.last_error_at ? clock(s.last_error_at) : null] : "—")))));
+      h("td", { class: "error-text" }, s.last_error ? [s.last_error, " ", s.last_error_at ? clock(s.last_error_at) : null] : none())))));
 }
 
 function projectionTable(projections, act) {
   if (projections.length === 0) return notice("No projection is deployed.");
   return h("table", { class: "figures", id: "projection-table" },
-    h("thead", {}, h("tr", {}, ["Projection", "Version", "Status", "Cursor", "Head", "Lag", "Documents", "Last error", ""]
-      .map((t) => h("th", { scope: "col" }, t)))),
+    headings(["Projection", "Version", "Status", "Cursor", "Head", "Lag", "Documents", "Last error", ""]),
     h("tbody", {}, projections.map((p) => h("tr", { dataset: { projection: p.name } },
       h("th", { scope: "row" }, p.name),
       h("td", { class: "num" }, `v${p.version}`),
@@ -87,7 +99,7 @@ function projectionTable(projections, act) {
       h("td", { class: "num" }, p.head_position),
       lagCell(p.lag),
       h("td", { class: "num" }, p.documents),
-      h("td", { class: "error-text" }, p.last_error ?? "—"),
+      h("td", { class: "error-text" }, p.last_error ?? none()),
       h("td", {}, h("button", { type: "button", onclick: () => act(`Rebuild of ${p.name}`, `/views/${path`${p.name}`}/rebuild`) }, "Rebuild"))))));
 }
 
@@ -101,7 +113,7 @@ function deadLetterTable(parked, act) {
     sequences.get(key).push(letter);
   }
   return h("table", { class: "figures", id: "dead-letter-table" },
-    h("thead", {}, h("tr", {}, ["Subscriber", "Stream", "Parked events", "Error", "Attempts", "Parked at", ""].map((t) => h("th", { scope: "col" }, t)))),
+    headings(["Subscriber", "Stream", "Parked events", "Error", "Attempts", "Parked at", ""]),
     h("tbody", {}, [...sequences.values()].map((sequence) => {
       const first = sequence[0];
       const scope = query({ subscriber: first.subscriber, stream: first.stream });
@@ -109,31 +121,36 @@ function deadLetterTable(parked, act) {
         h("th", { scope: "row" }, first.subscriber),
         h("td", {}, streamLink(first.stream)),
         h("td", {}, sequence.map((l) => h("div", {}, `#${l.position} `, typeChip(l.event_type), l.waiting_behind ? h("span", { class: "muted" }, " (waiting behind)") : null))),
-        h("td", { class: "error-text" }, first.error ?? "—"),
+        h("td", { class: "error-text" }, first.error ?? none()),
         h("td", { class: "num" }, first.attempts),
         h("td", {}, clock(first.parked_at)),
         h("td", { class: "actions" },
           h("button", { type: "button", class: "retry", onclick: () => act("Retried", `/routing/dead-letters/retry${scope}`) }, "Retry"),
-          confirmButton("Discard", "Really discard?", () => act("Discarded", `/routing/dead-letters/discard${scope}`))));
+          confirmButton(scope, "Discard", "Really discard?", () => act("Discarded", `/routing/dead-letters/discard${scope}`))));
     })),
     parked.next_after ? h("caption", {}, "Showing the first 200 dead letters.") : null);
 }
 
-/** A destructive button that asks once more in place (no modal dialog to trap the keyboard). */
-function confirmButton(label, question, action) {
-  const button = h("button", { type: "button", class: "danger" }, label);
-  let armed = false;
+/** When each armed discard stops waiting for its second click, by the sequence it drops. */
+const armedUntil = new Map();
+const ARMED_MS = 5000;
+
+/** A destructive button that asks once more in place (no modal dialog to trap the keyboard);
+ * the question outlives a redraw of the table. */
+function confirmButton(key, label, question, action) {
+  const armed = () => (armedUntil.get(key) ?? 0) > Date.now();
+  const button = h("button", { type: "button", class: "danger" }, armed() ? question : label);
   button.addEventListener("click", () => {
-    if (armed) {
+    if (armed()) {
+      armedUntil.delete(key);
       action();
       return;
     }
-    armed = true;
+    armedUntil.set(key, Date.now() + ARMED_MS);
     button.textContent = question;
     setTimeout(() => {
-      armed = false;
-      button.textContent = label;
-    }, 4000);
+      if (!armed()) button.textContent = label;
+    }, ARMED_MS + 50);
   });
   return button;
 }

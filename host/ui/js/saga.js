@@ -6,9 +6,9 @@ import { ApiError, follow, get, path, query } from "./api.js";
 import { clock, errorBox, field, fill, h, jsonBlock, notice } from "./dom.js";
 import { aggregateHref, hue, typeChip } from "./events.js";
 
-const LANE = 250;
+const LANE = 290;
 const ROW = 78;
-const CARD_WIDTH = 214;
+const CARD_WIDTH = 262;
 const CARD_HEIGHT = 58;
 const HEAD = 44;
 const PAGE = 1000;
