@@ -235,9 +235,14 @@ async fn a_deploy_without_the_token_is_refused_in_the_page_and_with_it_the_new_v
     let account = components.as_array().unwrap().iter().find(|c| c["name"] == "account").unwrap().clone();
     assert_eq!(account["active_version"], 2, "{account}");
 
-    // Rolling back from the page makes version 1 active again.
+    // Rolling back from the page makes version 1 active again; Activate brings back 2.
     browser.click("[data-component='account'] button.rollback").await;
     browser.wait_for("v1 active again", "return document.querySelector(\"[data-component='account'] .active-number\")?.textContent === 'v1'").await;
+    browser.click("[data-component='account'] tr[data-version='2'] button.activate").await;
+    browser.wait_for("v2 active again", "return document.querySelector(\"[data-component='account'] .active-number\")?.textContent === 'v2'").await;
+    let components = host.get("/components").await.expect(200).body;
+    let account = components.as_array().unwrap().iter().find(|c| c["name"] == "account").unwrap().clone();
+    assert_eq!(account["active_version"], 2, "{account}");
     browser.close().await;
 }
 
@@ -274,7 +279,11 @@ async fn every_page_of_the_console_loads_without_errors_in_the_browser_console()
             "#/log?stream_type=account",
             "return document.querySelectorAll('#log-rows tr').length >= 4",
         ),
-        ("aggregate-lookup", "#/aggregate", "return !!document.getElementById('aggregate-lookup')"),
+        (
+            "aggregate-lookup",
+            "#/aggregate",
+            "return document.querySelectorAll('#recent-streams a.stream').length === 5",
+        ),
         (
             "aggregate",
             "#/aggregate/account/101",
@@ -320,6 +329,47 @@ async fn every_page_of_the_console_loads_without_errors_in_the_browser_console()
         }
         assert_no_console_errors(&errors, name);
     }
+
+    // The recently written streams, newest first, lead to their aggregate pages.
+    browser.goto(&format!("{}/ui/#/aggregate", host.url)).await;
+    let recent = browser
+        .wait_for(
+            "the recent streams",
+            "const links = [...document.querySelectorAll('#recent-streams a.stream')].map(a => a.textContent); \
+             return links.length === 5 ? links : null",
+        )
+        .await;
+    // Each stream once (the sagas interleave, so only the set is certain).
+    let mut recent: Vec<String> = serde_json::from_value(recent).unwrap();
+    recent.sort();
+    assert_eq!(recent, ["account/101", "account/202", "customer/c1", "money-transfer/t-1", "order/o1"]);
+
+    // Moving the version picker shows the state after that version.
+    browser.goto(&format!("{}/ui/#/aggregate/account/101", host.url)).await;
+    browser
+        .wait_for(
+            "the latest state",
+            "return document.getElementById('aggregate-state')?.textContent.includes('19500')",
+        )
+        .await;
+    browser.type_into("#version-number", "1").await;
+    browser
+        .eval("document.getElementById('version-number').dispatchEvent(new Event('change'))", vec![])
+        .await;
+    browser
+        .wait_for(
+            "the state after version 1",
+            "return location.hash.endsWith('?version=1') && document.getElementById('aggregate-state')?.textContent.includes('25000')",
+        )
+        .await;
+    let dimmed = browser.eval("return document.querySelectorAll('tr.after-picked').length", vec![]).await;
+    assert_eq!(dimmed, 1, "the debit after version 1 is dimmed");
+
+    // A view's document opens from its key.
+    browser.goto(&format!("{}/ui/#/routing", host.url)).await;
+    browser.click("#view-keys li button").await;
+    let document = browser.text_of("#view-document").await;
+    assert!(document.contains("account-info/101") && document.contains("\"balance\": 19500"), "{document}");
 
     // Keyboard: the number keys move between pages.
     browser.goto(&format!("{}/ui/", host.url)).await;

@@ -4,9 +4,11 @@
 
 import { ApiError, componentNames, follow, get, path, query } from "./api.js";
 import { errorBox, field, fill, h, jsonBlock, notice, select } from "./dom.js";
-import { eventTable, sagaLink } from "./events.js";
+import { aggregateHref, eventTable, sagaLink, typeChip } from "./events.js";
 
 const PAGE = 1000;
+/** How far back the lookup page looks for recently written streams. */
+const RECENT_EVENTS = 200;
 
 export async function mount(view, route) {
   const [type, ...rest] = route.parts;
@@ -19,8 +21,11 @@ export async function mount(view, route) {
   }
   const lookup = lookupForm(types, type, id);
   if (!type || !id) {
+    const recent = h("section", { class: "card", id: "recent-streams" }, h("h2", {}, "Recently written"));
     fill(view, h("div", { class: "page-head" }, h("h1", {}, "Aggregates")), lookup,
-      h("p", { class: "muted" }, "Open an aggregate by its type and id, or click a stream anywhere in the console."));
+      h("p", { class: "muted" }, "Open an aggregate by its type and id, or click a stream anywhere in the console."),
+      recent);
+    await listRecent(recent);
     return;
   }
   const stream = `${type}/${id}`;
@@ -79,6 +84,24 @@ export async function mount(view, route) {
     clearTimeout(timer);
     stop();
   };
+}
+
+/** The streams written last (from the tail of the global log), newest first. */
+async function listRecent(section) {
+  try {
+    const head = (await get("/healthz")).head_position;
+    const page = await get(`/events${query({ after: Math.max(0, head - RECENT_EVENTS), limit: RECENT_EVENTS })}`);
+    const latest = new Map();
+    for (const event of page.events) latest.set(event.stream, event);
+    const streams = [...latest.values()].reverse();
+    section.append(streams.length === 0
+      ? h("p", { class: "muted" }, "Nothing yet.")
+      : h("ul", { class: "recent" }, streams.map((event) => h("li", {},
+        h("a", { href: aggregateHref(event.stream), class: "stream" }, event.stream),
+        h("span", { class: "muted" }, ` v${event.version} · `), typeChip(event.type)))));
+  } catch (failure) {
+    section.append(errorBox(failure));
+  }
 }
 
 function clampVersion(picked, latest) {

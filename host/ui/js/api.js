@@ -123,7 +123,11 @@ export function follow({ after, filters = {}, onEvent, onState = () => {} }) {
       if (!closed) setTimeout(() => !closed && open(), 500);
     });
     source.onerror = () => {
-      if (!closed) onState(source.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
+      if (closed) return;
+      onState("reconnecting");
+      // The browser retries a dropped connection by itself, but gives up on an HTTP error
+      // (the host's limit on open streams, a restart): then try again a little later.
+      if (source.readyState === EventSource.CLOSED) setTimeout(() => !closed && open(), 3000);
     };
   };
   open();

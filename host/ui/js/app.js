@@ -19,7 +19,14 @@ let unmount = null;
 export function parseRoute(hash) {
   const text = hash.replace(/^#\/?/, "");
   const [pathPart, search = ""] = text.split("?", 2);
-  const [page, ...parts] = pathPart.split("/").filter((p) => p !== "").map(decodeURIComponent);
+  const decode = (part) => {
+    try {
+      return decodeURIComponent(part);
+    } catch {
+      return part; // A hand-typed `%` that is not an escape stays as typed.
+    }
+  };
+  const [page, ...parts] = pathPart.split("/").filter((p) => p !== "").map(decode);
   return { page: PAGES[page] ? page : "log", parts, params: new URLSearchParams(search) };
 }
 
