@@ -8,9 +8,8 @@ use std::time::Duration;
 
 /// A host and a browser on its console, or `None` when browser tests are skipped.
 async fn console(test: &str) -> Option<(Host, Browser)> {
-    let host = Host::start();
     let browser = Browser::open(test).await?;
-    Some((host, browser))
+    Some((Host::start(), browser))
 }
 
 #[track_caller]

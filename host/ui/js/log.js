@@ -7,8 +7,10 @@ import { componentNames, follow, get } from "./api.js";
 import { errorBox, field, fill, h, select } from "./dom.js";
 import { eventRow } from "./events.js";
 
-/** How far back the page starts, in positions, and how many rows it keeps. */
+/** How far back the page starts, in positions (further with a filter, which the host applies
+ * while it catches up), and how many rows it keeps. */
 const HISTORY = 100;
+const FILTERED_HISTORY = 10000;
 const MAX_ROWS = 500;
 
 const FILTERS = ["stream_type", "stream", "event_type", "correlation_id"];
@@ -25,7 +27,10 @@ export async function mount(view, route) {
   const count = h("span", { class: "muted", id: "log-count" }, "");
   const pause = h("button", { type: "button", id: "log-pause", "aria-pressed": "false" }, "Pause");
   const rows = h("tbody", { id: "log-rows" });
-  const empty = h("p", { class: "muted empty", id: "log-empty" }, "No events yet. Send a command and it appears here as soon as it is committed.");
+  const filtered = FILTERS.some((name) => filters[name]);
+  const empty = h("p", { class: "muted empty", id: "log-empty" }, filtered
+    ? `No matching event in the last ${FILTERED_HISTORY} positions of the log; new ones appear here as they are committed.`
+    : "No events yet. Send a command and it appears here as soon as it is committed.");
   const form = h("form", { class: "filters", id: "log-filters", role: "search" },
     field("Stream type", select({ name: "stream_type", id: "filter-stream-type" }, types, filters.stream_type, "any")),
     field("Stream", h("input", { name: "stream", id: "filter-stream", value: filters.stream, placeholder: "account/101" })),
@@ -79,7 +84,8 @@ export async function mount(view, route) {
     status.dataset.state = state.split(" ")[0];
   };
   const active = Object.fromEntries(Object.entries(filters).filter(([, v]) => v));
-  let stop = follow({ after: Math.max(0, head - HISTORY), filters: active, onEvent, onState });
+  const history = filtered ? FILTERED_HISTORY : HISTORY;
+  let stop = follow({ after: Math.max(0, head - history), filters: active, onEvent, onState });
   let last = null;
 
   const toggle = () => {
