@@ -53,8 +53,8 @@ pub async fn console() -> Result<Response, ApiError> {
     serve("index.html")
 }
 
-/// `GET /ui/{*asset}`: the page (`/ui/`) and its scripts, style and icon. These are the
-/// console's own files, not API, so they are routed beside the OpenAPI document's routes.
+/// `GET /ui/{*asset}`: the console's scripts, style and icon. These are its own files, not
+/// API, so they are routed beside the OpenAPI document's routes.
 pub async fn asset(Path(path): Path<String>) -> Result<Response, ApiError> {
     serve(&path)
 }

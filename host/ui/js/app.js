@@ -131,3 +131,5 @@ window.addEventListener("hashchange", show);
 show();
 pollHost();
 setInterval(pollHost, 5000);
+// A command sent from the console moves the head at once; show it without waiting.
+window.addEventListener("cairn:committed", pollHost);

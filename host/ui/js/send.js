@@ -76,6 +76,7 @@ export async function mount(view, route) {
     try {
       const sent = await request("POST", target, { json: command, headers });
       fill(answer, accepted(sent.body, headers["X-Correlation-Id"]));
+      window.dispatchEvent(new Event("cairn:committed"));
       // The next command starts a new saga unless the person chooses otherwise.
       correlation.value = newCorrelationId();
     } catch (failure) {
