@@ -80,8 +80,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     tracing::info!("serving {} on http://{address}", data.display());
-    // Tests and scripts read the bound address (for --listen 127.0.0.1:0) from this line.
-    println!("cairn listening on http://{address}");
+    // Tests and scripts read the bound address (for --listen 127.0.0.1:0) from the first
+    // line. One write for both lines, so a reader that stops after the first never leaves
+    // the second to a closed pipe.
+    println!("cairn listening on http://{address}\ncairn console at http://{address}/ui");
 
     let sweeper = tokio::spawn(crate::store::forget_expired_idempotency_keys(
         writer.clone(),

@@ -458,5 +458,21 @@ async fn dead_letters_are_retried_and_discarded_from_the_routing_page_with_the_t
     assert_eq!(parked(&host, "faulty").await, Vec::<(String, u64)>::new());
     let result = browser.text_of("#routing-result").await;
     assert!(result.contains("Discarded"), "{result}");
+
+    // Rebuild a projection from the page (the token is kept): it comes back running.
+    browser.click("#projection-table tr[data-projection='account-info'] button").await;
+    browser.wait_for("the rebuild to start", "return document.getElementById('routing-result')?.textContent.startsWith('Rebuild of account-info')").await;
+    crate::sagas::eventually("the rebuild to finish", || async {
+        let views = host.get("/views").await.expect(200).body;
+        let info = views["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "account-info")
+            .unwrap()
+            .clone();
+        info["status"] == "running" && info["rebuilds_completed"] == 1
+    })
+    .await;
     browser.close().await;
 }
