@@ -418,7 +418,7 @@ async fn dead_letters_are_retried_and_discarded_from_the_routing_page_with_the_t
     // Without the token the host refuses, and the page says so; nothing is released.
     browser.click(&format!("{sequence} button.retry")).await;
     let refused = browser.text_of("#routing-result").await;
-    assert!(refused.contains("401"), "{refused}");
+    assert!(refused.contains("401") && refused.contains("Enter the admin token"), "{refused}");
     assert_eq!(parked(&host, "faulty").await.len(), 2);
 
     // With the token and a fixed version, Retry delivers the sequence in order.

@@ -33,22 +33,23 @@ export async function mount(view, route) {
   const body = h("div", { id: "aggregate" });
   fill(view, h("div", { class: "page-head" }, h("h1", {}, h("span", { class: "muted" }, `${type}/`), id)), lookup, body);
 
+  const resource = `/aggregates/${path`${type}`}/${path`${id}`}`;
   const render = async () => {
     let latest;
     let state;
     let version;
     let events = [];
     try {
-      latest = await get(`/aggregates/${path`${type}`}/${path`${id}`}`);
+      latest = await get(resource);
       for (let from = 1; ; from += PAGE) {
-        const page = await get(`/aggregates/${path`${type}`}/${path`${id}`}/events${query({ from, limit: PAGE })}`);
+        const page = await get(`${resource}/events${query({ from, limit: PAGE })}`);
         events = events.concat(page.events);
         if (page.events.length < PAGE) break;
       }
       version = clampVersion(picked, latest.version);
       state = version === latest.version
         ? latest
-        : await get(`/aggregates/${path`${type}`}/${path`${id}`}${query({ version })}`);
+        : await get(`${resource}${query({ version })}`);
     } catch (failure) {
       fill(body, failure instanceof ApiError && failure.status === 404
         ? notice(`${stream} has no events. It comes into being with its first accepted command.`, "info")
@@ -116,7 +117,7 @@ function lookupForm(types, type, id) {
     h("div", { class: "buttons" }, h("button", { type: "submit", class: "primary" }, "Open")));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    location.hash = `#/aggregate/${path`${form.elements.type.value}`}/${path`${form.elements.id.value.trim()}`}`;
+    location.hash = aggregateHref(`${form.elements.type.value}/${form.elements.id.value.trim()}`);
   });
   return form;
 }
@@ -125,7 +126,7 @@ function lookupForm(types, type, id) {
 function versionPicker(type, id, version, latest) {
   const go = (value) => {
     const chosen = clampVersion(String(value), latest);
-    location.hash = `#/aggregate/${path`${type}`}/${path`${id}`}${chosen === latest ? "" : `?version=${chosen}`}`;
+    location.hash = aggregateHref(`${type}/${id}`, chosen === latest ? undefined : chosen);
   };
   const slider = h("input", { type: "range", min: 1, max: latest, value: version, id: "version-slider", "aria-label": "Version" });
   const number = h("input", { type: "number", min: 1, max: latest, value: version, id: "version-number", "aria-label": "Version number" });
@@ -144,7 +145,7 @@ function markPicked(table, type, id, version) {
     const cell = row.cells[2];
     const eventVersion = Number(cell.textContent);
     if (eventVersion > version) row.classList.add("after-picked");
-    fill(cell, h("a", { href: `#/aggregate/${path`${type}`}/${path`${id}`}?version=${eventVersion}`,
+    fill(cell, h("a", { href: aggregateHref(`${type}/${id}`, eventVersion),
       title: `The state after version ${eventVersion}` }, eventVersion));
   }
   return table;

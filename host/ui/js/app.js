@@ -3,6 +3,7 @@
 // `mount(main, route)` and may answer a function that stops what it started (streams, timers).
 
 import { adminToken, get } from "./api.js";
+import { typing } from "./dom.js";
 import * as aggregate from "./aggregate.js";
 import * as components from "./components.js";
 import * as log from "./log.js";
@@ -97,11 +98,6 @@ async function pollHost() {
     status.textContent = `host unreachable: ${failure.message}`;
     status.className = "down";
   }
-}
-
-function typing(target) {
-  return target instanceof HTMLElement &&
-    (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName));
 }
 
 function setUpKeys() {

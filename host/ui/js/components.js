@@ -2,7 +2,7 @@
 // Deploy, rollback and activate are admin actions: they carry the token kept for this tab, and
 // without it the host refuses them and the page says so.
 
-import { adminToken, get, path, query, request } from "./api.js";
+import { get, path, query, request } from "./api.js";
 import { dateTime, errorBox, field, fill, h, jsonBlock, notice, shortDigest } from "./dom.js";
 
 export async function mount(view) {
@@ -81,14 +81,10 @@ function deployReport(report, dryRun) {
       : null);
 }
 
-/** The host's refusal, with what to do about a missing token. */
+/** The host's refusal, where the test and the person look for it. */
 function refusal(failure) {
   const box = errorBox(failure);
   box.id = "admin-refusal";
-  if (failure.status === 401) {
-    box.append(h("span", { class: "hint" },
-      adminToken.get() ? " The kept admin token is not the host's." : " Enter the admin token at the top of the page."));
-  }
   return box;
 }
 

@@ -1,6 +1,8 @@
 // Building the page. Everything a host sends is put in as text (never as markup), so an
 // event's data cannot inject anything into the console.
 
+import { adminToken } from "./api.js";
+
 /** `h("a", {href: "#/log", class: "x"}, "text", child)`: an element with attributes and children. */
 export function h(tag, attributes = {}, ...children) {
   const element = document.createElement(tag);
@@ -38,7 +40,12 @@ export function fill(element, ...children) {
 export function errorBox(error) {
   const code = error.code ?? "error";
   return h("div", { class: "notice error", role: "alert" },
-    h("strong", {}, error.status ? `${error.status} ${code}` : code), " ", error.message);
+    h("strong", {}, error.status ? `${error.status} ${code}` : code), " ", error.message,
+    // Only admin calls are refused with 401: say what to do about the token.
+    error.status === 401
+      ? h("span", { class: "hint" },
+        adminToken.get() ? " The kept admin token is not the host's." : " Enter the admin token at the top of the page.")
+      : null);
 }
 
 export function notice(text, kind = "info") {
@@ -81,4 +88,10 @@ export function select(attributes, options, selected, emptyLabel) {
   return h("select", attributes,
     emptyLabel !== undefined ? h("option", { value: "" }, emptyLabel) : null,
     options.map((option) => h("option", { value: option, selected: option === selected }, option)));
+}
+
+/** Whether a key press is someone typing into a field (and so not a shortcut). */
+export function typing(target) {
+  return target instanceof HTMLElement &&
+    (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName));
 }

@@ -4,7 +4,7 @@
 // last event shown, so nothing is skipped or shown twice.
 
 import { componentNames, follow, get } from "./api.js";
-import { errorBox, field, fill, h, select } from "./dom.js";
+import { errorBox, field, fill, h, select, typing } from "./dom.js";
 import { eventRow } from "./events.js";
 
 /** How far back the page starts, in positions (further with a filter, which the host applies
@@ -103,8 +103,7 @@ export async function mount(view, route) {
   };
   pause.addEventListener("click", toggle);
   const onKey = (event) => {
-    const typing = ["INPUT", "TEXTAREA", "SELECT"].includes(event.target.tagName);
-    if (event.key === "p" && !typing && !event.ctrlKey && !event.metaKey && !event.altKey) toggle();
+    if (event.key === "p" && !typing(event.target) && !event.ctrlKey && !event.metaKey && !event.altKey) toggle();
   };
   document.addEventListener("keydown", onKey);
   return () => {
