@@ -184,6 +184,21 @@ async fn a_transfer_sent_from_the_form_opens_as_a_saga_across_its_three_streams(
     browser.close().await;
 }
 
+/// The version the host says is active for the account component.
+async fn active_account_version(host: &Host) -> Value {
+    let components = host.get("/components").await.expect(200).body;
+    let account = components.as_array().unwrap().iter().find(|c| c["name"] == "account").cloned();
+    account.expect("the account component is listed")["active_version"].clone()
+}
+
+/// Wait until the components page shows `version` (`v2`) as the account's active one.
+async fn wait_account_active_in_page(browser: &Browser, version: &str) {
+    let script = format!(
+        "return document.querySelector(\"[data-component='account'] .active-number\")?.textContent === '{version}'"
+    );
+    browser.wait_for(&format!("account {version} active on the page"), &script).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deploy_without_the_token_is_refused_in_the_page_and_with_it_the_new_version_is_active() {
     let Some((host, browser)) = console("console::deploy").await else { return };
@@ -192,15 +207,13 @@ async fn a_deploy_without_the_token_is_refused_in_the_page_and_with_it_the_new_v
     std::fs::write(&wasm, cairn_artifacts::ACCOUNT_V2).unwrap();
 
     browser.goto(&format!("{}/ui/#/components", host.url)).await;
-    browser.wait_for("the account component", "return document.querySelector(\"[data-component='account'] .active-number\")?.textContent === 'v1'").await;
+    wait_account_active_in_page(&browser, "v1").await;
     browser.type_into("#deploy-file", wasm.to_str().unwrap()).await;
     browser.type_into("#deploy-name", "account").await;
     browser.click("#deploy-submit").await;
     let refusal = browser.text_of("#admin-refusal").await;
     assert!(refusal.contains("401") && refusal.contains("Enter the admin token"), "{refusal}");
-    let components = host.get("/components").await.expect(200).body;
-    let account = components.as_array().unwrap().iter().find(|c| c["name"] == "account").unwrap().clone();
-    assert_eq!(account["active_version"], 1, "refused, so nothing changed: {account}");
+    assert_eq!(active_account_version(&host).await, 1, "refused, so nothing changed");
 
     // A wrong token is refused too, and says so.
     browser.type_into("#admin-token", "not-the-token").await;
@@ -224,24 +237,20 @@ async fn a_deploy_without_the_token_is_refused_in_the_page_and_with_it_the_new_v
     browser.click("#deploy-submit").await;
     let report = browser.text_of("#deploy-report").await;
     assert!(report.contains("account version 2 is active"), "{report}");
-    browser.wait_for("v2 active on the page", "return document.querySelector(\"[data-component='account'] .active-number\")?.textContent === 'v2'").await;
+    wait_account_active_in_page(&browser, "v2").await;
     let versions = browser
         .eval("return [...document.querySelectorAll(\"[data-component='account'] tbody tr\")].map(r => r.dataset.version)", vec![])
         .await;
     assert_eq!(versions, json!(["2", "1"]));
     browser.screenshot("components-deployed").await;
-    let components = host.get("/components").await.expect(200).body;
-    let account = components.as_array().unwrap().iter().find(|c| c["name"] == "account").unwrap().clone();
-    assert_eq!(account["active_version"], 2, "{account}");
+    assert_eq!(active_account_version(&host).await, 2);
 
     // Rolling back from the page makes version 1 active again; Activate brings back 2.
     browser.click("[data-component='account'] button.rollback").await;
-    browser.wait_for("v1 active again", "return document.querySelector(\"[data-component='account'] .active-number\")?.textContent === 'v1'").await;
+    wait_account_active_in_page(&browser, "v1").await;
     browser.click("[data-component='account'] tr[data-version='2'] button.activate").await;
-    browser.wait_for("v2 active again", "return document.querySelector(\"[data-component='account'] .active-number\")?.textContent === 'v2'").await;
-    let components = host.get("/components").await.expect(200).body;
-    let account = components.as_array().unwrap().iter().find(|c| c["name"] == "account").unwrap().clone();
-    assert_eq!(account["active_version"], 2, "{account}");
+    wait_account_active_in_page(&browser, "v2").await;
+    assert_eq!(active_account_version(&host).await, 2);
     browser.close().await;
 }
 
