@@ -20,6 +20,9 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 pub struct Browser {
     pub client: Client,
     driver: Child,
+    /// chromedriver's port and the session's id, to end the session from `Drop`.
+    port: u16,
+    session: Option<String>,
     _profile: tempfile::TempDir,
 }
 
@@ -66,7 +69,8 @@ impl Browser {
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
             .expect("chromedriver starts a Chromium session");
-        Some(Browser { client, driver, _profile: profile })
+        let session = client.session_id().await.ok().flatten();
+        Some(Browser { client, driver, port, session, _profile: profile })
     }
 
     pub async fn goto(&self, url: &str) {
@@ -155,16 +159,43 @@ impl Browser {
 
     pub async fn close(mut self) {
         let _ = self.client.clone().close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        self.session = None;
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // A failed test does not reach close(); chromedriver then takes Chromium down with it.
+        // A test that failed did not reach close(). Killing chromedriver would leave Chromium
+        // running (it keeps a process group of its own), so end the session first: then
+        // chromedriver quits Chromium.
+        if let Some(session) = self.session.take() {
+            end_session(self.port, &session);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+    }
+}
+
+/// WebDriver's `DELETE /session/{id}`, over a plain blocking socket (`Drop` cannot await).
+fn end_session(port: u16, session: &str) {
+    use std::io::{Read, Write};
+    let Ok(mut socket) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return };
+    let _ = socket.set_read_timeout(Some(Duration::from_secs(20)));
+    let request = format!(
+        "DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    if socket.write_all(request.as_bytes()).is_err() {
+        return;
+    }
+    // chromedriver answers once Chromium has quit; its answer's head is enough (it may keep
+    // the connection open after it).
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
     }
 }
 
