@@ -60,7 +60,6 @@ pub async fn asset(Path(path): Path<String>) -> Result<Response, ApiError> {
 }
 
 fn serve(path: &str) -> Result<Response, ApiError> {
-    let path = if path.is_empty() { "index.html" } else { path };
     let asset = ASSETS
         .iter()
         .find(|asset| asset.path == path)
@@ -106,7 +105,7 @@ mod tests {
     fn an_unknown_file_is_a_404_in_the_error_shape_and_a_known_one_has_its_type() {
         let error = serve("../Cargo.toml").unwrap_err();
         assert_eq!(error.status.as_u16(), 404);
-        let page = serve("").unwrap();
+        let page = serve("index.html").unwrap();
         assert_eq!(page.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
         assert!(
             page.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().contains("script-src 'self'")

@@ -65,9 +65,8 @@ export function eventRow(event, { showStream = true } = {}) {
     h("td", { class: "payload" }, data));
 }
 
-export function eventTable(events, { showStream = true, caption } = {}) {
+export function eventTable(events, { showStream = true } = {}) {
   return h("table", { class: "events" },
-    caption ? h("caption", {}, caption) : null,
     h("thead", {}, h("tr", {},
       h("th", { scope: "col", class: "num" }, "Position"),
       h("th", { scope: "col" }, "Recorded"),

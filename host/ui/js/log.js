@@ -5,7 +5,7 @@
 
 import { componentNames, follow, get } from "./api.js";
 import { errorBox, field, fill, h, select, typing } from "./dom.js";
-import { eventRow } from "./events.js";
+import { eventRow, eventTable } from "./events.js";
 
 /** How far back the page starts, in positions (further with a filter, which the host applies
  * while it catches up), and how many rows it keeps. */
@@ -26,7 +26,11 @@ export async function mount(view, route) {
   const status = h("span", { class: "stream-state", id: "log-state", "aria-live": "polite" }, "connecting…");
   const count = h("span", { class: "muted", id: "log-count" }, "");
   const pause = h("button", { type: "button", id: "log-pause", "aria-pressed": "false" }, "Pause");
-  const rows = h("tbody", { id: "log-rows" });
+  // The same table as every other event list, filled as events arrive.
+  const table = eventTable([]);
+  table.classList.add("live");
+  const rows = table.tBodies[0];
+  rows.id = "log-rows";
   const filtered = FILTERS.some((name) => filters[name]);
   const empty = h("p", { class: "muted empty", id: "log-empty" }, filtered
     ? `No matching event in the last ${FILTERED_HISTORY} positions of the log; new ones appear here as they are committed.`
@@ -55,11 +59,7 @@ export async function mount(view, route) {
       h("h1", {}, "Live log"),
       h("div", { class: "live-controls" }, status, count, pause)),
     form,
-    h("table", { class: "events live" },
-      h("thead", {}, h("tr", {},
-        ["Position", "Recorded", "Stream", "Version", "Type", "Saga", "Data"].map((name) =>
-          h("th", { scope: "col", class: name === "Position" || name === "Version" ? "num" : null }, name)))),
-      rows),
+    table,
     empty);
 
   let head = 0;
