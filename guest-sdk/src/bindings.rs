@@ -11,7 +11,8 @@ wit_bindgen::generate!({
 });
 
 pub use cairn::runtime::types::Decided;
-use cairn::runtime::types::Subscription;
+use cairn::runtime::types::{InternalCommand, Subscription, SubscriptionRule};
+pub use exports::cairn::runtime::policy::PolicyInfo;
 
 /// The world's envelope type, named apart from the SDK's [`crate::EventEnvelope`].
 pub type WitEnvelope = EventEnvelope;
@@ -34,6 +35,24 @@ pub fn describe<A: Aggregate>() -> AggregateInfo {
             .map(|s| Subscription { source_type: s.source_type, event_types: s.event_types })
             .collect(),
         snapshot_interval: A::SNAPSHOT_INTERVAL,
+    }
+}
+
+pub fn policy<A: Aggregate>() -> PolicyInfo {
+    report_panics();
+    PolicyInfo {
+        internal_commands: A::internal_commands()
+            .into_iter()
+            .map(|c| InternalCommand { command_type: c.command_type, source_types: c.source_types })
+            .collect(),
+        subscriptions: A::subscriptions()
+            .into_iter()
+            .map(|s| SubscriptionRule {
+                source_type: s.source_type,
+                event_types: s.event_types,
+                replies_only: s.replies_only,
+            })
+            .collect(),
     }
 }
 

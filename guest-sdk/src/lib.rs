@@ -82,7 +82,7 @@ pub mod projection_bindings;
 
 pub use id::{InvalidId, MAX_ID_LEN, check_aggregate_id};
 pub use projection::{DocumentStore, Projection, View};
-pub use reaction::{CommandRejected, EventEnvelope, OutgoingCommand, Subscription};
+pub use reaction::{CommandRejected, EventEnvelope, InternalCommand, OutgoingCommand, Subscription};
 use serde::{Serialize, de::DeserializeOwned};
 /// For documents in tests: `then_view(key, json!({...}))`.
 pub use serde_json;
@@ -120,6 +120,12 @@ pub trait Aggregate {
 
     /// Other aggregates' events this one reacts to (choreography).
     fn subscriptions() -> Vec<Subscription> {
+        Vec::new()
+    }
+
+    /// Commands that only reactions may send: a saga's own steps. Clients are refused
+    /// them (HTTP 403 `internal_command`), so nobody can drive a saga from outside.
+    fn internal_commands() -> Vec<InternalCommand> {
         Vec::new()
     }
 
@@ -202,6 +208,12 @@ macro_rules! export_aggregate {
             impl $crate::bindings::exports::cairn::runtime::executor::Guest for Component {
                 fn execute(state: Option<Vec<u8>>, command: b::Command) -> Result<b::Decided, b::Rejection> {
                     $crate::bindings::execute::<$aggregate>(state, command)
+                }
+            }
+
+            impl $crate::bindings::exports::cairn::runtime::policy::Guest for Component {
+                fn policy() -> $crate::bindings::PolicyInfo {
+                    $crate::bindings::policy::<$aggregate>()
                 }
             }
 

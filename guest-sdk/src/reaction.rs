@@ -10,15 +10,26 @@ pub struct Subscription {
     pub source_type: String,
     /// Event type names; empty means every event of `source_type`.
     pub event_types: Vec<String>,
+    /// Only replies reach `react`: events caused by a command that a reaction sent for an
+    /// event of the subscriber's own type (see [`Subscription::replies_only`]).
+    pub replies_only: bool,
 }
 
 impl Subscription {
-    /// Whether an event `event_type` of an aggregate of type `stream_type` is subscribed.
+    /// Whether an event `event_type` of an aggregate of type `stream_type` is subscribed
+    /// (whatever caused it).
     pub fn matches(&self, stream_type: &str, event_type: &str) -> bool {
         self.source_type == stream_type
             && (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
     }
 
+    /// Whether such an event reaches `react`: `is_reply` tells whether it was caused by a
+    /// command a reaction sent for an event of the subscriber's own type.
+    pub fn accepts(&self, stream_type: &str, event_type: &str, is_reply: bool) -> bool {
+        self.matches(stream_type, event_type) && (is_reply || !self.replies_only)
+    }
+
+    /// Every event of `source_type` whose type is one of `event_types` (all when empty).
     pub fn to<I, S>(source_type: &str, event_types: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -27,7 +38,50 @@ impl Subscription {
         Subscription {
             source_type: source_type.to_owned(),
             event_types: event_types.into_iter().map(Into::into).collect(),
+            replies_only: false,
         }
+    }
+
+    /// Only the replies to this aggregate's own saga steps: events caused by a command that
+    /// a reaction sent for one of this aggregate type's events. The host knows what caused
+    /// every routed command, so an event a client caused (a `DebitAccount` naming someone
+    /// else's transfer, say) never wakes this reaction, whatever its fields claim.
+    pub fn replies_only(mut self) -> Self {
+        self.replies_only = true;
+        self
+    }
+}
+
+/// A command of this aggregate that only reactions may send. The host refuses it from
+/// clients (HTTP, the CLI, the console: 403 `internal_command`) and accepts it when a
+/// reaction routes it, carrying its cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalCommand {
+    pub command_type: String,
+    /// The aggregate types whose events' reactions may send it; empty: any reaction. A
+    /// routed command from another source is handed back as rejected (`internal_command`).
+    pub source_types: Vec<String>,
+}
+
+impl InternalCommand {
+    /// `command_type` (a variant name of the aggregate's command enum), from any reaction.
+    pub fn named(command_type: &str) -> Self {
+        InternalCommand { command_type: command_type.to_owned(), source_types: Vec::new() }
+    }
+
+    /// Only reactions to events of these aggregate types may send it.
+    pub fn only_from<I, S>(mut self, source_types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.source_types = source_types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Whether a reaction to an event of a `source_type` stream may send it.
+    pub fn allows_source(&self, source_type: &str) -> bool {
+        self.source_types.is_empty() || self.source_types.iter().any(|t| t == source_type)
     }
 }
 

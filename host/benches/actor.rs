@@ -39,7 +39,8 @@ impl Host {
             .deploy("account", account.to_vec(), DeployOptions::default())
             .await
             .expect("the account component deploys");
-        let actors = Actors::new(store, writer, components, ActorConfig::default());
+        let actors =
+            Actors::new(store, writer, components, ActorConfig::default(), tokio::runtime::Handle::current());
         let host = Host { actors, next_transaction: AtomicU64::new(0), _dir: dir };
         for k in 0..SENDERS {
             host.send(k, "OpenAccount", json!({"initial_balance": 0})).await;
@@ -54,6 +55,7 @@ impl Host {
             payload: cairn::json::to_msgpack(&data),
             expected_version: None,
             idempotency_key: None,
+            fingerprint: None,
             correlation_id: format!("{:032x}", self.next_transaction.load(Ordering::Relaxed)),
             causation: None,
             span: tracing::Span::none(),

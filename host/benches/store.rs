@@ -35,6 +35,7 @@ fn credit(n: u64) -> NewEvent {
         correlation_id: format!("{n:032x}"),
         causation_id: None,
         component_version: 1,
+        reply_to: None,
     }
 }
 
@@ -62,6 +63,7 @@ fn appends(c: &mut Criterion) {
                 events: vec![credit(sequence)],
                 outcomes: Vec::new(),
                 snapshot: None,
+                history: Vec::new(),
             };
             runtime.block_on(writer.append(batch)).expect("the append commits")
         })
@@ -83,6 +85,7 @@ fn appends(c: &mut Criterion) {
                             events: vec![credit(sequence)],
                             outcomes: Vec::new(),
                             snapshot: None,
+                            history: Vec::new(),
                         }
                     })
                     .collect();

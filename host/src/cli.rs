@@ -86,6 +86,17 @@ enum Command {
         /// up, before the host ends it as too slow (the client resumes with Last-Event-ID).
         #[arg(long, default_value_t = 10_000, value_name = "EVENTS")]
         stream_max_lag: u64,
+        /// Reads of past versions (`?version=N`) folded at once; more are answered 503 with
+        /// Retry-After. Default: the number of CPUs.
+        #[arg(long)]
+        max_concurrent_folds: Option<usize>,
+        /// How many live event streams one client address may hold open (of 256 in all).
+        #[arg(long, default_value_t = 32)]
+        stream_max_per_client: usize,
+        /// The longest a write to a client may wait for it to take bytes before the host
+        /// closes the connection (a live stream nobody reads ends this way).
+        #[arg(long, default_value_t = 30_000, value_name = "MILLIS")]
+        write_stall_ms: u64,
         /// Fuel one guest call may burn (about one unit per WebAssembly instruction).
         #[arg(long, default_value_t = 200_000_000)]
         guest_fuel: u64,
@@ -113,6 +124,15 @@ enum Command {
         /// for none). Ignored when the directory already has components.
         #[arg(long, value_delimiter = ',', default_value = "all", value_name = "NAMES")]
         examples: Vec<String>,
+        /// A name the host also answers for (`name` for any port, or `name:port`), e.g. behind
+        /// a proxy; repeatable. Requests for any other name but the listen address, localhost
+        /// and loopback addresses are refused (421), which stops DNS rebinding.
+        #[arg(long = "allowed-host", value_name = "NAME")]
+        allowed_hosts: Vec<String>,
+        /// An origin (`https://console.example`) whose web pages may send state-changing
+        /// requests and read answers (CORS); repeatable. Pages of other sites are refused (403).
+        #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+        allowed_origins: Vec<String>,
     },
     /// Send a command: `cairn send account 101 '{"type":"OpenAccount","data":{"initial_balance":100}}'`.
     Send {
@@ -311,6 +331,9 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             compile_timeout_ms,
             view_wait_ms,
             stream_max_lag,
+            max_concurrent_folds,
+            stream_max_per_client,
+            write_stall_ms,
             guest_fuel,
             guest_memory_bytes,
             guest_output_bytes,
@@ -318,6 +341,8 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             header_timeout_ms,
             idempotency_retention_seconds,
             examples,
+            allowed_hosts,
+            allowed_origins,
         } => {
             let mut config = ServeConfig {
                 data_dir: client.data,
@@ -334,6 +359,11 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             config.compile_timeout = std::time::Duration::from_millis(compile_timeout_ms.max(1));
             config.view_wait = std::time::Duration::from_millis(view_wait_ms);
             config.max_stream_lag = stream_max_lag.max(1);
+            config.max_live_streams_per_client = stream_max_per_client.max(1);
+            if let Some(folds) = max_concurrent_folds {
+                config.max_concurrent_folds = folds.max(1);
+            }
+            config.connections.write_stall = std::time::Duration::from_millis(write_stall_ms.max(1));
             config.guest_limits.fuel_per_call = guest_fuel.max(1);
             config.guest_limits.max_memory_bytes = guest_memory_bytes;
             config.guest_limits.max_output_bytes = guest_output_bytes;
@@ -342,6 +372,8 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             config.idempotency_retention =
                 std::time::Duration::from_secs(idempotency_retention_seconds.max(1));
             config.examples = bundled_examples(&examples)?;
+            config.allowed_hosts = allowed_hosts;
+            config.allowed_origins = allowed_origins;
             crate::server::serve(config).await
         }
         Command::Send { type_name, id, command, idempotency_key, correlation_id, expect_version } => {

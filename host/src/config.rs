@@ -26,6 +26,10 @@ pub struct ServeConfig {
     pub view_wait: std::time::Duration,
     /// `GET /events/stream` answers open at once; more are refused with 503.
     pub max_live_streams: usize,
+    /// Of those, how many one client address may hold.
+    pub max_live_streams_per_client: usize,
+    /// Folds of past versions (`?version=N` reads) that may run at once; more answer 503.
+    pub max_concurrent_folds: usize,
     /// How far behind the head (in log events) a live stream that had caught up may fall
     /// before it is ended as too slow.
     pub max_stream_lag: u64,
@@ -35,6 +39,12 @@ pub struct ServeConfig {
     pub idempotency_retention: std::time::Duration,
     /// The bundled example components a new data directory gets.
     pub examples: Vec<&'static str>,
+    /// Names (`name` or `name:port`) the host answers for besides its listen address,
+    /// `localhost` and loopback addresses; any other `Host` is 421.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`https://console.example`) whose pages may change the host, and are granted
+    /// CORS; a state-changing request from any other page is 403.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -56,13 +66,18 @@ impl Default for ServeConfig {
             compile_timeout: std::time::Duration::from_secs(60),
             view_wait: std::time::Duration::from_secs(5),
             max_live_streams: 256,
+            max_live_streams_per_client: 32,
             max_stream_lag: 10_000,
+            max_concurrent_folds: std::thread::available_parallelism().map_or(2, |n| n.get()),
             connections: ConnectionLimits {
                 header_read: std::time::Duration::from_secs(30),
                 drain: std::time::Duration::from_secs(10),
+                write_stall: std::time::Duration::from_secs(30),
             },
             idempotency_retention: std::time::Duration::from_secs(24 * 60 * 60),
             examples: cairn_artifacts::BUNDLED.iter().map(|(name, _)| *name).collect(),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }

@@ -7,11 +7,12 @@
 //! events of that chunk are folded one at a time to name the one that failed.
 
 use crate::runtime::{AggregateComponent, GuestError};
-use crate::store::{EventStore, StoreError, StreamId, Version};
+use crate::store::{EventStore, Page, StoreError, StreamId, Version};
 use cairn_guest::glue::RawEvent;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Events read from the store per chunk.
-const CHUNK: usize = 4096;
+/// Events read from the store per chunk: at most 4096, and 8 MiB of them past the first.
+const CHUNK: Page = Page::new(4096, 8 << 20);
 
 /// Why a stream's state could not be rebuilt.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,28 @@ pub enum ReplayError {
     /// e.g. because it cannot decode that event).
     #[error("event {version} ({event_type}): {error}")]
     Guest { version: Version, event_type: String, error: GuestError },
+    /// Whoever asked stopped waiting (a request that timed out), so the fold stopped.
+    #[error("the fold was cancelled")]
+    Cancelled,
+}
+
+/// How a fold goes: where it may stop early, and which states it keeps on the way.
+#[derive(Debug, Default)]
+pub struct Fold<'a> {
+    /// Set when the fold's answer is no longer wanted; checked between chunks.
+    pub cancelled: Option<&'a AtomicBool>,
+    /// Keep the state at every multiple of this many versions (a snapshot interval), so a
+    /// long fold leaves snapshots behind it and the next one is short.
+    pub checkpoint_every: Option<Version>,
+}
+
+/// The state of a stream after a fold, and what it kept on the way.
+#[derive(Debug)]
+pub struct Folded {
+    pub state: Option<Vec<u8>>,
+    pub version: Version,
+    /// `(version, state)` at each multiple of `checkpoint_every` the fold passed.
+    pub checkpoints: Vec<(Version, Option<Vec<u8>>)>,
 }
 
 /// Fold the events of `stream` after `version`, up to `up_to`, into `state`; returns the
@@ -30,12 +53,35 @@ pub fn replay(
     component: &AggregateComponent,
     store: &EventStore,
     stream: &StreamId,
+    state: Option<Vec<u8>>,
+    version: Version,
+    up_to: Version,
+) -> Result<(Option<Vec<u8>>, Version), ReplayError> {
+    let folded = replay_with(component, store, stream, state, version, up_to, &Fold::default())?;
+    Ok((folded.state, folded.version))
+}
+
+/// [`replay`], cancellable and keeping checkpoints as `fold` asks.
+pub fn replay_with(
+    component: &AggregateComponent,
+    store: &EventStore,
+    stream: &StreamId,
     mut state: Option<Vec<u8>>,
     mut version: Version,
     up_to: Version,
-) -> Result<(Option<Vec<u8>>, Version), ReplayError> {
+    fold: &Fold<'_>,
+) -> Result<Folded, ReplayError> {
+    let mut checkpoints = Vec::new();
     while version < up_to {
-        let events = store.read_stream_range(stream, version + 1, up_to, CHUNK)?;
+        if fold.cancelled.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(ReplayError::Cancelled);
+        }
+        // A chunk ends at the next checkpoint, so the state there is one the fold reaches.
+        let chunk_end = match fold.checkpoint_every.filter(|&every| every > 0) {
+            Some(every) => up_to.min((version / every + 1).saturating_mul(every)),
+            None => up_to,
+        };
+        let events = store.read_stream_range(stream, version + 1, chunk_end, CHUNK)?;
         let Some(last) = events.last().map(|e| e.version) else { break };
         let first = version + 1;
         let raw: Vec<RawEvent> =
@@ -45,8 +91,14 @@ pub fn replay(
             Err(error) => return Err(locate_failure(component, state, first, &raw, error)),
         };
         version = last;
+        if let Some(every) = fold.checkpoint_every
+            && every > 0
+            && version.is_multiple_of(every)
+        {
+            checkpoints.push((version, state.clone()));
+        }
     }
-    Ok((state, version))
+    Ok(Folded { state, version, checkpoints })
 }
 
 /// Fold `events` (versions from `first`) one at a time to find the one the component fails

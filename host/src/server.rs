@@ -5,7 +5,7 @@
 use crate::actor::Actors;
 use crate::components::{ComponentRegistry, DeployOptions};
 use crate::config::{ADMIN_TOKEN_FILE, COMPILED_DIR, STORE_FILE, ServeConfig, VIEWS_FILE};
-use crate::http::{self, AppState, LiveStreams};
+use crate::http::{self, AppState, LiveStreams, SitePolicy};
 use crate::projection::Projections;
 use crate::routing::Routing;
 use crate::runtime::Runtime;
@@ -43,10 +43,26 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
         tracing::info!(examples = ?config.examples, "new data directory: deployed bundled example components");
     }
-    let actors = Actors::new(store.clone(), writer.clone(), components.clone(), config.actors);
+    // Guest calls (an actor's decisions, a subscriber's reactions) run on threads of their
+    // own, so a long one never holds up the threads that answer HTTP.
+    let guests = GuestThreads::start()?;
+    let actors = Actors::new(
+        store.clone(),
+        writer.clone(),
+        components.clone(),
+        config.actors,
+        guests.handle().clone(),
+    );
     let routing = Arc::new(
-        Routing::start(actors.clone(), store.clone(), writer.clone(), components.clone(), config.routing)
-            .context("start the router")?,
+        Routing::start(
+            actors.clone(),
+            store.clone(),
+            writer.clone(),
+            components.clone(),
+            config.routing,
+            guests.handle().clone(),
+        )
+        .context("start the router")?,
     );
     let views_file = data.join(VIEWS_FILE);
     let views = match ViewStore::open(&views_file) {
@@ -58,6 +74,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     );
     // Live event streams never end by themselves: they end when this turns true.
     let (stop_streams, streams_stopped) = tokio::sync::watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let site = SitePolicy::new(address, &config.allowed_hosts, &config.allowed_origins);
     let state = AppState {
         actors: actors.clone(),
         store,
@@ -70,15 +91,18 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         replay_sample: config.replay_sample,
         compile_timeout: config.compile_timeout,
         view_wait: config.view_wait,
-        live_streams: LiveStreams::new(config.max_live_streams, config.max_stream_lag, streams_stopped),
+        live_streams: LiveStreams::new(
+            config.max_live_streams,
+            config.max_live_streams_per_client,
+            config.max_stream_lag,
+            streams_stopped,
+        ),
         metrics: crate::telemetry::install(),
+        site: Arc::new(site),
+        folds: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_folds.max(1))),
+        default_snapshot_interval: config.actors.default_snapshot_interval,
     };
     let app = http::router(state, config.body_limits);
-
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listen on {}", config.listen))?;
-    let address = listener.local_addr()?;
     tracing::info!("serving {} on http://{address}", data.display());
     // Tests and scripts read the bound address (for --listen 127.0.0.1:0) from the first
     // line. One write for both lines, so a reader that stops after the first never leaves
@@ -99,9 +123,38 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     projections.shutdown().await;
     actors.shutdown().await;
     sweeper.abort();
+    drop(guests);
     writer.shutdown();
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The runtime whose threads run guest calls: actors and subscribers live there. A runtime
+/// may not be dropped on an async thread, so this stops it in the background however
+/// `serve` ends (an early `?` included).
+struct GuestThreads(Option<tokio::runtime::Runtime>);
+
+impl GuestThreads {
+    fn start() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("cairn-guest")
+            .enable_all()
+            .build()
+            .context("start the guest threads")?;
+        Ok(GuestThreads(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("running until dropped").handle()
+    }
+}
+
+impl Drop for GuestThreads {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Why a data file cannot be used, and what the operator can do about it.

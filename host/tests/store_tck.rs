@@ -20,6 +20,7 @@ fn event(n: u64) -> NewEvent {
         correlation_id: format!("corr-{n}"),
         causation_id: None,
         component_version: 1,
+        reply_to: None,
     }
 }
 
@@ -30,6 +31,7 @@ fn batch(stream: &StreamId, expected_version: u64, events: impl IntoIterator<Ite
         events: events.into_iter().map(event).collect(),
         outcomes: Vec::new(),
         snapshot: None,
+        history: Vec::new(),
     }
 }
 
@@ -124,9 +126,10 @@ async fn an_expected_version_conflict_stores_nothing() {
     let s = stream("1");
     writer.append(batch(&s, 0, [1, 2])).await.unwrap();
     let mut conflicting = batch(&s, 1, [3]);
-    conflicting
-        .outcomes
-        .push(("idem:k".into(), StoredOutcome::Accepted { first_version: 2, count: 1, version: 2 }));
+    conflicting.outcomes.push((
+        "idem:k".into(),
+        StoredOutcome::Accepted { first_version: 2, count: 1, version: 2, fingerprint: None },
+    ));
     match writer.append(conflicting).await {
         Err(AppendError::VersionConflict { expected: 1, actual: 2 }) => {}
         other => panic!("expected a version conflict, got {other:?}"),
@@ -159,12 +162,13 @@ async fn outcomes_and_the_correlation_index_commit_with_the_events() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open(dir.path());
     let s = stream("1");
-    let accepted = StoredOutcome::Accepted { first_version: 1, count: 1, version: 1 };
+    let accepted = StoredOutcome::Accepted { first_version: 1, count: 1, version: 1, fingerprint: None };
     let mut first = batch(&s, 0, [1]);
     first.outcomes.push(("idem:k1".into(), accepted.clone()));
-    first
-        .outcomes
-        .push(("idem:k2".into(), StoredOutcome::Rejected { code: "nope".into(), message: "no".into() }));
+    first.outcomes.push((
+        "idem:k2".into(),
+        StoredOutcome::Rejected { code: "nope".into(), message: "no".into(), fingerprint: None },
+    ));
     writer.append(first).await.unwrap();
     assert_eq!(store.outcome(&s, "idem:k1").unwrap(), Some(accepted));
     assert!(matches!(store.outcome(&s, "idem:k2").unwrap(), Some(StoredOutcome::Rejected { .. })));

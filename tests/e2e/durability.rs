@@ -115,7 +115,7 @@ async fn a_failed_commit_costs_its_commands_an_error_stores_nothing_and_readyz_t
     assert_eq!(host.get("/readyz").await.expect(200).body["status"], "ready");
     host.command("account", "x", "OpenAccount", json!({"initial_balance": 5}))
         .await
-        .expect_error(500, "storage_error");
+        .expect_error(503, "storage_unavailable");
     let not_ready = host.get("/readyz").await.expect_error(503, "not_ready");
     assert!(
         not_ready.body["error"]["message"].as_str().unwrap().contains("last commit failed"),
@@ -219,7 +219,7 @@ async fn when_a_commit_fails_the_commands_decided_behind_it_fail_too_and_nothing
     for answer in [failing.await.unwrap().unwrap(), behind.await.unwrap().unwrap()] {
         let status = answer.status().as_u16();
         let body: serde_json::Value = answer.json().await.unwrap();
-        assert_eq!((status, body["error"]["code"].as_str()), (500, Some("storage_error")), "{body}");
+        assert_eq!((status, body["error"]["code"].as_str()), (503, Some("storage_unavailable")), "{body}");
     }
     let log = host.get("/aggregates/account/f/events").await.expect(200).body;
     assert_eq!(log["events"].as_array().unwrap().len(), 1, "only the opening is stored: {log}");
@@ -229,4 +229,31 @@ async fn when_a_commit_fails_the_commands_decided_behind_it_fail_too_and_nothing
         .expect(200);
     assert_eq!(after.body["version"], 2);
     assert_eq!(host.state("account", "f").await["balance"], 11);
+}
+
+/// An actor that panics while a batch of its stream is still committing: that batch lands
+/// anyway, and the stream's next actor waits for it before it builds the state, so a later
+/// command without `If-Match` is decided on what is really there, never refused as a 409.
+#[tokio::test]
+async fn after_an_actor_panics_mid_commit_the_next_command_is_decided_on_the_landed_state() {
+    // The stream's second append (the first credit) stalls 1.5 s; the CloseAccount decided
+    // behind it panics the actor meanwhile.
+    let host = Host::start_with_env(
+        &[],
+        &[("CAIRN_FAULTS", "commit-stall=account/p:1500:1,actor-panic=CloseAccount")],
+    );
+    host.open_account("p", 10).await;
+    let stalled = credit_in_background(&host, "p", 5, "stalled");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    host.command("account", "p", "CloseAccount", json!({})).await.expect_error(500, "internal_error");
+    let after = host
+        .command("account", "p", "CreditAccount", json!({"amount": 1, "transaction_id": "after"}))
+        .await
+        .expect(200);
+    assert_eq!(after.body["version"], 3, "decided after the stalled credit landed: {}", after.body);
+    assert_eq!(host.state("account", "p").await["balance"], 16);
+    // The stalled credit's caller lost its answer with the actor; its events are stored once.
+    let _ = stalled.await.unwrap();
+    let log = host.get("/aggregates/account/p/events").await.expect(200).body;
+    assert_eq!(log["events"].as_array().unwrap().len(), 3, "{log}");
 }

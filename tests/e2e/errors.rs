@@ -197,7 +197,7 @@ async fn slow_clients_are_timed_out() {
     };
 
     let mut head = connect();
-    head.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    write!(head, "GET /healthz HTTP/1.1\r\nHost: {address}\r\n").unwrap();
     let started = Instant::now();
     let mut answer = Vec::new();
     head.read_to_end(&mut answer).expect("the host closes the connection, not the read timeout");
@@ -208,7 +208,7 @@ async fn slow_clients_are_timed_out() {
     let command = br#"{"type":"OpenAccount","data":{"initial_balance":1}}"#;
     write!(
         body,
-        "POST /aggregates/account/slow/commands HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        "POST /aggregates/account/slow/commands HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n",
         command.len()
     )

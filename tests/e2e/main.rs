@@ -19,4 +19,5 @@ mod reads;
 mod sagas;
 mod sandbox;
 mod stream;
+mod trust;
 mod views;

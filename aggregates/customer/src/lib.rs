@@ -2,7 +2,7 @@
 //! limit from which orders reserve credit. An order is approved when its total fits in
 //! the available credit (an order equal to it fits); cancelling releases the reservation.
 
-use cairn_guest::{Aggregate, EventEnvelope, OutgoingCommand, Rejection, Subscription};
+use cairn_guest::{Aggregate, EventEnvelope, InternalCommand, OutgoingCommand, Rejection, Subscription};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -22,12 +22,12 @@ pub enum CustomerCommand {
         name: String,
         credit_limit: i64,
     },
-    /// Sent by this aggregate's reaction to `OrderCreated`.
+    /// Saga step (internal): sent only by this aggregate's reaction to `OrderCreated`.
     ReserveCredit {
         order_id: String,
         order_total: i64,
     },
-    /// Sent by this aggregate's reaction to `OrderCancelled`.
+    /// Saga step (internal): sent only by this aggregate's reaction to `OrderCancelled`.
     ReleaseCredit {
         order_id: String,
     },
@@ -128,6 +128,13 @@ impl Aggregate for CustomerAggregate {
 
     fn subscriptions() -> Vec<Subscription> {
         vec![Subscription::to("order", ["OrderCreated", "OrderCancelled"])]
+    }
+
+    fn internal_commands() -> Vec<InternalCommand> {
+        ["ReserveCredit", "ReleaseCredit"]
+            .into_iter()
+            .map(|command| InternalCommand::named(command).only_from(["order"]))
+            .collect()
     }
 
     /// Reserve credit for a new order; release it when the order is cancelled.

@@ -11,7 +11,8 @@
 //! asks for the source to be credited back when the target account is missing or closed.
 
 use cairn_guest::{
-    Aggregate, CommandRejected, EventEnvelope, OutgoingCommand, Rejection, Subscription, check_aggregate_id,
+    Aggregate, CommandRejected, EventEnvelope, InternalCommand, OutgoingCommand, Rejection, Subscription,
+    check_aggregate_id,
 };
 use serde::{Deserialize, Serialize};
 
@@ -47,7 +48,7 @@ pub enum MoneyTransferCommand {
         to_account_id: String,
         amount: i64,
     },
-    /// Sent by this aggregate's reactions to account events.
+    /// Saga steps: internal, sent only by this aggregate's reactions to account events.
     RecordDebit,
     RecordDebitFailed,
     RecordCredit {
@@ -112,8 +113,9 @@ impl Aggregate for MoneyTransferAggregate {
             return Ok(vec![MoneyTransferCreated { from_account_id, to_account_id, amount }]);
         }
         let transfer = state.ok_or_else(|| Rejection::new("transfer_not_found", "no such money transfer"))?;
-        // Saga steps arriving in a state that does not expect them change nothing: the
-        // host delivers each effect once, so this only guards against hand-sent commands.
+        // Saga steps arriving in a state that does not expect them change nothing: the host
+        // delivers each effect once and refuses the steps from clients (they are internal),
+        // so this only guards against a reaction of another version.
         let events = match (command, transfer.state) {
             (RecordDebit, TransferState::NEW) => vec![MoneyTransferDebitRecorded {
                 from_account_id: transfer.from_account_id.clone(),
@@ -171,11 +173,23 @@ impl Aggregate for MoneyTransferAggregate {
         transfer
     }
 
+    /// Only the accounts' answers to this transfer's own debit and credit: a `DebitAccount`
+    /// a client sent naming some transfer's id never moves that transfer.
     fn subscriptions() -> Vec<Subscription> {
-        vec![Subscription::to(
-            "account",
-            ["AccountDebited", "AccountDebitFailedDueToInsufficientFunds", "AccountCredited"],
-        )]
+        vec![
+            Subscription::to(
+                "account",
+                ["AccountDebited", "AccountDebitFailedDueToInsufficientFunds", "AccountCredited"],
+            )
+            .replies_only(),
+        ]
+    }
+
+    fn internal_commands() -> Vec<InternalCommand> {
+        ["RecordDebit", "RecordDebitFailed", "RecordCredit"]
+            .into_iter()
+            .map(|command| InternalCommand::named(command).only_from(["account"]))
+            .collect()
     }
 
     /// Report account movements that belong to a transfer back to that transfer.

@@ -4,7 +4,8 @@
 //! Cancelling an approved order makes it `CANCELLED` and the customer releases the credit.
 
 use cairn_guest::{
-    Aggregate, CommandRejected, EventEnvelope, OutgoingCommand, Rejection, Subscription, check_aggregate_id,
+    Aggregate, CommandRejected, EventEnvelope, InternalCommand, OutgoingCommand, Rejection, Subscription,
+    check_aggregate_id,
 };
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +37,8 @@ pub enum OrderCommand {
         order_total: i64,
     },
     CancelOrder,
-    /// Sent by this aggregate's reaction to the customer's credit events.
+    /// Saga steps: internal, sent only by this aggregate's reaction to the customer's
+    /// credit decisions.
     ApproveOrder,
     RejectOrder {
         rejection_reason: String,
@@ -134,8 +136,19 @@ impl Aggregate for OrderAggregate {
         order
     }
 
+    /// Only the customer's answers to this order's own reservation.
     fn subscriptions() -> Vec<Subscription> {
-        vec![Subscription::to("customer", ["CustomerCreditReserved", "CustomerCreditReservationFailed"])]
+        vec![
+            Subscription::to("customer", ["CustomerCreditReserved", "CustomerCreditReservationFailed"])
+                .replies_only(),
+        ]
+    }
+
+    fn internal_commands() -> Vec<InternalCommand> {
+        ["ApproveOrder", "RejectOrder"]
+            .into_iter()
+            .map(|command| InternalCommand::named(command).only_from(["customer"]))
+            .collect()
     }
 
     /// Turn the customer's credit decision into the order's approval or rejection.

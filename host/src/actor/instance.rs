@@ -1,16 +1,17 @@
 //! One actor: the loop that owns a stream's state and decides its commands.
 
-use super::Shared;
 use super::messages::{CommandError, CommandReply, CommandRequest, Message, StateReply};
+use super::{AfterFailure, Shared};
 use crate::components::ActiveAggregate;
-use crate::replay::replay;
+use crate::replay::{Fold, replay_with};
 use crate::runtime::Executed;
+use crate::runtime::GuestError;
 use crate::store::{
-    AppendBatch, AppendError, Committed, IDEMPOTENCY_PREFIX, NewEvent, Receipt, Snapshot, StoreError,
-    StoredEvent, StoredOutcome, StreamId, Version,
+    AppendBatch, AppendError, Committed, Fingerprint, IDEMPOTENCY_PREFIX, NewEvent, Receipt, Snapshot,
+    StoreError, StoredEvent, StoredOutcome, StreamId, Version, cause_key,
 };
-use cairn_guest::Rejection;
 use cairn_guest::glue::RawCommand;
+use cairn_guest::{INVALID_COMMAND, Rejection, UNKNOWN_COMMAND};
 use futures_util::FutureExt;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -25,7 +26,16 @@ pub(super) async fn run(
     generation: u64,
     mut inbox: mpsc::Receiver<Message>,
     _done: mpsc::Sender<()>,
+    after: AfterFailure,
 ) {
+    if after == AfterFailure::Yes {
+        // The actor before this one may have left batches with the writer when it died. Until
+        // they land, the log is behind what they decided, and a state built from it now would
+        // be refused at commit as a version conflict (a 409 to commands that named no version).
+        if let Err(error) = shared.writer.barrier().await {
+            tracing::warn!(stream = %stream, "waiting for the failed actor's commits: {error}");
+        }
+    }
     let mut actor = Actor {
         shared: shared.clone(),
         stream,
@@ -115,6 +125,8 @@ struct Rebuilt {
     folded: u64,
     /// The stream's newest snapshot was made by another version.
     stale_snapshot: bool,
+    /// States at the snapshot intervals a fold from the start passed.
+    checkpoints: Vec<(Version, Option<Vec<u8>>)>,
 }
 
 /// The state an actor holds in memory, built by one component version.
@@ -168,7 +180,10 @@ struct Pending {
     events: Vec<NewEvent>,
     outcomes: Vec<(String, StoredOutcome)>,
     answers: Vec<(Answer, Reply)>,
-    keys: HashMap<String, usize>,
+    /// Each outcome key decided in this batch: its answer's index, and its command's fingerprint.
+    keys: HashMap<String, (usize, Option<Fingerprint>)>,
+    /// Snapshots at the intervals the batch's commands crossed, oldest first.
+    snapshots: Vec<Snapshot>,
 }
 
 impl Pending {
@@ -179,6 +194,7 @@ impl Pending {
             outcomes: Vec::new(),
             answers: Vec::new(),
             keys: HashMap::new(),
+            snapshots: Vec::new(),
         }
     }
 }
@@ -267,6 +283,7 @@ impl Actor {
             .active(&self.stream.type_name)
             .ok_or_else(|| CommandError::UnknownType(self.stream.type_name.clone()))?;
         self.loaded = None;
+        let interval = self.snapshot_interval(&active);
         let (store, stream, component) = (self.shared.store.clone(), self.stream.clone(), active.clone());
         let rebuilt = tokio::task::spawn_blocking(move || -> Result<Rebuilt, CommandError> {
             let digest = component.component.digest().as_bytes();
@@ -276,28 +293,40 @@ impl Actor {
                 Some(snapshot) => (Some(snapshot.state), snapshot.version),
                 None => (None, 0),
             };
-            let (state, version) = replay(&component.component, &store, &stream, state, from, Version::MAX)?;
-            Ok(Rebuilt { state, version, folded: version - from, stale_snapshot })
+            // A fold from the start (a new version, or snapshots lost) keeps this version's
+            // state at every interval it passes, for temporal reads.
+            let fold = Fold { cancelled: None, checkpoint_every: (from == 0).then_some(interval) };
+            let folded =
+                replay_with(&component.component, &store, &stream, state, from, Version::MAX, &fold)?;
+            Ok(Rebuilt {
+                state: folded.state,
+                version: folded.version,
+                folded: folded.version - from,
+                stale_snapshot,
+                checkpoints: folded.checkpoints,
+            })
         })
         .await
         .map_err(|e| {
             CommandError::Store(StoreError::Unavailable(format!("rebuilding state failed: {e}")))
         })??;
-        let interval = self.snapshot_interval(&active);
         // After a swap the stream's snapshot belongs to another version: save one of this
         // version right away (and after any long fold), so the next wake-up is cheap.
         if rebuilt.folded > 0 && (rebuilt.stale_snapshot || rebuilt.folded >= interval) {
-            let snapshot = Snapshot {
-                version: rebuilt.version,
-                digest: active.component.digest().as_bytes().to_vec(),
-                state: rebuilt.state.clone().unwrap_or_default(),
+            let digest = active.component.digest().as_bytes().to_vec();
+            let snapshot_of = |version: Version, state: Option<Vec<u8>>| Snapshot {
+                version,
+                digest: digest.clone(),
+                state: state.unwrap_or_default(),
             };
+            let history = rebuilt.checkpoints.into_iter().map(|(v, s)| snapshot_of(v, s)).collect();
             let batch = AppendBatch {
                 stream: self.stream.clone(),
                 expected_version: rebuilt.version,
                 events: Vec::new(),
                 outcomes: Vec::new(),
-                snapshot: Some(snapshot),
+                snapshot: Some(snapshot_of(rebuilt.version, rebuilt.state.clone())),
+                history,
             };
             if let Err(error) = self.shared.writer.append(batch).await {
                 tracing::warn!(stream = %self.stream, "could not save the snapshot after a rebuild: {error}");
@@ -310,25 +339,40 @@ impl Actor {
 
     /// Take a snapshot every this many events.
     fn snapshot_interval(&self, component: &ActiveAggregate) -> u64 {
-        match component.component.info().snapshot_interval {
-            0 => self.shared.config.default_snapshot_interval,
-            n => n,
-        }
-        .into()
+        snapshot_interval(component, self.shared.config.default_snapshot_interval)
     }
 
     fn decide(&mut self, request: CommandRequest, reply: Reply, pending: &mut Pending) {
         let span = request.span.clone();
         let _in_command = span.enter();
+        let loaded = self.loaded.as_ref().expect("decide runs on loaded state");
+        let refusal = internal_refusal(&loaded.component, &self.stream, &request);
+        if let (Some(refusal), None) = (&refusal, &request.causation) {
+            // A client sent a saga's own step: refused before anything is looked up or
+            // recorded, whatever key it carries.
+            let _ = reply.send(Err(CommandError::Rejected(refusal.clone())));
+            return;
+        }
         let outcome_key = outcome_key(&request);
+        // Only a client's key is bound to its command: a redelivered routed command is the
+        // same command even when a changed reaction gave it other fields (ARCHITECTURE.md).
+        let fingerprint = request.idempotency_key.as_ref().and(request.fingerprint);
         if let Some(key) = &outcome_key {
-            if let Some(&earlier) = pending.keys.get(key) {
-                pending.answers.push((Answer::SameAs(earlier), reply));
+            if let Some(&(earlier, earlier_fingerprint)) = pending.keys.get(key) {
+                if let Some(reused) = key_reused(earlier_fingerprint.as_ref(), fingerprint.as_ref()) {
+                    let _ = reply.send(Err(reused));
+                } else {
+                    pending.answers.push((Answer::SameAs(earlier), reply));
+                }
                 return;
             }
             match self.shared.store.outcome(&self.stream, key) {
                 Ok(Some(outcome)) => {
-                    let _ = reply.send(self.recorded_answer(outcome));
+                    let answer = match key_reused(outcome.fingerprint(), fingerprint.as_ref()) {
+                        Some(reused) => Err(reused),
+                        None => self.recorded_answer(outcome),
+                    };
+                    let _ = reply.send(answer);
                     return;
                 }
                 Ok(None) => {}
@@ -348,17 +392,46 @@ impl Actor {
         crate::faults::actor_panic(&request.command_type);
         let command = RawCommand { command_type: request.command_type, payload: request.payload };
         let component = &loaded.component.component;
-        let answer = match component.execute(loaded.state.as_deref(), &command) {
+        let executed = match refusal {
+            // A routed command from a source that may not send it: refused like a business
+            // rule (recorded, and handed back to its source).
+            Some(refusal) => Ok(Err(refusal)),
+            None => component.execute(loaded.state.as_deref(), &command),
+        };
+        let executed = match executed {
+            // A routed command this version cannot decide within its limits fails the same
+            // way on every delivery: it is refused for good, recorded like a rejection (so a
+            // fixed version later cannot apply it after its source compensated), and handed back.
+            Err(error @ (GuestError::Timeout(_) | GuestError::OutputTooLarge { .. }))
+                if request.causation.is_some() =>
+            {
+                let code = match error {
+                    GuestError::Timeout(_) => "guest_timeout",
+                    _ => "guest_output_too_large",
+                };
+                Ok(Err(Rejection::new(code, error.to_string())))
+            }
+            other => other,
+        };
+        let answer = match executed {
             Err(trap) => {
                 tracing::warn!(stream = %self.stream, command = command.command_type, "guest failed: {trap}");
                 let _ = reply.send(Err(trap.into()));
                 return;
             }
             Ok(Err(rejection)) => {
+                // A command that is not one (400) is not the key's answer: the client fixes
+                // the command and retries with the same key.
+                let malformed = [UNKNOWN_COMMAND, INVALID_COMMAND].contains(&rejection.code.as_str());
+                if malformed && request.idempotency_key.is_some() {
+                    let _ = reply.send(Err(CommandError::Rejected(rejection)));
+                    return;
+                }
                 if let Some(key) = &outcome_key {
                     let outcome = StoredOutcome::Rejected {
                         code: rejection.code.clone(),
                         message: rejection.message.clone(),
+                        fingerprint,
                     };
                     pending.outcomes.push((key.clone(), outcome));
                 }
@@ -369,25 +442,37 @@ impl Actor {
                 let count = events.len() as u64;
                 loaded.state = state;
                 loaded.version += count;
+                // A snapshot wherever a command crosses an interval, so that any version is
+                // within about one interval of one (temporal reads fold little).
+                let interval =
+                    snapshot_interval(&loaded.component, self.shared.config.default_snapshot_interval);
+                if interval > 0 && loaded.version / interval > (first_version - 1) / interval {
+                    pending.snapshots.push(Snapshot {
+                        version: loaded.version,
+                        digest: loaded.component.component.digest().as_bytes().to_vec(),
+                        state: loaded.state.clone().unwrap_or_default(),
+                    });
+                }
                 let causation_id = request.causation.as_ref().map(|c| c.causation_id.clone());
+                let reply_to = request.causation.as_ref().map(|c| c.source.key());
                 pending.events.extend(events.into_iter().map(|e| NewEvent {
                     event_type: e.event_type,
                     payload: e.payload,
                     correlation_id: request.correlation_id.clone(),
                     causation_id: causation_id.clone(),
                     component_version: loaded.component.version,
+                    reply_to: reply_to.clone(),
                 }));
                 let version = loaded.version;
                 if let Some(key) = &outcome_key {
-                    pending
-                        .outcomes
-                        .push((key.clone(), StoredOutcome::Accepted { first_version, count, version }));
+                    let outcome = StoredOutcome::Accepted { first_version, count, version, fingerprint };
+                    pending.outcomes.push((key.clone(), outcome));
                 }
                 Answer::Accepted { first_version, count, version }
             }
         };
         if let Some(key) = outcome_key {
-            pending.keys.insert(key, pending.answers.len());
+            pending.keys.insert(key, (pending.answers.len(), fingerprint));
         }
         pending.answers.push((answer, reply));
     }
@@ -395,10 +480,10 @@ impl Actor {
     /// The answer recorded for a command seen before (its events read back from the log).
     fn recorded_answer(&self, outcome: StoredOutcome) -> Result<CommandReply, CommandError> {
         match outcome {
-            StoredOutcome::Rejected { code, message } => {
+            StoredOutcome::Rejected { code, message, .. } => {
                 Err(CommandError::Rejected(Rejection { code, message }))
             }
-            StoredOutcome::Accepted { first_version, count, version } => {
+            StoredOutcome::Accepted { first_version, count, version, .. } => {
                 let events = if count == 0 {
                     Vec::new()
                 } else {
@@ -428,19 +513,15 @@ impl Actor {
             return;
         }
         let receipt = if wrote {
-            let interval = self.snapshot_interval(&loaded.component);
-            let snapshot = (interval > 0 && loaded.version / interval > pending.base_version / interval)
-                .then(|| Snapshot {
-                    version: loaded.version,
-                    digest: loaded.component.component.digest().as_bytes().to_vec(),
-                    state: loaded.state.clone().unwrap_or_default(),
-                });
+            let mut history = pending.snapshots;
+            let snapshot = history.pop();
             let batch = AppendBatch {
                 stream: self.stream.clone(),
                 expected_version: pending.base_version,
                 events: pending.events,
                 outcomes: pending.outcomes,
                 snapshot,
+                history,
             };
             match self.shared.writer.submit(batch) {
                 Ok(receipt) => receipt,
@@ -535,12 +616,62 @@ impl Actor {
     }
 }
 
+/// Take a snapshot every this many events: what the component asks, else the host's default.
+pub fn snapshot_interval(component: &ActiveAggregate, default: u32) -> u64 {
+    match component.component.info().snapshot_interval {
+        0 => default,
+        n => n,
+    }
+    .into()
+}
+
+/// The refusal when a client's key comes back with another command than the one it was
+/// recorded with (outcomes recorded without a fingerprint answer any command).
+fn key_reused(recorded: Option<&Fingerprint>, now: Option<&Fingerprint>) -> Option<CommandError> {
+    match (recorded, now) {
+        (Some(recorded), Some(now)) if recorded != now => Some(CommandError::Rejected(Rejection::new(
+            "idempotency_key_reused",
+            "this Idempotency-Key was first used with another command (type or data); \
+             use a new key for a new command",
+        ))),
+        _ => None,
+    }
+}
+
+/// Why `request` may not be sent the way it came, if it is one of the component's internal
+/// commands: a client sent it, or a reaction to an event of a source type it does not allow.
+fn internal_refusal(
+    component: &ActiveAggregate,
+    stream: &StreamId,
+    request: &CommandRequest,
+) -> Option<Rejection> {
+    let rule = component.component.info().internal(&request.command_type)?;
+    let message = match &request.causation {
+        None => format!(
+            "{} is one of {}'s saga steps: only the host's reactions may send it, not a client",
+            request.command_type, stream.type_name
+        ),
+        Some(causation) if !rule.allows_source(&causation.source.type_name) => format!(
+            "{} is one of {}'s saga steps and may be sent only for events of {}, not of {}",
+            request.command_type,
+            stream.type_name,
+            rule.source_types.join(", "),
+            causation.source.type_name
+        ),
+        Some(_) => return None,
+    };
+    Some(Rejection::new(INTERNAL_COMMAND, message))
+}
+
+/// The rejection code of an internal command sent from where it may not come (HTTP 403).
+pub const INTERNAL_COMMAND: &str = "internal_command";
+
 /// The key under which a command's outcome is recorded, if it has one: a client's
 /// `Idempotency-Key`, or a routed command's causation.
 fn outcome_key(request: &CommandRequest) -> Option<String> {
     match (&request.idempotency_key, &request.causation) {
         (Some(key), _) => Some(format!("{IDEMPOTENCY_PREFIX}{key}")),
-        (None, Some(causation)) => Some(format!("cause:{}", causation.dedup_key)),
+        (None, Some(causation)) => Some(cause_key(&causation.dedup_key)),
         (None, None) => None,
     }
 }

@@ -1,10 +1,13 @@
 //! What goes into an actor's mailbox and what comes back.
 
 use crate::runtime::GuestError;
-use crate::store::{StoreError, StoredEvent, StreamId, Version};
+use crate::store::{Fingerprint, StoreError, StoredEvent, StreamId, Version};
 use cairn_guest::Rejection;
 use tokio::sync::oneshot;
 
+// Nearly every message is a command: boxing it would cost each command an allocation to
+// save the few state reads and nudges some bytes of mailbox.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Message {
     Command(CommandRequest, oneshot::Sender<Result<CommandReply, CommandError>>),
     State(oneshot::Sender<Result<StateReply, CommandError>>),
@@ -39,6 +42,8 @@ pub struct CommandRequest {
     pub expected_version: Option<Version>,
     /// A retry with the same key gets the first answer and stores nothing (`Idempotency-Key`).
     pub idempotency_key: Option<String>,
+    /// What the key is bound to: the same key with another command is refused.
+    pub fingerprint: Option<Fingerprint>,
     pub correlation_id: String,
     /// Set when the command was sent by a reaction to another event.
     pub causation: Option<Causation>,
@@ -54,6 +59,9 @@ pub struct Causation {
     pub causation_id: String,
     /// Unique per (triggering event, index in the reaction).
     pub dedup_key: String,
+    /// The stream whose event the reaction answered: what internal commands are checked
+    /// against, and what the events the command causes are replies to.
+    pub source: StreamId,
 }
 
 /// A command's answer: the stream's version after it and the events it caused (none
@@ -110,6 +118,9 @@ impl From<crate::replay::ReplayError> for CommandError {
     fn from(error: crate::replay::ReplayError) -> Self {
         match error {
             crate::replay::ReplayError::Store(e) => CommandError::Store(e),
+            cancelled @ crate::replay::ReplayError::Cancelled => {
+                CommandError::Store(StoreError::Unavailable(cancelled.to_string()))
+            }
             crate::replay::ReplayError::Guest { error, .. } => CommandError::Guest(error),
         }
     }

@@ -15,6 +15,7 @@
 mod instance;
 mod messages;
 
+pub use instance::{INTERNAL_COMMAND, snapshot_interval};
 pub use messages::{Causation, CommandError, CommandReply, CommandRequest, StateReply};
 
 use crate::components::ComponentRegistry;
@@ -62,6 +63,14 @@ pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "a panic with no message".to_owned())
 }
 
+/// Whether a stream's actor starts where the one before it died (a host defect) and may have
+/// left batches with the writer that have not landed yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterFailure {
+    Yes,
+    No,
+}
+
 /// The actor system: routes commands and state queries to the actor of their stream.
 #[derive(Clone)]
 pub struct Actors {
@@ -93,14 +102,19 @@ pub(crate) struct Shared {
     pub(crate) writer: Writer,
     pub(crate) components: Arc<ComponentRegistry>,
     pub(crate) config: ActorConfig,
+    /// Where actors run: guest calls happen inside an actor's batch, so actors live on the
+    /// guest threads, never on the threads that serve HTTP.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Actors {
+    /// Actors that run on `runtime` (the guest threads).
     pub fn new(
         store: EventStore,
         writer: Writer,
         components: Arc<ComponentRegistry>,
         config: ActorConfig,
+        runtime: tokio::runtime::Handle,
     ) -> Self {
         let (done, all_done) = mpsc::channel(1);
         Actors {
@@ -115,6 +129,7 @@ impl Actors {
                 writer,
                 components,
                 config,
+                runtime,
             }),
         }
     }
@@ -164,11 +179,17 @@ impl Actors {
                     return Ok(());
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => return Err(CommandError::Overloaded),
-                // The actor died (a host defect); start a fresh one for this stream.
-                Err(mpsc::error::TrySendError::Closed(message)) => message,
+                // The actor died (a host defect); start a fresh one for this stream, which
+                // first lets the batches it left with the writer land.
+                Err(mpsc::error::TrySendError::Closed(message)) => {
+                    let mailbox = self.spawn_actor(stream.clone(), AfterFailure::Yes)?;
+                    mailbox.sender.try_send(message).map_err(|_| CommandError::Overloaded)?;
+                    mailboxes.insert(stream, mailbox);
+                    return Ok(());
+                }
             },
         };
-        let mailbox = self.spawn_actor(stream.clone())?;
+        let mailbox = self.spawn_actor(stream.clone(), AfterFailure::No)?;
         mailbox.sender.try_send(message).map_err(|_| CommandError::Overloaded)?;
         mailboxes.insert(stream, mailbox);
         if mailboxes.len() > self.shared.config.max_live_actors {
@@ -177,11 +198,11 @@ impl Actors {
         Ok(())
     }
 
-    fn spawn_actor(&self, stream: StreamId) -> Result<Mailbox, CommandError> {
+    fn spawn_actor(&self, stream: StreamId, after: AfterFailure) -> Result<Mailbox, CommandError> {
         let done = self.shared.done.lock().expect("done lock").clone().ok_or(CommandError::ShuttingDown)?;
         let generation = self.shared.generations.fetch_add(1, Ordering::Relaxed);
         let (sender, inbox) = mpsc::channel(self.shared.config.mailbox_capacity);
-        tokio::spawn(instance::run(self.shared.clone(), stream, generation, inbox, done));
+        self.shared.runtime.spawn(instance::run(self.shared.clone(), stream, generation, inbox, done, after));
         Ok(Mailbox { generation, sender, last_used: Instant::now() })
     }
 

@@ -248,6 +248,7 @@ fn replay_check(
     for stream in streams {
         let (after, _) = replay(new, store, &stream, None, 0, Version::MAX).map_err(|error| match error {
             ReplayError::Store(error) => DeployError::Store(error),
+            ReplayError::Cancelled => DeployError::Store(StoreError::Unavailable(error.to_string())),
             ReplayError::Guest { .. } => {
                 DeployError::ReplayFailed { stream: stream.key(), detail: error.to_string() }
             }

@@ -6,14 +6,16 @@ use super::extract::{Body, Params, Path, header_text, if_match};
 use super::openapi::ErrorBody;
 use crate::actor::{CommandError, CommandReply, CommandRequest};
 use crate::json::{self, EventJson};
-use crate::replay::replay;
-use crate::store::{StreamId, StreamIdError};
+use crate::replay::{Fold, Folded, replay_with};
+use crate::store::{Fingerprint, Page, Snapshot, StreamId, StreamIdError};
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use utoipa::ToSchema;
 
 const MAX_HEADER_LEN: usize = 256;
@@ -57,7 +59,24 @@ pub(super) struct StateAnswer {
 #[derive(Serialize, ToSchema)]
 pub(super) struct EventsAnswer {
     pub events: Vec<EventJson>,
+    /// Where the next page starts (`after` of the log and of a saga) when this one was full,
+    /// by count or by its byte budget; absent when this page reached the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u64>,
+    /// Where the next page of a stream's events starts (`from`), likewise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_from: Option<u64>,
 }
+
+impl EventsAnswer {
+    pub(super) fn with_next(events: Vec<EventJson>, next_after: Option<u64>) -> Self {
+        EventsAnswer { events, next_after, next_from: None }
+    }
+}
+
+/// The most of stored event bytes one page of events carries (beyond its first event): a
+/// count alone would let one page of 1 MiB events hold gigabytes.
+pub(super) const PAGE_BYTES: usize = 4 << 20;
 
 /// The stream a path names, checking that its type is deployed (404) and its id usable (400).
 fn stream_of(state: &AppState, type_name: &str, id: &str) -> Result<StreamId, ApiError> {
@@ -79,8 +98,9 @@ fn with_etag(version: u64, body: impl Serialize) -> Response {
     response
 }
 
-/// Decode a command body: `{"type": "...", "data": {...}}` (`data` optional).
-fn parse_command(body: &[u8]) -> Result<(String, Vec<u8>), ApiError> {
+/// Decode a command body: `{"type": "...", "data": {...}}` (`data` optional): its type and
+/// its data as a JSON object.
+fn parse_command(body: &[u8]) -> Result<(String, Value), ApiError> {
     let parsed: CommandBody = serde_json::from_slice(body).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
@@ -108,7 +128,7 @@ fn parse_command(body: &[u8]) -> Result<(String, Vec<u8>), ApiError> {
             return Err(ApiError::bad_request("invalid_command", "data must be a JSON object"));
         }
     };
-    Ok((command_type.to_owned(), json::to_msgpack(&data)))
+    Ok((command_type.to_owned(), data))
 }
 
 async fn run_command(
@@ -117,7 +137,21 @@ async fn run_command(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    let (command_type, payload) = parse_command(body)?;
+    let (command_type, data) = parse_command(body)?;
+    if let Some(active) = state.components.active(&stream.type_name)
+        && active.component.info().internal(&command_type).is_some()
+    {
+        // The actor refuses it too (it decides with the version it runs); refusing here
+        // keeps a client's saga step out of the mailbox altogether.
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            crate::actor::INTERNAL_COMMAND,
+            format!(
+                "{command_type} is one of {}'s saga steps: only the host's reactions may send it, not a client",
+                stream.type_name
+            ),
+        ));
+    }
     // Time-ordered (UUIDv7), so the saga index takes new ids at its right edge instead of
     // dirtying a random page of it on every commit.
     let correlation_id = header_text(headers, "x-correlation-id", MAX_HEADER_LEN)?
@@ -129,11 +163,14 @@ async fn run_command(
         command = %command_type,
         correlation_id = %correlation_id,
     );
+    let idempotency_key = header_text(headers, "idempotency-key", MAX_HEADER_LEN)?;
+    let fingerprint = idempotency_key.as_ref().map(|_| Fingerprint::of(&command_type, &data));
     let request = CommandRequest {
+        payload: json::to_msgpack(&data),
         command_type,
-        payload,
         expected_version: if_match(headers)?,
-        idempotency_key: header_text(headers, "idempotency-key", MAX_HEADER_LEN)?,
+        idempotency_key,
+        fingerprint,
         correlation_id,
         causation: None,
         span: span.clone(),
@@ -266,6 +303,7 @@ fn id_for_key(type_name: &str, key: &str) -> String {
         (status = 400, description = "A bad id or query", body = ErrorBody),
         (status = 404, description = "Unknown type, a stream with no events, or a version not reached yet", body = ErrorBody),
         (status = 422, description = "The guest trapped while folding the events", body = ErrorBody),
+        (status = 503, description = "Too many past versions are being folded now (Retry-After)", body = ErrorBody),
     ))]
 pub async fn state(
     State(state): State<AppState>,
@@ -302,23 +340,71 @@ pub async fn state(
 }
 
 /// A temporal query: fold events up to `version` with the active component, from the
-/// nearest older snapshot it made (the stream keeps its recent ones), off the async threads.
+/// nearest older snapshot it made, off the async threads.
+///
+/// The stream keeps a snapshot at every interval, so this folds about one interval at most.
+/// Where this version has made no snapshots yet (right after a deploy), the fold is longer,
+/// and keeps this version's states at the intervals it passes, so the next read is short.
+/// Folds run a few at a time (`--max-concurrent-folds`; beyond it 503 with `Retry-After`),
+/// and one whose request has ended (a timeout, a client gone) stops at its next chunk.
 async fn state_at(state: &AppState, stream: &StreamId, version: u64) -> Result<Option<Vec<u8>>, ApiError> {
     let active = state.components.active(&stream.type_name).ok_or_else(|| {
         ApiError::not_found("unknown_type", format!("no aggregate type {:?}", stream.type_name))
     })?;
-    let store = state.store.clone();
-    let stream = stream.clone();
-    tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, ApiError> {
+    let permit = state.folds.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many reads of past versions are being folded now; retry shortly",
+        )
+        .retry_after(1)
+    })?;
+    let interval = crate::actor::snapshot_interval(&active, state.default_snapshot_interval);
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _cancel_when_dropped = CancelOnDrop(cancelled.clone());
+    let (store, writer, stream) = (state.store.clone(), state.writer.clone(), stream.clone());
+    let folded = tokio::task::spawn_blocking(move || -> Result<Folded, ApiError> {
+        let _permit = permit;
         let digest = active.component.digest().as_bytes();
         let start = store.snapshot_at_or_before(&stream, version, digest)?;
         let (state, from) = start.map_or((None, 0), |snapshot| (Some(snapshot.state), snapshot.version));
-        let (folded, _) =
-            replay(&active.component, &store, &stream, state, from, version).map_err(CommandError::from)?;
+        let fold = Fold {
+            cancelled: Some(&cancelled),
+            checkpoint_every: (version - from > interval).then_some(interval),
+        };
+        let mut folded = replay_with(&active.component, &store, &stream, state, from, version, &fold)
+            .map_err(CommandError::from)?;
+        if !folded.checkpoints.is_empty() {
+            let snapshots = std::mem::take(&mut folded.checkpoints)
+                .into_iter()
+                .map(|(version, state)| Snapshot {
+                    version,
+                    digest: digest.to_vec(),
+                    state: state.unwrap_or_default(),
+                })
+                .collect();
+            // Best effort, in the background: the answer does not wait for it.
+            let stream = stream.clone();
+            tokio::runtime::Handle::current().spawn(async move {
+                if let Err(error) = writer.keep_snapshots(&stream, snapshots).await {
+                    tracing::warn!(%stream, "could not keep the snapshots a fold passed: {error}");
+                }
+            });
+        }
         Ok(folded)
     })
     .await
-    .map_err(|e| ApiError::internal(format!("temporal query task failed: {e}")))?
+    .map_err(|e| ApiError::internal(format!("temporal query task failed: {e}")))??;
+    Ok(folded.state)
+}
+
+/// Tells a fold to stop when the request that wanted it is dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// `GET /aggregates/{type}/{id}/events?from=<version>&limit=<n>`
@@ -328,10 +414,10 @@ async fn state_at(state: &AppState, stream: &StreamId, version: u64) -> Result<O
         ("type" = String, Path, description = "The aggregate type"),
         ("id" = String, Path, description = "The aggregate's id"),
         ("from" = Option<u64>, Query, description = "The first version (default 1)"),
-        ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000)"),
+        ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000); a page also stops once its events reach 4 MiB"),
     ),
     responses(
-        (status = 200, description = "A page of events", body = EventsAnswer),
+        (status = 200, description = "A page of events; `next_from` is where the next page starts when there may be more", body = EventsAnswer),
         (status = 400, description = "A bad id or query", body = ErrorBody),
         (status = 404, description = "Unknown type or a stream with no events", body = ErrorBody),
     ))]
@@ -346,6 +432,9 @@ pub async fn events(
     if state.store.stream_head(&stream)?.is_none() {
         return Err(ApiError::not_found("stream_not_found", format!("{stream} has no events")));
     }
-    let events = state.store.read_stream(&stream, from, limit)?;
-    Ok(Json(EventsAnswer { events: json::events_json(&events) }))
+    let events = state.store.read_stream(&stream, from, Page::new(limit, PAGE_BYTES))?;
+    let next_from = (events.len() == limit || super::log::page_full(&events))
+        .then(|| events.last().map(|e| e.version + 1))
+        .flatten();
+    Ok(Json(EventsAnswer { events: json::events_json(&events), next_after: None, next_from }))
 }

@@ -80,8 +80,38 @@ pub async fn stack_error(error: tower::BoxError) -> ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// The store could not be read or written now (503: retry), or what it holds does not
+    /// decode (500: a defect, or a file of another version).
     fn from(error: StoreError) -> Self {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", error.to_string())
+        match error {
+            StoreError::Corrupt(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", error.to_string())
+            }
+            StoreError::Closed => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", error.to_string())
+                    .retry_after(5)
+            }
+            _ => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                format!("the store is unavailable: {error}"),
+            )
+            .retry_after(1),
+        }
+    }
+}
+
+/// A command whose store work failed: nothing of it was stored (a failed group commit
+/// stores none of its batches; a failed read happens before anything is decided).
+fn command_not_stored(error: StoreError) -> ApiError {
+    match error {
+        StoreError::Corrupt(_) | StoreError::Closed => error.into(),
+        _ => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            format!("the command was not stored: {error}; retry it (with the same Idempotency-Key)"),
+        )
+        .retry_after(1),
     }
 }
 
@@ -108,6 +138,7 @@ impl From<CommandError> for ApiError {
             CommandError::Rejected(rejection) => {
                 let status = match rejection.code.as_str() {
                     cairn_guest::UNKNOWN_COMMAND | cairn_guest::INVALID_COMMAND => StatusCode::BAD_REQUEST,
+                    crate::actor::INTERNAL_COMMAND => StatusCode::FORBIDDEN,
                     _ => StatusCode::UNPROCESSABLE_ENTITY,
                 };
                 ApiError::new(status, &rejection.code, rejection.message)
@@ -120,7 +151,7 @@ impl From<CommandError> for ApiError {
             }
             CommandError::UnknownType(_) => ApiError::not_found("unknown_type", error.to_string()),
             CommandError::Guest(guest) => guest.into(),
-            CommandError::Store(store) => store.into(),
+            CommandError::Store(store) => command_not_stored(store),
             CommandError::ActorFailed => ApiError::internal(error.to_string()),
             CommandError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", error.to_string())

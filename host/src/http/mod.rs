@@ -9,12 +9,14 @@ mod extract;
 mod log;
 mod openapi;
 mod operations;
+mod site;
 mod stream;
 mod ui;
 mod views;
 
 pub use connections::{ConnectionLimits, serve};
 pub use error::ApiError;
+pub use site::SitePolicy;
 pub use stream::LiveStreams;
 pub use views::POSITION_HEADER;
 
@@ -55,6 +57,12 @@ pub struct AppState {
     pub live_streams: LiveStreams,
     /// Renders `GET /metrics`; `None` when metrics could not be installed.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The names the host answers for and the origins that may change it.
+    pub site: Arc<SitePolicy>,
+    /// Folds of past versions (temporal reads) that may run at once.
+    pub folds: Arc<tokio::sync::Semaphore>,
+    /// The snapshot interval of components that set none, as the actors use it.
+    pub default_snapshot_interval: u32,
 }
 
 /// Limits on what requests may cost.
@@ -89,7 +97,8 @@ async fn count_request(
 pub fn router(state: AppState, limits: BodyLimits) -> Router {
     let (routes, doc) = api_routes(limits).split_for_parts();
     let doc = serde_json::to_vec(&doc).expect("the OpenAPI document serializes");
-    routes
+    let site = state.site.clone();
+    let router = routes
         .route("/ui/", axum::routing::get(ui::console))
         .route("/ui/{*asset}", axum::routing::get(ui::asset))
         .fallback(operations::not_found)
@@ -104,7 +113,14 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
                 .load_shed()
                 .concurrency_limit(limits.max_in_flight),
         )
-        .with_state(state)
+        // Cross-site changes are refused inside the CORS layer, so that a page of an allowed
+        // origin can read why it was refused; foreign names are refused before all of it.
+        .layer(axum::middleware::from_fn_with_state(site.clone(), site::guard_origin));
+    let router = match site::cors(&site) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.layer(axum::middleware::from_fn_with_state(site, site::guard_host)).with_state(state)
 }
 
 /// The routes, each registered with `routes!` so that it is in the OpenAPI document.
@@ -133,7 +149,7 @@ fn api_routes(limits: BodyLimits) -> OpenApiRouter<AppState> {
         .routes(routes!(views::list))
         .routes(routes!(views::keys))
         .routes(routes!(views::document))
-        .routes(routes!(views::rebuild))
+        .routes(routes!(views::rebuild, views::rebuild_document))
         .routes(routes!(operations::health))
         .routes(routes!(operations::ready))
         .routes(routes!(operations::metrics))

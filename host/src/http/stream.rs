@@ -14,22 +14,27 @@
 //! would not know it is behind.
 
 use super::AppState;
+use super::connections::ClientAddress;
 use super::error::ApiError;
 use super::extract::{Params, header_text};
 use super::openapi::ErrorBody;
-use crate::store::{EventStore, LogFollower, Position, StoredEvent};
+use crate::store::{EventStore, LogFollower, Page, Position, StoredEvent};
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-/// Log events read from the store at a time, per stream.
-const PAGE: usize = 256;
+/// Log events read from the store at a time, per stream: at most 256, and at most 1 MiB of
+/// them (past the first), so a slow client costs one small page of memory whatever the
+/// events weigh.
+const PAGE: Page = Page::new(256, 1 << 20);
 /// How often an idle stream sends a keep-alive comment.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -51,19 +56,79 @@ impl Filter {
     }
 }
 
-/// The streams open at once, bounded.
+/// The streams open at once, bounded in all and per client.
 #[derive(Clone)]
 pub struct LiveStreams {
     permits: Arc<Semaphore>,
+    max_per_client: usize,
+    /// Open streams by client address.
+    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
     max_lag: u64,
     shutdown: watch::Receiver<bool>,
 }
 
 impl LiveStreams {
-    /// At most `max` streams at once, each ended once it falls `max_lag` events behind after
-    /// catching up; every stream ends when `shutdown` turns true.
-    pub fn new(max: usize, max_lag: u64, shutdown: watch::Receiver<bool>) -> Self {
-        LiveStreams { permits: Arc::new(Semaphore::new(max)), max_lag, shutdown }
+    /// At most `max` streams at once, `max_per_client` of them from one client address, each
+    /// ended once it falls `max_lag` events behind after catching up; every stream ends when
+    /// `shutdown` turns true.
+    pub fn new(max: usize, max_per_client: usize, max_lag: u64, shutdown: watch::Receiver<bool>) -> Self {
+        LiveStreams {
+            permits: Arc::new(Semaphore::new(max)),
+            max_per_client: max_per_client.max(1),
+            clients: Arc::default(),
+            max_lag,
+            shutdown,
+        }
+    }
+
+    /// A slot for one more stream of `client`, or why there is none.
+    fn open(&self, client: Option<IpAddr>) -> Result<Slot, ApiError> {
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many live event streams are open",
+            )
+            .retry_after(1)
+        })?;
+        if let Some(client) = client {
+            let mut clients = self.clients.lock().expect("live stream clients lock");
+            let open = clients.entry(client).or_insert(0);
+            if *open >= self.max_per_client {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    format!(
+                        "this client has {} live event streams open, the most one client may (--stream-max-per-client)",
+                        self.max_per_client
+                    ),
+                )
+                .retry_after(1));
+            }
+            *open += 1;
+        }
+        Ok(Slot { _permit: permit, client, clients: self.clients.clone() })
+    }
+}
+
+/// One open stream's place in the bounds, given back when the stream ends.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    client: Option<IpAddr>,
+    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(client) = self.client {
+            let mut clients = self.clients.lock().expect("live stream clients lock");
+            if let Some(open) = clients.get_mut(&client) {
+                *open -= 1;
+                if *open == 0 {
+                    clients.remove(&client);
+                }
+            }
+        }
     }
 }
 
@@ -79,7 +144,7 @@ struct Reader {
     max_lag: u64,
     shutdown: watch::Receiver<bool>,
     ended: bool,
-    _permit: OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 /// `GET /events/stream?after=P&stream_type=&stream=&event_type=&correlation_id=`: the log
@@ -104,6 +169,7 @@ struct Reader {
     ))]
 pub async fn stream(
     State(state): State<AppState>,
+    client: Option<Extension<ClientAddress>>,
     headers: HeaderMap,
     params: Params,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -121,9 +187,7 @@ pub async fn stream(
         event_type: params.text("event_type")?,
         correlation_id: params.text("correlation_id")?,
     };
-    let permit = state.live_streams.permits.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many live event streams are open")
-    })?;
+    let slot = state.live_streams.open(client.map(|Extension(ClientAddress(address))| address.ip()))?;
     let reader = Reader {
         store: state.store.clone(),
         follower: LogFollower::new(state.store.clone(), after),
@@ -134,7 +198,7 @@ pub async fn stream(
         max_lag: state.live_streams.max_lag,
         shutdown: state.live_streams.shutdown.clone(),
         ended: false,
-        _permit: permit,
+        _slot: slot,
     };
     let events = futures_util::stream::unfold(reader, |mut reader| async move {
         let event = reader.next().await?;
@@ -180,6 +244,12 @@ impl Reader {
                     self.read_to = page.last().map_or(self.read_to, |e| e.position);
                     let filter = &self.filter;
                     self.pending.extend(page.into_iter().filter(|e| filter.matches(e)));
+                    if self.pending.is_empty() {
+                        // A filter catching up over events it does not want reads page after
+                        // page without sending anything: let the other tasks of this worker
+                        // thread run between pages.
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Err(error) => {
                     self.ended = true;

@@ -95,6 +95,28 @@ pub async fn document(
     Ok(with_position(position, response.into_response()))
 }
 
+/// `GET /views/{projection}/rebuild`: the document whose key is `rebuild`. The path of the
+/// admin's rebuild is the path of that document too; the method tells them apart.
+#[utoipa::path(get, path = "/views/{projection}/rebuild", tag = "views",
+    summary = "The document a projection keeps under the key `rebuild`",
+    params(
+        ("projection" = String, Path, description = "The projection"),
+        ("min_position" = Option<u64>, Query, description = "Wait (bounded) until the view has handled this global position"),
+    ),
+    responses(
+        (status = 200, description = "The document, as the projection wrote it", body = Object, headers(("X-Cairn-Position" = u64, description = "The global position the view had handled"))),
+        (status = 400, description = "A bad query", body = ErrorBody),
+        (status = 404, description = "No such projection or document", body = ErrorBody),
+        (status = 503, description = "The view did not reach `min_position` in time", body = ErrorBody),
+    ))]
+pub async fn rebuild_document(
+    state: State<AppState>,
+    Path(projection): Path<String>,
+    params: Params,
+) -> Result<Response, Response> {
+    document(state, Path((projection, "rebuild".to_owned())), params).await
+}
+
 /// `POST /views/{projection}/rebuild` (admin): build the view again from the whole log,
 /// beside the live one; readers keep the live one until the new one has caught up.
 #[utoipa::path(post, path = "/views/{projection}/rebuild", tag = "views",

@@ -11,15 +11,15 @@
 
 use super::{Context, Control, Failure, Shared};
 use crate::runtime::ProjectionComponent;
-use crate::store::{LogFollower, StoreError};
+use crate::store::{LogFollower, Page, StoreError};
 use crate::views::{Generation, ViewRecord};
 use cairn_guest::EventEnvelope;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Log events read per batch.
-const BATCH: usize = 512;
+/// Log events read per batch: at most 512, and 8 MiB of them past the first.
+const BATCH: Page = Page::new(512, 8 << 20);
 
 /// One generation being built or kept current.
 pub(super) struct Lane {

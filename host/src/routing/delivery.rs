@@ -12,7 +12,14 @@
 
 use super::{Counters, SubscriberShared};
 use crate::actor::{Causation, CommandError, CommandRequest};
-use crate::store::{DeadLetter, DeadLetterKey, Position, StoreError, StoredEvent, StreamId};
+use crate::runtime::GuestError;
+use crate::store::{
+    AppendBatch, AppendError, DeadLetter, DeadLetterKey, EventStore, Position, StoreError, StoredEvent,
+    StoredOutcome, StreamId, cause_key,
+};
+
+/// Dead letters read at a time by a retry or a discard.
+const LETTER_PAGE: usize = 256;
 use cairn_guest::{COMMAND_REJECTED, CommandRejected, OutgoingCommand, Rejection, codec};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -50,8 +57,11 @@ enum Sent {
     Done {
         duplicate: bool,
     },
-    /// Refused now and for ever: hand it back.
+    /// Refused now and for ever by the target, which recorded it: hand it back.
     Rejected(Rejection),
+    /// No aggregate can take it (no component of its type is deployed): record the refusal
+    /// in the target's place, then hand it back.
+    Unroutable(Rejection),
     /// Failed the same way on every attempt (the target's component traps).
     Failed {
         error: String,
@@ -140,58 +150,76 @@ impl StreamWorker {
 
     /// Deliver the parked sequence again, in order, with the component now active. The
     /// first event that fails again parks the stream anew; the rest stay parked behind it.
+    /// The letters are read a page at a time, and each event on its own, so a long sequence
+    /// of large events never sits in memory at once.
     async fn retry(&self, reply: oneshot::Sender<u64>) -> bool {
-        let Some(letters) = self.parked_sequence().await else { return false };
+        let Some(count) =
+            self.retrying(|store| store.stream_dead_letter_count(&self.shared.name, &self.stream)).await
+        else {
+            return false;
+        };
         self.shared.parked.lock().expect("parked lock").remove(&self.stream);
-        let _ = reply.send(letters.len() as u64);
-        for letter in letters {
-            let event = match self.shared.context.store.read_event(letter.position) {
-                Ok(Some(event)) => event,
-                Ok(None) => {
-                    tracing::error!(
-                        subscriber = self.shared.name,
-                        position = letter.position,
-                        "a parked event is not in the log"
-                    );
-                    continue;
-                }
-                Err(error) => {
-                    tracing::error!(subscriber = self.shared.name, "cannot read a parked event: {error}");
-                    self.mark_parked(letter.position);
-                    continue;
-                }
-            };
-            if let Some(first) = self.first_parked() {
-                // It stays parked, now behind the event that failed again.
-                if !self.park(self.behind_letter(&event, first)).await {
+        let _ = reply.send(count);
+        let mut after = None;
+        loop {
+            let Some(letters) = self.parked_page(after.as_ref()).await else { return false };
+            let Some(last) = letters.last() else { return true };
+            after = Some(last.key());
+            for letter in letters {
+                if !self.retry_letter(letter).await {
                     return false;
                 }
-                continue;
-            }
-            match self.deliver(&event).await {
-                Outcome::Done => {
-                    if !self.unpark(vec![letter.key()]).await {
-                        return false;
-                    }
-                    self.counters().retried += 1;
-                }
-                Outcome::Park(letter) => {
-                    if !self.park(letter).await {
-                        return false;
-                    }
-                }
-                Outcome::Stopping => return false,
             }
         }
-        true
+    }
+
+    /// Deliver one parked event again (`false`: the host is stopping).
+    async fn retry_letter(&self, letter: DeadLetter) -> bool {
+        let event = match self.shared.context.store.read_event(letter.position) {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                tracing::error!(
+                    subscriber = self.shared.name,
+                    position = letter.position,
+                    "a parked event is not in the log"
+                );
+                return true;
+            }
+            Err(error) => {
+                tracing::error!(subscriber = self.shared.name, "cannot read a parked event: {error}");
+                self.mark_parked(letter.position);
+                return true;
+            }
+        };
+        if let Some(first) = self.first_parked() {
+            // It stays parked, now behind the event that failed again.
+            return self.park(self.behind_letter(&event, first)).await;
+        }
+        match self.deliver(&event).await {
+            Outcome::Done => {
+                if !self.unpark(vec![letter.key()]).await {
+                    return false;
+                }
+                self.counters().retried += 1;
+                true
+            }
+            Outcome::Park(letter) => self.park(letter).await,
+            Outcome::Stopping => false,
+        }
     }
 
     /// Drop the parked sequence on purpose: its events will not be delivered.
     async fn discard(&self, reply: oneshot::Sender<u64>) -> bool {
-        let Some(letters) = self.parked_sequence().await else { return false };
-        let count = letters.len() as u64;
-        if !self.unpark(letters.iter().map(DeadLetter::key).collect()).await {
-            return false;
+        let mut count = 0;
+        loop {
+            let Some(letters) = self.parked_page(None).await else { return false };
+            if letters.is_empty() {
+                break;
+            }
+            count += letters.len() as u64;
+            if !self.unpark(letters.iter().map(DeadLetter::key).collect()).await {
+                return false;
+            }
         }
         self.shared.parked.lock().expect("parked lock").remove(&self.stream);
         self.counters().discarded += count;
@@ -200,12 +228,22 @@ impl StreamWorker {
         true
     }
 
-    /// Every dead letter of this stream, in order (`None`: the host is stopping).
-    async fn parked_sequence(&self) -> Option<Vec<DeadLetter>> {
-        let store = &self.shared.context.store;
+    /// The next page of this stream's dead letters after `after`, in order (`None`: the host
+    /// is stopping).
+    async fn parked_page(&self, after: Option<&DeadLetterKey>) -> Option<Vec<DeadLetter>> {
+        let letters = self
+            .retrying(|store| {
+                store.dead_letters(Some(&self.shared.name), Some(&self.stream), after, LETTER_PAGE)
+            })
+            .await?;
+        Some(letters.into_iter().map(|(letter, _)| letter).collect())
+    }
+
+    /// A read of the dead letters, retried while the store fails (`None`: the host is stopping).
+    async fn retrying<T>(&self, read: impl Fn(&EventStore) -> Result<T, StoreError>) -> Option<T> {
         loop {
-            match store.dead_letters(Some(&self.shared.name), Some(&self.stream), None, usize::MAX) {
-                Ok(letters) => return Some(letters.into_iter().map(|(letter, _)| letter).collect()),
+            match read(&self.shared.context.store) {
+                Ok(value) => return Some(value),
                 Err(error) => {
                     tracing::error!(subscriber = self.shared.name, "cannot read dead letters: {error}");
                     if !self.pause(self.shared.context.config.max_backoff).await {
@@ -274,24 +312,40 @@ impl StreamWorker {
         key: String,
     ) -> Outcome {
         let rejection = match StreamId::new(&command.target_type, &command.target_id) {
-            Err(error) => Rejection::new(
-                "invalid_target",
-                format!(
-                    "{:?} can never name a {} aggregate: {error}",
-                    command.target_id, command.target_type
-                ),
-            ),
-            Ok(target) => {
+            Err(error) => {
+                let rejection = Rejection::new(
+                    "invalid_target",
+                    format!(
+                        "{:?} can never name a {} aggregate: {error}",
+                        command.target_id, command.target_type
+                    ),
+                );
+                let target =
+                    StreamId { type_name: command.target_type.clone(), id: command.target_id.clone() };
+                match self.record_refusal(&target, &key, &rejection).await {
+                    // Nothing can append to a stream whose id no path can name.
+                    Recorded::Yes | Recorded::Raced => rejection,
+                    Recorded::Stopping => return Outcome::Stopping,
+                }
+            }
+            Ok(target) => loop {
                 let request =
                     routed(event, command.command_type.clone(), command.payload.clone(), key.clone());
-                match self.send(target, request).await {
+                match self.send(target.clone(), request).await {
                     Sent::Done { duplicate } => {
                         let mut counters = self.counters();
                         counters.delivered_commands += 1;
                         counters.duplicates_ignored += u64::from(duplicate);
                         return Outcome::Done;
                     }
-                    Sent::Rejected(rejection) => rejection,
+                    Sent::Rejected(rejection) => break rejection,
+                    Sent::Unroutable(rejection) => match self.record_refusal(&target, &key, &rejection).await
+                    {
+                        Recorded::Yes => break rejection,
+                        // The type was deployed meanwhile: the command is deliverable after all.
+                        Recorded::Raced => continue,
+                        Recorded::Stopping => return Outcome::Stopping,
+                    },
                     Sent::Failed { error, attempts } => {
                         return Outcome::Park(self.letter(
                             event,
@@ -304,7 +358,7 @@ impl StreamWorker {
                     }
                     Sent::Stopping => return Outcome::Stopping,
                 }
-            }
+            },
         };
         // Hand the rejection back to the stream whose event caused the command.
         let rejected = CommandRejected {
@@ -322,7 +376,7 @@ impl StreamWorker {
                 return Outcome::Done;
             }
             Sent::Stopping => return Outcome::Stopping,
-            Sent::Rejected(refused) => (
+            Sent::Rejected(refused) | Sent::Unroutable(refused) => (
                 format!(
                     "{} was rejected ({}: {}), and so was handing that back: {refused}",
                     command.command_type, rejected.code, rejected.message
@@ -348,9 +402,14 @@ impl StreamWorker {
                 Ok(reply) => return Sent::Done { duplicate: reply.replayed },
                 Err(CommandError::Rejected(rejection)) => return Sent::Rejected(rejection),
                 Err(error @ CommandError::UnknownType(_)) => {
-                    return Sent::Rejected(Rejection::new("unknown_type", error.to_string()));
+                    return Sent::Unroutable(Rejection::new("unknown_type", error.to_string()));
                 }
                 Err(CommandError::ShuttingDown) => return Sent::Stopping,
+                // Every instance slot was busy: overload, not the command's fault.
+                Err(error @ CommandError::Guest(GuestError::Busy(_))) => {
+                    self.counters().transient_retries += 1;
+                    error
+                }
                 Err(error @ (CommandError::Guest(_) | CommandError::ActorFailed)) => {
                     failures += 1;
                     if failures >= config.max_attempts {
@@ -374,6 +433,47 @@ impl StreamWorker {
             }
             if !self.pause(backoff(config, attempt)).await {
                 return Sent::Stopping;
+            }
+        }
+    }
+
+    /// Record `rejection` as the outcome of the routed command `key` in the place of a target
+    /// that could not record it itself (no component of its type, an id no path can name).
+    /// Once it is there, a later redelivery meets it instead of applying the command after
+    /// its source has compensated: if the type is deployed later, its actor finds the
+    /// refusal and answers it, and the hand-back is deduplicated at the source.
+    async fn record_refusal(&self, target: &StreamId, key: &str, rejection: &Rejection) -> Recorded {
+        let context = &self.shared.context;
+        loop {
+            let written = match context.store.stream_head(target) {
+                Ok(head) => {
+                    let outcome = StoredOutcome::Rejected {
+                        code: rejection.code.clone(),
+                        message: rejection.message.clone(),
+                        fingerprint: None,
+                    };
+                    let batch = AppendBatch {
+                        stream: target.clone(),
+                        expected_version: head.map_or(0, |(version, _)| version),
+                        events: Vec::new(),
+                        outcomes: vec![(cause_key(key), outcome)],
+                        snapshot: None,
+                        history: Vec::new(),
+                    };
+                    context.writer.append(batch).await
+                }
+                Err(error) => Err(error.into()),
+            };
+            match written {
+                Ok(_) => return Recorded::Yes,
+                Err(AppendError::VersionConflict { .. }) => return Recorded::Raced,
+                Err(AppendError::Store(StoreError::Closed)) => return Recorded::Stopping,
+                Err(error) => {
+                    tracing::warn!(subscriber = self.shared.name, %target, "cannot record a refusal: {error}");
+                    if !self.pause(context.config.max_backoff).await {
+                        return Recorded::Stopping;
+                    }
+                }
             }
         }
     }
@@ -464,6 +564,14 @@ impl StreamWorker {
     }
 }
 
+/// How recording a refusal in a target's place ended.
+enum Recorded {
+    Yes,
+    /// The target's stream moved meanwhile: its type is deployed now.
+    Raced,
+    Stopping,
+}
+
 /// A change to the dead letters, retried until it is stored.
 enum LetterChange {
     Park(DeadLetter),
@@ -489,8 +597,13 @@ fn routed(event: &StoredEvent, command_type: String, payload: Vec<u8>, dedup_key
         payload,
         expected_version: None,
         idempotency_key: None,
+        fingerprint: None,
         correlation_id: event.correlation_id.clone(),
-        causation: Some(Causation { causation_id: event.position.to_string(), dedup_key }),
+        causation: Some(Causation {
+            causation_id: event.position.to_string(),
+            dedup_key,
+            source: event.stream(),
+        }),
     }
 }
 

@@ -39,6 +39,9 @@ pub struct RoutingConfig {
     /// Subscribed events in flight at once across all streams of one subscriber; bounds
     /// memory and how much is delivered again after a crash.
     pub window: usize,
+    /// The most bytes of subscribed events in flight at once for one subscriber: a window
+    /// counted in events alone would let 4096 events of 1 MiB each sit in memory.
+    pub window_bytes: usize,
     /// Attempts at what fails the same way every time (a trapping reaction or target)
     /// before the event is parked. Overload and storage errors are retried without limit.
     pub max_attempts: u32,
@@ -52,6 +55,7 @@ impl Default for RoutingConfig {
     fn default() -> Self {
         RoutingConfig {
             window: 4096,
+            window_bytes: 64 << 20,
             max_attempts: 5,
             first_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_secs(1),
@@ -137,6 +141,8 @@ pub struct SubscriberStatus {
 pub struct SubscriptionJson {
     pub source_type: String,
     pub event_types: Vec<String>,
+    /// Only events caused by commands this component's saga steps sent reach it.
+    pub replies_only: bool,
 }
 
 /// What a retry or discard did to one stream's parked sequence.
@@ -170,6 +176,9 @@ pub struct Routing {
     context: Arc<Context>,
     handles: Mutex<Vec<Handle>>,
     stop: watch::Sender<bool>,
+    /// Where subscribers run: their reactions are guest calls, so they live on the guest
+    /// threads, never on the threads that serve HTTP.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Routing {
@@ -180,10 +189,11 @@ impl Routing {
         writer: Writer,
         components: Arc<ComponentRegistry>,
         config: RoutingConfig,
+        runtime: tokio::runtime::Handle,
     ) -> Result<Routing, StoreError> {
         let (stop, shutdown) = watch::channel(false);
         let context = Arc::new(Context { actors, store, writer, components, config, shutdown });
-        let routing = Routing { context, handles: Mutex::new(Vec::new()), stop };
+        let routing = Routing { context, handles: Mutex::new(Vec::new()), stop, runtime };
         let mut names: Vec<String> = routing
             .context
             .components
@@ -223,7 +233,7 @@ impl Routing {
             parked: Mutex::new(BTreeMap::new()),
         });
         let (controls, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(supervise(shared.clone(), receiver));
+        let task = self.runtime.spawn(supervise(shared.clone(), receiver));
         self.handles.lock().expect("routing lock").push(Handle { shared, controls, task: Some(task) });
     }
 
@@ -249,6 +259,7 @@ impl Routing {
                         .map(|s| SubscriptionJson {
                             source_type: s.source_type.clone(),
                             event_types: s.event_types.clone(),
+                            replies_only: s.replies_only,
                         })
                         .collect()
                 })

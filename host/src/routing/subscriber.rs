@@ -10,7 +10,7 @@
 use super::delivery::{Finished, StreamWorker, Work};
 use super::progress::Progress;
 use super::{Control, SequenceReply, SubscriberShared};
-use crate::store::{LogFollower, Position, StoreError};
+use crate::store::{LogFollower, Page, Position, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +18,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// Log events read per store read.
-const PAGE: usize = 256;
+/// Log events read per store read: at most 256, and 1 MiB of them past the first.
+const PAGE: Page = Page::new(256, 1 << 20);
+/// Pages read in one turn before the subscriber lets the other tasks of its worker thread
+/// run (catching up over a long stretch it does not subscribe to, say after a rewind).
+const PAGES_PER_TURN: usize = 8;
 /// The longest the durable cursor lags the in-memory one while events keep finishing.
 const CURSOR_EVERY: Duration = Duration::from_millis(50);
 
@@ -30,6 +33,17 @@ pub(super) enum Exit {
     /// Something failed (a delivery task panicked, the log could not be read): the
     /// supervisor starts a new run from the durable cursor.
     Failed(String),
+}
+
+/// Where reading the log stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// At the head: only a new commit gives more to read.
+    CaughtUp,
+    /// The window is full: only finished deliveries make room.
+    WindowFull,
+    /// There is more to read now; the turn ended to let other tasks run.
+    More,
 }
 
 /// The queue of one source stream and how much of it is not finished.
@@ -45,6 +59,9 @@ pub(super) struct Subscriber {
     stored_cursor: Position,
     last_write: Instant,
     lanes: HashMap<String, Lane>,
+    /// The stored size of each event in flight, and their sum: the window's byte budget.
+    sizes: HashMap<Position, usize>,
+    bytes_in_flight: usize,
     workers: JoinSet<()>,
     finished_tx: mpsc::UnboundedSender<Finished>,
     finished: mpsc::UnboundedReceiver<Finished>,
@@ -60,6 +77,8 @@ impl Subscriber {
             stored_cursor: cursor,
             last_write: Instant::now(),
             lanes: HashMap::new(),
+            sizes: HashMap::new(),
+            bytes_in_flight: 0,
             workers: JoinSet::new(),
             finished_tx,
             finished,
@@ -74,8 +93,8 @@ impl Subscriber {
                 self.abandon().await;
                 return Exit::Stopped;
             }
-            let caught_up = match self.read_more() {
-                Ok(caught_up) => caught_up,
+            let reading = match self.read_more() {
+                Ok(reading) => reading,
                 Err(error) => {
                     self.abandon().await;
                     return Exit::Failed(format!("cannot read the log: {error}"));
@@ -83,6 +102,20 @@ impl Subscriber {
             };
             let flush_at = self.flush_if_due().await;
             self.shared.counters.lock().expect("counters lock").in_flight = self.progress.in_flight() as u64;
+            if reading == Reading::More {
+                while let Ok(finished) = self.finished.try_recv() {
+                    self.finish(finished);
+                }
+                if let Ok(control) = controls.try_recv()
+                    && let Err(error) = self.control(control).await
+                {
+                    self.abandon().await;
+                    return Exit::Failed(error);
+                }
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let caught_up = reading == Reading::CaughtUp;
             tokio::select! {
                 _ = shutdown.changed() => {}
                 Some(control) = controls.recv() => {
@@ -110,37 +143,36 @@ impl Subscriber {
         }
     }
 
-    /// Read and dispatch log events while the window has room. `true` when the reader has
-    /// reached the head of the log (so only a new commit gives it more to do).
-    fn read_more(&mut self) -> Result<bool, StoreError> {
+    /// Read and dispatch log events while the window has room, for a few pages.
+    fn read_more(&mut self) -> Result<Reading, StoreError> {
         let context = self.shared.context.clone();
-        loop {
+        for _ in 0..PAGES_PER_TURN {
             let room = context.config.window.saturating_sub(self.progress.in_flight());
-            if room == 0 {
-                return Ok(false);
+            if room == 0 || self.bytes_in_flight >= context.config.window_bytes {
+                return Ok(Reading::WindowFull);
             }
-            let wanted = room.min(PAGE);
-            let events = self.follower.next_page(wanted)?;
-            let Some(last) = events.last().map(|e| e.position) else { return Ok(true) };
-            let full = events.len() == wanted;
-            let subscriptions = context
-                .components
-                .active(&self.shared.name)
-                .map(|a| a.component.info().subscriptions.clone());
+            let wanted = room.min(PAGE.events);
+            let events = self.follower.next_page(Page::new(wanted, PAGE.bytes))?;
+            let Some(last) = events.last().map(|e| e.position) else { return Ok(Reading::CaughtUp) };
+            let component = context.components.active(&self.shared.name);
             for event in events {
-                let wanted = subscriptions.as_ref().is_some_and(|subs| {
-                    subs.iter().any(|s| s.matches(&event.stream_type, &event.event_type))
+                // A subscription that takes only replies sees the events caused by commands
+                // that reactions to this component's own type's events sent.
+                let is_reply = event.is_reply_to(&self.shared.name);
+                let wanted = component.as_ref().is_some_and(|active| {
+                    active.component.info().reacts_to(&event.stream_type, &event.event_type, is_reply)
                 });
                 if wanted {
                     self.progress.start(event.position);
+                    let size = event.payload.len();
+                    self.sizes.insert(event.position, size);
+                    self.bytes_in_flight += size;
                     self.dispatch(event.stream().key(), Work::Event(event));
                 }
             }
             self.progress.read_up_to(last);
-            if !full {
-                return Ok(true);
-            }
         }
+        Ok(Reading::More)
     }
 
     /// Queue work for a stream, starting its worker if it has none.
@@ -159,6 +191,7 @@ impl Subscriber {
     fn finish(&mut self, finished: Finished) {
         if let Some(position) = finished.position {
             self.progress.finish(position);
+            self.bytes_in_flight -= self.sizes.remove(&position).unwrap_or(0);
         }
         if let Some(lane) = self.lanes.get_mut(&finished.stream) {
             lane.outstanding -= 1;
@@ -278,6 +311,8 @@ impl Subscriber {
             }
         }
         self.lanes.clear();
+        self.sizes.clear();
+        self.bytes_in_flight = 0;
         let cursor = self.progress.cursor();
         if cursor > self.stored_cursor {
             self.write_cursor(cursor).await;

@@ -3,7 +3,7 @@
 use super::guest_io::{self, GuestIo};
 use super::{ComponentDigest, Diagnostics, GuestError, Limits, LoadError, instantiation_failure};
 use cairn_guest::glue::{RawCommand, RawEvent};
-use cairn_guest::{EventEnvelope, OutgoingCommand, Rejection, Subscription};
+use cairn_guest::{EventEnvelope, InternalCommand, OutgoingCommand, Rejection, Subscription};
 use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimits};
 
@@ -23,12 +23,27 @@ pub struct Executed {
     pub state: Option<Vec<u8>>,
 }
 
-/// What a component says about itself through `describe()`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a component says about itself through `describe()` (and `policy()`, when it has it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AggregateInfo {
     pub type_name: String,
     pub subscriptions: Vec<Subscription>,
     pub snapshot_interval: u32,
+    /// Commands only reactions may send.
+    pub internal_commands: Vec<InternalCommand>,
+}
+
+impl AggregateInfo {
+    /// The rule for `command_type` if only reactions may send it.
+    pub fn internal(&self, command_type: &str) -> Option<&InternalCommand> {
+        self.internal_commands.iter().find(|c| c.command_type == command_type)
+    }
+
+    /// Whether an event reaches this component's `react`; `is_reply` tells whether a
+    /// reaction to an event of this component's own type caused it.
+    pub fn reacts_to(&self, stream_type: &str, event_type: &str, is_reply: bool) -> bool {
+        self.subscriptions.iter().any(|s| s.accepts(stream_type, event_type, is_reply))
+    }
 }
 
 struct GuestData {
@@ -59,11 +74,33 @@ struct Guest {
     instance: wasmtime::component::Instance,
 }
 
+/// Events folded in one guest call: at most this many, and this many bytes of them past the
+/// first (the guest's memory is capped, 64 MiB by default).
+const FOLD_CHUNK_EVENTS: usize = 512;
+const FOLD_CHUNK_BYTES: usize = 4 << 20;
+
+/// `policy`'s signature, as the `policy` interface declares it.
+type PolicyFunc = wasmtime::component::TypedFunc<(), (PolicyInfo,)>;
+
+/// What `policy` answers (the interface is looked up by name, as `execute` is).
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lift)]
+#[component(record)]
+struct PolicyInfo {
+    #[component(name = "internal-commands")]
+    internal_commands: Vec<witty::InternalCommand>,
+    subscriptions: Vec<witty::SubscriptionRule>,
+}
+
 /// `execute`'s signature, as the `executor` interface declares it.
 type ExecuteFunc<'a> = wasmtime::component::TypedFunc<
     (Option<&'a [u8]>, &'a witty::Command),
     (Result<witty::Decided, witty::Rejection>,),
 >;
+
+fn call_policy(store: &mut Store<GuestData>, func: PolicyFunc) -> wasmtime::Result<PolicyInfo> {
+    let (policy,) = func.call(&mut *store, ())?;
+    Ok(policy)
+}
 
 impl Guest {
     fn execute_func<'a>(
@@ -117,20 +154,28 @@ impl AggregateComponent {
         let execute = component
             .get_export_index(None, "cairn:runtime/executor@0.1.0")
             .and_then(|executor| component.get_export_index(Some(&executor), "execute"));
-        let mut loaded = AggregateComponent {
-            engine,
-            pre,
-            execute,
-            digest,
-            info: AggregateInfo { type_name: String::new(), subscriptions: Vec::new(), snapshot_interval: 0 },
-            limits,
-        };
+        let policy = component
+            .get_export_index(None, "cairn:runtime/policy@0.1.0")
+            .and_then(|policy| component.get_export_index(Some(&policy), "policy"));
+        let mut loaded =
+            AggregateComponent { engine, pre, execute, digest, info: AggregateInfo::default(), limits };
         let execute = loaded.execute;
-        let (signature, described) = loaded
+        let (signature, described, policy) = loaded
             .call(limits.fuel_per_call, |store, guest| {
                 // A wrong `execute` signature is found now, not on the first command.
                 let signature = execute.as_ref().map(|index| guest.execute_func(store, index).map(drop));
-                Ok((signature, guest.core.call_describe(store)?))
+                let described = guest.core.call_describe(&mut *store)?;
+                // `policy` runs in the same fresh instance: describing is one call's worth.
+                let policy = match &policy {
+                    None => None,
+                    Some(index) => {
+                        Some(match guest.instance.get_typed_func::<(), (PolicyInfo,)>(&mut *store, index) {
+                            Ok(func) => Ok(call_policy(store, func)?),
+                            Err(error) => Err(error),
+                        })
+                    }
+                };
+                Ok((signature, described, policy))
             })
             .map_err(LoadError::Describe)?;
         if let Some(Err(error)) = signature {
@@ -138,14 +183,45 @@ impl AggregateComponent {
                 "its execute export does not match the contract: {error}"
             )));
         }
+        let mut subscriptions: Vec<Subscription> = described
+            .subscriptions
+            .into_iter()
+            .map(|s| Subscription {
+                source_type: s.source_type,
+                event_types: s.event_types,
+                replies_only: false,
+            })
+            .collect();
+        let mut internal_commands = Vec::new();
+        match policy {
+            None => {}
+            Some(Err(error)) => {
+                return Err(LoadError::WrongWorld(format!(
+                    "its policy export does not match the contract: {error}"
+                )));
+            }
+            Some(Ok(policy)) => {
+                subscriptions = policy
+                    .subscriptions
+                    .into_iter()
+                    .map(|s| Subscription {
+                        source_type: s.source_type,
+                        event_types: s.event_types,
+                        replies_only: s.replies_only,
+                    })
+                    .collect();
+                internal_commands = policy
+                    .internal_commands
+                    .into_iter()
+                    .map(|c| InternalCommand { command_type: c.command_type, source_types: c.source_types })
+                    .collect();
+            }
+        }
         loaded.info = AggregateInfo {
             type_name: described.type_name,
-            subscriptions: described
-                .subscriptions
-                .into_iter()
-                .map(|s| Subscription { source_type: s.source_type, event_types: s.event_types })
-                .collect(),
+            subscriptions,
             snapshot_interval: described.snapshot_interval,
+            internal_commands,
         };
         Ok(loaded)
     }
@@ -276,8 +352,23 @@ impl AggregateComponent {
         events: &[RawEvent],
     ) -> Result<Option<Vec<u8>>, GuestError> {
         let mut state = state.map(<[u8]>::to_vec);
-        // Chunks bound the memory one call needs and its fuel.
-        for chunk in events.chunks(512) {
+        // Chunks bound the memory one call needs (the events are copied into the guest's
+        // memory, which is capped) and its fuel.
+        let mut rest = events;
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let take = rest
+                .iter()
+                .take(FOLD_CHUNK_EVENTS)
+                .take_while(|e| {
+                    let fits = bytes == 0 || bytes + e.payload.len() <= FOLD_CHUNK_BYTES;
+                    bytes += e.payload.len();
+                    fits
+                })
+                .count()
+                .max(1);
+            let (chunk, later) = rest.split_at(take);
+            rest = later;
             let chunk: Vec<witty::Event> = chunk
                 .iter()
                 .map(|e| witty::Event { event_type: e.event_type.clone(), payload: e.payload.clone() })

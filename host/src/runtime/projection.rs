@@ -178,7 +178,11 @@ impl ProjectionComponent {
             subscriptions: described
                 .subscriptions
                 .into_iter()
-                .map(|s| Subscription { source_type: s.source_type, event_types: s.event_types })
+                .map(|s| Subscription {
+                    source_type: s.source_type,
+                    event_types: s.event_types,
+                    replies_only: false,
+                })
                 .collect(),
         };
         Ok(loaded)

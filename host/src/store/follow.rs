@@ -2,7 +2,7 @@
 //! next commit once everything is read. Routing's subscribers and the projections both
 //! follow the log with it; neither polls with a sleep.
 
-use super::{EventStore, Position, StoreError, StoredEvent};
+use super::{EventStore, Page, Position, StoreError, StoredEvent};
 use tokio::sync::watch;
 
 pub struct LogFollower {
@@ -24,12 +24,12 @@ impl LogFollower {
         self.after = after;
     }
 
-    /// Up to `limit` events after the last one read, in log order; empty when the follower
+    /// A page of the events after the last one read, in log order; empty when the follower
     /// has read everything committed.
-    pub fn next_page(&mut self, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    pub fn next_page(&mut self, page: impl Into<Page>) -> Result<Vec<StoredEvent>, StoreError> {
         // Mark the head seen before reading, so a commit during the read wakes `more`.
         self.head.borrow_and_update();
-        let events = self.store.read_all(self.after, limit)?;
+        let events = self.store.read_all(self.after, page)?;
         if let Some(last) = events.last() {
             self.after = last.position;
         }

@@ -22,14 +22,15 @@ mod writer;
 
 pub use error::{AppendError, StoreError};
 pub use follow::LogFollower;
+// `Page` and `PageFill` are defined below.
 pub use records::{
-    AppendBatch, Committed, DeadLetter, DeadLetterKey, NewEvent, Snapshot, StoredEvent, StoredOutcome,
-    StreamId, StreamIdError,
+    AppendBatch, Committed, DeadLetter, DeadLetterKey, Fingerprint, NewEvent, Snapshot, StoredEvent,
+    StoredOutcome, StreamId, StreamIdError,
 };
 pub use retention::forget_expired_idempotency_keys;
-pub use writer::{CursorStart, IDEMPOTENCY_PREFIX, Receipt, Writer};
+pub use writer::{CursorStart, IDEMPOTENCY_PREFIX, Receipt, Writer, cause_key};
 
-use records::Record;
+pub(crate) use records::Record;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 use std::collections::BTreeMap;
@@ -42,6 +43,53 @@ use tokio::sync::watch;
 pub type Position = u64;
 /// Version of a stream: the number of events in it; the first event is version 1.
 pub type Version = u64;
+
+/// How much one read of events may return: at most `events` events, and no more events once
+/// their stored bytes reach `bytes` (the first event always comes, so a page is never empty
+/// while there is something to read). A count alone would let one page of 1 MiB events hold
+/// gigabytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+impl Page {
+    pub const fn new(events: usize, bytes: usize) -> Self {
+        Page { events, bytes }
+    }
+}
+
+impl From<usize> for Page {
+    /// A count alone: no byte budget (for reads whose events are bounded elsewhere).
+    fn from(events: usize) -> Self {
+        Page { events, bytes: usize::MAX }
+    }
+}
+
+/// Filling a [`Page`]: whether the next event still fits.
+pub(crate) struct PageFill {
+    page: Page,
+    events: usize,
+    bytes: usize,
+}
+
+impl PageFill {
+    pub(crate) fn new(page: Page) -> Self {
+        PageFill { page, events: 0, bytes: 0 }
+    }
+
+    /// Whether another event may be read at all.
+    pub(crate) fn has_room(&self) -> bool {
+        self.events < self.page.events && (self.events == 0 || self.bytes < self.page.bytes)
+    }
+
+    /// Count an event of `bytes` in.
+    pub(crate) fn add(&mut self, bytes: usize) {
+        self.events += 1;
+        self.bytes = self.bytes.saturating_add(bytes);
+    }
+}
 
 /// The durable cursor's name of the subscriber of component `component`.
 pub fn reaction_cursor(component: &str) -> String {
@@ -67,6 +115,7 @@ impl EventStore {
         tables::create_all(&txn)?;
         let head_position = txn.open_table(EVENTS)?.last()?.map(|(k, _)| k.value()).unwrap_or(0);
         stream_tail::record_indexed_through_if_missing(&txn, head_position)?;
+        writer::count_parked_if_uncounted(&txn)?;
         txn.commit()?;
         let tail = Arc::new(stream_tail::StreamTail::load(&db, head_position)?);
         let (head_tx, head_rx) = watch::channel(head_position);
@@ -96,34 +145,39 @@ impl EventStore {
         Ok(streams.get(stream.key().as_str())?.map(|v| v.value()))
     }
 
-    /// Events of one stream with `from <= version`, at most `limit`, in version order.
+    /// Events of one stream with `from <= version`, a page of them, in version order.
     pub fn read_stream(
         &self,
         stream: &StreamId,
         from: Version,
-        limit: usize,
+        page: impl Into<Page>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        self.read_stream_range(stream, from, Version::MAX, limit)
+        self.read_stream_range(stream, from, Version::MAX, page)
     }
 
-    /// Events of one stream with `from <= version <= to`, at most `limit`, in version order.
+    /// Events of one stream with `from <= version <= to`, a page of them, in version order.
     pub fn read_stream_range(
         &self,
         stream: &StreamId,
         from: Version,
         to: Version,
-        limit: usize,
+        page: impl Into<Page>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        stream_tail::read_range(&self.db, &self.tail, stream, from, to, limit)
+        stream_tail::read_range(&self.db, &self.tail, stream, from, to, page.into())
     }
 
-    /// Events of the global log with `position > after`, at most `limit`, in order.
-    pub fn read_all(&self, after: Position, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    /// Events of the global log with `position > after`, a page of them, in order.
+    pub fn read_all(&self, after: Position, page: impl Into<Page>) -> Result<Vec<StoredEvent>, StoreError> {
         let read = self.db.begin_read()?;
         let events = read.open_table(EVENTS)?;
+        let mut fill = PageFill::new(page.into());
         let mut out = Vec::new();
-        for entry in events.range(after.saturating_add(1)..)?.take(limit) {
+        for entry in events.range(after.saturating_add(1)..)? {
+            if !fill.has_room() {
+                break;
+            }
             let (_, record) = entry?;
+            fill.add(record.value().len());
             out.push(StoredEvent::decode(record.value())?);
         }
         Ok(out)
@@ -174,22 +228,27 @@ impl EventStore {
     }
 
     /// The events of one correlation (a saga's chain) after position `after`, in global
-    /// order, at most `limit`.
+    /// order, a page of them.
     pub fn read_correlation(
         &self,
         correlation_id: &str,
         after: Position,
-        limit: usize,
+        page: impl Into<Page>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let read = self.db.begin_read()?;
         let index = read.open_table(CORRELATIONS)?;
         let events = read.open_table(EVENTS)?;
+        let mut fill = PageFill::new(page.into());
         let mut out = Vec::new();
         let range = (correlation_id, after.saturating_add(1))..=(correlation_id, Position::MAX);
-        for entry in index.range(range)?.take(limit) {
+        for entry in index.range(range)? {
+            if !fill.has_room() {
+                break;
+            }
             let (key, _) = entry?;
             let position = key.value().1;
             if let Some(record) = events.get(position)? {
+                fill.add(record.value().len());
                 out.push(StoredEvent::decode(record.value())?);
             }
         }
@@ -237,38 +296,55 @@ impl EventStore {
     ) -> Result<Vec<(DeadLetter, u64)>, StoreError> {
         let read = self.db.begin_read()?;
         let table = read.open_table(PARKED)?;
-        let start = match (subscriber, stream) {
-            (Some(subscriber), Some(stream)) => (subscriber, stream, 0),
-            (Some(subscriber), None) => (subscriber, "", 0),
-            _ => ("", "", 0),
-        };
-        let start = match after {
-            Some(key) if (key.subscriber.as_str(), key.stream.as_str(), key.position) > start => {
-                (key.subscriber.as_str(), key.stream.as_str(), key.position)
+        // The key ranges to read, in key order: a stream without its subscriber is one range
+        // per subscriber that has letters (their kept counts name them), never a scan.
+        let subscribers: Vec<String> = match subscriber {
+            Some(subscriber) => vec![subscriber.to_owned()],
+            None if stream.is_some() => {
+                let counts = read.open_table(PARKED_COUNTS)?;
+                counts
+                    .iter()?
+                    .map(|entry| entry.map(|(s, _)| s.value().to_owned()))
+                    .collect::<Result<_, _>>()?
             }
-            _ => start,
+            None => Vec::new(),
         };
+        let after = after.map(|a| (a.subscriber.as_str(), a.stream.as_str(), a.position));
         let mut out = Vec::new();
-        for entry in table.range(start..)? {
-            let (key, record) = entry?;
-            let (key_subscriber, key_stream, _) = key.value();
-            if subscriber.is_some_and(|s| s != key_subscriber) {
-                break;
-            }
-            if stream.is_some_and(|s| s != key_stream) {
-                if subscriber.is_some() {
+        // Read keys from `from` on while `within` holds; `false` once the page is full.
+        let mut read_from = |from: (&str, &str, u64), within: &dyn Fn(&str, &str) -> bool| {
+            let from = match after {
+                Some(after) if after > from => after,
+                _ => from,
+            };
+            for entry in table.range(from..)? {
+                let (key, record) = entry?;
+                let (key_subscriber, key_stream, position) = key.value();
+                if !within(key_subscriber, key_stream) {
                     break;
                 }
-                continue;
+                if after.is_some_and(|a| a >= (key_subscriber, key_stream, position)) {
+                    continue;
+                }
+                let stored_bytes = record.value().len() + key_subscriber.len() + key_stream.len() + 8;
+                out.push((DeadLetter::decode(record.value())?, stored_bytes as u64));
+                if out.len() >= limit {
+                    return Ok::<bool, StoreError>(false);
+                }
             }
-            if after.is_some_and(|a| (a.subscriber.as_str(), a.stream.as_str(), a.position) >= key.value()) {
-                continue;
-            }
-            let (subscriber, stream, _) = key.value();
-            let stored_bytes = record.value().len() + subscriber.len() + stream.len() + 8;
-            out.push((DeadLetter::decode(record.value())?, stored_bytes as u64));
-            if out.len() >= limit {
-                break;
+            Ok(true)
+        };
+        if subscriber.is_none() && stream.is_none() {
+            read_from(("", "", 0), &|_, _| true)?;
+        } else {
+            for name in &subscribers {
+                let more = match stream {
+                    Some(stream) => read_from((name, stream, 0), &|s, st| s == name && st == stream)?,
+                    None => read_from((name, "", 0), &|s, _| s == name)?,
+                };
+                if !more {
+                    break;
+                }
             }
         }
         Ok(out)
@@ -282,15 +358,32 @@ impl EventStore {
         letter.map(|record| DeadLetter::decode(record.value())).transpose()
     }
 
-    /// How many dead letters `subscriber` has.
+    /// How many dead letters `subscriber` has (a kept count, not a scan).
     pub fn dead_letter_count(&self, subscriber: &str) -> Result<u64, StoreError> {
+        let read = self.db.begin_read()?;
+        let counts = read.open_table(PARKED_COUNTS)?;
+        Ok(counts.get(subscriber)?.map_or(0, |v| v.value()))
+    }
+
+    /// Every subscriber that has dead letters, with how many (kept counts).
+    pub fn dead_letter_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let read = self.db.begin_read()?;
+        let counts = read.open_table(PARKED_COUNTS)?;
+        let mut out = BTreeMap::new();
+        for entry in counts.iter()? {
+            let (subscriber, count) = entry?;
+            out.insert(subscriber.value().to_owned(), count.value());
+        }
+        Ok(out)
+    }
+
+    /// How many dead letters `subscriber` has of one `stream`: a range of that stream's keys.
+    pub fn stream_dead_letter_count(&self, subscriber: &str, stream: &str) -> Result<u64, StoreError> {
         let read = self.db.begin_read()?;
         let table = read.open_table(PARKED)?;
         let mut count = 0;
-        for entry in table.range((subscriber, "", 0)..)? {
-            if entry?.0.value().0 != subscriber {
-                break;
-            }
+        for entry in table.range((subscriber, stream, 0)..=(subscriber, stream, u64::MAX))? {
+            entry?;
             count += 1;
         }
         Ok(count)
@@ -324,8 +417,8 @@ impl EventStore {
 mod tests {
     use super::*;
 
-    /// A stream keeps its most recent snapshots; a temporal read finds the newest one at or
-    /// before the version it wants that the active component made.
+    /// A stream keeps a snapshot at every interval; a temporal read finds the newest one at
+    /// or before the version it wants that the active component made.
     #[tokio::test]
     async fn a_stream_keeps_its_recent_snapshots_for_temporal_reads() {
         let dir = tempfile::tempdir().unwrap();
@@ -338,6 +431,7 @@ mod tests {
                 correlation_id: "c".to_owned(),
                 causation_id: None,
                 component_version: 1,
+                reply_to: None,
             };
             // A new component version (digest 2) made the last five.
             let digest = vec![if version <= 35 { 1 } else { 2 }];
@@ -348,6 +442,7 @@ mod tests {
                 events: vec![event],
                 outcomes: Vec::new(),
                 snapshot: Some(snapshot),
+                history: Vec::new(),
             };
             writer.append(batch).await.unwrap();
         }
@@ -357,8 +452,13 @@ mod tests {
         assert_eq!(at(20, 1), Some((20, vec![20])));
         assert_eq!(at(40, 1), Some((35, vec![35])), "another version's snapshots are skipped");
         assert_eq!(at(40, 2), Some((40, vec![40])));
-        assert_eq!(at(8, 1), None, "the oldest beyond the bound are gone");
-        assert_eq!(at(9, 1).map(|(v, _)| v), Some(40 - SNAPSHOT_HISTORY_PER_STREAM as u64 + 1));
+        assert_eq!(at(1, 1), Some((1, vec![1])), "every one is kept, the oldest too");
+        assert_eq!(at(0, 1), None);
+        // Snapshots a fold left behind join the history.
+        let kept = Snapshot { version: 38, digest: vec![3], state: vec![99] };
+        writer.keep_snapshots(&stream, vec![kept]).await.unwrap();
+        assert_eq!(at(40, 3), Some((38, vec![99])));
+        assert_eq!(at(38, 2), Some((37, vec![37])), "another version's at the same place was replaced");
         writer.shutdown();
     }
 }

@@ -66,6 +66,12 @@ pub struct StoredEvent {
     pub causation_id: Option<String>,
     /// The version of the component that emitted it.
     pub component_version: u32,
+    /// For an event caused by a routed command: the stream (`type/id`) whose event the
+    /// reaction that sent the command answered. A subscription that takes only replies
+    /// gets the events whose `reply_to` is of its own type. Events stored before this
+    /// existed have none (and a trailing field that is absent decodes as `None`).
+    #[serde(default)]
+    pub reply_to: Option<String>,
 }
 
 impl Record for StoredEvent {
@@ -75,6 +81,14 @@ impl Record for StoredEvent {
 impl StoredEvent {
     pub fn stream(&self) -> StreamId {
         StreamId { type_name: self.stream_type.clone(), id: self.stream_id.clone() }
+    }
+
+    /// Whether a command sent by a reaction to an event of a `type_name` stream caused it.
+    pub fn is_reply_to(&self, type_name: &str) -> bool {
+        self.reply_to
+            .as_deref()
+            .and_then(|stream| stream.split_once('/'))
+            .is_some_and(|(t, _)| t == type_name)
     }
 
     /// `recorded_at` in RFC 3339, as users and guests see it.
@@ -106,20 +120,96 @@ pub struct NewEvent {
     pub correlation_id: String,
     pub causation_id: Option<String>,
     pub component_version: u32,
+    /// See [`StoredEvent::reply_to`].
+    pub reply_to: Option<String>,
 }
 
 /// The answer recorded for a keyed command, so a retry or redelivery gets it again.
+///
+/// An `Idempotency-Key`'s outcome also keeps the [`Fingerprint`] of the command it came
+/// with, so the same key with another command is refused instead of answered. (Outcomes
+/// recorded before fingerprints existed have none, and answer any command, as they did.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoredOutcome {
     /// The command was accepted: its events are versions `first_version ..
     /// first_version + count` and the stream was at `version` after it.
-    Accepted { first_version: Version, count: u64, version: Version },
+    Accepted {
+        first_version: Version,
+        count: u64,
+        version: Version,
+        #[serde(default)]
+        fingerprint: Option<Fingerprint>,
+    },
     /// The aggregate rejected the command.
-    Rejected { code: String, message: String },
+    Rejected {
+        code: String,
+        message: String,
+        #[serde(default)]
+        fingerprint: Option<Fingerprint>,
+    },
+}
+
+impl StoredOutcome {
+    /// The fingerprint of the command this outcome answers, if one was recorded.
+    pub fn fingerprint(&self) -> Option<&Fingerprint> {
+        match self {
+            StoredOutcome::Accepted { fingerprint, .. } | StoredOutcome::Rejected { fingerprint, .. } => {
+                fingerprint.as_ref()
+            }
+        }
+    }
 }
 
 impl Record for StoredOutcome {
     const KIND: &'static str = "outcome";
+}
+
+/// What identifies a client's command for its `Idempotency-Key`: a hash of its type and its
+/// data, the data's object keys in sorted order (so `{"a":1,"b":2}` and `{"b":2,"a":1}` are
+/// the same command).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint(pub [u8; 16]);
+
+impl Fingerprint {
+    pub fn of(command_type: &str, data: &serde_json::Value) -> Self {
+        use sha2::{Digest, Sha256};
+        fn feed(hash: &mut Sha256, value: &serde_json::Value) {
+            use serde_json::Value;
+            match value {
+                Value::Object(map) => {
+                    let mut entries: Vec<_> = map.iter().collect();
+                    entries.sort_by(|a, b| a.0.cmp(b.0));
+                    hash.update([b'{']);
+                    for (key, value) in entries {
+                        hash.update((key.len() as u64).to_le_bytes());
+                        hash.update(key.as_bytes());
+                        feed(hash, value);
+                    }
+                    hash.update([b'}']);
+                }
+                Value::Array(items) => {
+                    hash.update([b'[']);
+                    for item in items {
+                        feed(hash, item);
+                    }
+                    hash.update([b']']);
+                }
+                // Scalars by their JSON text: `1` and `1.0` differ, as they do to a guest.
+                scalar => {
+                    let text = scalar.to_string();
+                    hash.update((text.len() as u64).to_le_bytes());
+                    hash.update(text.as_bytes());
+                }
+            }
+        }
+        let mut hash = Sha256::new();
+        hash.update((command_type.len() as u64).to_le_bytes());
+        hash.update(command_type.as_bytes());
+        feed(&mut hash, data);
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&hash.finalize()[..16]);
+        Fingerprint(bytes)
+    }
 }
 
 /// An aggregate's state after `version`, valid only while `digest` is the active component.
@@ -145,7 +235,11 @@ pub struct AppendBatch {
     pub events: Vec<NewEvent>,
     /// Outcomes of keyed commands, stored with the events they caused.
     pub outcomes: Vec<(String, StoredOutcome)>,
+    /// The stream's newest snapshot, if this batch takes one (it also goes to the history).
     pub snapshot: Option<Snapshot>,
+    /// Older snapshots this batch passed (a batch can cross several snapshot intervals):
+    /// kept in the history only, for temporal reads.
+    pub history: Vec<Snapshot>,
 }
 
 /// A committed batch: its events as the log now holds them (version, position, time).
@@ -227,6 +321,54 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Records written before a field was added at their end still decode, with the field
+    /// empty: events before `reply_to`, outcomes before fingerprints.
+    #[test]
+    fn records_written_before_their_last_field_existed_still_decode() {
+        #[derive(Serialize)]
+        struct EventBefore {
+            stream_type: &'static str,
+            stream_id: &'static str,
+            version: u64,
+            position: u64,
+            event_type: &'static str,
+            #[serde(with = "serde_bytes")]
+            payload: Vec<u8>,
+            recorded_at_micros: u64,
+            correlation_id: &'static str,
+            causation_id: Option<&'static str>,
+            component_version: u32,
+        }
+        let old = EventBefore {
+            stream_type: "account",
+            stream_id: "1",
+            version: 2,
+            position: 9,
+            event_type: "AccountCredited",
+            payload: vec![0x80],
+            recorded_at_micros: 1,
+            correlation_id: "c",
+            causation_id: Some("7"),
+            component_version: 1,
+        };
+        let event = StoredEvent::decode(&rmp_serde::to_vec(&old).unwrap()).unwrap();
+        assert_eq!((event.position, event.reply_to), (9, None));
+
+        #[derive(Serialize)]
+        enum OutcomeBefore {
+            Accepted { first_version: u64, count: u64, version: u64 },
+            Rejected { code: &'static str, message: &'static str },
+        }
+        let accepted = OutcomeBefore::Accepted { first_version: 3, count: 1, version: 3 };
+        let rejected = OutcomeBefore::Rejected { code: "nope", message: "no" };
+        assert_eq!(
+            StoredOutcome::decode(&rmp_serde::to_vec(&accepted).unwrap()).unwrap(),
+            StoredOutcome::Accepted { first_version: 3, count: 1, version: 3, fingerprint: None }
+        );
+        let decoded = StoredOutcome::decode(&rmp_serde::to_vec(&rejected).unwrap()).unwrap();
+        assert_eq!(decoded.fingerprint(), None);
+    }
+
     fn any_event() -> impl Strategy<Value = StoredEvent> {
         (
             ("[a-z][a-z-]{0,20}", ".{1,40}", any::<u64>(), any::<u64>(), ".{0,30}"),
@@ -237,12 +379,13 @@ mod tests {
                 ".{0,40}",
                 prop::option::of(".{0,40}"),
                 any::<u32>(),
+                prop::option::of("[a-z-]{1,10}/.{1,20}"),
             ),
         )
             .prop_map(
                 |(
                     (stream_type, stream_id, version, position, event_type),
-                    (payload, recorded_at_micros, correlation_id, causation_id, component_version),
+                    (payload, recorded_at_micros, correlation_id, causation_id, component_version, reply_to),
                 )| StoredEvent {
                     stream_type,
                     stream_id,
@@ -254,6 +397,7 @@ mod tests {
                     correlation_id,
                     causation_id,
                     component_version,
+                    reply_to,
                 },
             )
     }
@@ -271,6 +415,16 @@ mod tests {
             prop_assert_eq!((&envelope.event_type, &envelope.payload), (&event.event_type, &event.payload));
             prop_assert_eq!((&envelope.correlation_id, &envelope.causation_id), (&event.correlation_id, &event.causation_id));
             prop_assert_eq!(envelope.recorded_at, event.recorded_at());
+        }
+
+        #[test]
+        fn a_fingerprint_ignores_key_order_and_nothing_else(a in any::<i32>(), b in ".{0,8}") {
+            let one = serde_json::json!({"a": a, "b": b, "n": {"x": 1, "y": [1, 2]}});
+            let other = serde_json::json!({"n": {"y": [1, 2], "x": 1}, "b": b, "a": a});
+            prop_assert_eq!(Fingerprint::of("C", &one), Fingerprint::of("C", &other));
+            prop_assert_ne!(Fingerprint::of("C", &one), Fingerprint::of("D", &one));
+            let changed = serde_json::json!({"a": a as i64 + 1, "b": b, "n": {"x": 1, "y": [1, 2]}});
+            prop_assert_ne!(Fingerprint::of("C", &one), Fingerprint::of("C", &changed));
         }
 
         #[test]

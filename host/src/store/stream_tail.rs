@@ -24,7 +24,7 @@
 
 use super::records::Record;
 use super::tables::{EVENTS, META, STREAM_INDEX, STREAMS};
-use super::{Position, StoreError, StoredEvent, StreamId, Version};
+use super::{Page, PageFill, Position, StoreError, StoredEvent, StreamId, Version};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
 use std::collections::{HashMap, VecDeque};
 use std::sync::RwLock;
@@ -210,7 +210,7 @@ pub(super) fn read_range(
     stream: &StreamId,
     from: Version,
     to: Version,
-    limit: usize,
+    page: Page,
 ) -> Result<Vec<StoredEvent>, StoreError> {
     let key = stream.key();
     let from = from.max(1);
@@ -219,29 +219,34 @@ pub(super) fn read_range(
     let head = read.open_table(STREAMS)?.get(key.as_str())?.map_or(0, |v| v.value().0);
     let index = read.open_table(STREAM_INDEX)?;
     let events = read.open_table(EVENTS)?;
-    let event_at = |position: Position| -> Result<StoredEvent, StoreError> {
+    let mut fill = PageFill::new(page);
+    let event_at = |position: Position, fill: &mut PageFill| -> Result<StoredEvent, StoreError> {
         let record = events
             .get(position)?
             .ok_or_else(|| StoreError::Corrupt(format!("{key} points at missing position {position}")))?;
+        fill.add(record.value().len());
         StoredEvent::decode(record.value())
     };
     let mut out = Vec::new();
     let mut last = from - 1;
     if from <= to {
-        for entry in index.range((key.as_str(), from)..=(key.as_str(), to))?.take(limit) {
+        for entry in index.range((key.as_str(), from)..=(key.as_str(), to))? {
+            if !fill.has_room() {
+                return Ok(out);
+            }
             let (version, position) = entry?;
-            out.push(event_at(position.value())?);
+            out.push(event_at(position.value(), &mut fill)?);
             last = version.value().1;
         }
     }
     // A flush that committed before this snapshot may still be in the tail: skip what the
     // table gave.
     for (version, position) in recent {
-        if out.len() >= limit || version > head {
+        if !fill.has_room() || version > head {
             break;
         }
         if version > last {
-            out.push(event_at(position)?);
+            out.push(event_at(position, &mut fill)?);
             last = version;
         }
     }

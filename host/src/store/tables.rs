@@ -14,12 +14,10 @@ pub const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapsh
 /// (stream key, outcome key) → [`super::StoredOutcome`]. Outcome keys are `idem:<key>`
 /// for an `Idempotency-Key` and `cause:<...>` for a routed command's causation.
 pub const OUTCOMES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("outcomes");
-/// (stream key, version) → [`super::Snapshot`]: the most recent snapshots of each stream
-/// ([`SNAPSHOT_HISTORY_PER_STREAM`]), so a temporal read folds from the nearest older one.
+/// (stream key, version) → [`super::Snapshot`]: a snapshot at every snapshot interval a
+/// stream passed (one a version: a newer component's replaces an older one's), so a temporal
+/// read of any version folds at most about one interval from the nearest older one.
 pub const SNAPSHOT_HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("snapshot_history");
-/// Snapshots kept per stream for temporal reads: with the default interval (100), reads of
-/// the last 3 200 versions fold at most 100 events.
-pub const SNAPSHOT_HISTORY_PER_STREAM: usize = 32;
 /// (commit time in µs, stream key, outcome key) → (): when each `idem:` outcome was
 /// recorded, so the retention sweep reads only what has expired. Routed commands' `cause:`
 /// outcomes are not here: they are kept as long as the stream (see ARCHITECTURE.md).
@@ -38,7 +36,11 @@ pub const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 /// stream order per subscriber, so a parked sequence is one range.
 pub const PARKED: TableDefinition<(&str, &str, u64), &[u8]> = TableDefinition::new("parked");
 
-/// name → number: the store's own bookkeeping (`stream_index_through`).
+/// subscriber → how many dead letters it has in `parked`, kept by the writer with every park
+/// and unpark, so counting never scans the letters.
+pub const PARKED_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("parked_counts");
+
+/// name → number: the store's own bookkeeping (`stream_index_through`, `parked_counted`).
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Open every table once so that read transactions find them even in a new file.
@@ -55,6 +57,7 @@ pub fn create_all(txn: &WriteTransaction) -> Result<(), TableError> {
     txn.open_table(COMPONENT_BLOBS)?;
     txn.open_table(CURSORS)?;
     txn.open_table(PARKED)?;
+    txn.open_table(PARKED_COUNTS)?;
     txn.open_table(META)?;
     Ok(())
 }

@@ -10,8 +10,8 @@ use super::records::Record;
 use super::stream_tail::StreamTail;
 use super::tables::*;
 use super::{
-    AppendBatch, AppendError, Committed, DeadLetter, DeadLetterKey, Position, StoreError, StoredEvent,
-    Version,
+    AppendBatch, AppendError, Committed, DeadLetter, DeadLetterKey, Position, Snapshot, StoreError,
+    StoredEvent, StreamId, Version,
 };
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use std::sync::Arc;
@@ -42,6 +42,10 @@ enum Request {
         limit: usize,
         reply: oneshot::Sender<Result<usize, StoreError>>,
     },
+    /// Answered once everything queued before it has been committed (or refused).
+    Barrier(oneshot::Sender<()>),
+    /// Snapshots a fold passed, for a stream's history (temporal reads).
+    KeepSnapshots(String, Vec<Snapshot>, oneshot::Sender<Result<(), StoreError>>),
     /// Commit what was queued before this, then stop.
     Stop,
 }
@@ -221,6 +225,29 @@ impl Writer {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Add snapshots to a stream's history (what a long fold passed), so later temporal
+    /// reads near them fold little. Durable like everything the writer commits.
+    pub async fn keep_snapshots(
+        &self,
+        stream: &StreamId,
+        snapshots: Vec<Snapshot>,
+    ) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::KeepSnapshots(stream.key(), snapshots, reply))
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Wait until everything submitted before this call has been committed or refused: what
+    /// a stream's new actor waits for when the one before it died with batches in flight, so
+    /// that it reads the stream as those batches left it.
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(Request::Barrier(reply)).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)
+    }
+
     /// Finish the queued appends and wait for the thread to end (the store file is then
     /// closed cleanly once the last reader is dropped).
     pub fn shutdown(&self) {
@@ -264,7 +291,14 @@ fn run(
                 next = queue.try_recv().ok();
             }
         }
-        if !requests.is_empty() {
+        // Barriers alone need no transaction: what came before them is already settled.
+        if requests.iter().all(|r| matches!(r, Request::Barrier(_))) {
+            for request in requests {
+                if let Request::Barrier(reply) = request {
+                    let _ = reply.send(());
+                }
+            }
+        } else {
             head = commit_group(&db, head, &head_tx, &tail, requests, &last_failure);
         }
     }
@@ -308,13 +342,24 @@ fn commit_group(
                 }
                 Request::Park(letter, _) => {
                     let key = (letter.subscriber.as_str(), letter.stream.as_str(), letter.position);
-                    txn.open_table(PARKED)?.insert(key, letter.encode().as_slice())?;
+                    let replaced = txn.open_table(PARKED)?.insert(key, letter.encode().as_slice())?.is_some();
+                    if !replaced {
+                        count_parked(&txn, &letter.subscriber, 1)?;
+                    }
                     Ok(Committed::default())
                 }
                 Request::Unpark(keys, _) => {
+                    let mut removed: std::collections::HashMap<&str, i64> = Default::default();
                     let mut parked = txn.open_table(PARKED)?;
                     for key in keys {
-                        parked.remove((key.subscriber.as_str(), key.stream.as_str(), key.position))?;
+                        let key_parts = (key.subscriber.as_str(), key.stream.as_str(), key.position);
+                        if parked.remove(key_parts)?.is_some() {
+                            *removed.entry(key.subscriber.as_str()).or_default() -= 1;
+                        }
+                    }
+                    drop(parked);
+                    for (subscriber, change) in removed {
+                        count_parked(&txn, subscriber, change)?;
                     }
                     Ok(Committed::default())
                 }
@@ -342,6 +387,17 @@ fn commit_group(
                     forgotten = forget_keys(&txn, *recorded_before, *limit)?;
                     Ok(Committed::default())
                 }
+                Request::Barrier(_) => Ok(Committed::default()),
+                Request::KeepSnapshots(stream, snapshots, _) => {
+                    // The append tables may hold the history open: no table may be open twice.
+                    tables = None;
+                    let mut history = txn.open_table(SNAPSHOT_HISTORY)?;
+                    for snapshot in snapshots {
+                        history.insert((stream.as_str(), snapshot.version), snapshot.encode().as_slice())?;
+                    }
+                    Ok(Committed::default())
+                }
+                // Never queued: the thread stops at it.
                 Request::Stop => continue,
             };
             // A storage failure may have left part of a batch written: abort everything.
@@ -389,11 +445,15 @@ fn commit_group(
                     Request::Cursor(_, _, reply)
                     | Request::Park(_, reply)
                     | Request::Unpark(_, reply)
-                    | Request::Component(_, reply) => {
+                    | Request::Component(_, reply)
+                    | Request::KeepSnapshots(_, _, reply) => {
                         let _ = reply.send(Ok(()));
                     }
                     Request::ForgetKeys { reply, .. } => {
                         let _ = reply.send(Ok(forgotten));
+                    }
+                    Request::Barrier(reply) => {
+                        let _ = reply.send(());
                     }
                     Request::Stop => {}
                 }
@@ -414,11 +474,15 @@ fn commit_group(
                     Request::Cursor(_, _, reply)
                     | Request::Park(_, reply)
                     | Request::Unpark(_, reply)
-                    | Request::Component(_, reply) => {
+                    | Request::Component(_, reply)
+                    | Request::KeepSnapshots(_, _, reply) => {
                         let _ = reply.send(Err(StoreError::CommitFailed(message.clone())));
                     }
                     Request::ForgetKeys { reply, .. } => {
                         let _ = reply.send(Err(StoreError::CommitFailed(message.clone())));
+                    }
+                    Request::Barrier(reply) => {
+                        let _ = reply.send(());
                     }
                     Request::Stop => {}
                 }
@@ -491,6 +555,7 @@ fn write_batch(
             correlation_id: event.correlation_id.clone(),
             causation_id: event.causation_id.clone(),
             component_version: event.component_version,
+            reply_to: event.reply_to.clone(),
         };
         tables.events.insert(position, record.encode().as_slice()).map_err(StoreError::from)?;
         indexed.push((key.clone(), stream_version, position));
@@ -523,8 +588,7 @@ fn write_batch(
             }
         }
     }
-    if let Some(snapshot) = &batch.snapshot {
-        let encoded = snapshot.encode();
+    if batch.snapshot.is_some() || !batch.history.is_empty() {
         let (snapshots, history) = match &mut tables.snapshots {
             Some(open) => open,
             None => tables.snapshots.insert((
@@ -532,14 +596,61 @@ fn write_batch(
                 tables.txn.open_table(SNAPSHOT_HISTORY).map_err(StoreError::from)?,
             )),
         };
-        snapshots.insert(key.as_str(), encoded.as_slice()).map_err(StoreError::from)?;
-        keep_in_history(history, &key, snapshot.version, &encoded)?;
+        for snapshot in &batch.history {
+            history
+                .insert((key.as_str(), snapshot.version), snapshot.encode().as_slice())
+                .map_err(StoreError::from)?;
+        }
+        if let Some(snapshot) = &batch.snapshot {
+            let encoded = snapshot.encode();
+            snapshots.insert(key.as_str(), encoded.as_slice()).map_err(StoreError::from)?;
+            history.insert((key.as_str(), snapshot.version), encoded.as_slice()).map_err(StoreError::from)?;
+        }
     }
     Ok(Committed { events: stored })
 }
 
 /// The outcome key prefix of a client's `Idempotency-Key` (routed commands' is `cause:`).
 pub const IDEMPOTENCY_PREFIX: &str = "idem:";
+
+/// The outcome key of the routed command with `dedup_key`.
+pub fn cause_key(dedup_key: &str) -> String {
+    format!("cause:{dedup_key}")
+}
+
+/// Move `subscriber`'s count of dead letters by `change`.
+fn count_parked(txn: &WriteTransaction, subscriber: &str, change: i64) -> Result<(), StoreError> {
+    let mut counts = txn.open_table(PARKED_COUNTS)?;
+    let count = counts.get(subscriber)?.map_or(0, |v| v.value());
+    let count = count.saturating_add_signed(change);
+    if count == 0 {
+        counts.remove(subscriber)?;
+    } else {
+        counts.insert(subscriber, count)?;
+    }
+    Ok(())
+}
+
+/// Count the dead letters of a store written before their counts were kept, once.
+pub(super) fn count_parked_if_uncounted(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get(PARKED_COUNTED)?.is_some() {
+        return Ok(());
+    }
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    for entry in txn.open_table(PARKED)?.iter()? {
+        *counts.entry(entry?.0.value().0.to_owned()).or_default() += 1;
+    }
+    let mut table = txn.open_table(PARKED_COUNTS)?;
+    for (subscriber, count) in counts {
+        table.insert(subscriber.as_str(), count)?;
+    }
+    meta.insert(PARKED_COUNTED, 1)?;
+    Ok(())
+}
+
+/// The `meta` entry that says `parked_counts` is kept.
+const PARKED_COUNTED: &str = "parked_counted";
 
 /// Remove up to `limit` idempotency outcomes recorded before `recorded_before`, oldest first.
 fn forget_keys(txn: &WriteTransaction, recorded_before: u64, limit: usize) -> Result<usize, StoreError> {
@@ -560,22 +671,4 @@ fn forget_keys(txn: &WriteTransaction, recorded_before: u64, limit: usize) -> Re
         outcomes.remove((stream.as_str(), outcome.as_str()))?;
     }
     Ok(expired.len())
-}
-
-/// Add a snapshot to its stream's history and drop the oldest beyond the bound.
-fn keep_in_history(
-    history: &mut SnapshotHistory<'_>,
-    stream: &str,
-    version: u64,
-    encoded: &[u8],
-) -> Result<(), StoreError> {
-    history.insert((stream, version), encoded)?;
-    let kept: Vec<u64> = history
-        .range((stream, 0)..=(stream, u64::MAX))?
-        .map(|entry| entry.map(|(key, _)| key.value().1))
-        .collect::<Result<_, _>>()?;
-    for old in kept.iter().take(kept.len().saturating_sub(SNAPSHOT_HISTORY_PER_STREAM)) {
-        history.remove((stream, *old))?;
-    }
-    Ok(())
 }
