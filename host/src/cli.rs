@@ -107,6 +107,14 @@ enum Command {
         /// reaction's commands); beyond it the call is refused with `guest_output_too_large`.
         #[arg(long, default_value_t = 1 << 20)]
         guest_output_bytes: usize,
+        /// Guest instances that may exist at once (one per call in progress); a call beyond
+        /// them answers 503 `overloaded` (a reaction or a projection retries it).
+        #[arg(long, default_value_t = 256)]
+        guest_instances: u32,
+        /// The largest document a projection may write; a projection that writes a larger
+        /// one stops there, and says so in `/views`, `/metrics` and `/readyz`.
+        #[arg(long, default_value_t = 1 << 20)]
+        view_document_bytes: usize,
         /// The longest a request may take, body included (live event streams excepted),
         /// before it is answered 503 `request_timeout`.
         #[arg(long, default_value_t = 120_000, value_name = "MILLIS")]
@@ -247,10 +255,22 @@ enum Command {
         #[arg(long)]
         no_baseline: bool,
     },
-    /// Make the version that was active before the current one active again.
-    Rollback { name: String },
-    /// Make a stored version of a component active.
-    Activate { name: String, version: u32 },
+    /// Make the version that was active before the current one active again (after the
+    /// replay check a deploy runs).
+    Rollback {
+        name: String,
+        /// Skip the replay check: an emergency.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a stored version of a component active (after the replay check a deploy runs).
+    Activate {
+        name: String,
+        version: u32,
+        /// Skip the replay check: an emergency.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// What every client command shares: where the host is, how to authenticate, how to print.
@@ -337,6 +357,8 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             guest_fuel,
             guest_memory_bytes,
             guest_output_bytes,
+            guest_instances,
+            view_document_bytes,
             request_timeout_ms,
             header_timeout_ms,
             idempotency_retention_seconds,
@@ -367,6 +389,8 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             config.guest_limits.fuel_per_call = guest_fuel.max(1);
             config.guest_limits.max_memory_bytes = guest_memory_bytes;
             config.guest_limits.max_output_bytes = guest_output_bytes;
+            config.guest_limits.max_document_bytes = view_document_bytes.max(1);
+            config.guest_limits.max_instances = guest_instances.max(1);
             config.body_limits.request_timeout = std::time::Duration::from_millis(request_timeout_ms.max(1));
             config.connections.header_read = std::time::Duration::from_millis(header_timeout_ms.max(1));
             config.idempotency_retention =
@@ -489,12 +513,13 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Rollback { name } => {
-            let url = format!("{}/components/{name}/rollback", url);
+        Command::Rollback { name, force } => {
+            let url = format!("{}/components/{}/rollback?force={force}", url, encode(&name));
             print_answer(&client, http().post(url).bearer_auth(client.token()?)).await
         }
-        Command::Activate { name, version } => {
-            let url = format!("{}/components/{name}/activate?version={version}", url);
+        Command::Activate { name, version, force } => {
+            let url =
+                format!("{}/components/{}/activate?version={version}&force={force}", url, encode(&name));
             print_answer(&client, http().post(url).bearer_auth(client.token()?)).await
         }
     }

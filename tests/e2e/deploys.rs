@@ -414,3 +414,54 @@ async fn an_inactive_version_can_be_deleted_and_its_number_is_not_reused() {
     assert_eq!(again.body["version"], 3, "the same bytes come back as a new number");
     host.command("faulty", "1", "Increment", serde_json::json!({})).await.expect(200);
 }
+
+/// Activating a stored version or rolling back to one replays recent history through it,
+/// as a deploy does: a version that cannot fold what is stored now is refused (the running
+/// one stays), unless an operator forces it in an emergency.
+#[tokio::test(flavor = "multi_thread")]
+async fn activate_and_rollback_run_the_replay_check_unless_forced() {
+    let host = Host::start();
+    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    // The broken fold is stored while no stream has an event it cannot fold.
+    host.deploy("faulty", cairn_artifacts::FAULTY_BROKEN).await.expect(200);
+    let back = host.admin_post("/components/faulty/activate?version=1").await.expect(200);
+    assert_eq!(back.body["active_version"], 1);
+    assert_eq!(back.body["replay"]["streams"], 0, "{}", back.body);
+    increment(&host, "1").await;
+    for path in ["/components/faulty/activate?version=2", "/components/faulty/rollback"] {
+        let refused = host.admin_post(path).await.expect_error(422, "replay_failed");
+        assert!(refused.body["error"]["message"].as_str().unwrap().contains("faulty/1"), "{}", refused.body);
+        assert_eq!(
+            component(&host, "faulty").await["active_version"],
+            1,
+            "{path}: the running version stays"
+        );
+    }
+    increment(&host, "1").await;
+    assert_eq!(count(&host, "1").await, 2);
+    // Forced: the operator said so.
+    let forced = host.admin_post("/components/faulty/activate?version=2&force=true").await.expect(200);
+    assert_eq!((forced.body["active_version"].as_u64(), forced.body["replay"].is_null()), (Some(2), true));
+}
+
+/// Compiled code is cached for the versions that become active, never for uploads that
+/// are only checked (a dry run) or refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn compiled_code_is_kept_only_for_activated_versions() {
+    let host = Host::start();
+    let compiled = |host: &Host| -> usize {
+        std::fs::read_dir(host.data_dir().join("compiled"))
+            .unwrap()
+            .filter(|entry| entry.as_ref().unwrap().path().extension().is_some_and(|e| e == "cwasm"))
+            .count()
+    };
+    let bundled = compiled(&host);
+    assert!(bundled >= 6, "the bundled components are cached: {bundled}");
+    host.deploy_with("faulty", "dry_run=true", cairn_artifacts::FAULTY).await.expect(200);
+    host.deploy("account", cairn_artifacts::ORDER).await.expect_error(422, "name_mismatch");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(compiled(&host), bundled, "nothing cached for a dry run or a refusal");
+    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    crate::sagas::eventually("the activated version is cached", || async { compiled(&host) == bundled + 1 })
+        .await;
+}

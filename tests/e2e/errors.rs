@@ -299,3 +299,45 @@ async fn undecodable_paths_and_overlong_targets_answer_json() {
     let long = format!("/events?after=0&padding={}", "a".repeat(9000));
     host.get(&long).await.expect_error(414, "uri_too_long");
 }
+
+/// What hyper refuses before the API sees it (a target beyond its 64 KiB limit, bytes that
+/// are not HTTP) answers in the JSON shape too; and a view document may be called `rebuild`.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_past_hypers_own_limits_have_the_json_shape_and_a_document_may_be_called_rebuild() {
+    use crate::trust::raw_request;
+    let host = Host::start();
+    let address = host.url.trim_start_matches("http://").to_owned();
+    let long = raw_request(
+        &host.url,
+        &format!("GET /events?pad={} HTTP/1.1\r\nHost: {address}\r\n\r\n", "a".repeat(70_000)),
+    )
+    .await;
+    assert!(long.starts_with("HTTP/1.1 414"), "{long}");
+    let body: serde_json::Value = serde_json::from_str(long.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "uri_too_long", "{long}");
+    // Within hyper's limit but beyond the host's own: the API's answer, as before.
+    let ours = raw_request(
+        &host.url,
+        &format!(
+            "GET /events?pad={} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n",
+            "a".repeat(20_000)
+        ),
+    )
+    .await;
+    assert!(ours.starts_with("HTTP/1.1 414") && ours.contains(r#""code":"uri_too_long""#), "{ours}");
+    let garbage = raw_request(&host.url, "NOT HTTP AT ALL\r\n\r\n").await;
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    assert!(garbage.contains(r#""code":"malformed_request""#), "{garbage}");
+    host.get("/healthz").await.expect(200);
+
+    let opened =
+        host.command("account", "rebuild", "OpenAccount", json!({"initial_balance": 7})).await.expect(200);
+    let position = opened.body["events"][0]["position"].as_u64().unwrap();
+    let document =
+        host.get(&format!("/views/account-info/rebuild?min_position={position}")).await.expect(200);
+    assert_eq!((document.body["id"].as_str(), document.body["balance"].as_i64()), (Some("rebuild"), Some(7)));
+    // The rebuild itself is still the admin's POST.
+    host.send(host.http.post(format!("{}/views/account-info/rebuild", host.url)))
+        .await
+        .expect_error(401, "unauthorized");
+}

@@ -134,6 +134,11 @@ impl Host {
         line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
     }
 
+    /// The host's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data
+    }
+
     /// What the host has written to its log (stderr) so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()

@@ -4,6 +4,7 @@
 mod browser;
 mod harness;
 
+mod bounds;
 mod cli;
 mod commands;
 mod console;

@@ -322,3 +322,51 @@ async fn measure_stream() {
         delays[delays.len() - 1]
     );
 }
+
+/// One client cannot hold every stream slot: it gets `--stream-max-per-client` of them. A
+/// client that stops reading while events keep coming is cut off once a write has waited
+/// `--write-stall-ms`, and its slot is free again.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_client_holds_a_bounded_share_of_the_streams_and_one_that_stops_reading_is_cut_off() {
+    use std::io::Write;
+    let host = Host::start_with(&["--stream-max-per-client", "2", "--write-stall-ms", "500"]);
+    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    let first = Subscriber::open(&host, "", None).await;
+    let second = Subscriber::open(&host, "", None).await;
+    let third = host.get("/events/stream").await.expect_error(503, "overloaded");
+    assert!(
+        third.body["error"]["message"].as_str().unwrap().contains("stream-max-per-client"),
+        "{}",
+        third.body
+    );
+    assert!(third.headers.contains_key("retry-after"));
+    drop(first);
+    crate::sagas::eventually("a closed stream frees its slot", || async {
+        host.http.get(format!("{}/events/stream", host.url)).send().await.unwrap().status() == 200
+    })
+    .await;
+    drop(second);
+
+    // A client that reads nothing, with a small receive buffer: the host's writes to it stall.
+    let address: std::net::SocketAddr = host.url.trim_start_matches("http://").parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&address.into()).unwrap();
+    let mut stalled: std::net::TcpStream = socket.into();
+    write!(stalled, "GET /events/stream?after=0 HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
+    // Big events fill the socket buffers quickly.
+    for n in 0..40 {
+        let flood = json!({"events": 1, "bytes": 200_000});
+        host.command("faulty", &format!("f{n}"), "Flood", flood).await.expect(200);
+    }
+    // Meanwhile the one slot left for this client is held by the stalled stream, until it
+    // is cut off; then a new stream from the same client opens again.
+    let mut extra = Subscriber::open(&host, "", None).await;
+    crate::sagas::eventually("the stalled stream is cut off and its slot freed", || async {
+        host.http.get(format!("{}/events/stream", host.url)).send().await.unwrap().status() == 200
+    })
+    .await;
+    host.command("faulty", "after", "Increment", json!({})).await.expect(200);
+    assert!(extra.next().await.is_some(), "a reading client is served all along");
+    drop(stalled);
+}

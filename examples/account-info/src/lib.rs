@@ -1,6 +1,13 @@
-//! The `account-info` projection: per account, its balance and every transaction (opening,
+//! The `account-info` projection: per account, its balance and its transactions (opening,
 //! credits, debits) with the counterparty when the money came from or went to another
 //! account through a transfer. `GET /views/account-info/{account_id}`.
+//!
+//! A document stays small however long the account lives: it holds the most recent
+//! transactions (at most [`RECENT_MAX`]); older ones move, [`PAGE`] at a time, to pages
+//! under their own keys, `{account_id}/transactions/{n}` (an id has no `/`, so no account
+//! can have such a key), each linked to the one before it (`earlier_page`), the newest
+//! linked from the account's document. So the document of an account with 50 000
+//! transactions is as cheap to read and rewrite as one with 50.
 //!
 //! It reads the Account's events by field name into its own types: a projection depends
 //! on the events' shape, not on the aggregate's code.
@@ -14,7 +21,42 @@ pub struct AccountInfo {
     pub balance: i64,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub closed: bool,
+    /// The most recent transactions, oldest first.
     pub transactions: Vec<Transaction>,
+    /// How many older transactions are in pages.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub earlier_transactions: u64,
+    /// The key of the newest page of older transactions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earlier_page: Option<String>,
+}
+
+/// A page of an account's older transactions: `{account_id}/transactions/{page}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransactionPage {
+    pub account_id: String,
+    /// Pages count from 1, oldest first.
+    pub page: u64,
+    /// Oldest first.
+    pub transactions: Vec<Transaction>,
+    /// The page before this one, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earlier_page: Option<String>,
+}
+
+/// Transactions an account's document holds at most; at this many, the oldest [`PAGE`] of
+/// them move to a page of their own.
+pub const RECENT_MAX: usize = 200;
+/// Transactions a page holds.
+pub const PAGE: usize = 100;
+
+/// The key of page `page` of an account's older transactions.
+pub fn page_key(account_id: &str, page: u64) -> String {
+    format!("{account_id}/transactions/{page}")
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,11 +137,24 @@ impl Projection for AccountInfoProjection {
             }
             _ => return,
         };
-        view.update(id, |info: &mut AccountInfo| {
-            info.id = id.to_owned();
-            info.balance = transaction.balance;
-            info.transactions.push(transaction);
-        });
+        let mut info: AccountInfo = view.get(id).unwrap_or_default();
+        info.id = id.to_owned();
+        info.balance = transaction.balance;
+        info.transactions.push(transaction);
+        if info.transactions.len() >= RECENT_MAX {
+            let page = info.earlier_transactions / PAGE as u64 + 1;
+            let older = TransactionPage {
+                account_id: id.to_owned(),
+                page,
+                transactions: info.transactions.drain(..PAGE).collect(),
+                earlier_page: info.earlier_page.take(),
+            };
+            let key = page_key(id, page);
+            view.put(&key, &older);
+            info.earlier_transactions += PAGE as u64;
+            info.earlier_page = Some(key);
+        }
+        view.put(id, &info);
     }
 }
 

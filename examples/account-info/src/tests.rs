@@ -95,3 +95,45 @@ fn events_that_do_not_decode_stop_the_projection_with_a_clear_message() {
     )])
     .then_trapped("AccountOpened at position 1 does not decode");
 }
+
+/// However many transactions an account has, its document holds the recent ones and links
+/// the pages of the older ones, each page linked to the one before it.
+#[test]
+fn older_transactions_move_to_linked_pages_and_the_document_stays_small() {
+    let credits = (2..=451u64).map(|version| {
+        let transaction_id = format!("c{version}");
+        let credit = AccountCredited {
+            amount: 1,
+            transaction_id,
+            balance: version as i64 - 1,
+            transfer: TransferRef::default(),
+        };
+        envelope("account", "A", version, &credit)
+    });
+    let mut events = vec![envelope("account", "A", 1, &AccountOpened { initial_balance: 0 })];
+    events.extend(credits);
+    // 451 transactions: three pages of 100 moved out (at 200, 300 and 400), 151 kept.
+    let transaction = |version: u64| {
+        json!({"transaction_id": format!("c{version}"), "kind": "credit", "amount": 1,
+               "balance": version - 1, "recorded_at": AT})
+    };
+    let page = |n: u64, first: u64, earlier: Option<String>| {
+        let mut page = json!({"account_id": "A", "page": n,
+            "transactions": (first..first + 100).map(|v| if v == 1 {
+                json!({"transaction_id": "opening", "kind": "opened", "amount": 0, "balance": 0, "recorded_at": AT})
+            } else { transaction(v) }).collect::<Vec<_>>()});
+        if let Some(earlier) = earlier {
+            page["earlier_page"] = json!(earlier);
+        }
+        page
+    };
+    given::<AccountInfoProjection>(events)
+        .then_view(
+            "A",
+            json!({"id": "A", "balance": 450, "earlier_transactions": 300, "earlier_page": "A/transactions/3",
+                   "transactions": (301..=451u64).map(transaction).collect::<Vec<_>>()}),
+        )
+        .then_view("A/transactions/1", page(1, 1, None))
+        .then_view("A/transactions/2", page(2, 101, Some("A/transactions/1".into())))
+        .then_view("A/transactions/3", page(3, 201, Some("A/transactions/2".into())));
+}

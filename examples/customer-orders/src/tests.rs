@@ -61,7 +61,7 @@ fn an_order_beyond_the_credit_is_rejected_and_takes_nothing() {
         order("o2", 2, OrderRejected { rejection_reason: "INSUFFICIENT_CREDIT".into() }),
         order("o3", 1, created(500)),
     ])
-    .then_keys(["_order/o1", "_order/o2", "_order/o3", "c1"])
+    .then_keys(["_order/o1", "_order/o2", "_order/o3", "_recent/c1", "c1"])
     .then_view(
         "c1",
         json!({"id": "c1", "name": "Fred", "credit_limit": 200000, "available_credit": 76600, "orders": {
@@ -80,4 +80,32 @@ fn an_order_for_an_unknown_customer_makes_no_customer_document() {
     ])
     .then_keys(["_order/o9"])
     .then_no_view("nobody");
+}
+
+/// However many orders a customer has, its document holds the recent ones and links the
+/// pages of the older ones; an order that moved to a page still changes state there.
+#[test]
+fn older_orders_move_to_linked_pages_and_still_change_state_there() {
+    let mut events = vec![fred()];
+    for n in 1..=250 {
+        events.push(order(&format!("o{n:03}"), 1, created(n)));
+    }
+    // o005 moved to the first page (at the 200th order); it is approved afterwards.
+    events.push(order("o005", 2, OrderApproved));
+    events.push(order("o240", 2, OrderRejected { rejection_reason: "INSUFFICIENT_CREDIT".into() }));
+    let pending =
+        |from: i64, to: i64| -> cairn_guest::serde_json::Map<String, cairn_guest::serde_json::Value> {
+            (from..=to).map(|n| (format!("o{n:03}"), json!({"state": "PENDING", "order_total": n}))).collect()
+        };
+    let mut first_page = pending(1, 100);
+    first_page["o005"] = json!({"state": "APPROVED", "order_total": 5});
+    let mut recent = pending(101, 250);
+    recent["o240"] = json!({"state": "REJECTED", "order_total": 240});
+    given::<CustomerOrdersProjection>(events)
+        .then_view(
+            "c1",
+            json!({"id": "c1", "name": "Fred", "credit_limit": 200000, "available_credit": 200000,
+                   "orders": recent, "earlier_orders": 100, "earlier_page": "c1/orders/1"}),
+        )
+        .then_view("c1/orders/1", json!({"customer_id": "c1", "page": 1, "orders": first_page}));
 }

@@ -236,7 +236,7 @@ fn answer(
 
 /// Rebuild the most recently written streams of `type_name` with `new`, and compare each
 /// with the state the running version builds.
-fn replay_check(
+pub(super) fn replay_check(
     running: Option<&ActiveAggregate>,
     new: &AggregateComponent,
     store: &EventStore,

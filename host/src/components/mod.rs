@@ -56,6 +56,24 @@ pub struct VersionSummary {
     pub replay: Option<ReplaySummary>,
 }
 
+/// Whether an activation or rollback replays recent history through the version first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchCheck {
+    /// Like a deploy: the most recently written `sample` streams; a trap refuses the switch.
+    Replay { sample: usize },
+    /// No check: an operator's emergency (`?force=true`).
+    Forced,
+}
+
+/// What an activation or rollback did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Switched {
+    /// The version now active.
+    pub version: u32,
+    /// The replay check's findings (none when forced, for a projection, or when nothing changed).
+    pub replay: Option<ReplayReport>,
+}
+
 /// Why a version could not be activated or read.
 #[derive(Debug, thiserror::Error)]
 pub enum VersionError {
@@ -69,8 +87,21 @@ pub enum VersionError {
     ActiveVersion { name: String, version: u32 },
     #[error(transparent)]
     Load(#[from] crate::runtime::LoadError),
+    /// The version's replay check failed: it cannot rebuild a recent stream.
+    #[error(transparent)]
+    Replay(DeployError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<DeployError> for VersionError {
+    fn from(error: DeployError) -> Self {
+        match error {
+            DeployError::Store(store) => VersionError::Store(store),
+            DeployError::Load(load) => VersionError::Load(load),
+            other => VersionError::Replay(other),
+        }
+    }
 }
 
 pub struct ComponentRegistry {
@@ -106,7 +137,9 @@ impl ComponentRegistry {
                     .map_err(|e| StoreError::Corrupt(format!("component record {name}: {e}")))?;
                 let bytes = blob(&store, &name, &record, record.active)?;
                 let version = record.active;
-                match runtime.load(&bytes)? {
+                let loaded = runtime.load(&bytes)?;
+                runtime.keep_compiled(&loaded);
+                match loaded {
                     Loaded::Aggregate(component) => {
                         active.insert(name.clone(), Arc::new(ActiveAggregate { version, component }));
                     }
@@ -219,19 +252,25 @@ impl ComponentRegistry {
     }
 
     /// Make a stored version active (the same swap as a deploy: actors rebuild on it
-    /// before their next batch). Activating the active version changes nothing.
-    pub async fn activate(&self, name: &str, version: u32) -> Result<u32, VersionError> {
+    /// before their next batch), after the same replay check as a deploy unless `check`
+    /// says to skip it. Activating the active version changes nothing.
+    pub async fn activate(
+        &self,
+        name: &str,
+        version: u32,
+        check: SwitchCheck,
+    ) -> Result<Switched, VersionError> {
         let _changing = self.changing.lock().await;
         let mut record = self.record(name)?;
         if record.version(version).is_none() {
             return Err(VersionError::UnknownVersion { name: name.to_owned(), version });
         }
         if record.active == version {
-            return Ok(version);
+            return Ok(Switched { version, replay: None });
         }
         record.activate(version);
-        self.switch(name, record).await?;
-        Ok(version)
+        let replay = self.switch(name, record, check).await?;
+        Ok(Switched { version, replay })
     }
 
     /// Delete a stored version that is not active: its record, its place in the rollback
@@ -261,34 +300,53 @@ impl ComponentRegistry {
         Ok(freed.map_or(0, |_| removed.size))
     }
 
-    /// Make the version that was active before the current one active again.
-    pub async fn rollback(&self, name: &str) -> Result<u32, VersionError> {
+    /// Make the version that was active before the current one active again, after the
+    /// same replay check as a deploy unless `check` says to skip it.
+    pub async fn rollback(&self, name: &str, check: SwitchCheck) -> Result<Switched, VersionError> {
         let _changing = self.changing.lock().await;
         let mut record = self.record(name)?;
         let previous =
             record.history.pop().ok_or_else(|| VersionError::NothingToRollBack(name.to_owned()))?;
         record.active = previous;
-        self.switch(name, record).await?;
-        Ok(previous)
+        let replay = self.switch(name, record, check).await?;
+        Ok(Switched { version: previous, replay })
     }
 
-    /// Store `record` and point the active version at its `active`.
-    async fn switch(&self, name: &str, record: ComponentRecord) -> Result<(), VersionError> {
+    /// Check `record`'s active version against recent history (an aggregate's, unless
+    /// forced), then store the record and point the active version at it.
+    async fn switch(
+        &self,
+        name: &str,
+        record: ComponentRecord,
+        check: SwitchCheck,
+    ) -> Result<Option<ReplayReport>, VersionError> {
         let bytes = blob(&self.store, name, &record, record.active)?;
-        let runtime = self.runtime.clone();
-        // Loading may compile (when the cache was cleared): keep it off the async threads.
-        let component = tokio::task::spawn_blocking(move || runtime.load(&bytes))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("loading a component failed: {e}")))??;
+        let (runtime, store, running) = (self.runtime.clone(), self.store.clone(), self.active(name));
+        let type_name = name.to_owned();
+        // Loading may compile (when the cache was cleared) and replaying is CPU work: keep
+        // both off the async threads.
+        let (component, replay) = tokio::task::spawn_blocking(move || {
+            let component = runtime.load(&bytes)?;
+            let replay = match (&component, check) {
+                (Loaded::Aggregate(new), SwitchCheck::Replay { sample }) => {
+                    Some(deploy::replay_check(running.as_deref(), new, &store, &type_name, sample)?)
+                }
+                _ => None,
+            };
+            Ok::<_, VersionError>((component, replay))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("loading a component failed: {e}")))??;
         self.writer.put_component(name, record.encode(), None, None).await?;
         let version = record.active;
         self.records.write().expect("registry lock").insert(name.to_owned(), record);
         self.make_active(name, version, component);
-        tracing::info!(component = name, version, "activated");
-        Ok(())
+        tracing::info!(component = name, version, forced = matches!(check, SwitchCheck::Forced), "activated");
+        Ok(replay)
     }
 
     fn make_active(&self, name: &str, version: u32, component: Loaded) {
+        self.runtime.keep_compiled(&component);
         match component {
             Loaded::Aggregate(component) => {
                 let active = Arc::new(ActiveAggregate { version, component });

@@ -201,6 +201,7 @@ impl From<VersionError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "version_active", message)
             }
             VersionError::Load(load) => DeployError::Load(load).into(),
+            VersionError::Replay(replay) => replay.into(),
             VersionError::Store(store) => store.into(),
         }
     }

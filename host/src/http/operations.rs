@@ -4,7 +4,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{Params, Path};
 use super::openapi::ErrorBody;
-use crate::components::{ComponentSummary, DeployOptions, Deployed};
+use crate::components::{ComponentSummary, DeployOptions, Deployed, SwitchCheck};
 use crate::routing::{RoutingError, SequenceAction};
 use crate::store::DeadLetterKey;
 use axum::Json;
@@ -24,9 +24,11 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
 
 /// `GET /readyz`: 200 only when the host can take commands: the writer thread is alive, its
 /// last commit succeeded, and components are loaded; else 503 `not_ready` with the reason.
+/// A projection that has stopped (a view that no longer follows the log) does not stop the
+/// host taking commands; it is named under `degraded`, with why.
 #[utoipa::path(get, path = "/readyz", tag = "operations", summary = "The host can take commands",
     responses(
-        (status = 200, description = "`{\"status\": \"ready\", \"head_position\"}`", body = Object),
+        (status = 200, description = "`{\"status\": \"ready\", \"head_position\", \"degraded\": [{\"projection\", \"reason\"}]}`", body = Object),
         (status = 503, description = "`not_ready`: the writer is gone, its last commit failed, or no component is loaded", body = ErrorBody),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -35,7 +37,24 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
         .problem()
         .or_else(|| state.components.is_empty().then(|| "no components are loaded".to_owned()));
     match problem {
-        None => Ok(Json(json!({"status": "ready", "head_position": state.store.head_position()}))),
+        None => {
+            let degraded: Vec<Value> = state
+                .projections
+                .status()?
+                .into_iter()
+                .filter_map(|p| {
+                    let failure = p.failure.or_else(|| p.rebuild.and_then(|r| r.failure))?;
+                    Some(
+                        json!({"projection": p.name, "position": failure.position, "reason": failure.reason}),
+                    )
+                })
+                .collect();
+            let mut answer = json!({"status": "ready", "head_position": state.store.head_position()});
+            if !degraded.is_empty() {
+                answer["degraded"] = Value::Array(degraded);
+            }
+            Ok(Json(answer))
+        }
         Some(reason) => {
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason).retry_after(1))
         }
@@ -412,28 +431,43 @@ pub async fn delete_version(
     Ok(Json(json!({"name": name, "deleted_version": version, "freed_bytes": freed})))
 }
 
-/// `POST /components/{name}/rollback` (admin): the version active before the current one
-/// becomes active again.
+/// `POST /components/{name}/rollback?force=` (admin): the version active before the current
+/// one becomes active again, after the deploy's replay check (`force=true` skips it, for an
+/// emergency).
 #[utoipa::path(post, path = "/components/{name}/rollback", tag = "components",
     summary = "Make the version active before the current one active again",
     security(("admin_token" = [])),
-    params(("name" = String, Path, description = "The component's name")),
+    params(
+        ("name" = String, Path, description = "The component's name"),
+        ("force" = Option<bool>, Query, description = "Skip the replay check (an emergency)"),
+    ),
     responses(
-        (status = 200, description = "`{\"name\", \"active_version\"}`", body = Object),
+        (status = 200, description = "`{\"name\", \"active_version\", \"replay\"}`", body = Object),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such component", body = ErrorBody),
         (status = 409, description = "There is no earlier version to go back to", body = ErrorBody),
+        (status = 422, description = "The version fails the replay check, or no longer loads", body = ErrorBody),
     ))]
 pub async fn rollback(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
+    params: Params,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
-    let version = state.components.rollback(&name).await?;
+    let switched = state.components.rollback(&name, switch_check(&state, &params)?).await?;
     state.routing.ensure_subscriber(&name)?;
     state.projections.sync(&name).await?;
-    Ok(Json(json!({"name": name, "active_version": version})))
+    Ok(Json(json!({"name": name, "active_version": switched.version, "replay": switched.replay})))
+}
+
+/// Whether a switch runs the replay check: always, unless `?force=true`.
+fn switch_check(state: &AppState, params: &Params) -> Result<SwitchCheck, ApiError> {
+    Ok(if params.flag("force")? {
+        SwitchCheck::Forced
+    } else {
+        SwitchCheck::Replay { sample: state.replay_sample }
+    })
 }
 
 /// `POST /components/{name}/activate?version=N` (admin): any stored version becomes active.
@@ -443,13 +477,14 @@ pub async fn rollback(
     params(
         ("name" = String, Path, description = "The component's name"),
         ("version" = u32, Query, description = "The version to activate"),
+        ("force" = Option<bool>, Query, description = "Skip the replay check (an emergency)"),
     ),
     responses(
-        (status = 200, description = "`{\"name\", \"active_version\"}`", body = Object),
+        (status = 200, description = "`{\"name\", \"active_version\", \"replay\"}`", body = Object),
         (status = 400, description = "No version given", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such component or version", body = ErrorBody),
-        (status = 422, description = "The stored version no longer loads", body = ErrorBody),
+        (status = 422, description = "The version fails the replay check, or no longer loads", body = ErrorBody),
     ))]
 pub async fn activate(
     State(state): State<AppState>,
@@ -463,10 +498,10 @@ pub async fn activate(
         .ok_or_else(|| ApiError::bad_request("invalid_query", "activate needs ?version=N"))?;
     let version =
         u32::try_from(version).map_err(|_| ApiError::not_found("unknown_version", "no such version"))?;
-    let version = state.components.activate(&name, version).await?;
+    let switched = state.components.activate(&name, version, switch_check(&state, &params)?).await?;
     state.routing.ensure_subscriber(&name)?;
     state.projections.sync(&name).await?;
-    Ok(Json(json!({"name": name, "active_version": version})))
+    Ok(Json(json!({"name": name, "active_version": switched.version, "replay": switched.replay})))
 }
 
 fn parse_version(text: &str) -> Result<u32, ApiError> {

@@ -230,6 +230,11 @@ impl AggregateComponent {
         &self.digest
     }
 
+    /// The compiled code, for the compile cache.
+    pub(super) fn compiled(&self) -> &Component {
+        self.pre.instance_pre().component()
+    }
+
     pub fn info(&self) -> &AggregateInfo {
         &self.info
     }
@@ -262,7 +267,9 @@ impl AggregateComponent {
         f: impl FnOnce(&mut Store<GuestData>, &Guest) -> wasmtime::Result<R>,
     ) -> Result<R, GuestError> {
         let started = std::time::Instant::now();
-        let mut instance = self.instantiate()?;
+        let mut instance = self.instantiate().inspect_err(|failure| {
+            crate::telemetry::guest_failure(&self.info.type_name, failure.kind());
+        })?;
         instance.store.set_fuel(fuel).map_err(|e| GuestError::Trap(e.to_string()))?;
         let called = f(&mut instance.store, &instance.guest);
         crate::telemetry::guest_call(&self.info.type_name, started.elapsed());

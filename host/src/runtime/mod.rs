@@ -245,6 +245,35 @@ impl Runtime {
         }
     }
 
+    /// Keep `loaded`'s compiled code in the cache, so a restart deserializes it instead of
+    /// compiling: for versions that are activated, never for ones a deploy only checked (a
+    /// refused or dry-run upload must not leave megabytes behind).
+    /// The file is written off the async threads when there are any.
+    pub fn keep_compiled(&self, loaded: &Loaded) {
+        let (digest, component) = match loaded {
+            Loaded::Aggregate(aggregate) => (aggregate.digest(), aggregate.compiled().clone()),
+            Loaded::Projection(projection) => (projection.digest(), projection.compiled().clone()),
+        };
+        let Some(dir) = &self.cache_dir else { return };
+        let path = dir.join(format!("{}.cwasm", digest.hex()));
+        if path.exists() {
+            return;
+        }
+        let write = move || match component.serialize() {
+            Ok(compiled) => {
+                let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+                if let Err(e) = std::fs::write(&tmp, compiled).and_then(|()| std::fs::rename(&tmp, &path)) {
+                    tracing::warn!(path = %path.display(), "could not cache compiled component: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("could not serialize compiled component: {e}"),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(write)),
+            Err(_) => write(),
+        }
+    }
+
     /// Compile `bytes`, or load the compiled code cached for their digest.
     fn compile(&self, digest: &ComponentDigest, bytes: &[u8]) -> Result<Component, LoadError> {
         let cached = self.cache_dir.as_ref().map(|dir| dir.join(format!("{}.cwasm", digest.hex())));
@@ -261,21 +290,7 @@ impl Runtime {
                 }
             }
         }
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        if let Some(path) = &cached {
-            match component.serialize() {
-                Ok(compiled) => {
-                    let tmp = path.with_extension("tmp");
-                    if let Err(e) = std::fs::write(&tmp, compiled).and_then(|()| std::fs::rename(&tmp, path))
-                    {
-                        tracing::warn!(path = %path.display(), "could not cache compiled component: {e}");
-                    }
-                }
-                Err(e) => tracing::warn!("could not serialize compiled component: {e}"),
-            }
-        }
-        Ok(component)
+        Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))
     }
 
     /// Compile and link an aggregate component and ask it to describe itself.

@@ -192,6 +192,11 @@ impl ProjectionComponent {
         &self.digest
     }
 
+    /// The compiled code, for the compile cache.
+    pub(super) fn compiled(&self) -> &Component {
+        self.pre.instance_pre().component()
+    }
+
     pub fn info(&self) -> &ProjectionInfo {
         &self.info
     }
@@ -224,6 +229,7 @@ impl ProjectionComponent {
         let (mut store, guest) = match self.instantiate(reader) {
             Ok(instance) => instance,
             Err(failure) => {
+                crate::telemetry::guest_failure(&self.info.name, failure.kind());
                 return BatchOutcome { writes: Writes::new(), handled: 0, failure: Some(failure) };
             }
         };

@@ -65,6 +65,13 @@ pub enum FaultyCommand {
         events: u32,
         bytes: u32,
     },
+    /// `events` events of `bytes` bytes each that change nothing in the state: a long stream,
+    /// or one of large events, quickly.
+    Fill {
+        events: u32,
+        #[serde(default)]
+        bytes: u32,
+    },
     /// One event whose fold adds `bytes` bytes to the state.
     Grow {
         bytes: u32,
@@ -220,6 +227,9 @@ impl<const FIXED: bool, const BROKEN_FOLD: bool> Aggregate for Faulty<FIXED, BRO
             }
             FaultyCommand::Flood { events, bytes } => {
                 Ok((0..events).map(|_| FaultyEvent::Recorded { note: "x".repeat(bytes as usize) }).collect())
+            }
+            FaultyCommand::Fill { events, bytes } => {
+                Ok((0..events).map(|_| FaultyEvent::Flooded { filler: "f".repeat(bytes as usize) }).collect())
             }
             FaultyCommand::Grow { bytes } => Ok(vec![FaultyEvent::Grown { bytes }]),
             FaultyCommand::Swarm { commands } => Ok(vec![FaultyEvent::Swarmed { commands }]),
