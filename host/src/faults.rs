@@ -18,7 +18,10 @@
 //!   fail it (after a `commit-stall` of the same commit);
 //! - `commit-stall=<stream key>:<millis>[:<skip>]`: the group commit holding that stream's
 //!   first append (or the one after `skip` appends) waits that long before it commits, as a
-//!   stalled fsync would hold the writer.
+//!   stalled fsync would hold the writer;
+//! - `io-error=<stream key>[:<skip>]`: the disk refuses the writes of the group commit
+//!   holding that stream's first append (or the one after `skip` appends), as a failing
+//!   device would: redb then refuses everything until the file is opened again.
 
 use std::time::Duration;
 
@@ -36,12 +39,16 @@ mod injected {
         rebuild_stall: Option<Duration>,
         commit_fail: Option<(String, u64)>,
         commit_stall: Option<(String, Duration, u64)>,
+        io_error: Option<(String, u64)>,
     }
 
     static ACTOR_PANICKED: AtomicBool = AtomicBool::new(false);
     static DELIVERY_PANICKED: AtomicBool = AtomicBool::new(false);
     static COMMIT_FAIL_APPENDS: AtomicU64 = AtomicU64::new(0);
     static COMMIT_STALL_APPENDS: AtomicU64 = AtomicU64::new(0);
+    static IO_ERROR_APPENDS: AtomicU64 = AtomicU64::new(0);
+    /// Set by the writer around the commit the fault is for; read by the file backend.
+    pub static IO_ERROR_ARMED: AtomicBool = AtomicBool::new(false);
 
     pub fn faults() -> &'static Faults {
         static FAULTS: OnceLock<Faults> = OnceLock::new();
@@ -55,6 +62,7 @@ mod injected {
                 Some(("actor-panic", command)) => faults.actor_panic = Some(command.to_owned()),
                 Some(("delivery-panic", event)) => faults.delivery_panic = Some(event.to_owned()),
                 Some(("commit-fail", spec)) => faults.commit_fail = name_and_skip(spec),
+                Some(("io-error", spec)) => faults.io_error = name_and_skip(spec),
                 Some(("rebuild-stall", millis)) if millis.parse::<u64>().is_ok() => {
                     faults.rebuild_stall = millis.parse().ok().map(Duration::from_millis);
                 }
@@ -118,6 +126,13 @@ mod injected {
         pub fn commit_stall(&self, stream: &str) -> Option<Duration> {
             let (_, stall, skip) = self.commit_stall.as_ref().filter(|(s, ..)| s == stream)?;
             (COMMIT_STALL_APPENDS.fetch_add(1, Ordering::SeqCst) == *skip).then_some(*stall)
+        }
+
+        pub fn io_error(&self, stream: &str) -> bool {
+            let Some((_, skip)) = self.io_error.as_ref().filter(|(s, _)| s == stream) else {
+                return false;
+            };
+            IO_ERROR_APPENDS.fetch_add(1, Ordering::SeqCst) == *skip
         }
 
         pub fn delivery_panic(&self, event_type: &str) -> bool {
@@ -205,4 +220,34 @@ pub fn commit_stall(stream: &str) -> Option<Duration> {
         let _ = stream;
         None
     }
+}
+
+/// Whether the group commit holding an append to `stream` must meet a failing disk, if a
+/// test asked (once).
+pub fn io_error(stream: &str) -> bool {
+    #[cfg(debug_assertions)]
+    return injected::faults().io_error(stream);
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = stream;
+        false
+    }
+}
+
+/// Make the store file's writes fail from now on (the commit an `io-error` fault is for).
+pub fn arm_io_error() {
+    #[cfg(debug_assertions)]
+    injected::IO_ERROR_ARMED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Let the store file's writes succeed again.
+pub fn disarm_io_error() {
+    #[cfg(debug_assertions)]
+    injected::IO_ERROR_ARMED.store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether the store file's writes fail now.
+#[cfg(debug_assertions)]
+pub fn io_error_armed() -> bool {
+    injected::IO_ERROR_ARMED.load(std::sync::atomic::Ordering::SeqCst)
 }

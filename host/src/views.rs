@@ -10,6 +10,7 @@
 //! events after its cursor are handled again. One commit a second is made durable.
 
 use crate::runtime::{DocumentReader, Writes};
+use crate::store::file::{StoreFile, needs_reopen};
 use crate::store::{Position, StoreError};
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -77,23 +78,41 @@ fn encode(record: &ViewRecord) -> Vec<u8> {
 
 #[derive(Clone)]
 pub struct ViewStore {
-    db: Arc<Database>,
+    file: Arc<StoreFile>,
     last_durable: Arc<Mutex<Instant>>,
 }
 
 impl ViewStore {
     /// Open (or create) the view store at `path`.
     pub fn open(path: &Path) -> Result<ViewStore, StoreError> {
-        let db = Database::create(path).map_err(redb::Error::from)?;
-        let txn = db.begin_write()?;
+        let file = Arc::new(StoreFile::open(path)?);
+        let txn = file.get()?.begin_write()?;
         txn.open_table(RECORDS)?;
         txn.commit()?;
-        Ok(ViewStore { db: Arc::new(db), last_durable: Arc::new(Mutex::new(Instant::now())) })
+        Ok(ViewStore { file, last_durable: Arc::new(Mutex::new(Instant::now())) })
+    }
+
+    /// Run a write on the file; after an I/O error, open the file again (redb refuses
+    /// everything after one until then), so the caller's retry can succeed.
+    fn writing<T>(&self, write: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let reopens = self.file.reopens();
+        let db = self.file.get()?;
+        let written = write(&db);
+        drop(db);
+        if let Err(error) = &written
+            && needs_reopen(error)
+        {
+            match self.file.reopen_after(reopens) {
+                Ok(()) => tracing::warn!("opened the view store again after an I/O error: {error}"),
+                Err(reopen) => tracing::error!("the view store could not be opened again: {reopen}"),
+            }
+        }
+        written
     }
 
     /// Every projection's record.
     pub fn records(&self) -> Result<BTreeMap<String, ViewRecord>, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let table = read.open_table(RECORDS)?;
         let mut out = BTreeMap::new();
         for entry in table.iter()? {
@@ -106,7 +125,11 @@ impl ViewStore {
     /// Store a projection's record as given (a new projection, a rebuild starting); a
     /// generation that is no longer in it loses its documents.
     pub fn put_record(&self, name: &str, record: &ViewRecord) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        self.writing(|db| Self::put_record_on(db, name, record))
+    }
+
+    fn put_record_on(db: &Database, name: &str, record: &ViewRecord) -> Result<(), StoreError> {
+        let txn = db.begin_write()?;
         {
             let mut table = txn.open_table(RECORDS)?;
             let before = table.get(name)?.map(|v| decode(name, v.value())).transpose()?;
@@ -139,7 +162,18 @@ impl ViewStore {
         writes: &Writes,
         cursor: Position,
     ) -> Result<bool, StoreError> {
-        let mut txn = self.db.begin_write()?;
+        self.writing(|db| self.commit_on(db, name, generation, writes, cursor))
+    }
+
+    fn commit_on(
+        &self,
+        db: &Database,
+        name: &str,
+        generation: u32,
+        writes: &Writes,
+        cursor: Position,
+    ) -> Result<bool, StoreError> {
+        let mut txn = db.begin_write()?;
         let durable = {
             let mut last = self.last_durable.lock().expect("durability clock lock");
             let due = last.elapsed() >= DURABLE_EVERY;
@@ -174,15 +208,21 @@ impl ViewStore {
 
     /// Make every commit so far durable (at shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(RECORDS)?;
-        txn.commit()?;
-        Ok(())
+        self.writing(|db| {
+            let txn = db.begin_write()?;
+            txn.open_table(RECORDS)?;
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// Make the generation being built the live one, and drop the old one's documents.
     pub fn switch(&self, name: &str, generation: u32) -> Result<Option<ViewRecord>, StoreError> {
-        let txn = self.db.begin_write()?;
+        self.writing(|db| Self::switch_on(db, name, generation))
+    }
+
+    fn switch_on(db: &Database, name: &str, generation: u32) -> Result<Option<ViewRecord>, StoreError> {
+        let txn = db.begin_write()?;
         let switched = {
             let mut records = txn.open_table(RECORDS)?;
             let Some(mut record) = records.get(name)?.map(|v| decode(name, v.value())).transpose()? else {
@@ -209,7 +249,7 @@ impl ViewStore {
 
     /// The live generation's cursor and documents, read in one transaction.
     fn live(&self, name: &str) -> Result<Option<(Position, Documents)>, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let records = read.open_table(RECORDS)?;
         let Some(record) = records.get(name)?.map(|v| decode(name, v.value())).transpose()? else {
             return Ok(None);
@@ -250,7 +290,7 @@ impl ViewStore {
 
     /// How many documents a generation holds (bookkeeping included).
     pub fn document_count(&self, name: &str, generation: u32) -> Result<u64, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         match read.open_table(TableDefinition::<&str, &str>::new(&table_name(name, generation))) {
             Ok(documents) => Ok(documents.len()?),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
@@ -260,7 +300,7 @@ impl ViewStore {
 
     /// The committed documents of a generation, for a batch's guest to read.
     pub fn reader(&self, name: &str, generation: u32) -> Result<Box<dyn DocumentReader>, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let table = read.open_table(TableDefinition::<&str, &str>::new(&table_name(name, generation)))?;
         Ok(Box::new(CommittedDocuments { table }))
     }

@@ -181,6 +181,17 @@ async fn a_transfer_sent_from_the_form_opens_as_a_saga_across_its_three_streams(
     browser.screenshot("saga-selected").await;
     assert_eq!(host.state("account", "s-202").await["balance"], 2500);
     assert_no_console_errors(&browser.console_errors().await, "the saga page");
+
+    // A saga's own step sent from the form is refused by the host, and the page says why.
+    let id = transfer.trim_start_matches("money-transfer/");
+    browser.goto(&format!("{}/ui/#/send?type=money-transfer&id={id}", host.url)).await;
+    browser.type_into("#send-command-type", "RecordDebit").await;
+    browser.click("#send-submit").await;
+    let refused = browser.text_of("#send-error").await;
+    assert!(refused.contains("403") && refused.contains("internal_command"), "{refused}");
+    assert!(refused.contains("only the host's reactions may send it"), "{refused}");
+    let events = host.get(&format!("/aggregates/money-transfer/{id}/events")).await.expect(200);
+    assert_eq!(events.body["events"].as_array().unwrap().len(), 3, "nothing stored");
     browser.close().await;
 }
 

@@ -257,3 +257,87 @@ async fn after_an_actor_panics_mid_commit_the_next_command_is_decided_on_the_lan
     let log = host.get("/aggregates/account/p/events").await.expect(200).body;
     assert_eq!(log["events"].as_array().unwrap().len(), 3, "{log}");
 }
+
+/// The disk refuses the writes of one group commit, as a failing device would. redb then
+/// refuses every operation on the file until it is opened again: the writer opens it again
+/// by itself, the commands of that commit are told they were not stored (and are not), the
+/// rest go on, `/readyz` says when and for how long, and nothing acknowledged is lost, also
+/// across a SIGKILL.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_io_error_is_recovered_without_a_restart_and_nothing_acknowledged_is_lost() {
+    let mut host = Host::start_with_env(&[], &[("CAIRN_FAULTS", "io-error=account/x:3")]);
+    for id in ["x", "y", "z"] {
+        host.open_account(id, 0).await;
+    }
+    let mut credits = Vec::new();
+    for n in 0..60 {
+        let (http, url) = (host.http.clone(), host.url.clone());
+        let account = ["x", "y", "z"][n % 3];
+        credits.push(tokio::spawn(async move {
+            let credit =
+                json!({"type": "CreditAccount", "data": {"amount": 1, "transaction_id": format!("c{n}")}});
+            let answer = crate::harness::answer_of(
+                http.post(format!("{url}/aggregates/account/{account}/commands")).json(&credit),
+            )
+            .await;
+            (account, format!("c{n}"), answer)
+        }));
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut acknowledged = std::collections::HashMap::<&str, Vec<String>>::new();
+    let mut refused = Vec::new();
+    for credit in credits {
+        let (account, transaction, answer) = credit.await.unwrap();
+        match answer.status.as_u16() {
+            200 => acknowledged.entry(account).or_default().push(transaction),
+            503 => {
+                assert_eq!(answer.code(), "storage_unavailable", "{}", answer.body);
+                assert!(
+                    answer.body["error"]["message"].as_str().unwrap().contains("not stored"),
+                    "{}",
+                    answer.body
+                );
+                refused.push(transaction);
+            }
+            other => panic!("{other}: {}", answer.body),
+        }
+    }
+    assert!(!refused.is_empty(), "the injected failure cost some commands an error");
+    // The host goes on without a restart, and says what happened.
+    host.command("account", "x", "CreditAccount", json!({"amount": 1, "transaction_id": "after"}))
+        .await
+        .expect(200);
+    acknowledged.entry("x").or_default().push("after".to_owned());
+    let ready = host.get("/readyz").await.expect(200);
+    let reopened = &ready.body["store_reopened"];
+    assert!(reopened["error"].as_str().unwrap().contains("io-error"), "{}", ready.body);
+    assert!(reopened["reopened_at"].is_string() && reopened["unavailable_ms"].is_u64(), "{}", ready.body);
+    check_credits(&host, &acknowledged, &refused).await;
+    host.kill9();
+    host.start_again();
+    check_credits(&host, &acknowledged, &refused).await;
+}
+
+/// Every acknowledged credit is stored, no refused one is, and balances add up.
+async fn check_credits(
+    host: &Host,
+    acknowledged: &std::collections::HashMap<&str, Vec<String>>,
+    refused: &[String],
+) {
+    for (account, transactions) in acknowledged {
+        let events = host.get(&format!("/aggregates/account/{account}/events?limit=1000")).await.expect(200);
+        let stored: Vec<String> = events.body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["data"]["transaction_id"].as_str().map(str::to_owned))
+            .collect();
+        for transaction in transactions {
+            assert!(stored.contains(transaction), "{account}: acknowledged {transaction} is stored");
+        }
+        for transaction in refused {
+            assert!(!stored.contains(transaction), "{account}: refused {transaction} is not stored");
+        }
+        assert_eq!(host.state("account", account).await["balance"], transactions.len() as i64);
+    }
+}

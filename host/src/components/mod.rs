@@ -128,7 +128,7 @@ impl ComponentRegistry {
         let mut active = HashMap::new();
         let mut projections = HashMap::new();
         {
-            let read = store.database().begin_read().map_err(StoreError::from)?;
+            let read = store.database()?.begin_read().map_err(StoreError::from)?;
             let table = read.open_table(COMPONENTS).map_err(StoreError::from)?;
             for entry in table.iter().map_err(StoreError::from)? {
                 let (name, record) = entry.map_err(StoreError::from)?;
@@ -371,7 +371,7 @@ fn blob(
         .version(version)
         .ok_or_else(|| StoreError::Corrupt(format!("component {name} has no version {version}")))?
         .digest;
-    let read = store.database().begin_read()?;
+    let read = store.database()?.begin_read()?;
     let blobs = read.open_table(COMPONENT_BLOBS)?;
     let bytes = blobs
         .get(digest.as_slice())?

@@ -224,12 +224,14 @@ async fn run_command(
         (status = 200, description = "Accepted; its events are durable", body = CommandAnswer,
             headers(("ETag" = String, description = "The aggregate's version, quoted"))),
         (status = 400, description = "Malformed JSON, a command the component cannot decode, or a bad id or header", body = ErrorBody),
+        (status = 403, description = "`internal_command`: only the host's reactions may send it; `origin_not_allowed`: a web page of another origin", body = ErrorBody),
         (status = 404, description = "No aggregate type of that name is deployed", body = ErrorBody),
         (status = 409, description = "If-Match names another version", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 422, description = "The aggregate rejected the command, or the guest trapped or ran out of fuel", body = ErrorBody),
+        (status = 421, description = "`host_not_allowed`: a Host the host does not answer for", body = ErrorBody),
+        (status = 422, description = "The aggregate rejected the command, `idempotency_key_reused`, or the guest trapped or ran out of fuel", body = ErrorBody),
         (status = 429, description = "The aggregate's mailbox is full", body = ErrorBody),
-        (status = 503, description = "The host is overloaded or shutting down", body = ErrorBody),
+        (status = 503, description = "The host is overloaded or shutting down, or `storage_unavailable`: the command was not stored", body = ErrorBody),
     ))]
 pub async fn command(
     State(state): State<AppState>,
@@ -257,12 +259,14 @@ pub async fn command(
         (status = 200, description = "Accepted; its events are durable", body = CommandAnswer,
             headers(("ETag" = String, description = "The aggregate's version, quoted"))),
         (status = 400, description = "Malformed JSON, a command the component cannot decode, or a bad id or header", body = ErrorBody),
+        (status = 403, description = "`internal_command`: only the host's reactions may send it; `origin_not_allowed`: a web page of another origin", body = ErrorBody),
         (status = 404, description = "No aggregate type of that name is deployed", body = ErrorBody),
         (status = 409, description = "If-Match names another version", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 422, description = "The aggregate rejected the command, or the guest trapped or ran out of fuel", body = ErrorBody),
+        (status = 421, description = "`host_not_allowed`: a Host the host does not answer for", body = ErrorBody),
+        (status = 422, description = "The aggregate rejected the command, `idempotency_key_reused`, or the guest trapped or ran out of fuel", body = ErrorBody),
         (status = 429, description = "The aggregate's mailbox is full", body = ErrorBody),
-        (status = 503, description = "The host is overloaded or shutting down", body = ErrorBody),
+        (status = 503, description = "The host is overloaded or shutting down, or `storage_unavailable`: the command was not stored", body = ErrorBody),
     ))]
 pub async fn command_new_id(
     State(state): State<AppState>,

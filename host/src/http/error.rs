@@ -106,6 +106,12 @@ impl From<StoreError> for ApiError {
 fn command_not_stored(error: StoreError) -> ApiError {
     match error {
         StoreError::Corrupt(_) | StoreError::Closed => error.into(),
+        StoreError::OutcomeUnknown(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            format!("{error}; retry the command with the same Idempotency-Key to learn its answer"),
+        )
+        .retry_after(1),
         _ => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage_unavailable",

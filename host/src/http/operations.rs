@@ -28,7 +28,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
 /// host taking commands; it is named under `degraded`, with why.
 #[utoipa::path(get, path = "/readyz", tag = "operations", summary = "The host can take commands",
     responses(
-        (status = 200, description = "`{\"status\": \"ready\", \"head_position\", \"degraded\": [{\"projection\", \"reason\"}]}`", body = Object),
+        (status = 200, description = "`{\"status\": \"ready\", \"head_position\", \"degraded\": [{\"projection\", \"reason\"}], \"store_reopened\": {\"error\", \"failed_at\", \"reopened_at\", \"unavailable_ms\"}}`", body = Object),
         (status = 503, description = "`not_ready`: the writer is gone, its last commit failed, or no component is loaded", body = ErrorBody),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -52,6 +52,10 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
             let mut answer = json!({"status": "ready", "head_position": state.store.head_position()});
             if !degraded.is_empty() {
                 answer["degraded"] = Value::Array(degraded);
+            }
+            // The last time the store failed with an I/O error and was opened again.
+            if let Some(reopening) = state.writer.last_reopening() {
+                answer["store_reopened"] = json!(reopening);
             }
             Ok(Json(answer))
         }
@@ -137,7 +141,7 @@ pub async fn routing(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
         ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000)"),
     ),
     responses(
-        (status = 200, description = "`{\"dead_letters\": [...], \"next_after\"}`; each letter says the `stored_bytes` it takes", body = Object),
+        (status = 200, description = "`{\"dead_letters\": [...], \"next_after\", \"counts\": {subscriber: letters}}`; each letter says the `stored_bytes` it takes", body = Object),
         (status = 400, description = "A bad query", body = ErrorBody),
     ))]
 pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Result<Json<Value>, ApiError> {
@@ -155,6 +159,11 @@ pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Resu
     };
     let letters =
         state.store.dead_letters(subscriber.as_deref(), stream.as_deref(), after.as_ref(), limit)?;
+    // Kept counts, never a scan of the letters.
+    let mut counts = state.store.dead_letter_counts()?;
+    if let Some(subscriber) = &subscriber {
+        counts.retain(|name, _| name == subscriber);
+    }
     let next_after =
         (letters.len() == limit).then(|| letters.last().map(|(l, _)| l.key().to_string())).flatten();
     let letters: Vec<Value> = letters
@@ -177,7 +186,7 @@ pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Resu
             })
         })
         .collect();
-    Ok(Json(json!({"dead_letters": letters, "next_after": next_after})))
+    Ok(Json(json!({"dead_letters": letters, "next_after": next_after, "counts": counts})))
 }
 
 /// `POST /routing/dead-letters/retry?subscriber=&stream=` (admin): deliver the parked

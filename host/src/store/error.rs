@@ -13,6 +13,10 @@ pub enum StoreError {
     /// A group commit failed; nothing of it is stored.
     #[error("commit failed: {0}")]
     CommitFailed(String),
+    /// A commit failed in a way that may have left it durable (an fsync that failed after
+    /// the data reached the disk) and the file could not be read again to tell.
+    #[error("the commit failed and whether it was stored is not known: {0}")]
+    OutcomeUnknown(String),
     /// An earlier read failed for a caller waiting on the same work.
     #[error("the event store could not be read: {0}")]
     Unavailable(String),

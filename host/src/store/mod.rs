@@ -13,6 +13,7 @@
 //! never answered, and never half of one (a transaction commits whole or not at all).
 
 mod error;
+pub(crate) mod file;
 mod follow;
 mod records;
 mod retention;
@@ -28,7 +29,7 @@ pub use records::{
     StoredOutcome, StreamId, StreamIdError,
 };
 pub use retention::forget_expired_idempotency_keys;
-pub use writer::{CursorStart, IDEMPOTENCY_PREFIX, Receipt, Writer, cause_key};
+pub use writer::{CursorStart, IDEMPOTENCY_PREFIX, Receipt, Reopening, Writer, cause_key};
 
 pub(crate) use records::Record;
 
@@ -99,7 +100,7 @@ pub fn reaction_cursor(component: &str) -> String {
 /// Read access to the store, cheap to clone; appends go through [`Writer`].
 #[derive(Clone)]
 pub struct EventStore {
-    db: Arc<Database>,
+    file: Arc<file::StoreFile>,
     head: watch::Receiver<Position>,
     tail: Arc<stream_tail::StreamTail>,
 }
@@ -110,7 +111,8 @@ impl EventStore {
     /// # Errors
     /// The file cannot be opened or created, or it is not a Cairn store.
     pub fn open(path: &Path) -> Result<(EventStore, Writer), StoreError> {
-        let db = Arc::new(Database::create(path)?);
+        let file = Arc::new(file::StoreFile::open(path)?);
+        let db = file.get()?;
         let txn = db.begin_write()?;
         tables::create_all(&txn)?;
         let head_position = txn.open_table(EVENTS)?.last()?.map(|(k, _)| k.value()).unwrap_or(0);
@@ -119,13 +121,14 @@ impl EventStore {
         txn.commit()?;
         let tail = Arc::new(stream_tail::StreamTail::load(&db, head_position)?);
         let (head_tx, head_rx) = watch::channel(head_position);
-        let writer = Writer::start(db.clone(), head_position, head_tx, tail.clone())?;
-        Ok((EventStore { db, head: head_rx, tail }, writer))
+        drop(db);
+        let writer = Writer::start(file.clone(), head_position, head_tx, tail.clone())?;
+        Ok((EventStore { file, head: head_rx, tail }, writer))
     }
 
     /// The raw database, for the component registry's reads.
-    pub(crate) fn database(&self) -> &Arc<Database> {
-        &self.db
+    pub(crate) fn database(&self) -> Result<Arc<Database>, StoreError> {
+        self.file.get()
     }
 
     /// The position of the newest committed event (0 for an empty log).
@@ -140,7 +143,7 @@ impl EventStore {
 
     /// The stream's version and its newest event's position; `None` for a stream with no events.
     pub fn stream_head(&self, stream: &StreamId) -> Result<Option<(Version, Position)>, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let streams = read.open_table(STREAMS)?;
         Ok(streams.get(stream.key().as_str())?.map(|v| v.value()))
     }
@@ -163,12 +166,12 @@ impl EventStore {
         to: Version,
         page: impl Into<Page>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        stream_tail::read_range(&self.db, &self.tail, stream, from, to, page.into())
+        stream_tail::read_range(&*self.file.get()?, &self.tail, stream, from, to, page.into())
     }
 
     /// Events of the global log with `position > after`, a page of them, in order.
     pub fn read_all(&self, after: Position, page: impl Into<Page>) -> Result<Vec<StoredEvent>, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let events = read.open_table(EVENTS)?;
         let mut fill = PageFill::new(page.into());
         let mut out = Vec::new();
@@ -185,7 +188,7 @@ impl EventStore {
 
     /// The newest snapshot of a stream, whoever made it; the caller checks the digest.
     pub fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let snapshots = read.open_table(SNAPSHOTS)?;
         snapshots.get(stream.key().as_str())?.map(|v| Snapshot::decode(v.value())).transpose()
     }
@@ -198,7 +201,7 @@ impl EventStore {
         version: Version,
         digest: &[u8],
     ) -> Result<Option<Snapshot>, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let history = read.open_table(SNAPSHOT_HISTORY)?;
         let key = stream.key();
         for entry in history.range((key.as_str(), 0)..=(key.as_str(), version))?.rev() {
@@ -222,7 +225,7 @@ impl EventStore {
 
     /// The recorded outcome of a keyed command (idempotency key or routed causation).
     pub fn outcome(&self, stream: &StreamId, key: &str) -> Result<Option<StoredOutcome>, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let outcomes = read.open_table(OUTCOMES)?;
         outcomes.get((stream.key().as_str(), key))?.map(|v| StoredOutcome::decode(v.value())).transpose()
     }
@@ -235,7 +238,7 @@ impl EventStore {
         after: Position,
         page: impl Into<Page>,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let index = read.open_table(CORRELATIONS)?;
         let events = read.open_table(EVENTS)?;
         let mut fill = PageFill::new(page.into());
@@ -260,7 +263,7 @@ impl EventStore {
     pub fn recent_streams(&self, type_name: &str, limit: usize) -> Result<Vec<StreamId>, StoreError> {
         use std::cmp::Reverse;
         use std::collections::BinaryHeap;
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let streams = read.open_table(STREAMS)?;
         let prefix = format!("{type_name}/");
         let mut newest: BinaryHeap<Reverse<(Position, String)>> = BinaryHeap::new();
@@ -279,7 +282,7 @@ impl EventStore {
 
     /// One event of the global log, if there is one at `position`.
     pub fn read_event(&self, position: Position) -> Result<Option<StoredEvent>, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let events = read.open_table(EVENTS)?;
         events.get(position)?.map(|record| StoredEvent::decode(record.value())).transpose()
     }
@@ -294,7 +297,7 @@ impl EventStore {
         after: Option<&DeadLetterKey>,
         limit: usize,
     ) -> Result<Vec<(DeadLetter, u64)>, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let table = read.open_table(PARKED)?;
         // The key ranges to read, in key order: a stream without its subscriber is one range
         // per subscriber that has letters (their kept counts name them), never a scan.
@@ -352,7 +355,7 @@ impl EventStore {
 
     /// One dead letter, if it is kept.
     pub fn dead_letter(&self, key: &DeadLetterKey) -> Result<Option<DeadLetter>, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let table = read.open_table(PARKED)?;
         let letter = table.get((key.subscriber.as_str(), key.stream.as_str(), key.position))?;
         letter.map(|record| DeadLetter::decode(record.value())).transpose()
@@ -360,14 +363,14 @@ impl EventStore {
 
     /// How many dead letters `subscriber` has (a kept count, not a scan).
     pub fn dead_letter_count(&self, subscriber: &str) -> Result<u64, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let counts = read.open_table(PARKED_COUNTS)?;
         Ok(counts.get(subscriber)?.map_or(0, |v| v.value()))
     }
 
     /// Every subscriber that has dead letters, with how many (kept counts).
     pub fn dead_letter_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let counts = read.open_table(PARKED_COUNTS)?;
         let mut out = BTreeMap::new();
         for entry in counts.iter()? {
@@ -379,7 +382,7 @@ impl EventStore {
 
     /// How many dead letters `subscriber` has of one `stream`: a range of that stream's keys.
     pub fn stream_dead_letter_count(&self, subscriber: &str, stream: &str) -> Result<u64, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let table = read.open_table(PARKED)?;
         let mut count = 0;
         for entry in table.range((subscriber, stream, 0)..=(subscriber, stream, u64::MAX))? {
@@ -391,7 +394,7 @@ impl EventStore {
 
     /// The streams `subscriber` has parked events of, each with its first parked position.
     pub fn parked_streams(&self, subscriber: &str) -> Result<BTreeMap<String, Position>, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let table = read.open_table(PARKED)?;
         let mut out = BTreeMap::new();
         for entry in table.range((subscriber, "", 0)..)? {
@@ -407,7 +410,7 @@ impl EventStore {
 
     /// A subscriber's durable cursor: every event at or below it has been handled.
     pub fn cursor(&self, name: &str) -> Result<Position, StoreError> {
-        let read = self.db.begin_read()?;
+        let read = self.file.get()?.begin_read()?;
         let cursors = read.open_table(CURSORS)?;
         Ok(cursors.get(name)?.map(|v| v.value()).unwrap_or(0))
     }

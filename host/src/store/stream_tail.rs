@@ -105,6 +105,15 @@ impl StreamTail {
 
     /// Begin a read transaction and take `stream`'s tail entries within `from..=to`
     /// consistently with it (see the module's comment).
+    /// Forget every entry and rebuild them from the log, as at open: after the file was
+    /// opened again, what it holds is the truth.
+    pub(super) fn reload(&self, db: &Database, head: Position) -> Result<(), StoreError> {
+        let fresh = StreamTail::load(db, head)?;
+        let entries = fresh.inner.into_inner().expect("stream tail lock");
+        *self.inner.write().expect("stream tail lock") = entries;
+        Ok(())
+    }
+
     pub(super) fn begin_read(
         &self,
         db: &Database,

@@ -6,6 +6,7 @@
 //! DESIGN.md measured 3 600–4 600 single-row commits/s against 115 000+ rows/s in
 //! batches of 64.
 
+use super::file::{StoreFile, needs_reopen};
 use super::records::Record;
 use super::stream_tail::StreamTail;
 use super::tables::*;
@@ -13,7 +14,7 @@ use super::{
     AppendBatch, AppendError, Committed, DeadLetter, DeadLetterKey, Position, Snapshot, StoreError,
     StoredEvent, StreamId, Version,
 };
-use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -99,37 +100,70 @@ impl std::future::Future for Receipt {
 pub struct Writer {
     requests: mpsc::Sender<Request>,
     thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+    health: Arc<std::sync::Mutex<Health>>,
+    file: Arc<StoreFile>,
+}
+
+/// How the writer's commits have gone, for `/readyz`.
+#[derive(Debug, Default)]
+struct Health {
     /// Why the last group commit failed; `None` once one succeeds again.
-    last_failure: Arc<std::sync::Mutex<Option<String>>>,
+    last_failure: Option<String>,
+    /// The last time the file failed with an I/O error and was (or is being) reopened.
+    reopen: Option<Reopening>,
+}
+
+/// The store failed with an I/O error and the writer opened its file again.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reopening {
+    /// The I/O error.
+    pub error: String,
+    pub failed_at: String,
+    /// When the file was open again (`None`: not yet).
+    pub reopened_at: Option<String>,
+    /// How long the store could not take commits, in milliseconds.
+    pub unavailable_ms: Option<u64>,
+    #[serde(skip)]
+    failed_at_micros: u64,
 }
 
 impl Writer {
     pub(super) fn start(
-        db: Arc<Database>,
+        file: Arc<StoreFile>,
         head: Position,
         head_tx: watch::Sender<Position>,
         tail: Arc<StreamTail>,
     ) -> Result<Self, StoreError> {
         let (requests, queue) = mpsc::channel();
-        let last_failure = Arc::new(std::sync::Mutex::new(None));
-        let failures = last_failure.clone();
+        let health = Arc::new(std::sync::Mutex::new(Health::default()));
+        let state = WriterThread { file: file.clone(), head, head_tx, tail, health: health.clone() };
         let thread = std::thread::Builder::new()
             .name("cairn-writer".into())
-            .spawn(move || run(db, head, head_tx, tail, queue, failures))
+            .spawn(move || state.run(queue))
             .map_err(|e| StoreError::Storage(redb::StorageError::Io(e).into()))?;
-        Ok(Writer { requests, thread: Arc::new(std::sync::Mutex::new(Some(thread))), last_failure })
+        Ok(Writer { requests, thread: Arc::new(std::sync::Mutex::new(Some(thread))), health, file })
     }
 
-    /// Why the writer cannot take appends now, if it cannot: its thread has stopped, or its
-    /// last group commit failed (until one succeeds again).
+    /// Why the writer cannot take appends now, if it cannot: its thread has stopped, the
+    /// file is closed after an I/O error and not open again yet, or its last group commit
+    /// failed (until one succeeds again).
     pub fn problem(&self) -> Option<String> {
         let alive =
             self.thread.lock().expect("writer thread lock").as_ref().is_some_and(|t| !t.is_finished());
         if !alive {
             return Some("the writer thread has stopped".to_owned());
         }
-        let failure = self.last_failure.lock().expect("writer health lock").clone();
-        failure.map(|e| format!("the last commit failed: {e}"))
+        let health = self.health.lock().expect("writer health lock");
+        if !self.file.is_open() {
+            let since = health.reopen.as_ref().map_or(String::new(), |r| format!(" since {}", r.failed_at));
+            return Some(format!("the store failed with an I/O error{since} and is being opened again"));
+        }
+        health.last_failure.as_ref().map(|e| format!("the last commit failed: {e}"))
+    }
+
+    /// The last time the store failed with an I/O error and was opened again, if it did.
+    pub fn last_reopening(&self) -> Option<Reopening> {
+        self.health.lock().expect("writer health lock").reopen.clone()
     }
 
     /// Append a batch; answers once it is durable.
@@ -261,233 +295,368 @@ impl Writer {
     }
 }
 
-fn run(
-    db: Arc<Database>,
-    mut head: Position,
+/// What the writer thread owns.
+struct WriterThread {
+    file: Arc<StoreFile>,
+    /// The position of the newest committed event.
+    head: Position,
     head_tx: watch::Sender<Position>,
     tail: Arc<StreamTail>,
-    queue: mpsc::Receiver<Request>,
-    last_failure: Arc<std::sync::Mutex<Option<String>>>,
-) {
-    let mut stopping = false;
-    while !stopping {
-        let Ok(first) = queue.recv() else { break };
-        let mut requests = Vec::new();
-        let mut events = 0;
-        let mut next = Some(first);
-        while let Some(request) = next.take() {
-            match request {
-                Request::Stop => {
-                    stopping = true;
-                    break;
-                }
-                Request::Append(batch, reply) => {
-                    events += batch.events.len();
-                    requests.push(Request::Append(batch, reply));
-                }
-                other => requests.push(other),
-            }
-            if events < MAX_EVENTS_PER_COMMIT {
-                next = queue.try_recv().ok();
-            }
-        }
-        // Barriers alone need no transaction: what came before them is already settled.
-        if requests.iter().all(|r| matches!(r, Request::Barrier(_))) {
-            for request in requests {
-                if let Request::Barrier(reply) = request {
-                    let _ = reply.send(());
-                }
-            }
-        } else {
-            head = commit_group(&db, head, &head_tx, &tail, requests, &last_failure);
-        }
-    }
-    tracing::debug!("writer thread stopped");
+    health: Arc<std::sync::Mutex<Health>>,
 }
 
-/// Write every request in one transaction, publish the new head, then answer each (so a
-/// caller that sees its answer also sees the head past its events). Returns the new head.
-fn commit_group(
-    db: &Database,
-    head: Position,
-    head_tx: &watch::Sender<Position>,
-    tail: &StreamTail,
-    requests: Vec<Request>,
-    last_failure: &std::sync::Mutex<Option<String>>,
-) -> Position {
-    let recorded_at_micros = crate::time::now_micros();
-    let started = std::time::Instant::now();
-    let mut next = head + 1;
-    // The group's stream-index entries, for the tail (see stream_tail.rs).
-    let mut indexed = Vec::new();
-    let mut flush = None;
-    let written = (|| -> Result<(Vec<Result<Committed, AppendError>>, usize), StoreError> {
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::Immediate).map_err(|e| StoreError::CommitFailed(e.to_string()))?;
-        let mut answers = Vec::with_capacity(requests.len());
-        let mut forgotten = 0;
-        let mut tables = None;
-        for request in &requests {
-            let answer = match request {
-                Request::Append(batch, _) => {
-                    let tables = match &mut tables {
-                        Some(open) => open,
-                        None => tables.insert(AppendTables::open(&txn)?),
-                    };
-                    write_batch(tables, batch, &mut next, recorded_at_micros, &mut indexed)
-                }
-                Request::Cursor(name, position, _) => {
-                    txn.open_table(CURSORS)?.insert(name.as_str(), *position)?;
-                    Ok(Committed::default())
-                }
-                Request::Park(letter, _) => {
-                    let key = (letter.subscriber.as_str(), letter.stream.as_str(), letter.position);
-                    let replaced = txn.open_table(PARKED)?.insert(key, letter.encode().as_slice())?.is_some();
-                    if !replaced {
-                        count_parked(&txn, &letter.subscriber, 1)?;
+impl WriterThread {
+    fn run(mut self, queue: mpsc::Receiver<Request>) {
+        let mut stopping = false;
+        while !stopping {
+            let Ok(first) = queue.recv() else { break };
+            let mut requests = Vec::new();
+            let mut events = 0;
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                match request {
+                    Request::Stop => {
+                        stopping = true;
+                        break;
                     }
-                    Ok(Committed::default())
+                    Request::Append(batch, reply) => {
+                        events += batch.events.len();
+                        requests.push(Request::Append(batch, reply));
+                    }
+                    other => requests.push(other),
                 }
-                Request::Unpark(keys, _) => {
-                    let mut removed: std::collections::HashMap<&str, i64> = Default::default();
-                    let mut parked = txn.open_table(PARKED)?;
-                    for key in keys {
-                        let key_parts = (key.subscriber.as_str(), key.stream.as_str(), key.position);
-                        if parked.remove(key_parts)?.is_some() {
-                            *removed.entry(key.subscriber.as_str()).or_default() -= 1;
-                        }
-                    }
-                    drop(parked);
-                    for (subscriber, change) in removed {
-                        count_parked(&txn, subscriber, change)?;
-                    }
-                    Ok(Committed::default())
+                if events < MAX_EVENTS_PER_COMMIT {
+                    next = queue.try_recv().ok();
                 }
-                Request::Component(write, _) => {
-                    txn.open_table(COMPONENTS)?.insert(write.name.as_str(), write.record.as_slice())?;
-                    if let Some((digest, bytes)) = &write.blob {
-                        txn.open_table(COMPONENT_BLOBS)?.insert(digest.as_slice(), bytes.as_slice())?;
+            }
+            // Barriers alone need no transaction: what came before them is already settled.
+            if requests.iter().all(|r| matches!(r, Request::Barrier(_))) {
+                for request in requests {
+                    if let Request::Barrier(reply) = request {
+                        let _ = reply.send(());
                     }
-                    if let Some(digest) = &write.drop_blob {
-                        txn.open_table(COMPONENT_BLOBS)?.remove(digest.as_slice())?;
-                    }
-                    if let Some((cursor, start)) = &write.cursor {
-                        let mut cursors = txn.open_table(CURSORS)?;
-                        if cursors.get(cursor.as_str())?.is_none() {
-                            // `next - 1`: the head as of this transaction, appends before it included.
-                            let position = if *start == CursorStart::Head { next - 1 } else { 0 };
-                            cursors.insert(cursor.as_str(), position)?;
-                        }
-                    }
-                    Ok(Committed::default())
                 }
-                Request::ForgetKeys { recorded_before, limit, .. } => {
-                    // It opens the outcome tables itself: no table may be open twice.
-                    tables = None;
-                    forgotten = forget_keys(&txn, *recorded_before, *limit)?;
-                    Ok(Committed::default())
-                }
-                Request::Barrier(_) => Ok(Committed::default()),
-                Request::KeepSnapshots(stream, snapshots, _) => {
-                    // The append tables may hold the history open: no table may be open twice.
-                    tables = None;
-                    let mut history = txn.open_table(SNAPSHOT_HISTORY)?;
-                    for snapshot in snapshots {
-                        history.insert((stream.as_str(), snapshot.version), snapshot.encode().as_slice())?;
+                continue;
+            }
+            // A file closed by an I/O error that could not be opened again yet: try now.
+            let db = match self.file.get() {
+                Ok(db) => db,
+                Err(_) => match self.reopen().and_then(|()| self.file.get()) {
+                    Ok(db) => db,
+                    Err(error) => {
+                        fail(requests, &error.to_string(), Failure::NotStored);
+                        continue;
                     }
-                    Ok(Committed::default())
-                }
-                // Never queued: the thread stops at it.
-                Request::Stop => continue,
+                },
             };
-            // A storage failure may have left part of a batch written: abort everything.
-            if let Err(AppendError::Store(e)) = answer {
-                return Err(e);
-            }
-            answers.push(answer);
+            self.commit_group(db, requests);
         }
-        let stall = requests.iter().find_map(|r| match r {
-            Request::Append(batch, _) => crate::faults::commit_stall(&batch.stream.key()),
-            _ => None,
-        });
-        if let Some(stall) = stall {
-            std::thread::sleep(stall);
+        tracing::debug!("writer thread stopped");
+    }
+
+    /// Close the file and open it again after an I/O error, and take what it holds as the
+    /// truth: its head, and its streams' newest events.
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        self.file.reopen()?;
+        let db = self.file.get()?;
+        let read = db.begin_read()?;
+        let head = read.open_table(EVENTS)?.last()?.map_or(0, |(position, _)| position.value());
+        drop(read);
+        self.tail.reload(&db, head)?;
+        if head != self.head {
+            self.head = head;
+            self.head_tx.send_replace(head);
         }
-        let faulted = requests.iter().any(
-            |r| matches!(r, Request::Append(batch, _) if crate::faults::commit_fail(&batch.stream.key())),
+        let mut health = self.health.lock().expect("writer health lock");
+        if let Some(reopen) = &mut health.reopen {
+            let now = crate::time::now_micros();
+            reopen.reopened_at = Some(crate::time::rfc3339_micros(now));
+            reopen.unavailable_ms = Some(now.saturating_sub(reopen.failed_at_micros) / 1000);
+        }
+        tracing::warn!(
+            took_ms = started.elapsed().as_millis() as u64,
+            head,
+            "opened the store again after an I/O error"
         );
-        if faulted {
-            return Err(StoreError::CommitFailed("fault injection: commit-fail".to_owned()));
-        }
-        drop(tables);
-        tail.add(&indexed);
-        flush = tail.due(next - 1);
-        if let Some(flush) = &flush {
-            tail.write(&txn, flush)?;
-        }
-        txn.commit()?;
-        Ok((answers, forgotten))
-    })();
-    match written {
-        Ok((answers, forgotten)) => {
-            if let Some(flush) = flush {
-                tail.moved(flush);
+        Ok(())
+    }
+
+    /// Note an I/O failure of the file (the start of an unavailable interval).
+    fn failed(&self, error: &StoreError) {
+        let now = crate::time::now_micros();
+        let mut health = self.health.lock().expect("writer health lock");
+        health.reopen = Some(Reopening {
+            error: error.to_string(),
+            failed_at: crate::time::rfc3339_micros(now),
+            reopened_at: None,
+            unavailable_ms: None,
+            failed_at_micros: now,
+        });
+    }
+}
+
+/// How a failed group's requests are told.
+#[derive(Clone, Copy)]
+enum Failure {
+    /// Nothing of the group is stored.
+    NotStored,
+    /// The group may or may not be stored; the file could not be read to tell.
+    Unknown,
+}
+
+/// Answer every request of a group that failed.
+fn fail(requests: Vec<Request>, message: &str, failure: Failure) {
+    let error = || match failure {
+        Failure::NotStored => StoreError::CommitFailed(message.to_owned()),
+        Failure::Unknown => StoreError::OutcomeUnknown(message.to_owned()),
+    };
+    for request in requests {
+        match request {
+            Request::Append(_, reply) => {
+                let _ = reply.send(Err(error().into()));
             }
-            *last_failure.lock().expect("writer health lock") = None;
-            let appends = requests.iter().filter(|r| matches!(r, Request::Append(..))).count();
-            crate::telemetry::group_commit(appends, next - 1 - head, started.elapsed());
-            head_tx.send_replace(next - 1);
-            for (request, answer) in requests.into_iter().zip(answers) {
-                match request {
-                    Request::Append(_, reply) => {
-                        let _ = reply.send(answer);
+            Request::Cursor(_, _, reply)
+            | Request::Park(_, reply)
+            | Request::Unpark(_, reply)
+            | Request::Component(_, reply)
+            | Request::KeepSnapshots(_, _, reply) => {
+                let _ = reply.send(Err(error()));
+            }
+            Request::ForgetKeys { reply, .. } => {
+                let _ = reply.send(Err(error()));
+            }
+            Request::Barrier(reply) => {
+                let _ = reply.send(());
+            }
+            Request::Stop => {}
+        }
+    }
+}
+
+impl WriterThread {
+    /// Write every request in one transaction, publish the new head, then answer each (so a
+    /// caller that sees its answer also sees the head past its events).
+    ///
+    /// A commit that fails with an I/O error may still have landed (an fsync that failed
+    /// after the data reached the disk): the file is opened again and its head tells, and
+    /// the requests are answered by what it says, never by a guess.
+    fn commit_group(&mut self, db: Arc<Database>, requests: Vec<Request>) {
+        // Dropped before a reopen: the file closes only once no handle holds it.
+        let mut db = Some(db);
+        let head = self.head;
+        let tail = self.tail.clone();
+        let recorded_at_micros = crate::time::now_micros();
+        let started = std::time::Instant::now();
+        let mut next = head + 1;
+        // The group's stream-index entries, for the tail (see stream_tail.rs).
+        let mut indexed = Vec::new();
+        let mut flush = None;
+        let prepared =
+            (|| -> Result<(WriteTransaction, Vec<Result<Committed, AppendError>>, usize), StoreError> {
+                let mut txn = db.as_ref().expect("held until a reopen").begin_write()?;
+                txn.set_durability(Durability::Immediate)
+                    .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+                let mut answers = Vec::with_capacity(requests.len());
+                let mut forgotten = 0;
+                let mut tables = None;
+                for request in &requests {
+                    let answer = match request {
+                        Request::Append(batch, _) => {
+                            let tables = match &mut tables {
+                                Some(open) => open,
+                                None => tables.insert(AppendTables::open(&txn)?),
+                            };
+                            write_batch(tables, batch, &mut next, recorded_at_micros, &mut indexed)
+                        }
+                        Request::Cursor(name, position, _) => {
+                            txn.open_table(CURSORS)?.insert(name.as_str(), *position)?;
+                            Ok(Committed::default())
+                        }
+                        Request::Park(letter, _) => {
+                            let key = (letter.subscriber.as_str(), letter.stream.as_str(), letter.position);
+                            let replaced =
+                                txn.open_table(PARKED)?.insert(key, letter.encode().as_slice())?.is_some();
+                            if !replaced {
+                                count_parked(&txn, &letter.subscriber, 1)?;
+                            }
+                            Ok(Committed::default())
+                        }
+                        Request::Unpark(keys, _) => {
+                            let mut removed: std::collections::HashMap<&str, i64> = Default::default();
+                            let mut parked = txn.open_table(PARKED)?;
+                            for key in keys {
+                                let key_parts = (key.subscriber.as_str(), key.stream.as_str(), key.position);
+                                if parked.remove(key_parts)?.is_some() {
+                                    *removed.entry(key.subscriber.as_str()).or_default() -= 1;
+                                }
+                            }
+                            drop(parked);
+                            for (subscriber, change) in removed {
+                                count_parked(&txn, subscriber, change)?;
+                            }
+                            Ok(Committed::default())
+                        }
+                        Request::Component(write, _) => {
+                            txn.open_table(COMPONENTS)?
+                                .insert(write.name.as_str(), write.record.as_slice())?;
+                            if let Some((digest, bytes)) = &write.blob {
+                                txn.open_table(COMPONENT_BLOBS)?
+                                    .insert(digest.as_slice(), bytes.as_slice())?;
+                            }
+                            if let Some(digest) = &write.drop_blob {
+                                txn.open_table(COMPONENT_BLOBS)?.remove(digest.as_slice())?;
+                            }
+                            if let Some((cursor, start)) = &write.cursor {
+                                let mut cursors = txn.open_table(CURSORS)?;
+                                if cursors.get(cursor.as_str())?.is_none() {
+                                    // `next - 1`: the head as of this transaction, appends before it included.
+                                    let position = if *start == CursorStart::Head { next - 1 } else { 0 };
+                                    cursors.insert(cursor.as_str(), position)?;
+                                }
+                            }
+                            Ok(Committed::default())
+                        }
+                        Request::ForgetKeys { recorded_before, limit, .. } => {
+                            // It opens the outcome tables itself: no table may be open twice.
+                            tables = None;
+                            forgotten = forget_keys(&txn, *recorded_before, *limit)?;
+                            Ok(Committed::default())
+                        }
+                        Request::Barrier(_) => Ok(Committed::default()),
+                        Request::KeepSnapshots(stream, snapshots, _) => {
+                            // The append tables may hold the history open: no table may be open twice.
+                            tables = None;
+                            let mut history = txn.open_table(SNAPSHOT_HISTORY)?;
+                            for snapshot in snapshots {
+                                history.insert(
+                                    (stream.as_str(), snapshot.version),
+                                    snapshot.encode().as_slice(),
+                                )?;
+                            }
+                            Ok(Committed::default())
+                        }
+                        // Never queued: the thread stops at it.
+                        Request::Stop => continue,
+                    };
+                    // A storage failure may have left part of a batch written: abort everything.
+                    if let Err(AppendError::Store(e)) = answer {
+                        return Err(e);
                     }
-                    Request::Cursor(_, _, reply)
-                    | Request::Park(_, reply)
-                    | Request::Unpark(_, reply)
-                    | Request::Component(_, reply)
-                    | Request::KeepSnapshots(_, _, reply) => {
-                        let _ = reply.send(Ok(()));
+                    answers.push(answer);
+                }
+                let stall = requests.iter().find_map(|r| match r {
+                    Request::Append(batch, _) => crate::faults::commit_stall(&batch.stream.key()),
+                    _ => None,
+                });
+                if let Some(stall) = stall {
+                    std::thread::sleep(stall);
+                }
+                let faulted = requests.iter().any(
+                |r| matches!(r, Request::Append(batch, _) if crate::faults::commit_fail(&batch.stream.key())),
+            );
+                if faulted {
+                    return Err(StoreError::CommitFailed("fault injection: commit-fail".to_owned()));
+                }
+                drop(tables);
+                tail.add(&indexed);
+                flush = tail.due(next - 1);
+                if let Some(flush) = &flush {
+                    tail.write(&txn, flush)?;
+                }
+                Ok((txn, answers, forgotten))
+            })();
+        let armed = requests
+            .iter()
+            .any(|r| matches!(r, Request::Append(batch, _) if crate::faults::io_error(&batch.stream.key())));
+        let committed = match prepared {
+            Err(error) => Err((error, Failure::NotStored, false)),
+            Ok((txn, answers, forgotten)) => {
+                if armed {
+                    crate::faults::arm_io_error();
+                }
+                let outcome = txn.commit().map_err(StoreError::from);
+                crate::faults::disarm_io_error();
+                match outcome {
+                    Ok(()) => Ok((answers, forgotten, true)),
+                    Err(error) if needs_reopen(&error) => {
+                        db.take();
+                        self.failed(&error);
+                        match self.reopen() {
+                            // The reopened file holds the group: it landed after all.
+                            Ok(()) if self.head == next - 1 && next - 1 > head => {
+                                Ok((answers, forgotten, false))
+                            }
+                            Ok(()) if self.head == head => Err((error, Failure::NotStored, true)),
+                            Ok(()) => {
+                                tracing::error!(
+                                    before = head,
+                                    now = self.head,
+                                    "the store's head moved unexpectedly across a reopen"
+                                );
+                                Err((error, Failure::Unknown, true))
+                            }
+                            Err(reopen) => {
+                                tracing::error!("the store could not be opened again: {reopen}");
+                                Err((error, Failure::Unknown, true))
+                            }
+                        }
                     }
-                    Request::ForgetKeys { reply, .. } => {
-                        let _ = reply.send(Ok(forgotten));
-                    }
-                    Request::Barrier(reply) => {
-                        let _ = reply.send(());
-                    }
-                    Request::Stop => {}
+                    Err(error) => Err((error, Failure::NotStored, false)),
                 }
             }
-            next - 1
-        }
-        Err(e) => {
-            tail.undo(&indexed, head, flush);
-            tracing::error!("group commit of {} requests failed: {e}", requests.len());
-            crate::telemetry::commit_failed();
-            *last_failure.lock().expect("writer health lock") = Some(e.to_string());
-            let message = e.to_string();
-            for request in requests {
-                match request {
-                    Request::Append(_, reply) => {
-                        let _ = reply.send(Err(StoreError::CommitFailed(message.clone()).into()));
+        };
+        match committed {
+            Ok((answers, forgotten, tail_current)) => {
+                if tail_current && let Some(flush) = flush {
+                    tail.moved(flush);
+                }
+                self.health.lock().expect("writer health lock").last_failure = None;
+                let appends = requests.iter().filter(|r| matches!(r, Request::Append(..))).count();
+                crate::telemetry::group_commit(appends, next - 1 - head, started.elapsed());
+                self.head = next - 1;
+                self.head_tx.send_replace(next - 1);
+                for (request, answer) in requests.into_iter().zip(answers) {
+                    match request {
+                        Request::Append(_, reply) => {
+                            let _ = reply.send(answer);
+                        }
+                        Request::Cursor(_, _, reply)
+                        | Request::Park(_, reply)
+                        | Request::Unpark(_, reply)
+                        | Request::Component(_, reply)
+                        | Request::KeepSnapshots(_, _, reply) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        Request::ForgetKeys { reply, .. } => {
+                            let _ = reply.send(Ok(forgotten));
+                        }
+                        Request::Barrier(reply) => {
+                            let _ = reply.send(());
+                        }
+                        Request::Stop => {}
                     }
-                    Request::Cursor(_, _, reply)
-                    | Request::Park(_, reply)
-                    | Request::Unpark(_, reply)
-                    | Request::Component(_, reply)
-                    | Request::KeepSnapshots(_, _, reply) => {
-                        let _ = reply.send(Err(StoreError::CommitFailed(message.clone())));
-                    }
-                    Request::ForgetKeys { reply, .. } => {
-                        let _ = reply.send(Err(StoreError::CommitFailed(message.clone())));
-                    }
-                    Request::Barrier(reply) => {
-                        let _ = reply.send(());
-                    }
-                    Request::Stop => {}
                 }
             }
-            head
+            Err((error, failure, reopened)) => {
+                // A reopen rebuilt the tail from the file; otherwise take the group's entries back.
+                if !reopened {
+                    tail.undo(&indexed, head, flush);
+                }
+                if !reopened && needs_reopen(&error) {
+                    // An I/O failure before the commit: redb refuses everything after it until
+                    // the file is opened again, so open it now, for the next group.
+                    db.take();
+                    self.failed(&error);
+                    if let Err(reopen) = self.reopen() {
+                        tracing::error!("the store could not be opened again: {reopen}");
+                    }
+                }
+                tracing::error!("group commit of {} requests failed: {error}", requests.len());
+                crate::telemetry::commit_failed();
+                self.health.lock().expect("writer health lock").last_failure = Some(error.to_string());
+                fail(requests, &error.to_string(), failure);
+            }
         }
     }
 }

@@ -80,14 +80,24 @@ export async function mount(view, route) {
       // The next command starts a new saga unless the person chooses otherwise.
       correlation.value = newCorrelationId();
     } catch (failure) {
-      fill(answer, h("div", { id: "send-error" }, errorBox(failure),
-        failure.status === 422 ? h("p", { class: "muted" }, "The aggregate refused the command; nothing was stored.") : null));
+      fill(answer, h("div", { id: "send-error" }, errorBox(failure), refusalNote(failure)));
     } finally {
       submit.disabled = false;
     }
   });
 
   fill(view, h("div", { class: "page-head" }, h("h1", {}, "Send a command")), form, answer);
+}
+
+/** A line on what a refusal means for the person who sent it, where the code alone does not say. */
+function refusalNote(failure) {
+  if (failure.status === 422) {
+    return h("p", { class: "muted" }, "The aggregate refused the command; nothing was stored.");
+  }
+  if (failure.code === "internal_command") {
+    return h("p", { class: "muted" }, "This command is one of a saga's own steps: only the host's reactions may send it.");
+  }
+  return null;
 }
 
 function accepted(answer, correlationId) {
