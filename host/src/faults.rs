@@ -7,8 +7,9 @@
 //!
 //! `CAIRN_FAULTS` is a comma-separated list of:
 //! - `actor-panic=<CommandType>`: the first command of that type panics its actor;
-//! - `actor-stall=<CommandType>:<millis>`: every command of that type holds its actor
-//!   (before it is decided) for that long;
+//! - `actor-stall=<CommandType>[@<stream key prefix>]:<millis>`: every command of that type
+//!   (to the streams whose key starts with the prefix, when given) holds its actor (before it
+//!   is decided) for that long;
 //! - `delivery-panic=<EventType>`: the first delivery of an event of that type panics the
 //!   delivery task;
 //! - `rebuild-stall=<millis>`: every batch of a view rebuild waits that long first, so a
@@ -34,7 +35,7 @@ mod injected {
     #[derive(Default)]
     pub struct Faults {
         actor_panic: Option<String>,
-        actor_stall: Option<(String, Duration)>,
+        actor_stall: Option<(String, Option<String>, Duration)>,
         delivery_panic: Option<String>,
         rebuild_stall: Option<Duration>,
         commit_fail: Option<(String, u64)>,
@@ -66,7 +67,13 @@ mod injected {
                 Some(("rebuild-stall", millis)) if millis.parse::<u64>().is_ok() => {
                     faults.rebuild_stall = millis.parse().ok().map(Duration::from_millis);
                 }
-                Some(("actor-stall", spec)) => faults.actor_stall = name_and_millis(spec),
+                Some(("actor-stall", spec)) => {
+                    faults.actor_stall =
+                        name_and_millis(spec).map(|(name, millis)| match name.split_once('@') {
+                            Some((command, prefix)) => (command.to_owned(), Some(prefix.to_owned()), millis),
+                            None => (name, None, millis),
+                        })
+                }
                 Some(("commit-stall", spec)) => faults.commit_stall = stall_after(spec),
                 _ => tracing::warn!("ignoring the unknown CAIRN_FAULTS entry {entry:?}"),
             }
@@ -108,8 +115,11 @@ mod injected {
             self.actor_panic.as_deref() == Some(command_type) && first_time(&ACTOR_PANICKED)
         }
 
-        pub fn actor_stall(&self, command_type: &str) -> Option<Duration> {
-            self.actor_stall.as_ref().filter(|(c, _)| c == command_type).map(|(_, d)| *d)
+        pub fn actor_stall(&self, command_type: &str, stream: &str) -> Option<Duration> {
+            let (_, _, stall) = self.actor_stall.as_ref().filter(|(command, prefix, _)| {
+                command == command_type && prefix.as_ref().is_none_or(|p| stream.starts_with(p.as_str()))
+            })?;
+            Some(*stall)
         }
 
         pub fn commit_fail(&self, stream: &str) -> bool {
@@ -147,8 +157,14 @@ mod injected {
             let faults = super::parse(
                 "actor-stall=Hold:250, delivery-panic=AccountCredited,bogus,commit-stall=account/s:40:2,commit-fail=account/f:1",
             );
-            assert_eq!(faults.actor_stall("Hold"), Some(std::time::Duration::from_millis(250)));
-            assert_eq!(faults.actor_stall("Other"), None);
+            assert_eq!(faults.actor_stall("Hold", "a/1"), Some(std::time::Duration::from_millis(250)));
+            assert_eq!(faults.actor_stall("Other", "a/1"), None);
+            let on_some = super::parse("actor-stall=DebitAccount@account/s:80");
+            assert_eq!(
+                on_some.actor_stall("DebitAccount", "account/s7"),
+                Some(std::time::Duration::from_millis(80))
+            );
+            assert_eq!(on_some.actor_stall("DebitAccount", "account/rich"), None);
             assert_eq!(faults.delivery_panic.as_deref(), Some("AccountCredited"));
             assert!(faults.actor_panic.is_none());
             assert_eq!(faults.commit_fail, Some(("account/f".to_owned(), 1)));
@@ -171,12 +187,12 @@ pub fn actor_panic(command_type: &str) {
 }
 
 /// How long to hold an actor before it decides `command_type`, if a test asked for it.
-pub fn actor_stall(command_type: &str) -> Option<Duration> {
+pub fn actor_stall(command_type: &str, stream: &str) -> Option<Duration> {
     #[cfg(debug_assertions)]
-    return injected::faults().actor_stall(command_type);
+    return injected::faults().actor_stall(command_type, stream);
     #[cfg(not(debug_assertions))]
     {
-        let _ = command_type;
+        let _ = (command_type, stream);
         None
     }
 }

@@ -38,6 +38,24 @@ pub struct Fold<'a> {
     pub checkpoint_every: Option<Version>,
 }
 
+/// The most bytes of snapshot history per event it saves from folding: a snapshot joins a
+/// stream's history only if its state is at most this many bytes per event since the last
+/// one. A small state is kept at every interval; a large one less often, so the history
+/// stays the size of the log (about one event's worth per event), not the square of it
+/// for a state that grows with its stream.
+pub const HISTORY_BYTES_PER_EVENT: usize = 256;
+
+/// Whether a snapshot of `state_bytes`, `since` events after the stream's last history
+/// snapshot, is worth keeping in the history.
+pub fn worth_keeping(state_bytes: usize, since: Version) -> bool {
+    (state_bytes as u64) <= HISTORY_BYTES_PER_EVENT as u64 * since
+}
+
+/// The most state bytes a fold keeps as checkpoints: a long stream of large states would
+/// otherwise hold them all in memory at once. Past it the fold keeps none; later folds fill
+/// in the rest.
+const CHECKPOINT_BYTES: usize = 32 << 20;
+
 /// The state of a stream after a fold, and what it kept on the way.
 #[derive(Debug)]
 pub struct Folded {
@@ -72,6 +90,8 @@ pub fn replay_with(
     fold: &Fold<'_>,
 ) -> Result<Folded, ReplayError> {
     let mut checkpoints = Vec::new();
+    let mut checkpoint_bytes = 0;
+    let mut last_kept = version;
     while version < up_to {
         if fold.cancelled.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(ReplayError::Cancelled);
@@ -94,8 +114,12 @@ pub fn replay_with(
         if let Some(every) = fold.checkpoint_every
             && every > 0
             && version.is_multiple_of(every)
+            && checkpoint_bytes < CHECKPOINT_BYTES
+            && worth_keeping(state.as_ref().map_or(0, Vec::len), version - last_kept)
         {
+            checkpoint_bytes += state.as_ref().map_or(0, Vec::len);
             checkpoints.push((version, state.clone()));
+            last_kept = version;
         }
     }
     Ok(Folded { state, version, checkpoints })

@@ -76,6 +76,16 @@ fn encode(record: &ViewRecord) -> Vec<u8> {
     rmp_serde::to_vec(record).expect("encode a view record")
 }
 
+/// How committing a projection batch went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchCommit {
+    Done,
+    /// The generation is no longer the projection's.
+    GenerationGone,
+    /// The generation's stored cursor is this, not where the batch started: read again from it.
+    CursorMoved(Position),
+}
+
 #[derive(Clone)]
 pub struct ViewStore {
     file: Arc<StoreFile>,
@@ -153,16 +163,20 @@ impl ViewStore {
     }
 
     /// Commit a batch: `writes` into generation `generation`'s documents and its cursor moved
-    /// to `cursor`, in one transaction. Refused (`Ok(false)`) when the generation is no
-    /// longer the projection's (a rebuild replaced it meanwhile).
+    /// from `from` to `cursor`, in one transaction. Refused when the generation is no longer
+    /// the projection's (a rebuild replaced it meanwhile), and when its stored cursor is not
+    /// `from`: the batch was read for a view the file no longer holds (a reopen after an I/O
+    /// error took back commits that were not yet durable), so committing it would skip the
+    /// events in between.
     pub fn commit(
         &self,
         name: &str,
         generation: u32,
         writes: &Writes,
+        from: Position,
         cursor: Position,
-    ) -> Result<bool, StoreError> {
-        self.writing(|db| self.commit_on(db, name, generation, writes, cursor))
+    ) -> Result<BatchCommit, StoreError> {
+        self.writing(|db| self.commit_on(db, name, generation, writes, from, cursor))
     }
 
     fn commit_on(
@@ -171,8 +185,9 @@ impl ViewStore {
         name: &str,
         generation: u32,
         writes: &Writes,
+        from: Position,
         cursor: Position,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<BatchCommit, StoreError> {
         let mut txn = db.begin_write()?;
         let durable = {
             let mut last = self.last_durable.lock().expect("durability clock lock");
@@ -188,9 +203,14 @@ impl ViewStore {
         {
             let mut records = txn.open_table(RECORDS)?;
             let Some(mut record) = records.get(name)?.map(|v| decode(name, v.value())).transpose()? else {
-                return Ok(false);
+                return Ok(BatchCommit::GenerationGone);
             };
-            let Some(target) = record.generation_mut(generation) else { return Ok(false) };
+            let Some(target) = record.generation_mut(generation) else {
+                return Ok(BatchCommit::GenerationGone);
+            };
+            if target.cursor != from {
+                return Ok(BatchCommit::CursorMoved(target.cursor));
+            }
             target.cursor = cursor;
             records.insert(name, encode(&record).as_slice())?;
             let mut documents =
@@ -203,7 +223,7 @@ impl ViewStore {
             }
         }
         txn.commit()?;
-        Ok(true)
+        Ok(BatchCommit::Done)
     }
 
     /// Make every commit so far durable (at shutdown).
@@ -341,11 +361,16 @@ mod tests {
         assert_eq!(views.document("v", "a").unwrap(), None, "no view yet");
         views.put_record("v", &ViewRecord { live: generation(1), next: None }).unwrap();
         let batch = writes(&[("a", Some("1")), ("_index", Some("{}")), ("b", Some("2"))]);
-        assert!(views.commit("v", 1, &batch, 7).unwrap());
+        assert_eq!(views.commit("v", 1, &batch, 0, 7).unwrap(), BatchCommit::Done);
         assert_eq!(views.document("v", "a").unwrap(), Some((7, Some("1".to_owned()))));
         assert_eq!(views.keys("v", None, 10).unwrap(), Some((7, vec!["a".to_owned(), "b".to_owned()])));
         assert_eq!(views.keys("v", Some("a"), 10).unwrap().unwrap().1, ["b"]);
-        assert!(views.commit("v", 1, &writes(&[("a", None)]), 9).unwrap());
+        assert_eq!(views.commit("v", 1, &writes(&[("a", None)]), 7, 9).unwrap(), BatchCommit::Done);
+        // A batch read for another cursor than the stored one is refused, and says where it is.
+        assert_eq!(
+            views.commit("v", 1, &writes(&[("b", None)]), 3, 12).unwrap(),
+            BatchCommit::CursorMoved(9)
+        );
         assert_eq!(views.document("v", "a").unwrap(), Some((9, None)));
         assert_eq!(views.document_count("v", 1).unwrap(), 2);
     }
@@ -354,14 +379,14 @@ mod tests {
     fn a_rebuilt_generation_switches_whole_and_the_old_one_is_dropped() {
         let (dir, views) = open();
         views.put_record("v", &ViewRecord { live: generation(1), next: None }).unwrap();
-        views.commit("v", 1, &writes(&[("a", Some("old"))]), 5).unwrap();
+        views.commit("v", 1, &writes(&[("a", Some("old"))]), 0, 5).unwrap();
         views
             .put_record(
                 "v",
                 &ViewRecord { live: Generation { cursor: 5, ..generation(1) }, next: Some(generation(2)) },
             )
             .unwrap();
-        views.commit("v", 2, &writes(&[("a", Some("new"))]), 5).unwrap();
+        views.commit("v", 2, &writes(&[("a", Some("new"))]), 0, 5).unwrap();
         assert_eq!(
             views.document("v", "a").unwrap(),
             Some((5, Some("old".to_owned()))),
@@ -371,7 +396,8 @@ mod tests {
         assert_eq!((record.live.id, record.next), (2, None));
         assert_eq!(views.document("v", "a").unwrap(), Some((5, Some("new".to_owned()))));
         assert!(
-            !views.commit("v", 1, &writes(&[("a", Some("late"))]), 6).unwrap(),
+            views.commit("v", 1, &writes(&[("a", Some("late"))]), 5, 6).unwrap()
+                == BatchCommit::GenerationGone,
             "a dropped generation takes no writes"
         );
         assert_eq!(views.document_count("v", 1).unwrap(), 0);

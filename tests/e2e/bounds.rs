@@ -233,6 +233,9 @@ async fn no_request_stalls_the_host() {
         host.open_account(&format!("s{n}"), 1000).await;
         host.open_account(&format!("r{n}"), 0).await;
     }
+    // A new version right before the reads: none of its snapshots exist yet, so the first
+    // deep reads fold far (and leave this version's snapshots behind them).
+    host.deploy("faulty", cairn_artifacts::FAULTY_FIXED).await.expect(200);
 
     // The load: filtered streams catching up, deep reads, transfers.
     let mut streams = Vec::new();

@@ -308,6 +308,7 @@ async fn an_io_error_is_recovered_without_a_restart_and_nothing_acknowledged_is_
         .await
         .expect(200);
     acknowledged.entry("x").or_default().push("after".to_owned());
+    check_views_follow(&host, &["x", "y", "z"]).await;
     let ready = host.get("/readyz").await.expect(200);
     let reopened = &ready.body["store_reopened"];
     assert!(reopened["error"].as_str().unwrap().contains("io-error"), "{}", ready.body);
@@ -316,6 +317,16 @@ async fn an_io_error_is_recovered_without_a_restart_and_nothing_acknowledged_is_
     host.kill9();
     host.start_again();
     check_credits(&host, &acknowledged, &refused).await;
+}
+
+/// The views equal the aggregates: a view commit the injected failure took back (or the
+/// reopen of the view store) cost no event.
+async fn check_views_follow(host: &Host, accounts: &[&str]) {
+    let head = host.get("/healthz").await.body["head_position"].as_u64().unwrap();
+    for account in accounts {
+        let view = host.get(&format!("/views/account-info/{account}?min_position={head}")).await.expect(200);
+        assert_eq!(view.body["balance"], host.state("account", account).await["balance"], "{account}");
+    }
 }
 
 /// Every acknowledged credit is stored, no refused one is, and balances add up.

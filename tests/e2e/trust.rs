@@ -107,10 +107,12 @@ async fn a_client_cannot_send_a_sagas_own_steps_and_the_issue_s_attack_moves_no_
 
 /// The storm of the issue: real transfers, and beside them forged steps and account
 /// movements that name the transfers. The transfers end where their own debits say, and
-/// money is only what the clients' own movements made it.
+/// money is only what the clients' own movements made it. Every real debit (of a source
+/// account, `account/s…`) is held 800 ms, so each forged movement lands while its transfer
+/// is still `NEW`, waiting for that debit: where a forgery could move a transfer, it would.
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_steps_and_transfer_ids_under_a_storm_of_real_transfers_change_nothing() {
-    let host = Host::start();
+    let host = Host::start_with_env(&[], &[("CAIRN_FAULTS", "actor-stall=DebitAccount@account/s:800")]);
     const N: usize = 30;
     const RICH: i64 = 1_000_000;
     let ids: Vec<(String, i64)> =
@@ -129,6 +131,11 @@ async fn forged_steps_and_transfer_ids_under_a_storm_of_real_transfers_change_no
         }) as futures_util::future::BoxFuture<'_, ()>);
         work.push(Box::pin(async move {
             let id = format!("t{i}");
+            // The transfer exists (its creation was sent first) and waits for its debit.
+            eventually("the transfer is created", || async {
+                host.get(&format!("/aggregates/money-transfer/{id}")).await.status == 200
+            })
+            .await;
             for (command, data) in [
                 ("RecordDebit", json!({})),
                 ("RecordDebitFailed", json!({})),

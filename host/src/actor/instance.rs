@@ -3,7 +3,7 @@
 use super::messages::{CommandError, CommandReply, CommandRequest, Message, StateReply};
 use super::{AfterFailure, Shared};
 use crate::components::ActiveAggregate;
-use crate::replay::{Fold, replay_with};
+use crate::replay::{Fold, replay_with, worth_keeping};
 use crate::runtime::Executed;
 use crate::runtime::GuestError;
 use crate::store::{
@@ -70,14 +70,14 @@ pub(super) async fn run(
             // Every sender is gone: the host is shutting down and the mailbox is drained.
             // Answer what is still committing, then stop.
             if let Err(panic) = caught(actor.drain()).await {
-                return stop(&mut inbox, &actor.stream, panic);
+                return stop(&shared, generation, &mut inbox, &actor.stream, panic);
             }
             break;
         };
         if matches!(first, Message::Passivate) {
             // Stopping would drop the answers of what is committing: settle it first.
             if let Err(panic) = caught(actor.drain()).await {
-                return stop(&mut inbox, &actor.stream, panic);
+                return stop(&shared, generation, &mut inbox, &actor.stream, panic);
             }
             if shared.passivate(&actor.stream, generation, &inbox) {
                 break;
@@ -92,11 +92,14 @@ pub(super) async fn run(
             }
         }
         if let Err(panic) = caught(actor.handle(batch)).await {
-            return stop(&mut inbox, &actor.stream, panic);
+            return stop(&shared, generation, &mut inbox, &actor.stream, panic);
         }
     }
     tracing::trace!(stream = %actor.stream, "actor stopped");
 }
+
+/// The most state bytes of snapshots one batch keeps for the history beside its newest.
+const BATCH_SNAPSHOT_BYTES: usize = 8 << 20;
 
 /// Batches an actor may have committing at once while it decides the next.
 const MAX_IN_FLIGHT: usize = 4;
@@ -107,14 +110,18 @@ async fn caught(work: impl Future<Output = ()>) -> Result<(), Box<dyn std::any::
 }
 
 /// After a panic: the callers of the batches it held learn it (their replies are dropped:
-/// 500 `internal_error`), and this actor ends, dropping its mailbox, so the next command to
-/// the stream starts a fresh actor from the store.
-fn stop(inbox: &mut mpsc::Receiver<Message>, stream: &StreamId, panic: Box<dyn std::any::Any + Send>) {
-    // Close first: a caller answered 500 may retry at once, and its retry must find the
-    // mailbox closed (and start a fresh actor), not wait in this dying one.
-    inbox.close();
+/// 500 `internal_error`), and this actor ends; what is still in its mailbox goes to a fresh
+/// actor, which rebuilds the state from the store.
+fn stop(
+    shared: &Arc<Shared>,
+    generation: u64,
+    inbox: &mut mpsc::Receiver<Message>,
+    stream: &StreamId,
+    panic: Box<dyn std::any::Any + Send>,
+) {
     let message = super::panic_message(panic);
     tracing::error!(stream = %stream, "the actor panicked and stops: {message}");
+    shared.replace_failed(stream, generation, inbox);
 }
 
 /// A stream's state rebuilt from its snapshot (if one of this version) and events.
@@ -127,6 +134,8 @@ struct Rebuilt {
     stale_snapshot: bool,
     /// States at the snapshot intervals a fold from the start passed.
     checkpoints: Vec<(Version, Option<Vec<u8>>)>,
+    /// The version of the stream's last snapshot in the history, as far as the fold knows.
+    last_history: Version,
 }
 
 /// The state an actor holds in memory, built by one component version.
@@ -134,6 +143,8 @@ struct Loaded {
     component: Arc<ActiveAggregate>,
     state: Option<Vec<u8>>,
     version: Version,
+    /// The version of the stream's last snapshot kept in the history (about).
+    last_history: Version,
 }
 
 struct Actor {
@@ -182,8 +193,10 @@ struct Pending {
     answers: Vec<(Answer, Reply)>,
     /// Each outcome key decided in this batch: its answer's index, and its command's fingerprint.
     keys: HashMap<String, (usize, Option<Fingerprint>)>,
-    /// Snapshots at the intervals the batch's commands crossed, oldest first.
-    snapshots: Vec<Snapshot>,
+    /// The newest snapshot a command of the batch took, and those of them the stream's
+    /// history keeps (for temporal reads), oldest first.
+    snapshot: Option<Snapshot>,
+    history: Vec<Snapshot>,
 }
 
 impl Pending {
@@ -194,7 +207,8 @@ impl Pending {
             outcomes: Vec::new(),
             answers: Vec::new(),
             keys: HashMap::new(),
-            snapshots: Vec::new(),
+            snapshot: None,
+            history: Vec::new(),
         }
     }
 }
@@ -222,7 +236,8 @@ impl Actor {
             }
             match message {
                 Message::Command(request, reply) => {
-                    if let Some(stall) = crate::faults::actor_stall(&request.command_type) {
+                    if let Some(stall) = crate::faults::actor_stall(&request.command_type, &self.stream.key())
+                    {
                         tokio::time::sleep(stall).await;
                     }
                     if outcome_key(&request).is_some_and(|key| self.in_flight_keys.contains(&key)) {
@@ -285,7 +300,7 @@ impl Actor {
         self.loaded = None;
         let interval = self.snapshot_interval(&active);
         let (store, stream, component) = (self.shared.store.clone(), self.stream.clone(), active.clone());
-        let rebuilt = tokio::task::spawn_blocking(move || -> Result<Rebuilt, CommandError> {
+        let mut rebuilt = tokio::task::spawn_blocking(move || -> Result<Rebuilt, CommandError> {
             let digest = component.component.digest().as_bytes();
             let newest = store.load_snapshot(&stream)?;
             let stale_snapshot = newest.as_ref().is_some_and(|s| s.digest != digest);
@@ -298,12 +313,14 @@ impl Actor {
             let fold = Fold { cancelled: None, checkpoint_every: (from == 0).then_some(interval) };
             let folded =
                 replay_with(&component.component, &store, &stream, state, from, Version::MAX, &fold)?;
+            let last_history = folded.checkpoints.last().map_or(from, |(version, _)| *version);
             Ok(Rebuilt {
                 state: folded.state,
                 version: folded.version,
                 folded: folded.version - from,
                 stale_snapshot,
                 checkpoints: folded.checkpoints,
+                last_history,
             })
         })
         .await
@@ -319,7 +336,10 @@ impl Actor {
                 digest: digest.clone(),
                 state: state.unwrap_or_default(),
             };
-            let history = rebuilt.checkpoints.into_iter().map(|(v, s)| snapshot_of(v, s)).collect();
+            let history = std::mem::take(&mut rebuilt.checkpoints)
+                .into_iter()
+                .map(|(v, s)| snapshot_of(v, s))
+                .collect();
             let batch = AppendBatch {
                 stream: self.stream.clone(),
                 expected_version: rebuilt.version,
@@ -333,7 +353,9 @@ impl Actor {
             }
         }
         self.committed = Some((rebuilt.version, rebuilt.state.clone()));
-        self.loaded = Some(Loaded { component: active, state: rebuilt.state, version: rebuilt.version });
+        let last_history = rebuilt.last_history;
+        self.loaded =
+            Some(Loaded { component: active, state: rebuilt.state, version: rebuilt.version, last_history });
         Ok(())
     }
 
@@ -398,13 +420,17 @@ impl Actor {
             Some(refusal) => Ok(Err(refusal)),
             None => component.execute(loaded.state.as_deref(), &command),
         };
+        // A routed command this version cannot decide within its limits fails the same way on
+        // every delivery: it is refused for good, recorded like a rejection (so a fixed version
+        // later cannot apply it after its source compensated), and handed back, so the source
+        // compensates. Not a saga's own step or a hand-back, though: their source has nothing
+        // to compensate with, so the saga would stop short, silently. Those fail as the guest
+        // failed, and park where an operator sees them and can retry them after a fix.
+        let refusable = request.causation.is_some()
+            && command.command_type != cairn_guest::COMMAND_REJECTED
+            && component.info().internal(&command.command_type).is_none();
         let executed = match executed {
-            // A routed command this version cannot decide within its limits fails the same
-            // way on every delivery: it is refused for good, recorded like a rejection (so a
-            // fixed version later cannot apply it after its source compensated), and handed back.
-            Err(error @ (GuestError::Timeout(_) | GuestError::OutputTooLarge { .. }))
-                if request.causation.is_some() =>
-            {
+            Err(error @ (GuestError::Timeout(_) | GuestError::OutputTooLarge { .. })) if refusable => {
                 let code = match error {
                     GuestError::Timeout(_) => "guest_timeout",
                     _ => "guest_output_too_large",
@@ -447,11 +473,22 @@ impl Actor {
                 let interval =
                     snapshot_interval(&loaded.component, self.shared.config.default_snapshot_interval);
                 if interval > 0 && loaded.version / interval > (first_version - 1) / interval {
-                    pending.snapshots.push(Snapshot {
+                    let snapshot = Snapshot {
                         version: loaded.version,
                         digest: loaded.component.component.digest().as_bytes().to_vec(),
                         state: loaded.state.clone().unwrap_or_default(),
-                    });
+                    };
+                    // The history keeps it unless it is large for the events it saves from
+                    // folding, and a batch keeps the history's within a budget.
+                    let kept: usize = pending.history.iter().map(|s| s.state.len()).sum();
+                    if kept <= BATCH_SNAPSHOT_BYTES
+                        && worth_keeping(snapshot.state.len(), loaded.version - loaded.last_history)
+                    {
+                        loaded.last_history = loaded.version;
+                        pending.history.push(snapshot.clone());
+                    }
+                    // The newest snapshot, which a waking actor starts from, is always taken.
+                    pending.snapshot = Some(snapshot);
                 }
                 let causation_id = request.causation.as_ref().map(|c| c.causation_id.clone());
                 let reply_to = request.causation.as_ref().map(|c| c.source.key());
@@ -513,15 +550,13 @@ impl Actor {
             return;
         }
         let receipt = if wrote {
-            let mut history = pending.snapshots;
-            let snapshot = history.pop();
             let batch = AppendBatch {
                 stream: self.stream.clone(),
                 expected_version: pending.base_version,
                 events: pending.events,
                 outcomes: pending.outcomes,
-                snapshot,
-                history,
+                snapshot: pending.snapshot,
+                history: pending.history,
             };
             match self.shared.writer.submit(batch) {
                 Ok(receipt) => receipt,
@@ -583,6 +618,10 @@ impl Actor {
                         }
                         AppendError::VersionConflict { expected, actual } => {
                             CommandError::VersionConflict { expected: *expected, actual: *actual }
+                        }
+                        // Whether it landed is not known: say so, never "not stored".
+                        AppendError::Store(StoreError::OutcomeUnknown(unknown)) => {
+                            CommandError::Store(StoreError::OutcomeUnknown(unknown.clone()))
                         }
                         AppendError::Store(_) => {
                             CommandError::Store(StoreError::CommitFailed(message.clone()))
@@ -673,5 +712,55 @@ fn outcome_key(request: &CommandRequest) -> Option<String> {
         (Some(key), _) => Some(format!("{IDEMPOTENCY_PREFIX}{key}")),
         (None, Some(causation)) => Some(cause_key(&causation.dedup_key)),
         (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actor::Causation;
+    use crate::runtime::{Limits, Runtime};
+
+    fn transfer_component() -> ActiveAggregate {
+        let runtime = Runtime::new(None, Limits::default()).unwrap();
+        let bytes = cairn_artifacts::component("money-transfer").unwrap();
+        ActiveAggregate { version: 1, component: runtime.load_aggregate(bytes).unwrap() }
+    }
+
+    fn request(command_type: &str, source: Option<&str>) -> CommandRequest {
+        CommandRequest {
+            command_type: command_type.to_owned(),
+            payload: vec![0x80],
+            expected_version: None,
+            idempotency_key: None,
+            fingerprint: None,
+            correlation_id: "c".to_owned(),
+            causation: source.map(|source| Causation {
+                causation_id: "7".to_owned(),
+                dedup_key: "k".to_owned(),
+                source: StreamId::new(source, "x").unwrap(),
+            }),
+            span: tracing::Span::none(),
+        }
+    }
+
+    /// The actor's own check, behind the HTTP one: a saga step is refused from a client
+    /// and from a reaction to another type's events, and taken from the type it names.
+    #[test]
+    fn a_saga_step_is_refused_unless_a_reaction_of_its_source_type_sent_it() {
+        let transfer = transfer_component();
+        let stream = StreamId::new("money-transfer", "t1").unwrap();
+        let from_client = internal_refusal(&transfer, &stream, &request("RecordDebit", None)).unwrap();
+        assert_eq!(from_client.code, INTERNAL_COMMAND);
+        assert!(from_client.message.contains("not a client"), "{}", from_client.message);
+        let from_faulty =
+            internal_refusal(&transfer, &stream, &request("RecordDebit", Some("faulty"))).unwrap();
+        assert!(from_faulty.message.contains("only for events of account"), "{}", from_faulty.message);
+        assert_eq!(internal_refusal(&transfer, &stream, &request("RecordDebit", Some("account"))), None);
+        assert_eq!(
+            internal_refusal(&transfer, &stream, &request("CreateMoneyTransfer", None)),
+            None,
+            "a public command"
+        );
     }
 }

@@ -199,11 +199,7 @@ impl Actors {
     }
 
     fn spawn_actor(&self, stream: StreamId, after: AfterFailure) -> Result<Mailbox, CommandError> {
-        let done = self.shared.done.lock().expect("done lock").clone().ok_or(CommandError::ShuttingDown)?;
-        let generation = self.shared.generations.fetch_add(1, Ordering::Relaxed);
-        let (sender, inbox) = mpsc::channel(self.shared.config.mailbox_capacity);
-        self.shared.runtime.spawn(instance::run(self.shared.clone(), stream, generation, inbox, done, after));
-        Ok(Mailbox { generation, sender, last_used: Instant::now() })
+        self.shared.spawn_actor(stream, after)
     }
 
     /// Number of live actors.
@@ -232,6 +228,71 @@ impl Actors {
 }
 
 impl Shared {
+    fn spawn_actor(self: &Arc<Self>, stream: StreamId, after: AfterFailure) -> Result<Mailbox, CommandError> {
+        let done = self.done.lock().expect("done lock").clone().ok_or(CommandError::ShuttingDown)?;
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let (sender, inbox) = mpsc::channel(self.config.mailbox_capacity);
+        self.runtime.spawn(instance::run(self.clone(), stream, generation, inbox, done, after));
+        Ok(Mailbox { generation, sender, last_used: Instant::now() })
+    }
+
+    /// An actor that panicked hands over: the messages that reached its mailbox after the
+    /// panic (none of them was looked at) go to a fresh actor of the stream, which first
+    /// lets the dead one's commits land. Without it, a caller answered 500 that retried at
+    /// once could land in the dying mailbox and lose its command too.
+    pub(crate) fn replace_failed(
+        self: &Arc<Self>,
+        stream: &StreamId,
+        generation: u64,
+        inbox: &mut mpsc::Receiver<Message>,
+    ) {
+        let mut mailboxes = self.mailboxes.lock().expect("mailbox registry lock");
+        // Under the registry lock no one can send to this mailbox any more.
+        inbox.close();
+        let mut leftovers = Vec::new();
+        while let Ok(message) = inbox.try_recv() {
+            leftovers.push(message);
+        }
+        let ours = mailboxes.get(stream).is_some_and(|mailbox| mailbox.generation == generation);
+        if !ours {
+            // Already replaced (a sender found it closed first): fail what is left.
+            drop(mailboxes);
+            for message in leftovers {
+                message.fail(CommandError::ActorFailed);
+            }
+            return;
+        }
+        mailboxes.remove(stream);
+        if !self.accepting.load(Ordering::Acquire) {
+            drop(mailboxes);
+            for message in leftovers {
+                message.fail(CommandError::ShuttingDown);
+            }
+            return;
+        }
+        // A fresh actor even with nothing waiting: whoever comes next must meet one that lets
+        // the dead one's commits land first, not one that reads the stream behind them.
+        match self.spawn_actor(stream.clone(), AfterFailure::Yes) {
+            Ok(mailbox) => {
+                for message in leftovers {
+                    if let Err(
+                        mpsc::error::TrySendError::Full(message) | mpsc::error::TrySendError::Closed(message),
+                    ) = mailbox.sender.try_send(message)
+                    {
+                        message.fail(CommandError::Overloaded);
+                    }
+                }
+                mailboxes.insert(stream.clone(), mailbox);
+            }
+            Err(error) => {
+                drop(mailboxes);
+                for message in leftovers {
+                    message.fail(error.duplicate());
+                }
+            }
+        }
+    }
+
     /// Ask the least recently used actors to passivate, down to nine tenths of the cap.
     /// Each stops only if its mailbox is empty when it reads the request, through the same
     /// path as an idle timeout, so a stream never has two actors.

@@ -321,6 +321,11 @@ pub async fn state(
     let (version, bytes) = match params.u64("version")? {
         None => {
             let current = state.actors.state(stream.clone()).await?;
+            if current.version == 0 {
+                // The first commit is in the log but its actor has not settled it yet (the
+                // writer publishes the head before it answers): no events as far as reads go.
+                return Err(ApiError::not_found("stream_not_found", format!("{stream} has no events")));
+            }
             (current.version, current.state)
         }
         Some(0) => {

@@ -108,8 +108,11 @@ fn command_not_stored(error: StoreError) -> ApiError {
         StoreError::Corrupt(_) | StoreError::Closed => error.into(),
         StoreError::OutcomeUnknown(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "storage_unavailable",
-            format!("{error}; retry the command with the same Idempotency-Key to learn its answer"),
+            "outcome_unknown",
+            format!(
+                "{error}; the command may have been stored: retry it only with the same \
+                 Idempotency-Key, which answers what happened"
+            ),
         )
         .retry_after(1),
         _ => ApiError::new(

@@ -79,11 +79,15 @@ impl SitePolicy {
     }
 
     /// Whether a state-changing request from a page of `origin` may reach the host, whose
-    /// `Host` it names as `host`.
+    /// `Host` it names as `host`: a page the host served itself (by that name, over HTTP, or
+    /// HTTPS behind a proxy that terminates TLS), or an allowed origin.
     fn accepts_origin(&self, origin: &str, host: Option<&str>) -> bool {
         let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
-        let own = host.map(|host| format!("http://{}", host.trim().to_ascii_lowercase()));
-        own.as_deref() == Some(origin.as_str()) || self.allowed_origins.contains(&origin)
+        let own = host.is_some_and(|host| {
+            let host = host.trim().to_ascii_lowercase();
+            origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host.as_str())
+        });
+        own || self.allowed_origins.contains(&origin)
     }
 }
 
@@ -242,6 +246,7 @@ mod tests {
         assert!(local.accepts_origin("http://127.0.0.1:8080", Some("127.0.0.1:8080")));
         assert!(local.accepts_origin("http://localhost:8080", Some("localhost:8080")));
         assert!(local.accepts_origin("https://console.example/", None));
+        assert!(local.accepts_origin("https://cairn.internal", Some("cairn.internal")), "behind a TLS proxy");
         assert!(!local.accepts_origin("http://evil.example", Some("127.0.0.1:8080")));
         assert!(!local.accepts_origin("null", Some("127.0.0.1:8080")));
         assert!(!local.accepts_origin("http://localhost:8080", Some("127.0.0.1:8080")), "another origin");

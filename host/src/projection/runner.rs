@@ -12,7 +12,7 @@
 use super::{Context, Control, Failure, Shared};
 use crate::runtime::ProjectionComponent;
 use crate::store::{LogFollower, Page, StoreError};
-use crate::views::{Generation, ViewRecord};
+use crate::views::{BatchCommit, Generation, ViewRecord};
 use cairn_guest::EventEnvelope;
 use std::sync::Arc;
 use std::time::Duration;
@@ -207,8 +207,13 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
     let info = lane.component.info();
     let events: Vec<EventEnvelope> =
         page.iter().filter(|e| info.wants(&e.stream_type, &e.event_type)).map(|e| e.envelope()).collect();
-    let (views, component, generation, rebuild) =
-        (context.views.clone(), lane.component.clone(), lane.generation.id, lane.rebuild);
+    let (views, component, generation, rebuild, from) = (
+        context.views.clone(),
+        lane.component.clone(),
+        lane.generation.id,
+        lane.rebuild,
+        lane.generation.cursor,
+    );
     let name_owned = name.to_owned();
     let (outcome, committed) = tokio::task::spawn_blocking(move || {
         if rebuild && let Some(stall) = crate::faults::rebuild_stall() {
@@ -229,14 +234,30 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
                 }
             },
         };
-        let committed = views.commit(&name_owned, generation, &writes, cursor)?;
+        let committed = views.commit(&name_owned, generation, &writes, from, cursor)?;
         Ok::<_, StoreError>(((cursor, failure), committed))
     })
     .await
     .map_err(|e| StoreError::Unavailable(format!("a view batch task failed: {e}")))??;
     let (cursor, failure) = outcome;
-    if !committed {
-        return Err(StoreError::Unavailable(format!("generation {generation} of {name} is gone")));
+    match committed {
+        BatchCommit::Done => {}
+        BatchCommit::GenerationGone => {
+            return Err(StoreError::Unavailable(format!("generation {generation} of {name} is gone")));
+        }
+        BatchCommit::CursorMoved(stored) => {
+            // The file holds the view as of `stored` (a reopen took back commits that were not
+            // durable yet): read on from there, so no event is skipped.
+            tracing::warn!(
+                projection = name,
+                from,
+                stored,
+                "the view's stored cursor moved back; reading from it"
+            );
+            lane.generation.cursor = stored;
+            lane.follower.seek(stored);
+            return Ok(Step::Advanced);
+        }
     }
     lane.generation.cursor = cursor;
     if let Some((event, error)) = failure {

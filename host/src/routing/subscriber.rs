@@ -156,12 +156,12 @@ impl Subscriber {
             let Some(last) = events.last().map(|e| e.position) else { return Ok(Reading::CaughtUp) };
             let component = context.components.active(&self.shared.name);
             for event in events {
+                let Some(info) = component.as_ref().map(|active| active.component.info()) else { continue };
                 // A subscription that takes only replies sees the events caused by commands
                 // that reactions to this component's own type's events sent.
-                let is_reply = event.is_reply_to(&self.shared.name);
-                let wanted = component.as_ref().is_some_and(|active| {
-                    active.component.info().reacts_to(&event.stream_type, &event.event_type, is_reply)
-                });
+                let wanted = info.reacts_to(&event.stream_type, &event.event_type, false)
+                    || (info.reacts_to(&event.stream_type, &event.event_type, true)
+                        && context.store.is_reply_to(&event, &self.shared.name)?);
                 if wanted {
                     self.progress.start(event.position);
                     let size = event.payload.len();

@@ -25,7 +25,12 @@ pub(crate) struct StoreFile {
     current: RwLock<Option<Arc<Database>>>,
     /// How many times the file was opened again; one reopen at a time.
     reopens: Mutex<u64>,
+    /// When a reader last tried to open a closed file again.
+    last_attempt: Mutex<Option<Instant>>,
 }
+
+/// How often a closed file is tried again by its readers.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a reopen waits for the readers that still hold the old database.
 const READERS_GONE: Duration = Duration::from_secs(5);
@@ -38,14 +43,30 @@ impl StoreFile {
             path: path.to_owned(),
             current: RwLock::new(Some(Arc::new(database))),
             reopens: Mutex::new(0),
+            last_attempt: Mutex::new(None),
         })
     }
 
-    /// The database, to begin a transaction on.
+    /// The database, to begin a transaction on. When an earlier reopen could not open the
+    /// file again (the disk still failing), this tries again, at most once a second.
     ///
     /// # Errors
     /// `Unavailable` while the file is being reopened after an I/O error.
     pub(crate) fn get(&self) -> Result<Arc<Database>, StoreError> {
+        if let Some(database) = self.current.read().expect("store file lock").clone() {
+            return Ok(database);
+        }
+        let due = {
+            let mut last = self.last_attempt.lock().expect("store file attempt lock");
+            let due = last.is_none_or(|at| at.elapsed() >= RETRY_EVERY);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due && let Err(error) = self.open_if_closed() {
+            tracing::warn!(path = %self.path.display(), "the store file still cannot be opened: {error}");
+        }
         self.current.read().expect("store file lock").clone().ok_or_else(|| {
             StoreError::Unavailable("the store is being reopened after an I/O error".to_owned())
         })
@@ -71,6 +92,19 @@ impl StoreFile {
             }
             // The last handle: dropping it closes the file and releases its lock.
             drop(old);
+        }
+        let database = open_database(&self.path)?;
+        *self.current.write().expect("store file lock") = Some(Arc::new(database));
+        *reopens += 1;
+        Ok(())
+    }
+
+    /// Open the file if it is closed (an earlier reopen could not open it), unless someone is
+    /// reopening it now.
+    fn open_if_closed(&self) -> Result<(), StoreError> {
+        let Ok(mut reopens) = self.reopens.try_lock() else { return Ok(()) };
+        if self.is_open() {
+            return Ok(());
         }
         let database = open_database(&self.path)?;
         *self.current.write().expect("store file lock") = Some(Arc::new(database));

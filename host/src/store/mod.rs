@@ -92,6 +92,22 @@ impl PageFill {
     }
 }
 
+/// The `meta` key of the head at the first open by a Cairn that records `reply_to`.
+const REPLIES_RECORDED_AFTER: &str = "replies_recorded_after";
+
+/// At open: note where the log starts recording what each routed command answered.
+fn record_replies_recorded_after_if_missing(
+    txn: &redb::WriteTransaction,
+    head: Position,
+) -> Result<Position, StoreError> {
+    let mut meta = txn.open_table(META)?;
+    if let Some(after) = meta.get(REPLIES_RECORDED_AFTER)?.map(|v| v.value()) {
+        return Ok(after);
+    }
+    meta.insert(REPLIES_RECORDED_AFTER, head)?;
+    Ok(head)
+}
+
 /// The durable cursor's name of the subscriber of component `component`.
 pub fn reaction_cursor(component: &str) -> String {
     format!("reactions/{component}")
@@ -100,6 +116,9 @@ pub fn reaction_cursor(component: &str) -> String {
 /// Read access to the store, cheap to clone; appends go through [`Writer`].
 #[derive(Clone)]
 pub struct EventStore {
+    /// Every event after this position records the stream its command answered
+    /// (`reply_to`); events at or before it were written by a Cairn that did not.
+    replies_recorded_after: Position,
     file: Arc<file::StoreFile>,
     head: watch::Receiver<Position>,
     tail: Arc<stream_tail::StreamTail>,
@@ -117,18 +136,32 @@ impl EventStore {
         tables::create_all(&txn)?;
         let head_position = txn.open_table(EVENTS)?.last()?.map(|(k, _)| k.value()).unwrap_or(0);
         stream_tail::record_indexed_through_if_missing(&txn, head_position)?;
+        let replies_recorded_after = record_replies_recorded_after_if_missing(&txn, head_position)?;
         writer::count_parked_if_uncounted(&txn)?;
         txn.commit()?;
         let tail = Arc::new(stream_tail::StreamTail::load(&db, head_position)?);
         let (head_tx, head_rx) = watch::channel(head_position);
         drop(db);
         let writer = Writer::start(file.clone(), head_position, head_tx, tail.clone())?;
-        Ok((EventStore { file, head: head_rx, tail }, writer))
+        Ok((EventStore { file, head: head_rx, tail, replies_recorded_after }, writer))
     }
 
     /// The raw database, for the component registry's reads.
     pub(crate) fn database(&self) -> Result<Arc<Database>, StoreError> {
         self.file.get()
+    }
+
+    /// Whether `event` answers a command a reaction sent for an event of `type_name`'s
+    /// streams. Events written before Cairn recorded `reply_to` carry only their
+    /// causation (the triggering event's position): for those, the triggering event is read.
+    pub fn is_reply_to(&self, event: &StoredEvent, type_name: &str) -> Result<bool, StoreError> {
+        if event.reply_to.is_some() || event.position > self.replies_recorded_after {
+            return Ok(event.is_reply_to(type_name));
+        }
+        let Some(cause) = event.causation_id.as_deref().and_then(|c| c.parse::<Position>().ok()) else {
+            return Ok(false);
+        };
+        Ok(self.read_event(cause)?.is_some_and(|cause| cause.stream_type == type_name))
     }
 
     /// The position of the newest committed event (0 for an empty log).
@@ -205,7 +238,13 @@ impl EventStore {
         let history = read.open_table(SNAPSHOT_HISTORY)?;
         let key = stream.key();
         for entry in history.range((key.as_str(), 0)..=(key.as_str(), version))?.rev() {
-            let snapshot = Snapshot::decode(entry?.1.value())?;
+            let (_, record) = entry?;
+            // Another version's snapshots (the whole history, right after a deploy) are
+            // passed by their digest alone, without copying their states.
+            if records::snapshot_digest(record.value()).is_some_and(|d| d != digest) {
+                continue;
+            }
+            let snapshot = Snapshot::decode(record.value())?;
             if snapshot.digest == digest {
                 return Ok(Some(snapshot));
             }
@@ -396,14 +435,20 @@ impl EventStore {
     pub fn parked_streams(&self, subscriber: &str) -> Result<BTreeMap<String, Position>, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let table = read.open_table(PARKED)?;
+        // One seek per parked stream, to its first letter: the letters waiting behind it (which
+        // can be many) are not read.
         let mut out = BTreeMap::new();
-        for entry in table.range((subscriber, "", 0)..)? {
+        let mut after = (String::new(), 0);
+        loop {
+            let Some(entry) = table.range((subscriber, after.0.as_str(), after.1)..)?.next() else { break };
             let (key, _) = entry?;
             let (key_subscriber, stream, position) = key.value();
             if key_subscriber != subscriber {
                 break;
             }
-            out.entry(stream.to_owned()).or_insert(position);
+            out.insert(stream.to_owned(), position);
+            // Positions are below u64::MAX: this passes the rest of the stream's letters.
+            after = (stream.to_owned(), u64::MAX);
         }
         Ok(out)
     }
@@ -444,8 +489,8 @@ mod tests {
                 expected_version: version - 1,
                 events: vec![event],
                 outcomes: Vec::new(),
-                snapshot: Some(snapshot),
-                history: Vec::new(),
+                snapshot: Some(snapshot.clone()),
+                history: vec![snapshot],
             };
             writer.append(batch).await.unwrap();
         }
@@ -462,6 +507,56 @@ mod tests {
         writer.keep_snapshots(&stream, vec![kept]).await.unwrap();
         assert_eq!(at(40, 3), Some((38, vec![99])));
         assert_eq!(at(38, 2), Some((37, vec![37])), "another version's at the same place was replaced");
+        writer.shutdown();
+    }
+
+    /// Events written by a Cairn before `reply_to` existed carry only their causation: a
+    /// replies-only subscriber still gets the ones its own type's reactions caused (the
+    /// triggering event is read), and nothing else. Events after the upgrade are judged by
+    /// `reply_to` alone.
+    #[tokio::test]
+    async fn events_from_before_reply_to_are_told_apart_by_their_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.redb");
+        let event = |causation: Option<&str>| NewEvent {
+            event_type: "Happened".to_owned(),
+            payload: vec![0x80],
+            correlation_id: "c".to_owned(),
+            causation_id: causation.map(str::to_owned),
+            component_version: 1,
+            reply_to: None,
+        };
+        let append = |stream: &str, event: NewEvent| AppendBatch {
+            stream: StreamId::new(stream.split_once('/').unwrap().0, stream.split_once('/').unwrap().1)
+                .unwrap(),
+            expected_version: 0,
+            events: vec![event],
+            outcomes: Vec::new(),
+            snapshot: None,
+            history: Vec::new(),
+        };
+        {
+            let (store, writer) = EventStore::open(&path).unwrap();
+            writer.append(append("money-transfer/t", event(None))).await.unwrap();
+            writer.append(append("account/a", event(Some("1")))).await.unwrap();
+            writer.append(append("account/b", event(None))).await.unwrap();
+            writer.shutdown();
+            // As a store of that earlier Cairn: no mark of where `reply_to` starts.
+            let db = store.file.get().unwrap();
+            drop(store);
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().remove(REPLIES_RECORDED_AFTER).unwrap();
+            txn.commit().unwrap();
+        }
+        let (store, writer) = EventStore::open(&path).unwrap();
+        let read = |position| store.read_event(position).unwrap().unwrap();
+        assert!(store.is_reply_to(&read(2), "money-transfer").unwrap(), "caused by a transfer's event");
+        assert!(!store.is_reply_to(&read(2), "order").unwrap());
+        assert!(!store.is_reply_to(&read(3), "money-transfer").unwrap(), "a client's");
+        let mut later = append("account/c", event(Some("1")));
+        later.expected_version = 0;
+        writer.append(later).await.unwrap();
+        assert!(!store.is_reply_to(&read(4), "money-transfer").unwrap(), "after the upgrade, reply_to tells");
         writer.shutdown();
     }
 }

@@ -226,6 +226,18 @@ impl Record for Snapshot {
     const KIND: &'static str = "snapshot";
 }
 
+/// The digest of an encoded [`Snapshot`], read without decoding (copying) its state; `None`
+/// if the bytes are not a snapshot as this version encodes them.
+pub(crate) fn snapshot_digest(bytes: &[u8]) -> Option<&[u8]> {
+    let mut rest = bytes;
+    if rmp::decode::read_array_len(&mut rest).ok()? != 3 {
+        return None;
+    }
+    let _version: u64 = rmp::decode::read_int(&mut rest).ok()?;
+    let len = rmp::decode::read_bin_len(&mut rest).ok()? as usize;
+    rest.get(..len)
+}
+
 /// One actor's contribution to a group commit: all of it is stored, or none.
 #[derive(Debug, Clone)]
 pub struct AppendBatch {
@@ -235,10 +247,10 @@ pub struct AppendBatch {
     pub events: Vec<NewEvent>,
     /// Outcomes of keyed commands, stored with the events they caused.
     pub outcomes: Vec<(String, StoredOutcome)>,
-    /// The stream's newest snapshot, if this batch takes one (it also goes to the history).
+    /// The stream's newest snapshot, if this batch takes one: where a waking actor starts.
     pub snapshot: Option<Snapshot>,
-    /// Older snapshots this batch passed (a batch can cross several snapshot intervals):
-    /// kept in the history only, for temporal reads.
+    /// Snapshots for the stream's history (a batch can cross several snapshot intervals),
+    /// where temporal reads start.
     pub history: Vec<Snapshot>,
 }
 
@@ -425,6 +437,17 @@ mod tests {
             prop_assert_ne!(Fingerprint::of("C", &one), Fingerprint::of("D", &one));
             let changed = serde_json::json!({"a": a as i64 + 1, "b": b, "n": {"x": 1, "y": [1, 2]}});
             prop_assert_ne!(Fingerprint::of("C", &one), Fingerprint::of("C", &changed));
+        }
+
+        #[test]
+        fn a_snapshots_digest_is_read_without_decoding_it(
+            version in any::<u64>(),
+            digest in prop::collection::vec(any::<u8>(), 0..40),
+            state in prop::collection::vec(any::<u8>(), 0..600),
+        ) {
+            let snapshot = Snapshot { version, digest: digest.clone(), state };
+            let encoded = snapshot.encode();
+            prop_assert_eq!(snapshot_digest(&encoded), Some(digest.as_slice()));
         }
 
         #[test]

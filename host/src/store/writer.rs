@@ -136,7 +136,8 @@ impl Writer {
     ) -> Result<Self, StoreError> {
         let (requests, queue) = mpsc::channel();
         let health = Arc::new(std::sync::Mutex::new(Health::default()));
-        let state = WriterThread { file: file.clone(), head, head_tx, tail, health: health.clone() };
+        let state =
+            WriterThread { file: file.clone(), head, head_tx, tail, health: health.clone(), reopens_seen: 0 };
         let thread = std::thread::Builder::new()
             .name("cairn-writer".into())
             .spawn(move || state.run(queue))
@@ -303,6 +304,8 @@ struct WriterThread {
     head_tx: watch::Sender<Position>,
     tail: Arc<StreamTail>,
     health: Arc<std::sync::Mutex<Health>>,
+    /// How many reopens of the file this thread has taken into account.
+    reopens_seen: u64,
 }
 
 impl WriterThread {
@@ -349,6 +352,14 @@ impl WriterThread {
                     }
                 },
             };
+            // Opened again by a reader since this thread last looked: what the file holds is
+            // the truth (a commit whose outcome was unknown may be in it).
+            if self.file.reopens() != self.reopens_seen
+                && let Err(error) = self.resync(&db)
+            {
+                fail(requests, &error.to_string(), Failure::NotStored);
+                continue;
+            }
             self.commit_group(db, requests);
         }
         tracing::debug!("writer thread stopped");
@@ -360,14 +371,8 @@ impl WriterThread {
         let started = std::time::Instant::now();
         self.file.reopen()?;
         let db = self.file.get()?;
-        let read = db.begin_read()?;
-        let head = read.open_table(EVENTS)?.last()?.map_or(0, |(position, _)| position.value());
-        drop(read);
-        self.tail.reload(&db, head)?;
-        if head != self.head {
-            self.head = head;
-            self.head_tx.send_replace(head);
-        }
+        self.resync(&db)?;
+        let head = self.head;
         let mut health = self.health.lock().expect("writer health lock");
         if let Some(reopen) = &mut health.reopen {
             let now = crate::time::now_micros();
@@ -379,6 +384,21 @@ impl WriterThread {
             head,
             "opened the store again after an I/O error"
         );
+        Ok(())
+    }
+
+    /// Take the head and the streams' newest events from the file as it is now.
+    fn resync(&mut self, db: &Database) -> Result<(), StoreError> {
+        let reopens = self.file.reopens();
+        let read = db.begin_read()?;
+        let head = read.open_table(EVENTS)?.last()?.map_or(0, |(position, _)| position.value());
+        drop(read);
+        self.tail.reload(db, head)?;
+        if head != self.head {
+            self.head = head;
+            self.head_tx.send_replace(head);
+        }
+        self.reopens_seen = reopens;
         Ok(())
     }
 
@@ -395,6 +415,10 @@ impl WriterThread {
         });
     }
 }
+
+/// A group written into its transaction, not committed yet: the transaction, each request's
+/// answer, and how many idempotency keys it forgets.
+type Prepared = (WriteTransaction, Vec<Result<Committed, AppendError>>, usize);
 
 /// How a failed group's requests are told.
 #[derive(Clone, Copy)]
@@ -452,120 +476,114 @@ impl WriterThread {
         // The group's stream-index entries, for the tail (see stream_tail.rs).
         let mut indexed = Vec::new();
         let mut flush = None;
-        let prepared =
-            (|| -> Result<(WriteTransaction, Vec<Result<Committed, AppendError>>, usize), StoreError> {
-                let mut txn = db.as_ref().expect("held until a reopen").begin_write()?;
-                txn.set_durability(Durability::Immediate)
-                    .map_err(|e| StoreError::CommitFailed(e.to_string()))?;
-                let mut answers = Vec::with_capacity(requests.len());
-                let mut forgotten = 0;
-                let mut tables = None;
-                for request in &requests {
-                    let answer = match request {
-                        Request::Append(batch, _) => {
-                            let tables = match &mut tables {
-                                Some(open) => open,
-                                None => tables.insert(AppendTables::open(&txn)?),
-                            };
-                            write_batch(tables, batch, &mut next, recorded_at_micros, &mut indexed)
-                        }
-                        Request::Cursor(name, position, _) => {
-                            txn.open_table(CURSORS)?.insert(name.as_str(), *position)?;
-                            Ok(Committed::default())
-                        }
-                        Request::Park(letter, _) => {
-                            let key = (letter.subscriber.as_str(), letter.stream.as_str(), letter.position);
-                            let replaced =
-                                txn.open_table(PARKED)?.insert(key, letter.encode().as_slice())?.is_some();
-                            if !replaced {
-                                count_parked(&txn, &letter.subscriber, 1)?;
-                            }
-                            Ok(Committed::default())
-                        }
-                        Request::Unpark(keys, _) => {
-                            let mut removed: std::collections::HashMap<&str, i64> = Default::default();
-                            let mut parked = txn.open_table(PARKED)?;
-                            for key in keys {
-                                let key_parts = (key.subscriber.as_str(), key.stream.as_str(), key.position);
-                                if parked.remove(key_parts)?.is_some() {
-                                    *removed.entry(key.subscriber.as_str()).or_default() -= 1;
-                                }
-                            }
-                            drop(parked);
-                            for (subscriber, change) in removed {
-                                count_parked(&txn, subscriber, change)?;
-                            }
-                            Ok(Committed::default())
-                        }
-                        Request::Component(write, _) => {
-                            txn.open_table(COMPONENTS)?
-                                .insert(write.name.as_str(), write.record.as_slice())?;
-                            if let Some((digest, bytes)) = &write.blob {
-                                txn.open_table(COMPONENT_BLOBS)?
-                                    .insert(digest.as_slice(), bytes.as_slice())?;
-                            }
-                            if let Some(digest) = &write.drop_blob {
-                                txn.open_table(COMPONENT_BLOBS)?.remove(digest.as_slice())?;
-                            }
-                            if let Some((cursor, start)) = &write.cursor {
-                                let mut cursors = txn.open_table(CURSORS)?;
-                                if cursors.get(cursor.as_str())?.is_none() {
-                                    // `next - 1`: the head as of this transaction, appends before it included.
-                                    let position = if *start == CursorStart::Head { next - 1 } else { 0 };
-                                    cursors.insert(cursor.as_str(), position)?;
-                                }
-                            }
-                            Ok(Committed::default())
-                        }
-                        Request::ForgetKeys { recorded_before, limit, .. } => {
-                            // It opens the outcome tables itself: no table may be open twice.
-                            tables = None;
-                            forgotten = forget_keys(&txn, *recorded_before, *limit)?;
-                            Ok(Committed::default())
-                        }
-                        Request::Barrier(_) => Ok(Committed::default()),
-                        Request::KeepSnapshots(stream, snapshots, _) => {
-                            // The append tables may hold the history open: no table may be open twice.
-                            tables = None;
-                            let mut history = txn.open_table(SNAPSHOT_HISTORY)?;
-                            for snapshot in snapshots {
-                                history.insert(
-                                    (stream.as_str(), snapshot.version),
-                                    snapshot.encode().as_slice(),
-                                )?;
-                            }
-                            Ok(Committed::default())
-                        }
-                        // Never queued: the thread stops at it.
-                        Request::Stop => continue,
-                    };
-                    // A storage failure may have left part of a batch written: abort everything.
-                    if let Err(AppendError::Store(e)) = answer {
-                        return Err(e);
+        let prepared = (|| -> Result<Prepared, StoreError> {
+            let mut txn = db.as_ref().expect("held until a reopen").begin_write()?;
+            txn.set_durability(Durability::Immediate).map_err(|e| StoreError::CommitFailed(e.to_string()))?;
+            let mut answers = Vec::with_capacity(requests.len());
+            let mut forgotten = 0;
+            let mut tables = None;
+            for request in &requests {
+                let answer = match request {
+                    Request::Append(batch, _) => {
+                        let tables = match &mut tables {
+                            Some(open) => open,
+                            None => tables.insert(AppendTables::open(&txn)?),
+                        };
+                        write_batch(tables, batch, &mut next, recorded_at_micros, &mut indexed)
                     }
-                    answers.push(answer);
+                    Request::Cursor(name, position, _) => {
+                        txn.open_table(CURSORS)?.insert(name.as_str(), *position)?;
+                        Ok(Committed::default())
+                    }
+                    Request::Park(letter, _) => {
+                        let key = (letter.subscriber.as_str(), letter.stream.as_str(), letter.position);
+                        let replaced =
+                            txn.open_table(PARKED)?.insert(key, letter.encode().as_slice())?.is_some();
+                        if !replaced {
+                            count_parked(&txn, &letter.subscriber, 1)?;
+                        }
+                        Ok(Committed::default())
+                    }
+                    Request::Unpark(keys, _) => {
+                        let mut removed: std::collections::HashMap<&str, i64> = Default::default();
+                        let mut parked = txn.open_table(PARKED)?;
+                        for key in keys {
+                            let key_parts = (key.subscriber.as_str(), key.stream.as_str(), key.position);
+                            if parked.remove(key_parts)?.is_some() {
+                                *removed.entry(key.subscriber.as_str()).or_default() -= 1;
+                            }
+                        }
+                        drop(parked);
+                        for (subscriber, change) in removed {
+                            count_parked(&txn, subscriber, change)?;
+                        }
+                        Ok(Committed::default())
+                    }
+                    Request::Component(write, _) => {
+                        txn.open_table(COMPONENTS)?.insert(write.name.as_str(), write.record.as_slice())?;
+                        if let Some((digest, bytes)) = &write.blob {
+                            txn.open_table(COMPONENT_BLOBS)?.insert(digest.as_slice(), bytes.as_slice())?;
+                        }
+                        if let Some(digest) = &write.drop_blob {
+                            txn.open_table(COMPONENT_BLOBS)?.remove(digest.as_slice())?;
+                        }
+                        if let Some((cursor, start)) = &write.cursor {
+                            let mut cursors = txn.open_table(CURSORS)?;
+                            if cursors.get(cursor.as_str())?.is_none() {
+                                // `next - 1`: the head as of this transaction, appends before it included.
+                                let position = if *start == CursorStart::Head { next - 1 } else { 0 };
+                                cursors.insert(cursor.as_str(), position)?;
+                            }
+                        }
+                        Ok(Committed::default())
+                    }
+                    Request::ForgetKeys { recorded_before, limit, .. } => {
+                        // It opens the outcome tables itself: no table may be open twice.
+                        tables = None;
+                        forgotten = forget_keys(&txn, *recorded_before, *limit)?;
+                        Ok(Committed::default())
+                    }
+                    Request::Barrier(_) => Ok(Committed::default()),
+                    Request::KeepSnapshots(stream, snapshots, _) => {
+                        // The append tables may hold the history open: no table may be open twice.
+                        tables = None;
+                        let mut history = txn.open_table(SNAPSHOT_HISTORY)?;
+                        for snapshot in snapshots {
+                            history
+                                .insert((stream.as_str(), snapshot.version), snapshot.encode().as_slice())?;
+                        }
+                        Ok(Committed::default())
+                    }
+                    // Never queued: the thread stops at it.
+                    Request::Stop => continue,
+                };
+                // A storage failure may have left part of a batch written: abort everything.
+                if let Err(AppendError::Store(e)) = answer {
+                    return Err(e);
                 }
-                let stall = requests.iter().find_map(|r| match r {
-                    Request::Append(batch, _) => crate::faults::commit_stall(&batch.stream.key()),
-                    _ => None,
-                });
-                if let Some(stall) = stall {
-                    std::thread::sleep(stall);
-                }
-                let faulted = requests.iter().any(
+                answers.push(answer);
+            }
+            let stall = requests.iter().find_map(|r| match r {
+                Request::Append(batch, _) => crate::faults::commit_stall(&batch.stream.key()),
+                _ => None,
+            });
+            if let Some(stall) = stall {
+                std::thread::sleep(stall);
+            }
+            let faulted = requests.iter().any(
                 |r| matches!(r, Request::Append(batch, _) if crate::faults::commit_fail(&batch.stream.key())),
             );
-                if faulted {
-                    return Err(StoreError::CommitFailed("fault injection: commit-fail".to_owned()));
-                }
-                drop(tables);
-                tail.add(&indexed);
-                flush = tail.due(next - 1);
-                if let Some(flush) = &flush {
-                    tail.write(&txn, flush)?;
-                }
-                Ok((txn, answers, forgotten))
-            })();
+            if faulted {
+                return Err(StoreError::CommitFailed("fault injection: commit-fail".to_owned()));
+            }
+            drop(tables);
+            tail.add(&indexed);
+            flush = tail.due(next - 1);
+            if let Some(flush) = &flush {
+                tail.write(&txn, flush)?;
+            }
+            Ok((txn, answers, forgotten))
+        })();
         let armed = requests
             .iter()
             .any(|r| matches!(r, Request::Append(batch, _) if crate::faults::io_error(&batch.stream.key())));
@@ -578,24 +596,22 @@ impl WriterThread {
                 let outcome = txn.commit().map_err(StoreError::from);
                 crate::faults::disarm_io_error();
                 match outcome {
-                    Ok(()) => Ok((answers, forgotten, true)),
+                    Ok(()) => Ok((answers, forgotten)),
                     Err(error) if needs_reopen(&error) => {
                         db.take();
                         self.failed(&error);
+                        let wrote_events = next - 1 > head;
                         match self.reopen() {
-                            // The reopened file holds the group: it landed after all.
-                            Ok(()) if self.head == next - 1 && next - 1 > head => {
-                                Ok((answers, forgotten, false))
+                            // The reopened file does not hold the group's events: the commit
+                            // never reached its header, nothing of it is stored.
+                            Ok(()) if wrote_events && self.head == head => {
+                                Err((error, Failure::NotStored, true))
                             }
-                            Ok(()) if self.head == head => Err((error, Failure::NotStored, true)),
-                            Ok(()) => {
-                                tracing::error!(
-                                    before = head,
-                                    now = self.head,
-                                    "the store's head moved unexpectedly across a reopen"
-                                );
-                                Err((error, Failure::Unknown, true))
-                            }
+                            // It holds them, or the group had none to tell by: the commit may
+                            // have reached the file, but its fsync failed, and after a failed
+                            // fsync the kernel may have dropped pages it never wrote. So it is
+                            // never acknowledged: its callers learn the outcome is unknown.
+                            Ok(()) => Err((error, Failure::Unknown, true)),
                             Err(reopen) => {
                                 tracing::error!("the store could not be opened again: {reopen}");
                                 Err((error, Failure::Unknown, true))
@@ -607,8 +623,8 @@ impl WriterThread {
             }
         };
         match committed {
-            Ok((answers, forgotten, tail_current)) => {
-                if tail_current && let Some(flush) = flush {
+            Ok((answers, forgotten)) => {
+                if let Some(flush) = flush {
                     tail.moved(flush);
                 }
                 self.health.lock().expect("writer health lock").last_failure = None;
@@ -771,9 +787,7 @@ fn write_batch(
                 .map_err(StoreError::from)?;
         }
         if let Some(snapshot) = &batch.snapshot {
-            let encoded = snapshot.encode();
-            snapshots.insert(key.as_str(), encoded.as_slice()).map_err(StoreError::from)?;
-            history.insert((key.as_str(), snapshot.version), encoded.as_slice()).map_err(StoreError::from)?;
+            snapshots.insert(key.as_str(), snapshot.encode().as_slice()).map_err(StoreError::from)?;
         }
     }
     Ok(Committed { events: stored })
