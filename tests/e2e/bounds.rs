@@ -156,8 +156,7 @@ async fn an_account_with_50_000_transactions_keeps_its_view_small() {
     }
     assert_eq!(pages * 100, earlier);
     let views = host.get("/views").await.expect(200);
-    let info =
-        views.body["projections"].as_array().unwrap().iter().find(|p| p["name"] == "account-info").unwrap();
+    let info = crate::views::projection(&views.body, "account-info");
     assert_eq!(info["status"], "running", "{info}");
 }
 
@@ -174,21 +173,11 @@ async fn a_projection_stopped_by_an_oversized_document_shows_in_views_metrics_an
     }
     eventually("account-info stops", || async {
         let views = host.get("/views").await.body;
-        views["projections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["name"] == "account-info" && p["status"] == "failed")
+        crate::views::projection(&views, "account-info")["status"] == "failed"
     })
     .await;
     let views = host.get("/views").await.body;
-    let info = views["projections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "account-info")
-        .unwrap()
-        .clone();
+    let info = crate::views::projection(&views, "account-info").clone();
     assert!(info["failure"]["reason"].as_str().unwrap().contains("2000 allowed"), "{info}");
     let metrics = host.get("/metrics").await.body.as_str().unwrap().to_owned();
     assert!(metrics.contains(r#"cairn_projection_failed{projection="account-info"} 1"#), "{metrics}");

@@ -31,7 +31,7 @@ async fn last_position_of_saga(host: &Host, correlation_id: &str) -> u64 {
     saga.body["events"].as_array().unwrap().iter().map(|e| e["position"].as_u64().unwrap()).max().unwrap()
 }
 
-fn projection<'a>(views: &'a Value, name: &str) -> &'a Value {
+pub(crate) fn projection<'a>(views: &'a Value, name: &str) -> &'a Value {
     views["projections"]
         .as_array()
         .unwrap()

@@ -116,6 +116,20 @@ impl Connection {
         }
     }
 
+    /// A write's poll, on the stall clock: it runs while the write waits and stops once it moves.
+    fn timed<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Pending => {
+                ready!(self.waiting(cx))?;
+                Poll::Pending
+            }
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+
     /// Write the rest of a replacement answer; ready once it is all out.
     fn write_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some((bytes, written)) = &mut self.replacement {
@@ -189,16 +203,8 @@ impl AsyncWrite for Connection {
             ready!(this.write_replacement(cx))?;
             return Poll::Ready(Ok(buf.len()));
         }
-        match Pin::new(&mut this.stream).poll_write(cx, buf) {
-            Poll::Pending => {
-                ready!(this.waiting(cx))?;
-                Poll::Pending
-            }
-            done => {
-                this.stalled = None;
-                done
-            }
-        }
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.timed(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -213,16 +219,8 @@ impl AsyncWrite for Connection {
         }
         let this = &mut *self;
         ready!(this.write_replacement(cx))?;
-        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
-            Poll::Pending => {
-                ready!(this.waiting(cx))?;
-                Poll::Pending
-            }
-            done => {
-                this.stalled = None;
-                done
-            }
-        }
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.timed(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -232,16 +230,8 @@ impl AsyncWrite for Connection {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         ready!(this.write_replacement(cx))?;
-        match Pin::new(&mut this.stream).poll_flush(cx) {
-            Poll::Pending => {
-                ready!(this.waiting(cx))?;
-                Poll::Pending
-            }
-            done => {
-                this.stalled = None;
-                done
-            }
-        }
+        let polled = Pin::new(&mut this.stream).poll_flush(cx);
+        this.timed(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -186,11 +186,7 @@ impl AggregateComponent {
         let mut subscriptions: Vec<Subscription> = described
             .subscriptions
             .into_iter()
-            .map(|s| Subscription {
-                source_type: s.source_type,
-                event_types: s.event_types,
-                replies_only: false,
-            })
+            .map(|s| Subscription::to(&s.source_type, s.event_types))
             .collect();
         let mut internal_commands = Vec::new();
         match policy {

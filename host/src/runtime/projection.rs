@@ -178,11 +178,7 @@ impl ProjectionComponent {
             subscriptions: described
                 .subscriptions
                 .into_iter()
-                .map(|s| Subscription {
-                    source_type: s.source_type,
-                    event_types: s.event_types,
-                    replies_only: false,
-                })
+                .map(|s| Subscription::to(&s.source_type, s.event_types))
                 .collect(),
         };
         Ok(loaded)
