@@ -19,6 +19,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("money-transfer", "MONEY_TRANSFER", "aggregates/money-transfer"),
     ("order", "ORDER", "aggregates/order"),
     ("customer", "CUSTOMER", "aggregates/customer"),
+    ("create-order-saga", "CREATE_ORDER_SAGA", "aggregates/create-order-saga"),
     ("account-info", "ACCOUNT_INFO", "examples/account-info"),
     ("customer-orders", "CUSTOMER_ORDERS", "examples/customer-orders"),
     // Test-only: misbehave on command (logic in tests/guests/misbehave); built, never bundled.
@@ -35,8 +36,15 @@ const GUESTS: &[(&str, &str, &str)] = &[
 /// feature never reaches the aggregate's own component.
 const EXAMPLES: &[(&str, &str, &str)] = &[("account-v2", "ACCOUNT_V2", "examples/account-v2")];
 /// The components a new data directory starts with.
-const BUNDLED: &[&str] =
-    &["account", "money-transfer", "order", "customer", "account-info", "customer-orders"];
+const BUNDLED: &[&str] = &[
+    "account",
+    "money-transfer",
+    "order",
+    "customer",
+    "create-order-saga",
+    "account-info",
+    "customer-orders",
+];
 const TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "guest";
 

@@ -16,6 +16,7 @@ mod errors;
 mod fuzz;
 mod metrics;
 mod openapi;
+mod orchestration;
 mod reads;
 mod sagas;
 mod sandbox;

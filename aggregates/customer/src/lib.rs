@@ -130,18 +130,25 @@ impl Aggregate for CustomerAggregate {
         vec![Subscription::to("order", ["OrderCreated", "OrderCancelled"])]
     }
 
+    /// Reservations come from the order's events (the choreography) or from the Create
+    /// Order saga's orchestrator; releases from a cancelled order.
     fn internal_commands() -> Vec<InternalCommand> {
-        ["ReserveCredit", "ReleaseCredit"]
-            .into_iter()
-            .map(|command| InternalCommand::named(command).only_from(["order"]))
-            .collect()
+        vec![
+            InternalCommand::named("ReserveCredit").only_from(["order", "create-order-saga"]),
+            InternalCommand::named("ReleaseCredit").only_from(["order"]),
+        ]
     }
 
-    /// Reserve credit for a new order; release it when the order is cancelled.
+    /// Reserve credit for a new order; release it when the order is cancelled. An order a
+    /// saga created (a routed command, so it has a cause) is that saga's to drive: the
+    /// orchestrator reserves its credit itself.
     fn react(event: &EventEnvelope) -> Vec<OutgoingCommand> {
         let Ok(order) = event.data::<OrderFacts>() else {
             return Vec::new();
         };
+        if event.event_type == "OrderCreated" && event.causation_id.is_some() {
+            return Vec::new();
+        }
         let order_id = event.stream_id.as_str();
         let command = match event.event_type.as_str() {
             "OrderCreated" => {

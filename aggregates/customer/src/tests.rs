@@ -139,3 +139,15 @@ fn a_new_order_reserves_credit_and_a_cancelled_one_releases_it() {
         vec![OutgoingCommand::new("customer", "c1", "ReleaseCredit", &Release { order_id: "o1" })]
     );
 }
+
+/// An order a saga created (the orchestrator's routed `CreateOrder`, so it has a cause) is
+/// that saga's to drive: the choreography reserves nothing for it.
+#[test]
+fn an_order_a_saga_created_is_left_to_the_saga() {
+    let created = OrderEvent::OrderCreated { customer_id: "c1".into(), order_total: 5 };
+    let from_a_client = envelope("order", "o1", 1, &created);
+    assert_eq!(reactions::<CustomerAggregate>(&from_a_client).len(), 1);
+    let mut from_a_saga = from_a_client;
+    from_a_saga.causation_id = Some("7".into());
+    assert!(reactions::<CustomerAggregate>(&from_a_saga).is_empty());
+}

@@ -144,10 +144,12 @@ impl Aggregate for OrderAggregate {
         ]
     }
 
+    /// The customer's credit decision (the choreography) or the Create Order saga's
+    /// orchestrator decides an order; nobody else.
     fn internal_commands() -> Vec<InternalCommand> {
         ["ApproveOrder", "RejectOrder"]
             .into_iter()
-            .map(|command| InternalCommand::named(command).only_from(["customer"]))
+            .map(|command| InternalCommand::named(command).only_from(["customer", "create-order-saga"]))
             .collect()
     }
 
