@@ -325,7 +325,7 @@ async fn every_page_of_the_console_loads_without_errors_in_the_browser_console()
             "#/send?type=account&id=101",
             "return document.getElementById('send-type')?.value === 'account'",
         ),
-        ("components", "#/components", "return document.querySelectorAll('.component').length === 6"),
+        ("components", "#/components", "return document.querySelectorAll('.component').length === 7"),
         (
             "routing",
             "#/routing",
@@ -397,7 +397,7 @@ async fn every_page_of_the_console_loads_without_errors_in_the_browser_console()
     browser
         .wait_for(
             "the components page after pressing 5",
-            "return location.hash === '#/components' && document.querySelectorAll('.component').length === 6",
+            "return location.hash === '#/components' && document.querySelectorAll('.component').length === 7",
         )
         .await;
     assert_no_console_errors(&browser.console_errors().await, "keyboard navigation");

@@ -81,7 +81,15 @@ async fn health_and_components_answer() {
         components.body.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["account", "account-info", "customer", "customer-orders", "money-transfer", "order"],
+        [
+            "account",
+            "account-info",
+            "create-order-saga",
+            "customer",
+            "customer-orders",
+            "money-transfer",
+            "order"
+        ],
         "a new data directory has the examples"
     );
     let account = &components.body[0];
