@@ -22,7 +22,9 @@
 //!   stalled fsync would hold the writer;
 //! - `io-error=<stream key>[:<skip>]`: the disk refuses the writes of the group commit
 //!   holding that stream's first append (or the one after `skip` appends), as a failing
-//!   device would: redb then refuses everything until the file is opened again.
+//!   device would: redb then refuses everything until the file is opened again;
+//! - `fsync-error=<stream key>[:<skip>]`: the same commit's writes go through but its fsync
+//!   fails, as a device that loses its cache would report.
 
 use std::time::Duration;
 
@@ -41,6 +43,7 @@ mod injected {
         commit_fail: Option<(String, u64)>,
         commit_stall: Option<(String, Duration, u64)>,
         io_error: Option<(String, u64)>,
+        fsync_error: Option<(String, u64)>,
     }
 
     static ACTOR_PANICKED: AtomicBool = AtomicBool::new(false);
@@ -48,8 +51,10 @@ mod injected {
     static COMMIT_FAIL_APPENDS: AtomicU64 = AtomicU64::new(0);
     static COMMIT_STALL_APPENDS: AtomicU64 = AtomicU64::new(0);
     static IO_ERROR_APPENDS: AtomicU64 = AtomicU64::new(0);
+    static FSYNC_ERROR_APPENDS: AtomicU64 = AtomicU64::new(0);
     /// Set by the writer around the commit the fault is for; read by the file backend.
     pub static IO_ERROR_ARMED: AtomicBool = AtomicBool::new(false);
+    pub static FSYNC_ERROR_ARMED: AtomicBool = AtomicBool::new(false);
 
     pub fn faults() -> &'static Faults {
         static FAULTS: OnceLock<Faults> = OnceLock::new();
@@ -64,6 +69,7 @@ mod injected {
                 Some(("delivery-panic", event)) => faults.delivery_panic = Some(event.to_owned()),
                 Some(("commit-fail", spec)) => faults.commit_fail = name_and_skip(spec),
                 Some(("io-error", spec)) => faults.io_error = name_and_skip(spec),
+                Some(("fsync-error", spec)) => faults.fsync_error = name_and_skip(spec),
                 Some(("rebuild-stall", millis)) if millis.parse::<u64>().is_ok() => {
                     faults.rebuild_stall = millis.parse().ok().map(Duration::from_millis);
                 }
@@ -143,6 +149,13 @@ mod injected {
                 return false;
             };
             IO_ERROR_APPENDS.fetch_add(1, Ordering::SeqCst) == *skip
+        }
+
+        pub fn fsync_error(&self, stream: &str) -> bool {
+            let Some((_, skip)) = self.fsync_error.as_ref().filter(|(s, _)| s == stream) else {
+                return false;
+            };
+            FSYNC_ERROR_APPENDS.fetch_add(1, Ordering::SeqCst) == *skip
         }
 
         pub fn delivery_panic(&self, event_type: &str) -> bool {
@@ -250,20 +263,38 @@ pub fn io_error(stream: &str) -> bool {
     }
 }
 
-/// Make the store file's writes fail from now on (the commit an `io-error` fault is for).
-pub fn arm_io_error() {
+/// Whether the group commit holding an append to `stream` must meet a disk whose fsync
+/// fails after the writes went through, if a test asked (once).
+pub fn fsync_error(stream: &str) -> bool {
     #[cfg(debug_assertions)]
-    injected::IO_ERROR_ARMED.store(true, std::sync::atomic::Ordering::SeqCst);
+    return injected::faults().fsync_error(stream);
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = stream;
+        false
+    }
 }
 
-/// Let the store file's writes succeed again.
-pub fn disarm_io_error() {
+/// Make the store files' writes (`writes`) or fsyncs (`fsyncs`) fail from now on, for the
+/// commit an `io-error` or `fsync-error` fault is for; `false, false` lets them succeed again.
+pub fn arm_disk_faults(writes: bool, fsyncs: bool) {
     #[cfg(debug_assertions)]
-    injected::IO_ERROR_ARMED.store(false, std::sync::atomic::Ordering::SeqCst);
+    {
+        injected::IO_ERROR_ARMED.store(writes, std::sync::atomic::Ordering::SeqCst);
+        injected::FSYNC_ERROR_ARMED.store(fsyncs, std::sync::atomic::Ordering::SeqCst);
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = (writes, fsyncs);
 }
 
-/// Whether the store file's writes fail now.
+/// Whether the store files' writes fail now.
 #[cfg(debug_assertions)]
 pub fn io_error_armed() -> bool {
     injected::IO_ERROR_ARMED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Whether the store files' fsyncs fail now.
+#[cfg(debug_assertions)]
+pub fn fsync_error_armed() -> bool {
+    injected::FSYNC_ERROR_ARMED.load(std::sync::atomic::Ordering::SeqCst)
 }

@@ -10,7 +10,7 @@
 //! events after its cursor are handled again. One commit a second is made durable.
 
 use crate::runtime::{DocumentReader, Writes};
-use crate::store::file::{StoreFile, needs_reopen};
+use crate::store::file::{StoreFile, needs_reopen, open_as_it_is};
 use crate::store::{Position, StoreError};
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -105,6 +105,9 @@ impl ViewStore {
     /// Run a write on the file; after an I/O error, open the file again (redb refuses
     /// everything after one until then), so the caller's retry can succeed.
     fn writing<T>(&self, write: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        // A file an earlier reopen could not open (the disk still failing) is tried again here,
+        // off the threads that answer HTTP (the projections write on blocking threads).
+        self.file.open_if_closed(&open_as_it_is)?;
         let reopens = self.file.reopens();
         let db = self.file.get()?;
         let written = write(&db);
@@ -320,6 +323,9 @@ impl ViewStore {
 
     /// The committed documents of a generation, for a batch's guest to read.
     pub fn reader(&self, name: &str, generation: u32) -> Result<Box<dyn DocumentReader>, StoreError> {
+        // The projections' batches start here, on blocking threads: the owner's place to
+        // open a file an earlier reopen could not.
+        self.file.open_if_closed(&open_as_it_is)?;
         let read = self.file.get()?.begin_read()?;
         let table = read.open_table(TableDefinition::<&str, &str>::new(&table_name(name, generation)))?;
         Ok(Box::new(CommittedDocuments { table }))

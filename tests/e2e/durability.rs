@@ -319,6 +319,55 @@ async fn an_io_error_is_recovered_without_a_restart_and_nothing_acknowledged_is_
     check_credits(&host, &acknowledged, &refused).await;
 }
 
+/// An fsync fails on a commit whose header reached the file, as a device that loses its
+/// cache would report. The kernel may have dropped pages it had not written, so the host
+/// neither acknowledges that commit (its caller is told the outcome is unknown) nor reads or
+/// writes anything more on the file: every later command is refused as not stored, reads
+/// are refused, and `/readyz` says a restart is needed. The restart writes the file anew,
+/// then the retry with the same `Idempotency-Key` answers what happened, and commands go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_fsync_of_a_landed_commit_stops_the_writes_until_a_restart() {
+    let mut host = Host::start_with_env(&[], &[("CAIRN_FAULTS", "fsync-error=account/f:1")]);
+    host.open_account("f", 0).await;
+    host.open_account("g", 0).await;
+    let credit = |transaction: &str| json!({"amount": 7, "transaction_id": transaction});
+    let keyed = |host: &Host| {
+        host.command_request("account", "f", "CreditAccount", credit("t1"))
+            .header("Idempotency-Key", "fsync-1")
+    };
+    let unknown = host.send(keyed(&host)).await.expect_error(503, "outcome_unknown");
+    assert!(
+        unknown.body["error"]["message"].as_str().unwrap().contains("Idempotency-Key"),
+        "{}",
+        unknown.body
+    );
+    // Nothing more is written on this file, to any stream.
+    let refused = host.command("account", "g", "CreditAccount", credit("t2")).await;
+    let refused = refused.expect_error(503, "storage_unavailable");
+    assert!(refused.body["error"]["message"].as_str().unwrap().contains("restart"), "{}", refused.body);
+    let ready = host.get("/readyz").await.expect_error(503, "not_ready");
+    assert!(ready.body["error"]["message"].as_str().unwrap().contains("restarts"), "{}", ready.body);
+    // Nothing of that commit is shown before the restart: not its state, not its keyed answer.
+    let read = host.get("/aggregates/account/f").await;
+    assert!(read.status == 503 || read.body["state"]["balance"] == 0, "{} {}", read.status, read.body);
+    host.send(keyed(&host)).await.expect_error(503, "storage_unavailable");
+    host.get("/aggregates/account/f/events").await.expect_error(503, "storage_unavailable");
+
+    host.kill9();
+    let marker = host.data_dir().join("events.redb.sealed");
+    assert!(marker.exists(), "the next start is told to write the file anew");
+    host.set_env(&[]);
+    host.start_again();
+    assert!(!marker.exists());
+    host.get("/readyz").await.expect(200);
+    // The commit had landed: the retry answers it, and the credit is there once.
+    let retried = host.send(keyed(&host)).await.expect(200);
+    assert_eq!(retried.body["version"], 2, "{}", retried.body);
+    assert_eq!(host.state("account", "f").await["balance"], 7);
+    host.command("account", "g", "CreditAccount", credit("t2")).await.expect(200);
+    assert_eq!(host.state("account", "g").await["balance"], 7);
+}
+
 /// The views equal the aggregates: a view commit the injected failure took back (or the
 /// reopen of the view store) cost no event.
 async fn check_views_follow(host: &Host, accounts: &[&str]) {

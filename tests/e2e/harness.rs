@@ -190,6 +190,11 @@ impl Host {
         self.spawn();
     }
 
+    /// The environment of the next start (e.g. without `CAIRN_FAULTS`).
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    }
+
     /// Start again after a SIGKILL.
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "stop or kill the host first");

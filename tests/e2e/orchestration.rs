@@ -29,6 +29,16 @@ async fn saga_end(host: &Host, id: &str) -> Value {
     }
 }
 
+/// The stream of the event that caused `event` (a routed command's event names its cause by
+/// the cause's position).
+async fn cause_stream(host: &Host, event: &Value) -> String {
+    let cause: u64 = event["causation_id"].as_str().expect("a routed command's event").parse().unwrap();
+    let found = host.get(&format!("/events?after={}&limit=1", cause - 1)).await.expect(200);
+    let cause_event = &found.body["events"][0];
+    assert_eq!(cause_event["position"], cause, "{}", found.body);
+    cause_event["stream"].as_str().unwrap().to_owned()
+}
+
 async fn customer(host: &Host, id: &str) -> Value {
     host.state("customer", id).await
 }
@@ -237,10 +247,77 @@ async fn both_styles_over_the_same_customers_survive_a_kill_9_and_reserve_each_c
                 && event["type"] != "CustomerCreditReleased"
             {
                 *decided.entry(order.to_owned()).or_default() += 1;
+                // ... by the style that started the order: the saga's own step, or the order.
+                let n: usize = order.trim_start_matches('o').parse().unwrap();
+                let expected = if n.is_multiple_of(2) { "create-order-saga" } else { "order" };
+                let cause = cause_stream(&host, event).await;
+                assert_eq!(cause.split('/').next(), Some(expected), "{order} was decided for {cause}");
             }
         }
         assert!(decided.values().all(|n| *n == 1), "{id}: a credit decided twice: {decided:?}");
     }
     let dead = host.get("/routing/dead-letters").await.expect(200);
     assert_eq!(dead.body["dead_letters"], json!([]));
+}
+
+/// A saga and a client race to create the same order: exactly one of them creates it, and
+/// that one drives it. Either the saga's `CreateOrder` is refused (the saga ends `REJECTED`,
+/// the choreography decides the credit) or the client's is (the saga decides it); the credit
+/// is decided once either way, by the one that created the order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saga_and_a_client_racing_for_one_order_id_drive_it_once() {
+    let host = Host::start();
+    host.command("customer", "c1", "CreateCustomer", json!({"name": "Fred", "credit_limit": 1_000_000}))
+        .await
+        .expect(200);
+    let ids: Vec<String> = (0..12).map(|n| format!("race{n}")).collect();
+    let mut races = Vec::new();
+    for id in &ids {
+        let (http, url, id) = (host.http.clone(), host.url.clone(), id.clone());
+        races.push(tokio::spawn(async move {
+            let saga = json!({"type": "StartCreateOrder", "data": {"order_id": id, "customer_id": "c1", "order_total": 10}});
+            let order = json!({"type": "CreateOrder", "data": {"customer_id": "c1", "order_total": 10}});
+            let (saga, order) = tokio::join!(
+                answer_of(http.post(format!("{url}/aggregates/create-order-saga/{id}/commands")).json(&saga)),
+                answer_of(http.post(format!("{url}/aggregates/order/{id}/commands")).json(&order)),
+            );
+            saga.expect(200);
+            (id, order.status.as_u16(), order.body)
+        }));
+    }
+    let mut client_won = 0;
+    for race in races {
+        let (id, status, body) = race.await.unwrap();
+        let saga = saga_end(&host, &id).await;
+        let order = wait_order(&host, &id).await;
+        match status {
+            200 => {
+                client_won += 1;
+                assert_eq!(saga["rejection_reason"], "ORDER_ALREADY_EXISTS", "{id}: {saga}");
+            }
+            422 => {
+                assert_eq!(body["error"]["code"], "order_already_exists", "{id}: {body}");
+                assert_eq!(saga["state"], order["state"], "{id}: the saga drove its order");
+            }
+            other => panic!("{id}: {other} {body}"),
+        }
+        assert_eq!(order["state"], "APPROVED", "{id}: {order}");
+    }
+    // One decision per order, caused by whoever created it.
+    let events = host.get("/aggregates/customer/c1/events?limit=1000").await.expect(200);
+    let decisions: Vec<&Value> = events.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "CustomerCreditReserved")
+        .collect();
+    assert_eq!(decisions.len(), ids.len(), "{}", events.body);
+    let mut by_saga = 0;
+    for decision in &decisions {
+        if cause_stream(&host, decision).await.starts_with("create-order-saga/") {
+            by_saga += 1;
+        }
+    }
+    assert_eq!(by_saga, ids.len() - client_won, "the saga decided the orders it created");
+    assert_eq!(customer(&host, "c1").await["available_credit"], 1_000_000 - 10 * ids.len() as i64);
 }

@@ -7,9 +7,14 @@
 //! ```text
 //! StartCreateOrder ─> CREATING_ORDER ──order created──> RESERVING_CREDIT ──credit reserved──> APPROVING ──order approved──> APPROVED
 //!                          │                                 │
+//!                          │                                 │                                    └──approval refused──> REJECTED (credit released)
 //!                          │                                 └──credit refused / no customer──> REJECTING ──order rejected──> REJECTED
 //!                          └──the order cannot be created────────────────────────────────────────────────────────────────> REJECTED
 //! ```
+//!
+//! The one compensation: credit reserved for an order that then refuses its approval is
+//! released (`ReleaseCredit` to the customer, sent as the reaction to the saga's last
+//! event, so the host delivers it once even through a crash).
 //!
 //! The saga's id is its order's id: replies name the order (`OrderCreated` is an event of
 //! `order/{id}`, the customer's credit events carry `order_id`), so that is how they find
@@ -54,6 +59,10 @@ pub struct CreateOrderSaga {
     pub order_total: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejection_reason: Option<String>,
+    /// The customer refused the compensation's `ReleaseCredit` (its code): the credit is
+    /// still reserved, and someone must release it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_refused: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,12 +86,43 @@ pub enum SagaCommand {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SagaEvent {
-    CreateOrderSagaStarted { order_id: String, customer_id: String, order_total: i64 },
-    OrderCreationRecorded { order_id: String, customer_id: String, order_total: i64 },
-    CreditReservationRecorded { order_id: String },
-    CreditRefusalRecorded { order_id: String, rejection_reason: String },
-    CreateOrderSagaApproved { order_id: String },
-    CreateOrderSagaRejected { order_id: String, rejection_reason: String },
+    CreateOrderSagaStarted {
+        order_id: String,
+        customer_id: String,
+        order_total: i64,
+    },
+    OrderCreationRecorded {
+        order_id: String,
+        customer_id: String,
+        order_total: i64,
+    },
+    CreditReservationRecorded {
+        order_id: String,
+    },
+    CreditRefusalRecorded {
+        order_id: String,
+        rejection_reason: String,
+    },
+    CreateOrderSagaApproved {
+        order_id: String,
+    },
+    CreateOrderSagaRejected {
+        order_id: String,
+        rejection_reason: String,
+    },
+    /// The order refused its approval after the credit was reserved: the saga ends rejected
+    /// and its reaction releases the credit.
+    CreditReleaseRequested {
+        order_id: String,
+        customer_id: String,
+        rejection_reason: String,
+    },
+    /// The customer refused that release: the saga stays rejected and says so.
+    CreditReleaseRefused {
+        order_id: String,
+        customer_id: String,
+        code: String,
+    },
 }
 
 /// The fields the saga reads from its own events and from the participants' replies.
@@ -168,6 +208,7 @@ impl Aggregate for CreateOrderSagaAggregate {
                 customer_id: customer_id.clone(),
                 order_total: *order_total,
                 rejection_reason: None,
+                release_refused: None,
             };
         }
         let mut saga = state.expect("a saga's first event is CreateOrderSagaStarted");
@@ -180,10 +221,12 @@ impl Aggregate for CreateOrderSagaAggregate {
                 saga.rejection_reason = Some(rejection_reason.clone());
             }
             CreateOrderSagaApproved { .. } => saga.state = SagaState::APPROVED,
-            CreateOrderSagaRejected { rejection_reason, .. } => {
+            CreateOrderSagaRejected { rejection_reason, .. }
+            | CreditReleaseRequested { rejection_reason, .. } => {
                 saga.state = SagaState::REJECTED;
                 saga.rejection_reason = Some(rejection_reason.clone());
             }
+            CreditReleaseRefused { code, .. } => saga.release_refused = Some(code.clone()),
         }
         saga
     }
@@ -200,6 +243,7 @@ impl Aggregate for CreateOrderSagaAggregate {
                     "OrderCreationRecorded",
                     "CreditReservationRecorded",
                     "CreditRefusalRecorded",
+                    "CreditReleaseRequested",
                 ],
             ),
             Subscription::to("order", ["OrderCreated", "OrderApproved", "OrderRejected"]).replies_only(),
@@ -271,6 +315,15 @@ impl Aggregate for CreateOrderSagaAggregate {
             (TYPE, "CreditReservationRecorded") => {
                 vec![OutgoingCommand::new("order", &event.stream_id, "ApproveOrder", &NoFields {})]
             }
+            (TYPE, "CreditReleaseRequested") => {
+                let Some(customer_id) = step.customer_id else { return Vec::new() };
+                #[derive(Serialize)]
+                struct ReleaseCredit<'a> {
+                    order_id: &'a str,
+                }
+                let release = ReleaseCredit { order_id: &event.stream_id };
+                vec![OutgoingCommand::new("customer", &customer_id, "ReleaseCredit", &release)]
+            }
             (TYPE, "CreditRefusalRecorded") => {
                 #[derive(Serialize)]
                 struct RejectOrder {
@@ -296,7 +349,8 @@ impl Aggregate for CreateOrderSagaAggregate {
     }
 
     /// A participant refused a step outright: the order could not be created (the saga
-    /// ends), or there is no such customer (the order is rejected, as in the choreography).
+    /// ends), there is no such customer (the order is rejected, as in the choreography), or
+    /// the order refused its approval (the saga ends and releases the reserved credit).
     fn on_rejected(
         state: Option<&CreateOrderSaga>,
         rejected_command: CommandRejected,
@@ -317,10 +371,23 @@ impl Aggregate for CreateOrderSagaAggregate {
                     rejection_reason: reason,
                 }]
             }
-            // The order refused its approval or rejection (it is gone, or another version
-            // refuses it): the saga ends, saying so.
-            ("ApproveOrder" | "RejectOrder", SagaState::APPROVING | SagaState::REJECTING) => {
-                vec![rejected(saga, code.to_uppercase())]
+            // The order refused its approval (another version of it refuses it): the credit
+            // reserved for it goes back to the customer.
+            ("ApproveOrder", SagaState::APPROVING) => vec![SagaEvent::CreditReleaseRequested {
+                order_id: saga.order_id.clone(),
+                customer_id: saga.customer_id.clone(),
+                rejection_reason: code.to_uppercase(),
+            }],
+            // The order refused its rejection: nothing is reserved, the saga ends saying so.
+            ("RejectOrder", SagaState::REJECTING) => vec![rejected(saga, code.to_uppercase())],
+            // The customer refused the compensation (e.g. a version that does not take
+            // `ReleaseCredit` from the saga): the credit stays reserved, visibly.
+            ("ReleaseCredit", SagaState::REJECTED) if saga.release_refused.is_none() => {
+                vec![SagaEvent::CreditReleaseRefused {
+                    order_id: saga.order_id.clone(),
+                    customer_id: saga.customer_id.clone(),
+                    code: code.to_owned(),
+                }]
             }
             _ => Vec::new(),
         };

@@ -117,6 +117,87 @@ fn participants_that_refuse_a_step_end_the_saga() {
 }
 
 #[test]
+fn an_order_that_refuses_its_approval_ends_the_saga_and_releases_the_credit() {
+    let reserved = CreditReservationRecorded { order_id: "o1".into() };
+    let release = CreditReleaseRequested {
+        order_id: "o1".into(),
+        customer_id: "c1".into(),
+        rejection_reason: "ORDER_NOT_FOUND".into(),
+    };
+    given::<CreateOrderSagaAggregate>([started(123400), order_created(), reserved])
+        .when_rejected(refused("ApproveOrder", "order", "order_not_found"))
+        .then_events([release.clone()])
+        .then_state(|saga| {
+            assert_eq!(saga.state, SagaState::REJECTED);
+            assert_eq!(saga.rejection_reason.as_deref(), Some("ORDER_NOT_FOUND"));
+        });
+    #[derive(Serialize)]
+    struct Release<'a> {
+        order_id: &'a str,
+    }
+    assert_eq!(
+        reactions::<CreateOrderSagaAggregate>(&envelope(TYPE, "o1", 4, &release)),
+        vec![OutgoingCommand::new("customer", "c1", "ReleaseCredit", &Release { order_id: "o1" })]
+    );
+    // The customer takes the release from the saga.
+    let customer = cairn::testkit::describe::<customer::CustomerAggregate>();
+    assert!(customer.internal("ReleaseCredit").unwrap().allows_source(TYPE));
+    // A customer that refuses it leaves the credit reserved, and the saga says so.
+    let refused_release = CreditReleaseRefused {
+        order_id: "o1".into(),
+        customer_id: "c1".into(),
+        code: "internal_command".into(),
+    };
+    let reserved = CreditReservationRecorded { order_id: "o1".into() };
+    given::<CreateOrderSagaAggregate>([started(123400), order_created(), reserved, release])
+        .when_rejected(refused("ReleaseCredit", "customer", "internal_command"))
+        .then_events([refused_release])
+        .then_state(|saga| {
+            assert_eq!(saga.state, SagaState::REJECTED);
+            assert_eq!(saga.release_refused.as_deref(), Some("internal_command"));
+        });
+}
+
+#[test]
+fn an_order_that_refuses_its_rejection_ends_the_saga_with_nothing_to_release() {
+    let refusal =
+        CreditRefusalRecorded { order_id: "o1".into(), rejection_reason: INSUFFICIENT_CREDIT.into() };
+    given::<CreateOrderSagaAggregate>([started(1), order_created(), refusal.clone()])
+        .when_rejected(refused("RejectOrder", "order", "order_not_found"))
+        .then_events([CreateOrderSagaRejected {
+            order_id: "o1".into(),
+            rejection_reason: "ORDER_NOT_FOUND".into(),
+        }]);
+    // The rejection carries the saga's reason to the order.
+    #[derive(Serialize)]
+    struct RejectOrder<'a> {
+        rejection_reason: &'a str,
+    }
+    assert_eq!(
+        reactions::<CreateOrderSagaAggregate>(&envelope(TYPE, "o1", 3, &refusal)),
+        vec![OutgoingCommand::new(
+            "order",
+            "o1",
+            "RejectOrder",
+            &RejectOrder { rejection_reason: INSUFFICIENT_CREDIT }
+        )]
+    );
+}
+
+#[test]
+fn a_refusal_out_of_turn_or_an_abandon_after_the_start_changes_nothing() {
+    given::<CreateOrderSagaAggregate>([started(1), order_created()])
+        .when_rejected(refused("ApproveOrder", "order", "order_not_found"))
+        .then_no_events();
+    given::<CreateOrderSagaAggregate>([started(1), order_created()])
+        .when_rejected(refused("CreateOrder", "order", "order_already_exists"))
+        .then_no_events();
+    given::<CreateOrderSagaAggregate>([started(1), order_created()])
+        .when(AbandonSaga { reason: "LATE".into() })
+        .then_no_events();
+}
+
+#[test]
 fn each_step_sends_the_next_command_and_replies_find_their_saga() {
     let sent = reactions::<CreateOrderSagaAggregate>(&envelope(TYPE, "o1", 1, &started(123400)));
     #[derive(Serialize)]

@@ -27,7 +27,8 @@ pub enum CustomerCommand {
         order_id: String,
         order_total: i64,
     },
-    /// Saga step (internal): sent only by this aggregate's reaction to `OrderCancelled`.
+    /// Saga step (internal): sent by this aggregate's reaction to `OrderCancelled`, or by
+    /// the Create Order saga's orchestrator when the order refuses its approval.
     ReleaseCredit {
         order_id: String,
     },
@@ -131,11 +132,12 @@ impl Aggregate for CustomerAggregate {
     }
 
     /// Reservations come from the order's events (the choreography) or from the Create
-    /// Order saga's orchestrator; releases from a cancelled order.
+    /// Order saga's orchestrator; releases from a cancelled order or from the orchestrator's
+    /// compensation.
     fn internal_commands() -> Vec<InternalCommand> {
         vec![
             InternalCommand::named("ReserveCredit").only_from(["order", "create-order-saga"]),
-            InternalCommand::named("ReleaseCredit").only_from(["order"]),
+            InternalCommand::named("ReleaseCredit").only_from(["order", "create-order-saga"]),
         ]
     }
 

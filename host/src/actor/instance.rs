@@ -313,7 +313,13 @@ impl Actor {
             let fold = Fold { cancelled: None, checkpoint_every: (from == 0).then_some(interval) };
             let folded =
                 replay_with(&component.component, &store, &stream, state, from, Version::MAX, &fold)?;
-            let last_history = folded.checkpoints.last().map_or(from, |(version, _)| *version);
+            // The newest snapshot joins the history only when worth keeping: where the
+            // history really ends decides whether the next snapshots are.
+            let last_history = match folded.checkpoints.last() {
+                Some((version, _)) => *version,
+                None if from == 0 => 0,
+                None => store.snapshot_at_or_before(&stream, from, digest)?.map_or(0, |s| s.version),
+            };
             Ok(Rebuilt {
                 state: folded.state,
                 version: folded.version,
@@ -336,20 +342,33 @@ impl Actor {
                 digest: digest.clone(),
                 state: state.unwrap_or_default(),
             };
-            let history = std::mem::take(&mut rebuilt.checkpoints)
+            let mut history: Vec<Snapshot> = std::mem::take(&mut rebuilt.checkpoints)
                 .into_iter()
                 .map(|(v, s)| snapshot_of(v, s))
                 .collect();
+            let newest = snapshot_of(rebuilt.version, rebuilt.state.clone());
+            let keep_newest = rebuilt.version > rebuilt.last_history
+                && worth_keeping(newest.state.len(), rebuilt.version - rebuilt.last_history);
+            if keep_newest {
+                history.push(newest.clone());
+            }
             let batch = AppendBatch {
                 stream: self.stream.clone(),
                 expected_version: rebuilt.version,
                 events: Vec::new(),
                 outcomes: Vec::new(),
-                snapshot: Some(snapshot_of(rebuilt.version, rebuilt.state.clone())),
+                snapshot: Some(newest),
                 history,
             };
-            if let Err(error) = self.shared.writer.append(batch).await {
-                tracing::warn!(stream = %self.stream, "could not save the snapshot after a rebuild: {error}");
+            match self.shared.writer.append(batch).await {
+                // The history ends where it is stored, not where it was meant to.
+                Ok(_) if keep_newest => rebuilt.last_history = rebuilt.version,
+                Ok(_) => {}
+                Err(error) => {
+                    // Its checkpoints are not stored either: the next snapshot is kept.
+                    rebuilt.last_history = 0;
+                    tracing::warn!(stream = %self.stream, "could not save the snapshot after a rebuild: {error}");
+                }
             }
         }
         self.committed = Some((rebuilt.version, rebuilt.state.clone()));

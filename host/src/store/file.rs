@@ -15,21 +15,34 @@
 use super::StoreError;
 use redb::Database;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// A redb file that can be closed and opened again while the host runs.
+///
+/// Only its owners open it again (the writer thread for `events.redb`, the projections'
+/// writes for `views.redb`), never a reader: opening runs redb's repair, which takes as
+/// long as the file is large, and must not hold up a thread that answers HTTP.
 pub(crate) struct StoreFile {
     path: PathBuf,
     /// `None` while it is being reopened (or could not be).
     current: RwLock<Option<Arc<Database>>>,
-    /// How many times the file was opened again; one reopen at a time.
-    reopens: Mutex<u64>,
-    /// When a reader last tried to open a closed file again.
+    /// One reopen at a time.
+    reopening: Mutex<()>,
+    /// How many times the file was opened again.
+    reopens: AtomicU64,
+    /// When an owner last tried to open a closed file again.
     last_attempt: Mutex<Option<Instant>>,
+    /// Why the file is closed until the host restarts (an fsync failed on a commit that
+    /// reached it).
+    sealed: RwLock<Option<String>>,
 }
 
-/// How often a closed file is tried again by its readers.
+/// A check of a reopened file before anyone may read it: `Some(reason)` seals it instead.
+pub(crate) type Gate<'a> = &'a dyn Fn(&Database) -> Result<Option<String>, StoreError>;
+
+/// How often a closed file is tried again by its owners.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a reopen waits for the readers that still hold the old database.
@@ -37,46 +50,70 @@ const READERS_GONE: Duration = Duration::from_secs(5);
 
 impl StoreFile {
     /// Open (or create) the file.
+    ///
+    /// A file sealed by an earlier run (see [`StoreFile::seal`]) is first written out anew:
+    /// after a failed fsync the kernel may hold pages it will never write, and writes of the
+    /// same pages are not retried by a later fsync, so the file is copied (which reads what
+    /// the kernel holds, the same as the host read), the copy fsynced, and renamed over it.
     pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+        if sealed_marker(path).exists() {
+            rewrite(path).map_err(|e| {
+                StoreError::Storage(redb::Error::Io(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} was sealed after a failed fsync and could not be written anew: {e}",
+                        path.display()
+                    ),
+                )))
+            })?;
+        }
         let database = open_database(path)?;
         Ok(StoreFile {
             path: path.to_owned(),
             current: RwLock::new(Some(Arc::new(database))),
-            reopens: Mutex::new(0),
+            reopening: Mutex::new(()),
+            reopens: AtomicU64::new(0),
             last_attempt: Mutex::new(None),
+            sealed: RwLock::new(None),
         })
     }
 
-    /// The database, to begin a transaction on. When an earlier reopen could not open the
-    /// file again (the disk still failing), this tries again, at most once a second.
+    /// Close the file for good in this run: every later `get` fails with `reason`, nothing
+    /// opens it again, and the next run writes it out anew before it opens it. A marker
+    /// beside the file carries that over the restart.
+    pub(crate) fn seal(&self, reason: &str) {
+        *self.sealed.write().expect("store file seal lock") = Some(reason.to_owned());
+        self.current.write().expect("store file lock").take();
+        if let Err(error) = std::fs::write(sealed_marker(&self.path), reason) {
+            tracing::error!(
+                "could not write the marker that has the next start write {} anew: {error}",
+                self.path.display()
+            );
+        }
+    }
+
+    /// Why the file is sealed, if it is.
+    pub(crate) fn sealed(&self) -> Option<String> {
+        self.sealed.read().expect("store file seal lock").clone()
+    }
+
+    /// The database, to begin a transaction on.
     ///
     /// # Errors
-    /// `Unavailable` while the file is being reopened after an I/O error.
+    /// `Unavailable` while the file is closed after an I/O error (its owner opens it again).
     pub(crate) fn get(&self) -> Result<Arc<Database>, StoreError> {
-        if let Some(database) = self.current.read().expect("store file lock").clone() {
-            return Ok(database);
-        }
-        let due = {
-            let mut last = self.last_attempt.lock().expect("store file attempt lock");
-            let due = last.is_none_or(|at| at.elapsed() >= RETRY_EVERY);
-            if due {
-                *last = Some(Instant::now());
-            }
-            due
-        };
-        if due && let Err(error) = self.open_if_closed() {
-            tracing::warn!(path = %self.path.display(), "the store file still cannot be opened: {error}");
-        }
-        self.current.read().expect("store file lock").clone().ok_or_else(|| {
-            StoreError::Unavailable("the store is being reopened after an I/O error".to_owned())
+        self.current.read().expect("store file lock").clone().ok_or_else(|| match self.sealed() {
+            Some(reason) => StoreError::Unavailable(reason),
+            None => StoreError::Unavailable("the store is being reopened after an I/O error".to_owned()),
         })
     }
 
     /// Close the database and open the file again. Readers in the meantime get
     /// `Unavailable`; a reader that holds the old database past [`READERS_GONE`] makes this
-    /// fail (the file stays closed, and the next reopen tries again).
-    pub(crate) fn reopen(&self) -> Result<(), StoreError> {
-        let mut reopens = self.reopens.lock().expect("store file reopen lock");
+    /// fail (the file stays open, and the next reopen tries again). `gate` sees the reopened
+    /// file before any reader does.
+    pub(crate) fn reopen(&self, gate: Gate<'_>) -> Result<(), StoreError> {
+        let _one_at_a_time = self.reopening.lock().expect("store file reopen lock");
         let old = self.current.write().expect("store file lock").take();
         if let Some(old) = old {
             let deadline = Instant::now() + READERS_GONE;
@@ -93,29 +130,48 @@ impl StoreFile {
             // The last handle: dropping it closes the file and releases its lock.
             drop(old);
         }
-        let database = open_database(&self.path)?;
-        *self.current.write().expect("store file lock") = Some(Arc::new(database));
-        *reopens += 1;
-        Ok(())
+        self.open_now(gate)
     }
 
-    /// Open the file if it is closed (an earlier reopen could not open it), unless someone is
-    /// reopening it now.
-    fn open_if_closed(&self) -> Result<(), StoreError> {
-        let Ok(mut reopens) = self.reopens.try_lock() else { return Ok(()) };
+    /// For an owner: open the file if an earlier reopen left it closed (the disk still
+    /// failing then), at most once a second. `Ok` when it is open.
+    pub(crate) fn open_if_closed(&self, gate: Gate<'_>) -> Result<(), StoreError> {
         if self.is_open() {
             return Ok(());
         }
+        {
+            let mut last = self.last_attempt.lock().expect("store file attempt lock");
+            if last.is_some_and(|at| at.elapsed() < RETRY_EVERY) {
+                return self.get().map(drop);
+            }
+            *last = Some(Instant::now());
+        }
+        let _one_at_a_time = self.reopening.lock().expect("store file reopen lock");
+        if self.is_open() {
+            return Ok(());
+        }
+        self.open_now(gate)
+    }
+
+    fn open_now(&self, gate: Gate<'_>) -> Result<(), StoreError> {
+        if let Some(reason) = self.sealed() {
+            return Err(StoreError::Unavailable(reason));
+        }
         let database = open_database(&self.path)?;
+        if let Some(reason) = gate(&database)? {
+            drop(database);
+            self.seal(&reason);
+            return Err(StoreError::Unavailable(reason));
+        }
         *self.current.write().expect("store file lock") = Some(Arc::new(database));
-        *reopens += 1;
+        self.reopens.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
     /// How many times the file was opened again: read it before an operation, and pass it
     /// to [`StoreFile::reopen_after`] if the operation failed.
     pub(crate) fn reopens(&self) -> u64 {
-        *self.reopens.lock().expect("store file reopen lock")
+        self.reopens.load(Ordering::SeqCst)
     }
 
     /// Reopen after a failure seen at `reopens`, unless another caller has reopened the file
@@ -124,13 +180,41 @@ impl StoreFile {
         if self.reopens() != reopens && self.is_open() {
             return Ok(());
         }
-        self.reopen()
+        self.reopen(&open_as_it_is)
     }
 
     /// Whether the file is open now.
     pub(crate) fn is_open(&self) -> bool {
         self.current.read().expect("store file lock").is_some()
     }
+}
+
+/// A [`Gate`] that lets any reopened file be read.
+pub(crate) fn open_as_it_is(_: &Database) -> Result<Option<String>, StoreError> {
+    Ok(None)
+}
+
+/// The file beside a store that says the next start must write it anew.
+fn sealed_marker(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".sealed");
+    path.with_file_name(name)
+}
+
+/// Write a sealed file anew: copy it, fsync the copy, rename it over the file, fsync the
+/// folder, and only then drop the marker.
+fn rewrite(path: &Path) -> std::io::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".rewrite");
+    let copy = path.with_file_name(name);
+    tracing::warn!("{} was sealed after a failed fsync: writing it anew before opening it", path.display());
+    std::fs::copy(path, &copy)?;
+    std::fs::File::open(&copy)?.sync_all()?;
+    std::fs::rename(&copy, path)?;
+    if let Some(folder) = path.parent() {
+        std::fs::File::open(folder)?.sync_all()?;
+    }
+    std::fs::remove_file(sealed_marker(path))
 }
 
 /// Whether a failure leaves redb's database unusable until it is opened again.
@@ -189,6 +273,9 @@ mod injected {
         }
         fn sync_data(&self) -> Result<(), std::io::Error> {
             failing()?;
+            if crate::faults::fsync_error_armed() {
+                return Err(std::io::Error::other("fault injection: fsync-error (the disk failed an fsync)"));
+            }
             self.inner.sync_data()
         }
         fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {

@@ -137,12 +137,13 @@ impl EventStore {
         let head_position = txn.open_table(EVENTS)?.last()?.map(|(k, _)| k.value()).unwrap_or(0);
         stream_tail::record_indexed_through_if_missing(&txn, head_position)?;
         let replies_recorded_after = record_replies_recorded_after_if_missing(&txn, head_position)?;
+        let sequence = txn.open_table(META)?.get(writer::COMMIT_SEQUENCE)?.map_or(0, |v| v.value());
         writer::count_parked_if_uncounted(&txn)?;
         txn.commit()?;
         let tail = Arc::new(stream_tail::StreamTail::load(&db, head_position)?);
         let (head_tx, head_rx) = watch::channel(head_position);
         drop(db);
-        let writer = Writer::start(file.clone(), head_position, head_tx, tail.clone())?;
+        let writer = Writer::start(file.clone(), head_position, sequence, head_tx, tail.clone())?;
         Ok((EventStore { file, head: head_rx, tail, replies_recorded_after }, writer))
     }
 
@@ -161,7 +162,20 @@ impl EventStore {
         let Some(cause) = event.causation_id.as_deref().and_then(|c| c.parse::<Position>().ok()) else {
             return Ok(false);
         };
-        Ok(self.read_event(cause)?.is_some_and(|cause| cause.stream_type == type_name))
+        match self.read_event(cause) {
+            Ok(found) => Ok(found.is_some_and(|cause| cause.stream_type == type_name)),
+            // A cause that cannot be read names no one: the event is not a reply, and the
+            // subscriber goes on rather than stopping at it for good.
+            Err(StoreError::Corrupt(reason)) => {
+                tracing::warn!(
+                    position = event.position,
+                    cause,
+                    "the cause of an event cannot be read: {reason}"
+                );
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// The position of the newest committed event (0 for an empty log).

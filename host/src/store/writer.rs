@@ -111,6 +111,8 @@ struct Health {
     last_failure: Option<String>,
     /// The last time the file failed with an I/O error and was (or is being) reopened.
     reopen: Option<Reopening>,
+    /// Why the writer takes no more writes (an fsync failed on a commit that landed).
+    stopped: Option<String>,
 }
 
 /// The store failed with an I/O error and the writer opened its file again.
@@ -131,13 +133,23 @@ impl Writer {
     pub(super) fn start(
         file: Arc<StoreFile>,
         head: Position,
+        sequence: u64,
         head_tx: watch::Sender<Position>,
         tail: Arc<StreamTail>,
     ) -> Result<Self, StoreError> {
         let (requests, queue) = mpsc::channel();
         let health = Arc::new(std::sync::Mutex::new(Health::default()));
-        let state =
-            WriterThread { file: file.clone(), head, head_tx, tail, health: health.clone(), reopens_seen: 0 };
+        let state = WriterThread {
+            file: file.clone(),
+            head,
+            head_tx,
+            tail,
+            health: health.clone(),
+            reopens_seen: 0,
+            sequence,
+            unresolved: None,
+            stopped: None,
+        };
         let thread = std::thread::Builder::new()
             .name("cairn-writer".into())
             .spawn(move || state.run(queue))
@@ -155,6 +167,9 @@ impl Writer {
             return Some("the writer thread has stopped".to_owned());
         }
         let health = self.health.lock().expect("writer health lock");
+        if let Some(stopped) = &health.stopped {
+            return Some(stopped.clone());
+        }
         if !self.file.is_open() {
             let since = health.reopen.as_ref().map_or(String::new(), |r| format!(" since {}", r.failed_at));
             return Some(format!("the store failed with an I/O error{since} and is being opened again"));
@@ -306,13 +321,40 @@ struct WriterThread {
     health: Arc<std::sync::Mutex<Health>>,
     /// How many reopens of the file this thread has taken into account.
     reopens_seen: u64,
+    /// The commit sequence of the last group committed (kept in `meta`).
+    sequence: u64,
+    /// A group whose commit failed and whose outcome no reopened file has told yet: the
+    /// sequence before it, and its error.
+    unresolved: Option<(u64, String)>,
+    /// Why this thread refuses to write, after an fsync failed on a commit that landed.
+    stopped: Option<String>,
 }
 
 impl WriterThread {
     fn run(mut self, queue: mpsc::Receiver<Request>) {
         let mut stopping = false;
         while !stopping {
-            let Ok(first) = queue.recv() else { break };
+            let first = if self.file.is_open() {
+                match queue.recv() {
+                    Ok(first) => first,
+                    Err(_) => break,
+                }
+            } else {
+                // Closed by an I/O error that reopening could not get past: try again now and
+                // then, so readers get the file back even while nothing is written.
+                match queue.recv_timeout(std::time::Duration::from_secs(1)) {
+                    Ok(first) => first,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if self.stopped.is_none()
+                            && let Err(error) = self.reopen_if_closed()
+                        {
+                            tracing::warn!("the store still cannot be opened: {error}");
+                        }
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            };
             let mut requests = Vec::new();
             let mut events = 0;
             let mut next = Some(first);
@@ -341,10 +383,16 @@ impl WriterThread {
                 }
                 continue;
             }
+            if let Some(stopped) = &self.stopped {
+                // Refused before anything is written: truly not stored.
+                let reason = format!("the store takes no more writes until the host restarts: {stopped}");
+                fail(requests, &reason, Failure::NotStored);
+                continue;
+            }
             // A file closed by an I/O error that could not be opened again yet: try now.
             let db = match self.file.get() {
                 Ok(db) => db,
-                Err(_) => match self.reopen().and_then(|()| self.file.get()) {
+                Err(_) => match self.reopen_if_closed().and_then(|()| self.file.get()) {
                     Ok(db) => db,
                     Err(error) => {
                         fail(requests, &error.to_string(), Failure::NotStored);
@@ -366,10 +414,14 @@ impl WriterThread {
     }
 
     /// Close the file and open it again after an I/O error, and take what it holds as the
-    /// truth: its head, and its streams' newest events.
+    /// truth: its head, and its streams' newest events. A file that holds a group whose
+    /// commit failed is sealed instead (see [`WriterThread::landed`]).
     fn reopen(&mut self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        self.file.reopen()?;
+        let unresolved = self.unresolved.clone();
+        let reopened = self.file.reopen(&|db| landed(db, unresolved.as_ref()));
+        self.stop_if_sealed();
+        reopened?;
         let db = self.file.get()?;
         self.resync(&db)?;
         let head = self.head;
@@ -387,12 +439,47 @@ impl WriterThread {
         Ok(())
     }
 
-    /// Take the head and the streams' newest events from the file as it is now.
+    /// Open a file an earlier reopen left closed, and take what it holds.
+    fn reopen_if_closed(&mut self) -> Result<(), StoreError> {
+        let unresolved = self.unresolved.clone();
+        let opened = self.file.open_if_closed(&|db| landed(db, unresolved.as_ref()));
+        self.stop_if_sealed();
+        opened?;
+        let db = self.file.get()?;
+        self.resync(&db)?;
+        let mut health = self.health.lock().expect("writer health lock");
+        if let Some(reopen) = &mut health.reopen
+            && reopen.reopened_at.is_none()
+        {
+            let now = crate::time::now_micros();
+            reopen.reopened_at = Some(crate::time::rfc3339_micros(now));
+            reopen.unavailable_ms = Some(now.saturating_sub(reopen.failed_at_micros) / 1000);
+        }
+        Ok(())
+    }
+
+    /// After the file was sealed (a group whose commit failed had landed): take no more writes.
+    fn stop_if_sealed(&mut self) {
+        if self.stopped.is_some() {
+            return;
+        }
+        if let Some(reason) = self.file.sealed() {
+            tracing::error!("{reason}");
+            self.health.lock().expect("writer health lock").stopped = Some(reason.clone());
+            self.stopped = Some(reason);
+        }
+    }
+
+    /// Take the head, the commit sequence and the streams' newest events from the file as it
+    /// is now.
     fn resync(&mut self, db: &Database) -> Result<(), StoreError> {
         let reopens = self.file.reopens();
         let read = db.begin_read()?;
         let head = read.open_table(EVENTS)?.last()?.map_or(0, |(position, _)| position.value());
+        self.sequence = read.open_table(META)?.get(COMMIT_SEQUENCE)?.map_or(0, |v| v.value());
         drop(read);
+        // The gate let this file through: a group whose outcome was open did not land.
+        self.unresolved = None;
         self.tail.reload(db, head)?;
         if head != self.head {
             self.head = head;
@@ -469,6 +556,7 @@ impl WriterThread {
         // Dropped before a reopen: the file closes only once no handle holds it.
         let mut db = Some(db);
         let head = self.head;
+        let sequence = self.sequence;
         let tail = self.tail.clone();
         let recorded_at_micros = crate::time::now_micros();
         let started = std::time::Instant::now();
@@ -582,38 +670,41 @@ impl WriterThread {
             if let Some(flush) = &flush {
                 tail.write(&txn, flush)?;
             }
+            // Every group moves the commit sequence, so a reopened file tells whether a
+            // commit whose outcome was lost landed, whatever the group held.
+            txn.open_table(META)?.insert(COMMIT_SEQUENCE, sequence + 1)?;
             Ok((txn, answers, forgotten))
         })();
-        let armed = requests
-            .iter()
-            .any(|r| matches!(r, Request::Append(batch, _) if crate::faults::io_error(&batch.stream.key())));
+        let faulted = |fault: fn(&str) -> bool| {
+            requests.iter().any(|r| matches!(r, Request::Append(batch, _) if fault(&batch.stream.key())))
+        };
+        let (io_error, fsync_error) = (faulted(crate::faults::io_error), faulted(crate::faults::fsync_error));
         let committed = match prepared {
             Err(error) => Err((error, Failure::NotStored, false)),
             Ok((txn, answers, forgotten)) => {
-                if armed {
-                    crate::faults::arm_io_error();
-                }
+                crate::faults::arm_disk_faults(io_error, fsync_error);
                 let outcome = txn.commit().map_err(StoreError::from);
-                crate::faults::disarm_io_error();
+                crate::faults::arm_disk_faults(false, false);
                 match outcome {
-                    Ok(()) => Ok((answers, forgotten)),
+                    Ok(()) => {
+                        self.sequence = sequence + 1;
+                        Ok((answers, forgotten))
+                    }
                     Err(error) if needs_reopen(&error) => {
                         db.take();
                         self.failed(&error);
-                        let wrote_events = next - 1 > head;
+                        self.unresolved = Some((sequence, error.to_string()));
                         match self.reopen() {
-                            // The reopened file does not hold the group's events: the commit
-                            // never reached its header, nothing of it is stored.
-                            Ok(()) if wrote_events && self.head == head => {
-                                Err((error, Failure::NotStored, true))
-                            }
-                            // It holds them, or the group had none to tell by: the commit may
-                            // have reached the file, but its fsync failed, and after a failed
-                            // fsync the kernel may have dropped pages it never wrote. So it is
-                            // never acknowledged: its callers learn the outcome is unknown.
-                            Ok(()) => Err((error, Failure::Unknown, true)),
+                            // The reopened file does not hold the group: the commit never
+                            // reached its header, nothing of it is stored, and the disk took
+                            // no write it may have dropped. Go on.
+                            Ok(()) => Err((error, Failure::NotStored, true)),
+                            // It holds it, or it could not be read to tell (the next reopen
+                            // tells, and seals the file if it holds it): never acknowledged.
                             Err(reopen) => {
-                                tracing::error!("the store could not be opened again: {reopen}");
+                                if self.stopped.is_none() {
+                                    tracing::error!("the store could not be opened again: {reopen}");
+                                }
                                 Err((error, Failure::Unknown, true))
                             }
                         }
@@ -792,6 +883,28 @@ fn write_batch(
     }
     Ok(Committed { events: stored })
 }
+
+/// The [`Gate`](super::file::Gate) of a reopened log: a file that holds the group whose
+/// commit failed (`unresolved`: the sequence before it, and its error) is sealed. Its
+/// header reached the file and then its fsync failed, and after a failed fsync the kernel
+/// may have dropped pages it reported written: nothing more is read from or built on that
+/// file in this run, and the next start writes it anew (PostgreSQL likewise panics on a
+/// failed fsync rather than retrying it).
+fn landed(db: &Database, unresolved: Option<&(u64, String)>) -> Result<Option<String>, StoreError> {
+    let Some((before, error)) = unresolved else { return Ok(None) };
+    let read = db.begin_read()?;
+    let sequence = read.open_table(META)?.get(COMMIT_SEQUENCE)?.map_or(0, |v| v.value());
+    Ok((sequence != *before).then(|| {
+        format!(
+            "an fsync failed ({error}) on a commit that had reached the file; the disk may have \
+             dropped writes it reported done, so the store takes no more reads or writes until \
+             the host restarts (check the disk first; the restart writes the file anew)"
+        )
+    }))
+}
+
+/// The `meta` key of the number of group commits the file holds.
+pub(super) const COMMIT_SEQUENCE: &str = "commit_sequence";
 
 /// The outcome key prefix of a client's `Idempotency-Key` (routed commands' is `cause:`).
 pub const IDEMPOTENCY_PREFIX: &str = "idem:";
