@@ -56,9 +56,14 @@ mod injected {
     pub static IO_ERROR_ARMED: AtomicBool = AtomicBool::new(false);
     pub static FSYNC_ERROR_ARMED: AtomicBool = AtomicBool::new(false);
 
+    static FAULTS: OnceLock<Faults> = OnceLock::new();
+
     pub fn faults() -> &'static Faults {
-        static FAULTS: OnceLock<Faults> = OnceLock::new();
         FAULTS.get_or_init(|| parse(&std::env::var("CAIRN_FAULTS").unwrap_or_default()))
+    }
+
+    pub fn arm(spec: &str) -> bool {
+        FAULTS.set(parse(spec)).is_ok()
     }
 
     fn parse(text: &str) -> Faults {
@@ -186,6 +191,20 @@ mod injected {
                 Some(("account/s".to_owned(), std::time::Duration::from_millis(40), 2))
             );
         }
+    }
+}
+
+/// Arm the faults of `spec` (the syntax of `CAIRN_FAULTS`) for this process, as the variable
+/// would: for in-process tests, which cannot give the process an environment of its own.
+/// `false` if the faults were already armed or read, and stay as they were. A release build
+/// arms nothing.
+pub fn arm(spec: &str) -> bool {
+    #[cfg(debug_assertions)]
+    return injected::arm(spec);
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = spec;
+        false
     }
 }
 

@@ -9,7 +9,7 @@
 use crate::runtime::{AggregateComponent, GuestError};
 use crate::store::{EventStore, Page, StoreError, StreamId, Version};
 use cairn_guest::glue::RawEvent;
-use std::sync::atomic::{AtomicBool, Ordering};
+use tokio_util::sync::CancellationToken;
 
 /// Events read from the store per chunk: at most 4096, and 8 MiB of them past the first.
 const CHUNK: Page = Page::new(4096, 8 << 20);
@@ -32,7 +32,7 @@ pub enum ReplayError {
 #[derive(Debug, Default)]
 pub struct Fold<'a> {
     /// Set when the fold's answer is no longer wanted; checked between chunks.
-    pub cancelled: Option<&'a AtomicBool>,
+    pub cancelled: Option<&'a CancellationToken>,
     /// Keep the state at every multiple of this many versions (a snapshot interval), so a
     /// long fold leaves snapshots behind it and the next one is short.
     pub checkpoint_every: Option<Version>,
@@ -93,7 +93,7 @@ pub fn replay_with(
     let mut checkpoint_bytes = 0;
     let mut last_kept = version;
     while version < up_to {
-        if fold.cancelled.is_some_and(|c| c.load(Ordering::Relaxed)) {
+        if fold.cancelled.is_some_and(CancellationToken::is_cancelled) {
             return Err(ReplayError::Cancelled);
         }
         // A chunk ends at the next checkpoint, so the state there is one the fold reaches.

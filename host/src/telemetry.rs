@@ -14,9 +14,15 @@ const SECONDS: &[f64] =
 /// Buckets for how many appends one group commit holds.
 const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
-/// Install the process-wide recorder; `None` if one is installed already (then this host's
-/// `/metrics` answers 503).
+/// The process-wide recorder, installed at the first call; `None` if another recorder was
+/// installed first (then `/metrics` answers 503).
 pub fn install() -> Option<PrometheusHandle> {
+    // One recorder per process: a second host in it (an in-process test) shares it.
+    static INSTALLED: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(install_recorder).clone()
+}
+
+fn install_recorder() -> Option<PrometheusHandle> {
     let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS)
         .and_then(|b| {

@@ -14,6 +14,7 @@ mod deploys;
 mod durability;
 mod errors;
 mod fuzz;
+mod in_process;
 mod metrics;
 mod openapi;
 mod orchestration;

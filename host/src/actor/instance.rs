@@ -25,7 +25,6 @@ pub(super) async fn run(
     stream: StreamId,
     generation: u64,
     mut inbox: mpsc::Receiver<Message>,
-    _done: mpsc::Sender<()>,
     after: AfterFailure,
 ) {
     if after == AfterFailure::Yes {
@@ -119,7 +118,7 @@ fn stop(
     stream: &StreamId,
     panic: Box<dyn std::any::Any + Send>,
 ) {
-    let message = super::panic_message(panic);
+    let message = crate::lifecycle::panic_message(panic);
     tracing::error!(stream = %stream, "the actor panicked and stops: {message}");
     shared.replace_failed(stream, generation, inbox);
 }

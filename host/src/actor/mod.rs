@@ -19,10 +19,11 @@ pub use instance::{INTERNAL_COMMAND, snapshot_interval};
 pub use messages::{Causation, CommandError, CommandReply, CommandRequest, StateReply};
 
 use crate::components::ComponentRegistry;
+use crate::lifecycle::Part;
 use crate::store::{EventStore, StreamId, Writer};
 use messages::Message;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -52,15 +53,6 @@ impl Default for ActorConfig {
             max_live_actors: 10_000,
         }
     }
-}
-
-/// The text of a panic's payload (a `&str` or a `String`, as `panic!` makes them).
-pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic with no message".to_owned())
 }
 
 /// Whether a stream's actor starts where the one before it died (a host defect) and may have
@@ -94,10 +86,8 @@ pub(crate) struct Shared {
     /// When the registry last asked actors to passivate for being over the cap.
     last_eviction: Mutex<Option<Instant>>,
     generations: AtomicU64,
-    accepting: AtomicBool,
-    /// Each actor holds a clone; when the last is dropped every actor has finished.
-    done: Mutex<Option<mpsc::Sender<()>>>,
-    all_done: tokio::sync::Mutex<mpsc::Receiver<()>>,
+    /// Stopping means taking no more commands; its tracker knows when every actor has ended.
+    part: Part,
     pub(crate) store: EventStore,
     pub(crate) writer: Writer,
     pub(crate) components: Arc<ComponentRegistry>,
@@ -115,16 +105,14 @@ impl Actors {
         components: Arc<ComponentRegistry>,
         config: ActorConfig,
         runtime: tokio::runtime::Handle,
+        part: Part,
     ) -> Self {
-        let (done, all_done) = mpsc::channel(1);
         Actors {
             shared: Arc::new(Shared {
                 mailboxes: Mutex::new(HashMap::new()),
                 last_eviction: Mutex::new(None),
                 generations: AtomicU64::new(0),
-                accepting: AtomicBool::new(true),
-                done: Mutex::new(Some(done)),
-                all_done: tokio::sync::Mutex::new(all_done),
+                part,
                 store,
                 writer,
                 components,
@@ -156,15 +144,11 @@ impl Actors {
     /// Why a message was dropped unanswered: an actor only does that when it ends without
     /// draining its mailbox, which while the host is accepting means it panicked.
     fn lost_reply(&self) -> CommandError {
-        if self.shared.accepting.load(Ordering::Acquire) {
-            CommandError::ActorFailed
-        } else {
-            CommandError::ShuttingDown
-        }
+        if !self.shared.part.is_stopping() { CommandError::ActorFailed } else { CommandError::ShuttingDown }
     }
 
     fn enqueue(&self, stream: StreamId, message: Message) -> Result<(), CommandError> {
-        if !self.shared.accepting.load(Ordering::Acquire) {
+        if self.shared.part.is_stopping() {
             return Err(CommandError::ShuttingDown);
         }
         if self.shared.components.active(&stream.type_name).is_none() {
@@ -219,20 +203,24 @@ impl Actors {
 
     /// Stop taking commands, let every actor finish what is in its mailbox, and wait.
     pub async fn shutdown(&self) {
-        self.shared.accepting.store(false, Ordering::Release);
-        // Dropping the senders closes each mailbox: its actor drains it, then stops.
+        self.shared.part.token().cancel();
+        // Dropping the senders closes each mailbox: its actor drains it, then stops. No actor
+        // starts after this: one is only started under this lock, and not once stopping.
         self.shared.mailboxes.lock().expect("mailbox registry lock").clear();
-        self.shared.done.lock().expect("done lock").take();
-        let _ = self.shared.all_done.lock().await.recv().await;
+        self.shared.part.stop().await;
     }
 }
 
 impl Shared {
+    /// Called under the registry lock only.
     fn spawn_actor(self: &Arc<Self>, stream: StreamId, after: AfterFailure) -> Result<Mailbox, CommandError> {
-        let done = self.done.lock().expect("done lock").clone().ok_or(CommandError::ShuttingDown)?;
+        if self.part.is_stopping() {
+            return Err(CommandError::ShuttingDown);
+        }
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let (sender, inbox) = mpsc::channel(self.config.mailbox_capacity);
-        self.runtime.spawn(instance::run(self.clone(), stream, generation, inbox, done, after));
+        let actor = instance::run(self.clone(), stream, generation, inbox, after);
+        self.part.tracker().spawn_on(actor, &self.runtime);
         Ok(Mailbox { generation, sender, last_used: Instant::now() })
     }
 
@@ -263,7 +251,7 @@ impl Shared {
             return;
         }
         mailboxes.remove(stream);
-        if !self.accepting.load(Ordering::Acquire) {
+        if self.part.is_stopping() {
             drop(mailboxes);
             for message in leftovers {
                 message.fail(CommandError::ShuttingDown);

@@ -9,6 +9,7 @@
 //! is counted and reported (a changed rule is legitimate, and whoever deploys should see how
 //! much it changes). A dry run does every check and changes nothing.
 
+use super::changes::{ChangeKind, NotFollowed};
 use super::records::{ComponentRecord, ReplaySummary, VersionRecord};
 use super::{ActiveAggregate, ComponentRegistry};
 use crate::replay::{ReplayError, replay};
@@ -95,6 +96,8 @@ pub enum DeployError {
     #[error("replaying {stream} with the new version failed at {detail}")]
     ReplayFailed { stream: String, detail: String },
     #[error(transparent)]
+    NotFollowed(#[from] NotFollowed),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -115,6 +118,19 @@ impl ComponentRegistry {
     /// itself under another name, replaying recent streams through it fails, or the store
     /// failed. The running version stays.
     pub async fn deploy(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        options: DeployOptions,
+    ) -> Result<Deployed, DeployError> {
+        let deployed = self.check_and_store(name, bytes, options).await?;
+        if deployed.active && !deployed.dry_run {
+            self.changes.publish(name, ChangeKind::Deployed).await?;
+        }
+        Ok(deployed)
+    }
+
+    async fn check_and_store(
         &self,
         name: &str,
         bytes: Vec<u8>,

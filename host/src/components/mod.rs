@@ -8,8 +8,11 @@
 //! An actor reads the active version before every batch, so activating a version is a
 //! pointer swap between two batches ([`deploy`] checks a new version before that).
 
+mod changes;
 mod deploy;
 mod records;
+
+pub use changes::{ChangeFollower, ChangeKind, ComponentChange, Followed, NotFollowed};
 
 pub use deploy::{DeployError, DeployOptions, Deployed, ReplayExample, ReplayReport};
 pub use records::ReplaySummary;
@@ -91,6 +94,8 @@ pub enum VersionError {
     #[error(transparent)]
     Replay(DeployError),
     #[error(transparent)]
+    NotFollowed(#[from] NotFollowed),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -99,6 +104,7 @@ impl From<DeployError> for VersionError {
         match error {
             DeployError::Store(store) => VersionError::Store(store),
             DeployError::Load(load) => VersionError::Load(load),
+            DeployError::NotFollowed(not) => VersionError::NotFollowed(not),
             other => VersionError::Replay(other),
         }
     }
@@ -113,6 +119,7 @@ pub struct ComponentRegistry {
     projections: RwLock<HashMap<String, Arc<ActiveProjection>>>,
     /// Deploys, activations and rollbacks one at a time, so each sees the last one's result.
     changing: tokio::sync::Mutex<()>,
+    changes: changes::ChangeFeed,
 }
 
 impl ComponentRegistry {
@@ -159,7 +166,14 @@ impl ComponentRegistry {
             active: RwLock::new(active),
             projections: RwLock::new(projections),
             changing: tokio::sync::Mutex::new(()),
+            changes: changes::ChangeFeed::new(),
         })
+    }
+
+    /// Follow every change to the components from now on; each change is answered once
+    /// `follower` (and every other) has applied it (see [`ChangeFollower::applied`]).
+    pub fn follow(&self, follower: &'static str) -> ChangeFollower {
+        self.changes.follow(follower)
     }
 
     /// The active version of the projection `name`.
@@ -270,6 +284,7 @@ impl ComponentRegistry {
         }
         record.activate(version);
         let replay = self.switch(name, record, check).await?;
+        self.changes.publish(name, ChangeKind::Activated).await?;
         Ok(Switched { version, replay })
     }
 
@@ -297,6 +312,7 @@ impl ComponentRegistry {
         if let Some(digest) = freed.as_deref().and_then(ComponentDigest::from_bytes) {
             self.runtime.forget_compiled(&digest);
         }
+        self.changes.publish(name, ChangeKind::Deleted).await?;
         Ok(freed.map_or(0, |_| removed.size))
     }
 
@@ -309,6 +325,7 @@ impl ComponentRegistry {
             record.history.pop().ok_or_else(|| VersionError::NothingToRollBack(name.to_owned()))?;
         record.active = previous;
         let replay = self.switch(name, record, check).await?;
+        self.changes.publish(name, ChangeKind::RolledBack).await?;
         Ok(Switched { version: previous, replay })
     }
 

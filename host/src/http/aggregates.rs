@@ -14,8 +14,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use utoipa::ToSchema;
 
 const MAX_HEADER_LEN: usize = 256;
@@ -369,8 +367,9 @@ async fn state_at(state: &AppState, stream: &StreamId, version: u64) -> Result<O
         .retry_after(1)
     })?;
     let interval = crate::actor::snapshot_interval(&active, state.default_snapshot_interval);
-    let cancelled = Arc::new(AtomicBool::new(false));
-    let _cancel_when_dropped = CancelOnDrop(cancelled.clone());
+    // A fold stops when the request that wanted it is dropped.
+    let cancelled = tokio_util::sync::CancellationToken::new();
+    let _cancel_when_dropped = cancelled.clone().drop_guard();
     let (store, writer, stream) = (state.store.clone(), state.writer.clone(), stream.clone());
     let folded = tokio::task::spawn_blocking(move || -> Result<Folded, ApiError> {
         let _permit = permit;
@@ -405,15 +404,6 @@ async fn state_at(state: &AppState, stream: &StreamId, version: u64) -> Result<O
     .await
     .map_err(|e| ApiError::internal(format!("temporal query task failed: {e}")))??;
     Ok(folded.state)
-}
-
-/// Tells a fold to stop when the request that wanted it is dropped.
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// `GET /aggregates/{type}/{id}/events?from=<version>&limit=<n>`

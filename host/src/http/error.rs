@@ -198,6 +198,7 @@ impl From<DeployError> for ApiError {
             DeployError::ReplayFailed { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "replay_failed", message)
             }
+            DeployError::NotFollowed(_) => ApiError::internal(message),
             DeployError::Store(store) => store.into(),
         }
     }
@@ -217,6 +218,7 @@ impl From<VersionError> for ApiError {
             }
             VersionError::Load(load) => DeployError::Load(load).into(),
             VersionError::Replay(replay) => replay.into(),
+            VersionError::NotFollowed(_) => ApiError::internal(message),
             VersionError::Store(store) => store.into(),
         }
     }

@@ -384,12 +384,7 @@ pub async fn deploy(
             "the body must be the component's .wasm bytes",
         ));
     }
-    let deployed = state.components.deploy(&name, bytes.to_vec(), options).await?;
-    if deployed.active {
-        state.routing.ensure_subscriber(&deployed.name)?;
-        state.projections.sync(&deployed.name).await?;
-    }
-    Ok(Json(deployed))
+    Ok(Json(state.components.deploy(&name, bytes.to_vec(), options).await?))
 }
 
 /// `GET /components/{name}/versions/{version}`: the bytes of a stored version.
@@ -465,8 +460,6 @@ pub async fn rollback(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
     let switched = state.components.rollback(&name, switch_check(&state, &params)?).await?;
-    state.routing.ensure_subscriber(&name)?;
-    state.projections.sync(&name).await?;
     Ok(Json(json!({"name": name, "active_version": switched.version, "replay": switched.replay})))
 }
 
@@ -508,8 +501,6 @@ pub async fn activate(
     let version =
         u32::try_from(version).map_err(|_| ApiError::not_found("unknown_version", "no such version"))?;
     let switched = state.components.activate(&name, version, switch_check(&state, &params)?).await?;
-    state.routing.ensure_subscriber(&name)?;
-    state.projections.sync(&name).await?;
     Ok(Json(json!({"name": name, "active_version": switched.version, "replay": switched.replay})))
 }
 

@@ -29,7 +29,8 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 /// Log events read from the store at a time, per stream: at most 256, and at most 1 MiB of
 /// them (past the first), so a slow client costs one small page of memory whatever the
@@ -64,20 +65,20 @@ pub struct LiveStreams {
     /// Open streams by client address.
     clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
     max_lag: u64,
-    shutdown: watch::Receiver<bool>,
+    stopping: CancellationToken,
 }
 
 impl LiveStreams {
     /// At most `max` streams at once, `max_per_client` of them from one client address, each
     /// ended once it falls `max_lag` events behind after catching up; every stream ends when
-    /// `shutdown` turns true.
-    pub fn new(max: usize, max_per_client: usize, max_lag: u64, shutdown: watch::Receiver<bool>) -> Self {
+    /// `stopping` is cancelled.
+    pub fn new(max: usize, max_per_client: usize, max_lag: u64, stopping: CancellationToken) -> Self {
         LiveStreams {
             permits: Arc::new(Semaphore::new(max)),
             max_per_client: max_per_client.max(1),
             clients: Arc::default(),
             max_lag,
-            shutdown,
+            stopping,
         }
     }
 
@@ -142,7 +143,7 @@ struct Reader {
     /// Whether the stream has reached the head once; only then can it fall behind.
     caught_up: bool,
     max_lag: u64,
-    shutdown: watch::Receiver<bool>,
+    stopping: CancellationToken,
     ended: bool,
     _slot: Slot,
 }
@@ -196,7 +197,7 @@ pub async fn stream(
         read_to: after,
         caught_up: false,
         max_lag: state.live_streams.max_lag,
-        shutdown: state.live_streams.shutdown.clone(),
+        stopping: state.live_streams.stopping.clone(),
         ended: false,
         _slot: slot,
     };
@@ -228,7 +229,7 @@ impl Reader {
             if self.ended {
                 return None;
             }
-            if *self.shutdown.borrow() {
+            if self.stopping.is_cancelled() {
                 self.ended = true;
                 return Some(end("the host is shutting down; resume with Last-Event-ID", self.read_to));
             }
@@ -237,7 +238,7 @@ impl Reader {
                     self.caught_up = true;
                     tokio::select! {
                         _ = self.follower.more() => {}
-                        _ = self.shutdown.changed() => {}
+                        _ = self.stopping.cancelled() => {}
                     }
                 }
                 Ok(page) => {

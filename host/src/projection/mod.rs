@@ -13,7 +13,8 @@
 
 mod runner;
 
-use crate::components::ComponentRegistry;
+use crate::components::{ChangeFollower, ChangeKind, ComponentRegistry, Followed};
+use crate::lifecycle::{self, Backoff, FailureRecord, Part, RunFailed};
 use crate::store::{EventStore, Position, StoreError};
 use crate::views::{Generation, ViewRecord, ViewStore};
 use runner::Runner;
@@ -22,14 +23,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 
 /// What the runners need.
 pub(crate) struct Context {
     pub store: EventStore,
     pub views: ViewStore,
     pub components: Arc<ComponentRegistry>,
-    pub shutdown: watch::Receiver<bool>,
+    /// Tells the runners to stop between batches.
+    pub part: Part,
 }
 
 /// Where a generation stopped, and why.
@@ -68,6 +69,14 @@ pub(crate) struct Shared {
     pub live_position: watch::Sender<Position>,
 }
 
+impl FailureRecord for Shared {
+    fn record_failure(&self, error: &str) {
+        let mut counters = self.counters.lock().expect("counters lock");
+        counters.restarts += 1;
+        counters.last_error = Some(error.to_owned());
+    }
+}
+
 /// An operator's (or a deploy's) request to a runner.
 pub(crate) enum Control {
     /// Build a fresh generation with `version`; unless `force`, only if neither the live
@@ -78,7 +87,6 @@ pub(crate) enum Control {
 struct Handle {
     shared: Arc<Shared>,
     controls: mpsc::UnboundedSender<Control>,
-    task: Option<JoinHandle<()>>,
 }
 
 /// Why a view request could not be answered.
@@ -142,28 +150,58 @@ pub struct RebuildStarted {
 pub struct Projections {
     context: Arc<Context>,
     handles: Mutex<BTreeMap<String, Handle>>,
-    stop: watch::Sender<bool>,
 }
 
 impl Projections {
-    /// Start a runner for every deployed projection.
+    /// Start a runner for every deployed projection, and follow the registry: a projection
+    /// deployed later gets its runner, a new active version rebuilds its view.
     pub fn start(
         store: EventStore,
         views: ViewStore,
         components: Arc<ComponentRegistry>,
-    ) -> Result<Projections, StoreError> {
-        let (stop, shutdown) = watch::channel(false);
-        let context = Arc::new(Context { store, views, components, shutdown });
-        let projections = Projections { context, handles: Mutex::new(BTreeMap::new()), stop };
+        part: Part,
+    ) -> Result<Arc<Projections>, StoreError> {
+        let follower = components.follow("projections");
+        let context = Arc::new(Context { store, views, components, part });
+        let projections = Arc::new(Projections { context, handles: Mutex::new(BTreeMap::new()) });
         for name in projections.context.components.projection_names() {
             projections.ensure_running(&name)?;
         }
+        let part = projections.context.part.clone();
+        part.tracker().spawn(projections.clone().follow_components(follower));
         Ok(projections)
+    }
+
+    /// Take each change of the registry as it comes, until the host stops.
+    async fn follow_components(self: Arc<Self>, mut follower: ChangeFollower) {
+        loop {
+            let followed = tokio::select! {
+                _ = self.context.part.token().cancelled() => return,
+                followed = follower.next() => followed,
+            };
+            match followed {
+                Followed::Change(change) => {
+                    let synced = match change.kind {
+                        ChangeKind::Deleted => Ok(()),
+                        _ => self.sync(&change.name).await.map_err(|error| error.to_string()),
+                    };
+                    follower.applied(change.sequence, synced);
+                }
+                Followed::Missed => {
+                    for name in self.context.components.projection_names() {
+                        if let Err(error) = self.sync(&name).await {
+                            tracing::error!(projection = name, "cannot follow a component change: {error}");
+                        }
+                    }
+                }
+                Followed::Closed => return,
+            }
+        }
     }
 
     /// After a deploy, activation or rollback of `name`: start the runner of a new
     /// projection, or rebuild the view with the version now active.
-    pub async fn sync(&self, name: &str) -> Result<(), ViewError> {
+    async fn sync(&self, name: &str) -> Result<(), ViewError> {
         let Some(active) = self.context.components.active_projection(name) else { return Ok(()) };
         if !self.handles.lock().expect("projections lock").contains_key(name) {
             return Ok(self.ensure_running(name)?);
@@ -177,7 +215,7 @@ impl Projections {
         let Some(active) = self.context.components.active_projection(name) else { return Ok(()) };
         // Held to the end, so two deploys of one new projection start one runner.
         let mut handles = self.handles.lock().expect("projections lock");
-        if *self.stop.borrow() || handles.contains_key(name) {
+        if self.context.part.is_stopping() || handles.contains_key(name) {
             return Ok(());
         }
         let record = match self.context.views.records()?.remove(name) {
@@ -197,8 +235,8 @@ impl Projections {
             live_position,
         });
         let (controls, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(supervise(self.context.clone(), shared.clone(), receiver));
-        handles.insert(name.to_owned(), Handle { shared, controls: controls.clone(), task: Some(task) });
+        self.context.part.tracker().spawn(supervise(self.context.clone(), shared.clone(), receiver));
+        handles.insert(name.to_owned(), Handle { shared, controls: controls.clone() });
         // A view built by another version than the active one (a deploy that was not
         // followed by its rebuild before a crash) is rebuilt.
         let building = record.next.map(|n| n.version).unwrap_or(record.live.version);
@@ -365,65 +403,34 @@ impl Projections {
             .ok_or_else(|| ViewError::UnknownProjection(name.to_owned()))
     }
 
-    /// Stop every runner between batches.
+    /// Stop every runner between batches, then make the views durable.
     pub async fn shutdown(&self) {
-        let _ = self.stop.send(true);
-        let tasks: Vec<_> = self
-            .handles
-            .lock()
-            .expect("projections lock")
-            .values_mut()
-            .filter_map(|h| h.task.take())
-            .collect();
-        for task in tasks {
-            let _ = task.await;
-        }
+        self.context.part.stop().await;
         if let Err(error) = self.context.views.flush() {
             tracing::error!("cannot make the views durable at shutdown: {error}");
         }
     }
 }
 
-/// Run a projection, and run it again from its stored record if the run panics.
+/// Run a projection, and run it again from its stored record if the run fails or panics.
 async fn supervise(context: Arc<Context>, shared: Arc<Shared>, controls: mpsc::UnboundedReceiver<Control>) {
     let controls = Arc::new(tokio::sync::Mutex::new(controls));
-    let mut shutdown = context.shutdown.clone();
-    loop {
-        if *shutdown.borrow() {
-            return;
+    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
+    let part = context.part.clone();
+    lifecycle::supervise("the projection task", backoff, &*shared, &part, || {
+        let (context, shared, controls) = (context.clone(), shared.clone(), controls.clone());
+        async move {
+            let mut controls = controls.lock().await;
+            let record = context
+                .views
+                .records()
+                .map_err(|e| RunFailed(e.to_string()))?
+                .remove(&shared.name)
+                .ok_or_else(|| RunFailed(format!("the view record of {} is missing", shared.name)))?;
+            let runner = Runner::from_record(context.clone(), shared.clone(), &record).map_err(RunFailed)?;
+            runner.run(&mut controls).await;
+            Ok(())
         }
-        let run = {
-            let (context, shared, controls) = (context.clone(), shared.clone(), controls.clone());
-            tokio::spawn(async move {
-                let mut controls = controls.lock().await;
-                let record = context
-                    .views
-                    .records()
-                    .map_err(|e| e.to_string())?
-                    .remove(&shared.name)
-                    .ok_or_else(|| format!("the view record of {} is missing", shared.name))?;
-                let runner = Runner::from_record(context.clone(), shared.clone(), &record)?;
-                runner.run(&mut controls).await;
-                Ok::<(), String>(())
-            })
-        };
-        let error = match run.await {
-            Ok(Ok(())) => return,
-            Ok(Err(error)) => error,
-            Err(join) if join.is_panic() => {
-                format!("the projection task panicked: {}", crate::actor::panic_message(join.into_panic()))
-            }
-            Err(join) => format!("the projection task ended: {join}"),
-        };
-        tracing::error!(projection = shared.name, "restarting the projection in 1 s: {error}");
-        {
-            let mut counters = shared.counters.lock().expect("counters lock");
-            counters.restarts += 1;
-            counters.last_error = Some(error);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
+    })
+    .await;
 }

@@ -60,9 +60,9 @@ impl Runner {
     }
 
     pub async fn run(mut self, controls: &mut mpsc::UnboundedReceiver<Control>) {
-        let mut shutdown = self.context.shutdown.clone();
+        let part = self.context.part.clone();
         loop {
-            if *shutdown.borrow() {
+            if part.is_stopping() {
                 return;
             }
             while let Ok(control) = controls.try_recv() {
@@ -84,7 +84,7 @@ impl Runner {
             let next = self.next.as_mut().filter(|n| n.failure.is_none());
             let live = Some(&mut self.live).filter(|l| l.failure.is_none());
             tokio::select! {
-                _ = shutdown.changed() => {}
+                _ = part.token().cancelled() => {}
                 Some(control) = controls.recv() => self.control(control),
                 _ = more(live) => {}
                 _ = more(next) => {}

@@ -12,6 +12,7 @@
 
 use super::{Counters, SubscriberShared};
 use crate::actor::{Causation, CommandError, CommandRequest};
+use crate::lifecycle::Stopped;
 use crate::runtime::GuestError;
 use crate::store::{
     AppendBatch, AppendError, DeadLetter, DeadLetterKey, EventStore, Position, StoreError, StoredEvent,
@@ -44,12 +45,11 @@ pub(super) struct Finished {
     pub position: Option<Position>,
 }
 
-/// How delivering one event ended.
+/// How delivering one event ended. (When the host stops first, the event is not done and
+/// the cursor must not pass it: that is `Err(Stopped)`.)
 enum Outcome {
     Done,
     Park(DeadLetter),
-    /// The host is stopping: the event is not done, the cursor must not pass it.
-    Stopping,
 }
 
 /// How sending one command ended.
@@ -67,7 +67,6 @@ enum Sent {
         error: String,
         attempts: u32,
     },
-    Stopping,
 }
 
 pub(super) struct StreamWorker {
@@ -91,7 +90,7 @@ impl StreamWorker {
                 Work::Retry(reply) => self.retry(reply).await,
                 Work::Discard(reply) => self.discard(reply).await,
             };
-            if !done {
+            if done.is_err() {
                 return;
             }
             let _ = finished.send(Finished { stream: self.stream.clone(), position });
@@ -110,8 +109,7 @@ impl StreamWorker {
         self.shared.parked.lock().expect("parked lock").entry(self.stream.clone()).or_insert(position);
     }
 
-    /// `false` when the host is stopping before the event is done.
-    async fn on_event(&self, event: StoredEvent) -> bool {
+    async fn on_event(&self, event: StoredEvent) -> Result<(), Stopped> {
         // Events before the first parked one (a rewind delivers them again) are not behind it.
         if let Some(first) = self.first_parked()
             && event.position >= first
@@ -119,23 +117,22 @@ impl StreamWorker {
             return self.park_behind(&event, first).await;
         }
         crate::faults::delivery_panic(&event.event_type);
-        match self.deliver(&event).await {
-            Outcome::Done => true,
+        match self.deliver(&event).await? {
+            Outcome::Done => Ok(()),
             Outcome::Park(letter) => self.park(letter).await,
-            Outcome::Stopping => false,
         }
     }
 
     /// The stream is parked at `first`: this event (at or after it) waits behind it, as a
     /// dead letter of its own. One already parked (a rewind delivers it again) keeps its letter.
-    async fn park_behind(&self, event: &StoredEvent, first: Position) -> bool {
+    async fn park_behind(&self, event: &StoredEvent, first: Position) -> Result<(), Stopped> {
         let key = DeadLetterKey {
             subscriber: self.shared.name.clone(),
             stream: self.stream.clone(),
             position: event.position,
         };
         match self.shared.context.store.dead_letter(&key) {
-            Ok(Some(_)) => return true,
+            Ok(Some(_)) => return Ok(()),
             Ok(None) => {}
             Err(error) => tracing::warn!(subscriber = self.shared.name, "cannot read a dead letter: {error}"),
         }
@@ -152,29 +149,24 @@ impl StreamWorker {
     /// first event that fails again parks the stream anew; the rest stay parked behind it.
     /// The letters are read a page at a time, and each event on its own, so a long sequence
     /// of large events never sits in memory at once.
-    async fn retry(&self, reply: oneshot::Sender<u64>) -> bool {
-        let Some(count) =
-            self.retrying(|store| store.stream_dead_letter_count(&self.shared.name, &self.stream)).await
-        else {
-            return false;
-        };
+    async fn retry(&self, reply: oneshot::Sender<u64>) -> Result<(), Stopped> {
+        let count =
+            self.retrying(|store| store.stream_dead_letter_count(&self.shared.name, &self.stream)).await?;
         self.shared.parked.lock().expect("parked lock").remove(&self.stream);
         let _ = reply.send(count);
         let mut after = None;
         loop {
-            let Some(letters) = self.parked_page(after.as_ref()).await else { return false };
-            let Some(last) = letters.last() else { return true };
+            let letters = self.parked_page(after.as_ref()).await?;
+            let Some(last) = letters.last() else { return Ok(()) };
             after = Some(last.key());
             for letter in letters {
-                if !self.retry_letter(letter).await {
-                    return false;
-                }
+                self.retry_letter(letter).await?;
             }
         }
     }
 
-    /// Deliver one parked event again (`false`: the host is stopping).
-    async fn retry_letter(&self, letter: DeadLetter) -> bool {
+    /// Deliver one parked event again.
+    async fn retry_letter(&self, letter: DeadLetter) -> Result<(), Stopped> {
         let event = match self.shared.context.store.read_event(letter.position) {
             Ok(Some(event)) => event,
             Ok(None) => {
@@ -183,83 +175,75 @@ impl StreamWorker {
                     position = letter.position,
                     "a parked event is not in the log"
                 );
-                return true;
+                return Ok(());
             }
             Err(error) => {
                 tracing::error!(subscriber = self.shared.name, "cannot read a parked event: {error}");
                 self.mark_parked(letter.position);
-                return true;
+                return Ok(());
             }
         };
         if let Some(first) = self.first_parked() {
             // It stays parked, now behind the event that failed again.
             return self.park(self.behind_letter(&event, first)).await;
         }
-        match self.deliver(&event).await {
+        match self.deliver(&event).await? {
             Outcome::Done => {
-                if !self.unpark(vec![letter.key()]).await {
-                    return false;
-                }
+                self.unpark(vec![letter.key()]).await?;
                 self.counters().retried += 1;
-                true
+                Ok(())
             }
             Outcome::Park(letter) => self.park(letter).await,
-            Outcome::Stopping => false,
         }
     }
 
     /// Drop the parked sequence on purpose: its events will not be delivered.
-    async fn discard(&self, reply: oneshot::Sender<u64>) -> bool {
+    async fn discard(&self, reply: oneshot::Sender<u64>) -> Result<(), Stopped> {
         let mut count = 0;
         loop {
-            let Some(letters) = self.parked_page(None).await else { return false };
+            let letters = self.parked_page(None).await?;
             if letters.is_empty() {
                 break;
             }
             count += letters.len() as u64;
-            if !self.unpark(letters.iter().map(DeadLetter::key).collect()).await {
-                return false;
-            }
+            self.unpark(letters.iter().map(DeadLetter::key).collect()).await?;
         }
         self.shared.parked.lock().expect("parked lock").remove(&self.stream);
         self.counters().discarded += count;
         tracing::warn!(subscriber = self.shared.name, stream = self.stream, count, "discarded parked events");
         let _ = reply.send(count);
-        true
+        Ok(())
     }
 
-    /// The next page of this stream's dead letters after `after`, in order (`None`: the host
-    /// is stopping).
-    async fn parked_page(&self, after: Option<&DeadLetterKey>) -> Option<Vec<DeadLetter>> {
+    /// The next page of this stream's dead letters after `after`, in order.
+    async fn parked_page(&self, after: Option<&DeadLetterKey>) -> Result<Vec<DeadLetter>, Stopped> {
         let letters = self
             .retrying(|store| {
                 store.dead_letters(Some(&self.shared.name), Some(&self.stream), after, LETTER_PAGE)
             })
             .await?;
-        Some(letters.into_iter().map(|(letter, _)| letter).collect())
+        Ok(letters.into_iter().map(|(letter, _)| letter).collect())
     }
 
-    /// A read of the dead letters, retried while the store fails (`None`: the host is stopping).
-    async fn retrying<T>(&self, read: impl Fn(&EventStore) -> Result<T, StoreError>) -> Option<T> {
+    /// A read of the dead letters, retried while the store fails.
+    async fn retrying<T>(&self, read: impl Fn(&EventStore) -> Result<T, StoreError>) -> Result<T, Stopped> {
         loop {
             match read(&self.shared.context.store) {
-                Ok(value) => return Some(value),
+                Ok(value) => return Ok(value),
                 Err(error) => {
                     tracing::error!(subscriber = self.shared.name, "cannot read dead letters: {error}");
-                    if !self.pause(self.shared.context.config.max_backoff).await {
-                        return None;
-                    }
+                    self.pause(self.shared.context.config.max_backoff).await?;
                 }
             }
         }
     }
 
     /// React to one event and deliver what the reaction sends, in the reaction's order.
-    async fn deliver(&self, event: &StoredEvent) -> Outcome {
+    async fn deliver(&self, event: &StoredEvent) -> Result<Outcome, Stopped> {
         let config = &self.shared.context.config;
         let Some(component) = self.shared.context.components.active(&self.shared.name) else {
             let error = "the subscribing component is not deployed".to_owned();
-            return Outcome::Park(self.letter(event, None, None, None, error, 0));
+            return Ok(Outcome::Park(self.letter(event, None, None, None, error, 0)));
         };
         let envelope = event.envelope();
         let mut attempt = 0;
@@ -269,7 +253,7 @@ impl StreamWorker {
                 Ok(commands) => break commands,
                 Err(error) if attempt >= config.max_attempts && !error.is_transient() => {
                     let error = format!("react failed: {error}");
-                    return Outcome::Park(self.letter(event, None, None, None, error, attempt));
+                    return Ok(Outcome::Park(self.letter(event, None, None, None, error, attempt)));
                 }
                 Err(error) => {
                     tracing::warn!(
@@ -277,31 +261,29 @@ impl StreamWorker {
                         position = event.position,
                         "react failed, retrying: {error}"
                     );
-                    if !self.pause(backoff(config, attempt)).await {
-                        return Outcome::Stopping;
-                    }
+                    self.pause(backoff(config, attempt)).await?;
                 }
             }
         };
         if let Some(index) = commands.iter().position(|c| c.command_type == COMMAND_REJECTED) {
             let error = format!("the reaction sent {COMMAND_REJECTED}, which only the host may send");
-            return Outcome::Park(self.letter(
+            return Ok(Outcome::Park(self.letter(
                 event,
                 None,
                 Some(index as u64),
                 Some(&commands[index]),
                 error,
                 1,
-            ));
+            )));
         }
         let keys = dedup_keys(&self.shared.name, event.position, &commands);
         for (index, (command, key)) in commands.iter().zip(keys).enumerate() {
-            match self.deliver_command(event, index as u64, command, key).await {
+            match self.deliver_command(event, index as u64, command, key).await? {
                 Outcome::Done => {}
-                other => return other,
+                other => return Ok(other),
             }
         }
-        Outcome::Done
+        Ok(Outcome::Done)
     }
 
     async fn deliver_command(
@@ -310,7 +292,7 @@ impl StreamWorker {
         index: u64,
         command: &OutgoingCommand,
         key: String,
-    ) -> Outcome {
+    ) -> Result<Outcome, Stopped> {
         let rejection = match StreamId::new(&command.target_type, &command.target_id) {
             Err(error) => {
                 let rejection = Rejection::new(
@@ -322,41 +304,38 @@ impl StreamWorker {
                 );
                 let target =
                     StreamId { type_name: command.target_type.clone(), id: command.target_id.clone() };
-                match self.record_refusal(&target, &key, &rejection).await {
-                    // Nothing can append to a stream whose id no path can name.
-                    Recorded::Yes | Recorded::Raced => rejection,
-                    Recorded::Stopping => return Outcome::Stopping,
-                }
+                // Nothing can append to a stream whose id no path can name.
+                self.record_refusal(&target, &key, &rejection).await?;
+                rejection
             }
             Ok(target) => loop {
                 let request =
                     routed(event, command.command_type.clone(), command.payload.clone(), key.clone());
-                match self.send(target.clone(), request).await {
+                match self.send(target.clone(), request).await? {
                     Sent::Done { duplicate } => {
                         let mut counters = self.counters();
                         counters.delivered_commands += 1;
                         counters.duplicates_ignored += u64::from(duplicate);
-                        return Outcome::Done;
+                        return Ok(Outcome::Done);
                     }
                     Sent::Rejected(rejection) => break rejection,
-                    Sent::Unroutable(rejection) => match self.record_refusal(&target, &key, &rejection).await
-                    {
-                        Recorded::Yes => break rejection,
-                        // The type was deployed meanwhile: the command is deliverable after all.
-                        Recorded::Raced => continue,
-                        Recorded::Stopping => return Outcome::Stopping,
-                    },
+                    Sent::Unroutable(rejection) => {
+                        match self.record_refusal(&target, &key, &rejection).await? {
+                            Recorded::Yes => break rejection,
+                            // The type was deployed meanwhile: the command is deliverable after all.
+                            Recorded::Raced => continue,
+                        }
+                    }
                     Sent::Failed { error, attempts } => {
-                        return Outcome::Park(self.letter(
+                        return Ok(Outcome::Park(self.letter(
                             event,
                             None,
                             Some(index),
                             Some(command),
                             error,
                             attempts,
-                        ));
+                        )));
                     }
-                    Sent::Stopping => return Outcome::Stopping,
                 }
             },
         };
@@ -370,12 +349,11 @@ impl StreamWorker {
         };
         let hand_back =
             routed(event, COMMAND_REJECTED.to_owned(), codec::encode(&rejected), format!("{key}:rejected"));
-        let (error, attempts) = match self.send(event.stream(), hand_back).await {
+        let (error, attempts) = match self.send(event.stream(), hand_back).await? {
             Sent::Done { .. } => {
                 self.counters().handed_back += 1;
-                return Outcome::Done;
+                return Ok(Outcome::Done);
             }
-            Sent::Stopping => return Outcome::Stopping,
             Sent::Rejected(refused) | Sent::Unroutable(refused) => (
                 format!(
                     "{} was rejected ({}: {}), and so was handing that back: {refused}",
@@ -387,24 +365,24 @@ impl StreamWorker {
                 (format!("handing back a rejection failed: {error}"), attempts)
             }
         };
-        Outcome::Park(self.letter(event, None, Some(index), Some(command), error, attempts))
+        Ok(Outcome::Park(self.letter(event, None, Some(index), Some(command), error, attempts)))
     }
 
     /// Send a command, retrying what may pass: overload and storage trouble for as long
     /// as they last, a trapping target up to `max_attempts` times.
-    async fn send(&self, target: StreamId, request: CommandRequest) -> Sent {
+    async fn send(&self, target: StreamId, request: CommandRequest) -> Result<Sent, Stopped> {
         let config = &self.shared.context.config;
         let mut attempt = 0;
         let mut failures = 0;
         loop {
             attempt += 1;
             let error = match self.shared.context.actors.send(target.clone(), request.clone()).await {
-                Ok(reply) => return Sent::Done { duplicate: reply.replayed },
-                Err(CommandError::Rejected(rejection)) => return Sent::Rejected(rejection),
+                Ok(reply) => return Ok(Sent::Done { duplicate: reply.replayed }),
+                Err(CommandError::Rejected(rejection)) => return Ok(Sent::Rejected(rejection)),
                 Err(error @ CommandError::UnknownType(_)) => {
-                    return Sent::Unroutable(Rejection::new("unknown_type", error.to_string()));
+                    return Ok(Sent::Unroutable(Rejection::new("unknown_type", error.to_string())));
                 }
-                Err(CommandError::ShuttingDown) => return Sent::Stopping,
+                Err(CommandError::ShuttingDown) => return Err(Stopped),
                 // Every instance slot was busy: overload, not the command's fault.
                 Err(error @ CommandError::Guest(GuestError::Busy(_))) => {
                     self.counters().transient_retries += 1;
@@ -413,7 +391,7 @@ impl StreamWorker {
                 Err(error @ (CommandError::Guest(_) | CommandError::ActorFailed)) => {
                     failures += 1;
                     if failures >= config.max_attempts {
-                        return Sent::Failed { error: error.to_string(), attempts: attempt };
+                        return Ok(Sent::Failed { error: error.to_string(), attempts: attempt });
                     }
                     error
                 }
@@ -431,9 +409,7 @@ impl StreamWorker {
                     "delivery failed, retrying: {error}"
                 );
             }
-            if !self.pause(backoff(config, attempt)).await {
-                return Sent::Stopping;
-            }
+            self.pause(backoff(config, attempt)).await?;
         }
     }
 
@@ -442,7 +418,12 @@ impl StreamWorker {
     /// Once it is there, a later redelivery meets it instead of applying the command after
     /// its source has compensated: if the type is deployed later, its actor finds the
     /// refusal and answers it, and the hand-back is deduplicated at the source.
-    async fn record_refusal(&self, target: &StreamId, key: &str, rejection: &Rejection) -> Recorded {
+    async fn record_refusal(
+        &self,
+        target: &StreamId,
+        key: &str,
+        rejection: &Rejection,
+    ) -> Result<Recorded, Stopped> {
         let context = &self.shared.context;
         loop {
             let written = match context.store.stream_head(target) {
@@ -465,29 +446,20 @@ impl StreamWorker {
                 Err(error) => Err(error.into()),
             };
             match written {
-                Ok(_) => return Recorded::Yes,
-                Err(AppendError::VersionConflict { .. }) => return Recorded::Raced,
-                Err(AppendError::Store(StoreError::Closed)) => return Recorded::Stopping,
+                Ok(_) => return Ok(Recorded::Yes),
+                Err(AppendError::VersionConflict { .. }) => return Ok(Recorded::Raced),
+                Err(AppendError::Store(StoreError::Closed)) => return Err(Stopped),
                 Err(error) => {
                     tracing::warn!(subscriber = self.shared.name, %target, "cannot record a refusal: {error}");
-                    if !self.pause(context.config.max_backoff).await {
-                        return Recorded::Stopping;
-                    }
+                    self.pause(context.config.max_backoff).await?;
                 }
             }
         }
     }
 
-    /// Sleep, unless the host stops first (`false`).
-    async fn pause(&self, duration: Duration) -> bool {
-        let mut shutdown = self.shared.context.shutdown.clone();
-        if *shutdown.borrow() {
-            return false;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(duration) => true,
-            _ = shutdown.changed() => false,
-        }
+    /// Sleep, unless the host stops first.
+    async fn pause(&self, duration: Duration) -> Result<(), Stopped> {
+        self.shared.context.part.pause(duration).await
     }
 
     fn letter(
@@ -514,9 +486,9 @@ impl StreamWorker {
         }
     }
 
-    /// Store a dead letter and mark the stream parked; `false` if the host stopped first
-    /// (the event is then not done and is delivered again after a restart).
-    async fn park(&self, letter: DeadLetter) -> bool {
+    /// Store a dead letter and mark the stream parked. If the host stops first, the event is
+    /// not done and is delivered again after a restart.
+    async fn park(&self, letter: DeadLetter) -> Result<(), Stopped> {
         if letter.behind.is_none() {
             tracing::error!(
                 subscriber = self.shared.name,
@@ -527,20 +499,18 @@ impl StreamWorker {
             );
         }
         let position = letter.position;
-        if !self.write(LetterChange::Park(letter)).await {
-            return false;
-        }
+        self.write(LetterChange::Park(letter)).await?;
         self.mark_parked(position);
         self.counters().parked += 1;
-        true
+        Ok(())
     }
 
-    async fn unpark(&self, keys: Vec<DeadLetterKey>) -> bool {
+    async fn unpark(&self, keys: Vec<DeadLetterKey>) -> Result<(), Stopped> {
         self.write(LetterChange::Unpark(keys)).await
     }
 
-    /// Store a dead-letter change until it sticks (`false`: the host is stopping).
-    async fn write(&self, change: LetterChange) -> bool {
+    /// Store a dead-letter change until it sticks.
+    async fn write(&self, change: LetterChange) -> Result<(), Stopped> {
         let writer = &self.shared.context.writer;
         loop {
             let written = match &change {
@@ -548,16 +518,14 @@ impl StreamWorker {
                 LetterChange::Unpark(keys) => writer.unpark(keys.clone()).await,
             };
             match written {
-                Ok(()) => return true,
-                Err(StoreError::Closed) => return false,
+                Ok(()) => return Ok(()),
+                Err(StoreError::Closed) => return Err(Stopped),
                 Err(error) => {
                     tracing::error!(
                         subscriber = self.shared.name,
                         "cannot store a dead letter change: {error}"
                     );
-                    if !self.pause(self.shared.context.config.max_backoff).await {
-                        return false;
-                    }
+                    self.pause(self.shared.context.config.max_backoff).await?;
                 }
             }
         }
@@ -569,7 +537,6 @@ enum Recorded {
     Yes,
     /// The target's stream moved meanwhile: its type is deployed now.
     Raced,
-    Stopping,
 }
 
 /// A change to the dead letters, retried until it is stored.

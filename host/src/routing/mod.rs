@@ -23,15 +23,15 @@ mod progress;
 mod subscriber;
 
 use crate::actor::Actors;
-use crate::components::ComponentRegistry;
+use crate::components::{ChangeFollower, ChangeKind, ComponentRegistry, Followed};
+use crate::lifecycle::{self, Backoff, FailureRecord, Part, RunResult};
 use crate::store::{EventStore, Position, StoreError, Writer};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use subscriber::{Exit, Subscriber};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use std::time::Duration;
+use subscriber::Subscriber;
+use tokio::sync::{mpsc, oneshot};
 
 /// Settings of the router.
 #[derive(Debug, Clone, Copy)]
@@ -71,7 +71,8 @@ pub(crate) struct Context {
     pub writer: Writer,
     pub components: Arc<ComponentRegistry>,
     pub config: RoutingConfig,
-    pub shutdown: watch::Receiver<bool>,
+    /// Tells the subscribers and their stream workers to stop.
+    pub part: Part,
 }
 
 /// What a subscriber's run and its stream workers share.
@@ -82,6 +83,16 @@ pub(crate) struct SubscriberShared {
     /// Streams with parked events, each with its first parked position. Loaded from the
     /// store at every run's start; a worker adds its stream after the letter is durable.
     pub parked: Mutex<BTreeMap<String, Position>>,
+}
+
+impl FailureRecord for SubscriberShared {
+    fn record_failure(&self, error: &str) {
+        let mut counters = self.counters.lock().expect("counters lock");
+        counters.restarts += 1;
+        counters.last_error = Some(error.to_owned());
+        counters.last_error_at = Some(crate::time::rfc3339_micros(crate::time::now_micros()));
+        counters.in_flight = 0;
+    }
 }
 
 /// Live figures of a subscriber, as `GET /routing` shows them.
@@ -157,7 +168,6 @@ pub struct SequenceAction {
 struct Handle {
     shared: Arc<SubscriberShared>,
     controls: mpsc::UnboundedSender<Control>,
-    task: Option<JoinHandle<()>>,
 }
 
 /// Why a routing request could not be done.
@@ -175,14 +185,14 @@ pub enum RoutingError {
 pub struct Routing {
     context: Arc<Context>,
     handles: Mutex<Vec<Handle>>,
-    stop: watch::Sender<bool>,
     /// Where subscribers run: their reactions are guest calls, so they live on the guest
     /// threads, never on the threads that serve HTTP.
     runtime: tokio::runtime::Handle,
 }
 
 impl Routing {
-    /// Start one subscriber per active component that subscribes to anything.
+    /// Start one subscriber per active component that subscribes to anything, and follow
+    /// the registry: a component deployed later that subscribes gets its subscriber.
     pub fn start(
         actors: Actors,
         store: EventStore,
@@ -190,10 +200,11 @@ impl Routing {
         components: Arc<ComponentRegistry>,
         config: RoutingConfig,
         runtime: tokio::runtime::Handle,
-    ) -> Result<Routing, StoreError> {
-        let (stop, shutdown) = watch::channel(false);
-        let context = Arc::new(Context { actors, store, writer, components, config, shutdown });
-        let routing = Routing { context, handles: Mutex::new(Vec::new()), stop, runtime };
+        part: Part,
+    ) -> Arc<Routing> {
+        let follower = components.follow("router");
+        let context = Arc::new(Context { actors, store, writer, components, config, part });
+        let routing = Arc::new(Routing { context, handles: Mutex::new(Vec::new()), runtime });
         let mut names: Vec<String> = routing
             .context
             .components
@@ -206,23 +217,48 @@ impl Routing {
         for name in names {
             routing.spawn(name);
         }
-        Ok(routing)
+        let part = routing.context.part.clone();
+        part.tracker().spawn(routing.clone().follow_components(follower));
+        routing
+    }
+
+    /// Take each change of the registry as it comes, until the host stops.
+    async fn follow_components(self: Arc<Self>, mut follower: ChangeFollower) {
+        loop {
+            let followed = tokio::select! {
+                _ = self.context.part.token().cancelled() => return,
+                followed = follower.next() => followed,
+            };
+            match followed {
+                Followed::Change(change) => {
+                    if change.kind != ChangeKind::Deleted {
+                        self.ensure_subscriber(&change.name);
+                    }
+                    follower.applied(change.sequence, Ok(()));
+                }
+                Followed::Missed => {
+                    for (name, _) in self.context.components.all_active() {
+                        self.ensure_subscriber(&name);
+                    }
+                }
+                Followed::Closed => return,
+            }
+        }
     }
 
     /// Start a subscriber for a component deployed after start-up, if it subscribes to
     /// anything and has none yet. (A new version of a running one is picked up by its
     /// subscriber at its next event.)
-    pub fn ensure_subscriber(&self, name: &str) -> Result<(), StoreError> {
+    fn ensure_subscriber(&self, name: &str) {
         let subscribes = self
             .context
             .components
             .active(name)
             .is_some_and(|a| !a.component.info().subscriptions.is_empty());
         let running = self.handles.lock().expect("routing lock").iter().any(|h| h.shared.name == name);
-        if subscribes && !running && !*self.stop.borrow() {
+        if subscribes && !running && !self.context.part.is_stopping() {
             self.spawn(name.to_owned());
         }
-        Ok(())
     }
 
     fn spawn(&self, name: String) {
@@ -233,8 +269,8 @@ impl Routing {
             parked: Mutex::new(BTreeMap::new()),
         });
         let (controls, receiver) = mpsc::unbounded_channel();
-        let task = self.runtime.spawn(supervise(shared.clone(), receiver));
-        self.handles.lock().expect("routing lock").push(Handle { shared, controls, task: Some(task) });
+        self.context.part.tracker().spawn_on(supervise(shared.clone(), receiver), &self.runtime);
+        self.handles.lock().expect("routing lock").push(Handle { shared, controls });
     }
 
     /// Every subscriber with its cursor, lag, counters and dead letters.
@@ -352,12 +388,7 @@ impl Routing {
 
     /// Stop every subscriber (mid-delivery is fine: the cursor has not moved past it).
     pub async fn shutdown(&self) {
-        let _ = self.stop.send(true);
-        let tasks: Vec<_> =
-            self.handles.lock().expect("routing lock").iter_mut().filter_map(|h| h.task.take()).collect();
-        for task in tasks {
-            let _ = task.await;
-        }
+        self.context.part.stop().await;
     }
 }
 
@@ -365,48 +396,20 @@ impl Routing {
 /// waiting longer after each failure that comes soon after the last.
 async fn supervise(shared: Arc<SubscriberShared>, controls: mpsc::UnboundedReceiver<Control>) {
     let context = shared.context.clone();
-    let mut shutdown = context.shutdown.clone();
     // Each run borrows the controls; a run that panics drops its guard, not the channel.
     let controls = Arc::new(tokio::sync::Mutex::new(controls));
-    let mut backoff = context.config.first_backoff;
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let started = Instant::now();
-        let run = tokio::spawn(run_once(shared.clone(), controls.clone()));
-        let error = match run.await {
-            Ok(Exit::Stopped) => return,
-            Ok(Exit::Failed(error)) => error,
-            Err(join) if join.is_panic() => {
-                format!("the subscriber panicked: {}", crate::actor::panic_message(join.into_panic()))
-            }
-            Err(join) => format!("the subscriber task ended: {join}"),
-        };
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = context.config.first_backoff;
-        }
-        tracing::error!(subscriber = shared.name, "restarting the subscriber in {backoff:?}: {error}");
-        {
-            let mut counters = shared.counters.lock().expect("counters lock");
-            counters.restarts += 1;
-            counters.last_error = Some(error);
-            counters.last_error_at = Some(crate::time::rfc3339_micros(crate::time::now_micros()));
-            counters.in_flight = 0;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.changed() => return,
-        }
-        backoff = (backoff * 2).min(context.config.max_restart_backoff);
-    }
+    let backoff = Backoff::new(context.config.first_backoff, context.config.max_restart_backoff);
+    lifecycle::supervise("the subscriber", backoff, &*shared, &context.part, || {
+        run_once(shared.clone(), controls.clone())
+    })
+    .await;
 }
 
 /// One run: from the durable cursor and the stored parked streams.
 async fn run_once(
     shared: Arc<SubscriberShared>,
     controls: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Control>>>,
-) -> Exit {
+) -> RunResult {
     let mut controls = controls.lock().await;
     let store = &shared.context.store;
     let start = store.cursor(&crate::store::reaction_cursor(&shared.name)).and_then(|cursor| {
@@ -415,7 +418,7 @@ async fn run_once(
     });
     let (cursor, parked) = match start {
         Ok(start) => start,
-        Err(error) => return Exit::Failed(format!("cannot read the cursor: {error}")),
+        Err(error) => return Err(lifecycle::RunFailed(format!("cannot read the cursor: {error}"))),
     };
     *shared.parked.lock().expect("parked lock") = parked;
     shared.counters.lock().expect("counters lock").cursor = cursor;

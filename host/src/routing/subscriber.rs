@@ -10,6 +10,7 @@
 use super::delivery::{Finished, StreamWorker, Work};
 use super::progress::Progress;
 use super::{Control, SequenceReply, SubscriberShared};
+use crate::lifecycle::{RunFailed, RunResult};
 use crate::store::{LogFollower, Page, Position, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,15 +26,6 @@ const PAGE: Page = Page::new(256, 1 << 20);
 const PAGES_PER_TURN: usize = 8;
 /// The longest the durable cursor lags the in-memory one while events keep finishing.
 const CURSOR_EVERY: Duration = Duration::from_millis(50);
-
-/// Why a run ended.
-pub(super) enum Exit {
-    /// The host is stopping.
-    Stopped,
-    /// Something failed (a delivery task panicked, the log could not be read): the
-    /// supervisor starts a new run from the durable cursor.
-    Failed(String),
-}
 
 /// Where reading the log stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,19 +77,19 @@ impl Subscriber {
         }
     }
 
-    pub(super) async fn run(mut self, controls: &mut mpsc::UnboundedReceiver<Control>) -> Exit {
-        let mut shutdown = self.shared.context.shutdown.clone();
+    pub(super) async fn run(mut self, controls: &mut mpsc::UnboundedReceiver<Control>) -> RunResult {
+        let part = self.shared.context.part.clone();
         tracing::info!(subscriber = self.shared.name, cursor = self.stored_cursor, "routing from cursor");
         loop {
-            if *shutdown.borrow() {
+            if part.is_stopping() {
                 self.abandon().await;
-                return Exit::Stopped;
+                return Ok(());
             }
             let reading = match self.read_more() {
                 Ok(reading) => reading,
                 Err(error) => {
                     self.abandon().await;
-                    return Exit::Failed(format!("cannot read the log: {error}"));
+                    return Err(RunFailed(format!("cannot read the log: {error}")));
                 }
             };
             let flush_at = self.flush_if_due().await;
@@ -110,18 +102,18 @@ impl Subscriber {
                     && let Err(error) = self.control(control).await
                 {
                     self.abandon().await;
-                    return Exit::Failed(error);
+                    return Err(RunFailed(error));
                 }
                 tokio::task::yield_now().await;
                 continue;
             }
             let caught_up = reading == Reading::CaughtUp;
             tokio::select! {
-                _ = shutdown.changed() => {}
+                _ = part.token().cancelled() => {}
                 Some(control) = controls.recv() => {
                     if let Err(error) = self.control(control).await {
                         self.abandon().await;
-                        return Exit::Failed(error);
+                        return Err(RunFailed(error));
                     }
                 }
                 Some(finished) = self.finished.recv() => {
@@ -132,9 +124,9 @@ impl Subscriber {
                 }
                 Some(joined) = self.workers.join_next(), if !self.workers.is_empty() => {
                     if let Err(error) = joined && error.is_panic() {
-                        let message = crate::actor::panic_message(error.into_panic());
+                        let message = crate::lifecycle::panic_message(error.into_panic());
                         self.abandon().await;
-                        return Exit::Failed(format!("a delivery task panicked: {message}"));
+                        return Err(RunFailed(format!("a delivery task panicked: {message}")));
                     }
                 }
                 _ = self.follower.more(), if caught_up => {}
