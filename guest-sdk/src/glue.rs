@@ -7,33 +7,7 @@ use crate::{
     Aggregate, COMMAND_REJECTED, CommandRejected, EventEnvelope, OutgoingCommand, Rejection, UNKNOWN_COMMAND,
 };
 
-/// An event as it crosses the boundary: type name + MessagePack fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawEvent {
-    pub event_type: String,
-    pub payload: Vec<u8>,
-}
-
-/// A command as it crosses the boundary: type name + MessagePack fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawCommand {
-    pub command_type: String,
-    pub payload: Vec<u8>,
-}
-
-impl RawEvent {
-    pub fn from_typed<E: serde::Serialize>(event: &E) -> Self {
-        let (event_type, payload) = codec::encode_variant(event);
-        RawEvent { event_type, payload }
-    }
-}
-
-impl RawCommand {
-    pub fn from_typed<C: serde::Serialize>(command: &C) -> Self {
-        let (command_type, payload) = codec::encode_variant(command);
-        RawCommand { command_type, payload }
-    }
-}
+pub use cairn_wire::{RawCommand, RawEvent};
 
 fn decode_state<A: Aggregate>(state: Option<&[u8]>) -> Option<A::State> {
     // State bytes only ever come from this aggregate's own `apply`; if they do not decode,

@@ -64,11 +64,11 @@
 //! // In a cdylib crate: cairn_guest::export_aggregate!(CounterAggregate);
 //! ```
 
-pub mod codec;
+#[doc(hidden)]
+pub use cairn_wire::codec;
+#[doc(hidden)]
 pub mod glue;
-mod id;
 pub mod projection;
-mod reaction;
 pub mod testing;
 
 #[cfg(target_arch = "wasm32")]
@@ -80,21 +80,14 @@ mod panic_hook;
 #[doc(hidden)]
 pub mod projection_bindings;
 
-pub use id::{InvalidId, MAX_ID_LEN, check_aggregate_id};
+pub use cairn_wire::{
+    COMMAND_REJECTED, CommandRejected, EventEnvelope, INVALID_COMMAND, InternalCommand, InvalidId,
+    MAX_ID_LEN, OutgoingCommand, Rejection, Subscription, UNKNOWN_COMMAND, check_aggregate_id,
+};
 pub use projection::{DocumentStore, Projection, View};
-pub use reaction::{CommandRejected, EventEnvelope, InternalCommand, OutgoingCommand, Subscription};
 use serde::{Serialize, de::DeserializeOwned};
 /// For documents in tests: `then_view(key, json!({...}))`.
 pub use serde_json;
-
-/// The command type the host uses to hand a rejection back to the aggregate whose event
-/// caused the rejected command (see [`Aggregate::on_rejected`]). Users cannot send it.
-pub const COMMAND_REJECTED: &str = "CommandRejected";
-
-/// Rejection code the host maps to HTTP 400: the component has no such command.
-pub const UNKNOWN_COMMAND: &str = "unknown_command";
-/// Rejection code the host maps to HTTP 400: the command's fields are malformed.
-pub const INVALID_COMMAND: &str = "invalid_command";
 
 /// An event-sourced aggregate: one type of entity whose state is the fold of its events.
 ///
@@ -142,31 +135,6 @@ pub trait Aggregate {
         _rejected: CommandRejected,
     ) -> Result<Vec<Self::Event>, Rejection> {
         Ok(Vec::new())
-    }
-}
-
-/// Why a command was refused: a machine `code` and a `message` for a person.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Rejection {
-    pub code: String,
-    pub message: String,
-}
-
-impl Rejection {
-    /// A business rejection (HTTP 422), e.g. `Rejection::new("account_closed", "...")`.
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Rejection { code: code.into(), message: message.into() }
-    }
-
-    /// The command's fields are malformed (HTTP 400).
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Rejection::new(INVALID_COMMAND, message)
-    }
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
     }
 }
 

@@ -27,11 +27,11 @@ pub mod json;
 pub mod lifecycle;
 pub mod projection;
 pub mod replay;
+/// The WebAssembly runtime, a crate of its own (`cairn-runtime`).
+pub use cairn_runtime as runtime;
 pub mod routing;
-pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod telemetry;
-pub mod testkit;
 pub mod time;
 pub mod views;

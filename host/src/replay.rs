@@ -8,7 +8,7 @@
 
 use crate::runtime::{AggregateComponent, GuestError};
 use crate::store::{EventStore, Page, StoreError, StreamId, Version};
-use cairn_guest::glue::RawEvent;
+use cairn_wire::RawEvent;
 use tokio_util::sync::CancellationToken;
 
 /// Events read from the store per chunk: at most 4096, and 8 MiB of them past the first.

@@ -23,6 +23,7 @@ pub fn install() -> Option<PrometheusHandle> {
 }
 
 fn install_recorder() -> Option<PrometheusHandle> {
+    cairn_runtime::observe::install(&GuestCalls);
     let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS)
         .and_then(|b| {
@@ -68,16 +69,20 @@ pub fn idempotency_keys_forgotten(count: usize) {
     metrics::counter!("cairn_idempotency_keys_forgotten_total").increment(count as u64);
 }
 
-/// One call into a guest.
-pub fn guest_call(component: &str, took: Duration) {
-    metrics::histogram!("cairn_guest_call_duration_seconds", "component" => component.to_owned())
-        .record(took.as_secs_f64());
-}
+/// The runtime's guest calls, as metrics.
+struct GuestCalls;
 
-/// A guest call that trapped (`kind` = `trap`) or ran out of fuel (`timeout`).
-pub fn guest_failure(component: &str, kind: &'static str) {
-    metrics::counter!("cairn_guest_failures_total", "component" => component.to_owned(), "kind" => kind)
-        .increment(1);
+impl cairn_runtime::observe::CallObserver for GuestCalls {
+    fn call(&self, component: &str, took: Duration) {
+        metrics::histogram!("cairn_guest_call_duration_seconds", "component" => component.to_owned())
+            .record(took.as_secs_f64());
+    }
+
+    /// A guest call that trapped (`kind` = `trap`) or ran out of fuel (`timeout`).
+    fn failure(&self, component: &str, kind: &'static str) {
+        metrics::counter!("cairn_guest_failures_total", "component" => component.to_owned(), "kind" => kind)
+            .increment(1);
+    }
 }
 
 /// An HTTP request answered: by route (the router's pattern, not the path) and status.

@@ -27,7 +27,7 @@ async fn read_all_pages(host: &Host, first: &str, cursor: &str, next_key: &str) 
 #[tokio::test(flavor = "multi_thread")]
 async fn pages_of_large_events_stop_at_their_byte_budget_and_memory_stays_bounded() {
     let host = Host::start();
-    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     // 40 events of a megabyte each, on one stream and one saga.
     for _ in 0..40 {
         let fill = host
@@ -196,7 +196,7 @@ async fn a_projection_stopped_by_an_oversized_document_shows_in_views_metrics_an
 #[tokio::test(flavor = "multi_thread")]
 async fn no_request_stalls_the_host() {
     let host = Host::start();
-    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     const EVENTS: u64 = 200_000;
     const PER_COMMAND: u64 = 100;
     // One long stream, written by a few concurrent writers (batched by its actor).
@@ -224,7 +224,7 @@ async fn no_request_stalls_the_host() {
     }
     // A new version right before the reads: none of its snapshots exist yet, so the first
     // deep reads fold far (and leave this version's snapshots behind them).
-    host.deploy("faulty", cairn_artifacts::FAULTY_FIXED).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY_FIXED).await.expect(200);
 
     // The load: filtered streams catching up, deep reads, transfers.
     let mut streams = Vec::new();

@@ -61,10 +61,10 @@ async fn send_state_events_components_and_deploy() {
     assert!(components.as_array().unwrap().iter().any(|c| c["name"] == "account"));
     let deployed = json_of(&cairn(
         &host,
-        &["deploy", cairn_artifacts::FAULTY_PATH, "--admin-token", "test-token", "--name", "faulty"],
+        &["deploy", cairn_test_guests::FAULTY_PATH, "--admin-token", "test-token", "--name", "faulty"],
     ));
     assert_eq!((deployed["name"].as_str(), deployed["version"].as_u64()), (Some("faulty"), Some(1)));
-    let unauthorized = cairn(&host, &["deploy", cairn_artifacts::FAULTY_PATH, "--admin-token", "nope"]);
+    let unauthorized = cairn(&host, &["deploy", cairn_test_guests::FAULTY_PATH, "--admin-token", "nope"]);
     assert!(String::from_utf8_lossy(&unauthorized.stderr).contains("unauthorized"));
     // Without `--token`, an admin command reads the token file of `--data DIR`.
     let local = tempfile::tempdir().unwrap();
@@ -77,7 +77,7 @@ async fn send_state_events_components_and_deploy() {
     assert!(String::from_utf8_lossy(&from_file.stderr).contains("nothing_to_roll_back"), "{from_file:?}");
 
     let token = ["--token", "test-token"];
-    let fixed = cairn_artifacts::FAULTY_FIXED_PATH;
+    let fixed = cairn_test_guests::FAULTY_FIXED_PATH;
     let dry =
         json_of(&cairn(&host, &[&["deploy", fixed, "--name", "faulty", "--dry-run"][..], &token].concat()));
     assert_eq!((dry["version"].as_u64(), dry["active"].as_bool()), (Some(2), Some(false)));

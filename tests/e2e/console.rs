@@ -417,7 +417,7 @@ async fn parked(host: &Host, subscriber: &str) -> Vec<(String, u64)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_letters_are_retried_and_discarded_from_the_routing_page_with_the_token() {
     let Some((host, browser)) = console("console::dead_letters").await else { return };
-    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     host.open_account("p", 100).await;
     for transaction in ["poison", "after-poison"] {
         host.command("account", "p", "CreditAccount", json!({"amount": 1, "transaction_id": transaction}))
@@ -444,7 +444,7 @@ async fn dead_letters_are_retried_and_discarded_from_the_routing_page_with_the_t
     // With the token and a fixed version, Retry delivers the sequence in order.
     browser.type_into("#admin-token", "test-token").await;
     browser.click("#token-save").await;
-    host.deploy("faulty", cairn_artifacts::FAULTY_FIXED).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY_FIXED).await.expect(200);
     browser.click(&format!("{sequence} button.retry")).await;
     browser
         .wait_for(

@@ -75,7 +75,7 @@ async fn pay(host: &Host, id: &str, to_type: &str, to_id: &str, command: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn commands_that_can_never_be_delivered_are_handed_back_and_the_money_comes_back() {
     let host = Host::start();
-    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     host.open_account("101", 25000).await;
     host.open_account("202", 0).await;
     let long = "x".repeat(300);
@@ -152,7 +152,7 @@ async fn a_target_overloaded_for_ten_seconds_still_gets_every_routed_command_onc
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trapping_reaction_parks_its_stream_in_order_while_a_thousand_transfers_complete() {
     let mut host = Host::start();
-    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     open_ten_accounts(&host).await;
     host.open_account("p", 100).await;
     credit(&host, "p", "t1").await;
@@ -208,7 +208,7 @@ async fn a_trapping_reaction_parks_its_stream_in_order_while_a_thousand_transfer
     // Without the token nothing happens; after a fixed version, retry delivers in order.
     let unauthorized = host.http.post(format!("{}/routing/dead-letters/retry", host.url));
     host.send(unauthorized).await.expect_error(401, "unauthorized");
-    host.deploy("faulty", cairn_artifacts::FAULTY_FIXED).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY_FIXED).await.expect(200);
     let retried =
         host.admin_post("/routing/dead-letters/retry?subscriber=faulty&stream=account/p").await.expect(200);
     assert_eq!(retried.body["events"], 3, "{}", retried.body);
@@ -253,8 +253,8 @@ async fn a_trapping_reaction_parks_its_stream_in_order_while_a_thousand_transfer
 #[tokio::test(flavor = "multi_thread")]
 async fn two_subscribers_sending_the_same_command_to_one_stream_both_take_effect_once() {
     let host = Host::start();
-    host.deploy("faulty", cairn_artifacts::FAULTY_FIXED).await.expect(200);
-    host.deploy("twin", cairn_artifacts::TWIN).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY_FIXED).await.expect(200);
+    host.deploy("twin", cairn_test_guests::TWIN).await.expect(200);
     host.open_account("a", 0).await;
     credit(&host, "a", "c1").await;
     let both = || async {

@@ -71,7 +71,7 @@ async fn bad_components_are_refused_and_the_running_version_stays() {
     host.deploy("account", b"\0asm\x01\0\0\0").await.expect_error(400, "invalid_component");
     host.deploy("account", b"\0asm\x0d\0\x01\0").await.expect_error(422, "wrong_world");
     host.deploy("account", cairn_artifacts::ORDER).await.expect_error(422, "name_mismatch");
-    host.deploy("faulty", cairn_artifacts::HANGING_DESCRIBE).await.expect_error(422, "guest_timeout");
+    host.deploy("faulty", cairn_test_guests::HANGING_DESCRIBE).await.expect_error(422, "guest_timeout");
     host.deploy("Bad_Name", cairn_artifacts::ORDER).await.expect_error(400, "invalid_name");
     let account = component(&host, "account").await;
     assert_eq!(
@@ -86,7 +86,7 @@ async fn bad_components_are_refused_and_the_running_version_stays() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_compile_beyond_its_time_bound_is_refused() {
     let host = Host::start_with(&["--compile-timeout-ms", "1"]);
-    let refused = host.deploy("faulty", cairn_artifacts::FAULTY).await.expect_error(422, "compile_timeout");
+    let refused = host.deploy("faulty", cairn_test_guests::FAULTY).await.expect_error(422, "compile_timeout");
     assert!(refused.body["error"]["message"].as_str().unwrap().contains("1ms"), "{}", refused.body);
     assert_eq!(component(&host, "faulty").await, Value::Null, "nothing of it was kept");
     host.open_account("1", 5).await;
@@ -95,9 +95,9 @@ async fn a_compile_beyond_its_time_bound_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_rule_is_reported_followed_and_rolled_back_and_versions_survive_kill_9() {
     let mut host = Host::start();
-    let first = host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    let first = host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     assert_eq!(first.body["version"], 1);
-    let again = host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    let again = host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     assert_eq!(
         (again.body["version"].clone(), again.body["digest"].clone()),
         (json!(1), first.body["digest"].clone())
@@ -109,7 +109,7 @@ async fn a_changed_rule_is_reported_followed_and_rolled_back_and_versions_surviv
     }
 
     // A dry run checks everything and activates nothing.
-    let dry = host.deploy_with("faulty", "dry_run=true", cairn_artifacts::FAULTY_FIXED).await.expect(200);
+    let dry = host.deploy_with("faulty", "dry_run=true", cairn_test_guests::FAULTY_FIXED).await.expect(200);
     assert_eq!((dry.body["dry_run"].as_bool(), dry.body["active"].as_bool()), (Some(true), Some(false)));
     assert_eq!(
         (dry.body["replay"]["streams"].as_u64(), dry.body["replay"]["changed"].as_u64()),
@@ -120,7 +120,7 @@ async fn a_changed_rule_is_reported_followed_and_rolled_back_and_versions_surviv
     assert_eq!(component(&host, "faulty").await["active_version"], 1);
 
     // v2 counts in tens: the replay report shows how much it changes, new commands follow it.
-    let v2 = host.deploy("faulty", cairn_artifacts::FAULTY_FIXED).await.expect(200);
+    let v2 = host.deploy("faulty", cairn_test_guests::FAULTY_FIXED).await.expect(200);
     assert_eq!((v2.body["version"].as_u64(), v2.body["active"].as_bool()), (Some(2), Some(true)));
     let replay = &v2.body["replay"];
     assert_eq!((replay["streams"].as_u64(), replay["changed"].as_u64()), (Some(2), Some(2)), "{replay}");
@@ -165,7 +165,7 @@ async fn a_changed_rule_is_reported_followed_and_rolled_back_and_versions_surviv
     assert!(versions[1]["size"].as_u64().unwrap() > 0 && versions[1]["deployed_at"].is_string());
     let bytes = host.http.get(format!("{}/components/faulty/versions/2", host.url)).send().await.unwrap();
     assert_eq!(bytes.headers()["content-type"], "application/wasm");
-    assert_eq!(bytes.bytes().await.unwrap().as_ref(), cairn_artifacts::FAULTY_FIXED);
+    assert_eq!(bytes.bytes().await.unwrap().as_ref(), cairn_test_guests::FAULTY_FIXED);
     host.get("/components/faulty/versions/3").await.expect_error(404, "unknown_version");
     assert_eq!(count(&host, "1").await, 6, "v1 again, from the same six events");
 }
@@ -213,14 +213,14 @@ async fn the_replay_sample_is_configurable() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_that_traps_on_replay_is_refused_naming_the_stream() {
     let host = Host::start();
-    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     increment(&host, "7").await;
     let refused =
-        host.deploy("faulty", cairn_artifacts::FAULTY_BROKEN).await.expect_error(422, "replay_failed");
+        host.deploy("faulty", cairn_test_guests::FAULTY_BROKEN).await.expect_error(422, "replay_failed");
     let message = refused.body["error"]["message"].as_str().unwrap();
     assert!(message.contains("faulty/7") && message.contains("event 1"), "{message}");
     assert!(message.contains("this version cannot fold Incremented"), "the guest's own message: {message}");
-    let dry = host.deploy_with("faulty", "dry_run=true", cairn_artifacts::FAULTY_BROKEN).await;
+    let dry = host.deploy_with("faulty", "dry_run=true", cairn_test_guests::FAULTY_BROKEN).await;
     dry.expect_error(422, "replay_failed");
     assert_eq!(component(&host, "faulty").await["versions"].as_array().unwrap().len(), 1);
     increment(&host, "7").await;
@@ -242,8 +242,8 @@ async fn a_subscriber_deployed_later_reacts_to_new_events_unless_asked_for_histo
         .expect(200);
     }
     // `faulty` records every credit of account/a on faulty/a; twin would too (on faulty/a).
-    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
-    host.deploy_with("twin", "react_from=beginning", cairn_artifacts::TWIN).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
+    host.deploy_with("twin", "react_from=beginning", cairn_test_guests::TWIN).await.expect(200);
     host.command("account", "a", "CreditAccount", json!({"amount": 1, "transaction_id": "new"}))
         .await
         .expect(200);
@@ -266,7 +266,7 @@ async fn a_subscriber_deployed_later_reacts_to_new_events_unless_asked_for_histo
 #[tokio::test(flavor = "multi_thread")]
 async fn swaps_under_load_fail_no_command_and_apply_each_once() {
     let host = Host::start();
-    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for client in 0..8 {
@@ -289,7 +289,8 @@ async fn swaps_under_load_fail_no_command_and_apply_each_once() {
         }));
     }
     let mut versions = Vec::new();
-    for bytes in [cairn_artifacts::FAULTY_FIXED, cairn_artifacts::FAULTY, cairn_artifacts::FAULTY_FIXED] {
+    for bytes in [cairn_test_guests::FAULTY_FIXED, cairn_test_guests::FAULTY, cairn_test_guests::FAULTY_FIXED]
+    {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         versions.push(host.deploy("faulty", bytes).await.expect(200).body["version"].as_u64().unwrap());
     }
@@ -299,7 +300,7 @@ async fn swaps_under_load_fail_no_command_and_apply_each_once() {
             .as_u64()
             .unwrap(),
     );
-    for bytes in [cairn_artifacts::FAULTY_FIXED, cairn_artifacts::FAULTY] {
+    for bytes in [cairn_test_guests::FAULTY_FIXED, cairn_test_guests::FAULTY] {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         versions.push(host.deploy("faulty", bytes).await.expect(200).body["version"].as_u64().unwrap());
     }
@@ -389,8 +390,8 @@ async fn measure_swaps() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_inactive_version_can_be_deleted_and_its_number_is_not_reused() {
     let host = Host::start();
-    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
-    host.deploy("faulty", cairn_artifacts::FAULTY_FIXED).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY_FIXED).await.expect(200);
     let delete = |version: u32| {
         host.http
             .delete(format!("{}/components/faulty/versions/{version}", host.url))
@@ -401,7 +402,7 @@ async fn an_inactive_version_can_be_deleted_and_its_number_is_not_reused() {
     host.send(delete(2)).await.expect_error(409, "version_active");
     host.send(delete(7)).await.expect_error(404, "unknown_version");
     let deleted = host.send(delete(1)).await.expect(200);
-    assert_eq!(deleted.body["freed_bytes"], cairn_artifacts::FAULTY.len());
+    assert_eq!(deleted.body["freed_bytes"], cairn_test_guests::FAULTY.len());
 
     let components = host.get("/components").await.expect(200).body;
     let faulty = components.as_array().unwrap().iter().find(|c| c["name"] == "faulty").unwrap();
@@ -410,7 +411,7 @@ async fn an_inactive_version_can_be_deleted_and_its_number_is_not_reused() {
     assert_eq!(versions, [2]);
     host.get("/components/faulty/versions/1").await.expect_error(404, "unknown_version");
     host.admin_post("/components/faulty/rollback").await.expect_error(409, "nothing_to_roll_back");
-    let again = host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    let again = host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     assert_eq!(again.body["version"], 3, "the same bytes come back as a new number");
     host.command("faulty", "1", "Increment", serde_json::json!({})).await.expect(200);
 }
@@ -421,9 +422,9 @@ async fn an_inactive_version_can_be_deleted_and_its_number_is_not_reused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn activate_and_rollback_run_the_replay_check_unless_forced() {
     let host = Host::start();
-    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     // The broken fold is stored while no stream has an event it cannot fold.
-    host.deploy("faulty", cairn_artifacts::FAULTY_BROKEN).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY_BROKEN).await.expect(200);
     let back = host.admin_post("/components/faulty/activate?version=1").await.expect(200);
     assert_eq!(back.body["active_version"], 1);
     assert_eq!(back.body["replay"]["streams"], 0, "{}", back.body);
@@ -457,11 +458,11 @@ async fn compiled_code_is_kept_only_for_activated_versions() {
     };
     let bundled = compiled(&host);
     assert!(bundled >= 6, "the bundled components are cached: {bundled}");
-    host.deploy_with("faulty", "dry_run=true", cairn_artifacts::FAULTY).await.expect(200);
+    host.deploy_with("faulty", "dry_run=true", cairn_test_guests::FAULTY).await.expect(200);
     host.deploy("account", cairn_artifacts::ORDER).await.expect_error(422, "name_mismatch");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(compiled(&host), bundled, "nothing cached for a dry run or a refusal");
-    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     crate::sagas::eventually("the activated version is cached", || async { compiled(&host) == bundled + 1 })
         .await;
 }

@@ -16,7 +16,7 @@ fn deploy(host: &Host, name: &str, bytes: &[u8]) -> reqwest::RequestBuilder {
 #[tokio::test(flavor = "multi_thread")]
 async fn traps_and_timeouts_are_422_and_the_actor_survives() {
     let host = Host::start();
-    let deployed = host.send(deploy(&host, "faulty", cairn_artifacts::FAULTY)).await.expect(200);
+    let deployed = host.send(deploy(&host, "faulty", cairn_test_guests::FAULTY)).await.expect(200);
     assert_eq!(deployed.body["version"], 1);
     assert!(deployed.body["digest"].as_str().unwrap().starts_with("sha256:"));
     host.command("faulty", "1", "Increment", json!({})).await.expect(200);
@@ -36,7 +36,7 @@ async fn traps_and_timeouts_are_422_and_the_actor_survives() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_that_returns_too_much_is_refused_and_stores_nothing() {
     let host = Host::start_with(&["--guest-output-bytes", "65536"]);
-    host.send(deploy(&host, "faulty", cairn_artifacts::FAULTY)).await.expect(200);
+    host.send(deploy(&host, "faulty", cairn_test_guests::FAULTY)).await.expect(200);
     let flood = json!({"note": "x".repeat(100_000)});
     let refused =
         host.command("faulty", "1", "Record", flood).await.expect_error(422, "guest_output_too_large");
@@ -84,7 +84,7 @@ async fn hostile_guests_get_the_documented_errors_while_others_are_served() {
     // guest runs out of time first, also a 422), so the output cap is what stops them.
     let memory = (256u64 << 20).to_string();
     let host = Host::start_with(&["--guest-memory-bytes", &memory, "--guest-fuel", "2000000000"]);
-    host.send(deploy(&host, "faulty", cairn_artifacts::FAULTY)).await.expect(200);
+    host.send(deploy(&host, "faulty", cairn_test_guests::FAULTY)).await.expect(200);
     host.open_account("bystander", 0).await;
 
     // A global the guest bumps on every call never carries over: each call is a fresh instance.

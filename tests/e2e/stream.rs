@@ -123,7 +123,7 @@ async fn the_stream_catches_up_then_follows_live_with_no_gap_or_duplicate() {
 async fn a_reader_that_falls_too_far_behind_is_ended_with_a_last_event() {
     use std::io::{Read, Write};
     let host = Host::start_with(&["--stream-max-lag", "100"]);
-    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     let position = host.command("faulty", "0", "Increment", json!({})).await.expect(200);
     let start = position.body["events"][0]["position"].as_u64().unwrap();
     // A tiny receive window; the host's kernel send buffer still takes a few megabytes, so the
@@ -330,7 +330,7 @@ async fn measure_stream() {
 async fn one_client_holds_a_bounded_share_of_the_streams_and_one_that_stops_reading_is_cut_off() {
     use std::io::Write;
     let host = Host::start_with(&["--stream-max-per-client", "2", "--write-stall-ms", "500"]);
-    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     let first = Subscriber::open(&host, "", None).await;
     let second = Subscriber::open(&host, "", None).await;
     let third = host.get("/events/stream").await.expect_error(503, "overloaded");

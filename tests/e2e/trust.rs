@@ -184,7 +184,7 @@ async fn forged_steps_and_transfer_ids_under_a_storm_of_real_transfers_change_no
 #[tokio::test(flavor = "multi_thread")]
 async fn an_internal_command_routed_from_another_source_is_handed_back() {
     let host = Host::start();
-    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     host.open_account("payer", 500).await;
     host.open_account("e", 0).await;
     transfer(&host, "tx", "e", "payer", 100).await;
@@ -210,7 +210,7 @@ async fn an_internal_command_routed_from_another_source_is_handed_back() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hand_back_for_an_undeployed_type_stays_the_answer_after_the_type_is_deployed() {
     let host = Host::start_with(&["--examples", "none"]);
-    host.deploy("faulty", cairn_artifacts::FAULTY).await.expect(200);
+    host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     let pay = json!({
         "from_account_id": "a", "to_type": "account", "to_id": "b", "amount": 10,
         "credit_command": "CreditAccount",

@@ -200,13 +200,13 @@ async fn a_rebuild_gives_the_same_documents_and_readers_keep_the_old_generation_
 async fn a_projection_that_traps_is_reported_and_the_host_keeps_serving() {
     let host = Host::start();
     host.open_account("W", 1).await;
-    let deployed = host.deploy("fragile-view", cairn_artifacts::FRAGILE_VIEW).await.expect(200);
+    let deployed = host.deploy("fragile-view", cairn_test_guests::FRAGILE_VIEW).await.expect(200);
     assert_eq!(deployed.body["kind"], "projection", "{}", deployed.body);
     let components = host.get("/components").await.expect(200).body;
     let listed = components.as_array().unwrap().iter().find(|c| c["name"] == "fragile-view").unwrap().clone();
     assert_eq!(listed["kind"], "projection");
     // A projection cannot take an aggregate's name, nor the other way round.
-    host.deploy("account", cairn_artifacts::FRAGILE_VIEW).await.expect_error(422, "name_mismatch");
+    host.deploy("account", cairn_test_guests::FRAGILE_VIEW).await.expect_error(422, "name_mismatch");
 
     host.open_account("X", 100).await;
     host.command("account", "X", "CreditAccount", json!({"amount": 5, "transaction_id": "t1"}))
@@ -264,7 +264,7 @@ async fn a_projection_that_traps_is_reported_and_the_host_keeps_serving() {
     .await;
 
     // A fixed version rebuilds the view beside the stopped one and takes over once caught up.
-    let fixed = host.deploy("fragile-view", cairn_artifacts::FRAGILE_VIEW_FIXED).await.expect(200);
+    let fixed = host.deploy("fragile-view", cairn_test_guests::FRAGILE_VIEW_FIXED).await.expect(200);
     assert_eq!((fixed.body["kind"].as_str(), fixed.body["version"].as_u64()), (Some("projection"), Some(2)));
     eventually("the fixed version's view is live", || async {
         let views = host.get("/views").await.body;

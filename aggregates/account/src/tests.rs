@@ -3,9 +3,9 @@
 use super::*;
 use AccountCommand::*;
 use AccountEvent::*;
-use cairn::testkit::{given, given_no_events, reactions};
 use cairn_guest::glue::RawCommand;
 use cairn_guest::testing::envelope;
+use cairn_testkit::{given, given_no_events, reactions};
 
 fn opened(initial_balance: i64) -> AccountEvent {
     AccountOpened { initial_balance }
@@ -201,7 +201,7 @@ fn transfer_fields_travel_from_command_to_event() {
 
 #[test]
 fn the_component_describes_itself() {
-    let info = cairn::testkit::describe::<AccountAggregate>();
+    let info = cairn_testkit::describe::<AccountAggregate>();
     assert_eq!(info.type_name, "account");
     assert_eq!(info.subscriptions, AccountAggregate::subscriptions());
 }

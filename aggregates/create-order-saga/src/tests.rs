@@ -4,8 +4,8 @@
 use super::*;
 use SagaCommand::*;
 use SagaEvent::*;
-use cairn::testkit::{given, given_no_events, reactions};
 use cairn_guest::testing::envelope;
+use cairn_testkit::{given, given_no_events, reactions};
 
 fn started(total: i64) -> SagaEvent {
     CreateOrderSagaStarted { order_id: "o1".into(), customer_id: "c1".into(), order_total: total }
@@ -140,7 +140,7 @@ fn an_order_that_refuses_its_approval_ends_the_saga_and_releases_the_credit() {
         vec![OutgoingCommand::new("customer", "c1", "ReleaseCredit", &Release { order_id: "o1" })]
     );
     // The customer takes the release from the saga.
-    let customer = cairn::testkit::describe::<customer::CustomerAggregate>();
+    let customer = cairn_testkit::describe::<customer::CustomerAggregate>();
     assert!(customer.internal("ReleaseCredit").unwrap().allows_source(TYPE));
     // A customer that refuses it leaves the credit reserved, and the saga says so.
     let refused_release = CreditReleaseRefused {
@@ -264,7 +264,7 @@ fn a_start_whose_order_id_is_not_the_saga_id_is_abandoned() {
 
 #[test]
 fn its_steps_are_internal_and_it_hears_only_replies() {
-    let info = cairn::testkit::describe::<CreateOrderSagaAggregate>();
+    let info = cairn_testkit::describe::<CreateOrderSagaAggregate>();
     for step in [
         "RecordOrderCreated",
         "RecordCreditReserved",

@@ -3,8 +3,8 @@
 use super::*;
 use CustomerCommand::*;
 use CustomerEvent::*;
-use cairn::testkit::{given, given_no_events, reactions};
 use cairn_guest::testing::envelope;
+use cairn_testkit::{given, given_no_events, reactions};
 
 fn fred() -> CustomerEvent {
     CustomerCreated { name: "Fred".into(), credit_limit: 200000 }

@@ -4,8 +4,8 @@
 use super::*;
 use MoneyTransferCommand::*;
 use MoneyTransferEvent::*;
-use cairn::testkit::{given, given_no_events, reactions};
 use cairn_guest::testing::envelope;
+use cairn_testkit::{given, given_no_events, reactions};
 
 fn create(from: &str, to: &str, amount: i64) -> MoneyTransferCommand {
     CreateMoneyTransfer { from_account_id: from.into(), to_account_id: to.into(), amount }

@@ -3,8 +3,8 @@
 use super::*;
 use OrderCommand::*;
 use OrderEvent::*;
-use cairn::testkit::{given, given_no_events, reactions};
 use cairn_guest::testing::envelope;
+use cairn_testkit::{given, given_no_events, reactions};
 
 fn created(total: i64) -> OrderEvent {
     OrderCreated { customer_id: "c1".into(), order_total: total }

@@ -2,9 +2,9 @@
 
 use super::*;
 use account::{AccountEvent::*, TransferRef};
-use cairn::testkit::projection::given;
 use cairn_guest::serde_json::json;
 use cairn_guest::testing::envelope;
+use cairn_testkit::projection::given;
 
 const AT: &str = "2026-01-01T00:00:00Z";
 

@@ -2,10 +2,10 @@
 //! `customer_orders.wasm`.
 
 use super::CustomerOrdersProjection;
-use cairn::testkit::projection::given;
 use cairn_guest::EventEnvelope;
 use cairn_guest::serde_json::json;
 use cairn_guest::testing::envelope;
+use cairn_testkit::projection::given;
 use customer::CustomerEvent::*;
 use order::OrderEvent::*;
 

@@ -10,8 +10,8 @@ use crate::store::{
     AppendBatch, AppendError, Committed, Fingerprint, IDEMPOTENCY_PREFIX, NewEvent, Receipt, Snapshot,
     StoreError, StoredEvent, StoredOutcome, StreamId, Version, cause_key,
 };
-use cairn_guest::glue::RawCommand;
-use cairn_guest::{INVALID_COMMAND, Rejection, UNKNOWN_COMMAND};
+use cairn_wire::RawCommand;
+use cairn_wire::{INVALID_COMMAND, Rejection, UNKNOWN_COMMAND};
 use futures_util::FutureExt;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -445,7 +445,7 @@ impl Actor {
         // to compensate with, so the saga would stop short, silently. Those fail as the guest
         // failed, and park where an operator sees them and can retry them after a fix.
         let refusable = request.causation.is_some()
-            && command.command_type != cairn_guest::COMMAND_REJECTED
+            && command.command_type != cairn_wire::COMMAND_REJECTED
             && component.info().internal(&command.command_type).is_none();
         let executed = match executed {
             Err(error @ (GuestError::Timeout(_) | GuestError::OutputTooLarge { .. })) if refusable => {

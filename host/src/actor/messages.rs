@@ -2,7 +2,7 @@
 
 use crate::runtime::GuestError;
 use crate::store::{Fingerprint, StoreError, StoredEvent, StreamId, Version};
-use cairn_guest::Rejection;
+use cairn_wire::Rejection;
 use tokio::sync::oneshot;
 
 // Nearly every message is a command: boxing it would cost each command an allocation to

@@ -113,7 +113,7 @@ fn parse_command(body: &[u8]) -> Result<(String, Value), ApiError> {
     if command_type.is_empty() {
         return Err(ApiError::bad_request("invalid_command", "the command type must not be empty"));
     }
-    if command_type == cairn_guest::COMMAND_REJECTED {
+    if command_type == cairn_wire::COMMAND_REJECTED {
         return Err(ApiError::bad_request(
             "invalid_command",
             format!("{command_type} is reserved for the host"),

@@ -152,7 +152,7 @@ impl From<CommandError> for ApiError {
         match error {
             CommandError::Rejected(rejection) => {
                 let status = match rejection.code.as_str() {
-                    cairn_guest::UNKNOWN_COMMAND | cairn_guest::INVALID_COMMAND => StatusCode::BAD_REQUEST,
+                    cairn_wire::UNKNOWN_COMMAND | cairn_wire::INVALID_COMMAND => StatusCode::BAD_REQUEST,
                     crate::actor::INTERNAL_COMMAND => StatusCode::FORBIDDEN,
                     _ => StatusCode::UNPROCESSABLE_ENTITY,
                 };

@@ -13,7 +13,7 @@ use super::{Context, Control, Failure, Shared};
 use crate::runtime::ProjectionComponent;
 use crate::store::{LogFollower, Page, StoreError};
 use crate::views::{BatchCommit, Generation, ViewRecord};
-use cairn_guest::EventEnvelope;
+use cairn_wire::EventEnvelope;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;

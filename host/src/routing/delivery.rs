@@ -21,7 +21,7 @@ use crate::store::{
 
 /// Dead letters read at a time by a retry or a discard.
 const LETTER_PAGE: usize = 256;
-use cairn_guest::{COMMAND_REJECTED, CommandRejected, OutgoingCommand, Rejection, codec};
+use cairn_wire::{COMMAND_REJECTED, CommandRejected, OutgoingCommand, Rejection, codec};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -606,7 +606,7 @@ pub(super) fn dedup_keys(subscriber: &str, position: Position, commands: &[Outgo
 #[cfg(test)]
 mod tests {
     use super::dedup_keys;
-    use cairn_guest::OutgoingCommand;
+    use cairn_wire::OutgoingCommand;
 
     fn command(target: &str, command_type: &str, amount: i64) -> OutgoingCommand {
         #[derive(serde::Serialize)]

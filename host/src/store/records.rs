@@ -29,12 +29,12 @@ pub struct StreamId {
 }
 
 /// Why a string is not usable as an aggregate id (the rule guests check too).
-pub type StreamIdError = cairn_guest::InvalidId;
+pub type StreamIdError = cairn_wire::InvalidId;
 
 impl StreamId {
     /// A stream id, checking that `id` is one a user can address in a URL path.
     pub fn new(type_name: &str, id: &str) -> Result<Self, StreamIdError> {
-        cairn_guest::check_aggregate_id(id)?;
+        cairn_wire::check_aggregate_id(id)?;
         Ok(StreamId { type_name: type_name.to_owned(), id: id.to_owned() })
     }
 
@@ -97,8 +97,8 @@ impl StoredEvent {
     }
 
     /// The envelope a reaction or projection receives.
-    pub fn envelope(&self) -> cairn_guest::EventEnvelope {
-        cairn_guest::EventEnvelope {
+    pub fn envelope(&self) -> cairn_wire::EventEnvelope {
+        cairn_wire::EventEnvelope {
             stream_type: self.stream_type.clone(),
             stream_id: self.stream_id.clone(),
             version: self.version,

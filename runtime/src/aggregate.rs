@@ -2,8 +2,8 @@
 
 use super::guest_io::{self, GuestIo};
 use super::{ComponentDigest, Diagnostics, GuestError, Limits, LoadError, instantiation_failure};
-use cairn_guest::glue::{RawCommand, RawEvent};
-use cairn_guest::{EventEnvelope, InternalCommand, OutgoingCommand, Rejection, Subscription};
+use cairn_wire::{EventEnvelope, InternalCommand, OutgoingCommand, Rejection, Subscription};
+use cairn_wire::{RawCommand, RawEvent};
 use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimits};
 
@@ -264,14 +264,14 @@ impl AggregateComponent {
     ) -> Result<R, GuestError> {
         let started = std::time::Instant::now();
         let mut instance = self.instantiate().inspect_err(|failure| {
-            crate::telemetry::guest_failure(&self.info.type_name, failure.kind());
+            crate::observe::failure(&self.info.type_name, failure.kind());
         })?;
         instance.store.set_fuel(fuel).map_err(|e| GuestError::Trap(e.to_string()))?;
         let called = f(&mut instance.store, &instance.guest);
-        crate::telemetry::guest_call(&self.info.type_name, started.elapsed());
+        crate::observe::call(&self.info.type_name, started.elapsed());
         called.map_err(|error| {
             let failure = instance.store.data_mut().diagnostics.failure(error, fuel);
-            crate::telemetry::guest_failure(&self.info.type_name, failure.kind());
+            crate::observe::failure(&self.info.type_name, failure.kind());
             failure
         })
     }
@@ -424,8 +424,12 @@ impl AggregateComponent {
 #[cfg(test)]
 mod tests {
     use super::super::{Limits, Runtime};
-    use cairn_guest::glue::RawCommand;
+    use cairn_wire::RawCommand;
     use std::time::Instant;
+
+    fn json(bytes: &[u8]) -> serde_json::Value {
+        rmp_serde::from_slice(bytes).unwrap()
+    }
 
     /// `execute` answers what `process-command` then `apply-events` answer, accepted or
     /// refused; a component without it (`execute: None`) is asked the two-call way.
@@ -436,7 +440,7 @@ mod tests {
         assert!(account.execute.is_some(), "the SDK exports execute");
         let command = |command_type: &str, data: serde_json::Value| RawCommand {
             command_type: command_type.to_owned(),
-            payload: crate::json::to_msgpack(&data),
+            payload: rmp_serde::to_vec_named(&data).unwrap(),
         };
         let open = command("OpenAccount", serde_json::json!({"initial_balance": 100}));
         let debit = command("DebitAccount", serde_json::json!({"amount": 30, "transaction_id": "t1"}));
@@ -450,7 +454,7 @@ mod tests {
             let super::Executed { events: debited, state: after } =
                 account.execute(state.as_deref(), &debit).unwrap().unwrap();
             assert_eq!(after, account.apply_events(state.as_deref(), &debited).unwrap());
-            assert_eq!(crate::json::to_json(after.as_deref().unwrap())["balance"], 70);
+            assert_eq!(json(after.as_deref().unwrap())["balance"], 70);
             let refused = account.execute(after.as_deref(), &open).unwrap().unwrap_err();
             assert_eq!(refused, account.process_command(after.as_deref(), &open).unwrap().unwrap_err());
             assert_eq!(refused.code, "account_already_open");
@@ -460,13 +464,13 @@ mod tests {
     /// What a fresh instance per call costs: a decide on a fresh instance from the pooling
     /// allocator (what the host does) next to the same decide on one reused instance.
     #[test]
-    #[ignore = "a measurement: cargo test -p cairn --lib measure_instance -- --ignored --nocapture"]
+    #[ignore = "a measurement: cargo test -p cairn-runtime --lib measure_instance -- --ignored --nocapture"]
     fn measure_instance_cost() {
         let runtime = Runtime::new(None, Limits::default()).unwrap();
         let account = runtime.load_aggregate(cairn_artifacts::component("account").unwrap()).unwrap();
         let open = RawCommand {
             command_type: "OpenAccount".to_owned(),
-            payload: crate::json::to_msgpack(&serde_json::json!({"initial_balance": 100})),
+            payload: rmp_serde::to_vec_named(&serde_json::json!({"initial_balance": 100})).unwrap(),
         };
         let command =
             super::witty::Command { command_type: open.command_type.clone(), payload: open.payload.clone() };

@@ -4,10 +4,10 @@
 //! Rust code) and through wasmtime on the `.wasm` the host runs, so a test proves the
 //! component, not only its source. See `cairn_guest::testing` for the assertions.
 
-use crate::runtime::{AggregateComponent, GuestError, Limits, Runtime};
 use cairn_guest::glue::{RawCommand, RawEvent};
 use cairn_guest::testing::{Backend, Given, Native, Trap};
 use cairn_guest::{Aggregate, EventEnvelope, OutgoingCommand, Rejection};
+use cairn_runtime::{AggregateComponent, GuestError, Limits, Runtime};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -89,17 +89,17 @@ pub fn reactions<A: Aggregate + 'static>(event: &EventEnvelope) -> Vec<OutgoingC
 }
 
 /// What the bundled component of `A::TYPE` says about itself.
-pub fn describe<A: Aggregate + 'static>() -> crate::runtime::AggregateInfo {
+pub fn describe<A: Aggregate + 'static>() -> cairn_runtime::AggregateInfo {
     compiled(A::TYPE).info().clone()
 }
 
 /// Given / then for projections, natively and on the bundled component of `P::NAME`.
 pub mod projection {
-    use crate::runtime::{DocumentReader, Limits, ProjectionComponent, Runtime};
     use cairn_guest::EventEnvelope;
     use cairn_guest::Projection;
     use cairn_guest::testing::Trap;
     use cairn_guest::testing::projection::{Native, ProjectionBackend, Then, given_on};
+    use cairn_runtime::{DocumentReader, Limits, ProjectionComponent, Runtime};
     use std::collections::BTreeMap;
 
     /// Runs a projection's `handle` on its compiled component, as the host does: one

@@ -8,8 +8,8 @@
 //! folds exactly as the original run did and no aggregate sees another's leftovers. The
 //! pooling allocator keeps this cheap: memory slots are reserved once and reset with
 //! copy-on-write images instead of mapped anew (`measure_instance_cost` has the figure).
-//! Every wasmtime type stays inside this module; the rest of the host calls
-//! [`AggregateComponent`].
+//! Every wasmtime type stays inside this crate; the host calls [`AggregateComponent`] and
+//! [`ProjectionComponent`], and learns what calls cost through [`observe`].
 //!
 //! Guests get no capabilities: standard output and error go to the log (`guest_io`), the
 //! environment is empty, and every other import is defined as a trap.
@@ -18,6 +18,7 @@
 mod aggregate;
 mod digest;
 mod guest_io;
+pub mod observe;
 mod projection;
 
 pub use aggregate::{AggregateComponent, AggregateInfo, Executed};
@@ -107,6 +108,15 @@ impl Diagnostics {
             }),
         }
     }
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("create the wasmtime engine: {0}")]
+    Engine(String),
+    #[error("create the compiled-component cache {}: {error}", .dir.display())]
+    CacheDir { dir: PathBuf, error: std::io::Error },
 }
 
 /// Why a component could not be loaded.
@@ -208,7 +218,7 @@ pub struct Runtime {
 
 impl Runtime {
     /// A runtime that caches compiled components in `cache_dir` (none: compile every time).
-    pub fn new(cache_dir: Option<&Path>, limits: Limits) -> anyhow::Result<Self> {
+    pub fn new(cache_dir: Option<&Path>, limits: Limits) -> Result<Self, StartError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.consume_fuel(true);
@@ -217,9 +227,10 @@ impl Runtime {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(limits.pool()));
-        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("create the wasmtime engine: {e}"))?;
+        let engine = Engine::new(&config).map_err(|e| StartError::Engine(e.to_string()))?;
         if let Some(dir) = cache_dir {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StartError::CacheDir { dir: dir.to_owned(), error: e })?;
         }
         Ok(Runtime { engine, cache_dir: cache_dir.map(Path::to_path_buf), limits })
     }

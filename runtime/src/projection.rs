@@ -7,7 +7,7 @@
 
 use super::guest_io::{self, GuestIo};
 use super::{ComponentDigest, Diagnostics, GuestError, Limits, LoadError, instantiation_failure};
-use cairn_guest::{EventEnvelope, Subscription};
+use cairn_wire::{EventEnvelope, Subscription};
 use std::collections::BTreeMap;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimits};
@@ -225,7 +225,7 @@ impl ProjectionComponent {
         let (mut store, guest) = match self.instantiate(reader) {
             Ok(instance) => instance,
             Err(failure) => {
-                crate::telemetry::guest_failure(&self.info.name, failure.kind());
+                crate::observe::failure(&self.info.name, failure.kind());
                 return BatchOutcome { writes: Writes::new(), handled: 0, failure: Some(failure) };
             }
         };
@@ -235,12 +235,12 @@ impl ProjectionComponent {
             let called = store
                 .set_fuel(self.limits.fuel_per_call)
                 .and_then(|()| guest.call_handle(&mut store, &envelope(event)));
-            crate::telemetry::guest_call(&self.info.name, started.elapsed());
+            crate::observe::call(&self.info.name, started.elapsed());
             if let Err(error) = called {
                 store.data_mut().take_back_current_event();
                 let writes = std::mem::take(&mut store.data_mut().writes);
                 let failure = store.data_mut().diagnostics.failure(error, self.limits.fuel_per_call);
-                crate::telemetry::guest_failure(&self.info.name, failure.kind());
+                crate::observe::failure(&self.info.name, failure.kind());
                 return BatchOutcome { writes, handled: index, failure: Some(failure) };
             }
         }
