@@ -53,7 +53,7 @@ impl Host {
         let stream = StreamId::new("account", &format!("a-{account}")).expect("a stream id");
         let request = CommandRequest {
             command_type: command_type.to_owned(),
-            payload: cairn::json::to_msgpack(&data),
+            payload: cairn::msgpack::to_msgpack(&data),
             expected_version: None,
             idempotency_key: None,
             fingerprint: None,

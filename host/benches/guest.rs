@@ -10,7 +10,7 @@ use serde_json::json;
 use std::hint::black_box;
 
 fn command(command_type: &str, data: serde_json::Value) -> RawCommand {
-    RawCommand { command_type: command_type.to_owned(), payload: cairn::json::to_msgpack(&data) }
+    RawCommand { command_type: command_type.to_owned(), payload: cairn::msgpack::to_msgpack(&data) }
 }
 
 fn a_command_on_the_account(c: &mut Criterion) {
@@ -43,12 +43,12 @@ fn json_and_msgpack(c: &mut Criterion) {
     let state = json!({"balance": 19_500, "closed": false, "transactions": history});
     let mut group = c.benchmark_group("JSON and MessagePack");
     for (name, value) in [("a command's data", &command), ("a 64-transaction state", &state)] {
-        let packed = cairn::json::to_msgpack(value);
+        let packed = cairn::msgpack::to_msgpack(value);
         group.bench_function(format!("{name}: JSON to MessagePack"), |b| {
-            b.iter(|| cairn::json::to_msgpack(black_box(value)))
+            b.iter(|| cairn::msgpack::to_msgpack(black_box(value)))
         });
         group.bench_function(format!("{name}: MessagePack to JSON"), |b| {
-            b.iter(|| cairn::json::to_json(black_box(&packed)))
+            b.iter(|| cairn::msgpack::to_json(black_box(&packed)))
         });
     }
     group.finish();

@@ -31,7 +31,7 @@ fn credit(n: u64) -> NewEvent {
     let data = serde_json::json!({"amount": 1, "transaction_id": format!("c-{n}"), "balance": 1_000_000 + n});
     NewEvent {
         event_type: "AccountCredited".to_owned(),
-        payload: cairn::json::to_msgpack(&data),
+        payload: cairn::msgpack::to_msgpack(&data),
         correlation_id: format!("{n:032x}"),
         causation_id: None,
         component_version: 1,

@@ -6,6 +6,7 @@
 //! `transfers` (money transfers between K accounts, then the time until every one is
 //! terminal) and `mixed` (credits with one state read in five).
 
+use crate::client::HostClient;
 use anyhow::{Context, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -84,30 +85,27 @@ pub async fn run(url: &str, options: &BenchOptions) -> anyhow::Result<Report> {
     if options.scenario == Scenario::Transfers && options.accounts < 2 {
         bail!("transfers need --accounts 2 or more");
     }
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(options.connections)
-        .timeout(Duration::from_secs(60))
-        .build()?;
+    let host = HostClient::pooled(url, options.connections, Duration::from_secs(60))?;
     // Fresh accounts each run, so runs against one host never share streams.
     let run_id: String = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let accounts = match options.scenario {
         Scenario::Hot => 1,
         _ => options.accounts,
     };
-    open_accounts(&http, url, &run_id, accounts, options.connections).await?;
+    open_accounts(&host, &run_id, accounts, options.connections).await?;
     // Subscribers and projections still working through an earlier load would take CPU
     // from this one, and from its baseline.
-    settle(&http, url).await?;
+    settle(&host).await?;
     let healthz = if options.no_baseline {
         None
     } else {
-        Some(drive(&http, url, options, "/healthz", |_, _, _| Request::Get("/healthz".to_owned())).await?)
+        Some(drive(&host, options, "/healthz", |_, _, _| Request::Get("/healthz".to_owned())).await?)
     };
-    let before = commit_metrics(&http, url).await;
+    let before = commit_metrics(&host).await;
     let transfers = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = transfers.clone();
     let scenario = options.scenario;
-    let load = drive(&http, url, options, &scenario.to_string(), move |connection, n, pick| {
+    let load = drive(&host, options, &scenario.to_string(), move |connection, n, pick| {
         let account = |k: u64| format!("bench-{run_id}-{k}");
         let credit = |k: u64| {
             Request::Post(
@@ -137,12 +135,12 @@ pub async fn run(url: &str, options: &BenchOptions) -> anyhow::Result<Report> {
     let accepted_by = Instant::now();
     let transfers_terminal_after_ms = if scenario == Scenario::Transfers {
         let ids = std::mem::take(&mut *transfers.lock().expect("transfer list"));
-        wait_terminal(&http, url, &ids, options.connections).await?;
+        wait_terminal(&host, &ids, options.connections).await?;
         Some(accepted_by.elapsed().as_secs_f64() * 1000.0)
     } else {
         None
     };
-    let after = commit_metrics(&http, url).await;
+    let after = commit_metrics(&host).await;
     let (average_commit_batch, average_commit_ms) = match (before, after) {
         (Some(before), Some(after)) if after.commits > before.commits => {
             let commits = after.commits - before.commits;
@@ -174,8 +172,7 @@ enum Request {
 /// `connections` tasks send requests from `next(connection, n, random)` until the duration
 /// or the count runs out; every answer other than 200 is an error.
 async fn drive(
-    http: &reqwest::Client,
-    url: &str,
+    host: &HostClient,
     options: &BenchOptions,
     label: &str,
     next: impl Fn(usize, u64, u64) -> Request + Send + Sync + 'static,
@@ -188,8 +185,7 @@ async fn drive(
     let deadline = started + options.duration;
     let mut tasks = Vec::new();
     for connection in 0..options.connections {
-        let (http, url, next, sent, bar) =
-            (http.clone(), url.to_owned(), next.clone(), sent.clone(), bar.clone());
+        let (host, next, sent, bar) = (host.clone(), next.clone(), sent.clone(), bar.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
@@ -203,8 +199,8 @@ async fn drive(
                 random ^= random >> 7;
                 random ^= random << 17;
                 let request = match next(connection, n, random) {
-                    Request::Get(path) => http.get(format!("{url}{path}")),
-                    Request::Post(path, body) => http.post(format!("{url}{path}")).json(&body),
+                    Request::Get(path) => host.get(&path),
+                    Request::Post(path, body) => host.post(&path).json(&body),
                 };
                 let begun = Instant::now();
                 let ok = match request.send().await {
@@ -228,9 +224,8 @@ async fn drive(
     let mut latencies = Vec::new();
     let mut errors = 0;
     for task in tasks {
-        let (mut mine, failed) = task.await.context("a load task failed")?.with_context(|| {
-            format!("could not reach the cairn host at {url} (is `cairn serve` running?)")
-        })?;
+        let (mut mine, failed) =
+            task.await.context("a load task failed")?.with_context(|| host.unreachable())?;
         latencies.append(&mut mine);
         errors += failed;
     }
@@ -271,8 +266,7 @@ fn progress(options: &BenchOptions, label: &str) -> indicatif::ProgressBar {
 
 /// Open the accounts the scenario uses, with a balance no transfer of 1 can exhaust.
 async fn open_accounts(
-    http: &reqwest::Client,
-    url: &str,
+    host: &HostClient,
     run_id: &str,
     accounts: u64,
     connections: usize,
@@ -280,7 +274,7 @@ async fn open_accounts(
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..connections.min(accounts as usize) {
-        let (http, url, next, run_id) = (http.clone(), url.to_owned(), next.clone(), run_id.to_owned());
+        let (host, next, run_id) = (host.clone(), next.clone(), run_id.to_owned());
         tasks.push(tokio::spawn(async move {
             loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
@@ -288,14 +282,12 @@ async fn open_accounts(
                     return Ok::<_, anyhow::Error>(());
                 }
                 let body = json!({"type": "OpenAccount", "data": {"initial_balance": 1_000_000_000}});
-                let response = http
-                    .post(format!("{url}/aggregates/account/bench-{run_id}-{k}/commands"))
+                let response = host
+                    .post(&format!("/aggregates/account/bench-{run_id}-{k}/commands"))
                     .json(&body)
                     .send()
                     .await
-                    .with_context(|| {
-                        format!("could not reach the cairn host at {url} (is `cairn serve` running?)")
-                    })?;
+                    .with_context(|| host.unreachable())?;
                 if !response.status().is_success() {
                     bail!("opening an account was refused: {} {}", response.status(), response.text().await?);
                 }
@@ -309,22 +301,17 @@ async fn open_accounts(
 }
 
 /// Poll every transfer until it is terminal.
-async fn wait_terminal(
-    http: &reqwest::Client,
-    url: &str,
-    ids: &[String],
-    connections: usize,
-) -> anyhow::Result<()> {
+async fn wait_terminal(host: &HostClient, ids: &[String], connections: usize) -> anyhow::Result<()> {
     const TERMINAL: [&str; 3] = ["COMPLETED", "FAILED_DUE_TO_INSUFFICIENT_FUNDS", "FAILED"];
     let deadline = Instant::now() + Duration::from_secs(300);
     let chunk = ids.len().div_ceil(connections.max(1)).max(1);
     let mut tasks = Vec::new();
     for part in ids.chunks(chunk) {
-        let (http, url, part) = (http.clone(), url.to_owned(), part.to_vec());
+        let (host, part) = (host.clone(), part.to_vec());
         tasks.push(tokio::spawn(async move {
             for id in part {
                 loop {
-                    let answer = http.get(format!("{url}/aggregates/money-transfer/{id}")).send().await?;
+                    let answer = host.get(&format!("/aggregates/money-transfer/{id}")).send().await?;
                     let body: Value = answer.json().await.unwrap_or(Value::Null);
                     if body["state"]["state"].as_str().is_some_and(|s| TERMINAL.contains(&s)) {
                         break;
@@ -346,11 +333,8 @@ async fn wait_terminal(
 
 /// Wait until every subscriber and projection of the host has handled the whole log (a host
 /// without `/routing` or `/views`, like the benchmark's peer, is settled at once).
-async fn settle(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
-    let json = |path: &'static str| async move {
-        let answer = http.get(format!("{url}{path}")).send().await.ok()?;
-        answer.json::<Value>().await.ok()
-    };
+async fn settle(host: &HostClient) -> anyhow::Result<()> {
+    let json = |path: &'static str| host.json(path);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let head = json("/healthz").await.and_then(|h| h["head_position"].as_u64());
@@ -402,8 +386,8 @@ impl CommitMetrics {
 }
 
 /// The host's group-commit counters, when it serves `/metrics`.
-async fn commit_metrics(http: &reqwest::Client, url: &str) -> Option<CommitMetrics> {
-    let text = http.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
+async fn commit_metrics(host: &HostClient) -> Option<CommitMetrics> {
+    let text = host.get("/metrics").send().await.ok()?.text().await.ok()?;
     CommitMetrics::from_prometheus(&text)
 }
 

@@ -1,5 +1,6 @@
 //! The `cairn` command line: `serve`, plus client subcommands that speak the HTTP API.
 
+use crate::client::{HostClient, aggregate_path, segment};
 use crate::config::{ADMIN_TOKEN_FILE, ServeConfig};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -338,7 +339,7 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
-    let url = client.url.as_str();
+    let host = HostClient::new(&client.url);
     match command {
         Command::Serve {
             listen,
@@ -402,9 +403,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
         }
         Command::Send { type_name, id, command, idempotency_key, correlation_id, expect_version } => {
             let body: Value = serde_json::from_str(&command).context("the command must be JSON")?;
-            let mut request = http()
-                .post(format!("{url}/aggregates/{}/{}/commands", encode(&type_name), encode(&id)))
-                .json(&body);
+            let mut request = host.post(&format!("{}/commands", aggregate_path(&type_name, &id))).json(&body);
             if let Some(key) = idempotency_key {
                 request = request.header("Idempotency-Key", key);
             }
@@ -417,26 +416,22 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             print_answer(&client, request).await
         }
         Command::State { type_name, id, version } => {
-            let mut url = format!("{url}/aggregates/{}/{}", encode(&type_name), encode(&id));
+            let mut path = aggregate_path(&type_name, &id);
             if let Some(version) = version {
-                url.push_str(&format!("?version={version}"));
+                path.push_str(&format!("?version={version}"));
             }
-            print_answer(&client, http().get(url)).await
+            print_answer(&client, host.get(&path)).await
         }
         Command::Events { type_name, id, from, limit } => {
-            let url = format!(
-                "{url}/aggregates/{}/{}/events?from={from}&limit={limit}",
-                encode(&type_name),
-                encode(&id)
-            );
-            print_answer(&client, http().get(url)).await
+            let path = format!("{}/events?from={from}&limit={limit}", aggregate_path(&type_name, &id));
+            print_answer(&client, host.get(&path)).await
         }
         Command::View { projection, key, min_position } => {
-            let mut url = format!("{}/views/{}/{}", url, encode(&projection), encode(&key));
+            let mut path = format!("/views/{}/{}", segment(&projection), segment(&key));
             if let Some(position) = min_position {
-                url.push_str(&format!("?min_position={position}"));
+                path.push_str(&format!("?min_position={position}"));
             }
-            print_answer(&client, http().get(url)).await
+            print_answer(&client, host.get(&path)).await
         }
         Command::Tail { after, stream_type, stream, event_type, correlation_id } => {
             let filters = [
@@ -447,26 +442,26 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
                 ("correlation_id", correlation_id),
             ];
             let query: Vec<String> =
-                filters.into_iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(&v)))).collect();
-            tail(format!("{}/events/stream?{}", url, query.join("&")), client.json).await
+                filters.into_iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", segment(&v)))).collect();
+            tail(&host, &format!("/events/stream?{}", query.join("&")), client.json).await
         }
-        Command::Views {} => print_answer(&client, http().get(format!("{}/views", url))).await,
+        Command::Views {} => print_answer(&client, host.get("/views")).await,
         Command::Rebuild { projection } => {
-            let url = format!("{}/views/{}/rebuild", url, encode(&projection));
-            print_answer(&client, http().post(url).bearer_auth(client.token()?)).await
+            let path = format!("/views/{}/rebuild", segment(&projection));
+            print_answer(&client, host.post(&path).bearer_auth(client.token()?)).await
         }
-        Command::Components {} => print_answer(&client, http().get(format!("{}/components", url))).await,
+        Command::Components {} => print_answer(&client, host.get("/components")).await,
         Command::Log { after, limit } => {
-            print_answer(&client, http().get(format!("{url}/events?after={after}&limit={limit}"))).await
+            print_answer(&client, host.get(&format!("/events?after={after}&limit={limit}"))).await
         }
         Command::Saga { correlation_id, after } => {
-            let mut url = format!("{url}/sagas/{}", encode(&correlation_id));
+            let mut path = format!("/sagas/{}", segment(&correlation_id));
             if let Some(after) = after {
-                url.push_str(&format!("?after={after}"));
+                path.push_str(&format!("?after={after}"));
             }
-            print_answer(&client, http().get(url)).await
+            print_answer(&client, host.get(&path)).await
         }
-        Command::Routing {} => print_answer(&client, http().get(format!("{url}/routing"))).await,
+        Command::Routing {} => print_answer(&client, host.get("/routing")).await,
         Command::Deploy { file, name, dry_run, react_from_beginning } => {
             let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
             let name = match name {
@@ -484,8 +479,8 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             if react_from_beginning {
                 query.push("react_from=beginning");
             }
-            let request = http()
-                .put(format!("{}/components/{name}?{}", url, query.join("&")))
+            let request = host
+                .put(&format!("/components/{}?{}", segment(&name), query.join("&")))
                 .bearer_auth(client.token()?)
                 .header("Content-Type", "application/wasm")
                 .body(bytes);
@@ -505,7 +500,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
                 no_baseline,
                 progress: !client.json && std::io::stderr().is_terminal(),
             };
-            let report = crate::bench::run(url, &options).await?;
+            let report = crate::bench::run(host.base(), &options).await?;
             if client.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -514,39 +509,23 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rollback { name, force } => {
-            let url = format!("{}/components/{}/rollback?force={force}", url, encode(&name));
-            print_answer(&client, http().post(url).bearer_auth(client.token()?)).await
+            let path = format!("/components/{}/rollback?force={force}", segment(&name));
+            print_answer(&client, host.post(&path).bearer_auth(client.token()?)).await
         }
         Command::Activate { name, version, force } => {
-            let url =
-                format!("{}/components/{}/activate?version={version}&force={force}", url, encode(&name));
-            print_answer(&client, http().post(url).bearer_auth(client.token()?)).await
+            let path = format!("/components/{}/activate?version={version}&force={force}", segment(&name));
+            print_answer(&client, host.post(&path).bearer_auth(client.token()?)).await
         }
     }
 }
 
-/// One path segment, percent-encoded (an id may hold any character but `/`).
-fn encode(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
 /// Print the events of a live stream as they come, one a line, until the host ends it.
-async fn tail(url: String, json: bool) -> anyhow::Result<()> {
-    let mut response = http()
-        .get(&url)
+async fn tail(host: &HostClient, path: &str, json: bool) -> anyhow::Result<()> {
+    let mut response = host
+        .get(path)
         .send()
         .await
-        .map_err(|source| ClientFailure::Unreachable { url: url.clone(), source })?;
+        .map_err(|source| ClientFailure::Unreachable { url: host.url(path), source })?;
     if !response.status().is_success() {
         let status = response.status();
         let text = response.text().await.unwrap_or_default();

@@ -15,10 +15,10 @@ use crate::config::{ADMIN_TOKEN_FILE, COMPILED_DIR, STORE_FILE, ServeConfig, VIE
 use crate::http::{self, AppState, BodyLimits, LiveStreams, SitePolicy};
 use crate::lifecycle::{self, Backoff, CancellationToken, FailureRecord, Part};
 use crate::projection::Projections;
+use crate::projection::store::ViewStore;
 use crate::routing::Routing;
 use crate::runtime::Runtime;
 use crate::store::{EventStore, StoreError, Writer};
-use crate::views::ViewStore;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::Path;

@@ -18,13 +18,14 @@
 pub mod actor;
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod components;
 pub mod config;
 pub mod faults;
 pub mod host;
 pub mod http;
-pub mod json;
 pub mod lifecycle;
+pub mod msgpack;
 pub mod projection;
 pub mod replay;
 /// The WebAssembly runtime, a crate of its own (`cairn-runtime`).
@@ -34,4 +35,3 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod time;
-pub mod views;

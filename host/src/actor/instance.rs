@@ -329,9 +329,7 @@ impl Actor {
             })
         })
         .await
-        .map_err(|e| {
-            CommandError::Store(StoreError::Unavailable(format!("rebuilding state failed: {e}")))
-        })??;
+        .map_err(|e| CommandError::Interrupted(format!("rebuilding state failed: {e}")))??;
         // After a swap the stream's snapshot belongs to another version: save one of this
         // version right away (and after any long fold), so the next wake-up is cheap.
         if rebuilt.folded > 0 && (rebuilt.stale_snapshot || rebuilt.folded >= interval) {

@@ -112,6 +112,10 @@ pub enum CommandError {
     /// command to the stream gets a fresh actor.
     #[error("the actor of this aggregate failed while handling the command; it has been restarted")]
     ActorFailed,
+    /// A fold the host ran for the request stopped before it ended: its task failed (a host
+    /// defect, 500), or the request that wanted it went away.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl From<crate::replay::ReplayError> for CommandError {
@@ -119,7 +123,7 @@ impl From<crate::replay::ReplayError> for CommandError {
         match error {
             crate::replay::ReplayError::Store(e) => CommandError::Store(e),
             cancelled @ crate::replay::ReplayError::Cancelled => {
-                CommandError::Store(StoreError::Unavailable(cancelled.to_string()))
+                CommandError::Interrupted(cancelled.to_string())
             }
             crate::replay::ReplayError::Guest { error, .. } => CommandError::Guest(error),
         }
@@ -140,6 +144,7 @@ impl CommandError {
             CommandError::Store(e) => CommandError::Store(StoreError::Unavailable(e.to_string())),
             CommandError::ShuttingDown => CommandError::ShuttingDown,
             CommandError::ActorFailed => CommandError::ActorFailed,
+            CommandError::Interrupted(why) => CommandError::Interrupted(why.clone()),
         }
     }
 }

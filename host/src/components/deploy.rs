@@ -97,6 +97,9 @@ pub enum DeployError {
     ReplayFailed { stream: String, detail: String },
     #[error(transparent)]
     NotFollowed(#[from] NotFollowed),
+    /// A task of the deploy ended before it answered (a host defect).
+    #[error("{0}")]
+    Interrupted(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -162,7 +165,7 @@ impl ComponentRegistry {
         let (component, bytes) = tokio::time::timeout(compile_timeout, compiling)
             .await
             .map_err(|_| DeployError::CompileTimeout(compile_timeout))?
-            .map_err(|e| StoreError::Unavailable(format!("the deploy task failed: {e}")))??;
+            .map_err(|e| DeployError::Interrupted(format!("the deploy task failed: {e}")))??;
         let declared = component.declared_name();
         if declared != type_name {
             return Err(DeployError::NameMismatch { name: type_name, declared: declared.to_owned() });
@@ -185,7 +188,7 @@ impl ComponentRegistry {
             Ok::<_, DeployError>((component, report))
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("the deploy task failed: {e}")))??;
+        .map_err(|e| DeployError::Interrupted(format!("the deploy task failed: {e}")))??;
 
         let kind = component.kind();
         let stored = existing.as_ref().and_then(|r| r.with_digest(&digest)).map(|v| v.version);
@@ -264,7 +267,7 @@ pub(super) fn replay_check(
     for stream in streams {
         let (after, _) = replay(new, store, &stream, None, 0, Version::MAX).map_err(|error| match error {
             ReplayError::Store(error) => DeployError::Store(error),
-            ReplayError::Cancelled => DeployError::Store(StoreError::Unavailable(error.to_string())),
+            ReplayError::Cancelled => DeployError::Interrupted(error.to_string()),
             ReplayError::Guest { .. } => {
                 DeployError::ReplayFailed { stream: stream.key(), detail: error.to_string() }
             }
@@ -274,8 +277,8 @@ pub(super) fn replay_check(
             report.changed += 1;
             report.example.get_or_insert_with(|| ReplayExample {
                 stream: stream.key(),
-                before: before.as_deref().map(crate::json::to_json).unwrap_or(Value::Null),
-                after: after.as_deref().map(crate::json::to_json).unwrap_or(Value::Null),
+                before: before.as_deref().map(crate::msgpack::to_json).unwrap_or(Value::Null),
+                after: after.as_deref().map(crate::msgpack::to_json).unwrap_or(Value::Null),
             });
         }
     }

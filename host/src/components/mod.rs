@@ -95,6 +95,9 @@ pub enum VersionError {
     Replay(DeployError),
     #[error(transparent)]
     NotFollowed(#[from] NotFollowed),
+    /// A task of the switch ended before it answered (a host defect).
+    #[error("{0}")]
+    Interrupted(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -105,6 +108,7 @@ impl From<DeployError> for VersionError {
             DeployError::Store(store) => VersionError::Store(store),
             DeployError::Load(load) => VersionError::Load(load),
             DeployError::NotFollowed(not) => VersionError::NotFollowed(not),
+            DeployError::Interrupted(why) => VersionError::Interrupted(why),
             other => VersionError::Replay(other),
         }
     }
@@ -353,7 +357,7 @@ impl ComponentRegistry {
             Ok::<_, VersionError>((component, replay))
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("loading a component failed: {e}")))??;
+        .map_err(|e| VersionError::Interrupted(format!("loading a component failed: {e}")))??;
         self.writer.put_component(name, record.encode(), None, None).await?;
         let version = record.active;
         self.records.write().expect("registry lock").insert(name.to_owned(), record);

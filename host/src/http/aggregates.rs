@@ -2,10 +2,11 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::event_json::{EventJson, events_json};
 use super::extract::{Body, Params, Path, header_text, if_match};
 use super::openapi::ErrorBody;
 use crate::actor::{CommandError, CommandReply, CommandRequest};
-use crate::json::{self, EventJson};
+use crate::msgpack;
 use crate::replay::{Fold, Folded, replay_with};
 use crate::store::{Fingerprint, Page, Snapshot, StreamId, StreamIdError};
 use axum::Json;
@@ -164,7 +165,7 @@ async fn run_command(
     let idempotency_key = header_text(headers, "idempotency-key", MAX_HEADER_LEN)?;
     let fingerprint = idempotency_key.as_ref().map(|_| Fingerprint::of(&command_type, &data));
     let request = CommandRequest {
-        payload: json::to_msgpack(&data),
+        payload: msgpack::to_msgpack(&data),
         command_type,
         expected_version: if_match(headers)?,
         idempotency_key,
@@ -198,12 +199,8 @@ async fn run_command(
     };
     crate::telemetry::command(type_name, outcome, started.elapsed());
     let CommandReply { stream, version, events, .. } = sent?;
-    let answer = CommandAnswer {
-        type_name: stream.type_name,
-        id: stream.id,
-        version,
-        events: json::events_json(&events),
-    };
+    let answer =
+        CommandAnswer { type_name: stream.type_name, id: stream.id, version, events: events_json(&events) };
     Ok(with_etag(version, answer))
 }
 
@@ -341,7 +338,7 @@ pub async fn state(
         type_name: stream.type_name,
         id: stream.id,
         version,
-        state: bytes.as_deref().map(json::to_json).unwrap_or(Value::Null),
+        state: bytes.as_deref().map(msgpack::to_json).unwrap_or(Value::Null),
     };
     Ok(with_etag(version, answer))
 }
@@ -432,8 +429,8 @@ pub async fn events(
         return Err(ApiError::not_found("stream_not_found", format!("{stream} has no events")));
     }
     let events = state.store.read_stream(&stream, from, Page::new(limit, PAGE_BYTES))?;
-    let next_from = (events.len() == limit || super::log::page_full(&events))
+    let next_from = (events.len() == limit || super::events::page_full(&events))
         .then(|| events.last().map(|e| e.version + 1))
         .flatten();
-    Ok(Json(EventsAnswer { events: json::events_json(&events), next_after: None, next_from }))
+    Ok(Json(EventsAnswer { events: events_json(&events), next_after: None, next_from }))
 }

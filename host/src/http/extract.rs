@@ -1,11 +1,12 @@
 //! Request parts decoded into Cairn's types, failing with the JSON error shape (axum's
 //! own rejections answer plain text).
 
+use super::AppState;
 use super::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use std::collections::HashMap;
 
 /// The raw body, within the route's size limit (413 beyond it).
@@ -156,4 +157,27 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
             format!("If-Match must be a stream version like \"3\", got {text}"),
         )
     })
+}
+
+/// Admin endpoints need `Authorization: Bearer <admin token>` (401 otherwise).
+pub(super) fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let expected = state.admin_token.as_bytes();
+    // Compare in time independent of where the first difference is.
+    let matches = presented.is_some_and(|p| {
+        p.len() == expected.len() && p.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this endpoint needs Authorization: Bearer <admin token>",
+        ))
+    }
 }

@@ -3,12 +3,15 @@
 //! through [`ApiError`], the one JSON error shape.
 
 mod aggregates;
+mod components;
 mod connections;
 mod error;
+mod event_json;
+mod events;
 mod extract;
-mod log;
+mod health;
 mod openapi;
-mod operations;
+mod routing;
 mod site;
 mod stream;
 mod ui;
@@ -27,6 +30,7 @@ use crate::routing::Routing;
 use crate::store::{EventStore, Writer};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use axum::{Extension, Router};
 use std::sync::Arc;
 use tower::ServiceBuilder;
@@ -101,8 +105,8 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
     let router = routes
         .route("/ui/", axum::routing::get(ui::console))
         .route("/ui/{*asset}", axum::routing::get(ui::asset))
-        .fallback(operations::not_found)
-        .method_not_allowed_fallback(operations::method_not_allowed)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(openapi::RenderedDoc(doc.into())))
         .layer(axum::middleware::from_fn(count_request))
         .layer(axum::middleware::from_fn(extract::bound_uri))
@@ -132,27 +136,27 @@ fn api_routes(limits: BodyLimits) -> OpenApiRouter<AppState> {
     let timed = OpenApiRouter::new()
         .merge(commands)
         // Its body is read by the handler, after the token check, up to `component_bytes`.
-        .routes(routes!(operations::deploy))
-        .routes(routes!(operations::version_bytes, operations::delete_version))
-        .routes(routes!(operations::rollback))
-        .routes(routes!(operations::activate))
+        .routes(routes!(components::deploy))
+        .routes(routes!(components::version_bytes, components::delete_version))
+        .routes(routes!(components::rollback))
+        .routes(routes!(components::activate))
         .routes(routes!(aggregates::state))
         .routes(routes!(aggregates::events))
-        .routes(routes!(log::global))
-        .routes(routes!(log::saga))
-        .routes(routes!(operations::components))
-        .routes(routes!(operations::routing))
-        .routes(routes!(operations::dead_letters))
-        .routes(routes!(operations::retry_dead_letters))
-        .routes(routes!(operations::discard_dead_letters))
-        .routes(routes!(operations::rewind))
+        .routes(routes!(events::global))
+        .routes(routes!(events::saga))
+        .routes(routes!(components::components))
+        .routes(routes!(routing::routing))
+        .routes(routes!(routing::dead_letters))
+        .routes(routes!(routing::retry_dead_letters))
+        .routes(routes!(routing::discard_dead_letters))
+        .routes(routes!(routing::rewind))
         .routes(routes!(views::list))
         .routes(routes!(views::keys))
         .routes(routes!(views::document))
         .routes(routes!(views::rebuild, views::rebuild_document))
-        .routes(routes!(operations::health))
-        .routes(routes!(operations::ready))
-        .routes(routes!(operations::metrics))
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(ui::console))
         .layer(
@@ -204,4 +208,16 @@ mod tests {
             }
         }
     }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such endpoint; see the API reference in the README")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
 }

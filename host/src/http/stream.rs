@@ -263,7 +263,7 @@ impl Reader {
 }
 
 fn sse_event(event: &StoredEvent) -> Event {
-    let json = crate::json::EventJson::from(event);
+    let json = super::event_json::EventJson::from(event);
     let data = serde_json::to_string(&json).expect("an event serializes to JSON");
     Event::default().id(event.position.to_string()).data(data)
 }

@@ -5,9 +5,9 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::require_admin;
 use super::extract::{Params, Path};
 use super::openapi::ErrorBody;
-use super::operations::require_admin;
 use crate::projection::ViewError;
 use crate::store::Position;
 use axum::Json;

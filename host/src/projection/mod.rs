@@ -3,7 +3,7 @@
 //! Each deployed projection component has a task ([`runner`]) that follows the global log
 //! from its view's cursor, the same way routing does (a [`crate::store::LogFollower`]),
 //! and commits every batch's documents with the new cursor in `views.redb`
-//! ([`crate::views`]): exactly once, whatever crashes. A new projection starts from
+//! ([`crate::projection::store`]): exactly once, whatever crashes. A new projection starts from
 //! position 0, since a view must see all of history. A rebuild, asked for by an operator
 //! or by a deploy of a new version, fills a fresh generation beside the live one and
 //! switches when it has caught up; readers get the old generation until then.
@@ -12,11 +12,12 @@
 //! waits (bounded) until the live view has handled that position.
 
 mod runner;
+pub mod store;
 
 use crate::components::{ChangeFollower, ChangeKind, ComponentRegistry, Followed};
 use crate::lifecycle::{self, Backoff, FailureRecord, Part, RunFailed};
+use crate::projection::store::{Generation, ViewRecord, ViewStore};
 use crate::store::{EventStore, Position, StoreError};
-use crate::views::{Generation, ViewRecord, ViewStore};
 use runner::Runner;
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -10,9 +10,9 @@
 //! again.
 
 use super::{Context, Control, Failure, Shared};
+use crate::projection::store::{BatchCommit, Generation, ViewRecord};
 use crate::runtime::ProjectionComponent;
 use crate::store::{LogFollower, Page, StoreError};
-use crate::views::{BatchCommit, Generation, ViewRecord};
 use cairn_wire::EventEnvelope;
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,12 +187,26 @@ async fn more(lane: Option<&mut Lane>) {
     }
 }
 
+/// Why a view batch was not committed; the batch is read again after a pause.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Every guest instance slot was busy: overload, not the projection's fault.
+    #[error(transparent)]
+    Busy(crate::runtime::GuestError),
+    #[error("a view batch task failed: {0}")]
+    TaskFailed(String),
+    #[error("generation {generation} of {name} is gone")]
+    GenerationGone { name: String, generation: u32 },
+}
+
 /// Read one batch of the log for `lane`, handle its subscribed events, commit.
 async fn step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Step {
     match try_step(context, name, lane).await {
         Ok(step) => step,
         Err(error) => {
-            // Storage trouble: read again from the committed cursor after a pause.
+            // Storage trouble or overload: read again from the committed cursor after a pause.
             tracing::error!(projection = name, "a view batch failed, retrying: {error}");
             lane.follower.seek(lane.generation.cursor);
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -201,7 +215,7 @@ async fn step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Step {
     }
 }
 
-async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result<Step, StoreError> {
+async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result<Step, BatchError> {
     let page = lane.follower.next_page(BATCH)?;
     let Some(last) = page.last().map(|e| e.position) else { return Ok(Step::Idle) };
     let info = lane.component.info();
@@ -222,7 +236,7 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
         let reader = views.reader(&name_owned, generation)?;
         let outcome = (!events.is_empty()).then(|| component.handle_batch(&events, reader));
         if let Some(error) = outcome.as_ref().and_then(|o| o.failure.as_ref()).filter(|e| e.is_transient()) {
-            return Err(StoreError::Unavailable(error.to_string()));
+            return Err(BatchError::Busy(error.clone()));
         }
         let (writes, cursor, failure) = match outcome {
             None => (Default::default(), last, None),
@@ -235,15 +249,15 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
             },
         };
         let committed = views.commit(&name_owned, generation, &writes, from, cursor)?;
-        Ok::<_, StoreError>(((cursor, failure), committed))
+        Ok::<_, BatchError>(((cursor, failure), committed))
     })
     .await
-    .map_err(|e| StoreError::Unavailable(format!("a view batch task failed: {e}")))??;
+    .map_err(|e| BatchError::TaskFailed(e.to_string()))??;
     let (cursor, failure) = outcome;
     match committed {
         BatchCommit::Done => {}
         BatchCommit::GenerationGone => {
-            return Err(StoreError::Unavailable(format!("generation {generation} of {name} is gone")));
+            return Err(BatchError::GenerationGone { name: name.to_owned(), generation });
         }
         BatchCommit::CursorMoved(stored) => {
             // The file holds the view as of `stored` (a reopen took back commits that were not

@@ -3,9 +3,9 @@
 use super::AppState;
 use super::aggregates::{EventsAnswer, PAGE_BYTES};
 use super::error::ApiError;
+use super::event_json::events_json;
 use super::extract::{Params, Path};
 use super::openapi::ErrorBody;
-use crate::json;
 use crate::store::Page;
 use axum::Json;
 use axum::extract::State;
@@ -28,7 +28,7 @@ pub async fn global(State(state): State<AppState>, params: Params) -> Result<Jso
     let events = state.store.read_all(after, Page::new(limit, PAGE_BYTES))?;
     let next_after =
         (events.len() == limit || page_full(&events)).then(|| events.last().map(|e| e.position)).flatten();
-    Ok(Json(EventsAnswer::with_next(json::events_json(&events), next_after)))
+    Ok(Json(EventsAnswer::with_next(events_json(&events), next_after)))
 }
 
 /// `GET /sagas/{correlation_id}?after=&limit=`: the events of one chain, in global order;
@@ -63,7 +63,7 @@ pub async fn saga(
     }
     let next_after =
         (events.len() == limit || page_full(&events)).then(|| events.last().map(|e| e.position)).flatten();
-    Ok(Json(EventsAnswer::with_next(json::events_json(&events), next_after)))
+    Ok(Json(EventsAnswer::with_next(events_json(&events), next_after)))
 }
 
 /// Whether a page stopped at its byte budget (there may be more after it): the store counts

@@ -1,8 +1,7 @@
 //! JSON ⇄ MessagePack: users speak JSON, components speak MessagePack maps with field
-//! names, so the host converts without asking the guest.
+//! names, so the host converts without asking the guest. (How an event looks over HTTP is
+//! the HTTP layer's: `http/event_json.rs`.)
 
-use crate::store::StoredEvent;
-use serde::Serialize;
 use serde_json::Value;
 
 /// A JSON value as the MessagePack a component decodes.
@@ -14,46 +13,6 @@ pub fn to_msgpack(value: &Value) -> Vec<u8> {
 /// only fails for a component that writes something else; that is shown, not hidden.
 pub fn to_json(bytes: &[u8]) -> Value {
     rmp_serde::from_slice(bytes).unwrap_or_else(|e| Value::String(format!("<undecodable MessagePack: {e}>")))
-}
-
-/// An event as users see it (API.md's EVENT).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct EventJson {
-    /// `type/id`, e.g. `account/101`.
-    pub stream: String,
-    /// Its place in its stream, from 1.
-    pub version: u64,
-    /// Its place in the global log, from 1.
-    pub position: u64,
-    #[serde(rename = "type")]
-    pub event_type: String,
-    #[schema(value_type = Object)]
-    pub data: Value,
-    /// When it was committed, RFC 3339 in UTC.
-    pub recorded_at: String,
-    pub correlation_id: String,
-    pub causation_id: Option<String>,
-    pub component_version: u32,
-}
-
-impl From<&StoredEvent> for EventJson {
-    fn from(event: &StoredEvent) -> Self {
-        EventJson {
-            stream: format!("{}/{}", event.stream_type, event.stream_id),
-            version: event.version,
-            position: event.position,
-            event_type: event.event_type.clone(),
-            data: to_json(&event.payload),
-            recorded_at: event.recorded_at(),
-            correlation_id: event.correlation_id.clone(),
-            causation_id: event.causation_id.clone(),
-            component_version: event.component_version,
-        }
-    }
-}
-
-pub fn events_json(events: &[StoredEvent]) -> Vec<EventJson> {
-    events.iter().map(EventJson::from).collect()
 }
 
 #[cfg(test)]
