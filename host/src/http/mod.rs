@@ -170,6 +170,18 @@ fn api_routes(limits: BodyLimits) -> OpenApiRouter<AppState> {
         .routes(routes!(stream::stream))
 }
 
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such endpoint; see the API reference in the README")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,16 +220,4 @@ mod tests {
             }
         }
     }
-}
-
-pub async fn not_found() -> ApiError {
-    ApiError::not_found("not_found", "no such endpoint; see the API reference in the README")
-}
-
-pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this endpoint does not take that method",
-    )
 }
