@@ -5,8 +5,10 @@
 //!
 //! The nested builds of both crates, and of every outer profile and command (`cargo
 //! clippy` runs build scripts too), share one target directory beside the outer one, so
-//! each guest is compiled once however often the outer build asks; cargo's own lock keeps
-//! two of them from writing it at once, and the outer build never holds that lock.
+//! each guest is compiled once however often the outer build asks. A lock file of our own
+//! in it is held from the nested build until the bytes are copied into `OUT_DIR`, so a
+//! build script never copies a component another one is linking anew; the outer build
+//! never holds that lock.
 //!
 //! The nested cargo must not inherit what the outer one set for the host build: flags,
 //! target, target dir and wrappers (clippy's would lint the guests with the host's
@@ -33,6 +35,9 @@ pub fn build(guests: &[Guest], library_users: &[Guest], bundled: &[&str], watche
     let workspace = workspace_of(&manifest_dir);
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
     let shared = shared_target_dir(&out_dir);
+    fs::create_dir_all(&shared).unwrap();
+    let lock = fs::File::create(shared.join(".cairn-guests.lock")).unwrap();
+    lock.lock().expect("lock the shared guest build directory");
     // Two target directories: the library users build the aggregate crates they use with the
     // `library` feature, and that build's `account.wasm` (no exports) must not replace the
     // real one.
@@ -68,6 +73,7 @@ pub fn build(guests: &[Guest], library_users: &[Guest], bundled: &[&str], watche
             writeln!(listed, "    ({package:?}, {constant}),").unwrap();
         }
     }
+    drop(lock);
     listed.push_str("];\n");
     generated.push_str(&listed);
     fs::write(out_dir.join("components.rs"), generated).unwrap();

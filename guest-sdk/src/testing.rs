@@ -5,7 +5,7 @@
 //! ```
 //!
 //! [`given`] runs the Rust code natively (fast, in `cargo test`). The same scenario can run
-//! on more than one [`Backend`]: the host's `cairn::testkit::given` adds the compiled
+//! on more than one [`Backend`]: `cairn_testkit::given` adds the compiled
 //! WebAssembly component, so one test proves both the source and the `.wasm` the host
 //! will run. Each backend sees the same inputs as bytes, exactly as the host passes them.
 

@@ -27,8 +27,9 @@ use std::time::Duration;
 
 /// A running host: its layers, and the parts of its lifecycle that stop them.
 pub struct Host {
-    /// Every part is a child of it: cancelling it would stop them all at once.
-    _root: CancellationToken,
+    /// Every part is a child of it: cancelled (all parts at once) only when the host is
+    /// dropped without `shutdown`.
+    root: CancellationToken,
     /// Ended first: the live event streams, so that open connections can drain.
     http: Part,
     routing: Arc<Routing>,
@@ -82,6 +83,8 @@ impl Host {
         };
 
         let root = CancellationToken::new();
+        // A layer that fails to start stops the ones started before it.
+        let stop_on_error = root.clone().drop_guard();
         // Guest calls (an actor's decisions, a subscriber's reactions) run on threads of their
         // own, so a long one never holds up the threads that answer HTTP.
         let guests = GuestThreads::start()?;
@@ -131,8 +134,9 @@ impl Host {
             folds: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_folds.max(1))),
             default_snapshot_interval: config.actors.default_snapshot_interval,
         };
+        stop_on_error.disarm();
         Ok(Host {
-            _root: root,
+            root,
             http,
             routing,
             projections,
@@ -177,17 +181,26 @@ impl Host {
     }
 }
 
+/// A host dropped without `shutdown` (an early error, a test that panicked) still tells
+/// its parts to stop, so their tasks end and let go of the data files.
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.root.cancel();
+    }
+}
+
 /// Background work of the store: forgetting idempotency keys past their retention.
 fn keep_house(part: &Part, writer: &Writer, retention: Duration) {
-    struct Logged;
-    impl FailureRecord for Logged {
+    /// The sweeper has no status page: `supervise` logs its failures, and that is all.
+    struct NoStatus;
+    impl FailureRecord for NoStatus {
         fn record_failure(&self, _: &str) {}
     }
     let (part, writer) = (part.clone(), writer.clone());
     let supervised = part.clone();
     supervised.tracker().spawn(async move {
         let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-        lifecycle::supervise("the idempotency sweeper", backoff, &Logged, &part, || {
+        lifecycle::supervise("the idempotency sweeper", backoff, &NoStatus, &part, || {
             let (writer, part) = (writer.clone(), part.clone());
             async move {
                 crate::store::forget_expired_idempotency_keys(writer, retention, part).await;

@@ -2,7 +2,8 @@
 //! journal and snapshot-store TCK, run against the real redb store.
 
 use cairn::store::{
-    AppendBatch, AppendError, EventStore, NewEvent, Snapshot, StoredEvent, StoredOutcome, StreamId, Writer,
+    AppendBatch, AppendError, EventStore, NewEvent, OutcomeKey, Snapshot, StoredEvent, StoredOutcome,
+    StreamId, Writer,
 };
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -127,7 +128,7 @@ async fn an_expected_version_conflict_stores_nothing() {
     writer.append(batch(&s, 0, [1, 2])).await.unwrap();
     let mut conflicting = batch(&s, 1, [3]);
     conflicting.outcomes.push((
-        "idem:k".into(),
+        OutcomeKey::Idempotency("k".into()),
         StoredOutcome::Accepted { first_version: 2, count: 1, version: 2, fingerprint: None },
     ));
     match writer.append(conflicting).await {
@@ -135,7 +136,11 @@ async fn an_expected_version_conflict_stores_nothing() {
         other => panic!("expected a version conflict, got {other:?}"),
     }
     assert_eq!(store.read_stream(&s, 1, 10).unwrap().len(), 2);
-    assert_eq!(store.outcome(&s, "idem:k").unwrap(), None, "a refused batch leaves no outcome behind");
+    assert_eq!(
+        store.outcome(&s, &OutcomeKey::Idempotency("k".into())).unwrap(),
+        None,
+        "a refused batch leaves no outcome behind"
+    );
     writer.append(batch(&s, 2, [3])).await.unwrap();
     close(store, writer);
 }
@@ -164,15 +169,22 @@ async fn outcomes_and_the_correlation_index_commit_with_the_events() {
     let s = stream("1");
     let accepted = StoredOutcome::Accepted { first_version: 1, count: 1, version: 1, fingerprint: None };
     let mut first = batch(&s, 0, [1]);
-    first.outcomes.push(("idem:k1".into(), accepted.clone()));
+    first.outcomes.push((OutcomeKey::Idempotency("k1".into()), accepted.clone()));
     first.outcomes.push((
-        "idem:k2".into(),
+        OutcomeKey::Idempotency("k2".into()),
         StoredOutcome::Rejected { code: "nope".into(), message: "no".into(), fingerprint: None },
     ));
     writer.append(first).await.unwrap();
-    assert_eq!(store.outcome(&s, "idem:k1").unwrap(), Some(accepted));
-    assert!(matches!(store.outcome(&s, "idem:k2").unwrap(), Some(StoredOutcome::Rejected { .. })));
-    assert_eq!(store.outcome(&stream("2"), "idem:k1").unwrap(), None, "keys are per stream");
+    assert_eq!(store.outcome(&s, &OutcomeKey::Idempotency("k1".into())).unwrap(), Some(accepted));
+    assert!(matches!(
+        store.outcome(&s, &OutcomeKey::Idempotency("k2".into())).unwrap(),
+        Some(StoredOutcome::Rejected { .. })
+    ));
+    assert_eq!(
+        store.outcome(&stream("2"), &OutcomeKey::Idempotency("k1".into())).unwrap(),
+        None,
+        "keys are per stream"
+    );
     assert_eq!(store.read_correlation("corr-1", 0, 10).unwrap().len(), 1);
     assert!(store.read_correlation("corr-unknown", 0, 10).unwrap().is_empty());
     close(store, writer);

@@ -4,7 +4,7 @@
 //! files, clocks, randomness and sockets stay undefined and trap when used, so nothing a
 //! guest does can depend on when or where it runs.
 //!
-//! Written against the WASI 0.2 interfaces (`host/wit-guest-io`) rather than linking
+//! Written against the WASI 0.2 interfaces (`runtime/wit-guest-io`) rather than linking
 //! wasmtime-wasi: its synchronous bindings block on a Tokio runtime from inside the call,
 //! which panics on the async threads where actors call their guests, and it would bring
 //! the filesystem, clocks and sockets this host must not grant.

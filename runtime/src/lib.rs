@@ -347,6 +347,47 @@ impl Runtime {
     }
 }
 
+/// Which world a component implements. Stored and shown as `aggregate` or `projection`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ComponentKind {
+    Aggregate,
+    Projection,
+}
+
+impl ComponentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComponentKind::Aggregate => "aggregate",
+            ComponentKind::Projection => "projection",
+        }
+    }
+}
+
+impl std::fmt::Display for ComponentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<ComponentKind> for String {
+    fn from(kind: ComponentKind) -> String {
+        kind.as_str().to_owned()
+    }
+}
+
+impl TryFrom<String> for ComponentKind {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "aggregate" => Ok(ComponentKind::Aggregate),
+            "projection" => Ok(ComponentKind::Projection),
+            other => Err(format!("no component kind is called {other:?}")),
+        }
+    }
+}
+
 /// A loaded component of either world.
 pub enum Loaded {
     Aggregate(AggregateComponent),
@@ -354,11 +395,10 @@ pub enum Loaded {
 }
 
 impl Loaded {
-    /// `aggregate` or `projection`, as `GET /components` shows it.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ComponentKind {
         match self {
-            Loaded::Aggregate(_) => "aggregate",
-            Loaded::Projection(_) => "projection",
+            Loaded::Aggregate(_) => ComponentKind::Aggregate,
+            Loaded::Projection(_) => ComponentKind::Projection,
         }
     }
 

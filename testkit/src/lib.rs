@@ -1,4 +1,7 @@
-//! Given / when / then against the compiled component as well as the Rust source.
+//! # cairn-testkit: given / when / then against the compiled component as well as the Rust source
+//!
+//! What an aggregate's or projection's tests need and nothing of the server: wasmtime (through
+//! `cairn-runtime`) and the bundled components (`cairn-artifacts`).
 //!
 //! [`given`] runs each scenario twice, with one vocabulary: natively (the aggregate's
 //! Rust code) and through wasmtime on the `.wasm` the host runs, so a test proves the

@@ -188,6 +188,13 @@ async fn a_shutdown_under_load_answers_every_command_keeps_every_acknowledged_on
         })
     };
     let mut sent: Vec<_> = (0..100).map(send).collect();
+    // Some of the load is answered before the shutdown begins, the rest meets it.
+    let early: Vec<_> = sent.drain(..10).collect();
+    for answer in early {
+        let (n, answer) = answer.await.unwrap();
+        assert_eq!(answer.status, 200, "transfer {n} before the shutdown: {}", answer.body);
+        sent.push(tokio::spawn(async move { (n, answer) }));
+    }
     host.stop_accepting();
     let stopping = tokio::spawn(host.shutdown());
     // The rest of the load meets a stopping host.

@@ -14,6 +14,8 @@ mod deploys;
 mod durability;
 mod errors;
 mod fuzz;
+// Needs the fault hooks, which only debug builds have.
+#[cfg(debug_assertions)]
 mod in_process;
 mod metrics;
 mod openapi;

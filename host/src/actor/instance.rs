@@ -7,8 +7,8 @@ use crate::replay::{Fold, replay_with, worth_keeping};
 use crate::runtime::Executed;
 use crate::runtime::GuestError;
 use crate::store::{
-    AppendBatch, AppendError, Committed, Fingerprint, IDEMPOTENCY_PREFIX, NewEvent, Receipt, Snapshot,
-    StoreError, StoredEvent, StoredOutcome, StreamId, Version, cause_key,
+    AppendBatch, AppendError, Committed, Fingerprint, NewEvent, OutcomeKey, Receipt, Snapshot, StoreError,
+    StoredEvent, StoredOutcome, StreamId, Version,
 };
 use cairn_wire::RawCommand;
 use cairn_wire::{INVALID_COMMAND, Rejection, UNKNOWN_COMMAND};
@@ -156,7 +156,7 @@ struct Actor {
     /// Batches submitted to the writer and not yet answered, oldest first.
     in_flight: VecDeque<InFlight>,
     /// The outcome keys those batches record.
-    in_flight_keys: HashSet<String>,
+    in_flight_keys: HashSet<OutcomeKey>,
 }
 
 /// A decided batch that is committing. Its answers wait for its commit, and so do those
@@ -169,7 +169,7 @@ struct InFlight {
     wrote: bool,
     version_after: Version,
     state_after: Option<Vec<u8>>,
-    keys: Vec<String>,
+    keys: Vec<OutcomeKey>,
 }
 
 /// How a decided command will be answered once its batch is committed.
@@ -188,10 +188,10 @@ enum Answer {
 struct Pending {
     base_version: Version,
     events: Vec<NewEvent>,
-    outcomes: Vec<(String, StoredOutcome)>,
+    outcomes: Vec<(OutcomeKey, StoredOutcome)>,
     answers: Vec<(Answer, Reply)>,
     /// Each outcome key decided in this batch: its answer's index, and its command's fingerprint.
-    keys: HashMap<String, (usize, Option<Fingerprint>)>,
+    keys: HashMap<OutcomeKey, (usize, Option<Fingerprint>)>,
     /// The newest snapshot a command of the batch took, and those of them the stream's
     /// history keeps (for temporal reads), oldest first.
     snapshot: Option<Snapshot>,
@@ -581,7 +581,7 @@ impl Actor {
         } else {
             Receipt::ready(Ok(Committed::default()))
         };
-        let keys: Vec<String> = pending.keys.into_keys().collect();
+        let keys: Vec<OutcomeKey> = pending.keys.into_keys().collect();
         self.in_flight_keys.extend(keys.iter().cloned());
         self.in_flight.push_back(InFlight {
             receipt,
@@ -723,10 +723,10 @@ pub const INTERNAL_COMMAND: &str = "internal_command";
 
 /// The key under which a command's outcome is recorded, if it has one: a client's
 /// `Idempotency-Key`, or a routed command's causation.
-fn outcome_key(request: &CommandRequest) -> Option<String> {
+fn outcome_key(request: &CommandRequest) -> Option<OutcomeKey> {
     match (&request.idempotency_key, &request.causation) {
-        (Some(key), _) => Some(format!("{IDEMPOTENCY_PREFIX}{key}")),
-        (None, Some(causation)) => Some(cause_key(&causation.dedup_key)),
+        (Some(key), _) => Some(OutcomeKey::Idempotency(key.clone())),
+        (None, Some(causation)) => Some(OutcomeKey::Cause(causation.dedup_key.clone())),
         (None, None) => None,
     }
 }

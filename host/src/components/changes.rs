@@ -2,16 +2,16 @@
 //! learn of deploys, activations, rollbacks and deletions.
 //!
 //! The registry publishes; a follower takes each change and applies it on its own (start a
-//! subscriber, rebuild a view), then says so. A change is answered to whoever made it once
-//! every follower has applied it, so a client that deploys a projection can read its view
-//! at once, as if the registry had done the follower's work itself, without calling up.
+//! subscriber, rebuild a view), then says so on the change itself. A change is answered to
+//! whoever made it once every follower has applied it (all within one deadline), so a client
+//! that deploys a projection can read its view at once, as if the registry had done the
+//! follower's work itself, without calling up.
 
-use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc};
 
-/// How long a change waits for its followers before it is answered anyway.
-const FOLLOW_WAIT: Duration = Duration::from_secs(30);
+/// How long a change waits for its followers, all together, before it is answered anyway.
+pub(super) const FOLLOW_WAIT: Duration = Duration::from_secs(30);
 
 /// Changes kept for a follower that is slow to take them; one that falls further behind
 /// hears [`Followed::Missed`] and looks at every component again.
@@ -27,25 +27,18 @@ pub enum ChangeKind {
     Deleted,
 }
 
+/// One change, and where its followers say they have applied it.
 #[derive(Debug, Clone)]
 pub struct ComponentChange {
-    pub sequence: u64,
     pub name: String,
     pub kind: ChangeKind,
-}
-
-/// What a follower did with a change: `Err` says why it could not apply it.
-#[derive(Debug, Clone, Default)]
-struct Applied {
-    sequence: u64,
-    error: Option<String>,
+    acks: mpsc::UnboundedSender<(&'static str, Result<(), String>)>,
 }
 
 /// A follower's side of the feed.
 pub struct ChangeFollower {
     name: &'static str,
     changes: broadcast::Receiver<ComponentChange>,
-    applied: watch::Sender<Applied>,
 }
 
 /// What [`ChangeFollower::next`] heard.
@@ -58,10 +51,6 @@ pub enum Followed {
 }
 
 impl ChangeFollower {
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
     pub async fn next(&mut self) -> Followed {
         match self.changes.recv().await {
             Ok(change) => Followed::Change(change),
@@ -70,9 +59,9 @@ impl ChangeFollower {
         }
     }
 
-    /// The change `sequence` is applied (or could not be, and why).
-    pub fn applied(&self, sequence: u64, outcome: Result<(), String>) {
-        self.applied.send_replace(Applied { sequence, error: outcome.err() });
+    /// `change` is applied (or could not be, and why).
+    pub fn applied(&self, change: &ComponentChange, outcome: Result<(), String>) {
+        let _ = change.acks.send((self.name, outcome));
     }
 }
 
@@ -87,58 +76,50 @@ pub struct NotFollowed {
 
 pub(super) struct ChangeFeed {
     sender: broadcast::Sender<ComponentChange>,
-    state: Mutex<FeedState>,
-}
-
-struct FeedState {
-    sequence: u64,
-    followers: Vec<(&'static str, watch::Receiver<Applied>)>,
+    wait: Duration,
 }
 
 impl ChangeFeed {
     pub(super) fn new() -> ChangeFeed {
+        ChangeFeed::waiting(FOLLOW_WAIT)
+    }
+
+    pub(super) fn waiting(wait: Duration) -> ChangeFeed {
         let (sender, _) = broadcast::channel(FEED_CAPACITY);
-        ChangeFeed { sender, state: Mutex::new(FeedState { sequence: 0, followers: Vec::new() }) }
+        ChangeFeed { sender, wait }
     }
 
     pub(super) fn follow(&self, name: &'static str) -> ChangeFollower {
-        let mut state = self.state.lock().expect("feed lock");
-        let (applied, seen) = watch::channel(Applied { sequence: state.sequence, error: None });
-        state.followers.push((name, seen));
-        ChangeFollower { name, changes: self.sender.subscribe(), applied }
+        ChangeFollower { name, changes: self.sender.subscribe() }
     }
 
     /// Publish a change of `name` and wait (bounded) until every follower has applied it.
+    /// A follower that has ended (its layer stopped) is not waited for.
     pub(super) async fn publish(&self, name: &str, kind: ChangeKind) -> Result<(), NotFollowed> {
-        let (sequence, followers) = {
-            let mut state = self.state.lock().expect("feed lock");
-            // A follower that ended (its layer stopped) waits for nothing.
-            state.followers.retain(|(_, seen)| seen.has_changed().is_ok());
-            state.sequence += 1;
-            let change = ComponentChange { sequence: state.sequence, name: name.to_owned(), kind };
-            let _ = self.sender.send(change);
-            (state.sequence, state.followers.clone())
-        };
-        for (follower, mut seen) in followers {
-            let waited = tokio::time::timeout(FOLLOW_WAIT, seen.wait_for(|a| a.sequence >= sequence)).await;
-            match waited {
-                Ok(Ok(applied)) => {
-                    if applied.sequence == sequence
-                        && let Some(error) = applied.error.clone()
-                    {
-                        return Err(NotFollowed { name: name.to_owned(), follower, error });
-                    }
+        let (acks, mut applied) = mpsc::unbounded_channel();
+        let change = ComponentChange { name: name.to_owned(), kind, acks };
+        let followers = self.sender.send(change).unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let mut first_failure = None;
+        for _ in 0..followers {
+            match tokio::time::timeout_at(deadline, applied.recv()).await {
+                Ok(Some((follower, Err(error)))) => {
+                    first_failure.get_or_insert(NotFollowed { name: name.to_owned(), follower, error });
                 }
-                // Stopped meanwhile: the host is shutting down.
-                Ok(Err(_)) => {}
-                Err(_) => tracing::warn!(
-                    component = name,
-                    follower,
-                    "the change is not applied after {FOLLOW_WAIT:?}; answering anyway"
-                ),
+                Ok(Some((_, Ok(())))) => {}
+                // Every follower dropped the change unanswered: they are stopping.
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        component = name,
+                        "a follower has not applied the change after {:?}; answering anyway",
+                        self.wait
+                    );
+                    break;
+                }
             }
         }
-        Ok(())
+        first_failure.map_or(Ok(()), Err)
     }
 }
 
@@ -156,7 +137,7 @@ mod tests {
         let applied = Arc::new(AtomicBool::new(false));
         tokio::spawn(async move {
             while let Followed::Change(change) = quick.next().await {
-                quick.applied(change.sequence, Ok(()));
+                quick.applied(&change, Ok(()));
             }
         });
         let slow_applied = applied.clone();
@@ -164,7 +145,7 @@ mod tests {
             while let Followed::Change(change) = slow.next().await {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 slow_applied.store(true, Ordering::SeqCst);
-                slow.applied(change.sequence, Ok(()));
+                slow.applied(&change, Ok(()));
             }
         });
         feed.publish("account", ChangeKind::Deployed).await.unwrap();
@@ -174,13 +155,12 @@ mod tests {
     #[tokio::test]
     async fn a_follower_that_cannot_apply_a_change_makes_it_an_error_and_one_that_ended_is_not_waited_for() {
         let feed = ChangeFeed::new();
-        let ended = feed.follow("ended");
-        drop(ended);
+        drop(feed.follow("ended"));
         let mut failing = feed.follow("projections");
         let following = tokio::spawn(async move {
             if let Followed::Change(change) = failing.next().await {
                 assert_eq!((change.name.as_str(), change.kind), ("account-info", ChangeKind::Activated));
-                failing.applied(change.sequence, Err("the disk is full".to_owned()));
+                failing.applied(&change, Err("the disk is full".to_owned()));
             }
             failing
         });
@@ -190,5 +170,21 @@ mod tests {
         let published =
             tokio::time::timeout(Duration::from_secs(5), feed.publish("account", ChangeKind::Deleted));
         published.await.expect("no follower is left to wait for").unwrap();
+    }
+
+    #[tokio::test]
+    async fn followers_that_never_answer_hold_a_change_for_one_deadline_in_all() {
+        let feed = ChangeFeed::waiting(Duration::from_millis(300));
+        let (mut first, mut second) = (feed.follow("first"), feed.follow("second"));
+        let silent = tokio::spawn(async move {
+            let (a, b) = (first.next().await, second.next().await);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop((a, b, first, second));
+        });
+        let started = tokio::time::Instant::now();
+        feed.publish("account", ChangeKind::Deployed).await.unwrap();
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(3), "{waited:?}");
+        silent.abort();
     }
 }

@@ -13,7 +13,7 @@ use super::changes::{ChangeKind, NotFollowed};
 use super::records::{ComponentRecord, ReplaySummary, VersionRecord};
 use super::{ActiveAggregate, ComponentRegistry};
 use crate::replay::{ReplayError, replay};
-use crate::runtime::{AggregateComponent, ComponentDigest, LoadError, Loaded};
+use crate::runtime::{AggregateComponent, ComponentDigest, ComponentKind, LoadError, Loaded};
 use crate::store::{CursorStart, EventStore, StoreError, StreamId, Version};
 use serde::Serialize;
 use serde_json::Value;
@@ -51,7 +51,7 @@ pub struct Deployed {
     pub name: String,
     /// `aggregate` or `projection`.
     #[schema(value_type = String)]
-    pub kind: &'static str,
+    pub kind: ComponentKind,
     /// The version these bytes are (or would be, on a dry run).
     pub version: u32,
     pub digest: String,
@@ -92,7 +92,7 @@ pub enum DeployError {
     #[error("the component describes itself as {declared:?}, not {name:?}")]
     NameMismatch { name: String, declared: String },
     #[error("{name} is deployed as {existing}; this component is {new}")]
-    KindMismatch { name: String, existing: String, new: &'static str },
+    KindMismatch { name: String, existing: ComponentKind, new: ComponentKind },
     #[error("replaying {stream} with the new version failed at {detail}")]
     ReplayFailed { stream: String, detail: String },
     #[error(transparent)]
@@ -150,14 +150,13 @@ impl ComponentRegistry {
             && active.digest == digest.as_bytes()
         {
             let report = ReplayReport::default();
-            let kind = kind_of(&record.kind);
-            return Ok(answer(name, kind, active.version, &digest, true, options.dry_run, report));
+            return Ok(answer(name, record.kind, active.version, &digest, true, options.dry_run, report));
         }
         let runtime = self.runtime.clone();
         let store = self.store.clone();
         let running = self.active(name);
         let type_name = name.to_owned();
-        let existing_kind = existing.as_ref().map(|r| r.kind.clone());
+        let existing_kind = existing.as_ref().map(|r| r.kind);
         // Compiling is CPU work with a wall-clock bound; a compile that overruns is refused
         // (it finishes in the background, and only warms the compile cache).
         let compile_timeout = options.compile_timeout.unwrap_or(std::time::Duration::MAX);
@@ -193,7 +192,7 @@ impl ComponentRegistry {
         let kind = component.kind();
         let stored = existing.as_ref().and_then(|r| r.with_digest(&digest)).map(|v| v.version);
         let mut record = existing.unwrap_or(ComponentRecord {
-            kind: kind.to_owned(),
+            kind,
             versions: Vec::new(),
             active: 0,
             history: Vec::new(),
@@ -231,19 +230,14 @@ impl ComponentRegistry {
         self.writer.put_component(name, record.encode(), blob, cursor).await?;
         self.records.write().expect("registry lock").insert(name.to_owned(), record);
         self.make_active(name, version, component);
-        tracing::info!(component = name, kind, version, %digest, streams = report.streams, changed = report.changed, "deployed");
+        tracing::info!(component = name, %kind, version, %digest, streams = report.streams, changed = report.changed, "deployed");
         Ok(answer(name, kind, version, &digest, true, false, report))
     }
 }
 
-/// The stored kind as the static name the answer carries.
-fn kind_of(kind: &str) -> &'static str {
-    if kind == "projection" { "projection" } else { "aggregate" }
-}
-
 fn answer(
     name: &str,
-    kind: &'static str,
+    kind: ComponentKind,
     version: u32,
     digest: &ComponentDigest,
     active: bool,

@@ -17,7 +17,9 @@ pub use changes::{ChangeFollower, ChangeKind, ComponentChange, Followed, NotFoll
 pub use deploy::{DeployError, DeployOptions, Deployed, ReplayExample, ReplayReport};
 pub use records::ReplaySummary;
 
-use crate::runtime::{AggregateComponent, ComponentDigest, Loaded, ProjectionComponent, Runtime};
+use crate::runtime::{
+    AggregateComponent, ComponentDigest, ComponentKind, Loaded, ProjectionComponent, Runtime,
+};
 use crate::store::tables::{COMPONENT_BLOBS, COMPONENTS};
 use crate::store::{EventStore, StoreError, Writer};
 use records::ComponentRecord;
@@ -43,7 +45,8 @@ pub struct ActiveProjection {
 pub struct ComponentSummary {
     pub name: String,
     /// `aggregate` or `projection`.
-    pub kind: String,
+    #[schema(value_type = String)]
+    pub kind: ComponentKind,
     pub active_version: u32,
     pub versions: Vec<VersionSummary>,
 }
@@ -127,13 +130,13 @@ pub struct ComponentRegistry {
 }
 
 impl ComponentRegistry {
-    /// Load every component's active version from the store and compile (or load the
-    /// cached compilation of) each.
     /// Guest instances alive now (calls in progress).
     pub fn guest_instances(&self) -> u64 {
         self.runtime.instances_in_use()
     }
 
+    /// Load every component's active version from the store and compile (or load the
+    /// cached compilation of) each.
     pub fn open(runtime: Runtime, store: EventStore, writer: Writer) -> Result<Self, DeployError> {
         let mut records = BTreeMap::new();
         let mut active = HashMap::new();
@@ -231,7 +234,7 @@ impl ComponentRegistry {
             .iter()
             .map(|(name, record)| ComponentSummary {
                 name: name.clone(),
-                kind: record.kind.clone(),
+                kind: record.kind,
                 active_version: record.active,
                 versions: record
                     .versions
@@ -278,6 +281,17 @@ impl ComponentRegistry {
         version: u32,
         check: SwitchCheck,
     ) -> Result<Switched, VersionError> {
+        let switched = self.switch_to(name, version, check).await?;
+        self.changes.publish(name, ChangeKind::Activated).await?;
+        Ok(switched)
+    }
+
+    async fn switch_to(
+        &self,
+        name: &str,
+        version: u32,
+        check: SwitchCheck,
+    ) -> Result<Switched, VersionError> {
         let _changing = self.changing.lock().await;
         let mut record = self.record(name)?;
         if record.version(version).is_none() {
@@ -288,7 +302,6 @@ impl ComponentRegistry {
         }
         record.activate(version);
         let replay = self.switch(name, record, check).await?;
-        self.changes.publish(name, ChangeKind::Activated).await?;
         Ok(Switched { version, replay })
     }
 
@@ -296,6 +309,12 @@ impl ComponentRegistry {
     /// history, and its bytes and compiled code unless another version has the same digest.
     /// Answers the bytes freed.
     pub async fn delete_version(&self, name: &str, version: u32) -> Result<u64, VersionError> {
+        let freed = self.delete_stored(name, version).await?;
+        self.changes.publish(name, ChangeKind::Deleted).await?;
+        Ok(freed)
+    }
+
+    async fn delete_stored(&self, name: &str, version: u32) -> Result<u64, VersionError> {
         let _changing = self.changing.lock().await;
         let mut record = self.record(name)?;
         let Some(index) = record.versions.iter().position(|v| v.version == version) else {
@@ -316,20 +335,24 @@ impl ComponentRegistry {
         if let Some(digest) = freed.as_deref().and_then(ComponentDigest::from_bytes) {
             self.runtime.forget_compiled(&digest);
         }
-        self.changes.publish(name, ChangeKind::Deleted).await?;
         Ok(freed.map_or(0, |_| removed.size))
     }
 
     /// Make the version that was active before the current one active again, after the
     /// same replay check as a deploy unless `check` says to skip it.
     pub async fn rollback(&self, name: &str, check: SwitchCheck) -> Result<Switched, VersionError> {
+        let switched = self.switch_back(name, check).await?;
+        self.changes.publish(name, ChangeKind::RolledBack).await?;
+        Ok(switched)
+    }
+
+    async fn switch_back(&self, name: &str, check: SwitchCheck) -> Result<Switched, VersionError> {
         let _changing = self.changing.lock().await;
         let mut record = self.record(name)?;
         let previous =
             record.history.pop().ok_or_else(|| VersionError::NothingToRollBack(name.to_owned()))?;
         record.active = previous;
         let replay = self.switch(name, record, check).await?;
-        self.changes.publish(name, ChangeKind::RolledBack).await?;
         Ok(Switched { version: previous, replay })
     }
 

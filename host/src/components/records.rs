@@ -1,6 +1,7 @@
 //! What the registry keeps per component in the store's `components` table.
 
 use crate::runtime::ComponentDigest;
+use crate::runtime::ComponentKind;
 use serde::{Deserialize, Serialize};
 
 /// One deployed version of a component.
@@ -20,7 +21,7 @@ pub(super) struct VersionRecord {
 /// (most recent last), which `rollback` goes back through.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct ComponentRecord {
-    pub kind: String,
+    pub kind: ComponentKind,
     pub versions: Vec<VersionRecord>,
     pub active: u32,
     #[serde(default)]
@@ -68,4 +69,23 @@ pub struct ReplaySummary {
     pub changed: u64,
     /// One stream whose state changed, if any.
     pub example_stream: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ComponentKind;
+
+    /// Records written before the kind was a type held it as a plain string: it still
+    /// decodes, and is written the same way.
+    #[test]
+    fn a_component_kind_is_stored_as_the_string_it_always_was() {
+        for (kind, text) in
+            [(ComponentKind::Aggregate, "aggregate"), (ComponentKind::Projection, "projection")]
+        {
+            let old = rmp_serde::to_vec_named(text).unwrap();
+            assert_eq!(rmp_serde::to_vec_named(&kind).unwrap(), old);
+            assert_eq!(rmp_serde::from_slice::<ComponentKind>(&old).unwrap(), kind);
+        }
+        assert!(rmp_serde::from_slice::<ComponentKind>(&rmp_serde::to_vec_named("view").unwrap()).is_err());
+    }
 }

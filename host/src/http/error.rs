@@ -167,7 +167,9 @@ impl From<CommandError> for ApiError {
             CommandError::UnknownType(_) => ApiError::not_found("unknown_type", error.to_string()),
             CommandError::Guest(guest) => guest.into(),
             CommandError::Store(store) => command_not_stored(store),
-            CommandError::ActorFailed | CommandError::Interrupted(_) => ApiError::internal(error.to_string()),
+            CommandError::ActorFailed => ApiError::internal(error.to_string()),
+            // Answered as a storage hiccup, worth a retry, as it always was.
+            CommandError::Interrupted(why) => command_not_stored(StoreError::Unavailable(why)),
             CommandError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", error.to_string())
                     .retry_after(5)
@@ -198,7 +200,8 @@ impl From<DeployError> for ApiError {
             DeployError::ReplayFailed { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "replay_failed", message)
             }
-            DeployError::NotFollowed(_) | DeployError::Interrupted(_) => ApiError::internal(message),
+            DeployError::NotFollowed(_) => ApiError::internal(message),
+            DeployError::Interrupted(why) => StoreError::Unavailable(why).into(),
             DeployError::Store(store) => store.into(),
         }
     }
@@ -218,7 +221,8 @@ impl From<VersionError> for ApiError {
             }
             VersionError::Load(load) => DeployError::Load(load).into(),
             VersionError::Replay(replay) => replay.into(),
-            VersionError::NotFollowed(_) | VersionError::Interrupted(_) => ApiError::internal(message),
+            VersionError::NotFollowed(_) => ApiError::internal(message),
+            VersionError::Interrupted(why) => StoreError::Unavailable(why).into(),
             VersionError::Store(store) => store.into(),
         }
     }

@@ -25,6 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// The longest a rebuild request waits for its runner to take it.
+const REBUILD_ANSWER_WAIT: Duration = Duration::from_secs(10);
+
 /// What the runners need.
 pub(crate) struct Context {
     pub store: EventStore,
@@ -109,8 +112,7 @@ pub enum ViewError {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProjectionStatus {
     pub name: String,
-    /// `starting`, `running`, `rebuilding` or `failed`.
-    pub status: &'static str,
+    pub status: ProjectionState,
     /// The component version that builds the live view.
     pub version: u32,
     pub generation: u32,
@@ -125,6 +127,19 @@ pub struct ProjectionStatus {
     pub rebuild: Option<RebuildStatus>,
     #[serde(flatten)]
     pub counters: Counters,
+}
+
+/// Where a projection is, as `GET /views` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProjectionState {
+    /// Its runner has not read its record yet (or cannot: see `last_error`).
+    Starting,
+    Running,
+    /// A new generation is being built beside the live one.
+    Rebuilding,
+    /// The live generation stopped on an event its component fails on.
+    Failed,
 }
 
 /// A generation being built beside the live one.
@@ -186,7 +201,7 @@ impl Projections {
                         ChangeKind::Deleted => Ok(()),
                         _ => self.sync(&change.name).await.map_err(|error| error.to_string()),
                     };
-                    follower.applied(change.sequence, synced);
+                    follower.applied(&change, synced);
                 }
                 Followed::Missed => {
                     for name in self.context.components.projection_names() {
@@ -279,8 +294,11 @@ impl Projections {
         controls
             .send(Control::Rebuild { version, force, reply })
             .map_err(|_| ViewError::Interrupted(name.to_owned()))?;
-        let generation = answer
+        // A runner that is between restarts answers when it runs again; a caller does not
+        // wait for ever on one that keeps failing.
+        let generation = tokio::time::timeout(REBUILD_ANSWER_WAIT, answer)
             .await
+            .map_err(|_| ViewError::Interrupted(name.to_owned()))?
             .map_err(|_| ViewError::Interrupted(name.to_owned()))?
             .map_err(|reason| ViewError::RebuildFailed { name: name.to_owned(), reason })?;
         Ok(RebuildStarted { projection: name.to_owned(), generation: generation.id, version })
@@ -308,13 +326,13 @@ impl Projections {
                 failure: next_failure,
             });
             let status = if starting {
-                "starting"
+                ProjectionState::Starting
             } else if rebuild.as_ref().is_some_and(|r| r.failure.is_none()) {
-                "rebuilding"
+                ProjectionState::Rebuilding
             } else if live_failure.is_some() {
-                "failed"
+                ProjectionState::Failed
             } else {
-                "running"
+                ProjectionState::Running
             };
             out.push(ProjectionStatus {
                 name: shared.name.clone(),
@@ -418,7 +436,8 @@ async fn supervise(context: Arc<Context>, shared: Arc<Shared>, controls: mpsc::U
     let controls = Arc::new(tokio::sync::Mutex::new(controls));
     let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
     let part = context.part.clone();
-    lifecycle::supervise("the projection task", backoff, &*shared, &part, || {
+    let name = format!("the projection task of {}", shared.name);
+    lifecycle::supervise(&name, backoff, &*shared, &part, || {
         let (context, shared, controls) = (context.clone(), shared.clone(), controls.clone());
         async move {
             let mut controls = controls.lock().await;

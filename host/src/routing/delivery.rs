@@ -15,8 +15,8 @@ use crate::actor::{Causation, CommandError, CommandRequest};
 use crate::lifecycle::Stopped;
 use crate::runtime::GuestError;
 use crate::store::{
-    AppendBatch, AppendError, DeadLetter, DeadLetterKey, EventStore, Position, StoreError, StoredEvent,
-    StoredOutcome, StreamId, cause_key,
+    AppendBatch, AppendError, DeadLetter, DeadLetterKey, EventStore, OutcomeKey, Position, StoreError,
+    StoredEvent, StoredOutcome, StreamId,
 };
 
 /// Dead letters read at a time by a retry or a discard.
@@ -437,7 +437,7 @@ impl StreamWorker {
                         stream: target.clone(),
                         expected_version: head.map_or(0, |(version, _)| version),
                         events: Vec::new(),
-                        outcomes: vec![(cause_key(key), outcome)],
+                        outcomes: vec![(OutcomeKey::Cause(key.to_owned()), outcome)],
                         snapshot: None,
                         history: Vec::new(),
                     };

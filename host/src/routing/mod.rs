@@ -234,7 +234,7 @@ impl Routing {
                     if change.kind != ChangeKind::Deleted {
                         self.ensure_subscriber(&change.name);
                     }
-                    follower.applied(change.sequence, Ok(()));
+                    follower.applied(&change, Ok(()));
                 }
                 Followed::Missed => {
                     for (name, _) in self.context.components.all_active() {
@@ -399,7 +399,8 @@ async fn supervise(shared: Arc<SubscriberShared>, controls: mpsc::UnboundedRecei
     // Each run borrows the controls; a run that panics drops its guard, not the channel.
     let controls = Arc::new(tokio::sync::Mutex::new(controls));
     let backoff = Backoff::new(context.config.first_backoff, context.config.max_restart_backoff);
-    lifecycle::supervise("the subscriber", backoff, &*shared, &context.part, || {
+    let name = format!("the subscriber {}", shared.name);
+    lifecycle::supervise(&name, backoff, &*shared, &context.part, || {
         run_once(shared.clone(), controls.clone())
     })
     .await;

@@ -25,11 +25,11 @@ pub use error::{AppendError, StoreError};
 pub use follow::LogFollower;
 // `Page` and `PageFill` are defined below.
 pub use records::{
-    AppendBatch, Committed, DeadLetter, DeadLetterKey, Fingerprint, NewEvent, Snapshot, StoredEvent,
-    StoredOutcome, StreamId, StreamIdError,
+    AppendBatch, Committed, DeadLetter, DeadLetterKey, Fingerprint, NewEvent, OutcomeKey, Snapshot,
+    StoredEvent, StoredOutcome, StreamId, StreamIdError,
 };
 pub use retention::forget_expired_idempotency_keys;
-pub use writer::{CursorStart, IDEMPOTENCY_PREFIX, Receipt, Reopening, Writer, cause_key};
+pub use writer::{CursorStart, Receipt, Reopening, Writer};
 
 pub(crate) use records::Record;
 
@@ -277,10 +277,14 @@ impl EventStore {
     }
 
     /// The recorded outcome of a keyed command (idempotency key or routed causation).
-    pub fn outcome(&self, stream: &StreamId, key: &str) -> Result<Option<StoredOutcome>, StoreError> {
+    pub fn outcome(&self, stream: &StreamId, key: &OutcomeKey) -> Result<Option<StoredOutcome>, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let outcomes = read.open_table(OUTCOMES)?;
-        outcomes.get((stream.key().as_str(), key))?.map(|v| StoredOutcome::decode(v.value())).transpose()
+        let key = key.stored();
+        outcomes
+            .get((stream.key().as_str(), key.as_str()))?
+            .map(|v| StoredOutcome::decode(v.value()))
+            .transpose()
     }
 
     /// The events of one correlation (a saga's chain) after position `after`, in global

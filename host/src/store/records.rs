@@ -21,6 +21,26 @@ pub(crate) trait Record: Serialize + DeserializeOwned {
 }
 use std::fmt;
 
+/// The key under which a keyed command's outcome is recorded, so that the same command
+/// again is answered from it instead of taking effect twice.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OutcomeKey {
+    /// A client's `Idempotency-Key` (forgotten after the retention window).
+    Idempotency(String),
+    /// A routed command's dedup key (kept as long as the stream).
+    Cause(String),
+}
+
+impl OutcomeKey {
+    /// The key in the `outcomes` table: the kind as a prefix (`idem:`, `cause:`), then the key.
+    pub fn stored(&self) -> String {
+        match self {
+            OutcomeKey::Idempotency(key) => format!("idem:{key}"),
+            OutcomeKey::Cause(key) => format!("cause:{key}"),
+        }
+    }
+}
+
 /// One aggregate instance's stream: `account/101`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamId {
@@ -246,7 +266,7 @@ pub struct AppendBatch {
     pub expected_version: Version,
     pub events: Vec<NewEvent>,
     /// Outcomes of keyed commands, stored with the events they caused.
-    pub outcomes: Vec<(String, StoredOutcome)>,
+    pub outcomes: Vec<(OutcomeKey, StoredOutcome)>,
     /// The stream's newest snapshot, if this batch takes one: where a waking actor starts.
     pub snapshot: Option<Snapshot>,
     /// Snapshots for the stream's history (a batch can cross several snapshot intervals),

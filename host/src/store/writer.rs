@@ -7,7 +7,7 @@
 //! batches of 64.
 
 use super::file::{StoreFile, needs_reopen};
-use super::records::Record;
+use super::records::{OutcomeKey, Record};
 use super::stream_tail::StreamTail;
 use super::tables::*;
 use super::{
@@ -854,12 +854,14 @@ fn write_batch(
             )),
         };
         for (outcome_key, outcome) in &batch.outcomes {
+            let stored_key = outcome_key.stored();
             outcomes
-                .insert((key.as_str(), outcome_key.as_str()), outcome.encode().as_slice())
+                .insert((key.as_str(), stored_key.as_str()), outcome.encode().as_slice())
                 .map_err(StoreError::from)?;
-            if outcome_key.starts_with(IDEMPOTENCY_PREFIX) {
+            // Only a client's keys expire; a routed command's is kept as long as its stream.
+            if let OutcomeKey::Idempotency(_) = outcome_key {
                 times
-                    .insert((recorded_at_micros, key.as_str(), outcome_key.as_str()), ())
+                    .insert((recorded_at_micros, key.as_str(), stored_key.as_str()), ())
                     .map_err(StoreError::from)?;
             }
         }
@@ -905,14 +907,6 @@ fn landed(db: &Database, unresolved: Option<&(u64, String)>) -> Result<Option<St
 
 /// The `meta` key of the number of group commits the file holds.
 pub(super) const COMMIT_SEQUENCE: &str = "commit_sequence";
-
-/// The outcome key prefix of a client's `Idempotency-Key` (routed commands' is `cause:`).
-pub const IDEMPOTENCY_PREFIX: &str = "idem:";
-
-/// The outcome key of the routed command with `dedup_key`.
-pub fn cause_key(dedup_key: &str) -> String {
-    format!("cause:{dedup_key}")
-}
 
 /// Move `subscriber`'s count of dead letters by `change`.
 fn count_parked(txn: &WriteTransaction, subscriber: &str, change: i64) -> Result<(), StoreError> {
