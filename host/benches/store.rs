@@ -8,7 +8,7 @@
 //! Every commit here is durable (fsynced), as a command's is. The data lives in a temporary
 //! directory next to the target directory, so it is on the same disk as a host's data.
 
-use cairn::store::{AppendBatch, EventStore, NewEvent, StreamId};
+use cairn::store::{AppendBatch, ComponentVersion, EventStore, NewEvent, StreamId, Version};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use redb::{Database, Durability, TableDefinition};
 use std::io::Write;
@@ -34,7 +34,7 @@ fn credit(n: u64) -> NewEvent {
         payload: cairn::msgpack::to_msgpack(&data),
         correlation_id: format!("{n:032x}"),
         causation_id: None,
-        component_version: 1,
+        component_version: ComponentVersion(1),
         reply_to: None,
     }
 }
@@ -59,7 +59,7 @@ fn appends(c: &mut Criterion) {
             versions[0] += 1;
             let batch = AppendBatch {
                 stream: stream(0),
-                expected_version: versions[0] - 1,
+                expected_version: Version(versions[0] - 1),
                 events: vec![credit(sequence)],
                 outcomes: Vec::new(),
                 snapshot: None,
@@ -81,7 +81,7 @@ fn appends(c: &mut Criterion) {
                         versions[k as usize] += 1;
                         AppendBatch {
                             stream: stream(k),
-                            expected_version: versions[k as usize] - 1,
+                            expected_version: Version(versions[k as usize] - 1),
                             events: vec![credit(sequence)],
                             outcomes: Vec::new(),
                             snapshot: None,

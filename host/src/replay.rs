@@ -35,7 +35,7 @@ pub struct Fold<'a> {
     pub cancelled: Option<&'a CancellationToken>,
     /// Keep the state at every multiple of this many versions (a snapshot interval), so a
     /// long fold leaves snapshots behind it and the next one is short.
-    pub checkpoint_every: Option<Version>,
+    pub checkpoint_every: Option<u64>,
 }
 
 /// The most bytes of snapshot history per event it saves from folding: a snapshot joins a
@@ -47,7 +47,7 @@ pub const HISTORY_BYTES_PER_EVENT: usize = 256;
 
 /// Whether a snapshot of `state_bytes`, `since` events after the stream's last history
 /// snapshot, is worth keeping in the history.
-pub fn worth_keeping(state_bytes: usize, since: Version) -> bool {
+pub fn worth_keeping(state_bytes: usize, since: u64) -> bool {
     (state_bytes as u64) <= HISTORY_BYTES_PER_EVENT as u64 * since
 }
 
@@ -98,7 +98,7 @@ pub fn replay_with(
         }
         // A chunk ends at the next checkpoint, so the state there is one the fold reaches.
         let chunk_end = match fold.checkpoint_every.filter(|&every| every > 0) {
-            Some(every) => up_to.min((version / every + 1).saturating_mul(every)),
+            Some(every) => up_to.min(Version((version.get() / every + 1).saturating_mul(every))),
             None => up_to,
         };
         let events = store.read_stream_range(stream, version + 1, chunk_end, CHUNK)?;
@@ -113,9 +113,9 @@ pub fn replay_with(
         version = last;
         if let Some(every) = fold.checkpoint_every
             && every > 0
-            && version.is_multiple_of(every)
+            && version.get().is_multiple_of(every)
             && checkpoint_bytes < CHECKPOINT_BYTES
-            && worth_keeping(state.as_ref().map_or(0, Vec::len), version - last_kept)
+            && worth_keeping(state.as_ref().map_or(0, Vec::len), version.saturating_sub(last_kept))
         {
             checkpoint_bytes += state.as_ref().map_or(0, Vec::len);
             checkpoints.push((version, state.clone()));
@@ -139,7 +139,7 @@ fn locate_failure(
             Ok(folded) => state = folded,
             Err(error) => {
                 return ReplayError::Guest {
-                    version: first + offset as Version,
+                    version: first + offset as u64,
                     event_type: event.event_type.clone(),
                     error,
                 };
@@ -148,7 +148,7 @@ fn locate_failure(
     }
     let last = events.last();
     ReplayError::Guest {
-        version: first + events.len().saturating_sub(1) as Version,
+        version: first + events.len().saturating_sub(1) as u64,
         event_type: last.map(|e| e.event_type.clone()).unwrap_or_default(),
         error: chunk_error,
     }

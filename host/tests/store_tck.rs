@@ -2,8 +2,8 @@
 //! journal and snapshot-store TCK, run against the real redb store.
 
 use cairn::store::{
-    AppendBatch, AppendError, EventStore, NewEvent, OutcomeKey, Snapshot, StoredEvent, StoredOutcome,
-    StreamId, Writer,
+    AppendBatch, AppendError, ComponentVersion, EventStore, NewEvent, OutcomeKey, Position, Snapshot,
+    StoredEvent, StoredOutcome, StreamId, Version, Writer,
 };
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -20,7 +20,7 @@ fn event(n: u64) -> NewEvent {
         payload: vec![0x81, 0xa1, b'n', n as u8 & 0x7f],
         correlation_id: format!("corr-{n}"),
         causation_id: None,
-        component_version: 1,
+        component_version: ComponentVersion(1),
         reply_to: None,
     }
 }
@@ -28,7 +28,7 @@ fn event(n: u64) -> NewEvent {
 fn batch(stream: &StreamId, expected_version: u64, events: impl IntoIterator<Item = u64>) -> AppendBatch {
     AppendBatch {
         stream: stream.clone(),
-        expected_version,
+        expected_version: Version(expected_version),
         events: events.into_iter().map(event).collect(),
         outcomes: Vec::new(),
         snapshot: None,
@@ -37,7 +37,7 @@ fn batch(stream: &StreamId, expected_version: u64, events: impl IntoIterator<Ite
 }
 
 fn versions(events: &[StoredEvent]) -> Vec<u64> {
-    events.iter().map(|e| e.version).collect()
+    events.iter().map(|e| e.version.get()).collect()
 }
 
 fn open(dir: &Path) -> (EventStore, Writer) {
@@ -57,13 +57,13 @@ async fn append_and_read_back_in_order() {
     let s = stream("1");
     writer.append(batch(&s, 0, [1, 2, 3])).await.unwrap();
     writer.append(batch(&s, 3, [4])).await.unwrap();
-    let events = store.read_stream(&s, 1, 100).unwrap();
+    let events = store.read_stream(&s, Version(1), 100).unwrap();
     assert_eq!(versions(&events), [1, 2, 3, 4]);
     let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(types, ["Happened1", "Happened2", "Happened3", "Happened4"]);
     assert_eq!(events[1].payload, event(2).payload);
     assert_eq!(events[0].correlation_id, "corr-1");
-    assert_eq!(store.stream_head(&s).unwrap(), Some((4, events[3].position)));
+    assert_eq!(store.stream_head(&s).unwrap(), Some((Version(4), events[3].position)));
     close(store, writer);
 }
 
@@ -73,11 +73,15 @@ async fn read_ranges_honour_from_to_and_limit() {
     let (store, writer) = open(dir.path());
     let s = stream("1");
     writer.append(batch(&s, 0, 1..=10)).await.unwrap();
-    assert_eq!(versions(&store.read_stream(&s, 4, 3).unwrap()), [4, 5, 6]);
-    assert_eq!(versions(&store.read_stream_range(&s, 2, 5, 100).unwrap()), [2, 3, 4, 5]);
-    assert_eq!(versions(&store.read_stream_range(&s, 9, 100, 100).unwrap()), [9, 10]);
-    assert!(store.read_stream(&s, 11, 100).unwrap().is_empty());
-    assert_eq!(versions(&store.read_stream(&s, 0, 2).unwrap()), [1, 2], "from 0 reads from the start");
+    assert_eq!(versions(&store.read_stream(&s, Version(4), 3).unwrap()), [4, 5, 6]);
+    assert_eq!(versions(&store.read_stream_range(&s, Version(2), Version(5), 100).unwrap()), [2, 3, 4, 5]);
+    assert_eq!(versions(&store.read_stream_range(&s, Version(9), Version(100), 100).unwrap()), [9, 10]);
+    assert!(store.read_stream(&s, Version(11), 100).unwrap().is_empty());
+    assert_eq!(
+        versions(&store.read_stream(&s, Version(0), 2).unwrap()),
+        [1, 2],
+        "from 0 reads from the start"
+    );
     close(store, writer);
 }
 
@@ -86,8 +90,8 @@ async fn an_empty_stream_has_no_head_and_no_events() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open(dir.path());
     assert_eq!(store.stream_head(&stream("nobody")).unwrap(), None);
-    assert!(store.read_stream(&stream("nobody"), 1, 10).unwrap().is_empty());
-    assert!(store.read_all(0, 10).unwrap().is_empty());
+    assert!(store.read_stream(&stream("nobody"), Version(1), 10).unwrap().is_empty());
+    assert!(store.read_all(Position(0), 10).unwrap().is_empty());
     assert_eq!(store.head_position(), 0);
     close(store, writer);
 }
@@ -112,11 +116,11 @@ async fn many_streams_interleaved_stay_separate() {
         task.await.unwrap();
     }
     for id in 0..8 {
-        let events = store.read_stream(&stream(&id.to_string()), 1, 100).unwrap();
+        let events = store.read_stream(&stream(&id.to_string()), Version(1), 100).unwrap();
         assert_eq!(versions(&events), (1..=10).collect::<Vec<_>>());
         assert!(events.iter().all(|e| e.stream_id == id.to_string()));
     }
-    assert_eq!(store.read_all(0, 1000).unwrap().len(), 80);
+    assert_eq!(store.read_all(Position(0), 1000).unwrap().len(), 80);
     close(store, writer);
 }
 
@@ -129,13 +133,18 @@ async fn an_expected_version_conflict_stores_nothing() {
     let mut conflicting = batch(&s, 1, [3]);
     conflicting.outcomes.push((
         OutcomeKey::Idempotency("k".into()),
-        StoredOutcome::Accepted { first_version: 2, count: 1, version: 2, fingerprint: None },
+        StoredOutcome::Accepted {
+            first_version: Version(2),
+            count: 1,
+            version: Version(2),
+            fingerprint: None,
+        },
     ));
     match writer.append(conflicting).await {
-        Err(AppendError::VersionConflict { expected: 1, actual: 2 }) => {}
+        Err(AppendError::VersionConflict { expected: Version(1), actual: Version(2) }) => {}
         other => panic!("expected a version conflict, got {other:?}"),
     }
-    assert_eq!(store.read_stream(&s, 1, 10).unwrap().len(), 2);
+    assert_eq!(store.read_stream(&s, Version(1), 10).unwrap().len(), 2);
     assert_eq!(
         store.outcome(&s, &OutcomeKey::Idempotency("k".into())).unwrap(),
         None,
@@ -153,11 +162,11 @@ async fn global_positions_are_strictly_increasing_across_streams() {
     writer.append(batch(&a, 0, [1])).await.unwrap();
     writer.append(batch(&b, 0, [1, 2])).await.unwrap();
     writer.append(batch(&a, 1, [2])).await.unwrap();
-    let all = store.read_all(0, 100).unwrap();
+    let all = store.read_all(Position(0), 100).unwrap();
     assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), [1, 2, 3, 4]);
     let streams: Vec<_> = all.iter().map(|e| e.stream().key()).collect();
     assert_eq!(streams, ["account/a", "account/b", "account/b", "account/a"]);
-    assert_eq!(store.read_all(2, 1).unwrap()[0].position, 3);
+    assert_eq!(store.read_all(Position(2), 1).unwrap()[0].position, 3);
     assert_eq!(store.head_position(), 4);
     close(store, writer);
 }
@@ -167,7 +176,12 @@ async fn outcomes_and_the_correlation_index_commit_with_the_events() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open(dir.path());
     let s = stream("1");
-    let accepted = StoredOutcome::Accepted { first_version: 1, count: 1, version: 1, fingerprint: None };
+    let accepted = StoredOutcome::Accepted {
+        first_version: Version(1),
+        count: 1,
+        version: Version(1),
+        fingerprint: None,
+    };
     let mut first = batch(&s, 0, [1]);
     first.outcomes.push((OutcomeKey::Idempotency("k1".into()), accepted.clone()));
     first.outcomes.push((
@@ -185,8 +199,8 @@ async fn outcomes_and_the_correlation_index_commit_with_the_events() {
         None,
         "keys are per stream"
     );
-    assert_eq!(store.read_correlation("corr-1", 0, 10).unwrap().len(), 1);
-    assert!(store.read_correlation("corr-unknown", 0, 10).unwrap().is_empty());
+    assert_eq!(store.read_correlation("corr-1", Position(0), 10).unwrap().len(), 1);
+    assert!(store.read_correlation("corr-unknown", Position(0), 10).unwrap().is_empty());
     close(store, writer);
 }
 
@@ -197,13 +211,14 @@ async fn snapshots_save_load_latest_and_are_ignored_for_another_digest() {
     let s = stream("1");
     let digest = vec![7u8; 32];
     let mut with_snapshot = batch(&s, 0, [1, 2]);
-    with_snapshot.snapshot = Some(Snapshot { version: 2, digest: digest.clone(), state: b"two".to_vec() });
+    with_snapshot.snapshot =
+        Some(Snapshot { version: Version(2), digest: digest.clone(), state: b"two".to_vec() });
     writer.append(with_snapshot).await.unwrap();
     let mut newer = batch(&s, 2, [3]);
-    newer.snapshot = Some(Snapshot { version: 3, digest: digest.clone(), state: b"three".to_vec() });
+    newer.snapshot = Some(Snapshot { version: Version(3), digest: digest.clone(), state: b"three".to_vec() });
     writer.append(newer).await.unwrap();
     let latest = store.load_snapshot_for(&s, &digest).unwrap().unwrap();
-    assert_eq!((latest.version, latest.state.as_slice()), (3, b"three".as_slice()));
+    assert_eq!((latest.version, latest.state.as_slice()), (Version(3), b"three".as_slice()));
     assert_eq!(
         store.load_snapshot_for(&s, &[8u8; 32]).unwrap(),
         None,
@@ -220,15 +235,19 @@ async fn everything_is_there_after_close_and_reopen() {
     {
         let (store, writer) = open(dir.path());
         writer.append(batch(&s, 0, [1, 2, 3])).await.unwrap();
-        writer.set_cursor("router:account", 2).await.unwrap();
+        writer.set_cursor("router:account", Position(2)).await.unwrap();
         close(store, writer);
     }
     let (store, writer) = open(dir.path());
-    assert_eq!(store.read_stream(&s, 1, 10).unwrap().len(), 3);
+    assert_eq!(store.read_stream(&s, Version(1), 10).unwrap().len(), 3);
     assert_eq!(store.head_position(), 3);
     assert_eq!(store.cursor("router:account").unwrap(), 2);
     writer.append(batch(&s, 3, [4])).await.unwrap();
-    assert_eq!(store.read_all(0, 10).unwrap().last().unwrap().position, 4, "positions continue after reopen");
+    assert_eq!(
+        store.read_all(Position(0), 10).unwrap().last().unwrap().position,
+        4,
+        "positions continue after reopen"
+    );
     close(store, writer);
 }
 
@@ -249,7 +268,10 @@ async fn reads_are_complete_across_stream_index_flushes_and_reopens() {
             writer.append(batch(s, round * 10, round * 10 + 1..=round * 10 + 10)).await.unwrap();
         }
         for s in &streams {
-            assert_eq!(versions(&store.read_stream(s, 1, usize::MAX).unwrap()), all((round + 1) * 10));
+            assert_eq!(
+                versions(&store.read_stream(s, Version(1), usize::MAX).unwrap()),
+                all((round + 1) * 10)
+            );
         }
     }
     // A quiet stream's one entry leaves the tail once 16 384 events have passed it.
@@ -258,31 +280,42 @@ async fn reads_are_complete_across_stream_index_flushes_and_reopens() {
     let bulk = stream("bulk");
     for round in 0..17u64 {
         writer.append(batch(&bulk, round * 1000, round * 1000 + 1..=round * 1000 + 1000)).await.unwrap();
-        assert_eq!(versions(&store.read_stream(&quiet, 1, usize::MAX).unwrap()), [1]);
+        assert_eq!(versions(&store.read_stream(&quiet, Version(1), usize::MAX).unwrap()), [1]);
     }
-    assert_eq!(store.read_stream(&bulk, 1, usize::MAX).unwrap().len(), 17_000);
+    assert_eq!(store.read_stream(&bulk, Version(1), usize::MAX).unwrap().len(), 17_000);
     let s = &streams[7];
-    assert_eq!(versions(&store.read_stream_range(s, 35, 72, 10).unwrap()), (35..=44).collect::<Vec<_>>());
-    assert_eq!(versions(&store.read_stream_range(s, 95, 200, 100).unwrap()), (95..=100).collect::<Vec<_>>());
-    assert!(store.read_stream_range(s, 50, 40, 100).unwrap().is_empty());
+    assert_eq!(
+        versions(&store.read_stream_range(s, Version(35), Version(72), 10).unwrap()),
+        (35..=44).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        versions(&store.read_stream_range(s, Version(95), Version(200), 100).unwrap()),
+        (95..=100).collect::<Vec<_>>()
+    );
+    assert!(store.read_stream_range(s, Version(50), Version(40), 100).unwrap().is_empty());
     let positions: Vec<u64> =
-        store.read_stream(s, 1, usize::MAX).unwrap().iter().map(|e| e.position).collect();
+        store.read_stream(s, Version(1), usize::MAX).unwrap().iter().map(|e| e.position.get()).collect();
     close(store, writer);
 
     let (store, writer) = open(dir.path());
     for s in &streams {
-        assert_eq!(versions(&store.read_stream(s, 1, usize::MAX).unwrap()), all(100), "{s} after reopening");
+        assert_eq!(
+            versions(&store.read_stream(s, Version(1), usize::MAX).unwrap()),
+            all(100),
+            "{s} after reopening"
+        );
     }
-    assert_eq!(versions(&store.read_stream(&quiet, 1, usize::MAX).unwrap()), [1]);
+    assert_eq!(versions(&store.read_stream(&quiet, Version(1), usize::MAX).unwrap()), [1]);
     assert_eq!(
-        versions(&store.read_stream(&bulk, 16_990, usize::MAX).unwrap()),
+        versions(&store.read_stream(&bulk, Version(16_990), usize::MAX).unwrap()),
         (16_990..=17_000).collect::<Vec<_>>()
     );
-    let reread: Vec<u64> = store.read_stream(s, 1, usize::MAX).unwrap().iter().map(|e| e.position).collect();
+    let reread: Vec<u64> =
+        store.read_stream(s, Version(1), usize::MAX).unwrap().iter().map(|e| e.position.get()).collect();
     assert_eq!(reread, positions, "the same events at the same positions");
     for s in &streams {
         writer.append(batch(s, 100, [101])).await.unwrap();
-        assert_eq!(versions(&store.read_stream(s, 99, usize::MAX).unwrap()), [99, 100, 101]);
+        assert_eq!(versions(&store.read_stream(s, Version(99), usize::MAX).unwrap()), [99, 100, 101]);
     }
     close(store, writer);
 }
@@ -341,17 +374,18 @@ fn acknowledged_appends_survive_sigkill_mid_write() {
     for (id, acked_version) in &acked {
         let s = stream(id);
         let (head, last_position) = store.stream_head(&s).unwrap().unwrap();
+        let head = head.get();
         assert!(head >= *acked_version, "{id}: acknowledged version {acked_version} lost; head is {head}");
         assert_eq!(head % 3, 0, "{id}: a batch of three was half written (head {head})");
-        let events = store.read_stream(&s, 1, usize::MAX).unwrap();
+        let events = store.read_stream(&s, Version(1), usize::MAX).unwrap();
         assert_eq!(versions(&events), (1..=head).collect::<Vec<_>>());
         assert_eq!(events.last().unwrap().position, last_position);
     }
-    let all = store.read_all(0, usize::MAX).unwrap();
+    let all = store.read_all(Position(0), usize::MAX).unwrap();
     assert!(all.windows(2).all(|w| w[1].position == w[0].position + 1), "the global log has no gaps");
     // The store takes appends again after recovery.
     let s = stream("crash-0");
     let head = store.stream_head(&s).unwrap().unwrap().0;
-    runtime.block_on(writer.append(batch(&s, head, [1]))).unwrap();
+    runtime.block_on(writer.append(batch(&s, head.get(), [1]))).unwrap();
     close(store, writer);
 }

@@ -226,7 +226,7 @@ impl Actor {
             }
             return;
         }
-        let mut pending = Pending::at(self.loaded.as_ref().map_or(0, |l| l.version));
+        let mut pending = Pending::at(self.loaded.as_ref().map_or(Version::ZERO, |l| l.version));
         for message in batch {
             if self.loaded.is_none() {
                 // A failed append dropped the state; it is rebuilt with the next batch.
@@ -242,7 +242,7 @@ impl Actor {
                     if outcome_key(&request).is_some_and(|key| self.in_flight_keys.contains(&key)) {
                         // A retry of a command still committing: its recorded answer exists
                         // only once that commit lands.
-                        self.submit(std::mem::replace(&mut pending, Pending::at(0)));
+                        self.submit(std::mem::replace(&mut pending, Pending::at(Version::ZERO)));
                         self.drain().await;
                         let Some(loaded) = &self.loaded else {
                             let _ = reply.send(Err(self.unavailable()));
@@ -305,7 +305,7 @@ impl Actor {
             let stale_snapshot = newest.as_ref().is_some_and(|s| s.digest != digest);
             let (state, from) = match newest.filter(|s| s.digest == digest) {
                 Some(snapshot) => (Some(snapshot.state), snapshot.version),
-                None => (None, 0),
+                None => (None, Version::ZERO),
             };
             // A fold from the start (a new version, or snapshots lost) keeps this version's
             // state at every interval it passes, for temporal reads.
@@ -316,13 +316,15 @@ impl Actor {
             // history really ends decides whether the next snapshots are.
             let last_history = match folded.checkpoints.last() {
                 Some((version, _)) => *version,
-                None if from == 0 => 0,
-                None => store.snapshot_at_or_before(&stream, from, digest)?.map_or(0, |s| s.version),
+                None if from == 0 => Version::ZERO,
+                None => {
+                    store.snapshot_at_or_before(&stream, from, digest)?.map_or(Version::ZERO, |s| s.version)
+                }
             };
             Ok(Rebuilt {
                 state: folded.state,
                 version: folded.version,
-                folded: folded.version - from,
+                folded: folded.version.saturating_sub(from),
                 stale_snapshot,
                 checkpoints: folded.checkpoints,
                 last_history,
@@ -345,7 +347,7 @@ impl Actor {
                 .collect();
             let newest = snapshot_of(rebuilt.version, rebuilt.state.clone());
             let keep_newest = rebuilt.version > rebuilt.last_history
-                && worth_keeping(newest.state.len(), rebuilt.version - rebuilt.last_history);
+                && worth_keeping(newest.state.len(), rebuilt.version.saturating_sub(rebuilt.last_history));
             if keep_newest {
                 history.push(newest.clone());
             }
@@ -363,7 +365,7 @@ impl Actor {
                 Ok(_) => {}
                 Err(error) => {
                     // Its checkpoints are not stored either: the next snapshot is kept.
-                    rebuilt.last_history = 0;
+                    rebuilt.last_history = Version::ZERO;
                     tracing::warn!(stream = %self.stream, "could not save the snapshot after a rebuild: {error}");
                 }
             }
@@ -488,7 +490,7 @@ impl Actor {
                 // within about one interval of one (temporal reads fold little).
                 let interval =
                     snapshot_interval(&loaded.component, self.shared.config.default_snapshot_interval);
-                if interval > 0 && loaded.version / interval > (first_version - 1) / interval {
+                if interval > 0 && loaded.version.get() / interval > (first_version - 1).get() / interval {
                     let snapshot = Snapshot {
                         version: loaded.version,
                         digest: loaded.component.component.digest().as_bytes().to_vec(),
@@ -498,7 +500,10 @@ impl Actor {
                     // folding, and a batch keeps the history's within a budget.
                     let kept: usize = pending.history.iter().map(|s| s.state.len()).sum();
                     if kept <= BATCH_SNAPSHOT_BYTES
-                        && worth_keeping(snapshot.state.len(), loaded.version - loaded.last_history)
+                        && worth_keeping(
+                            snapshot.state.len(),
+                            loaded.version.saturating_sub(loaded.last_history),
+                        )
                     {
                         loaded.last_history = loaded.version;
                         pending.history.push(snapshot.clone());
@@ -655,7 +660,7 @@ impl Actor {
         for (answer, reply) in answers {
             let result = match answer {
                 Answer::Accepted { first_version, count, version } => {
-                    let from = (first_version - base_version - 1) as usize;
+                    let from = (first_version.saturating_sub(base_version) - 1) as usize;
                     let events = stored[from..from + count as usize].to_vec();
                     Ok(CommandReply { stream: self.stream.clone(), version, events, replayed: false })
                 }
@@ -736,11 +741,12 @@ mod tests {
     use super::*;
     use crate::actor::Causation;
     use crate::runtime::{Limits, Runtime};
+    use crate::store::ComponentVersion;
 
     fn transfer_component() -> ActiveAggregate {
         let runtime = Runtime::new(None, Limits::default()).unwrap();
         let bytes = cairn_artifacts::component("money-transfer").unwrap();
-        ActiveAggregate { version: 1, component: runtime.load_aggregate(bytes).unwrap() }
+        ActiveAggregate { version: ComponentVersion(1), component: runtime.load_aggregate(bytes).unwrap() }
     }
 
     fn request(command_type: &str, source: Option<&str>) -> CommandRequest {

@@ -14,7 +14,7 @@ use super::records::{ComponentRecord, ReplaySummary, VersionRecord};
 use super::{ActiveAggregate, ComponentRegistry};
 use crate::replay::{ReplayError, replay};
 use crate::runtime::{AggregateComponent, ComponentDigest, ComponentKind, LoadError, Loaded};
-use crate::store::{CursorStart, EventStore, StoreError, StreamId, Version};
+use crate::store::{ComponentVersion, CursorStart, EventStore, StoreError, StreamId, Version};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -53,7 +53,8 @@ pub struct Deployed {
     #[schema(value_type = String)]
     pub kind: ComponentKind,
     /// The version these bytes are (or would be, on a dry run).
-    pub version: u32,
+    #[schema(value_type = u32)]
+    pub version: ComponentVersion,
     pub digest: String,
     pub active: bool,
     pub dry_run: bool,
@@ -194,9 +195,9 @@ impl ComponentRegistry {
         let mut record = existing.unwrap_or(ComponentRecord {
             kind,
             versions: Vec::new(),
-            active: 0,
+            active: ComponentVersion::ZERO,
             history: Vec::new(),
-            last_version: 0,
+            last_version: ComponentVersion::ZERO,
         });
         let version = stored.unwrap_or_else(|| record.next_version());
         if options.dry_run {
@@ -230,7 +231,7 @@ impl ComponentRegistry {
         self.writer.put_component(name, record.encode(), blob, cursor).await?;
         self.records.write().expect("registry lock").insert(name.to_owned(), record);
         self.make_active(name, version, component);
-        tracing::info!(component = name, %kind, version, %digest, streams = report.streams, changed = report.changed, "deployed");
+        tracing::info!(component = name, %kind, %version, %digest, streams = report.streams, changed = report.changed, "deployed");
         Ok(answer(name, kind, version, &digest, true, false, report))
     }
 }
@@ -238,7 +239,7 @@ impl ComponentRegistry {
 fn answer(
     name: &str,
     kind: ComponentKind,
-    version: u32,
+    version: ComponentVersion,
     digest: &ComponentDigest,
     active: bool,
     dry_run: bool,
@@ -259,13 +260,14 @@ pub(super) fn replay_check(
     let streams = store.recent_streams(type_name, sample)?;
     let mut report = ReplayReport { streams: streams.len() as u64, ..ReplayReport::default() };
     for stream in streams {
-        let (after, _) = replay(new, store, &stream, None, 0, Version::MAX).map_err(|error| match error {
-            ReplayError::Store(error) => DeployError::Store(error),
-            ReplayError::Cancelled => DeployError::Interrupted(error.to_string()),
-            ReplayError::Guest { .. } => {
-                DeployError::ReplayFailed { stream: stream.key(), detail: error.to_string() }
-            }
-        })?;
+        let (after, _) =
+            replay(new, store, &stream, None, Version::ZERO, Version::MAX).map_err(|error| match error {
+                ReplayError::Store(error) => DeployError::Store(error),
+                ReplayError::Cancelled => DeployError::Interrupted(error.to_string()),
+                ReplayError::Guest { .. } => {
+                    DeployError::ReplayFailed { stream: stream.key(), detail: error.to_string() }
+                }
+            })?;
         let Some(before) = running.and_then(|running| state_with(running, store, &stream)) else { continue };
         if before != after {
             report.changed += 1;
@@ -284,6 +286,6 @@ pub(super) fn replay_check(
 fn state_with(running: &ActiveAggregate, store: &EventStore, stream: &StreamId) -> Option<Option<Vec<u8>>> {
     let component = &running.component;
     let snapshot = store.load_snapshot_for(stream, component.digest().as_bytes()).ok()?;
-    let (state, version) = snapshot.map_or((None, 0), |s| (Some(s.state), s.version));
+    let (state, version) = snapshot.map_or((None, Version::ZERO), |s| (Some(s.state), s.version));
     replay(component, store, stream, state, version, Version::MAX).ok().map(|(state, _)| state)
 }

@@ -21,7 +21,7 @@ use crate::runtime::{
     AggregateComponent, ComponentDigest, ComponentKind, Loaded, ProjectionComponent, Runtime,
 };
 use crate::store::tables::{COMPONENT_BLOBS, COMPONENTS};
-use crate::store::{EventStore, StoreError, Writer};
+use crate::store::{ComponentVersion, EventStore, StoreError, Writer};
 use records::ComponentRecord;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::Serialize;
@@ -30,13 +30,13 @@ use std::sync::{Arc, RwLock};
 
 /// An active aggregate component version, shared by every actor of its type.
 pub struct ActiveAggregate {
-    pub version: u32,
+    pub version: ComponentVersion,
     pub component: AggregateComponent,
 }
 
 /// An active projection component version, run by the projection's runner.
 pub struct ActiveProjection {
-    pub version: u32,
+    pub version: ComponentVersion,
     pub component: Arc<ProjectionComponent>,
 }
 
@@ -47,13 +47,15 @@ pub struct ComponentSummary {
     /// `aggregate` or `projection`.
     #[schema(value_type = String)]
     pub kind: ComponentKind,
-    pub active_version: u32,
+    #[schema(value_type = u32)]
+    pub active_version: ComponentVersion,
     pub versions: Vec<VersionSummary>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VersionSummary {
-    pub version: u32,
+    #[schema(value_type = u32)]
+    pub version: ComponentVersion,
     pub digest: String,
     pub size: u64,
     pub deployed_at: String,
@@ -75,7 +77,7 @@ pub enum SwitchCheck {
 #[derive(Debug, Clone, Serialize)]
 pub struct Switched {
     /// The version now active.
-    pub version: u32,
+    pub version: ComponentVersion,
     /// The replay check's findings (none when forced, for a projection, or when nothing changed).
     pub replay: Option<ReplayReport>,
 }
@@ -86,11 +88,11 @@ pub enum VersionError {
     #[error("no component named {0:?} is deployed")]
     UnknownComponent(String),
     #[error("{name} has no version {version}")]
-    UnknownVersion { name: String, version: u32 },
+    UnknownVersion { name: String, version: ComponentVersion },
     #[error("{0} has no earlier active version to roll back to")]
     NothingToRollBack(String),
     #[error("{name} v{version} is the active version; activate another one before deleting it")]
-    ActiveVersion { name: String, version: u32 },
+    ActiveVersion { name: String, version: ComponentVersion },
     #[error(transparent)]
     Load(#[from] crate::runtime::LoadError),
     /// The version's replay check failed: it cannot rebuild a recent stream.
@@ -201,7 +203,7 @@ impl ComponentRegistry {
     pub fn projection_version(
         &self,
         name: &str,
-        version: u32,
+        version: ComponentVersion,
     ) -> Result<Arc<ProjectionComponent>, VersionError> {
         if let Some(active) = self.active_projection(name)
             && active.version == version
@@ -255,7 +257,7 @@ impl ComponentRegistry {
     }
 
     /// The bytes of one stored version.
-    pub fn version_bytes(&self, name: &str, version: u32) -> Result<Vec<u8>, VersionError> {
+    pub fn version_bytes(&self, name: &str, version: ComponentVersion) -> Result<Vec<u8>, VersionError> {
         let record = self.record(name)?;
         if record.version(version).is_none() {
             return Err(VersionError::UnknownVersion { name: name.to_owned(), version });
@@ -278,7 +280,7 @@ impl ComponentRegistry {
     pub async fn activate(
         &self,
         name: &str,
-        version: u32,
+        version: ComponentVersion,
         check: SwitchCheck,
     ) -> Result<Switched, VersionError> {
         let switched = self.switch_to(name, version, check).await?;
@@ -289,7 +291,7 @@ impl ComponentRegistry {
     async fn switch_to(
         &self,
         name: &str,
-        version: u32,
+        version: ComponentVersion,
         check: SwitchCheck,
     ) -> Result<Switched, VersionError> {
         let _changing = self.changing.lock().await;
@@ -308,13 +310,13 @@ impl ComponentRegistry {
     /// Delete a stored version that is not active: its record, its place in the rollback
     /// history, and its bytes and compiled code unless another version has the same digest.
     /// Answers the bytes freed.
-    pub async fn delete_version(&self, name: &str, version: u32) -> Result<u64, VersionError> {
+    pub async fn delete_version(&self, name: &str, version: ComponentVersion) -> Result<u64, VersionError> {
         let freed = self.delete_stored(name, version).await?;
         self.changes.publish(name, ChangeKind::Deleted).await?;
         Ok(freed)
     }
 
-    async fn delete_stored(&self, name: &str, version: u32) -> Result<u64, VersionError> {
+    async fn delete_stored(&self, name: &str, version: ComponentVersion) -> Result<u64, VersionError> {
         let _changing = self.changing.lock().await;
         let mut record = self.record(name)?;
         let Some(index) = record.versions.iter().position(|v| v.version == version) else {
@@ -385,11 +387,11 @@ impl ComponentRegistry {
         let version = record.active;
         self.records.write().expect("registry lock").insert(name.to_owned(), record);
         self.make_active(name, version, component);
-        tracing::info!(component = name, version, forced = matches!(check, SwitchCheck::Forced), "activated");
+        tracing::info!(component = name, %version, forced = matches!(check, SwitchCheck::Forced), "activated");
         Ok(replay)
     }
 
-    fn make_active(&self, name: &str, version: u32, component: Loaded) {
+    fn make_active(&self, name: &str, version: ComponentVersion, component: Loaded) {
         self.runtime.keep_compiled(&component);
         match component {
             Loaded::Aggregate(component) => {
@@ -409,7 +411,7 @@ fn blob(
     store: &EventStore,
     name: &str,
     record: &ComponentRecord,
-    version: u32,
+    version: ComponentVersion,
 ) -> Result<Vec<u8>, StoreError> {
     let digest = &record
         .version(version)

@@ -2,12 +2,13 @@
 
 use crate::runtime::ComponentDigest;
 use crate::runtime::ComponentKind;
+use crate::store::ComponentVersion;
 use serde::{Deserialize, Serialize};
 
 /// One deployed version of a component.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct VersionRecord {
-    pub version: u32,
+    pub version: ComponentVersion,
     #[serde(with = "serde_bytes")]
     pub digest: Vec<u8>,
     pub deployed_at_micros: u64,
@@ -23,23 +24,24 @@ pub(super) struct VersionRecord {
 pub(super) struct ComponentRecord {
     pub kind: ComponentKind,
     pub versions: Vec<VersionRecord>,
-    pub active: u32,
+    pub active: ComponentVersion,
     #[serde(default)]
-    pub history: Vec<u32>,
+    pub history: Vec<ComponentVersion>,
     /// The highest version number ever given, deleted ones included, so a number is never
     /// given twice (events name the version that wrote them).
     #[serde(default)]
-    pub last_version: u32,
+    pub last_version: ComponentVersion,
 }
 
 impl ComponentRecord {
-    pub fn version(&self, version: u32) -> Option<&VersionRecord> {
+    pub fn version(&self, version: ComponentVersion) -> Option<&VersionRecord> {
         self.versions.iter().find(|v| v.version == version)
     }
 
     /// The number the next new version gets.
-    pub fn next_version(&self) -> u32 {
-        self.versions.iter().map(|v| v.version).max().unwrap_or(0).max(self.last_version) + 1
+    pub fn next_version(&self) -> ComponentVersion {
+        self.versions.iter().map(|v| v.version).max().unwrap_or(ComponentVersion::ZERO).max(self.last_version)
+            + 1
     }
 
     pub fn with_digest(&self, digest: &ComponentDigest) -> Option<&VersionRecord> {
@@ -47,7 +49,7 @@ impl ComponentRecord {
     }
 
     /// Make `version` the active one, remembering the one it replaces.
-    pub fn activate(&mut self, version: u32) {
+    pub fn activate(&mut self, version: ComponentVersion) {
         if self.active != version {
             if self.active != 0 {
                 self.history.push(self.active);

@@ -8,7 +8,7 @@ use super::openapi::ErrorBody;
 use crate::actor::{CommandError, CommandReply, CommandRequest};
 use crate::msgpack;
 use crate::replay::{Fold, Folded, replay_with};
-use crate::store::{Fingerprint, Page, Snapshot, StreamId, StreamIdError};
+use crate::store::{Fingerprint, Page, Snapshot, StreamId, StreamIdError, Version};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -167,7 +167,7 @@ async fn run_command(
     let request = CommandRequest {
         payload: msgpack::to_msgpack(&data),
         command_type,
-        expected_version: if_match(headers)?,
+        expected_version: if_match(headers)?.map(Version),
         idempotency_key,
         fingerprint,
         correlation_id,
@@ -182,9 +182,9 @@ async fn run_command(
     match &sent {
         Ok(reply) => tracing::debug!(
             parent: &span,
-            version = reply.version,
+            version = reply.version.get(),
             events = reply.events.len(),
-            first_position = reply.events.first().map(|e| e.position),
+            first_position = reply.events.first().map(|e| e.position.get()),
             took_ms = started.elapsed().as_secs_f64() * 1e3,
             "committed"
         ),
@@ -199,6 +199,7 @@ async fn run_command(
     };
     crate::telemetry::command(type_name, outcome, started.elapsed());
     let CommandReply { stream, version, events, .. } = sent?;
+    let version = version.get();
     let answer =
         CommandAnswer { type_name: stream.type_name, id: stream.id, version, events: events_json(&events) };
     Ok(with_etag(version, answer))
@@ -321,12 +322,12 @@ pub async fn state(
                 // writer publishes the head before it answers): no events as far as reads go.
                 return Err(ApiError::not_found("stream_not_found", format!("{stream} has no events")));
             }
-            (current.version, current.state)
+            (current.version.get(), current.state)
         }
         Some(0) => {
             return Err(ApiError::bad_request("invalid_query", "version must be at least 1"));
         }
-        Some(wanted) if wanted > head => {
+        Some(wanted) if wanted > head.get() => {
             return Err(ApiError::not_found(
                 "version_not_found",
                 format!("{stream} is at version {head}; version {wanted} does not exist yet"),
@@ -352,6 +353,7 @@ pub async fn state(
 /// Folds run a few at a time (`--max-concurrent-folds`; beyond it 503 with `Retry-After`),
 /// and one whose request has ended (a timeout, a client gone) stops at its next chunk.
 async fn state_at(state: &AppState, stream: &StreamId, version: u64) -> Result<Option<Vec<u8>>, ApiError> {
+    let version = Version(version);
     let active = state.components.active(&stream.type_name).ok_or_else(|| {
         ApiError::not_found("unknown_type", format!("no aggregate type {:?}", stream.type_name))
     })?;
@@ -372,10 +374,11 @@ async fn state_at(state: &AppState, stream: &StreamId, version: u64) -> Result<O
         let _permit = permit;
         let digest = active.component.digest().as_bytes();
         let start = store.snapshot_at_or_before(&stream, version, digest)?;
-        let (state, from) = start.map_or((None, 0), |snapshot| (Some(snapshot.state), snapshot.version));
+        let (state, from) =
+            start.map_or((None, Version::ZERO), |snapshot| (Some(snapshot.state), snapshot.version));
         let fold = Fold {
             cancelled: Some(&cancelled),
-            checkpoint_every: (version - from > interval).then_some(interval),
+            checkpoint_every: (version.saturating_sub(from) > interval).then_some(interval),
         };
         let mut folded = replay_with(&active.component, &store, &stream, state, from, version, &fold)
             .map_err(CommandError::from)?;
@@ -428,9 +431,9 @@ pub async fn events(
     if state.store.stream_head(&stream)?.is_none() {
         return Err(ApiError::not_found("stream_not_found", format!("{stream} has no events")));
     }
-    let events = state.store.read_stream(&stream, from, Page::new(limit, PAGE_BYTES))?;
+    let events = state.store.read_stream(&stream, Version(from), Page::new(limit, PAGE_BYTES))?;
     let next_from = (events.len() == limit || super::events::page_full(&events))
-        .then(|| events.last().map(|e| e.version + 1))
+        .then(|| events.last().map(|e| (e.version + 1).get()))
         .flatten();
     Ok(Json(EventsAnswer { events: events_json(&events), next_after: None, next_from }))
 }

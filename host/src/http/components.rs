@@ -6,6 +6,7 @@ use super::error::ApiError;
 use super::extract::{Params, Path, require_admin};
 use super::openapi::ErrorBody;
 use crate::components::{ComponentSummary, DeployOptions, Deployed, SwitchCheck};
+use crate::store::ComponentVersion;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -192,13 +193,14 @@ pub async fn activate(
     let version = params
         .u64("version")?
         .ok_or_else(|| ApiError::bad_request("invalid_query", "activate needs ?version=N"))?;
-    let version =
-        u32::try_from(version).map_err(|_| ApiError::not_found("unknown_version", "no such version"))?;
+    let version = u32::try_from(version)
+        .map(ComponentVersion)
+        .map_err(|_| ApiError::not_found("unknown_version", "no such version"))?;
     let switched = state.components.activate(&name, version, switch_check(&state, &params)?).await?;
     Ok(Json(json!({"name": name, "active_version": switched.version, "replay": switched.replay})))
 }
 
-fn parse_version(text: &str) -> Result<u32, ApiError> {
+fn parse_version(text: &str) -> Result<ComponentVersion, ApiError> {
     text.parse().map_err(|_| {
         ApiError::bad_request(
             "invalid_version",

@@ -29,14 +29,14 @@ impl From<&StoredEvent> for EventJson {
     fn from(event: &StoredEvent) -> Self {
         EventJson {
             stream: format!("{}/{}", event.stream_type, event.stream_id),
-            version: event.version,
-            position: event.position,
+            version: event.version.get(),
+            position: event.position.get(),
             event_type: event.event_type.clone(),
             data: to_json(&event.payload),
             recorded_at: event.recorded_at(),
             correlation_id: event.correlation_id.clone(),
             causation_id: event.causation_id.clone(),
-            component_version: event.component_version,
+            component_version: event.component_version.get(),
         }
     }
 }

@@ -6,7 +6,7 @@ use super::error::ApiError;
 use super::event_json::events_json;
 use super::extract::{Params, Path};
 use super::openapi::ErrorBody;
-use crate::store::Page;
+use crate::store::{Page, Position};
 use axum::Json;
 use axum::extract::State;
 
@@ -23,11 +23,12 @@ const MAX_PAGE: usize = 1000;
         (status = 400, description = "A bad query", body = ErrorBody),
     ))]
 pub async fn global(State(state): State<AppState>, params: Params) -> Result<Json<EventsAnswer>, ApiError> {
-    let after = params.u64("after")?.unwrap_or(0);
+    let after = Position(params.u64("after")?.unwrap_or(0));
     let limit = params.limit(100, MAX_PAGE)?;
     let events = state.store.read_all(after, Page::new(limit, PAGE_BYTES))?;
-    let next_after =
-        (events.len() == limit || page_full(&events)).then(|| events.last().map(|e| e.position)).flatten();
+    let next_after = (events.len() == limit || page_full(&events))
+        .then(|| events.last().map(|e| e.position.get()))
+        .flatten();
     Ok(Json(EventsAnswer::with_next(events_json(&events), next_after)))
 }
 
@@ -52,8 +53,11 @@ pub async fn saga(
 ) -> Result<Json<EventsAnswer>, ApiError> {
     let limit = params.limit(MAX_PAGE, 10 * MAX_PAGE)?;
     let after = params.u64("after")?;
-    let events =
-        state.store.read_correlation(&correlation_id, after.unwrap_or(0), Page::new(limit, PAGE_BYTES))?;
+    let events = state.store.read_correlation(
+        &correlation_id,
+        Position(after.unwrap_or(0)),
+        Page::new(limit, PAGE_BYTES),
+    )?;
     // A page after the end of a chain is empty; only an unknown chain is a 404.
     if events.is_empty() && after.is_none() {
         return Err(ApiError::not_found(
@@ -61,8 +65,9 @@ pub async fn saga(
             format!("no events carry correlation id {correlation_id:?}"),
         ));
     }
-    let next_after =
-        (events.len() == limit || page_full(&events)).then(|| events.last().map(|e| e.position)).flatten();
+    let next_after = (events.len() == limit || page_full(&events))
+        .then(|| events.last().map(|e| e.position.get()))
+        .flatten();
     Ok(Json(EventsAnswer::with_next(events_json(&events), next_after)))
 }
 

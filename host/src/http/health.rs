@@ -78,7 +78,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         ));
     };
     let head = state.store.head_position();
-    gauge("cairn_head_position", head as f64);
+    gauge("cairn_head_position", head.get() as f64);
     gauge("cairn_live_actors", state.actors.live() as f64);
     let (queued, deepest) = state.actors.queued();
     gauge("cairn_mailbox_messages", queued as f64);

@@ -5,7 +5,7 @@ use super::error::ApiError;
 use super::extract::{Params, Path, require_admin};
 use super::openapi::ErrorBody;
 use crate::routing::{RoutingError, SequenceAction};
-use crate::store::DeadLetterKey;
+use crate::store::{DeadLetterKey, Position};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -189,6 +189,6 @@ pub async fn rewind(
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&state, &headers)?;
     let to = params.u64("to")?.unwrap_or(0);
-    state.routing.rewind(&subscriber, to).await.map_err(routing_error)?;
+    state.routing.rewind(&subscriber, Position(to)).await.map_err(routing_error)?;
     Ok(Json(json!({"subscriber": subscriber, "rewound_to": to})))
 }

@@ -181,7 +181,7 @@ pub async fn stream(
             })
         })
         .transpose()?;
-    let after = resume.or(params.u64("after")?).unwrap_or_else(|| state.store.head_position());
+    let after = resume.or(params.u64("after")?.map(Position)).unwrap_or_else(|| state.store.head_position());
     let filter = Filter {
         stream_type: params.text("stream_type")?,
         stream: params.text("stream")?,

@@ -48,7 +48,7 @@ pub async fn keys(
 ) -> Result<Response, Response> {
     let limit = params.limit(100, 1000).map_err(IntoResponse::into_response)?;
     let after = params.text("after").map_err(IntoResponse::into_response)?;
-    let min_position = params.u64("min_position").map_err(IntoResponse::into_response)?;
+    let min_position = params.u64("min_position").map_err(IntoResponse::into_response)?.map(Position);
     let (position, keys) = state
         .projections
         .keys(&projection, after.as_deref(), limit, min_position, state.view_wait)
@@ -78,7 +78,7 @@ pub async fn document(
     Path((projection, key)): Path<(String, String)>,
     params: Params,
 ) -> Result<Response, Response> {
-    let min_position = params.u64("min_position").map_err(IntoResponse::into_response)?;
+    let min_position = params.u64("min_position").map_err(IntoResponse::into_response)?.map(Position);
     let (position, document) = state
         .projections
         .document(&projection, &key, min_position, state.view_wait)
@@ -150,7 +150,7 @@ fn answer_error(error: ViewError) -> Response {
 }
 
 fn with_position(position: Position, mut response: Response) -> Response {
-    response.headers_mut().insert(POSITION_HEADER, HeaderValue::from(position));
+    response.headers_mut().insert(POSITION_HEADER, HeaderValue::from(position.get()));
     response
 }
 

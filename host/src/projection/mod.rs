@@ -17,7 +17,7 @@ pub mod store;
 use crate::components::{ChangeFollower, ChangeKind, ComponentRegistry, Followed};
 use crate::lifecycle::{self, Backoff, FailureRecord, Part, RunFailed};
 use crate::projection::store::{Generation, ViewRecord, ViewStore};
-use crate::store::{EventStore, Position, StoreError};
+use crate::store::{ComponentVersion, EventStore, Position, StoreError};
 use runner::Runner;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -85,7 +85,7 @@ impl FailureRecord for Shared {
 pub(crate) enum Control {
     /// Build a fresh generation with `version`; unless `force`, only if neither the live
     /// generation nor one being built is built by that version already.
-    Rebuild { version: u32, force: bool, reply: oneshot::Sender<Result<Generation, String>> },
+    Rebuild { version: ComponentVersion, force: bool, reply: oneshot::Sender<Result<Generation, String>> },
 }
 
 struct Handle {
@@ -114,7 +114,7 @@ pub struct ProjectionStatus {
     pub name: String,
     pub status: ProjectionState,
     /// The component version that builds the live view.
-    pub version: u32,
+    pub version: ComponentVersion,
     pub generation: u32,
     /// Every event at or below this position is in the live view.
     pub cursor: Position,
@@ -146,7 +146,7 @@ pub enum ProjectionState {
 #[derive(Debug, Clone, Serialize)]
 pub struct RebuildStatus {
     pub generation: u32,
-    pub version: u32,
+    pub version: ComponentVersion,
     pub cursor: Position,
     /// The share of the log handled, from 0 to 1.
     pub progress: f64,
@@ -159,7 +159,7 @@ pub struct RebuildStatus {
 pub struct RebuildStarted {
     pub projection: String,
     pub generation: u32,
-    pub version: u32,
+    pub version: ComponentVersion,
 }
 
 /// The running projections.
@@ -237,8 +237,10 @@ impl Projections {
         let record = match self.context.views.records()?.remove(name) {
             Some(record) => record,
             None => {
-                let record =
-                    ViewRecord { live: Generation { id: 1, version: active.version, cursor: 0 }, next: None };
+                let record = ViewRecord {
+                    live: Generation { id: 1, version: active.version, cursor: Position::ZERO },
+                    next: None,
+                };
                 self.context.views.put_record(name, &record)?;
                 record
             }
@@ -282,7 +284,12 @@ impl Projections {
         self.rebuild_with(name, active.version, true).await
     }
 
-    async fn rebuild_with(&self, name: &str, version: u32, force: bool) -> Result<RebuildStarted, ViewError> {
+    async fn rebuild_with(
+        &self,
+        name: &str,
+        version: ComponentVersion,
+        force: bool,
+    ) -> Result<RebuildStarted, ViewError> {
         let controls = {
             let handles = self.handles.lock().expect("projections lock");
             handles
@@ -317,12 +324,17 @@ impl Projections {
             };
             // A runner that has not started yet (or cannot: see `last_error`) shows as starting.
             let starting = live.is_none();
-            let live = live.unwrap_or(Generation { id: 0, version: 0, cursor: 0 });
+            let live =
+                live.unwrap_or(Generation { id: 0, version: ComponentVersion::ZERO, cursor: Position::ZERO });
             let rebuild = next.map(|next| RebuildStatus {
                 generation: next.id,
                 version: next.version,
                 cursor: next.cursor,
-                progress: if head == 0 { 1.0 } else { (next.cursor as f64 / head as f64).min(1.0) },
+                progress: if head == 0 {
+                    1.0
+                } else {
+                    (next.cursor.get() as f64 / head.get() as f64).min(1.0)
+                },
                 failure: next_failure,
             });
             let status = if starting {

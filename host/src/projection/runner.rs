@@ -12,7 +12,7 @@
 use super::{Context, Control, Failure, Shared};
 use crate::projection::store::{BatchCommit, Generation, ViewRecord};
 use crate::runtime::ProjectionComponent;
-use crate::store::{LogFollower, Page, StoreError};
+use crate::store::{ComponentVersion, LogFollower, Page, Position, StoreError};
 use cairn_wire::EventEnvelope;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,15 +109,15 @@ impl Runner {
 
     /// Start building a fresh generation with `version` of the component beside the live one
     /// (replacing a rebuild already under way).
-    fn start_rebuild(&mut self, version: u32) -> Result<Generation, String> {
+    fn start_rebuild(&mut self, version: ComponentVersion) -> Result<Generation, String> {
         let name = &self.shared.name;
         let mut record =
             ViewRecord { live: self.live.generation, next: self.next.as_ref().map(|n| n.generation) };
-        let generation = Generation { id: record.new_generation_id(), version, cursor: 0 };
+        let generation = Generation { id: record.new_generation_id(), version, cursor: Position::ZERO };
         record.next = Some(generation);
         self.context.views.put_record(name, &record).map_err(|e| e.to_string())?;
         self.next = Some(lane(&self.context, name, generation, true)?);
-        tracing::info!(projection = name, generation = generation.id, version, "rebuilding");
+        tracing::info!(projection = name, generation = generation.id, %version, "rebuilding");
         Ok(generation)
     }
 
@@ -136,7 +136,7 @@ impl Runner {
                 tracing::info!(
                     projection = self.shared.name,
                     generation = next.generation.id,
-                    cursor = next.generation.cursor,
+                    cursor = next.generation.cursor.get(),
                     "rebuilt view is live"
                 );
                 self.live = next;
@@ -244,7 +244,7 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
                 None => (outcome.writes, last, None),
                 Some(error) => {
                     let failed = &events[outcome.handled];
-                    (outcome.writes, failed.position - 1, Some((failed.clone(), error)))
+                    (outcome.writes, Position(failed.position - 1), Some((failed.clone(), error)))
                 }
             },
         };
@@ -264,8 +264,8 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
             // durable yet): read on from there, so no event is skipped.
             tracing::warn!(
                 projection = name,
-                from,
-                stored,
+                from = from.get(),
+                stored = stored.get(),
                 "the view's stored cursor moved back; reading from it"
             );
             lane.generation.cursor = stored;
@@ -278,7 +278,7 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
         tracing::error!(projection = name, position = event.position, "the projection failed: {error}");
         lane.follower.seek(cursor);
         lane.failure = Some(Failure {
-            position: event.position,
+            position: Position(event.position),
             stream: format!("{}/{}", event.stream_type, event.stream_id),
             event_type: event.event_type,
             reason: error.to_string(),

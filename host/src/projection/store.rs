@@ -11,7 +11,7 @@
 
 use crate::runtime::{DocumentReader, Writes};
 use crate::store::file::{StoreFile, needs_reopen, open_as_it_is};
-use crate::store::{Position, StoreError};
+use crate::store::{ComponentVersion, Position, StoreError};
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
@@ -36,7 +36,7 @@ const DURABLE_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Generation {
     pub id: u32,
-    pub version: u32,
+    pub version: ComponentVersion,
     pub cursor: Position,
 }
 
@@ -358,7 +358,7 @@ mod tests {
     }
 
     fn generation(id: u32) -> Generation {
-        Generation { id, version: 1, cursor: 0 }
+        Generation { id, version: ComponentVersion(1), cursor: Position(0) }
     }
 
     #[test]
@@ -367,17 +367,23 @@ mod tests {
         assert_eq!(views.document("v", "a").unwrap(), None, "no view yet");
         views.put_record("v", &ViewRecord { live: generation(1), next: None }).unwrap();
         let batch = writes(&[("a", Some("1")), ("_index", Some("{}")), ("b", Some("2"))]);
-        assert_eq!(views.commit("v", 1, &batch, 0, 7).unwrap(), BatchCommit::Done);
-        assert_eq!(views.document("v", "a").unwrap(), Some((7, Some("1".to_owned()))));
-        assert_eq!(views.keys("v", None, 10).unwrap(), Some((7, vec!["a".to_owned(), "b".to_owned()])));
+        assert_eq!(views.commit("v", 1, &batch, Position(0), Position(7)).unwrap(), BatchCommit::Done);
+        assert_eq!(views.document("v", "a").unwrap(), Some((Position(7), Some("1".to_owned()))));
+        assert_eq!(
+            views.keys("v", None, 10).unwrap(),
+            Some((Position(7), vec!["a".to_owned(), "b".to_owned()]))
+        );
         assert_eq!(views.keys("v", Some("a"), 10).unwrap().unwrap().1, ["b"]);
-        assert_eq!(views.commit("v", 1, &writes(&[("a", None)]), 7, 9).unwrap(), BatchCommit::Done);
+        assert_eq!(
+            views.commit("v", 1, &writes(&[("a", None)]), Position(7), Position(9)).unwrap(),
+            BatchCommit::Done
+        );
         // A batch read for another cursor than the stored one is refused, and says where it is.
         assert_eq!(
-            views.commit("v", 1, &writes(&[("b", None)]), 3, 12).unwrap(),
-            BatchCommit::CursorMoved(9)
+            views.commit("v", 1, &writes(&[("b", None)]), Position(3), Position(12)).unwrap(),
+            BatchCommit::CursorMoved(Position(9))
         );
-        assert_eq!(views.document("v", "a").unwrap(), Some((9, None)));
+        assert_eq!(views.document("v", "a").unwrap(), Some((Position(9), None)));
         assert_eq!(views.document_count("v", 1).unwrap(), 2);
     }
 
@@ -385,24 +391,27 @@ mod tests {
     fn a_rebuilt_generation_switches_whole_and_the_old_one_is_dropped() {
         let (dir, views) = open();
         views.put_record("v", &ViewRecord { live: generation(1), next: None }).unwrap();
-        views.commit("v", 1, &writes(&[("a", Some("old"))]), 0, 5).unwrap();
+        views.commit("v", 1, &writes(&[("a", Some("old"))]), Position(0), Position(5)).unwrap();
         views
             .put_record(
                 "v",
-                &ViewRecord { live: Generation { cursor: 5, ..generation(1) }, next: Some(generation(2)) },
+                &ViewRecord {
+                    live: Generation { cursor: Position(5), ..generation(1) },
+                    next: Some(generation(2)),
+                },
             )
             .unwrap();
-        views.commit("v", 2, &writes(&[("a", Some("new"))]), 0, 5).unwrap();
+        views.commit("v", 2, &writes(&[("a", Some("new"))]), Position(0), Position(5)).unwrap();
         assert_eq!(
             views.document("v", "a").unwrap(),
-            Some((5, Some("old".to_owned()))),
+            Some((Position(5), Some("old".to_owned()))),
             "readers keep the live one"
         );
         let record = views.switch("v", 2).unwrap().unwrap();
         assert_eq!((record.live.id, record.next), (2, None));
-        assert_eq!(views.document("v", "a").unwrap(), Some((5, Some("new".to_owned()))));
+        assert_eq!(views.document("v", "a").unwrap(), Some((Position(5), Some("new".to_owned()))));
         assert!(
-            views.commit("v", 1, &writes(&[("a", Some("late"))]), 5, 6).unwrap()
+            views.commit("v", 1, &writes(&[("a", Some("late"))]), Position(5), Position(6)).unwrap()
                 == BatchCommit::GenerationGone,
             "a dropped generation takes no writes"
         );
@@ -411,6 +420,6 @@ mod tests {
         drop(views);
         let views = ViewStore::open(&dir.path().join("views.redb")).unwrap();
         assert_eq!(views.records().unwrap()["v"].live.id, 2);
-        assert_eq!(views.document("v", "a").unwrap(), Some((5, Some("new".to_owned()))));
+        assert_eq!(views.document("v", "a").unwrap(), Some((Position(5), Some("new".to_owned()))));
     }
 }

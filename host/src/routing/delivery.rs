@@ -16,7 +16,7 @@ use crate::lifecycle::Stopped;
 use crate::runtime::GuestError;
 use crate::store::{
     AppendBatch, AppendError, DeadLetter, DeadLetterKey, EventStore, OutcomeKey, Position, StoreError,
-    StoredEvent, StoredOutcome, StreamId,
+    StoredEvent, StoredOutcome, StreamId, Version,
 };
 
 /// Dead letters read at a time by a retry or a discard.
@@ -172,7 +172,7 @@ impl StreamWorker {
             Ok(None) => {
                 tracing::error!(
                     subscriber = self.shared.name,
-                    position = letter.position,
+                    position = letter.position.get(),
                     "a parked event is not in the log"
                 );
                 return Ok(());
@@ -258,7 +258,7 @@ impl StreamWorker {
                 Err(error) => {
                     tracing::warn!(
                         subscriber = self.shared.name,
-                        position = event.position,
+                        position = event.position.get(),
                         "react failed, retrying: {error}"
                     );
                     self.pause(backoff(config, attempt)).await?;
@@ -435,7 +435,7 @@ impl StreamWorker {
                     };
                     let batch = AppendBatch {
                         stream: target.clone(),
-                        expected_version: head.map_or(0, |(version, _)| version),
+                        expected_version: head.map_or(Version::ZERO, |(version, _)| version),
                         events: Vec::new(),
                         outcomes: vec![(OutcomeKey::Cause(key.to_owned()), outcome)],
                         snapshot: None,
@@ -493,7 +493,7 @@ impl StreamWorker {
             tracing::error!(
                 subscriber = self.shared.name,
                 stream = self.stream,
-                position = letter.position,
+                position = letter.position.get(),
                 "parking an event: {}",
                 letter.error
             );
@@ -556,7 +556,7 @@ fn routed(event: &StoredEvent, command_type: String, payload: Vec<u8>, dedup_key
         "routed_command",
         command = %command_type,
         correlation_id = %event.correlation_id,
-        cause = event.position,
+        cause = event.position.get(),
     );
     CommandRequest {
         span,
@@ -606,6 +606,7 @@ pub(super) fn dedup_keys(subscriber: &str, position: Position, commands: &[Outgo
 #[cfg(test)]
 mod tests {
     use super::dedup_keys;
+    use crate::store::Position;
     use cairn_wire::OutgoingCommand;
 
     fn command(target: &str, command_type: &str, amount: i64) -> OutgoingCommand {
@@ -619,19 +620,19 @@ mod tests {
     #[test]
     fn two_subscribers_get_different_keys_for_the_same_command() {
         let commands = [command("101", "CreditAccount", 5)];
-        assert_ne!(dedup_keys("faulty", 7, &commands), dedup_keys("twin", 7, &commands));
+        assert_ne!(dedup_keys("faulty", Position(7), &commands), dedup_keys("twin", Position(7), &commands));
     }
 
     #[test]
     fn reordering_adding_or_changing_commands_keeps_the_keys_of_those_delivered() {
         let before = dedup_keys(
             "account",
-            7,
+            Position(7),
             &[command("101", "DebitAccount", 5), command("202", "CreditAccount", 5)],
         );
         let after = dedup_keys(
             "account",
-            7,
+            Position(7),
             &[
                 command("303", "Notify", 0),
                 command("202", "CreditAccount", 6),
@@ -647,7 +648,7 @@ mod tests {
     fn the_same_command_twice_in_one_reaction_is_two_commands() {
         let keys = dedup_keys(
             "account",
-            7,
+            Position(7),
             &[command("101", "CreditAccount", 5), command("101", "CreditAccount", 5)],
         );
         assert_ne!(keys[0], keys[1]);
@@ -655,7 +656,7 @@ mod tests {
             keys,
             dedup_keys(
                 "account",
-                8,
+                Position(8),
                 &[command("101", "CreditAccount", 5), command("101", "CreditAccount", 5)]
             )
         );
@@ -664,7 +665,7 @@ mod tests {
     #[test]
     fn keys_stay_short_whatever_the_target() {
         let long = "x".repeat(5000);
-        let key = &dedup_keys("account", 7, &[command(&long, "CreditAccount", 5)])[0];
+        let key = &dedup_keys("account", Position(7), &[command(&long, "CreditAccount", 5)])[0];
         assert!(key.len() < 64, "{key}");
     }
 }

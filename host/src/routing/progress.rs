@@ -43,7 +43,7 @@ impl Progress {
     /// The highest position at or below which everything is done.
     pub(super) fn cursor(&self) -> Position {
         match self.in_flight.first() {
-            Some(lowest) => lowest - 1,
+            Some(lowest) => *lowest - 1,
             None => self.read,
         }
     }
@@ -52,19 +52,20 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::Progress;
+    use crate::store::Position;
 
     fn reading(cursor: u64, positions: &[u64], up_to: u64) -> Progress {
-        let mut progress = Progress::from(cursor);
+        let mut progress = Progress::from(Position(cursor));
         for &p in positions {
-            progress.start(p);
+            progress.start(Position(p));
         }
-        progress.read_up_to(up_to);
+        progress.read_up_to(Position(up_to));
         progress
     }
 
     #[test]
     fn with_nothing_in_flight_the_cursor_is_the_last_position_read() {
-        assert_eq!(Progress::from(7).cursor(), 7);
+        assert_eq!(Progress::from(Position(7)).cursor(), 7);
         assert_eq!(reading(7, &[], 20).cursor(), 20);
     }
 
@@ -78,25 +79,25 @@ mod tests {
     #[test]
     fn later_positions_finishing_first_do_not_move_the_cursor_past_an_earlier_one() {
         let mut progress = reading(0, &[3, 5, 9], 12);
-        progress.finish(9);
-        progress.finish(5);
+        progress.finish(Position(9));
+        progress.finish(Position(5));
         assert_eq!(progress.cursor(), 2, "3 is still undone");
-        progress.finish(3);
+        progress.finish(Position(3));
         assert_eq!(progress.cursor(), 12, "all done: up to the last position read");
     }
 
     #[test]
     fn an_early_finish_moves_the_cursor_to_below_the_next_undone_one() {
         let mut progress = reading(10, &[11, 14, 15], 15);
-        progress.finish(11);
+        progress.finish(Position(11));
         assert_eq!(progress.cursor(), 13);
-        progress.finish(15);
+        progress.finish(Position(15));
         assert_eq!(progress.cursor(), 13);
-        progress.start(18);
-        progress.read_up_to(20);
-        progress.finish(14);
+        progress.start(Position(18));
+        progress.read_up_to(Position(20));
+        progress.finish(Position(14));
         assert_eq!(progress.cursor(), 17);
-        progress.finish(18);
+        progress.finish(Position(18));
         assert_eq!(progress.cursor(), 20);
     }
 
@@ -111,12 +112,12 @@ mod tests {
             let mut last = progress.cursor();
             let mut finished = Vec::new();
             for &i in &order {
-                progress.finish(positions[i]);
+                progress.finish(Position(positions[i]));
                 finished.push(positions[i]);
                 let cursor = progress.cursor();
                 assert!(cursor >= last, "cursor went back from {last} to {cursor} in order {order:?}");
                 // Every in-flight position at or below the cursor has finished.
-                assert!(positions.iter().filter(|&&p| p <= cursor).all(|p| finished.contains(p)));
+                assert!(positions.iter().filter(|&&p| cursor >= p).all(|p| finished.contains(p)));
                 last = cursor;
             }
             assert_eq!(last, 10);

@@ -79,7 +79,11 @@ impl Subscriber {
 
     pub(super) async fn run(mut self, controls: &mut mpsc::UnboundedReceiver<Control>) -> RunResult {
         let part = self.shared.context.part.clone();
-        tracing::info!(subscriber = self.shared.name, cursor = self.stored_cursor, "routing from cursor");
+        tracing::info!(
+            subscriber = self.shared.name,
+            cursor = self.stored_cursor.get(),
+            "routing from cursor"
+        );
         loop {
             if part.is_stopping() {
                 self.abandon().await;
@@ -233,8 +237,8 @@ impl Subscriber {
                 self.abandon().await;
                 tracing::info!(
                     subscriber = self.shared.name,
-                    from = self.stored_cursor,
-                    to = position,
+                    from = self.stored_cursor.get(),
+                    to = position.get(),
                     "cursor moved by an operator"
                 );
                 if !self.write_cursor(position).await {

@@ -24,6 +24,8 @@ mod writer;
 pub use error::{AppendError, StoreError};
 pub use follow::LogFollower;
 // `Page` and `PageFill` are defined below.
+mod ids;
+pub use ids::{ComponentVersion, Position, Version};
 pub use records::{
     AppendBatch, Committed, DeadLetter, DeadLetterKey, Fingerprint, NewEvent, OutcomeKey, Snapshot,
     StoredEvent, StoredOutcome, StreamId, StreamIdError,
@@ -39,11 +41,6 @@ use std::path::Path;
 use std::sync::Arc;
 use tables::*;
 use tokio::sync::watch;
-
-/// Position in the one global log; the first event is at 1.
-pub type Position = u64;
-/// Version of a stream: the number of events in it; the first event is version 1.
-pub type Version = u64;
 
 /// How much one read of events may return: at most `events` events, and no more events once
 /// their stored bytes reach `bytes` (the first event always comes, so a page is never empty
@@ -102,9 +99,9 @@ fn record_replies_recorded_after_if_missing(
 ) -> Result<Position, StoreError> {
     let mut meta = txn.open_table(META)?;
     if let Some(after) = meta.get(REPLIES_RECORDED_AFTER)?.map(|v| v.value()) {
-        return Ok(after);
+        return Ok(Position(after));
     }
-    meta.insert(REPLIES_RECORDED_AFTER, head)?;
+    meta.insert(REPLIES_RECORDED_AFTER, head.get())?;
     Ok(head)
 }
 
@@ -134,7 +131,7 @@ impl EventStore {
         let db = file.get()?;
         let txn = db.begin_write()?;
         tables::create_all(&txn)?;
-        let head_position = txn.open_table(EVENTS)?.last()?.map(|(k, _)| k.value()).unwrap_or(0);
+        let head_position = Position(txn.open_table(EVENTS)?.last()?.map(|(k, _)| k.value()).unwrap_or(0));
         stream_tail::record_indexed_through_if_missing(&txn, head_position)?;
         let replies_recorded_after = record_replies_recorded_after_if_missing(&txn, head_position)?;
         let sequence = txn.open_table(META)?.get(writer::COMMIT_SEQUENCE)?.map_or(0, |v| v.value());
@@ -168,8 +165,8 @@ impl EventStore {
             // subscriber goes on rather than stopping at it for good.
             Err(StoreError::Corrupt(reason)) => {
                 tracing::warn!(
-                    position = event.position,
-                    cause,
+                    position = event.position.get(),
+                    cause = cause.get(),
                     "the cause of an event cannot be read: {reason}"
                 );
                 Ok(false)
@@ -192,7 +189,10 @@ impl EventStore {
     pub fn stream_head(&self, stream: &StreamId) -> Result<Option<(Version, Position)>, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let streams = read.open_table(STREAMS)?;
-        Ok(streams.get(stream.key().as_str())?.map(|v| v.value()))
+        Ok(streams.get(stream.key().as_str())?.map(|v| {
+            let (version, position) = v.value();
+            (Version(version), Position(position))
+        }))
     }
 
     /// Events of one stream with `from <= version`, a page of them, in version order.
@@ -222,7 +222,7 @@ impl EventStore {
         let events = read.open_table(EVENTS)?;
         let mut fill = PageFill::new(page.into());
         let mut out = Vec::new();
-        for entry in events.range(after.saturating_add(1)..)? {
+        for entry in events.range(after.get().saturating_add(1)..)? {
             if !fill.has_room() {
                 break;
             }
@@ -251,7 +251,7 @@ impl EventStore {
         let read = self.file.get()?.begin_read()?;
         let history = read.open_table(SNAPSHOT_HISTORY)?;
         let key = stream.key();
-        for entry in history.range((key.as_str(), 0)..=(key.as_str(), version))?.rev() {
+        for entry in history.range((key.as_str(), 0)..=(key.as_str(), version.get()))?.rev() {
             let (_, record) = entry?;
             // Another version's snapshots (the whole history, right after a deploy) are
             // passed by their digest alone, without copying their states.
@@ -300,7 +300,7 @@ impl EventStore {
         let events = read.open_table(EVENTS)?;
         let mut fill = PageFill::new(page.into());
         let mut out = Vec::new();
-        let range = (correlation_id, after.saturating_add(1))..=(correlation_id, Position::MAX);
+        let range = (correlation_id, after.get().saturating_add(1))..=(correlation_id, u64::MAX);
         for entry in index.range(range)? {
             if !fill.has_room() {
                 break;
@@ -327,7 +327,7 @@ impl EventStore {
         for entry in streams.range(prefix.as_str()..)? {
             let (key, head) = entry?;
             let Some(id) = key.value().strip_prefix(&prefix) else { break };
-            newest.push(Reverse((head.value().1, id.to_owned())));
+            newest.push(Reverse((Position(head.value().1), id.to_owned())));
             if newest.len() > limit {
                 newest.pop();
             }
@@ -341,7 +341,7 @@ impl EventStore {
     pub fn read_event(&self, position: Position) -> Result<Option<StoredEvent>, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let events = read.open_table(EVENTS)?;
-        events.get(position)?.map(|record| StoredEvent::decode(record.value())).transpose()
+        events.get(position.get())?.map(|record| StoredEvent::decode(record.value())).transpose()
     }
 
     /// Dead letters in (subscriber, stream, position) order: those of `subscriber` and
@@ -369,7 +369,7 @@ impl EventStore {
             }
             None => Vec::new(),
         };
-        let after = after.map(|a| (a.subscriber.as_str(), a.stream.as_str(), a.position));
+        let after = after.map(|a| (a.subscriber.as_str(), a.stream.as_str(), a.position.get()));
         let mut out = Vec::new();
         // Read keys from `from` on while `within` holds; `false` once the page is full.
         let mut read_from = |from: (&str, &str, u64), within: &dyn Fn(&str, &str) -> bool| {
@@ -414,7 +414,7 @@ impl EventStore {
     pub fn dead_letter(&self, key: &DeadLetterKey) -> Result<Option<DeadLetter>, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let table = read.open_table(PARKED)?;
-        let letter = table.get((key.subscriber.as_str(), key.stream.as_str(), key.position))?;
+        let letter = table.get((key.subscriber.as_str(), key.stream.as_str(), key.position.get()))?;
         letter.map(|record| DeadLetter::decode(record.value())).transpose()
     }
 
@@ -464,7 +464,7 @@ impl EventStore {
             if key_subscriber != subscriber {
                 break;
             }
-            out.insert(stream.to_owned(), position);
+            out.insert(stream.to_owned(), Position(position));
             // Positions are below u64::MAX: this passes the rest of the stream's letters.
             after = (stream.to_owned(), u64::MAX);
         }
@@ -475,7 +475,7 @@ impl EventStore {
     pub fn cursor(&self, name: &str) -> Result<Position, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let cursors = read.open_table(CURSORS)?;
-        Ok(cursors.get(name)?.map(|v| v.value()).unwrap_or(0))
+        Ok(Position(cursors.get(name)?.map(|v| v.value()).unwrap_or(0)))
     }
 }
 
@@ -496,15 +496,15 @@ mod tests {
                 payload: vec![0x80],
                 correlation_id: "c".to_owned(),
                 causation_id: None,
-                component_version: 1,
+                component_version: ComponentVersion(1),
                 reply_to: None,
             };
             // A new component version (digest 2) made the last five.
             let digest = vec![if version <= 35 { 1 } else { 2 }];
-            let snapshot = Snapshot { version, digest, state: vec![version as u8] };
+            let snapshot = Snapshot { version: Version(version), digest, state: vec![version as u8] };
             let batch = AppendBatch {
                 stream: stream.clone(),
-                expected_version: version - 1,
+                expected_version: Version(version - 1),
                 events: vec![event],
                 outcomes: Vec::new(),
                 snapshot: Some(snapshot.clone()),
@@ -513,7 +513,10 @@ mod tests {
             writer.append(batch).await.unwrap();
         }
         let at = |version, digest: u8| {
-            store.snapshot_at_or_before(&stream, version, &[digest]).unwrap().map(|s| (s.version, s.state))
+            store
+                .snapshot_at_or_before(&stream, Version(version), &[digest])
+                .unwrap()
+                .map(|s| (s.version.get(), s.state))
         };
         assert_eq!(at(20, 1), Some((20, vec![20])));
         assert_eq!(at(40, 1), Some((35, vec![35])), "another version's snapshots are skipped");
@@ -521,7 +524,7 @@ mod tests {
         assert_eq!(at(1, 1), Some((1, vec![1])), "every one is kept, the oldest too");
         assert_eq!(at(0, 1), None);
         // Snapshots a fold left behind join the history.
-        let kept = Snapshot { version: 38, digest: vec![3], state: vec![99] };
+        let kept = Snapshot { version: Version(38), digest: vec![3], state: vec![99] };
         writer.keep_snapshots(&stream, vec![kept]).await.unwrap();
         assert_eq!(at(40, 3), Some((38, vec![99])));
         assert_eq!(at(38, 2), Some((37, vec![37])), "another version's at the same place was replaced");
@@ -541,13 +544,13 @@ mod tests {
             payload: vec![0x80],
             correlation_id: "c".to_owned(),
             causation_id: causation.map(str::to_owned),
-            component_version: 1,
+            component_version: ComponentVersion(1),
             reply_to: None,
         };
         let append = |stream: &str, event: NewEvent| AppendBatch {
             stream: StreamId::new(stream.split_once('/').unwrap().0, stream.split_once('/').unwrap().1)
                 .unwrap(),
-            expected_version: 0,
+            expected_version: Version::ZERO,
             events: vec![event],
             outcomes: Vec::new(),
             snapshot: None,
@@ -568,13 +571,19 @@ mod tests {
         }
         let (store, writer) = EventStore::open(&path).unwrap();
         let read = |position| store.read_event(position).unwrap().unwrap();
-        assert!(store.is_reply_to(&read(2), "money-transfer").unwrap(), "caused by a transfer's event");
-        assert!(!store.is_reply_to(&read(2), "order").unwrap());
-        assert!(!store.is_reply_to(&read(3), "money-transfer").unwrap(), "a client's");
+        assert!(
+            store.is_reply_to(&read(Position(2)), "money-transfer").unwrap(),
+            "caused by a transfer's event"
+        );
+        assert!(!store.is_reply_to(&read(Position(2)), "order").unwrap());
+        assert!(!store.is_reply_to(&read(Position(3)), "money-transfer").unwrap(), "a client's");
         let mut later = append("account/c", event(Some("1")));
-        later.expected_version = 0;
+        later.expected_version = Version(0);
         writer.append(later).await.unwrap();
-        assert!(!store.is_reply_to(&read(4), "money-transfer").unwrap(), "after the upgrade, reply_to tells");
+        assert!(
+            !store.is_reply_to(&read(Position(4)), "money-transfer").unwrap(),
+            "after the upgrade, reply_to tells"
+        );
         writer.shutdown();
     }
 }

@@ -1,7 +1,7 @@
 //! What the store keeps, and how it is encoded (MessagePack, positional: these records
 //! are internal and compact; the log's payloads stay as the guest wrote them).
 
-use super::{Position, StoreError, Version};
+use super::{ComponentVersion, Position, StoreError, Version};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -85,7 +85,7 @@ pub struct StoredEvent {
     pub correlation_id: String,
     pub causation_id: Option<String>,
     /// The version of the component that emitted it.
-    pub component_version: u32,
+    pub component_version: ComponentVersion,
     /// For an event caused by a routed command: the stream (`type/id`) whose event the
     /// reaction that sent the command answered. A subscription that takes only replies
     /// gets the events whose `reply_to` is of its own type. Events stored before this
@@ -121,8 +121,8 @@ impl StoredEvent {
         cairn_wire::EventEnvelope {
             stream_type: self.stream_type.clone(),
             stream_id: self.stream_id.clone(),
-            version: self.version,
-            position: self.position,
+            version: self.version.get(),
+            position: self.position.get(),
             event_type: self.event_type.clone(),
             payload: self.payload.clone(),
             recorded_at: self.recorded_at(),
@@ -139,7 +139,7 @@ pub struct NewEvent {
     pub payload: Vec<u8>,
     pub correlation_id: String,
     pub causation_id: Option<String>,
-    pub component_version: u32,
+    pub component_version: ComponentVersion,
     /// See [`StoredEvent::reply_to`].
     pub reply_to: Option<String>,
 }
@@ -384,7 +384,7 @@ mod tests {
             component_version: 1,
         };
         let event = StoredEvent::decode(&rmp_serde::to_vec(&old).unwrap()).unwrap();
-        assert_eq!((event.position, event.reply_to), (9, None));
+        assert_eq!((event.position, event.reply_to), (Position(9), None));
 
         #[derive(Serialize)]
         enum OutcomeBefore {
@@ -395,7 +395,12 @@ mod tests {
         let rejected = OutcomeBefore::Rejected { code: "nope", message: "no" };
         assert_eq!(
             StoredOutcome::decode(&rmp_serde::to_vec(&accepted).unwrap()).unwrap(),
-            StoredOutcome::Accepted { first_version: 3, count: 1, version: 3, fingerprint: None }
+            StoredOutcome::Accepted {
+                first_version: Version(3),
+                count: 1,
+                version: Version(3),
+                fingerprint: None
+            }
         );
         let decoded = StoredOutcome::decode(&rmp_serde::to_vec(&rejected).unwrap()).unwrap();
         assert_eq!(decoded.fingerprint(), None);
@@ -421,14 +426,14 @@ mod tests {
                 )| StoredEvent {
                     stream_type,
                     stream_id,
-                    version,
-                    position,
+                    version: Version(version),
+                    position: Position(position),
                     event_type,
                     payload,
                     recorded_at_micros,
                     correlation_id,
                     causation_id,
-                    component_version,
+                    component_version: ComponentVersion(component_version),
                     reply_to,
                 },
             )
@@ -442,7 +447,7 @@ mod tests {
             let envelope = decoded.envelope();
             prop_assert_eq!(
                 (&envelope.stream_type, &envelope.stream_id, envelope.version, envelope.position),
-                (&event.stream_type, &event.stream_id, event.version, event.position)
+                (&event.stream_type, &event.stream_id, event.version.get(), event.position.get())
             );
             prop_assert_eq!((&envelope.event_type, &envelope.payload), (&event.event_type, &event.payload));
             prop_assert_eq!((&envelope.correlation_id, &envelope.causation_id), (&event.correlation_id, &event.causation_id));
@@ -465,7 +470,7 @@ mod tests {
             digest in prop::collection::vec(any::<u8>(), 0..40),
             state in prop::collection::vec(any::<u8>(), 0..600),
         ) {
-            let snapshot = Snapshot { version, digest: digest.clone(), state };
+            let snapshot = Snapshot { version: Version(version), digest: digest.clone(), state };
             let encoded = snapshot.encode();
             prop_assert_eq!(snapshot_digest(&encoded), Some(digest.as_slice()));
         }

@@ -33,7 +33,7 @@ use std::sync::RwLock;
 const FLUSH_AT: usize = 16;
 /// ... or once its oldest is this many events behind the head, so a quiet stream's entries
 /// do not stay in memory (and the scan at open stays short).
-const MAX_AGE: Position = 16_384;
+const MAX_AGE: u64 = 16_384;
 
 /// The `meta` key of the position up to which `stream_index` holds every event.
 const INDEXED_THROUGH: &str = "stream_index_through";
@@ -70,7 +70,7 @@ pub(super) fn record_indexed_through_if_missing(
 ) -> Result<(), StoreError> {
     let mut meta = txn.open_table(META)?;
     if meta.get(INDEXED_THROUGH)?.is_none() {
-        meta.insert(INDEXED_THROUGH, head)?;
+        meta.insert(INDEXED_THROUGH, head.get())?;
     }
     Ok(())
 }
@@ -92,13 +92,13 @@ impl StreamTail {
     /// The tail of a store just opened: the events after the indexed position.
     pub(super) fn load(db: &Database, head: Position) -> Result<StreamTail, StoreError> {
         let read = db.begin_read()?;
-        let through = read.open_table(META)?.get(INDEXED_THROUGH)?.map_or(head, |v| v.value());
+        let through = read.open_table(META)?.get(INDEXED_THROUGH)?.map_or(head, |v| Position(v.value()));
         let events = read.open_table(EVENTS)?;
         let mut entries = Entries::default();
-        for entry in events.range(through.saturating_add(1)..=head)? {
+        for entry in events.range(through.get().saturating_add(1)..=head.get())? {
             let (position, record) = entry?;
             let event = StoredEvent::decode(record.value())?;
-            entries.add(&event.stream().key(), event.version, position.value());
+            entries.add(&event.stream().key(), event.version, Position(position.value()));
         }
         Ok(StreamTail { inner: RwLock::new(entries) })
     }
@@ -183,7 +183,7 @@ impl StreamTail {
         streams.dedup();
         streams.retain(|stream| entries.by_stream.contains_key(stream));
         // Every stream that stays has an item in `by_age` no newer than its oldest entry.
-        let through = entries.by_age.front().map_or(head, |(oldest, _)| oldest - 1);
+        let through = entries.by_age.front().map_or(head, |(oldest, _)| *oldest - 1);
         Some(Flush { streams, through })
     }
 
@@ -195,10 +195,10 @@ impl StreamTail {
         // In key order: neighbouring streams share leaves.
         for stream in &flush.streams {
             for (version, position) in entries.by_stream.get(stream).into_iter().flatten() {
-                index.insert((stream.as_str(), *version), *position)?;
+                index.insert((stream.as_str(), version.get()), position.get())?;
             }
         }
-        txn.open_table(META)?.insert(INDEXED_THROUGH, flush.through)?;
+        txn.open_table(META)?.insert(INDEXED_THROUGH, flush.through.get())?;
         Ok(())
     }
 
@@ -222,16 +222,16 @@ pub(super) fn read_range(
     page: Page,
 ) -> Result<Vec<StoredEvent>, StoreError> {
     let key = stream.key();
-    let from = from.max(1);
+    let from = from.max(Version(1));
     let (read, recent) = tail.begin_read(db, &key, from, to)?;
     // Tail entries of commits this snapshot cannot see are past its stream head.
-    let head = read.open_table(STREAMS)?.get(key.as_str())?.map_or(0, |v| v.value().0);
+    let head = Version(read.open_table(STREAMS)?.get(key.as_str())?.map_or(0, |v| v.value().0));
     let index = read.open_table(STREAM_INDEX)?;
     let events = read.open_table(EVENTS)?;
     let mut fill = PageFill::new(page);
     let event_at = |position: Position, fill: &mut PageFill| -> Result<StoredEvent, StoreError> {
         let record = events
-            .get(position)?
+            .get(position.get())?
             .ok_or_else(|| StoreError::Corrupt(format!("{key} points at missing position {position}")))?;
         fill.add(record.value().len());
         StoredEvent::decode(record.value())
@@ -239,13 +239,13 @@ pub(super) fn read_range(
     let mut out = Vec::new();
     let mut last = from - 1;
     if from <= to {
-        for entry in index.range((key.as_str(), from)..=(key.as_str(), to))? {
+        for entry in index.range((key.as_str(), from.get())..=(key.as_str(), to.get()))? {
             if !fill.has_room() {
                 return Ok(out);
             }
             let (version, position) = entry?;
-            out.push(event_at(position.value(), &mut fill)?);
-            last = version.value().1;
+            out.push(event_at(Position(position.value()), &mut fill)?);
+            last = Version(version.value().1);
         }
     }
     // A flush that committed before this snapshot may still be in the tail: skip what the

@@ -433,7 +433,7 @@ impl WriterThread {
         }
         tracing::warn!(
             took_ms = started.elapsed().as_millis() as u64,
-            head,
+            head = head.get(),
             "opened the store again after an I/O error"
         );
         Ok(())
@@ -475,7 +475,7 @@ impl WriterThread {
     fn resync(&mut self, db: &Database) -> Result<(), StoreError> {
         let reopens = self.file.reopens();
         let read = db.begin_read()?;
-        let head = read.open_table(EVENTS)?.last()?.map_or(0, |(position, _)| position.value());
+        let head = Position(read.open_table(EVENTS)?.last()?.map_or(0, |(position, _)| position.value()));
         self.sequence = read.open_table(META)?.get(COMMIT_SEQUENCE)?.map_or(0, |v| v.value());
         drop(read);
         // The gate let this file through: a group whose outcome was open did not land.
@@ -580,11 +580,11 @@ impl WriterThread {
                         write_batch(tables, batch, &mut next, recorded_at_micros, &mut indexed)
                     }
                     Request::Cursor(name, position, _) => {
-                        txn.open_table(CURSORS)?.insert(name.as_str(), *position)?;
+                        txn.open_table(CURSORS)?.insert(name.as_str(), position.get())?;
                         Ok(Committed::default())
                     }
                     Request::Park(letter, _) => {
-                        let key = (letter.subscriber.as_str(), letter.stream.as_str(), letter.position);
+                        let key = (letter.subscriber.as_str(), letter.stream.as_str(), letter.position.get());
                         let replaced =
                             txn.open_table(PARKED)?.insert(key, letter.encode().as_slice())?.is_some();
                         if !replaced {
@@ -596,7 +596,8 @@ impl WriterThread {
                         let mut removed: std::collections::HashMap<&str, i64> = Default::default();
                         let mut parked = txn.open_table(PARKED)?;
                         for key in keys {
-                            let key_parts = (key.subscriber.as_str(), key.stream.as_str(), key.position);
+                            let key_parts =
+                                (key.subscriber.as_str(), key.stream.as_str(), key.position.get());
                             if parked.remove(key_parts)?.is_some() {
                                 *removed.entry(key.subscriber.as_str()).or_default() -= 1;
                             }
@@ -619,7 +620,7 @@ impl WriterThread {
                             let mut cursors = txn.open_table(CURSORS)?;
                             if cursors.get(cursor.as_str())?.is_none() {
                                 // `next - 1`: the head as of this transaction, appends before it included.
-                                let position = if *start == CursorStart::Head { next - 1 } else { 0 };
+                                let position = if *start == CursorStart::Head { (next - 1).get() } else { 0 };
                                 cursors.insert(cursor.as_str(), position)?;
                             }
                         }
@@ -637,8 +638,10 @@ impl WriterThread {
                         tables = None;
                         let mut history = txn.open_table(SNAPSHOT_HISTORY)?;
                         for snapshot in snapshots {
-                            history
-                                .insert((stream.as_str(), snapshot.version), snapshot.encode().as_slice())?;
+                            history.insert(
+                                (stream.as_str(), snapshot.version.get()),
+                                snapshot.encode().as_slice(),
+                            )?;
                         }
                         Ok(Committed::default())
                     }
@@ -720,7 +723,7 @@ impl WriterThread {
                 }
                 self.health.lock().expect("writer health lock").last_failure = None;
                 let appends = requests.iter().filter(|r| matches!(r, Request::Append(..))).count();
-                crate::telemetry::group_commit(appends, next - 1 - head, started.elapsed());
+                crate::telemetry::group_commit(appends, (next - 1).saturating_sub(head), started.elapsed());
                 self.head = next - 1;
                 self.head_tx.send_replace(next - 1);
                 for (request, answer) in requests.into_iter().zip(answers) {
@@ -810,6 +813,7 @@ fn write_batch(
     let key = batch.stream.key();
     let (version, last_position) =
         tables.streams.get(key.as_str()).map_err(StoreError::from)?.map(|v| v.value()).unwrap_or((0, 0));
+    let (version, last_position) = (Version(version), Position(last_position));
     if version != batch.expected_version {
         return Err(AppendError::VersionConflict { expected: batch.expected_version, actual: version });
     }
@@ -833,17 +837,20 @@ fn write_batch(
             component_version: event.component_version,
             reply_to: event.reply_to.clone(),
         };
-        tables.events.insert(position, record.encode().as_slice()).map_err(StoreError::from)?;
+        tables.events.insert(position.get(), record.encode().as_slice()).map_err(StoreError::from)?;
         indexed.push((key.clone(), stream_version, position));
         tables
             .correlations
-            .insert((event.correlation_id.as_str(), position), ())
+            .insert((event.correlation_id.as_str(), position.get()), ())
             .map_err(StoreError::from)?;
         stream_last = position;
         stored.push(record);
     }
     if !batch.events.is_empty() {
-        tables.streams.insert(key.as_str(), (stream_version, stream_last)).map_err(StoreError::from)?;
+        tables
+            .streams
+            .insert(key.as_str(), (stream_version.get(), stream_last.get()))
+            .map_err(StoreError::from)?;
     }
     if !batch.outcomes.is_empty() {
         let (outcomes, times) = match &mut tables.outcomes {
@@ -876,7 +883,7 @@ fn write_batch(
         };
         for snapshot in &batch.history {
             history
-                .insert((key.as_str(), snapshot.version), snapshot.encode().as_slice())
+                .insert((key.as_str(), snapshot.version.get()), snapshot.encode().as_slice())
                 .map_err(StoreError::from)?;
         }
         if let Some(snapshot) = &batch.snapshot {
