@@ -660,7 +660,7 @@ impl Actor {
         for (answer, reply) in answers {
             let result = match answer {
                 Answer::Accepted { first_version, count, version } => {
-                    let from = (first_version.saturating_sub(base_version) - 1) as usize;
+                    let from = (first_version - base_version.get() - 1).get() as usize;
                     let events = stored[from..from + count as usize].to_vec();
                     Ok(CommandReply { stream: self.stream.clone(), version, events, replayed: false })
                 }

@@ -231,7 +231,7 @@ impl ComponentRegistry {
         self.writer.put_component(name, record.encode(), blob, cursor).await?;
         self.records.write().expect("registry lock").insert(name.to_owned(), record);
         self.make_active(name, version, component);
-        tracing::info!(component = name, %kind, %version, %digest, streams = report.streams, changed = report.changed, "deployed");
+        tracing::info!(component = name, %kind, version = version.get(), %digest, streams = report.streams, changed = report.changed, "deployed");
         Ok(answer(name, kind, version, &digest, true, false, report))
     }
 }

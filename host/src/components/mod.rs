@@ -387,7 +387,12 @@ impl ComponentRegistry {
         let version = record.active;
         self.records.write().expect("registry lock").insert(name.to_owned(), record);
         self.make_active(name, version, component);
-        tracing::info!(component = name, %version, forced = matches!(check, SwitchCheck::Forced), "activated");
+        tracing::info!(
+            component = name,
+            version = version.get(),
+            forced = matches!(check, SwitchCheck::Forced),
+            "activated"
+        );
         Ok(replay)
     }
 

@@ -117,7 +117,7 @@ impl Runner {
         record.next = Some(generation);
         self.context.views.put_record(name, &record).map_err(|e| e.to_string())?;
         self.next = Some(lane(&self.context, name, generation, true)?);
-        tracing::info!(projection = name, generation = generation.id, %version, "rebuilding");
+        tracing::info!(projection = name, generation = generation.id, version = version.get(), "rebuilding");
         Ok(generation)
     }
 

@@ -15,7 +15,7 @@ macro_rules! counter {
         pub struct $name(pub $int);
 
         impl $name {
-            /// Before the first event.
+            /// None yet: before the first one.
             pub const ZERO: $name = $name(0);
             pub const MAX: $name = $name(<$int>::MAX);
 
@@ -37,12 +37,6 @@ macro_rules! counter {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 self.0.fmt(f)
-            }
-        }
-
-        impl From<$int> for $name {
-            fn from(value: $int) -> Self {
-                $name(value)
             }
         }
 
