@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 /// How long a change waits for its followers, all together, before it is answered anyway.
 pub(super) const FOLLOW_WAIT: Duration = Duration::from_secs(30);
@@ -46,16 +47,19 @@ pub enum Followed {
     Change(ComponentChange),
     /// Changes were dropped before this follower took them: look at every component again.
     Missed,
-    /// The registry is gone.
-    Closed,
 }
 
 impl ChangeFollower {
-    pub async fn next(&mut self) -> Followed {
-        match self.changes.recv().await {
-            Ok(change) => Followed::Change(change),
-            Err(broadcast::error::RecvError::Lagged(_)) => Followed::Missed,
-            Err(broadcast::error::RecvError::Closed) => Followed::Closed,
+    /// The next change; `None` once `stop` is cancelled or the registry is gone.
+    pub async fn next(&mut self, stop: &CancellationToken) -> Option<Followed> {
+        let received = tokio::select! {
+            _ = stop.cancelled() => return None,
+            received = self.changes.recv() => received,
+        };
+        match received {
+            Ok(change) => Some(Followed::Change(change)),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(Followed::Missed),
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     }
 
@@ -136,13 +140,13 @@ mod tests {
         let mut slow = feed.follow("slow");
         let applied = Arc::new(AtomicBool::new(false));
         tokio::spawn(async move {
-            while let Followed::Change(change) = quick.next().await {
+            while let Some(Followed::Change(change)) = quick.next(&CancellationToken::new()).await {
                 quick.applied(&change, Ok(()));
             }
         });
         let slow_applied = applied.clone();
         tokio::spawn(async move {
-            while let Followed::Change(change) = slow.next().await {
+            while let Some(Followed::Change(change)) = slow.next(&CancellationToken::new()).await {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 slow_applied.store(true, Ordering::SeqCst);
                 slow.applied(&change, Ok(()));
@@ -158,7 +162,7 @@ mod tests {
         drop(feed.follow("ended"));
         let mut failing = feed.follow("projections");
         let following = tokio::spawn(async move {
-            if let Followed::Change(change) = failing.next().await {
+            if let Some(Followed::Change(change)) = failing.next(&CancellationToken::new()).await {
                 assert_eq!((change.name.as_str(), change.kind), ("account-info", ChangeKind::Activated));
                 failing.applied(&change, Err("the disk is full".to_owned()));
             }
@@ -177,7 +181,8 @@ mod tests {
         let feed = ChangeFeed::waiting(Duration::from_millis(300));
         let (mut first, mut second) = (feed.follow("first"), feed.follow("second"));
         let silent = tokio::spawn(async move {
-            let (a, b) = (first.next().await, second.next().await);
+            let never = CancellationToken::new();
+            let (a, b) = (first.next(&never).await, second.next(&never).await);
             tokio::time::sleep(Duration::from_secs(5)).await;
             drop((a, b, first, second));
         });

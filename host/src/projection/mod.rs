@@ -190,11 +190,7 @@ impl Projections {
 
     /// Take each change of the registry as it comes, until the host stops.
     async fn follow_components(self: Arc<Self>, mut follower: ChangeFollower) {
-        loop {
-            let followed = tokio::select! {
-                _ = self.context.part.token().cancelled() => return,
-                followed = follower.next() => followed,
-            };
+        while let Some(followed) = follower.next(self.context.part.token()).await {
             match followed {
                 Followed::Change(change) => {
                     let synced = match change.kind {
@@ -210,7 +206,6 @@ impl Projections {
                         }
                     }
                 }
-                Followed::Closed => return,
             }
         }
     }

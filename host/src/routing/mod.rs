@@ -224,11 +224,7 @@ impl Routing {
 
     /// Take each change of the registry as it comes, until the host stops.
     async fn follow_components(self: Arc<Self>, mut follower: ChangeFollower) {
-        loop {
-            let followed = tokio::select! {
-                _ = self.context.part.token().cancelled() => return,
-                followed = follower.next() => followed,
-            };
+        while let Some(followed) = follower.next(self.context.part.token()).await {
             match followed {
                 Followed::Change(change) => {
                     if change.kind != ChangeKind::Deleted {
@@ -241,7 +237,6 @@ impl Routing {
                         self.ensure_subscriber(&name);
                     }
                 }
-                Followed::Closed => return,
             }
         }
     }
