@@ -128,6 +128,11 @@ enum Command {
         /// new command.
         #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
         idempotency_retention_seconds: u64,
+        /// Where compiled components are cached (default: `compiled` in the data
+        /// directory). Hosts on one machine may share one, e.g. several data directories of
+        /// tests; it must be a directory only cairn writes, since its code is run as is.
+        #[arg(long, env = "CAIRN_COMPILED_CACHE", value_name = "DIR")]
+        compiled_cache: Option<PathBuf>,
         /// Which bundled example components a new data directory gets (comma-separated:
         /// account, money-transfer, order, customer, account-info, customer-orders; `none`
         /// for none). Ignored when the directory already has components.
@@ -363,6 +368,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             request_timeout_ms,
             header_timeout_ms,
             idempotency_retention_seconds,
+            compiled_cache,
             examples,
             allowed_hosts,
             allowed_origins,
@@ -399,6 +405,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             config.examples = bundled_examples(&examples)?;
             config.allowed_hosts = allowed_hosts;
             config.allowed_origins = allowed_origins;
+            config.compiled_cache = compiled_cache;
             crate::server::serve(config).await
         }
         Command::Send { type_name, id, command, idempotency_key, correlation_id, expect_version } => {

@@ -39,6 +39,8 @@ pub struct ServeConfig {
     pub idempotency_retention: std::time::Duration,
     /// The bundled example components a new data directory gets.
     pub examples: Vec<&'static str>,
+    /// Where compiled components are cached; `None`: `compiled` in the data directory.
+    pub compiled_cache: Option<PathBuf>,
     /// Names (`name` or `name:port`) the host answers for besides its listen address,
     /// `localhost` and loopback addresses; any other `Host` is 421.
     pub allowed_hosts: Vec<String>,
@@ -76,6 +78,7 @@ impl Default for ServeConfig {
             },
             idempotency_retention: std::time::Duration::from_secs(24 * 60 * 60),
             examples: cairn_artifacts::BUNDLED.iter().map(|(name, _)| *name).collect(),
+            compiled_cache: None,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
         }

@@ -61,7 +61,8 @@ impl Host {
             Err(StoreError::Storage(error)) => anyhow::bail!(unreadable(&store_file, &error)),
             other => other.with_context(|| format!("open the event store in {}", data.display()))?,
         };
-        let runtime = Runtime::new(Some(&data.join(COMPILED_DIR)), config.guest_limits)?;
+        let compiled = config.compiled_cache.clone().unwrap_or_else(|| data.join(COMPILED_DIR));
+        let runtime = Runtime::new(Some(&compiled), config.guest_limits)?;
         let components = Arc::new(
             ComponentRegistry::open(runtime, store.clone(), writer.clone())
                 .context("load deployed components")?,

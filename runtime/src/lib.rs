@@ -291,9 +291,10 @@ impl Runtime {
         if let Some(path) = &cached
             && path.exists()
         {
-            // SAFETY: the file was written by `Component::serialize` of this same program into
-            // the host's own data directory; wasmtime checks the engine configuration and
-            // version in its header and refuses a mismatch, after which we recompile.
+            // SAFETY: the file was written by `Component::serialize` of cairn into the compile
+            // cache, a directory only cairn writes (the data directory's, or one the operator
+            // gave for several hosts); wasmtime checks the engine configuration and version
+            // in its header and refuses a mismatch, after which we recompile.
             match unsafe { Component::deserialize_file(&self.engine, path) } {
                 Ok(component) => return Ok(component),
                 Err(e) => {

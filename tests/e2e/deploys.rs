@@ -85,7 +85,8 @@ async fn bad_components_are_refused_and_the_running_version_stays() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_compile_beyond_its_time_bound_is_refused() {
-    let host = Host::start_with(&["--compile-timeout-ms", "1"]);
+    // Its own cache: a component another test compiled would load, not compile.
+    let host = Host::start_with_env(&["--compile-timeout-ms", "1"], &[("CAIRN_COMPILED_CACHE", "")]);
     let refused = host.deploy("faulty", cairn_test_guests::FAULTY).await.expect_error(422, "compile_timeout");
     assert!(refused.body["error"]["message"].as_str().unwrap().contains("1ms"), "{}", refused.body);
     assert_eq!(component(&host, "faulty").await, Value::Null, "nothing of it was kept");
@@ -449,7 +450,8 @@ async fn activate_and_rollback_run_the_replay_check_unless_forced() {
 /// are only checked (a dry run) or refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn compiled_code_is_kept_only_for_activated_versions() {
-    let host = Host::start();
+    // Its own cache, in its data directory, so that only its own compilations are counted.
+    let host = Host::start_with_env(&[], &[("CAIRN_COMPILED_CACHE", "")]);
     let compiled = |host: &Host| -> usize {
         std::fs::read_dir(host.data_dir().join("compiled"))
             .unwrap()

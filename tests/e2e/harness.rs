@@ -94,13 +94,23 @@ impl Host {
             .append(true)
             .open(self.data.with_extension("log"))
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        // Every host of the run shares one compile cache, so a fresh data directory loads
+        // the bundled components instead of compiling them anew (seconds of CPU each time).
+        // A test that gives `CAIRN_COMPILED_CACHE` empty gets the data directory's own.
+        match self.env.iter().find(|(key, _)| key == COMPILED_CACHE) {
+            None => command.env(COMPILED_CACHE, shared_compiled_cache()),
+            Some((_, own)) if own.is_empty() => command.env_remove(COMPILED_CACHE),
+            Some(_) => &mut command,
+        };
+        let own_env = self.env.iter().filter(|(key, value)| !(key == COMPILED_CACHE && value.is_empty()));
+        let mut child = command
             .args(["serve", "--data"])
             .arg(&self.data)
             .args(["--listen", "127.0.0.1:0", "--admin-token", "test-token"])
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(own_env.map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -264,4 +274,13 @@ impl Drop for Host {
             let _ = child.wait();
         }
     }
+}
+
+const COMPILED_CACHE: &str = "CAIRN_COMPILED_CACHE";
+
+/// The compile cache the hosts of a test run share: inside the target directory, so it
+/// outlives one run (compiled code is keyed by the component's digest, and wasmtime refuses
+/// and recompiles code from another engine).
+fn shared_compiled_cache() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("compiled-cache")
 }

@@ -248,7 +248,7 @@ impl Projections {
             live_position,
         });
         let (controls, receiver) = mpsc::unbounded_channel();
-        self.context.part.tracker().spawn(supervise(self.context.clone(), shared.clone(), receiver));
+        self.context.part.tracker().spawn(runner_task(self.context.clone(), shared.clone(), receiver));
         handles.insert(name.to_owned(), Handle { shared, controls: controls.clone() });
         // A view built by another version than the active one (a deploy that was not
         // followed by its rebuild before a crash) is rebuilt.
@@ -439,7 +439,7 @@ impl Projections {
 }
 
 /// Run a projection, and run it again from its stored record if the run fails or panics.
-async fn supervise(context: Arc<Context>, shared: Arc<Shared>, controls: mpsc::UnboundedReceiver<Control>) {
+async fn runner_task(context: Arc<Context>, shared: Arc<Shared>, controls: mpsc::UnboundedReceiver<Control>) {
     let controls = Arc::new(tokio::sync::Mutex::new(controls));
     let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
     let part = context.part.clone();

@@ -264,7 +264,7 @@ impl Routing {
             parked: Mutex::new(BTreeMap::new()),
         });
         let (controls, receiver) = mpsc::unbounded_channel();
-        self.context.part.tracker().spawn_on(supervise(shared.clone(), receiver), &self.runtime);
+        self.context.part.tracker().spawn_on(subscriber_task(shared.clone(), receiver), &self.runtime);
         self.handles.lock().expect("routing lock").push(Handle { shared, controls });
     }
 
@@ -389,7 +389,7 @@ impl Routing {
 
 /// Run a subscriber, and run it again from its durable cursor whenever a run fails,
 /// waiting longer after each failure that comes soon after the last.
-async fn supervise(shared: Arc<SubscriberShared>, controls: mpsc::UnboundedReceiver<Control>) {
+async fn subscriber_task(shared: Arc<SubscriberShared>, controls: mpsc::UnboundedReceiver<Control>) {
     let context = shared.context.clone();
     // Each run borrows the controls; a run that panics drops its guard, not the channel.
     let controls = Arc::new(tokio::sync::Mutex::new(controls));
