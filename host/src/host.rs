@@ -61,8 +61,13 @@ impl Host {
             Err(StoreError::Storage(error)) => anyhow::bail!(unreadable(&store_file, &error)),
             other => other.with_context(|| format!("open the event store in {}", data.display()))?,
         };
-        let compiled = config.compiled_cache.clone().unwrap_or_else(|| data.join(COMPILED_DIR));
-        let runtime = Runtime::new(Some(&compiled), config.guest_limits)?;
+        let runtime = match &config.compiled_cache {
+            None => Runtime::new(Some(&data.join(COMPILED_DIR)), config.guest_limits)?,
+            Some(shared) => {
+                private_cache(shared, data)?;
+                Runtime::new(Some(shared), config.guest_limits)?.share_cache()
+            }
+        };
         let components = Arc::new(
             ComponentRegistry::open(runtime, store.clone(), writer.clone())
                 .context("load deployed components")?,
@@ -238,6 +243,33 @@ impl Drop for GuestThreads {
             runtime.shutdown_background();
         }
     }
+}
+
+/// A compile cache given by the operator, maybe shared by several hosts. Its code is run as
+/// it is, so it must belong to the user cairn runs as (the data directory's owner) and be
+/// writable by no one else: made so when it is new, refused otherwise.
+fn private_cache(dir: &Path, data: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("create the compile cache {}", dir.display()))?;
+        let cache = std::fs::metadata(dir).with_context(|| format!("read {}", dir.display()))?;
+        let owner = std::fs::metadata(data).with_context(|| format!("read {}", data.display()))?.uid();
+        if !cache.is_dir() || cache.uid() != owner || cache.permissions().mode() & 0o022 != 0 {
+            anyhow::bail!(
+                "the compile cache {} must be a directory of the user cairn runs as that no one else \
+                 can write (cairn runs the code in it); fix its owner or mode, or give another",
+                dir.display()
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).with_context(|| format!("create the compile cache {}", dir.display()))?;
+    Ok(())
 }
 
 /// Why a data file cannot be used, and what the operator can do about it.

@@ -212,8 +212,18 @@ impl Default for Limits {
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
-    cache_dir: Option<PathBuf>,
+    cache: Option<CompileCache>,
     limits: Limits,
+}
+
+/// Where compiled code is kept between runs.
+#[derive(Clone)]
+struct CompileCache {
+    dir: PathBuf,
+    /// The engine's compatibility hash: part of every file name.
+    engine: u64,
+    /// Other hosts use the directory too: nothing is removed from it.
+    shared: bool,
 }
 
 impl Runtime {
@@ -232,7 +242,31 @@ impl Runtime {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StartError::CacheDir { dir: dir.to_owned(), error: e })?;
         }
-        Ok(Runtime { engine, cache_dir: cache_dir.map(Path::to_path_buf), limits })
+        // Code compiled by another wasmtime or engine configuration gets a name of its own,
+        // so hosts that differ can share a directory without recompiling each other's away.
+        let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut engine_hash);
+        let cache = cache_dir.map(|dir| CompileCache {
+            dir: dir.to_path_buf(),
+            engine: std::hash::Hasher::finish(&engine_hash),
+            shared: false,
+        });
+        Ok(Runtime { engine, cache, limits })
+    }
+
+    /// The cache is shared with other hosts: a deleted version's compiled code stays (another
+    /// host may run the same component), for the operator to clear.
+    pub fn share_cache(mut self) -> Self {
+        if let Some(cache) = &mut self.cache {
+            cache.shared = true;
+        }
+        self
+    }
+
+    /// Where the compiled code of `digest` is cached, if there is a cache.
+    fn cached_path(&self, digest: &ComponentDigest) -> Option<PathBuf> {
+        let cache = self.cache.as_ref()?;
+        Some(cache.dir.join(format!("{}-{:016x}.cwasm", digest.hex(), cache.engine)))
     }
 
     pub fn limits(&self) -> Limits {
@@ -246,13 +280,14 @@ impl Runtime {
 
     /// Remove the compiled code cached for `digest` (its component version was deleted).
     pub fn forget_compiled(&self, digest: &ComponentDigest) {
-        if let Some(dir) = &self.cache_dir {
-            let path = dir.join(format!("{}.cwasm", digest.hex()));
-            if let Err(error) = std::fs::remove_file(&path)
-                && error.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(path = %path.display(), "could not remove cached compiled code: {error}");
-            }
+        if self.cache.as_ref().is_some_and(|cache| cache.shared) {
+            return;
+        }
+        if let Some(path) = self.cached_path(digest)
+            && let Err(error) = std::fs::remove_file(&path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), "could not remove cached compiled code: {error}");
         }
     }
 
@@ -265,15 +300,21 @@ impl Runtime {
             Loaded::Aggregate(aggregate) => (aggregate.digest(), aggregate.compiled().clone()),
             Loaded::Projection(projection) => (projection.digest(), projection.compiled().clone()),
         };
-        let Some(dir) = &self.cache_dir else { return };
-        let path = dir.join(format!("{}.cwasm", digest.hex()));
+        let Some(path) = self.cached_path(digest) else { return };
         if path.exists() {
             return;
         }
         let write = move || match component.serialize() {
             Ok(compiled) => {
                 let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
-                if let Err(e) = std::fs::write(&tmp, compiled).and_then(|()| std::fs::rename(&tmp, &path)) {
+                // Synced before the rename, so the name never stands for a file a power loss
+                // emptied; another host reads the whole file or none.
+                let written = std::fs::File::create(&tmp).and_then(|mut file| {
+                    std::io::Write::write_all(&mut file, &compiled)?;
+                    file.sync_all()
+                });
+                if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
+                    let _ = std::fs::remove_file(&tmp);
                     tracing::warn!(path = %path.display(), "could not cache compiled component: {e}");
                 }
             }
@@ -287,7 +328,7 @@ impl Runtime {
 
     /// Compile `bytes`, or load the compiled code cached for their digest.
     fn compile(&self, digest: &ComponentDigest, bytes: &[u8]) -> Result<Component, LoadError> {
-        let cached = self.cache_dir.as_ref().map(|dir| dir.join(format!("{}.cwasm", digest.hex())));
+        let cached = self.cached_path(digest);
         if let Some(path) = &cached
             && path.exists()
         {

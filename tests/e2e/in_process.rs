@@ -239,3 +239,32 @@ async fn after_restart(data: &Path, acknowledged: Vec<usize>) {
     assert_eq!(a + b, 2000, "money was made or lost: a {a}, b {b}");
     host.shutdown().await;
 }
+
+/// A compile cache given with `--compiled-cache` holds code cairn runs as it is: a new one
+/// is made private, and one that others can write is refused before anything runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compile_cache_that_others_can_write_is_refused_and_a_new_one_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let open_cache = dir.path().join("open-cache");
+    std::fs::create_dir(&open_cache).unwrap();
+    std::fs::set_permissions(&open_cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut refused = config(&dir.path().join("refused"), &["account"]);
+    refused.compiled_cache = Some(open_cache.clone());
+    let error = Host::open(&refused).await.err().expect("a cache others can write is refused");
+    assert!(format!("{error:#}").contains("no one else"), "{error:#}");
+
+    let private = dir.path().join("private-cache");
+    let mut fresh = config(&dir.path().join("fresh"), &["account"]);
+    fresh.compiled_cache = Some(private.clone());
+    let host = Host::open(&fresh).await.expect("a new cache is made and used");
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    host.shutdown().await;
+    // The compiled code is written in the background.
+    eventually("the bundled account to be cached there", || async {
+        let cached = std::fs::read_dir(&private).unwrap().filter_map(Result::ok);
+        cached.into_iter().any(|entry| entry.path().extension().is_some_and(|e| e == "cwasm"))
+    })
+    .await;
+}
