@@ -93,13 +93,6 @@ pub type RunResult = Result<(), RunFailed>;
 #[derive(Debug)]
 pub struct RunFailed(pub String);
 
-impl From<Stopped> for RunFailed {
-    fn from(_: Stopped) -> Self {
-        // Never shown: a run that stops ends the supervision (see `supervise`).
-        RunFailed(Stopped.to_string())
-    }
-}
-
 /// Run `run` until it ends well or `part` stops; a run that fails or panics is recorded in
 /// `status` and started again after `backoff`. Each run is a task of its own, so a panic in
 /// it is caught here; the part's token ends the pauses between runs.

@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// How long a change waits for its followers, all together, before it is answered anyway.
-pub(super) const FOLLOW_WAIT: Duration = Duration::from_secs(30);
+const FOLLOW_WAIT: Duration = Duration::from_secs(30);
 
 /// Changes kept for a follower that is slow to take them; one that falls further behind
 /// hears [`Followed::Missed`] and looks at every component again.
