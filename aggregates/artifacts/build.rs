@@ -11,13 +11,15 @@ const GUESTS: &[Guest] = &[
     ("money-transfer", "MONEY_TRANSFER", "aggregates/money-transfer"),
     ("order", "ORDER", "aggregates/order"),
     ("customer", "CUSTOMER", "aggregates/customer"),
-    ("create-order-saga", "CREATE_ORDER_SAGA", "aggregates/create-order-saga"),
     ("account-info", "ACCOUNT_INFO", "examples/account-info"),
     ("customer-orders", "CUSTOMER_ORDERS", "examples/customer-orders"),
 ];
 /// Example versions built on an aggregate crate used as a library (its `library` feature
 /// leaves that crate's exports out).
-const LIBRARY_USERS: &[Guest] = &[("account-v2", "ACCOUNT_V2", "examples/account-v2")];
+const LIBRARY_USERS: &[Guest] = &[
+    ("account-v2", "ACCOUNT_V2", "examples/account-v2"),
+    ("create-order-saga", "CREATE_ORDER_SAGA", "aggregates/create-order-saga"),
+];
 /// The components a new data directory starts with.
 const BUNDLED: &[&str] = &[
     "account",

@@ -122,6 +122,16 @@ pub trait Aggregate {
         Vec::new()
     }
 
+    /// A command to an aggregate of this type, as a reaction sends it:
+    /// `AccountAggregate::command_to(&id, &AccountCommand::CloseAccount)`. Built from the
+    /// type's own command enum, so a renamed command or field fails to compile.
+    fn command_to(id: &str, command: &Self::Command) -> OutgoingCommand
+    where
+        Self::Command: Serialize,
+    {
+        OutgoingCommand::command(Self::TYPE, id, command)
+    }
+
     /// The commands to send when a subscribed event is committed. Reactions see only the
     /// event, never a state: they translate, the target aggregate decides.
     fn react(_event: &EventEnvelope) -> Vec<OutgoingCommand> {

@@ -131,6 +131,49 @@ impl OutgoingCommand {
             payload: codec::encode(data),
         }
     }
+
+    /// `command`, a variant of the target type's own command enum, to the aggregate
+    /// `target_id` of `target_type`: the variant names the command, its fields are the data.
+    /// Authors reach it as `Aggregate::command_to`, which fills in the type.
+    pub fn command<C: Serialize>(target_type: &str, target_id: &str, command: &C) -> Self {
+        let (command_type, payload) = codec::encode_variant(command);
+        OutgoingCommand {
+            target_type: target_type.to_owned(),
+            target_id: target_id.to_owned(),
+            command_type,
+            payload,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    enum Command {
+        Move { amount: i64, note: Option<String> },
+        Stop,
+    }
+
+    #[test]
+    fn a_typed_command_is_the_command_its_variant_names_with_its_fields() {
+        #[derive(Serialize)]
+        struct Move {
+            amount: i64,
+            note: Option<String>,
+        }
+        #[derive(Serialize)]
+        struct NoFields {}
+        assert_eq!(
+            OutgoingCommand::command("t", "i", &Command::Move { amount: 5, note: None }),
+            OutgoingCommand::new("t", "i", "Move", &Move { amount: 5, note: None })
+        );
+        assert_eq!(
+            OutgoingCommand::command("t", "i", &Command::Stop),
+            OutgoingCommand::new("t", "i", "Stop", &NoFields {})
+        );
+    }
 }
 
 /// The host-made command (type [`crate::COMMAND_REJECTED`]) that tells an aggregate a

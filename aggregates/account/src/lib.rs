@@ -180,32 +180,39 @@ impl Aggregate for AccountAggregate {
             return Vec::new();
         };
         let transfer_id = event.stream_id.clone();
-        let (account_id, command_type, counterparty, transaction_id) = match event.event_type.as_str() {
-            "MoneyTransferCreated" => {
-                (leg.from_account_id, "DebitAccount", leg.to_account_id, transfer_id.clone())
-            }
-            "MoneyTransferDebitRecorded" => {
-                (leg.to_account_id, "CreditAccount", leg.from_account_id, transfer_id.clone())
-            }
-            "MoneyTransferCreditFailed" => {
-                (leg.from_account_id, "CreditAccount", leg.to_account_id, format!("{transfer_id}-reversal"))
-            }
+        let transfer = |counterparty: String| TransferRef {
+            transfer_id: Some(transfer_id.clone()),
+            counterparty_account_id: Some(counterparty),
+        };
+        let amount = leg.amount;
+        let (account_id, command) = match event.event_type.as_str() {
+            "MoneyTransferCreated" => (
+                leg.from_account_id,
+                AccountCommand::DebitAccount {
+                    amount,
+                    transaction_id: transfer_id.clone(),
+                    transfer: transfer(leg.to_account_id),
+                },
+            ),
+            "MoneyTransferDebitRecorded" => (
+                leg.to_account_id,
+                AccountCommand::CreditAccount {
+                    amount,
+                    transaction_id: transfer_id.clone(),
+                    transfer: transfer(leg.from_account_id),
+                },
+            ),
+            "MoneyTransferCreditFailed" => (
+                leg.from_account_id,
+                AccountCommand::CreditAccount {
+                    amount,
+                    transaction_id: format!("{transfer_id}-reversal"),
+                    transfer: transfer(leg.to_account_id),
+                },
+            ),
             _ => return Vec::new(),
         };
-        #[derive(Serialize)]
-        struct Movement {
-            amount: i64,
-            transaction_id: String,
-            transfer_id: String,
-            counterparty_account_id: String,
-        }
-        let movement = Movement {
-            amount: leg.amount,
-            transaction_id,
-            transfer_id,
-            counterparty_account_id: counterparty,
-        };
-        vec![OutgoingCommand::new("account", &account_id, command_type, &movement)]
+        vec![Self::command_to(&account_id, &command)]
     }
 }
 

@@ -28,6 +28,8 @@ use cairn_guest::{
     Aggregate, CommandRejected, EventEnvelope, InternalCommand, OutgoingCommand, Rejection, Subscription,
     check_aggregate_id,
 };
+use customer::{CustomerAggregate, CustomerCommand};
+use order::{OrderAggregate, OrderCommand};
 use serde::{Deserialize, Serialize};
 
 /// This aggregate's type name.
@@ -265,11 +267,9 @@ impl Aggregate for CreateOrderSagaAggregate {
     }
 
     fn react(event: &EventEnvelope) -> Vec<OutgoingCommand> {
-        #[derive(Serialize)]
-        struct NoFields {}
         let Ok(step) = event.data::<Step>() else { return Vec::new() };
-        let to_saga =
-            |saga_id: &str, command: &str| vec![OutgoingCommand::new(TYPE, saga_id, command, &NoFields {})];
+        let to_saga = |saga_id: &str, command: SagaCommand| vec![Self::command_to(saga_id, &command)];
+        let to_order = |command: OrderCommand| vec![OrderAggregate::command_to(&event.stream_id, &command)];
         match (event.stream_type.as_str(), event.event_type.as_str()) {
             // Its own steps: the next command of the state machine.
             (TYPE, "CreateOrderSagaStarted") => {
@@ -279,24 +279,10 @@ impl Aggregate for CreateOrderSagaAggregate {
                     return Vec::new();
                 };
                 if order_id != event.stream_id {
-                    #[derive(Serialize)]
-                    struct Abandon<'a> {
-                        reason: &'a str,
-                    }
-                    let abandon = Abandon { reason: "ORDER_ID_IS_NOT_THE_SAGA_ID" };
-                    return vec![OutgoingCommand::new(TYPE, &event.stream_id, "AbandonSaga", &abandon)];
+                    let reason = "ORDER_ID_IS_NOT_THE_SAGA_ID".to_owned();
+                    return to_saga(&event.stream_id, SagaCommand::AbandonSaga { reason });
                 }
-                #[derive(Serialize)]
-                struct CreateOrder {
-                    customer_id: String,
-                    order_total: i64,
-                }
-                vec![OutgoingCommand::new(
-                    "order",
-                    &order_id,
-                    "CreateOrder",
-                    &CreateOrder { customer_id, order_total },
-                )]
+                to_order(OrderCommand::CreateOrder { customer_id, order_total })
             }
             (TYPE, "OrderCreationRecorded") => {
                 let (Some(order_id), Some(customer_id), Some(order_total)) =
@@ -304,44 +290,28 @@ impl Aggregate for CreateOrderSagaAggregate {
                 else {
                     return Vec::new();
                 };
-                #[derive(Serialize)]
-                struct ReserveCredit {
-                    order_id: String,
-                    order_total: i64,
-                }
-                let reserve = ReserveCredit { order_id, order_total };
-                vec![OutgoingCommand::new("customer", &customer_id, "ReserveCredit", &reserve)]
+                let reserve = CustomerCommand::ReserveCredit { order_id, order_total };
+                vec![CustomerAggregate::command_to(&customer_id, &reserve)]
             }
-            (TYPE, "CreditReservationRecorded") => {
-                vec![OutgoingCommand::new("order", &event.stream_id, "ApproveOrder", &NoFields {})]
-            }
+            (TYPE, "CreditReservationRecorded") => to_order(OrderCommand::ApproveOrder),
             (TYPE, "CreditReleaseRequested") => {
                 let Some(customer_id) = step.customer_id else { return Vec::new() };
-                #[derive(Serialize)]
-                struct ReleaseCredit<'a> {
-                    order_id: &'a str,
-                }
-                let release = ReleaseCredit { order_id: &event.stream_id };
-                vec![OutgoingCommand::new("customer", &customer_id, "ReleaseCredit", &release)]
+                let release = CustomerCommand::ReleaseCredit { order_id: event.stream_id.clone() };
+                vec![CustomerAggregate::command_to(&customer_id, &release)]
             }
-            (TYPE, "CreditRefusalRecorded") => {
-                #[derive(Serialize)]
-                struct RejectOrder {
-                    rejection_reason: String,
-                }
-                let reject = RejectOrder { rejection_reason: step.rejection_reason.unwrap_or_default() };
-                vec![OutgoingCommand::new("order", &event.stream_id, "RejectOrder", &reject)]
-            }
+            (TYPE, "CreditRefusalRecorded") => to_order(OrderCommand::RejectOrder {
+                rejection_reason: step.rejection_reason.unwrap_or_default(),
+            }),
             // The participants' replies, to the saga of their order.
-            ("order", "OrderCreated") => to_saga(&event.stream_id, "RecordOrderCreated"),
-            ("order", "OrderApproved") => to_saga(&event.stream_id, "RecordOrderApproved"),
-            ("order", "OrderRejected") => to_saga(&event.stream_id, "RecordOrderRejected"),
+            ("order", "OrderCreated") => to_saga(&event.stream_id, SagaCommand::RecordOrderCreated),
+            ("order", "OrderApproved") => to_saga(&event.stream_id, SagaCommand::RecordOrderApproved),
+            ("order", "OrderRejected") => to_saga(&event.stream_id, SagaCommand::RecordOrderRejected),
             ("customer", "CustomerCreditReserved") => match step.order_id {
-                Some(order_id) => to_saga(&order_id, "RecordCreditReserved"),
+                Some(order_id) => to_saga(&order_id, SagaCommand::RecordCreditReserved),
                 None => Vec::new(),
             },
             ("customer", "CustomerCreditReservationFailed") => match step.order_id {
-                Some(order_id) => to_saga(&order_id, "RecordCreditRefused"),
+                Some(order_id) => to_saga(&order_id, SagaCommand::RecordCreditRefused),
                 None => Vec::new(),
             },
             _ => Vec::new(),

@@ -151,30 +151,17 @@ impl Aggregate for CustomerAggregate {
         if event.event_type == "OrderCreated" && event.causation_id.is_some() {
             return Vec::new();
         }
-        let order_id = event.stream_id.as_str();
+        let order_id = event.stream_id.clone();
         let command = match event.event_type.as_str() {
-            "OrderCreated" => {
-                #[derive(Serialize)]
-                struct Reserve<'a> {
-                    order_id: &'a str,
-                    order_total: i64,
-                }
-                let reserve = Reserve { order_id, order_total: order.order_total };
-                OutgoingCommand::new(Self::TYPE, &order.customer_id, "ReserveCredit", &reserve)
-            }
-            "OrderCancelled" => {
-                #[derive(Serialize)]
-                struct Release<'a> {
-                    order_id: &'a str,
-                }
-                OutgoingCommand::new(Self::TYPE, &order.customer_id, "ReleaseCredit", &Release { order_id })
-            }
+            "OrderCreated" => CustomerCommand::ReserveCredit { order_id, order_total: order.order_total },
+            "OrderCancelled" => CustomerCommand::ReleaseCredit { order_id },
             _ => return Vec::new(),
         };
-        vec![command]
+        vec![Self::command_to(&order.customer_id, &command)]
     }
 }
 
+#[cfg(not(feature = "library"))]
 cairn_guest::export_aggregate!(CustomerAggregate);
 
 #[cfg(test)]

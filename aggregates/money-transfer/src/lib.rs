@@ -197,26 +197,13 @@ impl Aggregate for MoneyTransferAggregate {
         let Ok(AccountMovement { transfer_id: Some(transfer_id) }) = event.data() else {
             return Vec::new();
         };
-        #[derive(Serialize)]
-        struct NoFields {}
-        #[derive(Serialize)]
-        struct Credit<'a> {
-            account_id: &'a str,
-        }
         let command = match event.event_type.as_str() {
-            "AccountDebited" => OutgoingCommand::new(Self::TYPE, &transfer_id, "RecordDebit", &NoFields {}),
-            "AccountDebitFailedDueToInsufficientFunds" => {
-                OutgoingCommand::new(Self::TYPE, &transfer_id, "RecordDebitFailed", &NoFields {})
-            }
-            "AccountCredited" => OutgoingCommand::new(
-                Self::TYPE,
-                &transfer_id,
-                "RecordCredit",
-                &Credit { account_id: &event.stream_id },
-            ),
+            "AccountDebited" => MoneyTransferCommand::RecordDebit,
+            "AccountDebitFailedDueToInsufficientFunds" => MoneyTransferCommand::RecordDebitFailed,
+            "AccountCredited" => MoneyTransferCommand::RecordCredit { account_id: event.stream_id.clone() },
             _ => return Vec::new(),
         };
-        vec![command]
+        vec![Self::command_to(&transfer_id, &command)]
     }
 
     /// A debit or credit this transfer asked for was refused by the account.

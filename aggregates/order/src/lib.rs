@@ -159,22 +159,13 @@ impl Aggregate for OrderAggregate {
             return Vec::new();
         };
         let command = match event.event_type.as_str() {
-            "CustomerCreditReserved" => {
-                #[derive(Serialize)]
-                struct NoFields {}
-                OutgoingCommand::new(Self::TYPE, &decision.order_id, "ApproveOrder", &NoFields {})
-            }
+            "CustomerCreditReserved" => OrderCommand::ApproveOrder,
             "CustomerCreditReservationFailed" => {
-                #[derive(Serialize)]
-                struct Reject {
-                    rejection_reason: &'static str,
-                }
-                let reject = Reject { rejection_reason: INSUFFICIENT_CREDIT };
-                OutgoingCommand::new(Self::TYPE, &decision.order_id, "RejectOrder", &reject)
+                OrderCommand::RejectOrder { rejection_reason: INSUFFICIENT_CREDIT.to_owned() }
             }
             _ => return Vec::new(),
         };
-        vec![command]
+        vec![Self::command_to(&decision.order_id, &command)]
     }
 
     /// The customer refused the credit reservation outright: it does not exist.
@@ -196,6 +187,7 @@ impl Aggregate for OrderAggregate {
     }
 }
 
+#[cfg(not(feature = "library"))]
 cairn_guest::export_aggregate!(OrderAggregate);
 
 #[cfg(test)]
