@@ -512,7 +512,7 @@ impl Actor {
                     pending.snapshot = Some(snapshot);
                 }
                 let causation_id = request.causation.as_ref().map(|c| c.causation_id.clone());
-                let reply_to = request.causation.as_ref().map(|c| c.source.key());
+                let reply_to = request.causation.as_ref().map(|c| c.source.clone());
                 pending.events.extend(events.into_iter().map(|e| NewEvent {
                     event_type: e.event_type,
                     payload: e.payload,

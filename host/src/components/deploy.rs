@@ -74,7 +74,8 @@ pub struct ReplayReport {
 /// One stream whose state the new version changes, with both states.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReplayExample {
-    pub stream: String,
+    #[schema(value_type = String)]
+    pub stream: StreamId,
     #[schema(value_type = Object)]
     pub before: Value,
     #[schema(value_type = Object)]
@@ -95,7 +96,7 @@ pub enum DeployError {
     #[error("{name} is deployed as {existing}; this component is {new}")]
     KindMismatch { name: String, existing: ComponentKind, new: ComponentKind },
     #[error("replaying {stream} with the new version failed at {detail}")]
-    ReplayFailed { stream: String, detail: String },
+    ReplayFailed { stream: StreamId, detail: String },
     #[error(transparent)]
     NotFollowed(#[from] NotFollowed),
     /// A task of the deploy ended before it answered (a host defect).
@@ -265,14 +266,14 @@ pub(super) fn replay_check(
                 ReplayError::Store(error) => DeployError::Store(error),
                 ReplayError::Cancelled => DeployError::Interrupted(error.to_string()),
                 ReplayError::Guest { .. } => {
-                    DeployError::ReplayFailed { stream: stream.key(), detail: error.to_string() }
+                    DeployError::ReplayFailed { stream: stream.clone(), detail: error.to_string() }
                 }
             })?;
         let Some(before) = running.and_then(|running| state_with(running, store, &stream)) else { continue };
         if before != after {
             report.changed += 1;
             report.example.get_or_insert_with(|| ReplayExample {
-                stream: stream.key(),
+                stream: stream.clone(),
                 before: before.as_deref().map(crate::msgpack::to_json).unwrap_or(Value::Null),
                 after: after.as_deref().map(crate::msgpack::to_json).unwrap_or(Value::Null),
             });

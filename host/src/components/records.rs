@@ -2,7 +2,7 @@
 
 use crate::runtime::ComponentDigest;
 use crate::runtime::ComponentKind;
-use crate::store::ComponentVersion;
+use crate::store::{ComponentVersion, StreamId};
 use serde::{Deserialize, Serialize};
 
 /// One deployed version of a component.
@@ -70,7 +70,8 @@ pub struct ReplaySummary {
     pub streams: u64,
     pub changed: u64,
     /// One stream whose state changed, if any.
-    pub example_stream: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub example_stream: Option<StreamId>,
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use super::AppState;
 use super::error::ApiError;
+use crate::store::StreamId;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -104,6 +105,17 @@ impl Params {
             }
             Some(text) => Ok(Some(text.clone())),
         }
+    }
+
+    /// An optional stream, named by its key (`account/101`).
+    pub fn stream(&self, name: &str) -> Result<Option<StreamId>, ApiError> {
+        let Some(text) = self.text(name)? else { return Ok(None) };
+        StreamId::from_key(&text).map(Some).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("{name} must name a stream as type/id, e.g. account/101"),
+            )
+        })
     }
 
     /// An optional boolean parameter: `true`/`1` or `false`/`0`; absent is `false`.

@@ -5,7 +5,7 @@ use super::error::ApiError;
 use super::extract::{Params, Path, require_admin};
 use super::openapi::ErrorBody;
 use crate::routing::{RoutingError, SequenceAction};
-use crate::store::{DeadLetterKey, Position};
+use crate::store::{DeadLetterKey, Position, StreamId};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -37,7 +37,7 @@ pub async fn routing(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
 pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Result<Json<Value>, ApiError> {
     let limit = params.limit(100, 1000)?;
     let subscriber = params.text("subscriber")?;
-    let stream = params.text("stream")?;
+    let stream = params.stream("stream")?;
     let after = match params.text("after")? {
         None => None,
         Some(text) => Some(text.parse::<DeadLetterKey>().map_err(|()| {
@@ -47,8 +47,7 @@ pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Resu
             )
         })?),
     };
-    let letters =
-        state.store.dead_letters(subscriber.as_deref(), stream.as_deref(), after.as_ref(), limit)?;
+    let letters = state.store.dead_letters(subscriber.as_deref(), stream.as_ref(), after.as_ref(), limit)?;
     // Kept counts, never a scan of the letters.
     let mut counts = state.store.dead_letter_counts()?;
     if let Some(subscriber) = &subscriber {
@@ -105,7 +104,7 @@ pub async fn retry_dead_letters(
     require_admin(&state, &headers)?;
     let (subscriber, stream) = sequence_params(&params)?;
     let released =
-        state.routing.retry(subscriber.as_deref(), stream.as_deref()).await.map_err(routing_error)?;
+        state.routing.retry(subscriber.as_deref(), stream.as_ref()).await.map_err(routing_error)?;
     Ok(sequences_answer("retried", released))
 }
 
@@ -136,7 +135,7 @@ pub async fn discard_dead_letters(
     let subscriber = subscriber.ok_or_else(|| {
         ApiError::bad_request("invalid_query", "discard needs a subscriber (and optionally a stream)")
     })?;
-    let dropped = state.routing.discard(&subscriber, stream.as_deref()).await.map_err(routing_error)?;
+    let dropped = state.routing.discard(&subscriber, stream.as_ref()).await.map_err(routing_error)?;
     Ok(sequences_answer("discarded", dropped))
 }
 
@@ -147,9 +146,9 @@ fn sequences_answer(verb: &str, actions: Vec<SequenceAction>) -> Json<Value> {
 }
 
 /// `subscriber` and `stream` of a retry or discard; a stream needs its subscriber.
-fn sequence_params(params: &Params) -> Result<(Option<String>, Option<String>), ApiError> {
+fn sequence_params(params: &Params) -> Result<(Option<String>, Option<StreamId>), ApiError> {
     let subscriber = params.text("subscriber")?;
-    let stream = params.text("stream")?;
+    let stream = params.stream("stream")?;
     if stream.is_some() && subscriber.is_none() {
         return Err(ApiError::bad_request("invalid_query", "a stream is named together with its subscriber"));
     }

@@ -18,7 +18,7 @@ use super::connections::ClientAddress;
 use super::error::ApiError;
 use super::extract::{Params, header_text};
 use super::openapi::ErrorBody;
-use crate::store::{EventStore, LogFollower, Page, Position, StoredEvent};
+use crate::store::{EventStore, LogFollower, Page, Position, StoredEvent, StreamId};
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -43,7 +43,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 #[derive(Debug, Default)]
 struct Filter {
     stream_type: Option<String>,
-    stream: Option<String>,
+    stream: Option<StreamId>,
     event_type: Option<String>,
     correlation_id: Option<String>,
 }
@@ -51,7 +51,10 @@ struct Filter {
 impl Filter {
     fn matches(&self, event: &StoredEvent) -> bool {
         self.stream_type.as_ref().is_none_or(|t| *t == event.stream_type)
-            && self.stream.as_ref().is_none_or(|s| *s == event.stream().key())
+            && self
+                .stream
+                .as_ref()
+                .is_none_or(|s| s.type_name == event.stream_type && s.id == event.stream_id)
             && self.event_type.as_ref().is_none_or(|t| *t == event.event_type)
             && self.correlation_id.as_ref().is_none_or(|c| *c == event.correlation_id)
     }
@@ -184,7 +187,7 @@ pub async fn stream(
     let after = resume.or(params.u64("after")?.map(Position)).unwrap_or_else(|| state.store.head_position());
     let filter = Filter {
         stream_type: params.text("stream_type")?,
-        stream: params.text("stream")?,
+        stream: params.stream("stream")?,
         event_type: params.text("event_type")?,
         correlation_id: params.text("correlation_id")?,
     };

@@ -17,7 +17,7 @@ pub mod store;
 use crate::components::{ChangeFollower, ChangeKind, ComponentRegistry, Followed};
 use crate::lifecycle::{self, Backoff, FailureRecord, Part, RunFailed};
 use crate::projection::store::{Generation, ViewRecord, ViewStore};
-use crate::store::{ComponentVersion, EventStore, Position, StoreError};
+use crate::store::{ComponentVersion, EventStore, Position, StoreError, StreamId};
 use runner::Runner;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -43,7 +43,7 @@ pub struct Failure {
     /// The position of the event the component failed on; the view has handled every
     /// event before it.
     pub position: Position,
-    pub stream: String,
+    pub stream: StreamId,
     pub event_type: String,
     pub reason: String,
 }

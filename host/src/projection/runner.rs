@@ -12,7 +12,7 @@
 use super::{Context, Control, Failure, Shared};
 use crate::projection::store::{BatchCommit, Generation, ViewRecord};
 use crate::runtime::ProjectionComponent;
-use crate::store::{ComponentVersion, LogFollower, Page, Position, StoreError};
+use crate::store::{ComponentVersion, LogFollower, Page, Position, StoreError, StreamId};
 use cairn_wire::EventEnvelope;
 use std::sync::Arc;
 use std::time::Duration;
@@ -279,7 +279,7 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
         lane.follower.seek(cursor);
         lane.failure = Some(Failure {
             position: Position(event.position),
-            stream: format!("{}/{}", event.stream_type, event.stream_id),
+            stream: StreamId { type_name: event.stream_type, id: event.stream_id },
             event_type: event.event_type,
             reason: error.to_string(),
         });

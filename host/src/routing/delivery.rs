@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 /// What a stream's worker is asked to do, in the stream's order.
 pub(super) enum Work {
     /// An event read from the log; the cursor waits for it.
-    Event(StoredEvent),
+    Event(Box<StoredEvent>),
     /// An operator's retry: deliver the stream's parked sequence again, in order. Answers
     /// how many events were released.
     Retry(oneshot::Sender<u64>),
@@ -41,7 +41,7 @@ pub(super) enum Work {
 
 /// A finished piece of work; `position` is set for a log event.
 pub(super) struct Finished {
-    pub stream: String,
+    pub stream: StreamId,
     pub position: Option<Position>,
 }
 
@@ -49,7 +49,7 @@ pub(super) struct Finished {
 /// the cursor must not pass it: that is `Err(Stopped)`.)
 enum Outcome {
     Done,
-    Park(DeadLetter),
+    Park(Box<DeadLetter>),
 }
 
 /// How sending one command ended.
@@ -71,7 +71,7 @@ enum Sent {
 
 pub(super) struct StreamWorker {
     pub shared: Arc<SubscriberShared>,
-    pub stream: String,
+    pub stream: StreamId,
 }
 
 impl StreamWorker {
@@ -86,7 +86,7 @@ impl StreamWorker {
                 Work::Retry(_) | Work::Discard(_) => None,
             };
             let done = match item {
-                Work::Event(event) => self.on_event(event).await,
+                Work::Event(event) => self.on_event(*event).await,
                 Work::Retry(reply) => self.retry(reply).await,
                 Work::Discard(reply) => self.discard(reply).await,
             };
@@ -140,7 +140,7 @@ impl StreamWorker {
     }
 
     /// The dead letter of an event that waits behind the stream's parked event at `first`.
-    fn behind_letter(&self, event: &StoredEvent, first: Position) -> DeadLetter {
+    fn behind_letter(&self, event: &StoredEvent, first: Position) -> Box<DeadLetter> {
         let error = format!("waiting behind the parked event at position {first} of {}", self.stream);
         self.letter(event, Some(first), None, None, error, 0)
     }
@@ -210,7 +210,7 @@ impl StreamWorker {
         }
         self.shared.parked.lock().expect("parked lock").remove(&self.stream);
         self.counters().discarded += count;
-        tracing::warn!(subscriber = self.shared.name, stream = self.stream, count, "discarded parked events");
+        tracing::warn!(subscriber = self.shared.name, stream = %self.stream, count, "discarded parked events");
         let _ = reply.send(count);
         Ok(())
     }
@@ -470,29 +470,29 @@ impl StreamWorker {
         command: Option<&OutgoingCommand>,
         error: String,
         attempts: u32,
-    ) -> DeadLetter {
-        DeadLetter {
+    ) -> Box<DeadLetter> {
+        Box::new(DeadLetter {
             subscriber: self.shared.name.clone(),
             stream: self.stream.clone(),
             position: event.position,
             event_type: event.event_type.clone(),
             behind,
             command_index: index,
-            target: command.map(|c| format!("{}/{}", c.target_type, c.target_id)),
+            target: command.map(|c| StreamId { type_name: c.target_type.clone(), id: c.target_id.clone() }),
             command_type: command.map(|c| c.command_type.clone()),
             error,
             attempts,
             parked_at_micros: crate::time::now_micros(),
-        }
+        })
     }
 
     /// Store a dead letter and mark the stream parked. If the host stops first, the event is
     /// not done and is delivered again after a restart.
-    async fn park(&self, letter: DeadLetter) -> Result<(), Stopped> {
+    async fn park(&self, letter: Box<DeadLetter>) -> Result<(), Stopped> {
         if letter.behind.is_none() {
             tracing::error!(
                 subscriber = self.shared.name,
-                stream = self.stream,
+                stream = %self.stream,
                 position = letter.position.get(),
                 "parking an event: {}",
                 letter.error
@@ -514,7 +514,7 @@ impl StreamWorker {
         let writer = &self.shared.context.writer;
         loop {
             let written = match &change {
-                LetterChange::Park(letter) => writer.park(letter.clone()).await,
+                LetterChange::Park(letter) => writer.park((**letter).clone()).await,
                 LetterChange::Unpark(keys) => writer.unpark(keys.clone()).await,
             };
             match written {
@@ -541,7 +541,7 @@ enum Recorded {
 
 /// A change to the dead letters, retried until it is stored.
 enum LetterChange {
-    Park(DeadLetter),
+    Park(Box<DeadLetter>),
     Unpark(Vec<DeadLetterKey>),
 }
 

@@ -25,7 +25,7 @@ mod subscriber;
 use crate::actor::Actors;
 use crate::components::{ChangeFollower, ChangeKind, ComponentRegistry, Followed};
 use crate::lifecycle::{self, Backoff, FailureRecord, Part, RunResult};
-use crate::store::{EventStore, Position, StoreError, Writer};
+use crate::store::{EventStore, Position, StoreError, StreamId, Writer};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -82,7 +82,7 @@ pub(crate) struct SubscriberShared {
     pub counters: Mutex<Counters>,
     /// Streams with parked events, each with its first parked position. Loaded from the
     /// store at every run's start; a worker adds its stream after the letter is durable.
-    pub parked: Mutex<BTreeMap<String, Position>>,
+    pub parked: Mutex<BTreeMap<StreamId, Position>>,
 }
 
 impl FailureRecord for SubscriberShared {
@@ -121,16 +121,16 @@ pub struct Counters {
 }
 
 /// The answer to a retry or discard: each stream with the number of events released.
-pub(crate) type SequenceReply = oneshot::Sender<Vec<(String, u64)>>;
+pub(crate) type SequenceReply = oneshot::Sender<Vec<(StreamId, u64)>>;
 
 /// An operator's request to a running subscriber.
 pub(crate) enum Control {
     /// Move the cursor; answered once it is stored.
     Rewind(Position, oneshot::Sender<()>),
     /// Deliver the parked sequence of a stream (or of every parked stream) again.
-    Retry(Option<String>, SequenceReply),
+    Retry(Option<StreamId>, SequenceReply),
     /// Drop the parked sequence of a stream (or of every parked stream).
-    Discard(Option<String>, SequenceReply),
+    Discard(Option<StreamId>, SequenceReply),
 }
 
 /// A subscriber as `GET /routing` shows it.
@@ -160,7 +160,7 @@ pub struct SubscriptionJson {
 #[derive(Debug, Clone, Serialize)]
 pub struct SequenceAction {
     pub subscriber: String,
-    pub stream: String,
+    pub stream: StreamId,
     /// Events released for delivery (retry) or dropped (discard).
     pub events: u64,
 }
@@ -341,7 +341,7 @@ impl Routing {
     pub async fn retry(
         &self,
         subscriber: Option<&str>,
-        stream: Option<&str>,
+        stream: Option<&StreamId>,
     ) -> Result<Vec<SequenceAction>, RoutingError> {
         self.to_sequences(subscriber, stream, Control::Retry).await
     }
@@ -350,7 +350,7 @@ impl Routing {
     pub async fn discard(
         &self,
         subscriber: &str,
-        stream: Option<&str>,
+        stream: Option<&StreamId>,
     ) -> Result<Vec<SequenceAction>, RoutingError> {
         self.to_sequences(Some(subscriber), stream, Control::Discard).await
     }
@@ -358,8 +358,8 @@ impl Routing {
     async fn to_sequences(
         &self,
         subscriber: Option<&str>,
-        stream: Option<&str>,
-        control: fn(Option<String>, SequenceReply) -> Control,
+        stream: Option<&StreamId>,
+        control: fn(Option<StreamId>, SequenceReply) -> Control,
     ) -> Result<Vec<SequenceAction>, RoutingError> {
         let names = match subscriber {
             Some(name) => vec![name.to_owned()],
@@ -369,7 +369,7 @@ impl Routing {
         for name in names {
             let (reply, answer) = oneshot::channel();
             self.controls_of(&name)?
-                .send(control(stream.map(str::to_owned), reply))
+                .send(control(stream.cloned(), reply))
                 .map_err(|_| RoutingError::Interrupted(name.clone()))?;
             let counts = answer.await.map_err(|_| RoutingError::Interrupted(name.clone()))?;
             actions.extend(counts.into_iter().map(|(stream, events)| SequenceAction {

@@ -11,7 +11,7 @@ use super::delivery::{Finished, StreamWorker, Work};
 use super::progress::Progress;
 use super::{Control, SequenceReply, SubscriberShared};
 use crate::lifecycle::{RunFailed, RunResult};
-use crate::store::{LogFollower, Page, Position, StoreError};
+use crate::store::{LogFollower, Page, Position, StoreError, StreamId};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +50,7 @@ pub(super) struct Subscriber {
     progress: Progress,
     stored_cursor: Position,
     last_write: Instant,
-    lanes: HashMap<String, Lane>,
+    lanes: HashMap<StreamId, Lane>,
     /// The stored size of each event in flight, and their sum: the window's byte budget.
     sizes: HashMap<Position, usize>,
     bytes_in_flight: usize,
@@ -163,7 +163,7 @@ impl Subscriber {
                     let size = event.payload.len();
                     self.sizes.insert(event.position, size);
                     self.bytes_in_flight += size;
-                    self.dispatch(event.stream().key(), Work::Event(event));
+                    self.dispatch(event.stream(), Work::Event(Box::new(event)));
                 }
             }
             self.progress.read_up_to(last);
@@ -172,7 +172,7 @@ impl Subscriber {
     }
 
     /// Queue work for a stream, starting its worker if it has none.
-    fn dispatch(&mut self, stream: String, work: Work) {
+    fn dispatch(&mut self, stream: StreamId, work: Work) {
         let lane = self.lanes.entry(stream.clone()).or_insert_with(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
             let worker = StreamWorker { shared: self.shared.clone(), stream };
@@ -259,11 +259,11 @@ impl Subscriber {
     /// already has, and answer, without waiting here, how many events each released.
     fn queue_on_parked_streams(
         &mut self,
-        stream: Option<String>,
+        stream: Option<StreamId>,
         work: fn(oneshot::Sender<u64>) -> Work,
         reply: SequenceReply,
     ) {
-        let streams: Vec<String> = match stream {
+        let streams: Vec<StreamId> = match stream {
             Some(stream) => vec![stream],
             None => self.shared.parked.lock().expect("parked lock").keys().cloned().collect(),
         };

@@ -350,7 +350,7 @@ impl EventStore {
     pub fn dead_letters(
         &self,
         subscriber: Option<&str>,
-        stream: Option<&str>,
+        stream: Option<&StreamId>,
         after: Option<&DeadLetterKey>,
         limit: usize,
     ) -> Result<Vec<(DeadLetter, u64)>, StoreError> {
@@ -369,7 +369,10 @@ impl EventStore {
             }
             None => Vec::new(),
         };
-        let after = after.map(|a| (a.subscriber.as_str(), a.stream.as_str(), a.position.get()));
+        let after_stream = after.map(|a| a.stream.key());
+        let after = after
+            .zip(after_stream.as_deref())
+            .map(|(a, stream)| (a.subscriber.as_str(), stream, a.position.get()));
         let mut out = Vec::new();
         // Read keys from `from` on while `within` holds; `false` once the page is full.
         let mut read_from = |from: (&str, &str, u64), within: &dyn Fn(&str, &str) -> bool| {
@@ -394,6 +397,8 @@ impl EventStore {
             }
             Ok(true)
         };
+        let stream = stream.map(StreamId::key);
+        let stream = stream.as_deref();
         if subscriber.is_none() && stream.is_none() {
             read_from(("", "", 0), &|_, _| true)?;
         } else {
@@ -414,7 +419,8 @@ impl EventStore {
     pub fn dead_letter(&self, key: &DeadLetterKey) -> Result<Option<DeadLetter>, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let table = read.open_table(PARKED)?;
-        let letter = table.get((key.subscriber.as_str(), key.stream.as_str(), key.position.get()))?;
+        let stream = key.stream.key();
+        let letter = table.get((key.subscriber.as_str(), stream.as_str(), key.position.get()))?;
         letter.map(|record| DeadLetter::decode(record.value())).transpose()
     }
 
@@ -438,9 +444,11 @@ impl EventStore {
     }
 
     /// How many dead letters `subscriber` has of one `stream`: a range of that stream's keys.
-    pub fn stream_dead_letter_count(&self, subscriber: &str, stream: &str) -> Result<u64, StoreError> {
+    pub fn stream_dead_letter_count(&self, subscriber: &str, stream: &StreamId) -> Result<u64, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let table = read.open_table(PARKED)?;
+        let stream = stream.key();
+        let stream = stream.as_str();
         let mut count = 0;
         for entry in table.range((subscriber, stream, 0)..=(subscriber, stream, u64::MAX))? {
             entry?;
@@ -450,7 +458,7 @@ impl EventStore {
     }
 
     /// The streams `subscriber` has parked events of, each with its first parked position.
-    pub fn parked_streams(&self, subscriber: &str) -> Result<BTreeMap<String, Position>, StoreError> {
+    pub fn parked_streams(&self, subscriber: &str) -> Result<BTreeMap<StreamId, Position>, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let table = read.open_table(PARKED)?;
         // One seek per parked stream, to its first letter: the letters waiting behind it (which
@@ -464,7 +472,9 @@ impl EventStore {
             if key_subscriber != subscriber {
                 break;
             }
-            out.insert(stream.to_owned(), Position(position));
+            let parked = StreamId::from_key(stream)
+                .ok_or_else(|| StoreError::Corrupt(format!("dead letter key {stream:?} names no stream")))?;
+            out.insert(parked, Position(position));
             // Positions are below u64::MAX: this passes the rest of the stream's letters.
             after = (stream.to_owned(), u64::MAX);
         }

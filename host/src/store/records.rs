@@ -41,8 +41,9 @@ impl OutcomeKey {
     }
 }
 
-/// One aggregate instance's stream: `account/101`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// One aggregate instance's stream: `account/101`. Ordered as its key, so streams sort as
+/// the store's tables keep them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StreamId {
     pub type_name: String,
     pub id: String,
@@ -61,6 +62,45 @@ impl StreamId {
     /// The key in the store's tables, and the `stream` field users see.
     pub fn key(&self) -> String {
         format!("{}/{}", self.type_name, self.id)
+    }
+
+    /// The stream a key names (`type/id`, as [`StreamId::key`] writes it). Type names have
+    /// no `/`, so the first one ends the type; the id is not checked again (it was when the
+    /// key was made).
+    pub fn from_key(key: &str) -> Option<StreamId> {
+        let (type_name, id) = key.split_once('/')?;
+        Some(StreamId { type_name: type_name.to_owned(), id: id.to_owned() })
+    }
+}
+
+impl Ord for StreamId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let key = |s: &StreamId| {
+            s.type_name.as_bytes().iter().chain(b"/").chain(s.id.as_bytes()).copied().collect::<Vec<u8>>()
+        };
+        key(self).cmp(&key(other))
+    }
+}
+
+impl PartialOrd for StreamId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Stored and shown as its key, `type/id`: records that held the key as a string decode
+/// as a stream.
+impl Serialize for StreamId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for StreamId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let key = String::deserialize(deserializer)?;
+        StreamId::from_key(&key)
+            .ok_or_else(|| serde::de::Error::custom(format!("{key:?} is no `type/id` stream key")))
     }
 }
 
@@ -91,7 +131,7 @@ pub struct StoredEvent {
     /// gets the events whose `reply_to` is of its own type. Events stored before this
     /// existed have none (and a trailing field that is absent decodes as `None`).
     #[serde(default)]
-    pub reply_to: Option<String>,
+    pub reply_to: Option<StreamId>,
 }
 
 impl Record for StoredEvent {
@@ -105,10 +145,7 @@ impl StoredEvent {
 
     /// Whether a command sent by a reaction to an event of a `type_name` stream caused it.
     pub fn is_reply_to(&self, type_name: &str) -> bool {
-        self.reply_to
-            .as_deref()
-            .and_then(|stream| stream.split_once('/'))
-            .is_some_and(|(t, _)| t == type_name)
+        self.reply_to.as_ref().is_some_and(|stream| stream.type_name == type_name)
     }
 
     /// `recorded_at` in RFC 3339, as users and guests see it.
@@ -141,7 +178,7 @@ pub struct NewEvent {
     pub causation_id: Option<String>,
     pub component_version: ComponentVersion,
     /// See [`StoredEvent::reply_to`].
-    pub reply_to: Option<String>,
+    pub reply_to: Option<StreamId>,
 }
 
 /// The answer recorded for a keyed command, so a retry or redelivery gets it again.
@@ -286,8 +323,8 @@ pub struct Committed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub subscriber: String,
-    /// The source stream's key (`type/id`).
-    pub stream: String,
+    /// The source stream.
+    pub stream: StreamId,
     /// The parked event.
     pub position: Position,
     pub event_type: String,
@@ -296,7 +333,7 @@ pub struct DeadLetter {
     pub behind: Option<Position>,
     /// Which command of the reaction failed (`None`: the reaction itself, or waiting).
     pub command_index: Option<u64>,
-    pub target: Option<String>,
+    pub target: Option<StreamId>,
     pub command_type: Option<String>,
     pub error: String,
     pub attempts: u32,
@@ -318,7 +355,7 @@ impl DeadLetter {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeadLetterKey {
     pub subscriber: String,
-    pub stream: String,
+    pub stream: StreamId,
     pub position: Position,
 }
 
@@ -338,7 +375,7 @@ impl std::str::FromStr for DeadLetterKey {
         let (stream, position) = rest.rsplit_once(':').ok_or(())?;
         Ok(DeadLetterKey {
             subscriber: subscriber.to_owned(),
-            stream: stream.to_owned(),
+            stream: StreamId::from_key(stream).ok_or(())?,
             position: position.parse().map_err(|_| ())?,
         })
     }
@@ -406,6 +443,24 @@ mod tests {
         assert_eq!(decoded.fingerprint(), None);
     }
 
+    /// Records kept a stream as its key string before the key was a type: they decode as the
+    /// stream, are written the same way, and streams sort as the tables keep their keys.
+    #[test]
+    fn a_stream_is_stored_and_sorted_as_its_key() {
+        let stream = StreamId::new("account", "a.b").unwrap();
+        let old = rmp_serde::to_vec(&"account/a.b").unwrap();
+        assert_eq!(rmp_serde::to_vec(&stream).unwrap(), old);
+        assert_eq!(rmp_serde::from_slice::<StreamId>(&old).unwrap(), stream);
+        assert!(rmp_serde::from_slice::<StreamId>(&rmp_serde::to_vec(&"no-slash").unwrap()).is_err());
+        let mut streams =
+            [StreamId::new("account", "x").unwrap(), StreamId::new("account-info", "y").unwrap()];
+        streams.sort();
+        let mut keys: Vec<String> = streams.iter().map(StreamId::key).collect();
+        assert_eq!(keys, ["account-info/y", "account/x"]);
+        keys.sort();
+        assert_eq!(keys, ["account-info/y", "account/x"]);
+    }
+
     fn any_event() -> impl Strategy<Value = StoredEvent> {
         (
             ("[a-z][a-z-]{0,20}", ".{1,40}", any::<u64>(), any::<u64>(), ".{0,30}"),
@@ -416,7 +471,7 @@ mod tests {
                 ".{0,40}",
                 prop::option::of(".{0,40}"),
                 any::<u32>(),
-                prop::option::of("[a-z-]{1,10}/.{1,20}"),
+                prop::option::of(("[a-z-]{1,10}", ".{1,20}")),
             ),
         )
             .prop_map(
@@ -434,7 +489,7 @@ mod tests {
                     correlation_id,
                     causation_id,
                     component_version: ComponentVersion(component_version),
-                    reply_to,
+                    reply_to: reply_to.map(|(type_name, id)| StreamId { type_name, id }),
                 },
             )
     }

@@ -584,7 +584,8 @@ impl WriterThread {
                         Ok(Committed::default())
                     }
                     Request::Park(letter, _) => {
-                        let key = (letter.subscriber.as_str(), letter.stream.as_str(), letter.position.get());
+                        let stream = letter.stream.key();
+                        let key = (letter.subscriber.as_str(), stream.as_str(), letter.position.get());
                         let replaced =
                             txn.open_table(PARKED)?.insert(key, letter.encode().as_slice())?.is_some();
                         if !replaced {
@@ -596,8 +597,8 @@ impl WriterThread {
                         let mut removed: std::collections::HashMap<&str, i64> = Default::default();
                         let mut parked = txn.open_table(PARKED)?;
                         for key in keys {
-                            let key_parts =
-                                (key.subscriber.as_str(), key.stream.as_str(), key.position.get());
+                            let stream = key.stream.key();
+                            let key_parts = (key.subscriber.as_str(), stream.as_str(), key.position.get());
                             if parked.remove(key_parts)?.is_some() {
                                 *removed.entry(key.subscriber.as_str()).or_default() -= 1;
                             }
