@@ -8,7 +8,7 @@
 use cairn::actor::{ActorConfig, Actors, CommandRequest};
 use cairn::components::{ComponentRegistry, DeployOptions};
 use cairn::runtime::{Limits, Runtime};
-use cairn::store::{EventStore, StreamId};
+use cairn::store::StreamId;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
 use std::sync::Arc;
@@ -30,10 +30,12 @@ impl Host {
             None => tempfile::tempdir(),
         }
         .expect("a scratch directory");
-        let (store, writer) = EventStore::open(&dir.path().join("events.redb")).expect("the store opens");
+        let (store, writer) =
+            cairn::store::embedded::open(&dir.path().join("events.redb")).expect("the store opens");
         let runtime = Runtime::new(None, Limits::default()).expect("a runtime");
-        let components =
-            Arc::new(ComponentRegistry::open(runtime, store.clone(), writer.clone()).expect("a registry"));
+        let components = Arc::new(
+            ComponentRegistry::open(runtime, store.clone(), writer.clone()).await.expect("a registry"),
+        );
         let account = cairn_artifacts::component("account").expect("the bundled account component");
         components
             .deploy("account", account.to_vec(), DeployOptions::default())

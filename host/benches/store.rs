@@ -8,7 +8,7 @@
 //! Every commit here is durable (fsynced), as a command's is. The data lives in a temporary
 //! directory next to the target directory, so it is on the same disk as a host's data.
 
-use cairn::store::{AppendBatch, ComponentVersion, EventStore, NewEvent, StreamId, Version};
+use cairn::store::{AppendBatch, ComponentVersion, NewEvent, StreamId, Version};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use redb::{Database, Durability, TableDefinition};
 use std::io::Write;
@@ -47,7 +47,8 @@ fn appends(c: &mut Criterion) {
     let metrics = cairn::telemetry::install();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let dir = scratch();
-    let (_store, writer) = EventStore::open(&dir.path().join("events.redb")).expect("the store opens");
+    let (_store, writer) =
+        cairn::store::embedded::open(&dir.path().join("events.redb")).expect("the store opens");
     let mut versions = vec![0u64; WRITERS as usize];
     let mut sequence = 0u64;
 
@@ -157,7 +158,7 @@ fn raw_redb(c: &mut Criterion) {
     let (mut versions, mut position) = (vec![0u64; WRITERS as usize], 0u64);
     for (tables, layout) in layouts.into_iter().enumerate() {
         group.bench_function(format!("raw redb, 64 events into {layout}, one durable commit"), |b| {
-            use cairn::store::tables::{CORRELATIONS, EVENTS, STREAM_INDEX, STREAMS};
+            use cairn::store::embedded::tables::{CORRELATIONS, EVENTS, STREAM_INDEX, STREAMS};
             b.iter(|| {
                 let mut txn = db.begin_write().expect("a write transaction");
                 txn.set_durability(Durability::Immediate).expect("durable commits");

@@ -18,7 +18,7 @@ use crate::projection::Projections;
 use crate::projection::store::ViewStore;
 use crate::routing::Routing;
 use crate::runtime::Runtime;
-use crate::store::{EventStore, StoreError, Writer};
+use crate::store::{self, StoreError, Writer};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -54,7 +54,7 @@ impl Host {
         let admin_token = admin_token(data, config.admin_token.as_deref())?;
 
         let store_file = data.join(STORE_FILE);
-        let (store, writer) = match EventStore::open(&store_file) {
+        let (store, writer) = match store::embedded::open(&store_file) {
             Err(StoreError::Storage(redb::Error::DatabaseAlreadyOpen)) => {
                 anyhow::bail!("{} is in use by another cairn process", store_file.display())
             }
@@ -70,6 +70,7 @@ impl Host {
         };
         let components = Arc::new(
             ComponentRegistry::open(runtime, store.clone(), writer.clone())
+                .await
                 .context("load deployed components")?,
         );
         if components.is_empty() {

@@ -14,6 +14,12 @@ use tokio_util::sync::CancellationToken;
 /// Events read from the store per chunk: at most 4096, and 8 MiB of them past the first.
 const CHUNK: Page = Page::new(4096, 8 << 20);
 
+/// Wait for a store read from a fold. Folds run on blocking threads (`spawn_blocking`),
+/// which keeps guest calls off the async threads; their reads are waited for there.
+pub(crate) fn wait_for<F: Future>(read: F) -> F::Output {
+    tokio::runtime::Handle::current().block_on(read)
+}
+
 /// Why a stream's state could not be rebuilt.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -101,7 +107,7 @@ pub fn replay_with(
             Some(every) => up_to.min(Version((version.get() / every + 1).saturating_mul(every))),
             None => up_to,
         };
-        let events = store.read_stream_range(stream, version + 1, chunk_end, CHUNK)?;
+        let events = wait_for(store.read_stream_range(stream, version + 1, chunk_end, CHUNK))?;
         let Some(last) = events.last().map(|e| e.version) else { break };
         let first = version + 1;
         let raw: Vec<RawEvent> =

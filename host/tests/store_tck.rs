@@ -41,7 +41,7 @@ fn versions(events: &[StoredEvent]) -> Vec<u64> {
 }
 
 fn open(dir: &Path) -> (EventStore, Writer) {
-    EventStore::open(&dir.join("events.redb")).unwrap()
+    cairn::store::embedded::open(&dir.join("events.redb")).unwrap()
 }
 
 fn close(store: EventStore, writer: Writer) {
@@ -57,13 +57,13 @@ async fn append_and_read_back_in_order() {
     let s = stream("1");
     writer.append(batch(&s, 0, [1, 2, 3])).await.unwrap();
     writer.append(batch(&s, 3, [4])).await.unwrap();
-    let events = store.read_stream(&s, Version(1), 100).unwrap();
+    let events = store.read_stream(&s, Version(1), 100.into()).await.unwrap();
     assert_eq!(versions(&events), [1, 2, 3, 4]);
     let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(types, ["Happened1", "Happened2", "Happened3", "Happened4"]);
     assert_eq!(events[1].payload, event(2).payload);
     assert_eq!(events[0].correlation_id, "corr-1");
-    assert_eq!(store.stream_head(&s).unwrap(), Some((Version(4), events[3].position)));
+    assert_eq!(store.stream_head(&s).await.unwrap(), Some((Version(4), events[3].position)));
     close(store, writer);
 }
 
@@ -73,12 +73,18 @@ async fn read_ranges_honour_from_to_and_limit() {
     let (store, writer) = open(dir.path());
     let s = stream("1");
     writer.append(batch(&s, 0, 1..=10)).await.unwrap();
-    assert_eq!(versions(&store.read_stream(&s, Version(4), 3).unwrap()), [4, 5, 6]);
-    assert_eq!(versions(&store.read_stream_range(&s, Version(2), Version(5), 100).unwrap()), [2, 3, 4, 5]);
-    assert_eq!(versions(&store.read_stream_range(&s, Version(9), Version(100), 100).unwrap()), [9, 10]);
-    assert!(store.read_stream(&s, Version(11), 100).unwrap().is_empty());
+    assert_eq!(versions(&store.read_stream(&s, Version(4), 3.into()).await.unwrap()), [4, 5, 6]);
     assert_eq!(
-        versions(&store.read_stream(&s, Version(0), 2).unwrap()),
+        versions(&store.read_stream_range(&s, Version(2), Version(5), 100.into()).await.unwrap()),
+        [2, 3, 4, 5]
+    );
+    assert_eq!(
+        versions(&store.read_stream_range(&s, Version(9), Version(100), 100.into()).await.unwrap()),
+        [9, 10]
+    );
+    assert!(store.read_stream(&s, Version(11), 100.into()).await.unwrap().is_empty());
+    assert_eq!(
+        versions(&store.read_stream(&s, Version(0), 2.into()).await.unwrap()),
         [1, 2],
         "from 0 reads from the start"
     );
@@ -89,9 +95,9 @@ async fn read_ranges_honour_from_to_and_limit() {
 async fn an_empty_stream_has_no_head_and_no_events() {
     let dir = tempfile::tempdir().unwrap();
     let (store, writer) = open(dir.path());
-    assert_eq!(store.stream_head(&stream("nobody")).unwrap(), None);
-    assert!(store.read_stream(&stream("nobody"), Version(1), 10).unwrap().is_empty());
-    assert!(store.read_all(Position(0), 10).unwrap().is_empty());
+    assert_eq!(store.stream_head(&stream("nobody")).await.unwrap(), None);
+    assert!(store.read_stream(&stream("nobody"), Version(1), 10.into()).await.unwrap().is_empty());
+    assert!(store.read_all(Position(0), 10.into()).await.unwrap().is_empty());
     assert_eq!(store.head_position(), 0);
     close(store, writer);
 }
@@ -116,11 +122,11 @@ async fn many_streams_interleaved_stay_separate() {
         task.await.unwrap();
     }
     for id in 0..8 {
-        let events = store.read_stream(&stream(&id.to_string()), Version(1), 100).unwrap();
+        let events = store.read_stream(&stream(&id.to_string()), Version(1), 100.into()).await.unwrap();
         assert_eq!(versions(&events), (1..=10).collect::<Vec<_>>());
         assert!(events.iter().all(|e| e.stream_id == id.to_string()));
     }
-    assert_eq!(store.read_all(Position(0), 1000).unwrap().len(), 80);
+    assert_eq!(store.read_all(Position(0), 1000.into()).await.unwrap().len(), 80);
     close(store, writer);
 }
 
@@ -144,9 +150,9 @@ async fn an_expected_version_conflict_stores_nothing() {
         Err(AppendError::VersionConflict { expected: Version(1), actual: Version(2) }) => {}
         other => panic!("expected a version conflict, got {other:?}"),
     }
-    assert_eq!(store.read_stream(&s, Version(1), 10).unwrap().len(), 2);
+    assert_eq!(store.read_stream(&s, Version(1), 10.into()).await.unwrap().len(), 2);
     assert_eq!(
-        store.outcome(&s, &OutcomeKey::Idempotency("k".into())).unwrap(),
+        store.outcome(&s, &OutcomeKey::Idempotency("k".into())).await.unwrap(),
         None,
         "a refused batch leaves no outcome behind"
     );
@@ -162,11 +168,11 @@ async fn global_positions_are_strictly_increasing_across_streams() {
     writer.append(batch(&a, 0, [1])).await.unwrap();
     writer.append(batch(&b, 0, [1, 2])).await.unwrap();
     writer.append(batch(&a, 1, [2])).await.unwrap();
-    let all = store.read_all(Position(0), 100).unwrap();
+    let all = store.read_all(Position(0), 100.into()).await.unwrap();
     assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), [1, 2, 3, 4]);
     let streams: Vec<_> = all.iter().map(|e| e.stream().key()).collect();
     assert_eq!(streams, ["account/a", "account/b", "account/b", "account/a"]);
-    assert_eq!(store.read_all(Position(2), 1).unwrap()[0].position, 3);
+    assert_eq!(store.read_all(Position(2), 1.into()).await.unwrap()[0].position, 3);
     assert_eq!(store.head_position(), 4);
     close(store, writer);
 }
@@ -189,18 +195,18 @@ async fn outcomes_and_the_correlation_index_commit_with_the_events() {
         StoredOutcome::Rejected { code: "nope".into(), message: "no".into(), fingerprint: None },
     ));
     writer.append(first).await.unwrap();
-    assert_eq!(store.outcome(&s, &OutcomeKey::Idempotency("k1".into())).unwrap(), Some(accepted));
+    assert_eq!(store.outcome(&s, &OutcomeKey::Idempotency("k1".into())).await.unwrap(), Some(accepted));
     assert!(matches!(
-        store.outcome(&s, &OutcomeKey::Idempotency("k2".into())).unwrap(),
+        store.outcome(&s, &OutcomeKey::Idempotency("k2".into())).await.unwrap(),
         Some(StoredOutcome::Rejected { .. })
     ));
     assert_eq!(
-        store.outcome(&stream("2"), &OutcomeKey::Idempotency("k1".into())).unwrap(),
+        store.outcome(&stream("2"), &OutcomeKey::Idempotency("k1".into())).await.unwrap(),
         None,
         "keys are per stream"
     );
-    assert_eq!(store.read_correlation("corr-1", Position(0), 10).unwrap().len(), 1);
-    assert!(store.read_correlation("corr-unknown", Position(0), 10).unwrap().is_empty());
+    assert_eq!(store.read_correlation("corr-1", Position(0), 10.into()).await.unwrap().len(), 1);
+    assert!(store.read_correlation("corr-unknown", Position(0), 10.into()).await.unwrap().is_empty());
     close(store, writer);
 }
 
@@ -217,14 +223,14 @@ async fn snapshots_save_load_latest_and_are_ignored_for_another_digest() {
     let mut newer = batch(&s, 2, [3]);
     newer.snapshot = Some(Snapshot { version: Version(3), digest: digest.clone(), state: b"three".to_vec() });
     writer.append(newer).await.unwrap();
-    let latest = store.load_snapshot_for(&s, &digest).unwrap().unwrap();
+    let latest = store.load_snapshot_for(&s, &digest).await.unwrap().unwrap();
     assert_eq!((latest.version, latest.state.as_slice()), (Version(3), b"three".as_slice()));
     assert_eq!(
-        store.load_snapshot_for(&s, &[8u8; 32]).unwrap(),
+        store.load_snapshot_for(&s, &[8u8; 32]).await.unwrap(),
         None,
         "another version's snapshot is not used"
     );
-    assert_eq!(store.load_snapshot(&stream("other")).unwrap(), None);
+    assert_eq!(store.load_snapshot(&stream("other")).await.unwrap(), None);
     close(store, writer);
 }
 
@@ -239,12 +245,12 @@ async fn everything_is_there_after_close_and_reopen() {
         close(store, writer);
     }
     let (store, writer) = open(dir.path());
-    assert_eq!(store.read_stream(&s, Version(1), 10).unwrap().len(), 3);
+    assert_eq!(store.read_stream(&s, Version(1), 10.into()).await.unwrap().len(), 3);
     assert_eq!(store.head_position(), 3);
-    assert_eq!(store.cursor("router:account").unwrap(), 2);
+    assert_eq!(store.cursor("router:account").await.unwrap(), 2);
     writer.append(batch(&s, 3, [4])).await.unwrap();
     assert_eq!(
-        store.read_all(Position(0), 10).unwrap().last().unwrap().position,
+        store.read_all(Position(0), 10.into()).await.unwrap().last().unwrap().position,
         4,
         "positions continue after reopen"
     );
@@ -269,7 +275,7 @@ async fn reads_are_complete_across_stream_index_flushes_and_reopens() {
         }
         for s in &streams {
             assert_eq!(
-                versions(&store.read_stream(s, Version(1), usize::MAX).unwrap()),
+                versions(&store.read_stream(s, Version(1), usize::MAX.into()).await.unwrap()),
                 all((round + 1) * 10)
             );
         }
@@ -280,42 +286,55 @@ async fn reads_are_complete_across_stream_index_flushes_and_reopens() {
     let bulk = stream("bulk");
     for round in 0..17u64 {
         writer.append(batch(&bulk, round * 1000, round * 1000 + 1..=round * 1000 + 1000)).await.unwrap();
-        assert_eq!(versions(&store.read_stream(&quiet, Version(1), usize::MAX).unwrap()), [1]);
+        assert_eq!(versions(&store.read_stream(&quiet, Version(1), usize::MAX.into()).await.unwrap()), [1]);
     }
-    assert_eq!(store.read_stream(&bulk, Version(1), usize::MAX).unwrap().len(), 17_000);
+    assert_eq!(store.read_stream(&bulk, Version(1), usize::MAX.into()).await.unwrap().len(), 17_000);
     let s = &streams[7];
     assert_eq!(
-        versions(&store.read_stream_range(s, Version(35), Version(72), 10).unwrap()),
+        versions(&store.read_stream_range(s, Version(35), Version(72), 10.into()).await.unwrap()),
         (35..=44).collect::<Vec<_>>()
     );
     assert_eq!(
-        versions(&store.read_stream_range(s, Version(95), Version(200), 100).unwrap()),
+        versions(&store.read_stream_range(s, Version(95), Version(200), 100.into()).await.unwrap()),
         (95..=100).collect::<Vec<_>>()
     );
-    assert!(store.read_stream_range(s, Version(50), Version(40), 100).unwrap().is_empty());
-    let positions: Vec<u64> =
-        store.read_stream(s, Version(1), usize::MAX).unwrap().iter().map(|e| e.position.get()).collect();
+    assert!(store.read_stream_range(s, Version(50), Version(40), 100.into()).await.unwrap().is_empty());
+    let positions: Vec<u64> = store
+        .read_stream(s, Version(1), usize::MAX.into())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.position.get())
+        .collect();
     close(store, writer);
 
     let (store, writer) = open(dir.path());
     for s in &streams {
         assert_eq!(
-            versions(&store.read_stream(s, Version(1), usize::MAX).unwrap()),
+            versions(&store.read_stream(s, Version(1), usize::MAX.into()).await.unwrap()),
             all(100),
             "{s} after reopening"
         );
     }
-    assert_eq!(versions(&store.read_stream(&quiet, Version(1), usize::MAX).unwrap()), [1]);
+    assert_eq!(versions(&store.read_stream(&quiet, Version(1), usize::MAX.into()).await.unwrap()), [1]);
     assert_eq!(
-        versions(&store.read_stream(&bulk, Version(16_990), usize::MAX).unwrap()),
+        versions(&store.read_stream(&bulk, Version(16_990), usize::MAX.into()).await.unwrap()),
         (16_990..=17_000).collect::<Vec<_>>()
     );
-    let reread: Vec<u64> =
-        store.read_stream(s, Version(1), usize::MAX).unwrap().iter().map(|e| e.position.get()).collect();
+    let reread: Vec<u64> = store
+        .read_stream(s, Version(1), usize::MAX.into())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.position.get())
+        .collect();
     assert_eq!(reread, positions, "the same events at the same positions");
     for s in &streams {
         writer.append(batch(s, 100, [101])).await.unwrap();
-        assert_eq!(versions(&store.read_stream(s, Version(99), usize::MAX).unwrap()), [99, 100, 101]);
+        assert_eq!(
+            versions(&store.read_stream(s, Version(99), usize::MAX.into()).await.unwrap()),
+            [99, 100, 101]
+        );
     }
     close(store, writer);
 }
@@ -342,8 +361,8 @@ async fn child_writer() {
     }
 }
 
-#[test]
-fn acknowledged_appends_survive_sigkill_mid_write() {
+#[tokio::test]
+async fn acknowledged_appends_survive_sigkill_mid_write() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
@@ -369,23 +388,22 @@ fn acknowledged_appends_survive_sigkill_mid_write() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let runtime = tokio::runtime::Runtime::new().unwrap();
     let (store, writer) = open(dir.path());
     for (id, acked_version) in &acked {
         let s = stream(id);
-        let (head, last_position) = store.stream_head(&s).unwrap().unwrap();
+        let (head, last_position) = store.stream_head(&s).await.unwrap().unwrap();
         let head = head.get();
         assert!(head >= *acked_version, "{id}: acknowledged version {acked_version} lost; head is {head}");
         assert_eq!(head % 3, 0, "{id}: a batch of three was half written (head {head})");
-        let events = store.read_stream(&s, Version(1), usize::MAX).unwrap();
+        let events = store.read_stream(&s, Version(1), usize::MAX.into()).await.unwrap();
         assert_eq!(versions(&events), (1..=head).collect::<Vec<_>>());
         assert_eq!(events.last().unwrap().position, last_position);
     }
-    let all = store.read_all(Position(0), usize::MAX).unwrap();
+    let all = store.read_all(Position(0), usize::MAX.into()).await.unwrap();
     assert!(all.windows(2).all(|w| w[1].position == w[0].position + 1), "the global log has no gaps");
     // The store takes appends again after recovery.
     let s = stream("crash-0");
-    let head = store.stream_head(&s).unwrap().unwrap().0;
-    runtime.block_on(writer.append(batch(&s, head.get(), [1]))).unwrap();
+    let head = store.stream_head(&s).await.unwrap().unwrap().0;
+    writer.append(batch(&s, head.get(), [1])).await.unwrap();
     close(store, writer);
 }

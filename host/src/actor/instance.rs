@@ -3,12 +3,12 @@
 use super::messages::{CommandError, CommandReply, CommandRequest, Message, StateReply};
 use super::{AfterFailure, Shared};
 use crate::components::ActiveAggregate;
-use crate::replay::{Fold, replay_with, worth_keeping};
+use crate::replay::{Fold, replay_with, wait_for, worth_keeping};
 use crate::runtime::Executed;
 use crate::runtime::GuestError;
 use crate::store::{
-    AppendBatch, AppendError, Committed, Fingerprint, NewEvent, OutcomeKey, Receipt, Snapshot, StoreError,
-    StoredEvent, StoredOutcome, StreamId, Version,
+    AppendBatch, AppendError, Committed, Fingerprint, NewEvent, OutcomeKey, Page, Receipt, Snapshot,
+    StoreError, StoredEvent, StoredOutcome, StreamId, Version,
 };
 use cairn_wire::RawCommand;
 use cairn_wire::{INVALID_COMMAND, Rejection, UNKNOWN_COMMAND};
@@ -250,7 +250,7 @@ impl Actor {
                         };
                         pending = Pending::at(loaded.version);
                     }
-                    self.decide(request, reply, &mut pending)
+                    self.decide(request, reply, &mut pending).await
                 }
                 Message::State(reply) => {
                     // The last committed state: a read never waits for, nor forces, a commit.
@@ -301,7 +301,7 @@ impl Actor {
         let (store, stream, component) = (self.shared.store.clone(), self.stream.clone(), active.clone());
         let mut rebuilt = tokio::task::spawn_blocking(move || -> Result<Rebuilt, CommandError> {
             let digest = component.component.digest().as_bytes();
-            let newest = store.load_snapshot(&stream)?;
+            let newest = wait_for(store.load_snapshot(&stream))?;
             let stale_snapshot = newest.as_ref().is_some_and(|s| s.digest != digest);
             let (state, from) = match newest.filter(|s| s.digest == digest) {
                 Some(snapshot) => (Some(snapshot.state), snapshot.version),
@@ -317,9 +317,8 @@ impl Actor {
             let last_history = match folded.checkpoints.last() {
                 Some((version, _)) => *version,
                 None if from == 0 => Version::ZERO,
-                None => {
-                    store.snapshot_at_or_before(&stream, from, digest)?.map_or(Version::ZERO, |s| s.version)
-                }
+                None => wait_for(store.snapshot_at_or_before(&stream, from, digest))?
+                    .map_or(Version::ZERO, |s| s.version),
             };
             Ok(Rebuilt {
                 state: folded.state,
@@ -382,7 +381,7 @@ impl Actor {
         snapshot_interval(component, self.shared.config.default_snapshot_interval)
     }
 
-    fn decide(&mut self, request: CommandRequest, reply: Reply, pending: &mut Pending) {
+    async fn decide(&mut self, request: CommandRequest, reply: Reply, pending: &mut Pending) {
         let span = request.span.clone();
         let _in_command = span.enter();
         let loaded = self.loaded.as_ref().expect("decide runs on loaded state");
@@ -406,11 +405,11 @@ impl Actor {
                 }
                 return;
             }
-            match self.shared.store.outcome(&self.stream, key) {
+            match self.shared.store.outcome(&self.stream, key).await {
                 Ok(Some(outcome)) => {
                     let answer = match key_reused(outcome.fingerprint(), fingerprint.as_ref()) {
                         Some(reused) => Err(reused),
-                        None => self.recorded_answer(outcome),
+                        None => self.recorded_answer(outcome).await,
                     };
                     let _ = reply.send(answer);
                     return;
@@ -536,7 +535,7 @@ impl Actor {
     }
 
     /// The answer recorded for a command seen before (its events read back from the log).
-    fn recorded_answer(&self, outcome: StoredOutcome) -> Result<CommandReply, CommandError> {
+    async fn recorded_answer(&self, outcome: StoredOutcome) -> Result<CommandReply, CommandError> {
         match outcome {
             StoredOutcome::Rejected { code, message, .. } => {
                 Err(CommandError::Rejected(Rejection { code, message }))
@@ -545,12 +544,15 @@ impl Actor {
                 let events = if count == 0 {
                     Vec::new()
                 } else {
-                    self.shared.store.read_stream_range(
-                        &self.stream,
-                        first_version,
-                        first_version + count - 1,
-                        count as usize,
-                    )?
+                    self.shared
+                        .store
+                        .read_stream_range(
+                            &self.stream,
+                            first_version,
+                            first_version + count - 1,
+                            Page::from(count as usize),
+                        )
+                        .await?
                 };
                 Ok(CommandReply { stream: self.stream.clone(), version, events, replayed: true })
             }

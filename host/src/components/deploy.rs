@@ -12,7 +12,7 @@
 use super::changes::{ChangeKind, NotFollowed};
 use super::records::{ComponentRecord, ReplaySummary, VersionRecord};
 use super::{ActiveAggregate, ComponentRegistry};
-use crate::replay::{ReplayError, replay};
+use crate::replay::{ReplayError, replay, wait_for};
 use crate::runtime::{AggregateComponent, ComponentDigest, ComponentKind, LoadError, Loaded};
 use crate::store::{ComponentVersion, CursorStart, EventStore, StoreError, StreamId, Version};
 use serde::Serialize;
@@ -258,7 +258,7 @@ pub(super) fn replay_check(
     type_name: &str,
     sample: usize,
 ) -> Result<ReplayReport, DeployError> {
-    let streams = store.recent_streams(type_name, sample)?;
+    let streams = wait_for(store.recent_streams(type_name, sample))?;
     let mut report = ReplayReport { streams: streams.len() as u64, ..ReplayReport::default() };
     for stream in streams {
         let (after, _) =
@@ -286,7 +286,7 @@ pub(super) fn replay_check(
 /// `None` when it cannot (then there is nothing to compare with).
 fn state_with(running: &ActiveAggregate, store: &EventStore, stream: &StreamId) -> Option<Option<Vec<u8>>> {
     let component = &running.component;
-    let snapshot = store.load_snapshot_for(stream, component.digest().as_bytes()).ok()?;
+    let snapshot = wait_for(store.load_snapshot_for(stream, component.digest().as_bytes())).ok()?;
     let (state, version) = snapshot.map_or((None, Version::ZERO), |s| (Some(s.state), s.version));
     replay(component, store, stream, state, version, Version::MAX).ok().map(|(state, _)| state)
 }

@@ -20,10 +20,8 @@ pub use records::ReplaySummary;
 use crate::runtime::{
     AggregateComponent, ComponentDigest, ComponentKind, Loaded, ProjectionComponent, Runtime,
 };
-use crate::store::tables::{COMPONENT_BLOBS, COMPONENTS};
 use crate::store::{ComponentVersion, EventStore, StoreError, Writer};
 use records::ComponentRecord;
-use redb::{ReadableDatabase, ReadableTable};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -139,19 +137,15 @@ impl ComponentRegistry {
 
     /// Load every component's active version from the store and compile (or load the
     /// cached compilation of) each.
-    pub fn open(runtime: Runtime, store: EventStore, writer: Writer) -> Result<Self, DeployError> {
+    pub async fn open(runtime: Runtime, store: EventStore, writer: Writer) -> Result<Self, DeployError> {
         let mut records = BTreeMap::new();
         let mut active = HashMap::new();
         let mut projections = HashMap::new();
         {
-            let read = store.database()?.begin_read().map_err(StoreError::from)?;
-            let table = read.open_table(COMPONENTS).map_err(StoreError::from)?;
-            for entry in table.iter().map_err(StoreError::from)? {
-                let (name, record) = entry.map_err(StoreError::from)?;
-                let name = name.value().to_owned();
-                let record: ComponentRecord = rmp_serde::from_slice(record.value())
+            for (name, record) in store.component_records().await? {
+                let record: ComponentRecord = rmp_serde::from_slice(&record)
                     .map_err(|e| StoreError::Corrupt(format!("component record {name}: {e}")))?;
-                let bytes = blob(&store, &name, &record, record.active)?;
+                let bytes = blob(&store, &name, &record, record.active).await?;
                 let version = record.active;
                 let loaded = runtime.load(&bytes)?;
                 runtime.keep_compiled(&loaded);
@@ -200,7 +194,7 @@ impl ComponentRegistry {
 
     /// A stored version of the projection `name`, active or not (a view built by an older
     /// version keeps being served, and updated, by it until its rebuild has caught up).
-    pub fn projection_version(
+    pub async fn projection_version(
         &self,
         name: &str,
         version: ComponentVersion,
@@ -210,7 +204,7 @@ impl ComponentRegistry {
         {
             return Ok(active.component.clone());
         }
-        let bytes = self.version_bytes(name, version)?;
+        let bytes = self.version_bytes(name, version).await?;
         Ok(Arc::new(self.runtime.load_projection(&bytes)?))
     }
 
@@ -257,12 +251,16 @@ impl ComponentRegistry {
     }
 
     /// The bytes of one stored version.
-    pub fn version_bytes(&self, name: &str, version: ComponentVersion) -> Result<Vec<u8>, VersionError> {
+    pub async fn version_bytes(
+        &self,
+        name: &str,
+        version: ComponentVersion,
+    ) -> Result<Vec<u8>, VersionError> {
         let record = self.record(name)?;
         if record.version(version).is_none() {
             return Err(VersionError::UnknownVersion { name: name.to_owned(), version });
         }
-        Ok(blob(&self.store, name, &record, version)?)
+        Ok(blob(&self.store, name, &record, version).await?)
     }
 
     fn record(&self, name: &str) -> Result<ComponentRecord, VersionError> {
@@ -366,7 +364,7 @@ impl ComponentRegistry {
         record: ComponentRecord,
         check: SwitchCheck,
     ) -> Result<Option<ReplayReport>, VersionError> {
-        let bytes = blob(&self.store, name, &record, record.active)?;
+        let bytes = blob(&self.store, name, &record, record.active).await?;
         let (runtime, store, running) = (self.runtime.clone(), self.store.clone(), self.active(name));
         let type_name = name.to_owned();
         // Loading may compile (when the cache was cleared) and replaying is CPU work: keep
@@ -412,7 +410,7 @@ impl ComponentRegistry {
 }
 
 /// The stored bytes of `name`'s `version`.
-fn blob(
+async fn blob(
     store: &EventStore,
     name: &str,
     record: &ComponentRecord,
@@ -422,10 +420,8 @@ fn blob(
         .version(version)
         .ok_or_else(|| StoreError::Corrupt(format!("component {name} has no version {version}")))?
         .digest;
-    let read = store.database()?.begin_read()?;
-    let blobs = read.open_table(COMPONENT_BLOBS)?;
-    let bytes = blobs
-        .get(digest.as_slice())?
-        .ok_or_else(|| StoreError::Corrupt(format!("component {name} v{version} bytes missing")))?;
-    Ok(bytes.value().to_vec())
+    store
+        .component_bytes(digest)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("component {name} v{version} bytes missing")))
 }

@@ -7,7 +7,7 @@ use super::extract::{Body, Params, Path, header_text, if_match};
 use super::openapi::ErrorBody;
 use crate::actor::{CommandError, CommandReply, CommandRequest};
 use crate::msgpack;
-use crate::replay::{Fold, Folded, replay_with};
+use crate::replay::{Fold, Folded, replay_with, wait_for};
 use crate::store::{Fingerprint, Page, Snapshot, StreamId, StreamIdError, Version};
 use axum::Json;
 use axum::extract::State;
@@ -311,7 +311,7 @@ pub async fn state(
     params: Params,
 ) -> Result<Response, ApiError> {
     let stream = stream_of(&state, &type_name, &id)?;
-    let Some((head, _)) = state.store.stream_head(&stream)? else {
+    let Some((head, _)) = state.store.stream_head(&stream).await? else {
         return Err(ApiError::not_found("stream_not_found", format!("{stream} has no events")));
     };
     let (version, bytes) = match params.u64("version")? {
@@ -373,7 +373,7 @@ async fn state_at(state: &AppState, stream: &StreamId, version: u64) -> Result<O
     let folded = tokio::task::spawn_blocking(move || -> Result<Folded, ApiError> {
         let _permit = permit;
         let digest = active.component.digest().as_bytes();
-        let start = store.snapshot_at_or_before(&stream, version, digest)?;
+        let start = wait_for(store.snapshot_at_or_before(&stream, version, digest))?;
         let (state, from) =
             start.map_or((None, Version::ZERO), |snapshot| (Some(snapshot.state), snapshot.version));
         let fold = Fold {
@@ -428,10 +428,10 @@ pub async fn events(
     let stream = stream_of(&state, &type_name, &id)?;
     let from = params.u64("from")?.unwrap_or(1);
     let limit = params.limit(100, MAX_EVENTS_PAGE)?;
-    if state.store.stream_head(&stream)?.is_none() {
+    if state.store.stream_head(&stream).await?.is_none() {
         return Err(ApiError::not_found("stream_not_found", format!("{stream} has no events")));
     }
-    let events = state.store.read_stream(&stream, Version(from), Page::new(limit, PAGE_BYTES))?;
+    let events = state.store.read_stream(&stream, Version(from), Page::new(limit, PAGE_BYTES)).await?;
     let next_from = (events.len() == limit || super::events::page_full(&events))
         .then(|| events.last().map(|e| (e.version + 1).get()))
         .flatten();

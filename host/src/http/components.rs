@@ -99,7 +99,7 @@ pub async fn version_bytes(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let version = parse_version(&version)?;
-    let bytes = state.components.version_bytes(&name, version)?;
+    let bytes = state.components.version_bytes(&name, version).await?;
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
 }
 

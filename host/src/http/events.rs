@@ -25,7 +25,7 @@ const MAX_PAGE: usize = 1000;
 pub async fn global(State(state): State<AppState>, params: Params) -> Result<Json<EventsAnswer>, ApiError> {
     let after = Position(params.u64("after")?.unwrap_or(0));
     let limit = params.limit(100, MAX_PAGE)?;
-    let events = state.store.read_all(after, Page::new(limit, PAGE_BYTES))?;
+    let events = state.store.read_all(after, Page::new(limit, PAGE_BYTES)).await?;
     let next_after = (events.len() == limit || page_full(&events))
         .then(|| events.last().map(|e| e.position.get()))
         .flatten();
@@ -53,11 +53,10 @@ pub async fn saga(
 ) -> Result<Json<EventsAnswer>, ApiError> {
     let limit = params.limit(MAX_PAGE, 10 * MAX_PAGE)?;
     let after = params.u64("after")?;
-    let events = state.store.read_correlation(
-        &correlation_id,
-        Position(after.unwrap_or(0)),
-        Page::new(limit, PAGE_BYTES),
-    )?;
+    let events = state
+        .store
+        .read_correlation(&correlation_id, Position(after.unwrap_or(0)), Page::new(limit, PAGE_BYTES))
+        .await?;
     // A page after the end of a chain is empty; only an unknown chain is a 404.
     if events.is_empty() && after.is_none() {
         return Err(ApiError::not_found(

@@ -84,7 +84,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     gauge("cairn_mailbox_messages", queued as f64);
     gauge("cairn_mailbox_depth_max", deepest as f64);
     gauge("cairn_guest_instances", state.components.guest_instances() as f64);
-    for subscriber in state.routing.status()? {
+    for subscriber in state.routing.status().await? {
         let name = subscriber.name.as_str();
         labelled_gauge("cairn_routing_lag_events", "subscriber", name, subscriber.lag as f64);
         labelled_gauge(

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
     summary = "Each subscriber's cursor, lag, deliveries, restarts and dead letters",
     responses((status = 200, description = "`{\"subscribers\": [...]}`", body = Object)))]
 pub async fn routing(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"subscribers": state.routing.status()?})))
+    Ok(Json(json!({"subscribers": state.routing.status().await?})))
 }
 
 /// `GET /routing/dead-letters?subscriber=&stream=&after=&limit=`: parked events in
@@ -47,9 +47,10 @@ pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Resu
             )
         })?),
     };
-    let letters = state.store.dead_letters(subscriber.as_deref(), stream.as_ref(), after.as_ref(), limit)?;
+    let letters =
+        state.store.dead_letters(subscriber.as_deref(), stream.as_ref(), after.as_ref(), limit).await?;
     // Kept counts, never a scan of the letters.
-    let mut counts = state.store.dead_letter_counts()?;
+    let mut counts = state.store.dead_letter_counts().await?;
     if let Some(subscriber) = &subscriber {
         counts.retain(|name, _| name == subscriber);
     }

@@ -236,7 +236,7 @@ impl Reader {
                 self.ended = true;
                 return Some(end("the host is shutting down; resume with Last-Event-ID", self.read_to));
             }
-            match self.follower.next_page(PAGE) {
+            match self.follower.next_page(PAGE).await {
                 Ok(page) if page.is_empty() => {
                     self.caught_up = true;
                     tokio::select! {

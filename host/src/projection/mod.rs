@@ -454,7 +454,8 @@ async fn runner_task(context: Arc<Context>, shared: Arc<Shared>, controls: mpsc:
                 .map_err(|e| RunFailed(e.to_string()))?
                 .remove(&shared.name)
                 .ok_or_else(|| RunFailed(format!("the view record of {} is missing", shared.name)))?;
-            let runner = Runner::from_record(context.clone(), shared.clone(), &record).map_err(RunFailed)?;
+            let runner =
+                Runner::from_record(context.clone(), shared.clone(), &record).await.map_err(RunFailed)?;
             runner.run(&mut controls).await;
             Ok(())
         }

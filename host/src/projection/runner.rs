@@ -47,13 +47,16 @@ pub(super) struct Runner {
 
 impl Runner {
     /// The runner of `name` as its stored record says.
-    pub fn from_record(
+    pub async fn from_record(
         context: Arc<Context>,
         shared: Arc<Shared>,
         record: &ViewRecord,
     ) -> Result<Runner, String> {
-        let live = lane(&context, &shared.name, record.live, false)?;
-        let next = record.next.map(|next| lane(&context, &shared.name, next, true)).transpose()?;
+        let live = lane(&context, &shared.name, record.live, false).await?;
+        let next = match record.next {
+            Some(next) => Some(lane(&context, &shared.name, next, true).await?),
+            None => None,
+        };
         let runner = Runner { context, shared, live, next };
         runner.publish();
         Ok(runner)
@@ -66,7 +69,7 @@ impl Runner {
                 return;
             }
             while let Ok(control) = controls.try_recv() {
-                self.control(control);
+                self.control(control).await;
             }
             let mut advanced = false;
             if let Some(next) = self.next.as_mut().filter(|n| n.failure.is_none()) {
@@ -85,21 +88,21 @@ impl Runner {
             let live = Some(&mut self.live).filter(|l| l.failure.is_none());
             tokio::select! {
                 _ = part.token().cancelled() => {}
-                Some(control) = controls.recv() => self.control(control),
+                Some(control) = controls.recv() => self.control(control).await,
                 _ = more(live) => {}
                 _ = more(next) => {}
             }
         }
     }
 
-    fn control(&mut self, control: Control) {
+    async fn control(&mut self, control: Control) {
         match control {
             Control::Rebuild { version, force, reply } => {
                 let building = self.next.as_ref().unwrap_or(&self.live).generation;
                 let answer = if !force && building.version == version {
                     Ok(building)
                 } else {
-                    self.start_rebuild(version)
+                    self.start_rebuild(version).await
                 };
                 self.publish();
                 let _ = reply.send(answer);
@@ -109,14 +112,14 @@ impl Runner {
 
     /// Start building a fresh generation with `version` of the component beside the live one
     /// (replacing a rebuild already under way).
-    fn start_rebuild(&mut self, version: ComponentVersion) -> Result<Generation, String> {
+    async fn start_rebuild(&mut self, version: ComponentVersion) -> Result<Generation, String> {
         let name = &self.shared.name;
         let mut record =
             ViewRecord { live: self.live.generation, next: self.next.as_ref().map(|n| n.generation) };
         let generation = Generation { id: record.new_generation_id(), version, cursor: Position::ZERO };
         record.next = Some(generation);
         self.context.views.put_record(name, &record).map_err(|e| e.to_string())?;
-        self.next = Some(lane(&self.context, name, generation, true)?);
+        self.next = Some(lane(&self.context, name, generation, true).await?);
         tracing::info!(projection = name, generation = generation.id, version = version.get(), "rebuilding");
         Ok(generation)
     }
@@ -165,10 +168,11 @@ impl Runner {
     }
 }
 
-fn lane(context: &Context, name: &str, generation: Generation, rebuild: bool) -> Result<Lane, String> {
+async fn lane(context: &Context, name: &str, generation: Generation, rebuild: bool) -> Result<Lane, String> {
     let component = context
         .components
         .projection_version(name, generation.version)
+        .await
         .map_err(|e| format!("cannot load {name} version {}: {e}", generation.version))?;
     Ok(Lane {
         generation,
@@ -216,7 +220,7 @@ async fn step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Step {
 }
 
 async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result<Step, BatchError> {
-    let page = lane.follower.next_page(BATCH)?;
+    let page = lane.follower.next_page(BATCH).await?;
     let Some(last) = page.last().map(|e| e.position) else { return Ok(Step::Idle) };
     let info = lane.component.info();
     let events: Vec<EventEnvelope> =

@@ -10,7 +10,7 @@
 //! events after its cursor are handled again. One commit a second is made durable.
 
 use crate::runtime::{DocumentReader, Writes};
-use crate::store::file::{StoreFile, needs_reopen, open_as_it_is};
+use crate::store::embedded::file::{StoreFile, needs_reopen, open_as_it_is};
 use crate::store::{ComponentVersion, Position, StoreError};
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,

@@ -131,7 +131,7 @@ impl StreamWorker {
             stream: self.stream.clone(),
             position: event.position,
         };
-        match self.shared.context.store.dead_letter(&key) {
+        match self.shared.context.store.dead_letter(&key).await {
             Ok(Some(_)) => return Ok(()),
             Ok(None) => {}
             Err(error) => tracing::warn!(subscriber = self.shared.name, "cannot read a dead letter: {error}"),
@@ -151,7 +151,7 @@ impl StreamWorker {
     /// of large events never sits in memory at once.
     async fn retry(&self, reply: oneshot::Sender<u64>) -> Result<(), Stopped> {
         let count =
-            self.retrying(|store| store.stream_dead_letter_count(&self.shared.name, &self.stream)).await?;
+            self.retrying(|| self.store().stream_dead_letter_count(&self.shared.name, &self.stream)).await?;
         self.shared.parked.lock().expect("parked lock").remove(&self.stream);
         let _ = reply.send(count);
         let mut after = None;
@@ -167,7 +167,7 @@ impl StreamWorker {
 
     /// Deliver one parked event again.
     async fn retry_letter(&self, letter: DeadLetter) -> Result<(), Stopped> {
-        let event = match self.shared.context.store.read_event(letter.position) {
+        let event = match self.shared.context.store.read_event(letter.position).await {
             Ok(Some(event)) => event,
             Ok(None) => {
                 tracing::error!(
@@ -218,17 +218,20 @@ impl StreamWorker {
     /// The next page of this stream's dead letters after `after`, in order.
     async fn parked_page(&self, after: Option<&DeadLetterKey>) -> Result<Vec<DeadLetter>, Stopped> {
         let letters = self
-            .retrying(|store| {
-                store.dead_letters(Some(&self.shared.name), Some(&self.stream), after, LETTER_PAGE)
+            .retrying(|| {
+                self.store().dead_letters(Some(&self.shared.name), Some(&self.stream), after, LETTER_PAGE)
             })
             .await?;
         Ok(letters.into_iter().map(|(letter, _)| letter).collect())
     }
 
     /// A read of the dead letters, retried while the store fails.
-    async fn retrying<T>(&self, read: impl Fn(&EventStore) -> Result<T, StoreError>) -> Result<T, Stopped> {
+    async fn retrying<T, F>(&self, read: impl Fn() -> F) -> Result<T, Stopped>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
         loop {
-            match read(&self.shared.context.store) {
+            match read().await {
                 Ok(value) => return Ok(value),
                 Err(error) => {
                     tracing::error!(subscriber = self.shared.name, "cannot read dead letters: {error}");
@@ -236,6 +239,10 @@ impl StreamWorker {
                 }
             }
         }
+    }
+
+    fn store(&self) -> &EventStore {
+        &self.shared.context.store
     }
 
     /// React to one event and deliver what the reaction sends, in the reaction's order.
@@ -426,7 +433,7 @@ impl StreamWorker {
     ) -> Result<Recorded, Stopped> {
         let context = &self.shared.context;
         loop {
-            let written = match context.store.stream_head(target) {
+            let written = match context.store.stream_head(target).await {
                 Ok(head) => {
                     let outcome = StoredOutcome::Rejected {
                         code: rejection.code.clone(),

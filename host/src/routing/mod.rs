@@ -269,13 +269,13 @@ impl Routing {
     }
 
     /// Every subscriber with its cursor, lag, counters and dead letters.
-    pub fn status(&self) -> Result<Vec<SubscriberStatus>, StoreError> {
+    pub async fn status(&self) -> Result<Vec<SubscriberStatus>, StoreError> {
         let head = self.context.store.head_position();
         let shared: Vec<_> =
             self.handles.lock().expect("routing lock").iter().map(|h| h.shared.clone()).collect();
         let mut statuses = Vec::with_capacity(shared.len());
         for shared in shared {
-            let dead_letters = self.context.store.dead_letter_count(&shared.name)?;
+            let dead_letters = self.context.store.dead_letter_count(&shared.name).await?;
             let parked_streams = shared.parked.lock().expect("parked lock").len() as u64;
             let subscriptions = self
                 .context
@@ -408,11 +408,11 @@ async fn run_once(
 ) -> RunResult {
     let mut controls = controls.lock().await;
     let store = &shared.context.store;
-    let start = store.cursor(&crate::store::reaction_cursor(&shared.name)).and_then(|cursor| {
-        let parked = store.parked_streams(&shared.name)?;
-        Ok((cursor, parked))
-    });
-    let (cursor, parked) = match start {
+    let start = async {
+        let cursor = store.cursor(&crate::store::reaction_cursor(&shared.name)).await?;
+        Ok::<_, crate::store::StoreError>((cursor, store.parked_streams(&shared.name).await?))
+    };
+    let (cursor, parked) = match start.await {
         Ok(start) => start,
         Err(error) => return Err(lifecycle::RunFailed(format!("cannot read the cursor: {error}"))),
     };

@@ -89,7 +89,7 @@ impl Subscriber {
                 self.abandon().await;
                 return Ok(());
             }
-            let reading = match self.read_more() {
+            let reading = match self.read_more().await {
                 Ok(reading) => reading,
                 Err(error) => {
                     self.abandon().await;
@@ -140,7 +140,7 @@ impl Subscriber {
     }
 
     /// Read and dispatch log events while the window has room, for a few pages.
-    fn read_more(&mut self) -> Result<Reading, StoreError> {
+    async fn read_more(&mut self) -> Result<Reading, StoreError> {
         let context = self.shared.context.clone();
         for _ in 0..PAGES_PER_TURN {
             let room = context.config.window.saturating_sub(self.progress.in_flight());
@@ -148,7 +148,7 @@ impl Subscriber {
                 return Ok(Reading::WindowFull);
             }
             let wanted = room.min(PAGE.events);
-            let events = self.follower.next_page(Page::new(wanted, PAGE.bytes))?;
+            let events = self.follower.next_page(Page::new(wanted, PAGE.bytes)).await?;
             let Some(last) = events.last().map(|e| e.position) else { return Ok(Reading::CaughtUp) };
             let component = context.components.active(&self.shared.name);
             for event in events {
@@ -157,7 +157,7 @@ impl Subscriber {
                 // that reactions to this component's own type's events sent.
                 let wanted = info.reacts_to(&event.stream_type, &event.event_type, false)
                     || (info.reacts_to(&event.stream_type, &event.event_type, true)
-                        && context.store.is_reply_to(&event, &self.shared.name)?);
+                        && context.store.is_reply_to(&event, &self.shared.name).await?);
                 if wanted {
                     self.progress.start(event.position);
                     let size = event.payload.len();
@@ -246,7 +246,7 @@ impl Subscriber {
                 }
                 self.progress = Progress::from(position);
                 self.follower.seek(position);
-                self.reload_parked()?;
+                self.reload_parked().await?;
                 let _ = done.send(());
             }
             Control::Retry(stream, reply) => self.queue_on_parked_streams(stream, Work::Retry, reply),
@@ -285,12 +285,13 @@ impl Subscriber {
         });
     }
 
-    fn reload_parked(&self) -> Result<(), String> {
+    async fn reload_parked(&self) -> Result<(), String> {
         let parked = self
             .shared
             .context
             .store
             .parked_streams(&self.shared.name)
+            .await
             .map_err(|e| format!("cannot read the parked streams: {e}"))?;
         *self.shared.parked.lock().expect("parked lock") = parked;
         Ok(())

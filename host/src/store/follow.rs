@@ -26,10 +26,10 @@ impl LogFollower {
 
     /// A page of the events after the last one read, in log order; empty when the follower
     /// has read everything committed.
-    pub fn next_page(&mut self, page: impl Into<Page>) -> Result<Vec<StoredEvent>, StoreError> {
+    pub async fn next_page(&mut self, page: impl Into<Page>) -> Result<Vec<StoredEvent>, StoreError> {
         // Mark the head seen before reading, so a commit during the read wakes `more`.
         self.head.borrow_and_update();
-        let events = self.store.read_all(self.after, page)?;
+        let events = self.store.read_all(self.after, page.into()).await?;
         if let Some(last) = events.last() {
             self.after = last.position;
         }

@@ -22,9 +22,9 @@
 //! entry its snapshot can see in the table or the tail (entries of commits its snapshot
 //! cannot see are past its stream head, and ignored).
 
-use super::records::Record;
 use super::tables::{EVENTS, META, STREAM_INDEX, STREAMS};
-use super::{Page, PageFill, Position, StoreError, StoredEvent, StreamId, Version};
+use crate::store::records::Record;
+use crate::store::{Page, PageFill, Position, StoreError, StoredEvent, StreamId, Version};
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
 use std::collections::{HashMap, VecDeque};
 use std::sync::RwLock;

@@ -12,7 +12,7 @@
 //! fault injection can make fail (`CAIRN_FAULTS=io-error=...`); release builds open it as
 //! redb does.
 
-use super::StoreError;
+use crate::store::StoreError;
 use redb::Database;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -7,13 +7,15 @@
 //! batches of 64.
 
 use super::file::{StoreFile, needs_reopen};
-use super::records::{OutcomeKey, Record};
 use super::stream_tail::StreamTail;
 use super::tables::*;
-use super::{
+use crate::store::records::{OutcomeKey, Record};
+use crate::store::{
     AppendBatch, AppendError, Committed, DeadLetter, DeadLetterKey, Position, Snapshot, StoreError,
     StoredEvent, StreamId, Version,
 };
+use crate::store::{CursorStart, Receipt, Reopening, StoreWrites};
+use async_trait::async_trait;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -51,15 +53,6 @@ enum Request {
     Stop,
 }
 
-/// Where a new subscriber starts reading the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CursorStart {
-    /// After the last event committed before its component was stored.
-    Head,
-    /// At the first event of the log.
-    Beginning,
-}
-
 struct ComponentWrite {
     name: String,
     record: Vec<u8>,
@@ -69,35 +62,10 @@ struct ComponentWrite {
     drop_blob: Option<Vec<u8>>,
 }
 
-/// A submitted batch's answer, to await.
-pub struct Receipt(oneshot::Receiver<Result<Committed, AppendError>>);
-
-impl Receipt {
-    /// A receipt already answered (for work that needs no commit, or could not be queued).
-    pub fn ready(result: Result<Committed, AppendError>) -> Receipt {
-        let (reply, answer) = oneshot::channel();
-        let _ = reply.send(result);
-        Receipt(answer)
-    }
-}
-
-impl std::future::Future for Receipt {
-    type Output = Result<Committed, AppendError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|answer| answer.unwrap_or(Err(StoreError::Closed.into())))
-    }
-}
-
-/// The handle actors append through. [`Writer::shutdown`] stops the thread after it has
-/// committed everything queued before it; appends after that fail with `Closed`.
+/// The handle actors append through. [`StoreWrites::shutdown`] stops the thread after it
+/// has committed everything queued before it; appends after that fail with `Closed`.
 #[derive(Clone)]
-pub struct Writer {
+pub(super) struct EmbeddedWriter {
     requests: mpsc::Sender<Request>,
     thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
     health: Arc<std::sync::Mutex<Health>>,
@@ -115,21 +83,7 @@ struct Health {
     stopped: Option<String>,
 }
 
-/// The store failed with an I/O error and the writer opened its file again.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Reopening {
-    /// The I/O error.
-    pub error: String,
-    pub failed_at: String,
-    /// When the file was open again (`None`: not yet).
-    pub reopened_at: Option<String>,
-    /// How long the store could not take commits, in milliseconds.
-    pub unavailable_ms: Option<u64>,
-    #[serde(skip)]
-    failed_at_micros: u64,
-}
-
-impl Writer {
+impl EmbeddedWriter {
     pub(super) fn start(
         file: Arc<StoreFile>,
         head: Position,
@@ -154,13 +108,16 @@ impl Writer {
             .name("cairn-writer".into())
             .spawn(move || state.run(queue))
             .map_err(|e| StoreError::Storage(redb::StorageError::Io(e).into()))?;
-        Ok(Writer { requests, thread: Arc::new(std::sync::Mutex::new(Some(thread))), health, file })
+        Ok(EmbeddedWriter { requests, thread: Arc::new(std::sync::Mutex::new(Some(thread))), health, file })
     }
+}
 
+#[async_trait]
+impl StoreWrites for EmbeddedWriter {
     /// Why the writer cannot take appends now, if it cannot: its thread has stopped, the
     /// file is closed after an I/O error and not open again yet, or its last group commit
     /// failed (until one succeeds again).
-    pub fn problem(&self) -> Option<String> {
+    fn problem(&self) -> Option<String> {
         let alive =
             self.thread.lock().expect("writer thread lock").as_ref().is_some_and(|t| !t.is_finished());
         if !alive {
@@ -178,20 +135,8 @@ impl Writer {
     }
 
     /// The last time the store failed with an I/O error and was opened again, if it did.
-    pub fn last_reopening(&self) -> Option<Reopening> {
+    fn last_reopening(&self) -> Option<Reopening> {
         self.health.lock().expect("writer health lock").reopen.clone()
-    }
-
-    /// Append a batch; answers once it is durable.
-    ///
-    /// # Errors
-    /// `VersionConflict` when the stream is not at `expected_version`; `Store` when the
-    /// commit failed (nothing of the batch is stored) or the writer has stopped.
-    ///
-    /// # Durability
-    /// `Ok` means fsynced: redb `Durability::Immediate`.
-    pub async fn append(&self, batch: AppendBatch) -> Result<Committed, AppendError> {
-        self.submit(batch)?.await
     }
 
     /// Queue a batch and answer at once; the [`Receipt`] resolves once it is durable (or
@@ -202,14 +147,14 @@ impl Writer {
     ///
     /// # Errors
     /// `Closed` when the writer has stopped.
-    pub fn submit(&self, batch: AppendBatch) -> Result<Receipt, StoreError> {
+    fn submit(&self, batch: AppendBatch) -> Result<Receipt, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::Append(batch, reply)).map_err(|_| StoreError::Closed)?;
         Ok(Receipt(answer))
     }
 
     /// Move a subscriber's cursor (durably).
-    pub async fn set_cursor(&self, name: &str, position: Position) -> Result<(), StoreError> {
+    async fn set_cursor(&self, name: &str, position: Position) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Cursor(name.to_owned(), position, reply))
@@ -218,14 +163,14 @@ impl Writer {
     }
 
     /// Record a dead letter (durably).
-    pub async fn park(&self, letter: DeadLetter) -> Result<(), StoreError> {
+    async fn park(&self, letter: DeadLetter) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::Park(letter, reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Remove dead letters (durably); keys that are not there are ignored.
-    pub async fn unpark(&self, keys: Vec<DeadLetterKey>) -> Result<(), StoreError> {
+    async fn unpark(&self, keys: Vec<DeadLetterKey>) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::Unpark(keys, reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -234,11 +179,7 @@ impl Writer {
     /// Forget at most `limit` idempotency keys recorded before `recorded_before` (µs since
     /// the epoch): a retry with one of them afterwards runs as a new command. Answers how many
     /// were forgotten.
-    pub async fn forget_idempotency_keys(
-        &self,
-        recorded_before: u64,
-        limit: usize,
-    ) -> Result<usize, StoreError> {
+    async fn forget_idempotency_keys(&self, recorded_before: u64, limit: usize) -> Result<usize, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::ForgetKeys { recorded_before, limit, reply })
@@ -248,7 +189,7 @@ impl Writer {
 
     /// Store a component's record, its bytes (`(digest, bytes)`) when the version is new,
     /// and, if `cursor` names a cursor that does not exist yet, that cursor at `start`.
-    pub async fn put_component(
+    async fn put_component(
         &self,
         name: &str,
         record: Vec<u8>,
@@ -263,7 +204,7 @@ impl Writer {
 
     /// Store a component's record after one of its versions was deleted, and remove the
     /// bytes `drop_blob` names (no version uses them any more).
-    pub async fn delete_component_version(
+    async fn delete_component_version(
         &self,
         name: &str,
         record: Vec<u8>,
@@ -277,11 +218,7 @@ impl Writer {
 
     /// Add snapshots to a stream's history (what a long fold passed), so later temporal
     /// reads near them fold little. Durable like everything the writer commits.
-    pub async fn keep_snapshots(
-        &self,
-        stream: &StreamId,
-        snapshots: Vec<Snapshot>,
-    ) -> Result<(), StoreError> {
+    async fn keep_snapshots(&self, stream: &StreamId, snapshots: Vec<Snapshot>) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::KeepSnapshots(stream.key(), snapshots, reply))
@@ -292,7 +229,7 @@ impl Writer {
     /// Wait until everything submitted before this call has been committed or refused: what
     /// a stream's new actor waits for when the one before it died with batches in flight, so
     /// that it reads the stream as those batches left it.
-    pub async fn barrier(&self) -> Result<(), StoreError> {
+    async fn barrier(&self) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::Barrier(reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)
@@ -300,7 +237,7 @@ impl Writer {
 
     /// Finish the queued appends and wait for the thread to end (the store file is then
     /// closed cleanly once the last reader is dropped).
-    pub fn shutdown(&self) {
+    fn shutdown(&self) {
         let thread = self.thread.lock().expect("writer thread lock").take();
         let _ = self.requests.send(Request::Stop);
         if let Some(thread) = thread
