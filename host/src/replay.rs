@@ -16,6 +16,9 @@ const CHUNK: Page = Page::new(4096, 8 << 20);
 
 /// Wait for a store read from a fold. Folds run on blocking threads (`spawn_blocking`),
 /// which keeps guest calls off the async threads; their reads are waited for there.
+///
+/// # Panics
+/// On an async worker thread or outside a runtime: folds must run in `spawn_blocking`.
 pub(crate) fn wait_for<F: Future>(read: F) -> F::Output {
     tokio::runtime::Handle::current().block_on(read)
 }
@@ -72,7 +75,8 @@ pub struct Folded {
 }
 
 /// Fold the events of `stream` after `version`, up to `up_to`, into `state`; returns the
-/// state and the version it reached.
+/// state and the version it reached. Runs guest code and waits for store reads: call it from
+/// a blocking thread (`spawn_blocking`), never on an async worker thread.
 pub fn replay(
     component: &AggregateComponent,
     store: &EventStore,

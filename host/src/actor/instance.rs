@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 type Reply = oneshot::Sender<Result<CommandReply, CommandError>>;
 
@@ -381,9 +382,14 @@ impl Actor {
         snapshot_interval(component, self.shared.config.default_snapshot_interval)
     }
 
+    /// Decide one command inside its request's span (entered only while this runs, not
+    /// across the awaits of other tasks).
     async fn decide(&mut self, request: CommandRequest, reply: Reply, pending: &mut Pending) {
         let span = request.span.clone();
-        let _in_command = span.enter();
+        self.decide_in_span(request, reply, pending).instrument(span).await
+    }
+
+    async fn decide_in_span(&mut self, request: CommandRequest, reply: Reply, pending: &mut Pending) {
         let loaded = self.loaded.as_ref().expect("decide runs on loaded state");
         let refusal = internal_refusal(&loaded.component, &self.stream, &request);
         if let (Some(refusal), None) = (&refusal, &request.causation) {

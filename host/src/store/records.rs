@@ -75,10 +75,14 @@ impl StreamId {
 
 impl Ord for StreamId {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        let key = |s: &StreamId| {
-            s.type_name.as_bytes().iter().chain(b"/").chain(s.id.as_bytes()).copied().collect::<Vec<u8>>()
-        };
-        key(self).cmp(&key(other))
+        fn key(s: &StreamId) -> impl Iterator<Item = u8> + '_ {
+            s.type_name.as_bytes().iter().chain(b"/").chain(s.id.as_bytes()).copied()
+        }
+        // Two streams with one key (a type name with a `/`, which no valid stream has) are
+        // told apart by their parts, so the order agrees with `==`.
+        key(self)
+            .cmp(key(other))
+            .then_with(|| (&self.type_name, &self.id).cmp(&(&other.type_name, &other.id)))
     }
 }
 
@@ -459,6 +463,11 @@ mod tests {
         assert_eq!(keys, ["account-info/y", "account/x"]);
         keys.sort();
         assert_eq!(keys, ["account-info/y", "account/x"]);
+        // One key, two streams (no valid stream has a `/` in its type): ordered, not equal.
+        let one = StreamId { type_name: "a".into(), id: "b/c".into() };
+        let other = StreamId { type_name: "a/b".into(), id: "c".into() };
+        assert_eq!(one.key(), other.key());
+        assert_ne!(one.cmp(&other), std::cmp::Ordering::Equal);
     }
 
     fn any_event() -> impl Strategy<Value = StoredEvent> {
