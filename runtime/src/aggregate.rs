@@ -7,7 +7,7 @@ use cairn_wire::{RawCommand, RawEvent};
 use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimits};
 
-mod wit {
+pub(crate) mod wit {
     wasmtime::component::bindgen!({
         world: "aggregate-core",
         path: "../wit",
@@ -15,6 +15,21 @@ mod wit {
 }
 
 use wit::cairn::runtime::types as witty;
+
+/// An event as the WIT `event-envelope` both worlds take (`react`, a projection's `handle`).
+pub(crate) fn wit_envelope(event: &EventEnvelope) -> witty::EventEnvelope {
+    witty::EventEnvelope {
+        stream_type: event.stream_type.clone(),
+        stream_id: event.stream_id.clone(),
+        version: event.version,
+        position: event.position,
+        event_type: event.event_type.clone(),
+        payload: event.payload.clone(),
+        recorded_at: event.recorded_at.clone(),
+        correlation_id: event.correlation_id.clone(),
+        causation_id: event.causation_id.clone(),
+    }
+}
 
 /// An accepted command: its events and the state after them.
 #[derive(Debug, PartialEq, Eq)]
@@ -386,17 +401,7 @@ impl AggregateComponent {
 
     /// The commands the component sends when `event` (one it subscribes to) is committed.
     pub fn react(&self, event: &EventEnvelope) -> Result<Vec<OutgoingCommand>, GuestError> {
-        let envelope = witty::EventEnvelope {
-            stream_type: event.stream_type.clone(),
-            stream_id: event.stream_id.clone(),
-            version: event.version,
-            position: event.position,
-            event_type: event.event_type.clone(),
-            payload: event.payload.clone(),
-            recorded_at: event.recorded_at.clone(),
-            correlation_id: event.correlation_id.clone(),
-            causation_id: event.causation_id.clone(),
-        };
+        let envelope = wit_envelope(event);
         let commands =
             self.call(self.limits.fuel_per_call, |store, guest| guest.core.call_react(store, &envelope))?;
         let bytes = commands

@@ -17,10 +17,13 @@ mod wit {
         world: "projection",
         path: "../wit",
         imports: { default: trappable },
+        // The types both worlds share are the aggregate bindings' own, so one conversion
+        // serves both.
+        with: { "cairn:runtime/types": crate::aggregate::wit::cairn::runtime::types },
     });
 }
 
-use wit::cairn::runtime::types as witty;
+use crate::aggregate::wit_envelope;
 
 /// The longest key a projection may write.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -234,7 +237,7 @@ impl ProjectionComponent {
             let started = std::time::Instant::now();
             let called = store
                 .set_fuel(self.limits.fuel_per_call)
-                .and_then(|()| guest.call_handle(&mut store, &envelope(event)));
+                .and_then(|()| guest.call_handle(&mut store, &wit_envelope(event)));
             crate::observe::call(&self.info.name, started.elapsed());
             if let Err(error) = called {
                 store.data_mut().take_back_current_event();
@@ -246,19 +249,5 @@ impl ProjectionComponent {
         }
         let writes = std::mem::take(&mut store.data_mut().writes);
         BatchOutcome { writes, handled: events.len(), failure: None }
-    }
-}
-
-fn envelope(event: &EventEnvelope) -> witty::EventEnvelope {
-    witty::EventEnvelope {
-        stream_type: event.stream_type.clone(),
-        stream_id: event.stream_id.clone(),
-        version: event.version,
-        position: event.position,
-        event_type: event.event_type.clone(),
-        payload: event.payload.clone(),
-        recorded_at: event.recorded_at.clone(),
-        correlation_id: event.correlation_id.clone(),
-        causation_id: event.causation_id.clone(),
     }
 }
