@@ -309,8 +309,7 @@ impl StreamWorker {
                         command.target_id, command.target_type
                     ),
                 );
-                let target =
-                    StreamId { type_name: command.target_type.clone(), id: command.target_id.clone() };
+                let target = target_of(command);
                 // Nothing can append to a stream whose id no path can name.
                 self.record_refusal(&target, &key, &rejection).await?;
                 rejection
@@ -485,7 +484,7 @@ impl StreamWorker {
             event_type: event.event_type.clone(),
             behind,
             command_index: index,
-            target: command.map(|c| StreamId { type_name: c.target_type.clone(), id: c.target_id.clone() }),
+            target: command.map(target_of),
             command_type: command.map(|c| c.command_type.clone()),
             error,
             attempts,
@@ -608,6 +607,12 @@ pub(super) fn dedup_keys(subscriber: &str, position: Position, commands: &[Outgo
             format!("{subscriber}:{position}:{}", hex::encode(&hash.finalize()[..16]))
         })
         .collect()
+}
+
+/// The stream a command names, as the guest wrote it (not checked: an invalid one is
+/// recorded and shown as it was sent).
+fn target_of(command: &OutgoingCommand) -> StreamId {
+    StreamId { type_name: command.target_type.clone(), id: command.target_id.clone() }
 }
 
 #[cfg(test)]
