@@ -82,9 +82,8 @@ pub fn open(path: &Path) -> Result<(EventStore, Writer), StoreError> {
 
 #[async_trait]
 impl StoreReads for EmbeddedReads {
-    /// Whether `event` answers a command a reaction sent for an event of `type_name`'s
-    /// streams. Events written before Cairn recorded `reply_to` carry only their
-    /// causation (the triggering event's position): for those, the triggering event is read.
+    /// Events written before Cairn recorded `reply_to` carry only their causation (the
+    /// triggering event's position): for those, the triggering event is read.
     async fn is_reply_to(&self, event: &StoredEvent, type_name: &str) -> Result<bool, StoreError> {
         if event.reply_to.is_some() || event.position > self.replies_recorded_after {
             return Ok(event.is_reply_to(type_name));
@@ -108,17 +107,14 @@ impl StoreReads for EmbeddedReads {
         }
     }
 
-    /// The position of the newest committed event (0 for an empty log).
     fn head_position(&self) -> Position {
         *self.head.borrow()
     }
 
-    /// Wakes whenever a commit moves the head of the log.
     fn subscribe_head(&self) -> watch::Receiver<Position> {
         self.head.clone()
     }
 
-    /// The stream's version and its newest event's position; `None` for a stream with no events.
     async fn stream_head(&self, stream: &StreamId) -> Result<Option<(Version, Position)>, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let streams = read.open_table(STREAMS)?;
@@ -128,7 +124,6 @@ impl StoreReads for EmbeddedReads {
         }))
     }
 
-    /// Events of one stream with `from <= version <= to`, a page of them, in version order.
     async fn read_stream_range(
         &self,
         stream: &StreamId,
@@ -139,7 +134,6 @@ impl StoreReads for EmbeddedReads {
         stream_tail::read_range(&*self.file.get()?, &self.tail, stream, from, to, page)
     }
 
-    /// Events of the global log with `position > after`, a page of them, in order.
     async fn read_all(&self, after: Position, page: Page) -> Result<Vec<StoredEvent>, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let events = read.open_table(EVENTS)?;
@@ -156,15 +150,12 @@ impl StoreReads for EmbeddedReads {
         Ok(out)
     }
 
-    /// The newest snapshot of a stream, whoever made it; the caller checks the digest.
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let snapshots = read.open_table(SNAPSHOTS)?;
         snapshots.get(stream.key().as_str())?.map(|v| Snapshot::decode(v.value())).transpose()
     }
 
-    /// The newest snapshot in a stream's history at or before `version` that `digest` made:
-    /// where a temporal read starts folding.
     async fn snapshot_at_or_before(
         &self,
         stream: &StreamId,
@@ -189,7 +180,6 @@ impl StoreReads for EmbeddedReads {
         Ok(None)
     }
 
-    /// The recorded outcome of a keyed command (idempotency key or routed causation).
     async fn outcome(
         &self,
         stream: &StreamId,
@@ -204,8 +194,6 @@ impl StoreReads for EmbeddedReads {
             .transpose()
     }
 
-    /// The events of one correlation (a saga's chain) after position `after`, in global
-    /// order, a page of them.
     async fn read_correlation(
         &self,
         correlation_id: &str,
@@ -232,8 +220,7 @@ impl StoreReads for EmbeddedReads {
         Ok(out)
     }
 
-    /// The streams of `type_name` written most recently (by their newest event's
-    /// position), newest first, at most `limit`. Scans the type's streams once.
+    /// Scans the type's streams once.
     async fn recent_streams(&self, type_name: &str, limit: usize) -> Result<Vec<StreamId>, StoreError> {
         use std::cmp::Reverse;
         use std::collections::BinaryHeap;
@@ -254,16 +241,12 @@ impl StoreReads for EmbeddedReads {
         Ok(streams.into_iter().map(|(_, id)| StreamId { type_name: type_name.to_owned(), id }).collect())
     }
 
-    /// One event of the global log, if there is one at `position`.
     async fn read_event(&self, position: Position) -> Result<Option<StoredEvent>, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let events = read.open_table(EVENTS)?;
         events.get(position.get())?.map(|record| StoredEvent::decode(record.value())).transpose()
     }
 
-    /// Dead letters in (subscriber, stream, position) order: those of `subscriber` and
-    /// `stream` when given, after the key `after`, at most `limit`; each with the bytes it
-    /// takes in the store (its record and key; the parked event itself stays in the log).
     async fn dead_letters(
         &self,
         subscriber: Option<&str>,
@@ -286,10 +269,10 @@ impl StoreReads for EmbeddedReads {
             }
             None => Vec::new(),
         };
-        let after_stream = after.map(|a| a.stream.key());
-        let after = after
-            .zip(after_stream.as_deref())
-            .map(|(a, stream)| (a.subscriber.as_str(), stream, a.position.get()));
+        let after_key = after.map(|a| (a.subscriber.as_str(), a.stream.key(), a.position.get()));
+        let after = after_key
+            .as_ref()
+            .map(|(subscriber, stream, position)| (*subscriber, stream.as_str(), *position));
         let mut out = Vec::new();
         // Read keys from `from` on while `within` holds; `false` once the page is full.
         let mut read_from = |from: (&str, &str, u64), within: &dyn Fn(&str, &str) -> bool| {
@@ -332,7 +315,6 @@ impl StoreReads for EmbeddedReads {
         Ok(out)
     }
 
-    /// One dead letter, if it is kept.
     async fn dead_letter(&self, key: &DeadLetterKey) -> Result<Option<DeadLetter>, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let table = read.open_table(PARKED)?;
@@ -341,14 +323,13 @@ impl StoreReads for EmbeddedReads {
         letter.map(|record| DeadLetter::decode(record.value())).transpose()
     }
 
-    /// How many dead letters `subscriber` has (a kept count, not a scan).
+    /// A kept count, not a scan.
     async fn dead_letter_count(&self, subscriber: &str) -> Result<u64, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let counts = read.open_table(PARKED_COUNTS)?;
         Ok(counts.get(subscriber)?.map_or(0, |v| v.value()))
     }
 
-    /// Every subscriber that has dead letters, with how many (kept counts).
     async fn dead_letter_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let counts = read.open_table(PARKED_COUNTS)?;
@@ -360,7 +341,7 @@ impl StoreReads for EmbeddedReads {
         Ok(out)
     }
 
-    /// How many dead letters `subscriber` has of one `stream`: a range of that stream's keys.
+    /// A range of that stream's keys.
     async fn stream_dead_letter_count(&self, subscriber: &str, stream: &StreamId) -> Result<u64, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let table = read.open_table(PARKED)?;
@@ -374,7 +355,6 @@ impl StoreReads for EmbeddedReads {
         Ok(count)
     }
 
-    /// The streams `subscriber` has parked events of, each with its first parked position.
     async fn parked_streams(&self, subscriber: &str) -> Result<BTreeMap<StreamId, Position>, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let table = read.open_table(PARKED)?;
@@ -398,7 +378,6 @@ impl StoreReads for EmbeddedReads {
         Ok(out)
     }
 
-    /// A subscriber's durable cursor: every event at or below it has been handled.
     async fn cursor(&self, name: &str) -> Result<Position, StoreError> {
         let read = self.file.get()?.begin_read()?;
         let cursors = read.open_table(CURSORS)?;

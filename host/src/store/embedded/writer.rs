@@ -134,26 +134,16 @@ impl StoreWrites for EmbeddedWriter {
         health.last_failure.as_ref().map(|e| format!("the last commit failed: {e}"))
     }
 
-    /// The last time the store failed with an I/O error and was opened again, if it did.
     fn last_reopening(&self) -> Option<Reopening> {
         self.health.lock().expect("writer health lock").reopen.clone()
     }
 
-    /// Queue a batch and answer at once; the [`Receipt`] resolves once it is durable (or
-    /// refused), as [`Writer::append`] would. Batches are committed in the order they were
-    /// submitted, so an actor may decide its next batch while this one commits: a later
-    /// batch of the same stream is refused with `VersionConflict` if an earlier one stored
-    /// nothing it counted on.
-    ///
-    /// # Errors
-    /// `Closed` when the writer has stopped.
     fn submit(&self, batch: AppendBatch) -> Result<Receipt, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::Append(batch, reply)).map_err(|_| StoreError::Closed)?;
         Ok(Receipt(answer))
     }
 
-    /// Move a subscriber's cursor (durably).
     async fn set_cursor(&self, name: &str, position: Position) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests
@@ -162,23 +152,18 @@ impl StoreWrites for EmbeddedWriter {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Record a dead letter (durably).
     async fn park(&self, letter: DeadLetter) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::Park(letter, reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Remove dead letters (durably); keys that are not there are ignored.
     async fn unpark(&self, keys: Vec<DeadLetterKey>) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::Unpark(keys, reply)).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Forget at most `limit` idempotency keys recorded before `recorded_before` (µs since
-    /// the epoch): a retry with one of them afterwards runs as a new command. Answers how many
-    /// were forgotten.
     async fn forget_idempotency_keys(&self, recorded_before: u64, limit: usize) -> Result<usize, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests
@@ -187,8 +172,6 @@ impl StoreWrites for EmbeddedWriter {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Store a component's record, its bytes (`(digest, bytes)`) when the version is new,
-    /// and, if `cursor` names a cursor that does not exist yet, that cursor at `start`.
     async fn put_component(
         &self,
         name: &str,
@@ -202,8 +185,6 @@ impl StoreWrites for EmbeddedWriter {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Store a component's record after one of its versions was deleted, and remove the
-    /// bytes `drop_blob` names (no version uses them any more).
     async fn delete_component_version(
         &self,
         name: &str,
@@ -216,8 +197,6 @@ impl StoreWrites for EmbeddedWriter {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Add snapshots to a stream's history (what a long fold passed), so later temporal
-    /// reads near them fold little. Durable like everything the writer commits.
     async fn keep_snapshots(&self, stream: &StreamId, snapshots: Vec<Snapshot>) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests
@@ -226,9 +205,6 @@ impl StoreWrites for EmbeddedWriter {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Wait until everything submitted before this call has been committed or refused: what
-    /// a stream's new actor waits for when the one before it died with batches in flight, so
-    /// that it reads the stream as those batches left it.
     async fn barrier(&self) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request::Barrier(reply)).map_err(|_| StoreError::Closed)?;
