@@ -109,7 +109,7 @@ fn appends(c: &mut Criterion) {
         })
     });
     group.finish();
-    writer.shutdown();
+    runtime.block_on(writer.shutdown());
     let after = metrics.as_ref().and_then(|handle| batches(&handle.render()));
     if let (Some((appends_before, commits_before)), Some((appends, commits))) = (before, after) {
         let batch = (appends - appends_before) / (commits - commits_before).max(1.0);

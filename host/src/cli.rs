@@ -58,6 +58,11 @@ enum Command {
     Serve {
         #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
         listen: SocketAddr,
+        /// Keep everything durable in PostgreSQL (`postgres://USER@HOST:PORT/DB`) instead of
+        /// the embedded store in --data, which then keeps only the admin token and the
+        /// compiled components.
+        #[arg(long, env = "CAIRN_STORE", value_name = "URL")]
+        store: Option<String>,
         /// Largest command request body, in bytes.
         #[arg(long, default_value_t = 1 << 20)]
         max_body_bytes: usize,
@@ -348,6 +353,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
     match command {
         Command::Serve {
             listen,
+            store,
             max_body_bytes,
             max_in_flight,
             mailbox_capacity,
@@ -375,6 +381,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
         } => {
             let mut config = ServeConfig {
                 data_dir: client.data,
+                store: store.filter(|url| !url.trim().is_empty()),
                 listen,
                 admin_token: client.token,
                 ..ServeConfig::default()

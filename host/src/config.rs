@@ -11,6 +11,9 @@ use std::path::PathBuf;
 pub struct ServeConfig {
     /// Where the event store, compiled components and the admin token live.
     pub data_dir: PathBuf,
+    /// A PostgreSQL URL to keep everything durable in; `None`: the embedded store in
+    /// `data_dir`, which then keeps only the admin token and the compiled components.
+    pub store: Option<String>,
     pub listen: SocketAddr,
     /// `None`: read it from the data directory, or make one there at first start.
     pub admin_token: Option<String>,
@@ -53,6 +56,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             data_dir: PathBuf::from("data"),
+            store: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: None,
             body_limits: BodyLimits {

@@ -15,10 +15,12 @@ use crate::config::{ADMIN_TOKEN_FILE, COMPILED_DIR, STORE_FILE, ServeConfig, VIE
 use crate::http::{self, AppState, BodyLimits, LiveStreams, SitePolicy};
 use crate::lifecycle::{self, Backoff, CancellationToken, FailureRecord, Part};
 use crate::projection::Projections;
-use crate::projection::store::ViewStore;
+use crate::projection::store::Views;
+use crate::projection::store::embedded::EmbeddedViews;
+use crate::projection::store::postgres::PostgresViews;
 use crate::routing::Routing;
 use crate::runtime::Runtime;
-use crate::store::{self, StoreError, Writer};
+use crate::store::{self, EventStore, StoreError, Writer};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -53,13 +55,12 @@ impl Host {
         std::fs::create_dir_all(data).with_context(|| format!("create data directory {}", data.display()))?;
         let admin_token = admin_token(data, config.admin_token.as_deref())?;
 
-        let store_file = data.join(STORE_FILE);
-        let (store, writer) = match store::embedded::open(&store_file) {
-            Err(StoreError::Storage(redb::Error::DatabaseAlreadyOpen)) => {
-                anyhow::bail!("{} is in use by another cairn process", store_file.display())
+        let (store, writer, views) = match &config.store {
+            None => open_embedded(data)?,
+            Some(url) => {
+                let opened = store::postgres::open(url).await.map_err(|error| anyhow::anyhow!("{error}"))?;
+                (opened.store, opened.writer, PostgresViews::shared(opened.pool))
             }
-            Err(StoreError::Storage(error)) => anyhow::bail!(unreadable(&store_file, &error)),
-            other => other.with_context(|| format!("open the event store in {}", data.display()))?,
         };
         let runtime = match &config.compiled_cache {
             None => Runtime::new(Some(&data.join(COMPILED_DIR)), config.guest_limits)?,
@@ -83,11 +84,6 @@ impl Host {
             }
             tracing::info!(examples = ?config.examples, "new data directory: deployed bundled example components");
         }
-        let views_file = data.join(VIEWS_FILE);
-        let views = match ViewStore::open(&views_file) {
-            Err(StoreError::Storage(error)) => anyhow::bail!(unreadable(&views_file, &error)),
-            other => other.with_context(|| format!("open the view store in {}", data.display()))?,
-        };
 
         let root = CancellationToken::new();
         // A layer that fails to start stops the ones started before it.
@@ -113,6 +109,7 @@ impl Host {
             Part::child_of(&root),
         );
         let projections = Projections::start(store.clone(), views, components.clone(), Part::child_of(&root))
+            .await
             .context("start the projections")?;
         let housekeeping = Part::child_of(&root);
         keep_house(&housekeeping, &writer, config.idempotency_retention);
@@ -183,7 +180,7 @@ impl Host {
         self.actors.shutdown().await;
         self.housekeeping.stop().await;
         drop(self.guests.take());
-        self.writer.shutdown();
+        self.writer.shutdown().await;
         tracing::info!("stopped cleanly");
     }
 }
@@ -274,7 +271,25 @@ fn private_cache(dir: &Path, data: &Path) -> anyhow::Result<()> {
 }
 
 /// Why a data file cannot be used, and what the operator can do about it.
-fn unreadable(file: &Path, error: &redb::Error) -> String {
+/// The embedded store and view store in the data directory.
+fn open_embedded(data: &Path) -> anyhow::Result<(EventStore, Writer, Views)> {
+    let store_file = data.join(STORE_FILE);
+    let (store, writer) = match store::embedded::open(&store_file) {
+        Err(error) if matches!(error.engine::<redb::Error>(), Some(redb::Error::DatabaseAlreadyOpen)) => {
+            anyhow::bail!("{} is in use by another cairn process", store_file.display())
+        }
+        Err(error @ StoreError::Storage(_)) => anyhow::bail!(unreadable(&store_file, &error)),
+        other => other.with_context(|| format!("open the event store in {}", data.display()))?,
+    };
+    let views_file = data.join(VIEWS_FILE);
+    let views = match EmbeddedViews::open(&views_file) {
+        Err(error @ StoreError::Storage(_)) => anyhow::bail!(unreadable(&views_file, &error)),
+        other => other.with_context(|| format!("open the view store in {}", data.display()))?,
+    };
+    Ok((store, writer, views.shared()))
+}
+
+fn unreadable(file: &Path, error: &StoreError) -> String {
     format!(
         "{} cannot be opened: {error}. It is not a file this version of cairn wrote, or it is \
          damaged; point --data at a cairn data directory, or move the file away to start it empty",

@@ -1,6 +1,14 @@
 //! The event store's behaviour as named scenarios, after the cases of Akka Persistence's
-//! journal and snapshot-store TCK, run against the real redb store.
+//! journal and snapshot-store TCK, each run against both stores: the embedded redb store
+//! (module `embedded`) and PostgreSQL (module `postgres`, on a server of the run's own).
 
+#[path = "../../tests/support/postgres.rs"]
+#[allow(dead_code)]
+mod postgres;
+
+use cairn::projection::store::embedded::EmbeddedViews;
+use cairn::projection::store::postgres::PostgresViews;
+use cairn::projection::store::{BatchCommit, Generation, ViewRecord, Views};
 use cairn::store::{
     AppendBatch, AppendError, ComponentVersion, EventStore, NewEvent, OutcomeKey, Position, Snapshot,
     StoredEvent, StoredOutcome, StreamId, Version, Writer,
@@ -40,20 +48,60 @@ fn versions(events: &[StoredEvent]) -> Vec<u64> {
     events.iter().map(|e| e.version.get()).collect()
 }
 
-fn open(dir: &Path) -> (EventStore, Writer) {
-    cairn::store::embedded::open(&dir.join("events.redb")).unwrap()
+/// A store to run a scenario on: an embedded store in a directory of its own, or a
+/// database of its own on the run's PostgreSQL server.
+enum Backend {
+    Embedded(tempfile::TempDir),
+    Postgres(String),
 }
 
-fn close(store: EventStore, writer: Writer) {
-    writer.shutdown();
+impl Backend {
+    fn embedded() -> Backend {
+        Backend::Embedded(tempfile::tempdir().unwrap())
+    }
+
+    fn postgres() -> Backend {
+        Backend::Postgres(postgres::fresh_database())
+    }
+
+    /// What the child writer of the kill test is told to open.
+    fn location(&self) -> String {
+        match self {
+            Backend::Embedded(dir) => format!("dir:{}", dir.path().display()),
+            Backend::Postgres(url) => url.clone(),
+        }
+    }
+
+    async fn open(&self) -> (EventStore, Writer) {
+        open_at(&self.location()).await
+    }
+
+    async fn views(&self) -> Views {
+        match self {
+            Backend::Embedded(dir) => EmbeddedViews::open(&dir.path().join("views.redb")).unwrap().shared(),
+            Backend::Postgres(url) => PostgresViews::shared(cairn::store::postgres::open(url).await.unwrap().pool),
+        }
+    }
+}
+
+async fn open_at(location: &str) -> (EventStore, Writer) {
+    match location.strip_prefix("dir:") {
+        Some(dir) => cairn::store::embedded::open(&Path::new(dir).join("events.redb")).unwrap(),
+        None => {
+            let opened = cairn::store::postgres::open(location).await.unwrap();
+            (opened.store, opened.writer)
+        }
+    }
+}
+
+async fn close(store: EventStore, writer: Writer) {
+    writer.shutdown().await;
     drop(writer);
     drop(store);
 }
 
-#[tokio::test]
-async fn append_and_read_back_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, writer) = open(dir.path());
+async fn append_and_read_back_in_order(backend: Backend) {
+    let (store, writer) = backend.open().await;
     let s = stream("1");
     writer.append(batch(&s, 0, [1, 2, 3])).await.unwrap();
     writer.append(batch(&s, 3, [4])).await.unwrap();
@@ -64,13 +112,11 @@ async fn append_and_read_back_in_order() {
     assert_eq!(events[1].payload, event(2).payload);
     assert_eq!(events[0].correlation_id, "corr-1");
     assert_eq!(store.stream_head(&s).await.unwrap(), Some((Version(4), events[3].position)));
-    close(store, writer);
+    close(store, writer).await;
 }
 
-#[tokio::test]
-async fn read_ranges_honour_from_to_and_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, writer) = open(dir.path());
+async fn read_ranges_honour_from_to_and_limit(backend: Backend) {
+    let (store, writer) = backend.open().await;
     let s = stream("1");
     writer.append(batch(&s, 0, 1..=10)).await.unwrap();
     assert_eq!(versions(&store.read_stream(&s, Version(4), 3.into()).await.unwrap()), [4, 5, 6]);
@@ -88,24 +134,20 @@ async fn read_ranges_honour_from_to_and_limit() {
         [1, 2],
         "from 0 reads from the start"
     );
-    close(store, writer);
+    close(store, writer).await;
 }
 
-#[tokio::test]
-async fn an_empty_stream_has_no_head_and_no_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, writer) = open(dir.path());
+async fn an_empty_stream_has_no_head_and_no_events(backend: Backend) {
+    let (store, writer) = backend.open().await;
     assert_eq!(store.stream_head(&stream("nobody")).await.unwrap(), None);
     assert!(store.read_stream(&stream("nobody"), Version(1), 10.into()).await.unwrap().is_empty());
     assert!(store.read_all(Position(0), 10.into()).await.unwrap().is_empty());
     assert_eq!(store.head_position(), 0);
-    close(store, writer);
+    close(store, writer).await;
 }
 
-#[tokio::test]
-async fn many_streams_interleaved_stay_separate() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, writer) = open(dir.path());
+async fn many_streams_interleaved_stay_separate(backend: Backend) {
+    let (store, writer) = backend.open().await;
     // Streams append concurrently (so their batches share group commits); each stream's
     // own appends stay sequential, as its actor's would.
     let mut tasks = Vec::new();
@@ -127,13 +169,11 @@ async fn many_streams_interleaved_stay_separate() {
         assert!(events.iter().all(|e| e.stream_id == id.to_string()));
     }
     assert_eq!(store.read_all(Position(0), 1000.into()).await.unwrap().len(), 80);
-    close(store, writer);
+    close(store, writer).await;
 }
 
-#[tokio::test]
-async fn an_expected_version_conflict_stores_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, writer) = open(dir.path());
+async fn an_expected_version_conflict_stores_nothing(backend: Backend) {
+    let (store, writer) = backend.open().await;
     let s = stream("1");
     writer.append(batch(&s, 0, [1, 2])).await.unwrap();
     let mut conflicting = batch(&s, 1, [3]);
@@ -157,13 +197,11 @@ async fn an_expected_version_conflict_stores_nothing() {
         "a refused batch leaves no outcome behind"
     );
     writer.append(batch(&s, 2, [3])).await.unwrap();
-    close(store, writer);
+    close(store, writer).await;
 }
 
-#[tokio::test]
-async fn global_positions_are_strictly_increasing_across_streams() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, writer) = open(dir.path());
+async fn global_positions_are_strictly_increasing_across_streams(backend: Backend) {
+    let (store, writer) = backend.open().await;
     let (a, b) = (stream("a"), stream("b"));
     writer.append(batch(&a, 0, [1])).await.unwrap();
     writer.append(batch(&b, 0, [1, 2])).await.unwrap();
@@ -174,13 +212,11 @@ async fn global_positions_are_strictly_increasing_across_streams() {
     assert_eq!(streams, ["account/a", "account/b", "account/b", "account/a"]);
     assert_eq!(store.read_all(Position(2), 1.into()).await.unwrap()[0].position, 3);
     assert_eq!(store.head_position(), 4);
-    close(store, writer);
+    close(store, writer).await;
 }
 
-#[tokio::test]
-async fn outcomes_and_the_correlation_index_commit_with_the_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, writer) = open(dir.path());
+async fn outcomes_and_the_correlation_index_commit_with_the_events(backend: Backend) {
+    let (store, writer) = backend.open().await;
     let s = stream("1");
     let accepted = StoredOutcome::Accepted {
         first_version: Version(1),
@@ -207,13 +243,11 @@ async fn outcomes_and_the_correlation_index_commit_with_the_events() {
     );
     assert_eq!(store.read_correlation("corr-1", Position(0), 10.into()).await.unwrap().len(), 1);
     assert!(store.read_correlation("corr-unknown", Position(0), 10.into()).await.unwrap().is_empty());
-    close(store, writer);
+    close(store, writer).await;
 }
 
-#[tokio::test]
-async fn snapshots_save_load_latest_and_are_ignored_for_another_digest() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, writer) = open(dir.path());
+async fn snapshots_save_load_latest_and_are_ignored_for_another_digest(backend: Backend) {
+    let (store, writer) = backend.open().await;
     let s = stream("1");
     let digest = vec![7u8; 32];
     let mut with_snapshot = batch(&s, 0, [1, 2]);
@@ -231,20 +265,18 @@ async fn snapshots_save_load_latest_and_are_ignored_for_another_digest() {
         "another version's snapshot is not used"
     );
     assert_eq!(store.load_snapshot(&stream("other")).await.unwrap(), None);
-    close(store, writer);
+    close(store, writer).await;
 }
 
-#[tokio::test]
-async fn everything_is_there_after_close_and_reopen() {
-    let dir = tempfile::tempdir().unwrap();
+async fn everything_is_there_after_close_and_reopen(backend: Backend) {
     let s = stream("1");
     {
-        let (store, writer) = open(dir.path());
+        let (store, writer) = backend.open().await;
         writer.append(batch(&s, 0, [1, 2, 3])).await.unwrap();
         writer.set_cursor("router:account", Position(2)).await.unwrap();
-        close(store, writer);
+        close(store, writer).await;
     }
-    let (store, writer) = open(dir.path());
+    let (store, writer) = backend.open().await;
     assert_eq!(store.read_stream(&s, Version(1), 10.into()).await.unwrap().len(), 3);
     assert_eq!(store.head_position(), 3);
     assert_eq!(store.cursor("router:account").await.unwrap(), 2);
@@ -254,7 +286,7 @@ async fn everything_is_there_after_close_and_reopen() {
         4,
         "positions continue after reopen"
     );
-    close(store, writer);
+    close(store, writer).await;
 }
 
 /// Run by `acknowledged_appends_survive_sigkill_mid_write` in a child process: append
@@ -262,10 +294,8 @@ async fn everything_is_there_after_close_and_reopen() {
 /// The stream index is written from a tail the writer keeps in memory (a stream's entries
 /// move into the table 16 at a time, or once 16 384 events old): reads see every event
 /// before and after a move, and a reopened store rebuilds the tail from the log.
-#[tokio::test]
-async fn reads_are_complete_across_stream_index_flushes_and_reopens() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, writer) = open(dir.path());
+async fn reads_are_complete_across_stream_index_flushes_and_reopens(backend: Backend) {
+    let (store, writer) = backend.open().await;
     let streams: Vec<StreamId> = (0..60).map(|k| stream(&format!("f-{k}"))).collect();
     let all = |upto: u64| (1..=upto).collect::<Vec<_>>();
     // 60 streams × 100 events, ten at a time, interleaved: 6 000 events, past a flush.
@@ -306,9 +336,9 @@ async fn reads_are_complete_across_stream_index_flushes_and_reopens() {
         .iter()
         .map(|e| e.position.get())
         .collect();
-    close(store, writer);
+    close(store, writer).await;
 
-    let (store, writer) = open(dir.path());
+    let (store, writer) = backend.open().await;
     for s in &streams {
         assert_eq!(
             versions(&store.read_stream(s, Version(1), usize::MAX.into()).await.unwrap()),
@@ -336,15 +366,15 @@ async fn reads_are_complete_across_stream_index_flushes_and_reopens() {
             [99, 100, 101]
         );
     }
-    close(store, writer);
+    close(store, writer).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_writer() {
-    let Some(dir) = std::env::var_os("CAIRN_TCK_CHILD_DIR") else {
+    let Ok(location) = std::env::var("CAIRN_TCK_CHILD_STORE") else {
         return;
     };
-    let (_store, writer) = open(Path::new(&dir));
+    let (_store, writer) = open_at(&location).await;
     let mut tasks = Vec::new();
     for id in 0..4 {
         let writer = writer.clone();
@@ -361,12 +391,10 @@ async fn child_writer() {
     }
 }
 
-#[tokio::test]
-async fn acknowledged_appends_survive_sigkill_mid_write() {
-    let dir = tempfile::tempdir().unwrap();
+async fn acknowledged_appends_survive_sigkill_mid_write(backend: Backend) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
-        .env("CAIRN_TCK_CHILD_DIR", dir.path())
+        .env("CAIRN_TCK_CHILD_STORE", backend.location())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -388,7 +416,7 @@ async fn acknowledged_appends_survive_sigkill_mid_write() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let (store, writer) = open(dir.path());
+    let (store, writer) = backend.open().await;
     for (id, acked_version) in &acked {
         let s = stream(id);
         let (head, last_position) = store.stream_head(&s).await.unwrap().unwrap();
@@ -405,5 +433,112 @@ async fn acknowledged_appends_survive_sigkill_mid_write() {
     let s = stream("crash-0");
     let head = store.stream_head(&s).await.unwrap().unwrap().0;
     writer.append(batch(&s, head.get(), [1])).await.unwrap();
-    close(store, writer);
+    close(store, writer).await;
 }
+
+fn writes(entries: &[(&str, Option<&str>)]) -> cairn::runtime::Writes {
+    entries.iter().map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned))).collect()
+}
+
+fn generation(id: u32) -> Generation {
+    Generation { id, version: ComponentVersion(1), cursor: Position(0) }
+}
+
+async fn views_commit_documents_with_their_cursor_and_hide_bookkeeping_keys(backend: Backend) {
+    let views = backend.views().await;
+    assert_eq!(views.document("v", "a").await.unwrap(), None, "no view yet");
+    views.put_record("v", &ViewRecord { live: generation(1), next: None }).await.unwrap();
+    let batch = writes(&[("a", Some("1")), ("_index", Some("{}")), ("b", Some("2"))]);
+    assert_eq!(views.commit("v", 1, &batch, Position(0), Position(7)).await.unwrap(), BatchCommit::Done);
+    assert_eq!(views.document("v", "a").await.unwrap(), Some((Position(7), Some("1".to_owned()))));
+    assert_eq!(
+        views.keys("v", None, 10).await.unwrap(),
+        Some((Position(7), vec!["a".to_owned(), "b".to_owned()]))
+    );
+    assert_eq!(views.keys("v", Some("a"), 10).await.unwrap().unwrap().1, ["b"]);
+    assert_eq!(
+        views.commit("v", 1, &writes(&[("a", None)]), Position(7), Position(9)).await.unwrap(),
+        BatchCommit::Done
+    );
+    // A batch read for another cursor than the stored one is refused, and says where it is.
+    assert_eq!(
+        views.commit("v", 1, &writes(&[("b", None)]), Position(3), Position(12)).await.unwrap(),
+        BatchCommit::CursorMoved(Position(9))
+    );
+    assert_eq!(views.document("v", "a").await.unwrap(), Some((Position(9), None)));
+    assert_eq!(views.document_count("v", 1).await.unwrap(), 2);
+}
+
+async fn a_rebuilt_view_generation_switches_whole_and_the_old_one_is_dropped(backend: Backend) {
+    let views = backend.views().await;
+    views.put_record("v", &ViewRecord { live: generation(1), next: None }).await.unwrap();
+    views.commit("v", 1, &writes(&[("a", Some("old"))]), Position(0), Position(5)).await.unwrap();
+    views
+        .put_record(
+            "v",
+            &ViewRecord {
+                live: Generation { cursor: Position(5), ..generation(1) },
+                next: Some(generation(2)),
+            },
+        )
+        .await
+        .unwrap();
+    views.commit("v", 2, &writes(&[("a", Some("new"))]), Position(0), Position(5)).await.unwrap();
+    assert_eq!(
+        views.document("v", "a").await.unwrap(),
+        Some((Position(5), Some("old".to_owned()))),
+        "readers keep the live one"
+    );
+    let record = views.switch("v", 2).await.unwrap().unwrap();
+    assert_eq!((record.live.id, record.next), (2, None));
+    assert_eq!(views.document("v", "a").await.unwrap(), Some((Position(5), Some("new".to_owned()))));
+    assert!(
+        views.commit("v", 1, &writes(&[("a", Some("late"))]), Position(5), Position(6)).await.unwrap()
+            == BatchCommit::GenerationGone,
+        "a dropped generation takes no writes"
+    );
+    assert_eq!(views.document_count("v", 1).await.unwrap(), 0);
+    // What was committed survives a reopen.
+    drop(views);
+    let views = backend.views().await;
+    assert_eq!(views.records().await.unwrap()["v"].live.id, 2);
+    assert_eq!(views.document("v", "a").await.unwrap(), Some((Position(5), Some("new".to_owned()))));
+}
+
+/// Every scenario, once on each store.
+macro_rules! on_both_stores {
+    ($($scenario:ident),* $(,)?) => {
+        mod on_embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Backend::embedded()).await
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Backend::postgres()).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    append_and_read_back_in_order,
+    read_ranges_honour_from_to_and_limit,
+    an_empty_stream_has_no_head_and_no_events,
+    many_streams_interleaved_stay_separate,
+    an_expected_version_conflict_stores_nothing,
+    global_positions_are_strictly_increasing_across_streams,
+    outcomes_and_the_correlation_index_commit_with_the_events,
+    snapshots_save_load_latest_and_are_ignored_for_another_digest,
+    everything_is_there_after_close_and_reopen,
+    reads_are_complete_across_stream_index_flushes_and_reopens,
+    acknowledged_appends_survive_sigkill_mid_write,
+    views_commit_documents_with_their_cursor_and_hide_bookkeeping_keys,
+    a_rebuilt_view_generation_switches_whole_and_the_old_one_is_dropped,
+);

@@ -36,7 +36,8 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
         None => {
             let degraded: Vec<Value> = state
                 .projections
-                .status()?
+                .status()
+                .await?
                 .into_iter()
                 .filter_map(|p| {
                     let failure = p.failure.or_else(|| p.rebuild.and_then(|r| r.failure))?;
@@ -95,7 +96,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         );
         labelled_gauge("cairn_dead_letters", "subscriber", name, subscriber.dead_letters as f64);
     }
-    for projection in state.projections.status()? {
+    for projection in state.projections.status().await? {
         let name = projection.name.as_str();
         labelled_gauge("cairn_projection_lag_events", "projection", name, projection.lag as f64);
         let failed =

@@ -24,7 +24,7 @@ pub const POSITION_HEADER: HeaderName = HeaderName::from_static("x-cairn-positio
     summary = "Every projection with its cursor, lag and status (running, rebuilding, failed)",
     responses((status = 200, description = "`{\"projections\": [...]}`", body = Object)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"projections": state.projections.status()?})))
+    Ok(Json(json!({"projections": state.projections.status().await?})))
 }
 
 /// `GET /views/{projection}?after=&limit=&min_position=`: the view's keys, in key order.

@@ -16,7 +16,7 @@ pub mod store;
 
 use crate::components::{ChangeFollower, ChangeKind, ComponentRegistry, Followed};
 use crate::lifecycle::{self, Backoff, FailureRecord, Part, RunFailed};
-use crate::projection::store::{Generation, ViewRecord, ViewStore};
+use crate::projection::store::{Generation, ViewRecord, Views};
 use crate::store::{ComponentVersion, EventStore, Position, StoreError, StreamId};
 use runner::Runner;
 use serde::Serialize;
@@ -31,7 +31,7 @@ const REBUILD_ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// What the runners need.
 pub(crate) struct Context {
     pub store: EventStore,
-    pub views: ViewStore,
+    pub views: Views,
     pub components: Arc<ComponentRegistry>,
     /// Tells the runners to stop between batches.
     pub part: Part,
@@ -166,22 +166,28 @@ pub struct RebuildStarted {
 pub struct Projections {
     context: Arc<Context>,
     handles: Mutex<BTreeMap<String, Handle>>,
+    /// Held while a runner is started, so two deploys of one new projection start one.
+    starting: tokio::sync::Mutex<()>,
 }
 
 impl Projections {
     /// Start a runner for every deployed projection, and follow the registry: a projection
     /// deployed later gets its runner, a new active version rebuilds its view.
-    pub fn start(
+    pub async fn start(
         store: EventStore,
-        views: ViewStore,
+        views: Views,
         components: Arc<ComponentRegistry>,
         part: Part,
     ) -> Result<Arc<Projections>, StoreError> {
         let follower = components.follow("projections");
         let context = Arc::new(Context { store, views, components, part });
-        let projections = Arc::new(Projections { context, handles: Mutex::new(BTreeMap::new()) });
+        let projections = Arc::new(Projections {
+            context,
+            handles: Mutex::new(BTreeMap::new()),
+            starting: tokio::sync::Mutex::new(()),
+        });
         for name in projections.context.components.projection_names() {
-            projections.ensure_running(&name)?;
+            projections.ensure_running(&name).await?;
         }
         let part = projections.context.part.clone();
         part.tracker().spawn(projections.clone().follow_components(follower));
@@ -215,31 +221,35 @@ impl Projections {
     async fn sync(&self, name: &str) -> Result<(), ViewError> {
         let Some(active) = self.context.components.active_projection(name) else { return Ok(()) };
         if !self.handles.lock().expect("projections lock").contains_key(name) {
-            return Ok(self.ensure_running(name)?);
+            return Ok(self.ensure_running(name).await?);
         }
         self.rebuild_with(name, active.version, false).await?;
         Ok(())
     }
 
     /// Start the runner of `name`, making its view (from position 0) if it has none.
-    fn ensure_running(&self, name: &str) -> Result<(), StoreError> {
+    async fn ensure_running(&self, name: &str) -> Result<(), StoreError> {
         let Some(active) = self.context.components.active_projection(name) else { return Ok(()) };
-        // Held to the end, so two deploys of one new projection start one runner.
-        let mut handles = self.handles.lock().expect("projections lock");
-        if self.context.part.is_stopping() || handles.contains_key(name) {
+        let _one_at_a_time = self.starting.lock().await;
+        let running = |projections: &Self| {
+            projections.context.part.is_stopping()
+                || projections.handles.lock().expect("projections lock").contains_key(name)
+        };
+        if running(self) {
             return Ok(());
         }
-        let record = match self.context.views.records()?.remove(name) {
+        let record = match self.context.views.records().await?.remove(name) {
             Some(record) => record,
             None => {
                 let record = ViewRecord {
                     live: Generation { id: 1, version: active.version, cursor: Position::ZERO },
                     next: None,
                 };
-                self.context.views.put_record(name, &record)?;
+                self.context.views.put_record(name, &record).await?;
                 record
             }
         };
+        let mut handles = self.handles.lock().expect("projections lock");
         let (live_position, _) = watch::channel(record.live.cursor);
         let shared = Arc::new(Shared {
             name: name.to_owned(),
@@ -307,7 +317,7 @@ impl Projections {
     }
 
     /// Every projection with its cursor, lag and status.
-    pub fn status(&self) -> Result<Vec<ProjectionStatus>, StoreError> {
+    pub async fn status(&self) -> Result<Vec<ProjectionStatus>, StoreError> {
         let head = self.context.store.head_position();
         let shared: Vec<_> =
             self.handles.lock().expect("projections lock").values().map(|h| h.shared.clone()).collect();
@@ -349,7 +359,7 @@ impl Projections {
                 cursor: live.cursor,
                 head_position: head,
                 lag: head.saturating_sub(live.cursor),
-                documents: self.context.views.document_count(&shared.name, live.id)?,
+                documents: self.context.views.document_count(&shared.name, live.id).await?,
                 failure: live_failure,
                 rebuild,
                 counters: shared.counters.lock().expect("counters lock").clone(),
@@ -410,7 +420,7 @@ impl Projections {
         wait: Duration,
     ) -> Result<(Position, Option<String>), ViewError> {
         self.caught_up(name, min_position, wait).await?;
-        self.context.views.document(name, key)?.ok_or_else(|| ViewError::UnknownProjection(name.to_owned()))
+        self.context.views.document(name, key).await?.ok_or_else(|| ViewError::UnknownProjection(name.to_owned()))
     }
 
     /// The live view's keys after `after`, once the view has handled `min_position`.
@@ -425,14 +435,15 @@ impl Projections {
         self.caught_up(name, min_position, wait).await?;
         self.context
             .views
-            .keys(name, after, limit)?
+            .keys(name, after, limit)
+            .await?
             .ok_or_else(|| ViewError::UnknownProjection(name.to_owned()))
     }
 
     /// Stop every runner between batches, then make the views durable.
     pub async fn shutdown(&self) {
         self.context.part.stop().await;
-        if let Err(error) = self.context.views.flush() {
+        if let Err(error) = self.context.views.flush().await {
             tracing::error!("cannot make the views durable at shutdown: {error}");
         }
     }
@@ -451,6 +462,7 @@ async fn runner_task(context: Arc<Context>, shared: Arc<Shared>, controls: mpsc:
             let record = context
                 .views
                 .records()
+                .await
                 .map_err(|e| RunFailed(e.to_string()))?
                 .remove(&shared.name)
                 .ok_or_else(|| RunFailed(format!("the view record of {} is missing", shared.name)))?;

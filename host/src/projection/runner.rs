@@ -74,7 +74,7 @@ impl Runner {
             let mut advanced = false;
             if let Some(next) = self.next.as_mut().filter(|n| n.failure.is_none()) {
                 advanced |= matches!(step(&self.context, &self.shared.name, next).await, Step::Advanced);
-                self.switch_if_caught_up();
+                self.switch_if_caught_up().await;
             }
             if self.live.failure.is_none() {
                 advanced |=
@@ -118,7 +118,7 @@ impl Runner {
             ViewRecord { live: self.live.generation, next: self.next.as_ref().map(|n| n.generation) };
         let generation = Generation { id: record.new_generation_id(), version, cursor: Position::ZERO };
         record.next = Some(generation);
-        self.context.views.put_record(name, &record).map_err(|e| e.to_string())?;
+        self.context.views.put_record(name, &record).await.map_err(|e| e.to_string())?;
         self.next = Some(lane(&self.context, name, generation, true).await?);
         tracing::info!(projection = name, generation = generation.id, version = version.get(), "rebuilding");
         Ok(generation)
@@ -127,12 +127,12 @@ impl Runner {
     /// Make the rebuilt generation live once it is as far along the log as the live one
     /// (comparing with the head instead could starve a switch under a steady stream of
     /// commits). A live generation that has stopped on a failure is overtaken sooner.
-    fn switch_if_caught_up(&mut self) {
+    async fn switch_if_caught_up(&mut self) {
         let Some(next) = &self.next else { return };
         if next.failure.is_some() || next.generation.cursor < self.live.generation.cursor {
             return;
         }
-        match self.context.views.switch(&self.shared.name, next.generation.id) {
+        match self.context.views.switch(&self.shared.name, next.generation.id).await {
             Ok(Some(_)) => {
                 let mut next = self.next.take().expect("checked above");
                 next.rebuild = false;
@@ -237,7 +237,7 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
         if rebuild && let Some(stall) = crate::faults::rebuild_stall() {
             std::thread::sleep(stall);
         }
-        let reader = views.reader(&name_owned, generation)?;
+        let reader = crate::replay::wait_for(views.reader(&name_owned, generation))?;
         let outcome = (!events.is_empty()).then(|| component.handle_batch(&events, reader));
         if let Some(error) = outcome.as_ref().and_then(|o| o.failure.as_ref()).filter(|e| e.is_transient()) {
             return Err(BatchError::Busy(error.clone()));
@@ -252,7 +252,7 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
                 }
             },
         };
-        let committed = views.commit(&name_owned, generation, &writes, from, cursor)?;
+        let committed = crate::replay::wait_for(views.commit(&name_owned, generation, &writes, from, cursor))?;
         Ok::<_, BatchError>(((cursor, failure), committed))
     })
     .await

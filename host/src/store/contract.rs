@@ -261,5 +261,5 @@ pub trait StoreWrites: Send + Sync + 'static {
     fn last_reopening(&self) -> Option<Reopening>;
 
     /// Finish the queued writes and stop taking more; writes after it fail with `Closed`.
-    fn shutdown(&self);
+    async fn shutdown(&self);
 }

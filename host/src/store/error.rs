@@ -3,10 +3,10 @@ use super::Version;
 /// A failure of the storage engine or of the data in it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// redb failed (I/O, a full disk, a damaged file). Nothing of the failed operation is
-    /// visible: the transaction did not commit.
+    /// The storage engine failed (I/O, a full disk, a damaged file, a lost connection to the
+    /// database). Nothing of the failed operation is visible: the transaction did not commit.
     #[error("storage failure: {0}")]
-    Storage(#[from] redb::Error),
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     /// A record could not be decoded: the file was written by an incompatible version.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -29,19 +29,36 @@ macro_rules! storage_error_from {
     ($($error:ty),*) => {$(
         impl From<$error> for StoreError {
             fn from(error: $error) -> Self {
-                StoreError::Storage(error.into())
+                StoreError::Storage(Box::new(redb::Error::from(error)))
             }
         }
     )*};
 }
 
 storage_error_from!(
+    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
     redb::CommitError
 );
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        StoreError::Storage(Box::new(error))
+    }
+}
+
+impl StoreError {
+    /// The engine's own error, if this is a storage failure of that engine.
+    pub fn engine<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        match self {
+            StoreError::Storage(error) => error.downcast_ref::<E>(),
+            _ => None,
+        }
+    }
+}
 
 /// Why an append was not stored. Handle `VersionConflict` by reloading the stream (HTTP
 /// 409 when the client asked for a version); `Store` is a host failure (HTTP 500).

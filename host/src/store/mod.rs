@@ -12,6 +12,8 @@ pub mod embedded;
 mod error;
 mod follow;
 mod ids;
+pub mod postgres;
+mod queue;
 mod records;
 mod retention;
 

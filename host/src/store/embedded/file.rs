@@ -58,7 +58,7 @@ impl StoreFile {
     pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
         if sealed_marker(path).exists() {
             rewrite(path).map_err(|e| {
-                StoreError::Storage(redb::Error::Io(std::io::Error::new(
+                StoreError::from(redb::Error::Io(std::io::Error::new(
                     e.kind(),
                     format!(
                         "{} was sealed after a failed fsync and could not be written anew: {e}",
@@ -220,7 +220,7 @@ fn rewrite(path: &Path) -> std::io::Result<()> {
 /// Whether a failure leaves redb's database unusable until it is opened again.
 pub(crate) fn needs_reopen(error: &StoreError) -> bool {
     use redb::Error;
-    matches!(error, StoreError::Storage(Error::Io(_) | Error::PreviousIo | Error::Backend(_)))
+    matches!(error.engine::<Error>(), Some(Error::Io(_) | Error::PreviousIo | Error::Backend(_)))
 }
 
 #[cfg(not(debug_assertions))]
@@ -236,7 +236,7 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|e| StoreError::Storage(redb::Error::Io(e)))?;
+        .map_err(|e| StoreError::from(redb::Error::Io(e)))?;
     let backend = injected::Faultable { inner: redb::backends::FileBackend::new(file)? };
     Ok(Database::builder().create_with_backend(backend)?)
 }

@@ -77,7 +77,7 @@ pub fn open(path: &Path) -> Result<(EventStore, Writer), StoreError> {
     drop(db);
     let writer = EmbeddedWriter::start(file.clone(), head_position, sequence, head_tx, tail.clone())?;
     let reads = EmbeddedReads { file, head: head_rx, tail, replies_recorded_after };
-    Ok((Arc::new(reads), Arc::new(writer)))
+    Ok((Arc::new(reads), Arc::new(super::queue::QueuedWriter(writer))))
 }
 
 #[async_trait]
@@ -453,7 +453,7 @@ mod tests {
         writer.keep_snapshots(&stream, vec![kept]).await.unwrap();
         assert_eq!(at(40, 3).await, Some((38, vec![99])));
         assert_eq!(at(38, 2).await, Some((37, vec![37])), "another version's at the same place was replaced");
-        writer.shutdown();
+        writer.shutdown().await;
     }
 
     /// Events written by a Cairn before `reply_to` existed carry only their causation: a
@@ -486,7 +486,7 @@ mod tests {
             writer.append(append("money-transfer/t", event(None))).await.unwrap();
             writer.append(append("account/a", event(Some("1")))).await.unwrap();
             writer.append(append("account/b", event(None))).await.unwrap();
-            writer.shutdown();
+            writer.shutdown().await;
             drop((store, writer));
             // As a store of that earlier Cairn: no mark of where `reply_to` starts.
             let db = redb::Database::open(&path).unwrap();
@@ -509,6 +509,6 @@ mod tests {
             !store.is_reply_to(&read(Position(4)).await, "money-transfer").await.unwrap(),
             "after the upgrade, reply_to tells"
         );
-        writer.shutdown();
+        writer.shutdown().await;
     }
 }

@@ -11,56 +11,16 @@ use super::stream_tail::StreamTail;
 use super::tables::*;
 use crate::store::records::{OutcomeKey, Record};
 use crate::store::{
-    AppendBatch, AppendError, Committed, DeadLetter, DeadLetterKey, Position, Snapshot, StoreError,
-    StoredEvent, StreamId, Version,
+    AppendBatch, AppendError, Committed, Position, StoreError, StoredEvent, Version,
 };
-use crate::store::{CursorStart, Receipt, Reopening, StoreWrites};
+use crate::store::queue::{self, Failure, Request, RequestSink};
+use crate::store::{CursorStart, Reopening};
 use async_trait::async_trait;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use tokio::sync::{oneshot, watch};
-
-/// Upper bound on events in one group commit, so one transaction stays reasonably sized.
-const MAX_EVENTS_PER_COMMIT: usize = 8192;
-
-type Reply = oneshot::Sender<Result<Committed, AppendError>>;
-
-enum Request {
-    Append(AppendBatch, Reply),
-    /// A subscriber's cursor, serialized with the appends it follows.
-    Cursor(String, Position, oneshot::Sender<Result<(), StoreError>>),
-    /// Park an event for a subscriber (a dead letter), replacing one with the same key.
-    Park(DeadLetter, oneshot::Sender<Result<(), StoreError>>),
-    /// Remove dead letters: delivered by a retry, or discarded.
-    Unpark(Vec<DeadLetterKey>, oneshot::Sender<Result<(), StoreError>>),
-    /// A component's registry record, with its bytes for a new version, and the cursor of
-    /// its subscriber when it has none yet.
-    Component(ComponentWrite, oneshot::Sender<Result<(), StoreError>>),
-    /// Forget at most `limit` idempotency keys recorded before the time (µs); answers how
-    /// many it forgot.
-    ForgetKeys {
-        recorded_before: u64,
-        limit: usize,
-        reply: oneshot::Sender<Result<usize, StoreError>>,
-    },
-    /// Answered once everything queued before it has been committed (or refused).
-    Barrier(oneshot::Sender<()>),
-    /// Snapshots a fold passed, for a stream's history (temporal reads).
-    KeepSnapshots(String, Vec<Snapshot>, oneshot::Sender<Result<(), StoreError>>),
-    /// Commit what was queued before this, then stop.
-    Stop,
-}
-
-struct ComponentWrite {
-    name: String,
-    record: Vec<u8>,
-    blob: Option<(Vec<u8>, Vec<u8>)>,
-    cursor: Option<(String, CursorStart)>,
-    /// The digest of bytes no version uses any more.
-    drop_blob: Option<Vec<u8>>,
-}
+use tokio::sync::watch;
 
 /// The handle actors append through. [`StoreWrites::shutdown`] stops the thread after it
 /// has committed everything queued before it; appends after that fail with `Closed`.
@@ -107,13 +67,17 @@ impl EmbeddedWriter {
         let thread = std::thread::Builder::new()
             .name("cairn-writer".into())
             .spawn(move || state.run(queue))
-            .map_err(|e| StoreError::Storage(redb::StorageError::Io(e).into()))?;
+            .map_err(|e| StoreError::from(redb::Error::Io(e)))?;
         Ok(EmbeddedWriter { requests, thread: Arc::new(std::sync::Mutex::new(Some(thread))), health, file })
     }
 }
 
 #[async_trait]
-impl StoreWrites for EmbeddedWriter {
+impl RequestSink for EmbeddedWriter {
+    fn send(&self, request: Request) -> Result<(), StoreError> {
+        self.requests.send(request).map_err(|_| StoreError::Closed)
+    }
+
     /// Why the writer cannot take appends now, if it cannot: its thread has stopped, the
     /// file is closed after an I/O error and not open again yet, or its last group commit
     /// failed (until one succeeds again).
@@ -138,82 +102,9 @@ impl StoreWrites for EmbeddedWriter {
         self.health.lock().expect("writer health lock").reopen.clone()
     }
 
-    fn submit(&self, batch: AppendBatch) -> Result<Receipt, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Append(batch, reply)).map_err(|_| StoreError::Closed)?;
-        Ok(Receipt(answer))
-    }
-
-    async fn set_cursor(&self, name: &str, position: Position) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::Cursor(name.to_owned(), position, reply))
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    async fn park(&self, letter: DeadLetter) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Park(letter, reply)).map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    async fn unpark(&self, keys: Vec<DeadLetterKey>) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Unpark(keys, reply)).map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    async fn forget_idempotency_keys(&self, recorded_before: u64, limit: usize) -> Result<usize, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::ForgetKeys { recorded_before, limit, reply })
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    async fn put_component(
-        &self,
-        name: &str,
-        record: Vec<u8>,
-        blob: Option<(Vec<u8>, Vec<u8>)>,
-        cursor: Option<(String, CursorStart)>,
-    ) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let write = ComponentWrite { name: name.to_owned(), record, blob, cursor, drop_blob: None };
-        self.requests.send(Request::Component(write, reply)).map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    async fn delete_component_version(
-        &self,
-        name: &str,
-        record: Vec<u8>,
-        drop_blob: Option<Vec<u8>>,
-    ) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let write = ComponentWrite { name: name.to_owned(), record, blob: None, cursor: None, drop_blob };
-        self.requests.send(Request::Component(write, reply)).map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    async fn keep_snapshots(&self, stream: &StreamId, snapshots: Vec<Snapshot>) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request::KeepSnapshots(stream.key(), snapshots, reply))
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    async fn barrier(&self) -> Result<(), StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests.send(Request::Barrier(reply)).map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)
-    }
-
     /// Finish the queued appends and wait for the thread to end (the store file is then
     /// closed cleanly once the last reader is dropped).
-    fn shutdown(&self) {
+    async fn stop(&self) {
         let thread = self.thread.lock().expect("writer thread lock").take();
         let _ = self.requests.send(Request::Stop);
         if let Some(thread) = thread
@@ -268,38 +159,13 @@ impl WriterThread {
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             };
-            let mut requests = Vec::new();
-            let mut events = 0;
-            let mut next = Some(first);
-            while let Some(request) = next.take() {
-                match request {
-                    Request::Stop => {
-                        stopping = true;
-                        break;
-                    }
-                    Request::Append(batch, reply) => {
-                        events += batch.events.len();
-                        requests.push(Request::Append(batch, reply));
-                    }
-                    other => requests.push(other),
-                }
-                if events < MAX_EVENTS_PER_COMMIT {
-                    next = queue.try_recv().ok();
-                }
-            }
-            // Barriers alone need no transaction: what came before them is already settled.
-            if requests.iter().all(|r| matches!(r, Request::Barrier(_))) {
-                for request in requests {
-                    if let Request::Barrier(reply) = request {
-                        let _ = reply.send(());
-                    }
-                }
-                continue;
-            }
+            let (requests, stop) = queue::gather(first, || queue.try_recv().ok());
+            stopping = stop;
+            let Some(requests) = queue::only_barriers(requests) else { continue };
             if let Some(stopped) = &self.stopped {
                 // Refused before anything is written: truly not stored.
                 let reason = format!("the store takes no more writes until the host restarts: {stopped}");
-                fail(requests, &reason, Failure::NotStored);
+                queue::fail(requests, &reason, Failure::NotStored);
                 continue;
             }
             // A file closed by an I/O error that could not be opened again yet: try now.
@@ -308,7 +174,7 @@ impl WriterThread {
                 Err(_) => match self.reopen_if_closed().and_then(|()| self.file.get()) {
                     Ok(db) => db,
                     Err(error) => {
-                        fail(requests, &error.to_string(), Failure::NotStored);
+                        queue::fail(requests, &error.to_string(), Failure::NotStored);
                         continue;
                     }
                 },
@@ -318,7 +184,7 @@ impl WriterThread {
             if self.file.reopens() != self.reopens_seen
                 && let Err(error) = self.resync(&db)
             {
-                fail(requests, &error.to_string(), Failure::NotStored);
+                queue::fail(requests, &error.to_string(), Failure::NotStored);
                 continue;
             }
             self.commit_group(db, requests);
@@ -416,47 +282,9 @@ impl WriterThread {
     }
 }
 
-/// A group written into its transaction, not committed yet: the transaction, each request's
+/// A group written into its transaction, not committed yet: the transaction, each append's
 /// answer, and how many idempotency keys it forgets.
 type Prepared = (WriteTransaction, Vec<Result<Committed, AppendError>>, usize);
-
-/// How a failed group's requests are told.
-#[derive(Clone, Copy)]
-enum Failure {
-    /// Nothing of the group is stored.
-    NotStored,
-    /// The group may or may not be stored; the file could not be read to tell.
-    Unknown,
-}
-
-/// Answer every request of a group that failed.
-fn fail(requests: Vec<Request>, message: &str, failure: Failure) {
-    let error = || match failure {
-        Failure::NotStored => StoreError::CommitFailed(message.to_owned()),
-        Failure::Unknown => StoreError::OutcomeUnknown(message.to_owned()),
-    };
-    for request in requests {
-        match request {
-            Request::Append(_, reply) => {
-                let _ = reply.send(Err(error().into()));
-            }
-            Request::Cursor(_, _, reply)
-            | Request::Park(_, reply)
-            | Request::Unpark(_, reply)
-            | Request::Component(_, reply)
-            | Request::KeepSnapshots(_, _, reply) => {
-                let _ = reply.send(Err(error()));
-            }
-            Request::ForgetKeys { reply, .. } => {
-                let _ = reply.send(Err(error()));
-            }
-            Request::Barrier(reply) => {
-                let _ = reply.send(());
-            }
-            Request::Stop => {}
-        }
-    }
-}
 
 impl WriterThread {
     /// Write every request in one transaction, publish the new head, then answer each (so a
@@ -550,6 +378,7 @@ impl WriterThread {
                     Request::KeepSnapshots(stream, snapshots, _) => {
                         // The append tables may hold the history open: no table may be open twice.
                         tables = None;
+                        let stream = stream.key();
                         let mut history = txn.open_table(SNAPSHOT_HISTORY)?;
                         for snapshot in snapshots {
                             history.insert(
@@ -566,7 +395,9 @@ impl WriterThread {
                 if let Err(AppendError::Store(e)) = answer {
                     return Err(e);
                 }
-                answers.push(answer);
+                if let Request::Append(..) = request {
+                    answers.push(answer);
+                }
             }
             let stall = requests.iter().find_map(|r| match r {
                 Request::Append(batch, _) => crate::faults::commit_stall(&batch.stream.key()),
@@ -640,27 +471,7 @@ impl WriterThread {
                 crate::telemetry::group_commit(appends, (next - 1).saturating_sub(head), started.elapsed());
                 self.head = next - 1;
                 self.head_tx.send_replace(next - 1);
-                for (request, answer) in requests.into_iter().zip(answers) {
-                    match request {
-                        Request::Append(_, reply) => {
-                            let _ = reply.send(answer);
-                        }
-                        Request::Cursor(_, _, reply)
-                        | Request::Park(_, reply)
-                        | Request::Unpark(_, reply)
-                        | Request::Component(_, reply)
-                        | Request::KeepSnapshots(_, _, reply) => {
-                            let _ = reply.send(Ok(()));
-                        }
-                        Request::ForgetKeys { reply, .. } => {
-                            let _ = reply.send(Ok(forgotten));
-                        }
-                        Request::Barrier(reply) => {
-                            let _ = reply.send(());
-                        }
-                        Request::Stop => {}
-                    }
-                }
+                queue::answer(requests, answers, forgotten);
             }
             Err((error, failure, reopened)) => {
                 // A reopen rebuilt the tail from the file; otherwise take the group's entries back.
@@ -679,7 +490,7 @@ impl WriterThread {
                 tracing::error!("group commit of {} requests failed: {error}", requests.len());
                 crate::telemetry::commit_failed();
                 self.health.lock().expect("writer health lock").last_failure = Some(error.to_string());
-                fail(requests, &error.to_string(), failure);
+                queue::fail(requests, &error.to_string(), failure);
             }
         }
     }

@@ -1,4 +1,4 @@
-//! The view store: the projections' documents, in a redb file of their own
+//! The embedded view store: the projections' documents, in a redb file of their own
 //! (`views.redb`). Views are derived data: they can always be rebuilt from the log, so
 //! they are kept apart from it and never slow its commits down.
 //!
@@ -9,14 +9,15 @@
 //! ([`Durability::None`]): a crash may take a view back a little, never apart, and the
 //! events after its cursor are handled again. One commit a second is made durable.
 
+use super::{BatchCommit, ViewRecord, ViewStore, Views};
 use crate::runtime::{DocumentReader, Writes};
+use async_trait::async_trait;
 use crate::store::embedded::file::{StoreFile, needs_reopen, open_as_it_is};
-use crate::store::{ComponentVersion, Position, StoreError};
+use crate::store::{Position, StoreError};
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
 };
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -31,39 +32,6 @@ type Documents = ReadOnlyTable<&'static str, &'static str>;
 /// How often a view commit is made durable.
 const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
-/// One generation of a view: its documents' table, the component version that builds it,
-/// and the position it has handled the log up to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Generation {
-    pub id: u32,
-    pub version: ComponentVersion,
-    pub cursor: Position,
-}
-
-/// What is kept per projection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ViewRecord {
-    /// The generation readers get.
-    pub live: Generation,
-    /// A generation being built beside it (a rebuild), switched to once caught up.
-    pub next: Option<Generation>,
-}
-
-impl ViewRecord {
-    fn generation_mut(&mut self, id: u32) -> Option<&mut Generation> {
-        if self.live.id == id {
-            Some(&mut self.live)
-        } else {
-            self.next.as_mut().filter(|next| next.id == id)
-        }
-    }
-
-    /// A fresh generation number.
-    pub fn new_generation_id(&self) -> u32 {
-        self.live.id.max(self.next.map_or(0, |n| n.id)) + 1
-    }
-}
-
 fn table_name(projection: &str, generation: u32) -> String {
     format!("view/{projection}/{generation}")
 }
@@ -76,30 +44,20 @@ fn encode(record: &ViewRecord) -> Vec<u8> {
     rmp_serde::to_vec(record).expect("encode a view record")
 }
 
-/// How committing a projection batch went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchCommit {
-    Done,
-    /// The generation is no longer the projection's.
-    GenerationGone,
-    /// The generation's stored cursor is this, not where the batch started: read again from it.
-    CursorMoved(Position),
-}
-
 #[derive(Clone)]
-pub struct ViewStore {
+pub struct EmbeddedViews {
     file: Arc<StoreFile>,
     last_durable: Arc<Mutex<Instant>>,
 }
 
-impl ViewStore {
+impl EmbeddedViews {
     /// Open (or create) the view store at `path`.
-    pub fn open(path: &Path) -> Result<ViewStore, StoreError> {
+    pub fn open(path: &Path) -> Result<EmbeddedViews, StoreError> {
         let file = Arc::new(StoreFile::open(path)?);
         let txn = file.get()?.begin_write()?;
         txn.open_table(RECORDS)?;
         txn.commit()?;
-        Ok(ViewStore { file, last_durable: Arc::new(Mutex::new(Instant::now())) })
+        Ok(EmbeddedViews { file, last_durable: Arc::new(Mutex::new(Instant::now())) })
     }
 
     /// Run a write on the file; after an I/O error, open the file again (redb refuses
@@ -121,24 +79,6 @@ impl ViewStore {
             }
         }
         written
-    }
-
-    /// Every projection's record.
-    pub fn records(&self) -> Result<BTreeMap<String, ViewRecord>, StoreError> {
-        let read = self.file.get()?.begin_read()?;
-        let table = read.open_table(RECORDS)?;
-        let mut out = BTreeMap::new();
-        for entry in table.iter()? {
-            let (name, record) = entry?;
-            out.insert(name.value().to_owned(), decode(name.value(), record.value())?);
-        }
-        Ok(out)
-    }
-
-    /// Store a projection's record as given (a new projection, a rebuild starting); a
-    /// generation that is no longer in it loses its documents.
-    pub fn put_record(&self, name: &str, record: &ViewRecord) -> Result<(), StoreError> {
-        self.writing(|db| Self::put_record_on(db, name, record))
     }
 
     fn put_record_on(db: &Database, name: &str, record: &ViewRecord) -> Result<(), StoreError> {
@@ -163,23 +103,6 @@ impl ViewStore {
         }
         txn.commit()?;
         Ok(())
-    }
-
-    /// Commit a batch: `writes` into generation `generation`'s documents and its cursor moved
-    /// from `from` to `cursor`, in one transaction. Refused when the generation is no longer
-    /// the projection's (a rebuild replaced it meanwhile), and when its stored cursor is not
-    /// `from`: the batch was read for a view the file no longer holds (a reopen after an I/O
-    /// error took back commits that were not yet durable), so committing it would skip the
-    /// events in between.
-    pub fn commit(
-        &self,
-        name: &str,
-        generation: u32,
-        writes: &Writes,
-        from: Position,
-        cursor: Position,
-    ) -> Result<BatchCommit, StoreError> {
-        self.writing(|db| self.commit_on(db, name, generation, writes, from, cursor))
     }
 
     fn commit_on(
@@ -229,21 +152,6 @@ impl ViewStore {
         Ok(BatchCommit::Done)
     }
 
-    /// Make every commit so far durable (at shutdown).
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.writing(|db| {
-            let txn = db.begin_write()?;
-            txn.open_table(RECORDS)?;
-            txn.commit()?;
-            Ok(())
-        })
-    }
-
-    /// Make the generation being built the live one, and drop the old one's documents.
-    pub fn switch(&self, name: &str, generation: u32) -> Result<Option<ViewRecord>, StoreError> {
-        self.writing(|db| Self::switch_on(db, name, generation))
-    }
-
     fn switch_on(db: &Database, name: &str, generation: u32) -> Result<Option<ViewRecord>, StoreError> {
         let txn = db.begin_write()?;
         let switched = {
@@ -262,14 +170,6 @@ impl ViewStore {
         Ok(Some(switched))
     }
 
-    /// The live generation's document under `key`, and the position the view had handled
-    /// when it was read. `None` for a projection with no view yet.
-    pub fn document(&self, name: &str, key: &str) -> Result<Option<(Position, Option<String>)>, StoreError> {
-        let Some((cursor, documents)) = self.live(name)? else { return Ok(None) };
-        let document = documents.get(key)?.map(|v| v.value().to_owned());
-        Ok(Some((cursor, document)))
-    }
-
     /// The live generation's cursor and documents, read in one transaction.
     fn live(&self, name: &str) -> Result<Option<(Position, Documents)>, StoreError> {
         let read = self.file.get()?.begin_read()?;
@@ -282,9 +182,75 @@ impl ViewStore {
         Ok(Some((record.live.cursor, documents)))
     }
 
+    /// This store behind the view store contract.
+    pub fn shared(self) -> Views {
+        std::sync::Arc::new(self)
+    }
+}
+
+#[async_trait]
+impl ViewStore for EmbeddedViews {
+    /// Every projection's record.
+    async fn records(&self) -> Result<BTreeMap<String, ViewRecord>, StoreError> {
+        let read = self.file.get()?.begin_read()?;
+        let table = read.open_table(RECORDS)?;
+        let mut out = BTreeMap::new();
+        for entry in table.iter()? {
+            let (name, record) = entry?;
+            out.insert(name.value().to_owned(), decode(name.value(), record.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Store a projection's record as given (a new projection, a rebuild starting); a
+    /// generation that is no longer in it loses its documents.
+    async fn put_record(&self, name: &str, record: &ViewRecord) -> Result<(), StoreError> {
+        self.writing(|db| Self::put_record_on(db, name, record))
+    }
+
+    /// Commit a batch: `writes` into generation `generation`'s documents and its cursor moved
+    /// from `from` to `cursor`, in one transaction. Refused when the generation is no longer
+    /// the projection's (a rebuild replaced it meanwhile), and when its stored cursor is not
+    /// `from`: the batch was read for a view the file no longer holds (a reopen after an I/O
+    /// error took back commits that were not yet durable), so committing it would skip the
+    /// events in between.
+    async fn commit(
+        &self,
+        name: &str,
+        generation: u32,
+        writes: &Writes,
+        from: Position,
+        cursor: Position,
+    ) -> Result<BatchCommit, StoreError> {
+        self.writing(|db| self.commit_on(db, name, generation, writes, from, cursor))
+    }
+
+    /// Make every commit so far durable (at shutdown).
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.writing(|db| {
+            let txn = db.begin_write()?;
+            txn.open_table(RECORDS)?;
+            txn.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Make the generation being built the live one, and drop the old one's documents.
+    async fn switch(&self, name: &str, generation: u32) -> Result<Option<ViewRecord>, StoreError> {
+        self.writing(|db| Self::switch_on(db, name, generation))
+    }
+
+    /// The live generation's document under `key`, and the position the view had handled
+    /// when it was read. `None` for a projection with no view yet.
+    async fn document(&self, name: &str, key: &str) -> Result<Option<(Position, Option<String>)>, StoreError> {
+        let Some((cursor, documents)) = self.live(name)? else { return Ok(None) };
+        let document = documents.get(key)?.map(|v| v.value().to_owned());
+        Ok(Some((cursor, document)))
+    }
+
     /// The live generation's keys after `after`, at most `limit`, leaving out the
     /// projection's own bookkeeping (keys starting with `_`); and the view's position.
-    pub fn keys(
+    async fn keys(
         &self,
         name: &str,
         after: Option<&str>,
@@ -312,7 +278,7 @@ impl ViewStore {
     }
 
     /// How many documents a generation holds (bookkeeping included).
-    pub fn document_count(&self, name: &str, generation: u32) -> Result<u64, StoreError> {
+    async fn document_count(&self, name: &str, generation: u32) -> Result<u64, StoreError> {
         let read = self.file.get()?.begin_read()?;
         match read.open_table(TableDefinition::<&str, &str>::new(&table_name(name, generation))) {
             Ok(documents) => Ok(documents.len()?),
@@ -322,7 +288,7 @@ impl ViewStore {
     }
 
     /// The committed documents of a generation, for a batch's guest to read.
-    pub fn reader(&self, name: &str, generation: u32) -> Result<Box<dyn DocumentReader>, StoreError> {
+    async fn reader(&self, name: &str, generation: u32) -> Result<Box<dyn DocumentReader>, StoreError> {
         // The projections' batches start here, on blocking threads: the owner's place to
         // open a file an earlier reopen could not.
         self.file.open_if_closed(&open_as_it_is)?;
@@ -340,86 +306,5 @@ struct CommittedDocuments {
 impl DocumentReader for CommittedDocuments {
     fn get(&mut self, key: &str) -> Result<Option<String>, String> {
         self.table.get(key).map(|v| v.map(|v| v.value().to_owned())).map_err(|e| e.to_string())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn writes(entries: &[(&str, Option<&str>)]) -> Writes {
-        entries.iter().map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned))).collect()
-    }
-
-    fn open() -> (tempfile::TempDir, ViewStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let views = ViewStore::open(&dir.path().join("views.redb")).unwrap();
-        (dir, views)
-    }
-
-    fn generation(id: u32) -> Generation {
-        Generation { id, version: ComponentVersion(1), cursor: Position(0) }
-    }
-
-    #[test]
-    fn a_batch_commits_its_documents_with_the_cursor_and_hides_bookkeeping_keys() {
-        let (_dir, views) = open();
-        assert_eq!(views.document("v", "a").unwrap(), None, "no view yet");
-        views.put_record("v", &ViewRecord { live: generation(1), next: None }).unwrap();
-        let batch = writes(&[("a", Some("1")), ("_index", Some("{}")), ("b", Some("2"))]);
-        assert_eq!(views.commit("v", 1, &batch, Position(0), Position(7)).unwrap(), BatchCommit::Done);
-        assert_eq!(views.document("v", "a").unwrap(), Some((Position(7), Some("1".to_owned()))));
-        assert_eq!(
-            views.keys("v", None, 10).unwrap(),
-            Some((Position(7), vec!["a".to_owned(), "b".to_owned()]))
-        );
-        assert_eq!(views.keys("v", Some("a"), 10).unwrap().unwrap().1, ["b"]);
-        assert_eq!(
-            views.commit("v", 1, &writes(&[("a", None)]), Position(7), Position(9)).unwrap(),
-            BatchCommit::Done
-        );
-        // A batch read for another cursor than the stored one is refused, and says where it is.
-        assert_eq!(
-            views.commit("v", 1, &writes(&[("b", None)]), Position(3), Position(12)).unwrap(),
-            BatchCommit::CursorMoved(Position(9))
-        );
-        assert_eq!(views.document("v", "a").unwrap(), Some((Position(9), None)));
-        assert_eq!(views.document_count("v", 1).unwrap(), 2);
-    }
-
-    #[test]
-    fn a_rebuilt_generation_switches_whole_and_the_old_one_is_dropped() {
-        let (dir, views) = open();
-        views.put_record("v", &ViewRecord { live: generation(1), next: None }).unwrap();
-        views.commit("v", 1, &writes(&[("a", Some("old"))]), Position(0), Position(5)).unwrap();
-        views
-            .put_record(
-                "v",
-                &ViewRecord {
-                    live: Generation { cursor: Position(5), ..generation(1) },
-                    next: Some(generation(2)),
-                },
-            )
-            .unwrap();
-        views.commit("v", 2, &writes(&[("a", Some("new"))]), Position(0), Position(5)).unwrap();
-        assert_eq!(
-            views.document("v", "a").unwrap(),
-            Some((Position(5), Some("old".to_owned()))),
-            "readers keep the live one"
-        );
-        let record = views.switch("v", 2).unwrap().unwrap();
-        assert_eq!((record.live.id, record.next), (2, None));
-        assert_eq!(views.document("v", "a").unwrap(), Some((Position(5), Some("new".to_owned()))));
-        assert!(
-            views.commit("v", 1, &writes(&[("a", Some("late"))]), Position(5), Position(6)).unwrap()
-                == BatchCommit::GenerationGone,
-            "a dropped generation takes no writes"
-        );
-        assert_eq!(views.document_count("v", 1).unwrap(), 0);
-        // What was committed survives a reopen.
-        drop(views);
-        let views = ViewStore::open(&dir.path().join("views.redb")).unwrap();
-        assert_eq!(views.records().unwrap()["v"].live.id, 2);
-        assert_eq!(views.document("v", "a").unwrap(), Some((Position(5), Some("new".to_owned()))));
     }
 }

@@ -1,0 +1,164 @@
+//! A PostgreSQL server of the test run's own, from the system's binaries: `initdb` into a
+//! temporary directory, `postgres` on a free loopback port, stopped when the test process
+//! ends (a watchdog beside it sees the process gone, even after a panic or a kill). As root,
+//! both run as the `postgres` user, since PostgreSQL refuses to run as root.
+//!
+//! Each test takes a database of its own with [`fresh_database`]. With no PostgreSQL
+//! binaries on the machine the tests that need one fail, naming what to install (`.ci/setup`
+//! installs it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    pub port: u16,
+    /// The data directory, removed by the watchdog when the server stops.
+    pub dir: PathBuf,
+    bin: PathBuf,
+    as_postgres: bool,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+static DATABASES: AtomicU32 = AtomicU32::new(0);
+
+/// The run's server, started on first use.
+pub fn server() -> &'static Server {
+    SERVER.get_or_init(start)
+}
+
+/// A new empty database on the run's server, as a URL for `cairn serve --store`.
+pub fn fresh_database() -> String {
+    let server = server();
+    let name = format!("t{}_{}", std::process::id(), DATABASES.fetch_add(1, Ordering::SeqCst));
+    let admin = server.url("postgres");
+    let create = format!("CREATE DATABASE {name}");
+    // On a thread of its own, so it may be called from inside a test's runtime.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match tokio_postgres::connect(&admin, tokio_postgres::NoTls).await {
+                    Ok((client, connection)) => {
+                        tokio::spawn(connection);
+                        client.batch_execute(&create).await.expect("create a test database");
+                        return;
+                    }
+                    Err(error) if Instant::now() < deadline => {
+                        let _ = error;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(error) => panic!("the test PostgreSQL server does not answer: {error}"),
+                }
+            }
+        })
+    })
+    .join()
+    .unwrap();
+    server.url(&name)
+}
+
+impl Server {
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Run `pg_ctl` on the server with `args` (e.g. `restart -m immediate`), as its owner.
+    pub fn pg_ctl(&self, args: &[&str]) {
+        let status = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.dir)
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run pg_ctl");
+        assert!(status.success(), "pg_ctl {args:?} failed");
+    }
+
+    fn command(&self, program: &str) -> Command {
+        command(&self.bin.join(program), self.as_postgres)
+    }
+}
+
+fn command(program: &Path, as_postgres: bool) -> Command {
+    if as_postgres {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Where `initdb` and `postgres` are: on the PATH, or in Debian's versioned directory.
+fn binaries() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .find(|dir| dir.join("initdb").is_file() && dir.join("postgres").is_file());
+    if let Some(dir) = on_path {
+        return dir;
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    versions.sort();
+    versions.pop().expect(
+        "PostgreSQL's server binaries (initdb, postgres) are not installed: \
+         run .ci/setup, or apt-get install postgresql",
+    )
+}
+
+fn start() -> Server {
+    let bin = binaries();
+    let as_postgres = unsafe { libc::geteuid() } == 0;
+    let dir = std::env::temp_dir().join(format!("cairn-pg-{}-{}", std::process::id(), nanos()));
+    std::fs::create_dir_all(&dir).unwrap();
+    if as_postgres {
+        let status = Command::new("chown").arg("postgres:postgres").arg(&dir).status().unwrap();
+        assert!(status.success(), "chown the test PostgreSQL directory to postgres");
+    }
+    let data = dir.join("data");
+    let initdb = command(&bin.join("initdb"), as_postgres)
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run initdb");
+    assert!(initdb.status.success(), "initdb failed: {}", String::from_utf8_lossy(&initdb.stderr));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // The server and a watchdog that stops it (fast shutdown) once this process is gone.
+    let script = format!(
+        "{postgres} -D {data} -p {port} -k {dir} -c listen_addresses=127.0.0.1 -c max_connections=400 \
+         -c shared_buffers=32MB >{dir}/server.log 2>&1 & pg=$!; \
+         while [ -d /proc/{parent} ] && kill -0 $pg 2>/dev/null; do sleep 0.5; done; \
+         kill -INT $pg 2>/dev/null; wait $pg; rm -rf {dir}",
+        postgres = bin.join("postgres").display(),
+        data = data.display(),
+        dir = dir.display(),
+        parent = std::process::id(),
+    );
+    let mut watchdog = command(Path::new("sh"), as_postgres);
+    watchdog.args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    watchdog.spawn().expect("start the test PostgreSQL server");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the test PostgreSQL server did not start: see {}", dir.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server { port, dir: data, bin, as_postgres }
+}
+
+fn nanos() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+}
