@@ -79,7 +79,9 @@ impl Backend {
     async fn views(&self) -> Views {
         match self {
             Backend::Embedded(dir) => EmbeddedViews::open(&dir.path().join("views.redb")).unwrap().shared(),
-            Backend::Postgres(url) => PostgresViews::shared(cairn::store::postgres::open(url).await.unwrap().pool),
+            Backend::Postgres(url) => {
+                PostgresViews::shared(cairn::store::postgres::open(url).await.unwrap().pool)
+            }
         }
     }
 }

@@ -38,7 +38,7 @@ async fn data_may_be_omitted_for_a_command_without_fields() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn four_hundred_concurrent_credits_to_one_account_are_all_kept() {
+pub(crate) async fn four_hundred_concurrent_credits_to_one_account_are_all_kept() {
     let host = Host::start();
     host.open_account("hot", 0).await;
     let mut requests = Vec::new();
@@ -62,7 +62,7 @@ async fn four_hundred_concurrent_credits_to_one_account_are_all_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_idempotent_retry_returns_the_first_answer_and_stores_once() {
+pub(crate) async fn an_idempotent_retry_returns_the_first_answer_and_stores_once() {
     let host = Host::start();
     host.open_account("1", 100).await;
     let credit = || {
@@ -99,7 +99,7 @@ async fn an_idempotent_retry_returns_the_first_answer_and_stores_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn idempotency_keys_survive_a_restart() {
+pub(crate) async fn idempotency_keys_survive_a_restart() {
     let mut host = Host::start();
     host.open_account("1", 100).await;
     let credit = |host: &Host| {
@@ -117,7 +117,7 @@ async fn idempotency_keys_survive_a_restart() {
 /// Routed commands' dedup records are not idempotency keys and outlive it, so a rewound
 /// subscriber still applies nothing twice.
 #[tokio::test(flavor = "multi_thread")]
-async fn idempotency_keys_are_forgotten_after_the_retention_window() {
+pub(crate) async fn idempotency_keys_are_forgotten_after_the_retention_window() {
     let host = Host::start_with(&["--idempotency-retention-seconds", "1"]);
     host.open_account("1", 100).await;
     host.open_account("2", 0).await;
@@ -175,7 +175,7 @@ fn uuid_like(text: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn if_match_appends_only_at_that_version() {
+pub(crate) async fn if_match_appends_only_at_that_version() {
     let host = Host::start();
     host.open_account("1", 100).await;
     let credit = |version: &str| {

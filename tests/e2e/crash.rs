@@ -225,7 +225,7 @@ async fn check(host: &Host, credits: &[Acknowledged], retried: &[Acknowledged], 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
+pub(crate) async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let cycles = env_number("CAIRN_CRASH_CYCLES").unwrap_or(3);
     let seed = env_number("CAIRN_CRASH_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1

@@ -150,7 +150,7 @@ async fn a_target_overloaded_for_ten_seconds_still_gets_every_routed_command_onc
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_trapping_reaction_parks_its_stream_in_order_while_a_thousand_transfers_complete() {
+pub(crate) async fn a_trapping_reaction_parks_its_stream_in_order_while_a_thousand_transfers_complete() {
     let mut host = Host::start();
     host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     open_ten_accounts(&host).await;
@@ -214,7 +214,12 @@ async fn a_trapping_reaction_parks_its_stream_in_order_while_a_thousand_transfer
     assert_eq!(retried.body["events"], 3, "{}", retried.body);
     eventually("the parked sequence to be delivered", || async { notes(&host, "p").await.len() == 4 }).await;
     assert_eq!(notes(&host, "p").await, ["t1", "poison", "t2", "t3"]);
-    assert_eq!(dead_letters(&host, "subscriber=faulty").await, Vec::<Value>::new());
+    // A letter is removed once its delivery is stored, so the last removal may come a moment
+    // after the last note.
+    eventually("the delivered letters to be removed", || async {
+        dead_letters(&host, "subscriber=faulty").await.is_empty()
+    })
+    .await;
     credit(&host, "p", "t4").await;
     eventually("the stream to flow again", || async { notes(&host, "p").await.len() == 5 }).await;
 

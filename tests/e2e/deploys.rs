@@ -94,7 +94,7 @@ async fn a_compile_beyond_its_time_bound_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_changed_rule_is_reported_followed_and_rolled_back_and_versions_survive_kill_9() {
+pub(crate) async fn a_changed_rule_is_reported_followed_and_rolled_back_and_versions_survive_kill_9() {
     let mut host = Host::start();
     let first = host.deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
     assert_eq!(first.body["version"], 1);
@@ -229,7 +229,7 @@ async fn a_version_that_traps_on_replay_is_refused_naming_the_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_subscriber_deployed_later_reacts_to_new_events_unless_asked_for_history() {
+pub(crate) async fn a_subscriber_deployed_later_reacts_to_new_events_unless_asked_for_history() {
     let host = Host::start();
     host.open_account("a", 0).await;
     for n in 0..100 {

@@ -39,7 +39,7 @@ async fn kill_9_after_a_200_keeps_the_event() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn kill_9_under_load_loses_no_acknowledged_command() {
+pub(crate) async fn kill_9_under_load_loses_no_acknowledged_command() {
     let mut host = Host::start();
     for id in 0..8 {
         host.open_account(&id.to_string(), 0).await;
@@ -80,7 +80,7 @@ async fn kill_9_under_load_loses_no_acknowledged_command() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn snapshots_and_passivation_rebuild_the_same_state() {
+pub(crate) async fn snapshots_and_passivation_rebuild_the_same_state() {
     // Idle actors stop after a second; 250 events cross two snapshots (every 100).
     let mut host = Host::start_with(&["--idle-seconds", "1"]);
     host.open_account("1", 0).await;
@@ -110,7 +110,7 @@ async fn snapshots_and_passivation_rebuild_the_same_state() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failed_commit_costs_its_commands_an_error_stores_nothing_and_readyz_tells() {
+pub(crate) async fn a_failed_commit_costs_its_commands_an_error_stores_nothing_and_readyz_tells() {
     let host = Host::start_with_env(&[], &[("CAIRN_FAULTS", "commit-fail=account/x")]);
     assert_eq!(host.get("/readyz").await.expect(200).body["status"], "ready");
     host.command("account", "x", "OpenAccount", json!({"initial_balance": 5}))

@@ -71,16 +71,23 @@ impl Host {
         Host::start_with_env(args, &[])
     }
 
-    /// A host with extra flags and environment variables (e.g. `CAIRN_FAULTS`).
+    /// A host with extra flags and environment variables (e.g. `CAIRN_FAULTS`). Inside
+    /// [`on_postgres`], the host keeps its store in a database of its own on the run's
+    /// PostgreSQL server instead of its data directory.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Host {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
+        let mut extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if ON_POSTGRES.get() {
+            extra_args.extend(["--store".to_owned(), crate::postgres::fresh_database()]);
+            HOSTS_ON_POSTGRES.set(HOSTS_ON_POSTGRES.get() + 1);
+        }
         let mut host = Host {
             child: None,
             url: String::new(),
             data,
             _dir: Some(dir),
-            extra_args: args.iter().map(|a| a.to_string()).collect(),
+            extra_args,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             http: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
         };
@@ -274,6 +281,31 @@ impl Drop for Host {
             let _ = child.wait();
         }
     }
+}
+
+thread_local! {
+    static ON_POSTGRES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static HOSTS_ON_POSTGRES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Run `test` (a `#[tokio::test]`, whose body runs on this thread) with every host it starts
+/// on PostgreSQL.
+///
+/// # Panics
+/// When `test` started no host on PostgreSQL (it starts them elsewhere than on its own
+/// thread, so running it here would run it on the embedded store again).
+pub fn on_postgres(test: fn()) {
+    ON_POSTGRES.set(true);
+    HOSTS_ON_POSTGRES.set(0);
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ON_POSTGRES.set(false);
+        }
+    }
+    let _reset = Reset;
+    test();
+    assert!(HOSTS_ON_POSTGRES.get() > 0, "the test started no host on PostgreSQL");
 }
 
 const COMPILED_CACHE: &str = "CAIRN_COMPILED_CACHE";

@@ -1,8 +1,12 @@
 //! End-to-end tests: the real `cairn serve` binary, a temporary data directory with a
-//! real redb file, the real example components, and HTTP.
+//! real redb file (or, for the scenarios in `on_postgres`, a real PostgreSQL database), the
+//! real example components, and HTTP.
 
 mod browser;
 mod harness;
+#[path = "../support/postgres.rs"]
+#[allow(dead_code)]
+mod postgres;
 
 mod bounds;
 mod cli;
@@ -18,8 +22,10 @@ mod fuzz;
 #[cfg(debug_assertions)]
 mod in_process;
 mod metrics;
+mod on_postgres;
 mod openapi;
 mod orchestration;
+mod postgres_store;
 mod reads;
 mod sagas;
 mod sandbox;

@@ -47,7 +47,7 @@ async fn customer(host: &Host, id: &str) -> Value {
 /// an order of 123 400 approved, one of 176 600 rejected for lack of credit, the first
 /// cancelled (its credit released), and an order for nobody rejected as `UNKNOWN_CUSTOMER`.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_orchestrator_runs_the_seeds_figures_to_their_ends() {
+pub(crate) async fn the_orchestrator_runs_the_seeds_figures_to_their_ends() {
     let host = Host::start();
     host.command("customer", "c1", "CreateCustomer", json!({"name": "Fred", "credit_limit": 200000}))
         .await

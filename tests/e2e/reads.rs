@@ -56,7 +56,7 @@ async fn stream_events_page_by_version() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_global_log_is_in_position_order_across_streams() {
+pub(crate) async fn the_global_log_is_in_position_order_across_streams() {
     let host = Host::start();
     host.open_account("a", 1).await;
     host.open_account("b", 2).await;
@@ -101,7 +101,7 @@ async fn health_and_components_answer() {
 /// Temporal reads start from the nearest older snapshot (every 100 events for accounts) and
 /// answer the same state as folding from the start, on either side of each snapshot.
 #[tokio::test(flavor = "multi_thread")]
-async fn temporal_reads_across_snapshots_answer_the_state_at_that_version() {
+pub(crate) async fn temporal_reads_across_snapshots_answer_the_state_at_that_version() {
     let host = Host::start();
     host.open_account("s", 0).await;
     for n in 0..250 {

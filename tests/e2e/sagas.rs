@@ -49,7 +49,7 @@ pub(crate) async fn transfer(host: &Host, id: &str, from: &str, to: &str, amount
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn money_transfer_completes_and_moves_the_money() {
+pub(crate) async fn money_transfer_completes_and_moves_the_money() {
     let host = Host::start();
     host.open_account("101", 25000).await;
     host.open_account("202", 12500).await;
@@ -69,7 +69,7 @@ async fn a_transfer_above_the_balance_fails_and_nothing_moves() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_transfer_to_a_missing_or_closed_account_is_compensated() {
+pub(crate) async fn a_transfer_to_a_missing_or_closed_account_is_compensated() {
     let host = Host::start();
     host.open_account("101", 25000).await;
     host.open_account("closed", 0).await;
@@ -170,7 +170,7 @@ pub(crate) async fn create_order(host: &Host, id: &str, customer: &str, total: i
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn orders_reserve_credit_and_cancelling_releases_it() {
+pub(crate) async fn orders_reserve_credit_and_cancelling_releases_it() {
     let host = Host::start();
     host.command("customer", "c1", "CreateCustomer", json!({"name": "Fred", "credit_limit": 200000}))
         .await
@@ -308,7 +308,7 @@ pub(crate) async fn wait_all_terminal(host: &Host, transfers: &[String]) -> Hash
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn three_hundred_concurrent_random_transfers_conserve_money() {
+pub(crate) async fn three_hundred_concurrent_random_transfers_conserve_money() {
     let host = Host::start();
     open_ten_accounts(&host).await;
     let transfers = transfer_storm(&host, 304, "storm", Arc::default()).await;
@@ -326,7 +326,8 @@ async fn three_hundred_concurrent_random_transfers_conserve_money() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_kill_9_in_the_middle_of_the_storm_loses_nothing_and_doubles_nothing_in_the_log_or_the_views() {
+pub(crate) async fn a_kill_9_in_the_middle_of_the_storm_loses_nothing_and_doubles_nothing_in_the_log_or_the_views()
+ {
     let mut host = Host::start();
     open_ten_accounts(&host).await;
     let progress = Arc::new(AtomicUsize::new(0));
@@ -365,7 +366,7 @@ async fn a_kill_9_in_the_middle_of_the_storm_loses_nothing_and_doubles_nothing_i
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_forced_redelivery_has_no_second_effect() {
+pub(crate) async fn a_forced_redelivery_has_no_second_effect() {
     let host = Host::start();
     host.open_account("101", 25000).await;
     host.open_account("202", 12500).await;

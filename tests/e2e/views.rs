@@ -41,7 +41,7 @@ pub(crate) fn projection<'a>(views: &'a Value, name: &str) -> &'a Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn account_info_shows_the_transfer_on_both_sides_and_reads_its_own_writes() {
+pub(crate) async fn account_info_shows_the_transfer_on_both_sides_and_reads_its_own_writes() {
     let host = Host::start_with(&["--view-wait-ms", "1000"]);
     host.open_account("A", 25000).await;
     host.open_account("B", 12500).await;
@@ -103,7 +103,7 @@ async fn account_info_shows_the_transfer_on_both_sides_and_reads_its_own_writes(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn customer_orders_follow_the_order_saga_across_two_aggregate_types() {
+pub(crate) async fn customer_orders_follow_the_order_saga_across_two_aggregate_types() {
     let host = Host::start();
     host.command("customer", "c1", "CreateCustomer", json!({"name": "Fred", "credit_limit": 200000}))
         .await
@@ -151,7 +151,8 @@ async fn documents(host: &Host, projection: &str, position: u64) -> Vec<(String,
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_rebuild_gives_the_same_documents_and_readers_keep_the_old_generation_until_it_switches() {
+pub(crate) async fn a_rebuild_gives_the_same_documents_and_readers_keep_the_old_generation_until_it_switches()
+{
     // Each rebuild batch waits 1.5 s, so the test can read while the new generation is built.
     let host = Host::start_with_env(&[], &[("CAIRN_FAULTS", "rebuild-stall=1500")]);
     host.open_account("A", 25000).await;

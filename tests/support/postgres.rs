@@ -1,6 +1,6 @@
 //! A PostgreSQL server of the test run's own, from the system's binaries: `initdb` into a
-//! temporary directory, `postgres` on a free loopback port, stopped when the test process
-//! ends (a watchdog beside it sees the process gone, even after a panic or a kill). As root,
+//! temporary directory, `pg_ctl start` on a free loopback port, stopped when the test
+//! process ends (a watchdog beside it sees the process gone, even after a panic or a kill). As root,
 //! both run as the `postgres` user, since PostgreSQL refuses to run as root.
 //!
 //! Each test takes a database of its own with [`fresh_database`]. With no PostgreSQL
@@ -29,27 +29,34 @@ pub fn server() -> &'static Server {
     SERVER.get_or_init(start)
 }
 
+/// A server of the caller's own, for a test that stops or restarts it.
+pub fn own_server() -> Server {
+    start()
+}
+
 /// A new empty database on the run's server, as a URL for `cairn serve --store`.
 pub fn fresh_database() -> String {
-    let server = server();
-    let name = format!("t{}_{}", std::process::id(), DATABASES.fetch_add(1, Ordering::SeqCst));
-    let admin = server.url("postgres");
-    let create = format!("CREATE DATABASE {name}");
-    // On a thread of its own, so it may be called from inside a test's runtime.
+    server().fresh_database()
+}
+
+/// Run `sql` (statements separated by `;`) on the database at `url`, waiting up to a minute
+/// for a server that is starting. On a thread of its own, so it may be called from inside a
+/// test's runtime.
+pub fn execute(url: &str, sql: &str) {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
-                match tokio_postgres::connect(&admin, tokio_postgres::NoTls).await {
+                match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
                     Ok((client, connection)) => {
                         tokio::spawn(connection);
-                        client.batch_execute(&create).await.expect("create a test database");
+                        client.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
                         return;
                     }
-                    Err(error) if Instant::now() < deadline => {
-                        let _ = error;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
                     }
                     Err(error) => panic!("the test PostgreSQL server does not answer: {error}"),
                 }
@@ -57,11 +64,17 @@ pub fn fresh_database() -> String {
         })
     })
     .join()
-    .unwrap();
-    server.url(&name)
+    .unwrap()
 }
 
 impl Server {
+    /// A new empty database on this server, as a URL for `cairn serve --store`.
+    pub fn fresh_database(&self) -> String {
+        let name = format!("t{}_{}", std::process::id(), DATABASES.fetch_add(1, Ordering::SeqCst));
+        execute(&self.url("postgres"), &format!("CREATE DATABASE {name}"));
+        self.url(&name)
+    }
+
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
@@ -74,6 +87,7 @@ impl Server {
             .arg(&self.dir)
             .args(args)
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status()
             .expect("run pg_ctl");
         assert!(status.success(), "pg_ctl {args:?} failed");
@@ -137,25 +151,36 @@ fn start() -> Server {
         .expect("run initdb");
     assert!(initdb.status.success(), "initdb failed: {}", String::from_utf8_lossy(&initdb.stderr));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    // The server and a watchdog that stops it (fast shutdown) once this process is gone.
+    let pg_ctl = bin.join("pg_ctl");
+    let options = format!(
+        "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=32MB",
+        dir = dir.display()
+    );
+    let started = command(&pg_ctl, as_postgres)
+        .arg("-D")
+        .arg(&data)
+        .args(["-o", &options, "-l"])
+        .arg(dir.join("server.log"))
+        .args(["-w", "start"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run pg_ctl start");
+    assert!(started.success(), "the test PostgreSQL server did not start: see {}", dir.display());
+    // A watchdog stops the server and removes its directory once this process is gone,
+    // however it ended; the server itself may be restarted meanwhile.
     let script = format!(
-        "{postgres} -D {data} -p {port} -k {dir} -c listen_addresses=127.0.0.1 -c max_connections=400 \
-         -c shared_buffers=32MB >{dir}/server.log 2>&1 & pg=$!; \
-         while [ -d /proc/{parent} ] && kill -0 $pg 2>/dev/null; do sleep 0.5; done; \
-         kill -INT $pg 2>/dev/null; wait $pg; rm -rf {dir}",
-        postgres = bin.join("postgres").display(),
+        "while [ -d /proc/{parent} ]; do sleep 0.5; done; \
+         {pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+        parent = std::process::id(),
+        pg_ctl = pg_ctl.display(),
         data = data.display(),
         dir = dir.display(),
-        parent = std::process::id(),
     );
     let mut watchdog = command(Path::new("sh"), as_postgres);
     watchdog.args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    watchdog.spawn().expect("start the test PostgreSQL server");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the test PostgreSQL server did not start: see {}", dir.display());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // It outlives this process by design: it is what stops the server after it.
+    #[allow(clippy::zombie_processes)]
+    watchdog.spawn().expect("start the test PostgreSQL server's watchdog");
     Server { port, dir: data, bin, as_postgres }
 }
 

@@ -420,7 +420,11 @@ impl Projections {
         wait: Duration,
     ) -> Result<(Position, Option<String>), ViewError> {
         self.caught_up(name, min_position, wait).await?;
-        self.context.views.document(name, key).await?.ok_or_else(|| ViewError::UnknownProjection(name.to_owned()))
+        self.context
+            .views
+            .document(name, key)
+            .await?
+            .ok_or_else(|| ViewError::UnknownProjection(name.to_owned()))
     }
 
     /// The live view's keys after `after`, once the view has handled `min_position`.

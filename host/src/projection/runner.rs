@@ -252,7 +252,8 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
                 }
             },
         };
-        let committed = crate::replay::wait_for(views.commit(&name_owned, generation, &writes, from, cursor))?;
+        let committed =
+            crate::replay::wait_for(views.commit(&name_owned, generation, &writes, from, cursor))?;
         Ok::<_, BatchError>(((cursor, failure), committed))
     })
     .await

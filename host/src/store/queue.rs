@@ -30,7 +30,11 @@ pub(crate) enum Request {
     Component(ComponentWrite, Done),
     /// Forget at most `limit` idempotency keys recorded before the time (µs); answers how
     /// many it forgot.
-    ForgetKeys { recorded_before: u64, limit: usize, reply: oneshot::Sender<Result<usize, StoreError>> },
+    ForgetKeys {
+        recorded_before: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
     /// Answered once everything queued before it has been committed (or refused).
     Barrier(oneshot::Sender<()>),
     /// Snapshots a fold passed, for a stream's history (temporal reads).

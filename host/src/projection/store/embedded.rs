@@ -11,9 +11,9 @@
 
 use super::{BatchCommit, ViewRecord, ViewStore, Views};
 use crate::runtime::{DocumentReader, Writes};
-use async_trait::async_trait;
 use crate::store::embedded::file::{StoreFile, needs_reopen, open_as_it_is};
 use crate::store::{Position, StoreError};
+use async_trait::async_trait;
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition,
@@ -242,7 +242,11 @@ impl ViewStore for EmbeddedViews {
 
     /// The live generation's document under `key`, and the position the view had handled
     /// when it was read. `None` for a projection with no view yet.
-    async fn document(&self, name: &str, key: &str) -> Result<Option<(Position, Option<String>)>, StoreError> {
+    async fn document(
+        &self,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<(Position, Option<String>)>, StoreError> {
         let Some((cursor, documents)) = self.live(name)? else { return Ok(None) };
         let document = documents.get(key)?.map(|v| v.value().to_owned());
         Ok(Some((cursor, document)))

@@ -64,7 +64,6 @@ pub enum BatchCommit {
     CursorMoved(Position),
 }
 
-
 /// Everything the projections keep and read.
 #[async_trait]
 pub trait ViewStore: Send + Sync + 'static {
@@ -98,7 +97,8 @@ pub trait ViewStore: Send + Sync + 'static {
 
     /// The live generation's document under `key`, and the position the view had handled
     /// when it was read. `None` for a projection with no view yet.
-    async fn document(&self, name: &str, key: &str) -> Result<Option<(Position, Option<String>)>, StoreError>;
+    async fn document(&self, name: &str, key: &str)
+    -> Result<Option<(Position, Option<String>)>, StoreError>;
 
     /// The live generation's keys after `after`, at most `limit`, leaving out the
     /// projection's own bookkeeping (keys starting with `_`); and the view's position.

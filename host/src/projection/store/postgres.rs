@@ -36,7 +36,8 @@ fn encode(record: &ViewRecord) -> Vec<u8> {
 
 /// The record of `name`, locked until the transaction ends.
 async fn locked_record(txn: &Transaction<'_>, name: &str) -> Result<Option<ViewRecord>, StoreError> {
-    let statement = txn.prepare_cached("SELECT record FROM cairn.view_records WHERE name = $1 FOR UPDATE").await?;
+    let statement =
+        txn.prepare_cached("SELECT record FROM cairn.view_records WHERE name = $1 FOR UPDATE").await?;
     let row = txn.query_opt(&statement, &[&name]).await?;
     row.map(|row| decode(name, row.try_get(0)?)).transpose()
 }
@@ -108,7 +109,9 @@ impl ViewStore for PostgresViews {
         let mut client = connection(&self.pool).await?;
         let txn = client.transaction().await?;
         txn.batch_execute("SET LOCAL synchronous_commit = off").await?;
-        let Some(mut record) = locked_record(&txn, name).await? else { return Ok(BatchCommit::GenerationGone) };
+        let Some(mut record) = locked_record(&txn, name).await? else {
+            return Ok(BatchCommit::GenerationGone);
+        };
         let Some(target) = record.generation_mut(generation) else { return Ok(BatchCommit::GenerationGone) };
         if target.cursor != from {
             return Ok(BatchCommit::CursorMoved(target.cursor));
@@ -180,12 +183,20 @@ impl ViewStore for PostgresViews {
         Ok(Some(record))
     }
 
-    async fn document(&self, name: &str, key: &str) -> Result<Option<(Position, Option<String>)>, StoreError> {
+    async fn document(
+        &self,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<(Position, Option<String>)>, StoreError> {
         let mut client = connection(&self.pool).await?;
         // One snapshot for the record and the document: a switch in between cannot show the
         // old generation's cursor with nothing of it.
-        let txn =
-            client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
+        let txn = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
         let Some((generation, cursor)) = live(&txn, name).await? else { return Ok(None) };
         let statement = txn
             .prepare_cached(
@@ -205,8 +216,12 @@ impl ViewStore for PostgresViews {
         limit: usize,
     ) -> Result<Option<(Position, Vec<String>)>, StoreError> {
         let mut client = connection(&self.pool).await?;
-        let txn =
-            client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await?;
+        let txn = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
         let Some((generation, cursor)) = live(&txn, name).await? else { return Ok(None) };
         let statement = txn
             .prepare_cached(
@@ -223,7 +238,9 @@ impl ViewStore for PostgresViews {
     async fn document_count(&self, name: &str, generation: u32) -> Result<u64, StoreError> {
         let client = connection(&self.pool).await?;
         let statement = client
-            .prepare_cached("SELECT count(*) FROM cairn.view_documents WHERE projection = $1 AND generation = $2")
+            .prepare_cached(
+                "SELECT count(*) FROM cairn.view_documents WHERE projection = $1 AND generation = $2",
+            )
             .await?;
         let row = client.query_one(&statement, &[&name, &(generation as i32)]).await?;
         Ok(row.try_get::<_, i64>(0)? as u64)

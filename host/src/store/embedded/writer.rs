@@ -9,11 +9,9 @@
 use super::file::{StoreFile, needs_reopen};
 use super::stream_tail::StreamTail;
 use super::tables::*;
-use crate::store::records::{OutcomeKey, Record};
-use crate::store::{
-    AppendBatch, AppendError, Committed, Position, StoreError, StoredEvent, Version,
-};
 use crate::store::queue::{self, Failure, Request, RequestSink};
+use crate::store::records::{OutcomeKey, Record};
+use crate::store::{AppendBatch, AppendError, Committed, Position, StoreError, StoredEvent, Version};
 use crate::store::{CursorStart, Reopening};
 use async_trait::async_trait;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};

@@ -134,7 +134,7 @@ pub async fn open(url: &str) -> Result<Opened, OpenError> {
     let head: i64 = client
         .query_one("SELECT position FROM cairn.log_head", &[])
         .await
-        .map_err(|e| OpenError::Unreachable(shown.clone(), e.to_string()))?
+        .map_err(|e| OpenError::Unreachable(shown.clone(), with_causes(&e)))?
         .get(0);
     drop(client);
     let (head_tx, head_rx) = watch::channel(Position(head as u64));
@@ -143,10 +143,26 @@ pub async fn open(url: &str) -> Result<Opened, OpenError> {
     Ok(Opened { store: Arc::new(reads), writer, pool })
 }
 
+/// An error with the errors that caused it: tokio-postgres says "error connecting to
+/// server" and keeps the reason (connection refused, a bad password) in its source.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = error.source();
+    }
+    message
+}
+
 /// The message of a pool's failure to hand out a connection.
 pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> String {
     match error {
-        deadpool_postgres::PoolError::Backend(error) => error.to_string(),
+        deadpool_postgres::PoolError::Backend(error) => with_causes(&error),
         deadpool_postgres::PoolError::Timeout(_) => "no connection to the database within 5 s".to_owned(),
         other => other.to_string(),
     }
@@ -154,7 +170,9 @@ pub(crate) fn pool_error(error: deadpool_postgres::PoolError) -> String {
 
 /// A pooled connection, or `Unavailable` naming why there is none.
 pub(crate) async fn connection(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
-    pool.get().await.map_err(|e| StoreError::Unavailable(format!("the database cannot be reached: {}", pool_error(e))))
+    pool.get()
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("the database cannot be reached: {}", pool_error(e))))
 }
 
 struct PostgresReads {
@@ -199,7 +217,8 @@ fn event(row: &Row) -> Result<StoredEvent, StoreError> {
     let reply_to: Option<String> = row.try_get(10)?;
     let reply_to = reply_to
         .map(|key| {
-            StreamId::from_key(&key).ok_or_else(|| StoreError::Corrupt(format!("reply_to {key:?} names no stream")))
+            StreamId::from_key(&key)
+                .ok_or_else(|| StoreError::Corrupt(format!("reply_to {key:?} names no stream")))
         })
         .transpose()?;
     Ok(StoredEvent {
@@ -250,16 +269,16 @@ impl StoreReads for PostgresReads {
 
     async fn read_all(&self, after: Position, page: Page) -> Result<Vec<StoredEvent>, StoreError> {
         let client = connection(&self.pool).await?;
-        let statement =
-            client.prepare_cached(event_page!("position > $1", "position", "$2", "$3")).await?;
+        let statement = client.prepare_cached(event_page!("position > $1", "position", "$2", "$3")).await?;
         let (limit, bytes) = page_limits(page);
         events(client.query(&statement, &[&big(after.get()), &limit, &bytes]).await?)
     }
 
     async fn read_event(&self, position: Position) -> Result<Option<StoredEvent>, StoreError> {
         let client = connection(&self.pool).await?;
-        let statement =
-            client.prepare_cached(concat!("SELECT ", event_columns!(), " FROM cairn.events WHERE position = $1")).await?;
+        let statement = client
+            .prepare_cached(concat!("SELECT ", event_columns!(), " FROM cairn.events WHERE position = $1"))
+            .await?;
         client.query_opt(&statement, &[&big(position.get())]).await?.as_ref().map(event).transpose()
     }
 
@@ -285,7 +304,9 @@ impl StoreReads for PostgresReads {
     async fn stream_head(&self, stream: &StreamId) -> Result<Option<(Version, Position)>, StoreError> {
         let client = connection(&self.pool).await?;
         let statement = client
-            .prepare_cached("SELECT version, last_position FROM cairn.streams WHERE stream_type = $1 AND stream_id = $2")
+            .prepare_cached(
+                "SELECT version, last_position FROM cairn.streams WHERE stream_type = $1 AND stream_id = $2",
+            )
             .await?;
         let row = client.query_opt(&statement, &[&stream.type_name, &stream.id]).await?;
         row.map(|row| {
@@ -324,9 +345,7 @@ impl StoreReads for PostgresReads {
             )
             .await?;
         let rows = client.query(&statement, &[&type_name, &big(limit as u64)]).await?;
-        rows.iter()
-            .map(|row| Ok(StreamId { type_name: type_name.to_owned(), id: row.try_get(0)? }))
-            .collect()
+        rows.iter().map(|row| Ok(StreamId { type_name: type_name.to_owned(), id: row.try_get(0)? })).collect()
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
@@ -336,10 +355,19 @@ impl StoreReads for PostgresReads {
                 "SELECT version, digest, state FROM cairn.snapshots WHERE stream_type = $1 AND stream_id = $2",
             )
             .await?;
-        client.query_opt(&statement, &[&stream.type_name, &stream.id]).await?.as_ref().map(snapshot).transpose()
+        client
+            .query_opt(&statement, &[&stream.type_name, &stream.id])
+            .await?
+            .as_ref()
+            .map(snapshot)
+            .transpose()
     }
 
-    async fn load_snapshot_for(&self, stream: &StreamId, digest: &[u8]) -> Result<Option<Snapshot>, StoreError> {
+    async fn load_snapshot_for(
+        &self,
+        stream: &StreamId,
+        digest: &[u8],
+    ) -> Result<Option<Snapshot>, StoreError> {
         let client = connection(&self.pool).await?;
         let statement = client
             .prepare_cached(
@@ -365,12 +393,17 @@ impl StoreReads for PostgresReads {
                  ORDER BY version DESC LIMIT 1",
             )
             .await?;
-        let row =
-            client.query_opt(&statement, &[&stream.type_name, &stream.id, &big(version.get()), &digest]).await?;
+        let row = client
+            .query_opt(&statement, &[&stream.type_name, &stream.id, &big(version.get()), &digest])
+            .await?;
         row.as_ref().map(snapshot).transpose()
     }
 
-    async fn outcome(&self, stream: &StreamId, key: &OutcomeKey) -> Result<Option<StoredOutcome>, StoreError> {
+    async fn outcome(
+        &self,
+        stream: &StreamId,
+        key: &OutcomeKey,
+    ) -> Result<Option<StoredOutcome>, StoreError> {
         let client = connection(&self.pool).await?;
         let statement = client
             .prepare_cached(
@@ -428,8 +461,9 @@ impl StoreReads for PostgresReads {
                 "SELECT letter FROM cairn.dead_letters WHERE subscriber = $1 AND stream = $2 AND position = $3",
             )
             .await?;
-        let row =
-            client.query_opt(&statement, &[&key.subscriber, &key.stream.key(), &big(key.position.get())]).await?;
+        let row = client
+            .query_opt(&statement, &[&key.subscriber, &key.stream.key(), &big(key.position.get())])
+            .await?;
         row.map(|row| DeadLetter::decode(row.try_get(0)?)).transpose()
     }
 
@@ -444,7 +478,8 @@ impl StoreReads for PostgresReads {
 
     async fn dead_letter_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
         let client = connection(&self.pool).await?;
-        let statement = client.prepare_cached("SELECT subscriber, count FROM cairn.dead_letter_counts").await?;
+        let statement =
+            client.prepare_cached("SELECT subscriber, count FROM cairn.dead_letter_counts").await?;
         let rows = client.query(&statement, &[]).await?;
         rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get::<_, i64>(1)? as u64))).collect()
     }
@@ -478,14 +513,16 @@ impl StoreReads for PostgresReads {
 
     async fn component_records(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let client = connection(&self.pool).await?;
-        let statement = client.prepare_cached("SELECT name, record FROM cairn.components ORDER BY name").await?;
+        let statement =
+            client.prepare_cached("SELECT name, record FROM cairn.components ORDER BY name").await?;
         let rows = client.query(&statement, &[]).await?;
         rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
     }
 
     async fn component_bytes(&self, digest: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let client = connection(&self.pool).await?;
-        let statement = client.prepare_cached("SELECT bytes FROM cairn.component_blobs WHERE digest = $1").await?;
+        let statement =
+            client.prepare_cached("SELECT bytes FROM cairn.component_blobs WHERE digest = $1").await?;
         let row = client.query_opt(&statement, &[&digest]).await?;
         Ok(row.map(|row| row.try_get(0)).transpose()?)
     }

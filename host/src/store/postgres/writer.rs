@@ -115,7 +115,7 @@ async fn listen(
         let (client, mut connection) = match connected {
             Ok(connected) => connected,
             Err(error) => {
-                health.lock().expect("writer health lock").unreachable = Some(error.to_string());
+                health.lock().expect("writer health lock").unreachable = Some(super::with_causes(&error));
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     _ = stop.cancelled() => return,
@@ -198,7 +198,9 @@ impl WriterTask {
         };
         match written {
             Ok(written) => self.committed(requests, written, started),
-            Err(GroupError::NotStored(error)) => self.failed(requests, &error.to_string(), Failure::NotStored),
+            Err(GroupError::NotStored(error)) => {
+                self.failed(requests, &error.to_string(), Failure::NotStored)
+            }
             Err(GroupError::AtCommit { error, group }) => match self.resolve(&group).await {
                 Some(true) => {
                     tracing::warn!("a COMMIT whose answer was lost had landed: {error}");
@@ -213,7 +215,11 @@ impl WriterTask {
     fn committed(&self, requests: Vec<Request>, written: Written, started: std::time::Instant) {
         self.health.lock().expect("writer health lock").last_failure = None;
         let appends = requests.iter().filter(|r| matches!(r, Request::Append(..))).count();
-        crate::telemetry::group_commit(appends, written.head.saturating_sub(written.before), started.elapsed());
+        crate::telemetry::group_commit(
+            appends,
+            written.head.saturating_sub(written.before),
+            started.elapsed(),
+        );
         self.head.send_if_modified(|current| {
             let moved = written.head > *current;
             if moved {
@@ -361,6 +367,9 @@ const MOVE_HEAD: &str = "WITH moved AS (UPDATE cairn.log_head SET position = $1,
      commit_sequence = commit_sequence + 1 RETURNING position) \
      SELECT pg_notify('cairn_log', position::text) FROM moved";
 
+/// An outcome's record, and from when it may expire (a client's idempotency key only).
+type OutcomeRow = (Vec<u8>, Option<i64>);
+
 /// Snapshot rows, one array per column.
 #[derive(Default)]
 struct SnapshotRows {
@@ -389,13 +398,19 @@ impl SnapshotRows {
             return Ok(0);
         }
         let statement = txn.prepare_cached(sql).await?;
-        txn.execute(&statement, &[&self.stream_type, &self.stream_id, &self.version, &self.digest, &self.state])
-            .await
+        txn.execute(
+            &statement,
+            &[&self.stream_type, &self.stream_id, &self.version, &self.digest, &self.state],
+        )
+        .await
     }
 }
 
 /// Write the group in one transaction and commit it.
-async fn write_group(client: &mut deadpool_postgres::Object, requests: &[Request]) -> Result<Written, GroupError> {
+async fn write_group(
+    client: &mut deadpool_postgres::Object,
+    requests: &[Request],
+) -> Result<Written, GroupError> {
     let txn = client.transaction().await?;
     let (lock, durable) = tokio::join!(
         async {
@@ -423,7 +438,8 @@ async fn write_group(client: &mut deadpool_postgres::Object, requests: &[Request
         let statement = txn.prepare_cached(STREAM_VERSIONS).await?;
         for row in txn.query(&statement, &[&types, &ids]).await? {
             let stream = StreamId { type_name: row.try_get(0)?, id: row.try_get(1)? };
-            let head = (Version(row.try_get::<_, i64>(2)? as u64), Position(row.try_get::<_, i64>(3)? as u64));
+            let head =
+                (Version(row.try_get::<_, i64>(2)? as u64), Position(row.try_get::<_, i64>(3)? as u64));
             streams.insert(stream, head);
         }
     }
@@ -434,7 +450,7 @@ async fn write_group(client: &mut deadpool_postgres::Object, requests: &[Request
     let mut answers = Vec::new();
     let mut rows = EventRows::default();
     let mut heads: BTreeMap<&StreamId, (Version, Position)> = BTreeMap::new();
-    let mut outcomes: BTreeMap<(&StreamId, String), (Vec<u8>, Option<i64>)> = BTreeMap::new();
+    let mut outcomes: BTreeMap<(&StreamId, String), OutcomeRow> = BTreeMap::new();
     let mut newest: BTreeMap<&StreamId, &Snapshot> = BTreeMap::new();
     let mut history: BTreeMap<(&StreamId, Version), &Snapshot> = BTreeMap::new();
     let mut others = Vec::new();
@@ -449,7 +465,10 @@ async fn write_group(client: &mut deadpool_postgres::Object, requests: &[Request
                 }
                 let (version, _) = streams.get(&batch.stream).copied().unwrap_or_default();
                 if version != batch.expected_version {
-                    answers.push(Err(AppendError::VersionConflict { expected: batch.expected_version, actual: version }));
+                    answers.push(Err(AppendError::VersionConflict {
+                        expected: batch.expected_version,
+                        actual: version,
+                    }));
                     continue;
                 }
                 let mut stored = Vec::with_capacity(batch.events.len());
@@ -480,7 +499,8 @@ async fn write_group(client: &mut deadpool_postgres::Object, requests: &[Request
                 }
                 for (key, outcome) in &batch.outcomes {
                     // Only a client's keys expire; a routed command's is kept as long as its stream.
-                    let expires = matches!(key, OutcomeKey::Idempotency(_)).then_some(big(recorded_at_micros));
+                    let expires =
+                        matches!(key, OutcomeKey::Idempotency(_)).then_some(big(recorded_at_micros));
                     outcomes.insert((&batch.stream, key.stored()), (outcome.encode(), expires));
                 }
                 for snapshot in &batch.history {
@@ -635,7 +655,8 @@ async fn write_other(txn: &Transaction<'_>, other: &Other<'_>) -> Result<usize, 
                 )
                 .await?;
             txn.execute(&statement, &[&subscribers, &streams, &positions]).await?;
-            let statement = txn.prepare_cached("DELETE FROM cairn.dead_letter_counts WHERE count <= 0").await?;
+            let statement =
+                txn.prepare_cached("DELETE FROM cairn.dead_letter_counts WHERE count <= 0").await?;
             txn.execute(&statement, &[]).await?;
         }
         Other::Component(write, cursor) => {
@@ -656,7 +677,8 @@ async fn write_other(txn: &Transaction<'_>, other: &Other<'_>) -> Result<usize, 
                 txn.execute(&statement, &[digest, bytes]).await?;
             }
             if let Some(digest) = &write.drop_blob {
-                let statement = txn.prepare_cached("DELETE FROM cairn.component_blobs WHERE digest = $1").await?;
+                let statement =
+                    txn.prepare_cached("DELETE FROM cairn.component_blobs WHERE digest = $1").await?;
                 txn.execute(&statement, &[digest]).await?;
             }
             if let Some((name, position)) = cursor {
@@ -677,8 +699,7 @@ async fn write_other(txn: &Transaction<'_>, other: &Other<'_>) -> Result<usize, 
                      WHERE o.stream_type = e.stream_type AND o.stream_id = e.stream_id AND o.key = e.key",
                 )
                 .await?;
-            let forgotten =
-                txn.execute(&statement, &[&big(*recorded_before), &big(*limit as u64)]).await?;
+            let forgotten = txn.execute(&statement, &[&big(*recorded_before), &big(*limit as u64)]).await?;
             return Ok(forgotten as usize);
         }
     }
