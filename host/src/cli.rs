@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
 #[command(name = "cairn", version, about = "A WebAssembly-hosted actor runtime for event-sourced aggregates")]
@@ -225,6 +225,18 @@ enum Command {
         event_type: Option<String>,
         #[arg(long)]
         correlation_id: Option<String>,
+    },
+    /// Write everything the running host's store holds that is not derived (the log with its
+    /// positions, components, idempotency and dedup records, cursors, dead letters) to FILE,
+    /// from one snapshot, while the host keeps serving: an online backup.
+    Export { file: PathBuf },
+    /// Load an export into an empty store, PostgreSQL (--store) or the embedded store in
+    /// --data, with no host running on it; views and snapshots are rebuilt by the host.
+    Import {
+        file: PathBuf,
+        /// The PostgreSQL database to load it into; without it, the embedded store in --data.
+        #[arg(long, env = "CAIRN_STORE", value_name = "URL")]
+        store: Option<String>,
     },
     /// Every projection with its cursor, lag and status (running, rebuilding, failed).
     Views {},
@@ -465,6 +477,10 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             print_answer(&client, host.post(&path).bearer_auth(client.token()?)).await
         }
         Command::Components {} => print_answer(&client, host.get("/components")).await,
+        Command::Export { file } => export(&host, &client, &file).await,
+        Command::Import { file, store } => {
+            import(&client, &file, store.filter(|s| !s.trim().is_empty())).await
+        }
         Command::Log { after, limit } => {
             print_answer(&client, host.get(&format!("/events?after={after}&limit={limit}"))).await
         }
@@ -534,6 +550,113 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
 }
 
 /// Print the events of a live stream as they come, one a line, until the host ends it.
+/// `cairn export FILE`: download `GET /export` into FILE (through a `.partial` file beside
+/// it), then check it whole before it takes the name.
+async fn export(host: &HostClient, client: &Client, file: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut response = host
+        .get("/export")
+        .bearer_auth(client.token()?)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the host at {}", client.url))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        anyhow::bail!("the host answered {status}: {}", response.text().await.unwrap_or_default());
+    }
+    let partial = file.with_extension("partial");
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?,
+    );
+    let bar = if client.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {binary_bytes} exported ({binary_bytes_per_sec})")
+            .expect("a valid template"),
+    );
+    while let Some(chunk) = response.chunk().await.context("the export was cut short")? {
+        out.write_all(&chunk)?;
+        bar.inc(chunk.len() as u64);
+    }
+    let out = out.into_inner().map_err(|e| e.into_error())?;
+    out.sync_all()?;
+    drop(out);
+    bar.finish_and_clear();
+    let checked = {
+        let partial = partial.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::store::export::check(std::io::BufReader::new(std::fs::File::open(partial)?))
+        })
+        .await?
+    };
+    let contents = checked.with_context(|| format!("the export in {} is not whole", partial.display()))?;
+    std::fs::rename(&partial, file)?;
+    report_contents(client, "exported", file, &contents);
+    Ok(())
+}
+
+/// `cairn import FILE`: check FILE, then load it into an empty store opened here.
+async fn import(client: &Client, file: &Path, store: Option<String>) -> anyhow::Result<()> {
+    let (reads, writer) = match &store {
+        Some(url) => {
+            let opened = crate::store::postgres::open(url).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            (opened.store, opened.writer)
+        }
+        None => {
+            std::fs::create_dir_all(&client.data)
+                .with_context(|| format!("cannot create {}", client.data.display()))?;
+            let (reads, writer, _) = crate::host::open_embedded(&client.data)?;
+            (reads, writer)
+        }
+    };
+    let bar = if client.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events imported ({per_sec})")
+            .expect("a valid template"),
+    );
+    let imported = crate::store::export::import(
+        file,
+        &reads,
+        &writer,
+        |contents| bar.set_length(contents.events),
+        |events| bar.set_position(events),
+    )
+    .await;
+    bar.finish_and_clear();
+    writer.shutdown().await;
+    let contents = imported.with_context(|| format!("cannot import {}", file.display()))?;
+    let into =
+        store.as_deref().map_or_else(|| client.data.display().to_string(), crate::store::postgres::redacted);
+    report_contents(client, &format!("imported into {into}:"), file, &contents);
+    Ok(())
+}
+
+fn report_contents(client: &Client, what: &str, file: &Path, contents: &crate::store::export::Contents) {
+    if client.json {
+        println!("{}", serde_json::to_string_pretty(contents).expect("plain data"));
+    } else {
+        println!(
+            "{what} {} events (positions 1 to {}), {} components, {} idempotency and dedup records, \
+             {} cursors, {} dead letters ({}; sha256 {})",
+            contents.events,
+            contents.head,
+            contents.components,
+            contents.outcomes,
+            contents.cursors,
+            contents.dead_letters,
+            file.display(),
+            contents.sha256
+        );
+    }
+}
+
 async fn tail(host: &HostClient, path: &str, json: bool) -> anyhow::Result<()> {
     let mut response = host
         .get(path)

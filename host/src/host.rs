@@ -272,7 +272,7 @@ fn private_cache(dir: &Path, data: &Path) -> anyhow::Result<()> {
 
 /// Why a data file cannot be used, and what the operator can do about it.
 /// The embedded store and view store in the data directory.
-fn open_embedded(data: &Path) -> anyhow::Result<(EventStore, Writer, Views)> {
+pub(crate) fn open_embedded(data: &Path) -> anyhow::Result<(EventStore, Writer, Views)> {
     let store_file = data.join(STORE_FILE);
     let (store, writer) = match store::embedded::open(&store_file) {
         Err(error) if matches!(error.engine::<redb::Error>(), Some(redb::Error::DatabaseAlreadyOpen)) => {

@@ -71,6 +71,21 @@ impl Host {
         Host::start_with_env(args, &[])
     }
 
+    /// A host on an existing data directory (kept when the host is dropped).
+    pub fn start_on(data: &std::path::Path) -> Host {
+        let mut host = Host {
+            child: None,
+            url: String::new(),
+            data: data.to_owned(),
+            _dir: None,
+            extra_args: Vec::new(),
+            env: Vec::new(),
+            http: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
+        };
+        host.spawn();
+        host
+    }
+
     /// A host with extra flags and environment variables (e.g. `CAIRN_FAULTS`). Inside
     /// [`on_postgres`], the host keeps its store in a database of its own on the run's
     /// PostgreSQL server instead of its data directory.

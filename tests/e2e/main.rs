@@ -8,6 +8,7 @@ mod harness;
 #[allow(dead_code)]
 mod postgres;
 
+mod backup;
 mod bounds;
 mod cli;
 mod commands;

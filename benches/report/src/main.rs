@@ -101,7 +101,31 @@ fn table(runs: &[Run]) {
             })
             .and_then(|r| r.report.ratio_to_healthz)
     };
-    for system in ["cairn", "cairnall"] {
+    let per_second = |system: &str, scenario: &str, connections: u32| {
+        runs.iter()
+            .find(|r| {
+                r.system == system && r.report.scenario == scenario && r.report.connections == connections
+            })
+            .map(|r| r.report.load.per_second)
+    };
+    for connections in [8, 64] {
+        for scenario in ["credits", "hot"] {
+            let (Some(pg), Some(redb), Some(peer)) = (
+                per_second("cairnpg", scenario, connections),
+                per_second("cairn", scenario, connections),
+                per_second("peer", scenario, connections),
+            ) else {
+                continue;
+            };
+            println!(
+                "\n{scenario} at {connections} connections, in commands/s: Cairn on PostgreSQL {pg:.0}, \
+                 {:.2}× Cairn on redb ({redb:.0}) and {:.1}× the peer ({peer:.0}) on the same PostgreSQL.",
+                pg / redb,
+                pg / peer.max(1.0)
+            );
+        }
+    }
+    for system in ["cairn", "cairnpg", "cairnall"] {
         for scenario in ["credits", "hot"] {
             if let (Some(cairn), Some(peer)) = (ratio(system, scenario, 64), ratio("peer", scenario, 64))
                 && peer > 0.0
@@ -120,15 +144,18 @@ fn table(runs: &[Run]) {
 fn label(system: &str) -> &str {
     match system {
         "cairn" => "Cairn, Account only",
+        "cairnpg" => "Cairn on PostgreSQL, Account only",
         "cairnall" => "Cairn, every example",
         "peer" => "cqrs-es + PostgreSQL",
         other => other,
     }
 }
 
-const SERIES: [(&str, &str, RGBColor); 6] = [
+const SERIES: [(&str, &str, RGBColor); 8] = [
     ("cairn", "credits", RGBColor(0x1f, 0x6f, 0xb4)),
     ("cairn", "hot", RGBColor(0x5a, 0xb4, 0xe6)),
+    ("cairnpg", "credits", RGBColor(0x6a, 0x3d, 0x9a)),
+    ("cairnpg", "hot", RGBColor(0xb2, 0x9b, 0xd6)),
     ("cairnall", "credits", RGBColor(0x2c, 0x8c, 0x3c)),
     ("cairnall", "hot", RGBColor(0x8c, 0xcf, 0x7e)),
     ("peer", "credits", RGBColor(0xd0, 0x5a, 0x1e)),

@@ -3,6 +3,7 @@
 //! through [`ApiError`], the one JSON error shape.
 
 mod aggregates;
+mod backup;
 mod components;
 mod connections;
 mod error;
@@ -166,8 +167,9 @@ fn api_routes(limits: BodyLimits) -> OpenApiRouter<AppState> {
         );
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(timed)
-        // A live stream lasts as long as the client follows it.
+        // A live stream lasts as long as the client follows it, an export as the store is large.
         .routes(routes!(stream::stream))
+        .routes(routes!(backup::export))
 }
 
 pub async fn not_found() -> ApiError {

@@ -9,6 +9,7 @@
 //! events; global positions grow with every commit and are never reused; reads see only
 //! committed data; [`StoreReads::subscribe_head`] moves after the commit that moved it.
 
+use super::export::ExportRecord;
 use super::{
     AppendBatch, AppendError, Committed, DeadLetter, DeadLetterKey, OutcomeKey, Page, Position, Snapshot,
     StoreError, StoredEvent, StoredOutcome, StreamId, Version,
@@ -16,7 +17,7 @@ use super::{
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Read access to the store, cheap to clone.
 pub type EventStore = Arc<dyn StoreReads>;
@@ -187,6 +188,13 @@ pub trait StoreReads: Send + Sync + 'static {
 
     /// The bytes stored under a component digest.
     async fn component_bytes(&self, digest: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Send, from one snapshot of the store, everything it holds that is not derived: a
+    /// header with the snapshot's head, every event in position order, component bytes and
+    /// records, outcomes, cursors and dead letters ([`super::export`]). It runs on a task or
+    /// thread of its own while the store keeps serving; an error ends it, sent as the last
+    /// item; a receiver that goes away stops it.
+    fn export(&self, out: mpsc::Sender<Result<ExportRecord, StoreError>>);
 }
 
 /// Everything the host makes durable. Each write is answered once it is durable (or
@@ -248,6 +256,12 @@ pub trait StoreWrites: Send + Sync + 'static {
     /// Add snapshots to a stream's history (what a long fold passed), so later temporal
     /// reads near them fold little.
     async fn keep_snapshots(&self, stream: &StreamId, snapshots: Vec<Snapshot>) -> Result<(), StoreError>;
+
+    /// Write records of an export into a store that was empty when the import began, in
+    /// order, in one transaction: events keep their positions (the next must follow the
+    /// head) and times, dead letters their counts. Refused whole when an event does not
+    /// follow the head or its stream.
+    async fn restore(&self, records: Vec<ExportRecord>) -> Result<(), StoreError>;
 
     /// Wait until everything submitted before this call has been committed or refused: what
     /// a stream's new actor waits for when the one before it died with batches in flight, so

@@ -10,6 +10,7 @@
 mod contract;
 pub mod embedded;
 mod error;
+pub mod export;
 mod follow;
 mod ids;
 pub mod postgres;

@@ -4,6 +4,7 @@
 //! and one flush for many of them). [`QueuedWriter`] is the [`StoreWrites`] of any store
 //! whose writer takes these requests.
 
+use super::export::ExportRecord;
 use super::{
     AppendBatch, AppendError, Committed, CursorStart, DeadLetter, DeadLetterKey, Position, Receipt,
     Reopening, Snapshot, StoreError, StoreWrites, StreamId,
@@ -39,6 +40,8 @@ pub(crate) enum Request {
     Barrier(oneshot::Sender<()>),
     /// Snapshots a fold passed, for a stream's history (temporal reads).
     KeepSnapshots(StreamId, Vec<Snapshot>, Done),
+    /// Records of an export, into a store being imported into.
+    Restore(Vec<ExportRecord>, Done),
     /// Commit what was queued before this, then stop.
     Stop,
 }
@@ -111,7 +114,8 @@ pub(crate) fn fail(requests: Vec<Request>, message: &str, failure: Failure) {
             | Request::Park(_, reply)
             | Request::Unpark(_, reply)
             | Request::Component(_, reply)
-            | Request::KeepSnapshots(_, _, reply) => {
+            | Request::KeepSnapshots(_, _, reply)
+            | Request::Restore(_, reply) => {
                 let _ = reply.send(Err(error()));
             }
             Request::ForgetKeys { reply, .. } => {
@@ -138,7 +142,8 @@ pub(crate) fn answer(requests: Vec<Request>, appends: Vec<Result<Committed, Appe
             | Request::Park(_, reply)
             | Request::Unpark(_, reply)
             | Request::Component(_, reply)
-            | Request::KeepSnapshots(_, _, reply) => {
+            | Request::KeepSnapshots(_, _, reply)
+            | Request::Restore(_, reply) => {
                 let _ = reply.send(Ok(()));
             }
             Request::ForgetKeys { reply, .. } => {
@@ -231,6 +236,10 @@ impl<S: RequestSink> StoreWrites for QueuedWriter<S> {
 
     async fn keep_snapshots(&self, stream: &StreamId, snapshots: Vec<Snapshot>) -> Result<(), StoreError> {
         self.request(|reply| Request::KeepSnapshots(stream.clone(), snapshots, reply)).await
+    }
+
+    async fn restore(&self, records: Vec<ExportRecord>) -> Result<(), StoreError> {
+        self.request(|reply| Request::Restore(records, reply)).await
     }
 
     async fn barrier(&self) -> Result<(), StoreError> {

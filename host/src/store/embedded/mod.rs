@@ -17,6 +17,7 @@ mod stream_tail;
 pub mod tables;
 mod writer;
 
+use super::export::ExportRecord;
 use super::records::{self, Record};
 use super::{
     DeadLetter, DeadLetterKey, EventStore, OutcomeKey, Page, PageFill, Position, Snapshot, StoreError,
@@ -28,7 +29,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use tables::*;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use writer::EmbeddedWriter;
 
 /// The `meta` key of the head at the first open by a Cairn that records `reply_to`.
@@ -400,6 +401,65 @@ impl StoreReads for EmbeddedReads {
         let blobs = read.open_table(COMPONENT_BLOBS)?;
         Ok(blobs.get(digest)?.map(|bytes| bytes.value().to_vec()))
     }
+
+    /// One redb read transaction is the snapshot, read on a blocking thread.
+    fn export(&self, out: mpsc::Sender<Result<ExportRecord, StoreError>>) {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = export_snapshot(&file, &out) {
+                let _ = out.blocking_send(Err(error));
+            }
+        });
+    }
+}
+
+fn export_snapshot(
+    file: &file::StoreFile,
+    out: &mpsc::Sender<Result<ExportRecord, StoreError>>,
+) -> Result<(), StoreError> {
+    let read = file.get()?.begin_read()?;
+    let send = |record| out.blocking_send(Ok(record)).map_err(|_| StoreError::Closed);
+    let events = read.open_table(EVENTS)?;
+    send(super::export::header(Position(events.last()?.map_or(0, |(k, _)| k.value()))))?;
+    for entry in events.iter()? {
+        send(ExportRecord::Event(StoredEvent::decode(entry?.1.value())?))?;
+    }
+    for entry in read.open_table(COMPONENT_BLOBS)?.iter()? {
+        let (digest, bytes) = entry?;
+        send(ExportRecord::Blob { digest: digest.value().to_vec(), bytes: bytes.value().to_vec() })?;
+    }
+    for entry in read.open_table(COMPONENTS)?.iter()? {
+        let (name, record) = entry?;
+        send(ExportRecord::Component { name: name.value().to_owned(), record: record.value().to_vec() })?;
+    }
+    // When each client key was recorded: the retention window goes on from there.
+    let mut recorded = std::collections::HashMap::new();
+    for entry in read.open_table(IDEMPOTENCY_TIMES)?.iter()? {
+        let (key, _) = entry?;
+        let (time, stream, outcome) = key.value();
+        recorded.insert((stream.to_owned(), outcome.to_owned()), time);
+    }
+    for entry in read.open_table(OUTCOMES)?.iter()? {
+        let (key, outcome) = entry?;
+        let (stream, outcome_key) = key.value();
+        let recorded_at_micros = recorded.get(&(stream.to_owned(), outcome_key.to_owned())).copied();
+        let stream = StreamId::from_key(stream)
+            .ok_or_else(|| StoreError::Corrupt(format!("outcome key {stream:?} names no stream")))?;
+        send(ExportRecord::Outcome {
+            stream,
+            key: outcome_key.to_owned(),
+            outcome: outcome.value().to_vec(),
+            recorded_at_micros,
+        })?;
+    }
+    for entry in read.open_table(CURSORS)?.iter()? {
+        let (name, position) = entry?;
+        send(ExportRecord::Cursor { name: name.value().to_owned(), position: Position(position.value()) })?;
+    }
+    for entry in read.open_table(PARKED)?.iter()? {
+        send(ExportRecord::DeadLetter(DeadLetter::decode(entry?.1.value())?))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

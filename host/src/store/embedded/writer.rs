@@ -9,6 +9,7 @@
 use super::file::{StoreFile, needs_reopen};
 use super::stream_tail::StreamTail;
 use super::tables::*;
+use crate::store::export::ExportRecord;
 use crate::store::queue::{self, Failure, Request, RequestSink};
 use crate::store::records::{OutcomeKey, Record};
 use crate::store::{AppendBatch, AppendError, Committed, Position, StoreError, StoredEvent, Version};
@@ -386,6 +387,12 @@ impl WriterThread {
                         }
                         Ok(Committed::default())
                     }
+                    Request::Restore(records, _) => {
+                        // It opens the tables it writes: no table may be open twice.
+                        tables = None;
+                        restore(&txn, records, &mut next, &mut indexed)?;
+                        Ok(Committed::default())
+                    }
                     // Never queued: the thread stops at it.
                     Request::Stop => continue,
                 };
@@ -691,4 +698,69 @@ fn forget_keys(txn: &WriteTransaction, recorded_before: u64, limit: usize) -> Re
         outcomes.remove((stream.as_str(), outcome.as_str()))?;
     }
     Ok(expired.len())
+}
+
+/// Write records of an export: events at their positions (each must follow the head and its
+/// stream's version), outcomes with their recorded times, components, cursors, dead letters.
+fn restore(
+    txn: &WriteTransaction,
+    records: &[ExportRecord],
+    next: &mut Position,
+    indexed: &mut Vec<(String, Version, Position)>,
+) -> Result<(), StoreError> {
+    let mut tables = AppendTables::open(txn)?;
+    let mut outcomes = txn.open_table(OUTCOMES)?;
+    let mut times = txn.open_table(IDEMPOTENCY_TIMES)?;
+    for record in records {
+        match record {
+            ExportRecord::Event(event) => {
+                if event.position != *next {
+                    return Err(StoreError::Corrupt(format!(
+                        "an imported event at position {} does not follow the head at {}",
+                        event.position,
+                        *next - 1
+                    )));
+                }
+                let key = event.stream().key();
+                let version = tables.streams.get(key.as_str())?.map_or(0, |v| v.value().0);
+                if event.version != Version(version) + 1 {
+                    return Err(StoreError::Corrupt(format!(
+                        "an imported event of {key} is version {}, after version {version}",
+                        event.version
+                    )));
+                }
+                tables.events.insert(event.position.get(), event.encode().as_slice())?;
+                tables.correlations.insert((event.correlation_id.as_str(), event.position.get()), ())?;
+                tables.streams.insert(key.as_str(), (event.version.get(), event.position.get()))?;
+                indexed.push((key, event.version, event.position));
+                *next += 1;
+            }
+            ExportRecord::Outcome { stream, key, outcome, recorded_at_micros } => {
+                let stream = stream.key();
+                outcomes.insert((stream.as_str(), key.as_str()), outcome.as_slice())?;
+                if let Some(recorded_at) = recorded_at_micros {
+                    times.insert((*recorded_at, stream.as_str(), key.as_str()), ())?;
+                }
+            }
+            ExportRecord::Blob { digest, bytes } => {
+                txn.open_table(COMPONENT_BLOBS)?.insert(digest.as_slice(), bytes.as_slice())?;
+            }
+            ExportRecord::Component { name, record } => {
+                txn.open_table(COMPONENTS)?.insert(name.as_str(), record.as_slice())?;
+            }
+            ExportRecord::Cursor { name, position } => {
+                txn.open_table(CURSORS)?.insert(name.as_str(), position.get())?;
+            }
+            ExportRecord::DeadLetter(letter) => {
+                let stream = letter.stream.key();
+                let key = (letter.subscriber.as_str(), stream.as_str(), letter.position.get());
+                let replaced = txn.open_table(PARKED)?.insert(key, letter.encode().as_slice())?.is_some();
+                if !replaced {
+                    count_parked(txn, &letter.subscriber, 1)?;
+                }
+            }
+            ExportRecord::Header { .. } | ExportRecord::End { .. } => {}
+        }
+    }
+    Ok(())
 }

@@ -30,6 +30,7 @@ mod writer;
 
 pub use schema::{SCHEMA_VERSION, SchemaError};
 
+use super::export::ExportRecord;
 use super::{
     DeadLetter, DeadLetterKey, EventStore, OutcomeKey, Page, Position, Record, Snapshot, StoreError,
     StoreReads, StoredEvent, StoredOutcome, StreamId, Version, Writer,
@@ -41,8 +42,8 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
-use tokio_postgres::{NoTls, Row};
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{IsolationLevel, NoTls, Row};
 
 /// How long a request waits for a connection of the pool, and a new connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -526,6 +527,82 @@ impl StoreReads for PostgresReads {
         let row = client.query_opt(&statement, &[&digest]).await?;
         Ok(row.map(|row| row.try_get(0)).transpose()?)
     }
+
+    /// One read-only `REPEATABLE READ` transaction is the snapshot; each table is read
+    /// through a portal, a page at a time, so a large log never sits in memory.
+    fn export(&self, out: mpsc::Sender<Result<ExportRecord, StoreError>>) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            if let Err(error) = export_snapshot(&pool, &out).await {
+                let _ = out.send(Err(error)).await;
+            }
+        });
+    }
+}
+
+/// Rows fetched per round trip of an export.
+const EXPORT_PAGE: i32 = 1000;
+
+/// How one table's rows become export records.
+type ToRecord = fn(&Row) -> Result<ExportRecord, StoreError>;
+
+async fn export_snapshot(
+    pool: &Pool,
+    out: &mpsc::Sender<Result<ExportRecord, StoreError>>,
+) -> Result<(), StoreError> {
+    let mut client = connection(pool).await?;
+    let txn = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let head: i64 = txn.query_one("SELECT position FROM cairn.log_head", &[]).await?.try_get(0)?;
+    let send = async |record| out.send(Ok(record)).await.map_err(|_| StoreError::Closed);
+    send(super::export::header(Position(head as u64))).await?;
+    let tables: [(&str, ToRecord); 6] = [
+        (concat!("SELECT ", event_columns!(), " FROM cairn.events ORDER BY position"), |row| {
+            Ok(ExportRecord::Event(event(row)?))
+        }),
+        ("SELECT digest, bytes FROM cairn.component_blobs", |row| {
+            Ok(ExportRecord::Blob { digest: row.try_get(0)?, bytes: row.try_get(1)? })
+        }),
+        ("SELECT name, record FROM cairn.components ORDER BY name", |row| {
+            Ok(ExportRecord::Component { name: row.try_get(0)?, record: row.try_get(1)? })
+        }),
+        ("SELECT stream_type, stream_id, key, outcome, expires_from FROM cairn.outcomes", |row| {
+            Ok(ExportRecord::Outcome {
+                stream: StreamId { type_name: row.try_get(0)?, id: row.try_get(1)? },
+                key: row.try_get(2)?,
+                outcome: row.try_get(3)?,
+                recorded_at_micros: row.try_get::<_, Option<i64>>(4)?.map(|t| t as u64),
+            })
+        }),
+        ("SELECT name, position FROM cairn.cursors ORDER BY name", |row| {
+            Ok(ExportRecord::Cursor {
+                name: row.try_get(0)?,
+                position: Position(row.try_get::<_, i64>(1)? as u64),
+            })
+        }),
+        ("SELECT letter FROM cairn.dead_letters ORDER BY subscriber, stream, position", |row| {
+            Ok(ExportRecord::DeadLetter(DeadLetter::decode(row.try_get(0)?)?))
+        }),
+    ];
+    for (sql, record) in tables {
+        let statement = txn.prepare(sql).await?;
+        let portal = txn.bind(&statement, &[]).await?;
+        loop {
+            let rows = txn.query_portal(&portal, EXPORT_PAGE).await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                send(record(row)?).await?;
+            }
+        }
+    }
+    txn.commit().await?;
+    Ok(())
 }
 
 #[cfg(test)]

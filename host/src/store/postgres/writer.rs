@@ -8,6 +8,7 @@
 //! unnested), moves the head and notifies followers, and commits.
 
 use super::{big, connection};
+use crate::store::export::ExportRecord;
 use crate::store::queue::{self, ComponentWrite, Failure, QueuedWriter, Request, RequestSink};
 use crate::store::{
     AppendError, Committed, CursorStart, OutcomeKey, Position, Record, Snapshot, StoreError, StoredEvent,
@@ -338,6 +339,9 @@ enum Other<'a> {
     Park(&'a crate::store::DeadLetter),
     Unpark(&'a [crate::store::DeadLetterKey]),
     Component(&'a ComponentWrite, Option<(&'a str, Position)>),
+    /// An imported component's bytes and record.
+    Blob(&'a [u8], &'a [u8]),
+    Record(&'a str, &'a [u8]),
     Forget(u64, usize),
 }
 
@@ -425,13 +429,25 @@ async fn write_group(
 
     // The versions of the streams the group appends to, as committed.
     let mut streams: HashMap<StreamId, (Version, Position)> = HashMap::new();
+    let mut restored = Vec::new();
     let appended: Vec<&StreamId> = requests
         .iter()
-        .filter_map(|r| match r {
-            Request::Append(batch, _) => Some(&batch.stream),
-            _ => None,
+        .flat_map(|r| match r {
+            Request::Append(batch, _) => vec![&batch.stream],
+            Request::Restore(records, _) => records
+                .iter()
+                .filter_map(|record| match record {
+                    ExportRecord::Event(event) => {
+                        restored.push(event.stream());
+                        None
+                    }
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
         })
         .collect();
+    let appended: Vec<&StreamId> = appended.into_iter().chain(&restored).collect();
     if !appended.is_empty() {
         let types: Vec<&str> = appended.iter().map(|s| s.type_name.as_str()).collect();
         let ids: Vec<&str> = appended.iter().map(|s| s.id.as_str()).collect();
@@ -529,7 +545,52 @@ async fn write_group(
             Request::ForgetKeys { recorded_before, limit, .. } => {
                 others.push(Other::Forget(*recorded_before, *limit))
             }
+            Request::Restore(records, _) => {
+                for record in records {
+                    match record {
+                        ExportRecord::Event(event) => {
+                            if event.position != next {
+                                return Err(GroupError::NotStored(StoreError::Corrupt(format!(
+                                    "an imported event at position {} does not follow the head at {}",
+                                    event.position,
+                                    next - 1
+                                ))));
+                            }
+                            let stream = event.stream();
+                            let (version, _) = streams.get(&stream).copied().unwrap_or_default();
+                            if event.version != version + 1 {
+                                return Err(GroupError::NotStored(StoreError::Corrupt(format!(
+                                    "an imported event of {stream} is version {}, after version {version}",
+                                    event.version
+                                ))));
+                            }
+                            rows.push(event);
+                            streams.insert(stream, (event.version, event.position));
+                            next += 1;
+                        }
+                        ExportRecord::Outcome { stream, key, outcome, recorded_at_micros } => {
+                            outcomes.insert(
+                                (stream, key.clone()),
+                                (outcome.clone(), recorded_at_micros.map(big)),
+                            );
+                        }
+                        ExportRecord::Blob { digest, bytes } => others.push(Other::Blob(digest, bytes)),
+                        ExportRecord::Component { name, record } => others.push(Other::Record(name, record)),
+                        ExportRecord::Cursor { name, position } => {
+                            others.push(Other::Cursor(name, *position))
+                        }
+                        ExportRecord::DeadLetter(letter) => others.push(Other::Park(letter)),
+                        ExportRecord::Header { .. } | ExportRecord::End { .. } => {}
+                    }
+                }
+            }
             Request::Barrier(_) | Request::Stop => {}
+        }
+    }
+    // The streams restored events moved (appends put theirs in `heads` as they went).
+    for stream in &restored {
+        if let Some(head) = streams.get(stream) {
+            heads.insert(stream, *head);
         }
     }
     let head = next - 1;
@@ -689,6 +750,23 @@ async fn write_other(txn: &Transaction<'_>, other: &Other<'_>) -> Result<usize, 
                     .await?;
                 txn.execute(&statement, &[name, &big(position.get())]).await?;
             }
+        }
+        Other::Blob(digest, bytes) => {
+            let statement = txn
+                .prepare_cached(
+                    "INSERT INTO cairn.component_blobs (digest, bytes) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING",
+                )
+                .await?;
+            txn.execute(&statement, &[digest, bytes]).await?;
+        }
+        Other::Record(name, record) => {
+            let statement = txn
+                .prepare_cached(
+                    "INSERT INTO cairn.components (name, record) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
+                )
+                .await?;
+            txn.execute(&statement, &[name, record]).await?;
         }
         Other::Forget(recorded_before, limit) => {
             let statement = txn
