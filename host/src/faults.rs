@@ -24,7 +24,10 @@
 //!   holding that stream's first append (or the one after `skip` appends), as a failing
 //!   device would: redb then refuses everything until the file is opened again;
 //! - `fsync-error=<stream key>[:<skip>]`: the same commit's writes go through but its fsync
-//!   fails, as a device that loses its cache would report.
+//!   fails, as a device that loses its cache would report;
+//! - `commit-answer-lost=<stream key>`: on PostgreSQL, the first group commit holding an
+//!   append to that stream commits, and its answer is taken to be lost, as when the
+//!   connection drops during COMMIT: the writer must find out that it landed.
 
 use std::time::Duration;
 
@@ -44,6 +47,7 @@ mod injected {
         commit_stall: Option<(String, Duration, u64)>,
         io_error: Option<(String, u64)>,
         fsync_error: Option<(String, u64)>,
+        commit_answer_lost: Option<String>,
     }
 
     static ACTOR_PANICKED: AtomicBool = AtomicBool::new(false);
@@ -52,6 +56,7 @@ mod injected {
     static COMMIT_STALL_APPENDS: AtomicU64 = AtomicU64::new(0);
     static IO_ERROR_APPENDS: AtomicU64 = AtomicU64::new(0);
     static FSYNC_ERROR_APPENDS: AtomicU64 = AtomicU64::new(0);
+    static COMMIT_ANSWER_LOST: AtomicBool = AtomicBool::new(false);
     /// Set by the writer around the commit the fault is for; read by the file backend.
     pub static IO_ERROR_ARMED: AtomicBool = AtomicBool::new(false);
     pub static FSYNC_ERROR_ARMED: AtomicBool = AtomicBool::new(false);
@@ -73,6 +78,7 @@ mod injected {
                 Some(("actor-panic", command)) => faults.actor_panic = Some(command.to_owned()),
                 Some(("delivery-panic", event)) => faults.delivery_panic = Some(event.to_owned()),
                 Some(("commit-fail", spec)) => faults.commit_fail = name_and_skip(spec),
+                Some(("commit-answer-lost", stream)) => faults.commit_answer_lost = Some(stream.to_owned()),
                 Some(("io-error", spec)) => faults.io_error = name_and_skip(spec),
                 Some(("fsync-error", spec)) => faults.fsync_error = name_and_skip(spec),
                 Some(("rebuild-stall", millis)) if millis.parse::<u64>().is_ok() => {
@@ -142,6 +148,11 @@ mod injected {
 
         pub fn rebuild_stall(&self) -> Option<Duration> {
             self.rebuild_stall
+        }
+
+        pub fn commit_answer_lost(&self, stream: &str) -> bool {
+            self.commit_answer_lost.as_deref() == Some(stream)
+                && !COMMIT_ANSWER_LOST.swap(true, Ordering::SeqCst)
         }
 
         pub fn commit_stall(&self, stream: &str) -> Option<Duration> {
@@ -251,6 +262,18 @@ pub fn rebuild_stall() -> Option<Duration> {
 pub fn commit_fail(stream: &str) -> bool {
     #[cfg(debug_assertions)]
     return injected::faults().commit_fail(stream);
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = stream;
+        false
+    }
+}
+
+/// Whether the answer of the group commit holding an append to `stream` is to be taken as
+/// lost, if a test asked (once).
+pub fn commit_answer_lost(stream: &str) -> bool {
+    #[cfg(debug_assertions)]
+    return injected::faults().commit_answer_lost(stream);
     #[cfg(not(debug_assertions))]
     {
         let _ = stream;

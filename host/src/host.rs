@@ -59,7 +59,7 @@ impl Host {
             None => open_embedded(data)?,
             Some(url) => {
                 let opened = store::postgres::open(url).await.map_err(|error| anyhow::anyhow!("{error}"))?;
-                (opened.store, opened.writer, PostgresViews::shared(opened.pool))
+                (opened.store, opened.writer, PostgresViews::shared(opened.views_pool))
             }
         };
         let runtime = match &config.compiled_cache {

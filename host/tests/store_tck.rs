@@ -80,7 +80,7 @@ impl Backend {
         match self {
             Backend::Embedded(dir) => EmbeddedViews::open(&dir.path().join("views.redb")).unwrap().shared(),
             Backend::Postgres(url) => {
-                PostgresViews::shared(cairn::store::postgres::open(url).await.unwrap().pool)
+                PostgresViews::shared(cairn::store::postgres::views_pool(url).await.unwrap())
             }
         }
     }
@@ -544,3 +544,102 @@ on_both_stores!(
     views_commit_documents_with_their_cursor_and_hide_bookkeeping_keys,
     a_rebuilt_view_generation_switches_whole_and_the_old_one_is_dropped,
 );
+
+/// One host holds its database, as one process holds a redb file: a second store opened on
+/// it is refused, and gets it once the first has shut down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_store_on_a_held_database_is_refused_until_the_first_closes() {
+    let url = postgres::fresh_database();
+    let first = cairn::store::postgres::open(&url).await.unwrap();
+    let refused = cairn::store::postgres::open(&url).await.err().expect("a second exclusive open is refused");
+    assert!(refused.to_string().contains("in use by another cairn host"), "{refused}");
+    assert!(!refused.to_string().contains("secret"));
+    first.writer.shutdown().await;
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..50 {
+        match cairn::store::postgres::open(&url).await {
+            Ok(opened) => {
+                reopened = Some(opened);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    let reopened = reopened.expect("the database is free once the first store has shut down");
+    reopened.writer.shutdown().await;
+}
+
+/// Several stores writing one database at once (as hosts of a cluster will), and readers
+/// following the log while they write: every reader sees positions strictly increasing and,
+/// at the end, the whole log, dense. A position taken before commit (a sequence) would let a
+/// reader pass a position that a slower transaction fills in later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_never_see_a_position_out_of_order_while_several_stores_write_one_database() {
+    use cairn::store::LogFollower;
+    use cairn::store::postgres::{OpenOptions, open_with};
+    const STORES: usize = 3;
+    const WRITERS: usize = 6;
+    const ROUNDS: u64 = 25;
+    let url = postgres::fresh_database();
+    let shared = OpenOptions { exclusive: false };
+    let mut stores = Vec::new();
+    for _ in 0..STORES {
+        let opened = open_with(&url, shared).await.unwrap();
+        stores.push((opened.store, opened.writer));
+    }
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for (store, _) in &stores {
+        let (store, done) = (store.clone(), done.clone());
+        readers.push(tokio::spawn(async move {
+            let mut follower = LogFollower::new(store, Position(0));
+            let mut seen: Vec<u64> = Vec::new();
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let page = follower.next_page(50).await.unwrap();
+                for event in &page {
+                    if let Some(last) = seen.last() {
+                        assert!(event.position.get() > *last, "position {} after {last}", event.position);
+                    }
+                    seen.push(event.position.get());
+                }
+                if page.is_empty() {
+                    if finished {
+                        return seen;
+                    }
+                    tokio::select! {
+                        _ = follower.more() => {}
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+                    }
+                }
+            }
+        }));
+    }
+    let mut writers = Vec::new();
+    for (index, (_, writer)) in stores.iter().enumerate() {
+        for task in 0..WRITERS {
+            let writer = writer.clone();
+            writers.push(tokio::spawn(async move {
+                let s = stream(&format!("s{index}-{task}"));
+                for round in 0..ROUNDS {
+                    writer.append(batch(&s, round * 2, [1, 2])).await.unwrap();
+                }
+            }));
+        }
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let total = (STORES * WRITERS) as u64 * ROUNDS * 2;
+    let whole: Vec<u64> = (1..=total).collect();
+    let log = stores[0].0.read_all(Position(0), usize::MAX.into()).await.unwrap();
+    assert_eq!(log.iter().map(|e| e.position.get()).collect::<Vec<_>>(), whole, "dense, in order");
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), whole, "a reader saw the whole log in order");
+    }
+    for (store, writer) in stores {
+        close(store, writer).await;
+    }
+}

@@ -307,6 +307,9 @@ impl AggregateComponent {
             Err(rejection) => rejection.code.len() + rejection.message.len(),
         };
         self.limits.bound_output(bytes)?;
+        if let Ok(events) = &answer {
+            self.limits.check_event_types(events.iter().map(|e| e.event_type.as_str()))?;
+        }
         Ok(answer
             .map(|events| {
                 events
@@ -353,6 +356,7 @@ impl AggregateComponent {
                     decided.events.iter().map(|e| e.event_type.len() + e.payload.len()).sum(),
                 )?;
                 self.limits.bound_output(decided.state.as_ref().map_or(0, Vec::len))?;
+                self.limits.check_event_types(decided.events.iter().map(|e| e.event_type.as_str()))?;
                 let events = decided
                     .events
                     .into_iter()

@@ -187,6 +187,23 @@ impl Limits {
     }
 
     /// Refuse a call's output beyond `max_output_bytes`.
+    /// The events a call answered, refused when one's type holds a control character: no
+    /// store could show it, and PostgreSQL's text cannot hold a NUL.
+    pub(crate) fn check_event_types<'a>(
+        &self,
+        types: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), GuestError> {
+        for event_type in types {
+            if event_type.is_empty() || event_type.chars().any(char::is_control) {
+                return Err(GuestError::Trap(format!(
+                    "the component answered an event type {event_type:?}: an event type must be \
+                     non-empty and hold no control characters"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn bound_output(&self, bytes: usize) -> Result<(), GuestError> {
         if bytes > self.max_output_bytes {
             return Err(GuestError::OutputTooLarge { bytes, limit: self.max_output_bytes });

@@ -85,6 +85,10 @@ impl ViewData {
         if key.len() > MAX_KEY_BYTES {
             wasmtime::bail!("a view key is {} bytes, more than the {MAX_KEY_BYTES} allowed", key.len());
         }
+        // No store could page it, and PostgreSQL's text cannot hold a NUL.
+        if key.chars().any(char::is_control) {
+            wasmtime::bail!("a view key may not hold control characters: {key:?}");
+        }
         if let Some(document) = &document
             && document.len() > self.max_document_bytes
         {

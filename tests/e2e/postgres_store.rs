@@ -58,6 +58,11 @@ async fn a_schema_written_by_a_newer_cairn_is_refused_and_nothing_is_changed() {
     let (code, stderr) = serve_until_exit(&url);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("version 999, newer than this Cairn's"), "{stderr}");
+    assert_eq!(
+        postgres::query_text(&url, "SELECT version FROM cairn.schema_version").as_deref(),
+        Some("999"),
+        "the refused start changed nothing"
+    );
     postgres::execute(&url, "UPDATE cairn.schema_version SET version = 1");
     host.start_again();
     assert_eq!(host.state("account", "a").await["balance"], 10);
@@ -160,8 +165,9 @@ async fn a_postgres_crash_and_restart_under_load_loses_nothing_acknowledged_and_
         .expect(200);
 }
 
-/// Writers on many streams at once and readers following `/events` by position: every
-/// reader's positions strictly increase, and in the end each has read the whole log.
+/// Writers on many streams at once and readers following `/events` by position over HTTP:
+/// every reader's positions strictly increase, and in the end each has read the whole log.
+/// (Several stores writing one database at once are in the store TCK.)
 #[tokio::test(flavor = "multi_thread")]
 async fn readers_following_the_log_under_concurrent_writers_never_see_a_position_out_of_order() {
     let url = postgres::fresh_database();
@@ -232,4 +238,21 @@ async fn readers_following_the_log_under_concurrent_writers_never_see_a_position
     for reader in readers {
         assert_eq!(reader.await.unwrap(), whole, "a reader saw the whole log, in order");
     }
+}
+
+/// A COMMIT that landed but whose answer never came back (the connection dropped during
+/// it): the host asks the database what became of its transaction and answers 200, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_whose_answer_was_lost_is_asked_after_and_answered_as_it_landed() {
+    let url = postgres::fresh_database();
+    let host =
+        Host::start_with_env(&["--store", &url], &[("CAIRN_FAULTS", "commit-answer-lost=account/lost")]);
+    host.open_account("lost", 10).await;
+    let events = host.get("/aggregates/account/lost/events").await.expect(200);
+    assert_eq!(events.body["events"].as_array().unwrap().len(), 1, "stored once: {}", events.body);
+    assert!(host.log_text().contains("a COMMIT whose answer was lost had landed"), "the fault fired");
+    host.command("account", "lost", "CreditAccount", json!({"amount": 5, "transaction_id": "after"}))
+        .await
+        .expect(200);
+    assert_eq!(host.state("account", "lost").await["balance"], 15);
 }

@@ -39,6 +39,22 @@ pub fn fresh_database() -> String {
     server().fresh_database()
 }
 
+/// The first column of the first row `sql` answers on the database at `url`, as text.
+pub fn query_text(url: &str, sql: &str) -> Option<String> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let row = client.query_opt(&format!("SELECT ({sql})::text"), &[]).await.unwrap();
+            row.and_then(|row| row.get::<_, Option<String>>(0))
+        })
+    })
+    .join()
+    .unwrap()
+}
+
 /// Run `sql` (statements separated by `;`) on the database at `url`, waiting up to a minute
 /// for a server that is starting. On a thread of its own, so it may be called from inside a
 /// test's runtime.
@@ -153,7 +169,10 @@ fn start() -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let pg_ctl = bin.join("pg_ctl");
     let options = format!(
-        "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=32MB",
+        // `synchronous_commit` is off by default here, so the host's own `SET LOCAL` is what
+        // makes its commits wait for the flush.
+        "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c max_connections=400 -c shared_buffers=32MB \
+         -c synchronous_commit=off",
         dir = dir.display()
     );
     let started = command(&pg_ctl, as_postgres)
@@ -168,16 +187,18 @@ fn start() -> Server {
     assert!(started.success(), "the test PostgreSQL server did not start: see {}", dir.display());
     // A watchdog stops the server and removes its directory once this process is gone,
     // however it ended; the server itself may be restarted meanwhile.
+    // In a session of its own and deaf to the terminal's signals, so a Ctrl-C of the test run
+    // does not take it down before the server it is there to stop.
     let script = format!(
-        "while [ -d /proc/{parent} ]; do sleep 0.5; done; \
+        "trap '' INT TERM HUP; while [ -d /proc/{parent} ]; do sleep 0.5; done; \
          {pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
         parent = std::process::id(),
         pg_ctl = pg_ctl.display(),
         data = data.display(),
         dir = dir.display(),
     );
-    let mut watchdog = command(Path::new("sh"), as_postgres);
-    watchdog.args(["-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut watchdog = command(Path::new("setsid"), as_postgres);
+    watchdog.args(["sh", "-c", &script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     // It outlives this process by design: it is what stops the server after it.
     #[allow(clippy::zombie_processes)]
     watchdog.spawn().expect("start the test PostgreSQL server's watchdog");

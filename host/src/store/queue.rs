@@ -12,8 +12,10 @@ use super::{
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
-/// Upper bound on events in one group commit, so one transaction stays reasonably sized.
+/// Upper bounds on one group commit, in events and in their payloads' bytes, so one
+/// transaction stays reasonably sized (and far below what one PostgreSQL statement takes).
 pub(crate) const MAX_EVENTS_PER_COMMIT: usize = 8192;
+pub(crate) const MAX_BYTES_PER_COMMIT: usize = 64 << 20;
 
 pub(crate) type Reply = oneshot::Sender<Result<Committed, AppendError>>;
 type Done = oneshot::Sender<Result<(), StoreError>>;
@@ -56,20 +58,27 @@ pub(crate) struct ComponentWrite {
 }
 
 /// Take requests for one group: everything queued after `first`, up to
-/// [`MAX_EVENTS_PER_COMMIT`] events; and whether a `Stop` came (nothing after it is taken).
+/// [`MAX_EVENTS_PER_COMMIT`] events or [`MAX_BYTES_PER_COMMIT`] bytes; and whether a `Stop`
+/// came (nothing after it is taken).
 pub(crate) fn gather(first: Request, mut next: impl FnMut() -> Option<Request>) -> (Vec<Request>, bool) {
     let mut requests = Vec::new();
     let mut events = 0;
+    let mut bytes = 0;
     let mut request = Some(first);
     while let Some(taken) = request.take() {
         if let Request::Stop = taken {
             return (requests, true);
         }
-        if let Request::Append(batch, _) = &taken {
-            events += batch.events.len();
+        match &taken {
+            Request::Append(batch, _) => {
+                events += batch.events.len();
+                bytes += batch.events.iter().map(|e| e.payload.len()).sum::<usize>();
+            }
+            Request::Restore(records, _) => events += records.len(),
+            _ => {}
         }
         requests.push(taken);
-        if events < MAX_EVENTS_PER_COMMIT {
+        if events < MAX_EVENTS_PER_COMMIT && bytes < MAX_BYTES_PER_COMMIT {
             request = next();
         }
     }

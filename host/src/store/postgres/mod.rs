@@ -48,8 +48,14 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 /// How long a request waits for a connection of the pool, and a new connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connections the pool keeps at most (reads, views, and the writer's one).
+/// How long a start waits for the database to be let go by a host that held it.
+const HOLDER_GONE: Duration = Duration::from_secs(5);
+
+/// Connections the reads' pool keeps at most.
 const POOL_SIZE: usize = 16;
+/// Connections the views' pool keeps at most (a projection batch holds one while its guest
+/// reads documents).
+const VIEWS_POOL_SIZE: usize = 8;
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -60,19 +66,32 @@ pub enum OpenError {
     Unreachable(String, String),
     #[error("PostgreSQL at {0}: {1}")]
     Schema(String, SchemaError),
+    #[error("PostgreSQL at {0} cannot hold a Cairn store: {1}")]
+    Unsupported(String, String),
+    #[error(
+        "PostgreSQL at {0} is in use by another cairn host (or an import): one host writes a \
+         database (stop the other, or give this one a database of its own)"
+    )]
+    InUse(String),
 }
 
-/// A connected store: what the host reads and writes through, and the pool the view store
-/// shares.
+/// A connected store: what the host reads and writes through, and the pool for its views.
 pub struct Opened {
     pub store: EventStore,
     pub writer: Writer,
-    pub pool: Pool,
+    pub views_pool: Pool,
 }
 
 /// `url` with its password, if it has one, replaced by `***`: what errors and logs show.
 pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // The `key=value` form: `host=db user=c password=…`.
+        return url
+            .split(' ')
+            .map(|pair| if pair.starts_with("password=") { "password=***" } else { pair })
+            .collect::<Vec<_>>()
+            .join(" ");
+    };
     let (authority, tail) = rest.split_once('/').map_or((rest, None), |(a, t)| (a, Some(t)));
     let authority = match authority.rsplit_once('@') {
         Some((user, host)) => match user.split_once(':') {
@@ -101,36 +120,68 @@ pub fn redacted(url: &str) -> String {
     out
 }
 
-/// Connect to the database at `url`, create or migrate the schema, and start the writer.
+/// How a store is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// Hold the database for this host alone (a session advisory lock, for as long as the
+    /// store is open), as the embedded store holds its file: two hosts writing one database
+    /// would each deliver, project and cache on their own. Only tests that write one
+    /// database from several stores at once turn it off.
+    pub exclusive: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { exclusive: true }
+    }
+}
+
+/// Connect to the database at `url`, hold it for this host, create or migrate the schema,
+/// and start the writer.
 ///
 /// # Errors
-/// The URL does not parse, the database cannot be reached, or its schema is newer than
-/// this Cairn's.
+/// The URL does not parse, the database cannot be reached, another host holds it, it is
+/// not UTF-8, or its schema is newer than this Cairn's.
 pub async fn open(url: &str) -> Result<Opened, OpenError> {
+    open_with(url, OpenOptions::default()).await
+}
+
+/// [`open`], with options.
+pub async fn open_with(url: &str, options: OpenOptions) -> Result<Opened, OpenError> {
     let shown = redacted(url);
-    let mut config =
-        tokio_postgres::Config::from_str(url).map_err(|e| OpenError::BadUrl(shown.clone(), e.to_string()))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECT_TIMEOUT);
+    let config = connect_config(url)?;
+    let ownership = writer::Ownership::new(config.clone(), options.exclusive);
+    // A host killed a moment ago may still hold it: its session ends once the server sees its
+    // connection gone, which takes a moment. Wait that long before calling it in use.
+    let deadline = tokio::time::Instant::now() + HOLDER_GONE;
+    loop {
+        match ownership.hold().await {
+            Ok(()) => break,
+            Err(StoreError::Unavailable(why)) if why.contains("another cairn host") => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(OpenError::InUse(shown));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(other) => return Err(OpenError::Unreachable(shown, other.to_string())),
+        }
     }
-    config.keepalives_idle(Duration::from_secs(10));
-    if config.get_application_name().is_none() {
-        config.application_name("cairn");
+    let reads_pool = pool(&config, &shown, POOL_SIZE)?;
+    let mut client =
+        reads_pool.get().await.map_err(|e| OpenError::Unreachable(shown.clone(), pool_error(e)))?;
+    let encoding: String = client
+        .query_one("SHOW server_encoding", &[])
+        .await
+        .map_err(|e| OpenError::Unreachable(shown.clone(), with_causes(&e)))?
+        .get(0);
+    if encoding != "UTF8" {
+        return Err(OpenError::Unsupported(
+            shown,
+            format!(
+                "its encoding is {encoding}; Cairn needs a UTF8 database (CREATE DATABASE … ENCODING 'UTF8')"
+            ),
+        ));
     }
-    let manager = Manager::from_config(
-        config.clone(),
-        NoTls,
-        ManagerConfig { recycling_method: RecyclingMethod::Fast },
-    );
-    let pool = Pool::builder(manager)
-        .max_size(POOL_SIZE)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(CONNECT_TIMEOUT))
-        .create_timeout(Some(CONNECT_TIMEOUT))
-        .recycle_timeout(Some(CONNECT_TIMEOUT))
-        .build()
-        .map_err(|e| OpenError::BadUrl(shown.clone(), e.to_string()))?;
-    let mut client = pool.get().await.map_err(|e| OpenError::Unreachable(shown.clone(), pool_error(e)))?;
     schema::migrate(&mut client).await.map_err(|e| OpenError::Schema(shown.clone(), e))?;
     let head: i64 = client
         .query_one("SELECT position FROM cairn.log_head", &[])
@@ -139,9 +190,57 @@ pub async fn open(url: &str) -> Result<Opened, OpenError> {
         .get(0);
     drop(client);
     let (head_tx, head_rx) = watch::channel(Position(head as u64));
-    let writer = writer::start(pool.clone(), config, head_tx);
-    let reads = PostgresReads { pool: pool.clone(), head: head_rx };
-    Ok(Opened { store: Arc::new(reads), writer, pool })
+    // The writer's connection comes from a pool of its own, so no load of reads can keep it
+    // waiting; the views too have theirs.
+    let writer = writer::start(pool(&config, &shown, 1)?, config.clone(), ownership, head_tx);
+    let reads = PostgresReads { pool: reads_pool, head: head_rx };
+    Ok(Opened { store: Arc::new(reads), writer, views_pool: pool(&config, &shown, VIEWS_POOL_SIZE)? })
+}
+
+/// A pool for a view store on the database at `url` alone, its schema made as [`open`]
+/// makes it (for tests of the view store).
+pub async fn views_pool(url: &str) -> Result<Pool, OpenError> {
+    let shown = redacted(url);
+    let config = connect_config(url)?;
+    let views = pool(&config, &shown, VIEWS_POOL_SIZE)?;
+    let mut client = views.get().await.map_err(|e| OpenError::Unreachable(shown.clone(), pool_error(e)))?;
+    schema::migrate(&mut client).await.map_err(|e| OpenError::Schema(shown, e))?;
+    Ok(views)
+}
+
+/// The connection settings of `url`, with Cairn's defaults for what it does not say: a
+/// connect timeout, and TCP keepalives and a user timeout, so a database that vanished from
+/// the network fails the connection in seconds instead of a quarter of an hour.
+fn connect_config(url: &str) -> Result<tokio_postgres::Config, OpenError> {
+    let mut config =
+        tokio_postgres::Config::from_str(url).map_err(|e| OpenError::BadUrl(redacted(url), e.to_string()))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config.keepalives_idle(Duration::from_secs(10));
+    config.keepalives_interval(Duration::from_secs(5));
+    config.keepalives_retries(3);
+    config.tcp_user_timeout(Duration::from_secs(30));
+    if config.get_application_name().is_none() {
+        config.application_name("cairn");
+    }
+    Ok(config)
+}
+
+fn pool(config: &tokio_postgres::Config, shown: &str, size: usize) -> Result<Pool, OpenError> {
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(CONNECT_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| OpenError::BadUrl(shown.to_owned(), e.to_string()))
 }
 
 /// An error with the errors that caused it: tokio-postgres says "error connecting to
@@ -618,5 +717,6 @@ mod tests {
             "postgresql://db/cairn?user=c&password=***&sslmode=disable"
         );
         assert_eq!(redacted("host=db user=c"), "host=db user=c");
+        assert_eq!(redacted("host=db password=secret user=c"), "host=db password=*** user=c");
     }
 }

@@ -15,29 +15,89 @@ use crate::store::{
     StreamId, Version, Writer,
 };
 use async_trait::async_trait;
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::{ClientWrapper, Pool};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Statement};
 use tokio_util::sync::CancellationToken;
 
 /// How long the outcome of a COMMIT whose answer was lost is looked for before it is
 /// reported unknown.
 const RESOLVE_FOR: Duration = Duration::from_secs(10);
 
+/// How long a group's statements, and then its COMMIT, may take before the group fails
+/// (before COMMIT: nothing is stored; at it: its outcome is read).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The session advisory lock a host holds its database with.
+const HOST_LOCK: i64 = 0x6361_6972_6e00_0002;
+
+/// The database held for one host: a session advisory lock on a connection of its own,
+/// taken again on a new connection when that one is lost (the lock goes with it).
+pub(super) struct Ownership {
+    config: tokio_postgres::Config,
+    exclusive: bool,
+    held: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+}
+
+impl Ownership {
+    pub(super) fn new(config: tokio_postgres::Config, exclusive: bool) -> Ownership {
+        Ownership { config, exclusive, held: tokio::sync::Mutex::new(None) }
+    }
+
+    /// Make sure the lock is held: at once while its connection lives, else on a new one.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database cannot be reached, or another host holds it.
+    pub(super) async fn hold(&self) -> Result<(), StoreError> {
+        if !self.exclusive {
+            return Ok(());
+        }
+        let mut held = self.held.lock().await;
+        if held.as_ref().is_some_and(|client| !client.is_closed()) {
+            return Ok(());
+        }
+        *held = None;
+        let unreachable =
+            |why: String| StoreError::Unavailable(format!("the database cannot be reached: {why}"));
+        let (client, connection) = tokio::time::timeout(Duration::from_secs(5), self.config.connect(NoTls))
+            .await
+            .map_err(|_| unreachable("no connection within 5 s".to_owned()))?
+            .map_err(|e| unreachable(super::with_causes(&e)))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let taken: bool =
+            client.query_one("SELECT pg_try_advisory_lock($1)", &[&HOST_LOCK]).await?.try_get(0)?;
+        if !taken {
+            return Err(StoreError::Unavailable(
+                "another cairn host holds the database, so this one takes no writes".to_owned(),
+            ));
+        }
+        *held = Some(client);
+        Ok(())
+    }
+}
+
 /// The channel every commit notifies with the new head.
 pub(super) const LOG_CHANNEL: &str = "cairn_log";
 
 /// Start the writer task and the listener that follows other commits of the database.
-pub(super) fn start(pool: Pool, config: tokio_postgres::Config, head: watch::Sender<Position>) -> Writer {
+pub(super) fn start(
+    pool: Pool,
+    config: tokio_postgres::Config,
+    ownership: Ownership,
+    head: watch::Sender<Position>,
+) -> Writer {
     let (requests, queue) = mpsc::unbounded_channel();
     let health = Arc::new(Mutex::new(Health::default()));
     let listening = CancellationToken::new();
     let head = Arc::new(head);
     tokio::spawn(listen(config, head.clone(), health.clone(), listening.clone()));
-    let task = WriterTask { pool, head, health: health.clone() };
+    let task = WriterTask { pool, ownership, head, health: health.clone() };
     let done = tokio::spawn(task.run(queue));
     Arc::new(QueuedWriter(PostgresWriter {
         requests,
@@ -108,6 +168,12 @@ async fn listen(
             moved
         });
     };
+    let pause = async || {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+            _ = stop.cancelled() => true,
+        }
+    };
     while !stop.is_cancelled() {
         let connected = tokio::select! {
             connected = config.connect(tokio_postgres::NoTls) => connected,
@@ -117,18 +183,18 @@ async fn listen(
             Ok(connected) => connected,
             Err(error) => {
                 health.lock().expect("writer health lock").unreachable = Some(super::with_causes(&error));
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = stop.cancelled() => return,
+                if pause().await {
+                    return;
                 }
+                continue;
             }
         };
         let (notified, mut notifications) = mpsc::unbounded_channel();
         let mut driver = tokio::spawn(async move {
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(tokio_postgres::AsyncMessage::Notification(note))) => {
-                        let _ = notified.send(note.payload().parse::<i64>().unwrap_or(0));
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                        let _ = notified.send(());
                     }
                     Some(Ok(_)) => {}
                     Some(Err(error)) => return error.to_string(),
@@ -136,34 +202,53 @@ async fn listen(
                 }
             }
         });
-        if let Err(error) = client.batch_execute(&format!("LISTEN {LOG_CHANNEL}")).await {
-            health.lock().expect("writer health lock").unreachable = Some(error.to_string());
-            driver.abort();
-            continue;
-        }
-        health.lock().expect("writer health lock").unreachable = None;
-        let mut every_second = tokio::time::interval(Duration::from_secs(1));
-        let lost = loop {
-            tokio::select! {
-                Some(position) = notifications.recv() => advance(position),
-                _ = every_second.tick() => {
-                    match client.query_one("SELECT position FROM cairn.log_head", &[]).await {
-                        Ok(row) => advance(row.get(0)),
-                        Err(error) => break error.to_string(),
+        // The head as committed, read when a notification wakes the listener (its payload is
+        // not trusted: any role may NOTIFY) and once a second in case one was lost.
+        let read_head = async || {
+            let read = client.query_one("SELECT position FROM cairn.log_head", &[]);
+            match tokio::time::timeout(Duration::from_secs(5), read).await {
+                Ok(Ok(row)) => row.try_get::<_, i64>(0).map_err(|e| e.to_string()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err("the head was not read within 5 s".to_owned()),
+            }
+        };
+        let listening = client.batch_execute(&format!("LISTEN {LOG_CHANNEL}")).await;
+        let lost = match listening {
+            Err(error) => error.to_string(),
+            Ok(()) => {
+                health.lock().expect("writer health lock").unreachable = None;
+                let mut every_second = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        Some(()) = notifications.recv() => {
+                            while notifications.try_recv().is_ok() {}
+                            match read_head().await {
+                                Ok(position) => advance(position),
+                                Err(error) => break error,
+                            }
+                        }
+                        _ = every_second.tick() => match read_head().await {
+                            Ok(position) => advance(position),
+                            Err(error) => break error,
+                        },
+                        ended = &mut driver => break ended.unwrap_or_else(|e| e.to_string()),
+                        _ = stop.cancelled() => { driver.abort(); return; }
                     }
                 }
-                ended = &mut driver => break ended.unwrap_or_else(|e| e.to_string()),
-                _ = stop.cancelled() => { driver.abort(); return; }
             }
         };
         tracing::warn!("lost the connection that follows the log: {lost}");
         health.lock().expect("writer health lock").unreachable = Some(lost);
         driver.abort();
+        if pause().await {
+            return;
+        }
     }
 }
 
 struct WriterTask {
     pool: Pool,
+    ownership: Ownership,
     head: Arc<watch::Sender<Position>>,
     health: Arc<Mutex<Health>>,
 }
@@ -193,23 +278,60 @@ impl WriterTask {
         if let Some(stall) = stall {
             tokio::time::sleep(stall).await;
         }
-        let written = match connection(&self.pool).await {
-            Ok(mut client) => write_group(&mut client, &requests).await,
-            Err(error) => Err(GroupError::NotStored(error)),
+        if let Err(error) = self.ownership.hold().await {
+            self.failed(requests, &error.to_string(), Failure::NotStored);
+            return;
+        }
+        let client = match connection(&self.pool).await {
+            Ok(client) => client,
+            Err(error) => return self.failed(requests, &error.to_string(), Failure::NotStored),
         };
-        match written {
-            Ok(written) => self.committed(requests, written, started),
-            Err(GroupError::NotStored(error)) => {
-                self.failed(requests, &error.to_string(), Failure::NotStored)
+        // Two round trips: BEGIN, the head's lock and the streams' versions; then every write
+        // and COMMIT. Before COMMIT is sent nothing is stored whatever happens.
+        let begun = tokio::time::timeout(WRITE_TIMEOUT, begin_group(&client, &requests)).await;
+        let (statements, plan, written) = match begun {
+            Ok(Ok(begun)) => begun,
+            Ok(Err(error)) => {
+                discard(client);
+                return self.failed(requests, &error.to_string(), Failure::NotStored);
             }
-            Err(GroupError::AtCommit { error, group }) => match self.resolve(&group).await {
-                Some(true) => {
-                    tracing::warn!("a COMMIT whose answer was lost had landed: {error}");
-                    self.committed(requests, group, started);
-                }
-                Some(false) => self.failed(requests, &error.to_string(), Failure::NotStored),
-                None => self.failed(requests, &error.to_string(), Failure::Unknown),
-            },
+            Err(_) => {
+                discard(client);
+                let why = format!("the group's statements took longer than {} s", WRITE_TIMEOUT.as_secs());
+                return self.failed(requests, &why, Failure::NotStored);
+            }
+        };
+        let finished = tokio::time::timeout(WRITE_TIMEOUT, finish_group(&client, &statements, &plan)).await;
+        drop(plan);
+        let mut written = written;
+        let error = match finished {
+            Ok(Ok(_))
+                if requests.iter().any(|r| {
+                    matches!(r, Request::Append(batch, _) if crate::faults::commit_answer_lost(&batch.stream.key()))
+                }) =>
+            {
+                // Fault injection: the COMMIT landed, and its answer is taken to be lost.
+                StoreError::Unavailable("fault injection: commit-answer-lost".to_owned())
+            }
+            Ok(Ok(forgotten)) => {
+                written.forgotten = forgotten;
+                return self.committed(requests, written, started);
+            }
+            Ok(Err(Finished::NotStored(error))) => {
+                discard(client);
+                return self.failed(requests, &error.to_string(), Failure::NotStored);
+            }
+            Ok(Err(Finished::Unknown(error))) => error,
+            Err(_) => StoreError::Unavailable(format!("COMMIT was not answered within {} s", WRITE_TIMEOUT.as_secs())),
+        };
+        discard(client);
+        match self.resolve(&written).await {
+            Some(true) => {
+                tracing::warn!("a COMMIT whose answer was lost had landed: {error}");
+                self.committed(requests, written, started);
+            }
+            Some(false) => self.failed(requests, &error.to_string(), Failure::NotStored),
+            None => self.failed(requests, &error.to_string(), Failure::Unknown),
         }
     }
 
@@ -238,42 +360,74 @@ impl WriterTask {
         queue::fail(requests, message, failure);
     }
 
-    /// Whether a group whose COMMIT lost its answer landed, read on a new connection:
-    /// `None` when the database could not be read within [`RESOLVE_FOR`].
+    /// Whether a group whose COMMIT lost its answer landed, asked of the database on a new
+    /// connection. While its server runs on, the transaction's status tells: `committed` or
+    /// `aborted`; while it is `in progress` (its backend has not finished the COMMIT) it is
+    /// waited for, and after a grace its backend is terminated so that it ends one way or the
+    /// other. After a restart of the server its id may have been given again, so the log
+    /// tells instead: the group's first event at its position. `None` when neither can be
+    /// read within [`RESOLVE_FOR`] (or a group without events met a restart).
     async fn resolve(&self, group: &Written) -> Option<bool> {
         let deadline = tokio::time::Instant::now() + RESOLVE_FOR;
+        let terminate_after = tokio::time::Instant::now() + RESOLVE_FOR / 2;
         loop {
-            let answer = async {
+            let asked = async {
                 let client = connection(&self.pool).await?;
-                let landed = match &group.first_event {
-                    // The group's first event at its position: it landed (positions are given
-                    // under the head's lock, so no other commit holds that position and stream).
-                    Some((position, stream, version)) => client
+                let started: String =
+                    client.query_one("SELECT pg_postmaster_start_time()::text", &[]).await?.try_get(0)?;
+                if started != group.server_started {
+                    let Some((position, stream, version)) = &group.first_event else {
+                        return Ok(Some(None));
+                    };
+                    let found = client
                         .query_opt(
                             "SELECT 1 FROM cairn.events WHERE position = $1 AND stream_type = $2 \
                              AND stream_id = $3 AND version = $4",
                             &[&big(position.get()), &stream.type_name, &stream.id, &big(version.get())],
                         )
-                        .await?
-                        .is_some(),
-                    None => {
-                        let row = client.query_one("SELECT commit_sequence FROM cairn.log_head", &[]).await?;
-                        row.try_get::<_, i64>(0)? > group.sequence
+                        .await?;
+                    return Ok(Some(Some(found.is_some())));
+                }
+                let status: Option<String> = client
+                    .query_one("SELECT pg_xact_status($1::text::xid8)", &[&group.xid.to_string()])
+                    .await?
+                    .try_get(0)?;
+                match status.as_deref() {
+                    Some("committed") => Ok(Some(Some(true))),
+                    Some("aborted") => Ok(Some(Some(false))),
+                    Some(_) => {
+                        if tokio::time::Instant::now() >= terminate_after {
+                            client.execute("SELECT pg_terminate_backend($1)", &[&group.backend]).await?;
+                        }
+                        Ok(None)
                     }
-                };
-                Ok::<bool, StoreError>(landed)
-            }
-            .await;
+                    None => Ok(Some(None)),
+                }
+            };
+            let answer: Result<Result<Option<Option<bool>>, StoreError>, _> =
+                tokio::time::timeout(Duration::from_secs(2), asked).await;
             match answer {
-                Ok(landed) => return Some(landed),
-                Err(error) if tokio::time::Instant::now() >= deadline => {
-                    tracing::error!("cannot tell whether a commit landed: {error}");
+                Ok(Ok(Some(known))) => return known,
+                _ if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                other => {
+                    tracing::error!("cannot tell whether a commit landed: {other:?}");
                     return None;
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
     }
+}
+
+/// Whether an error of a COMMIT proves that nothing of it is stored: the server refused it
+/// (a serialization failure, a constraint checked at commit, bad data). Anything else (the
+/// connection lost, the server shutting down) leaves the outcome to be read.
+fn refused(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| {
+        let class = &db.code().code()[..2];
+        matches!(class, "40" | "23" | "22" | "54" | "25")
+    })
 }
 
 /// A group as written: each append's answer, the head before and after, and what tells
@@ -283,22 +437,14 @@ struct Written {
     forgotten: usize,
     before: Position,
     head: Position,
-    /// The commit sequence before this group.
-    sequence: i64,
+    /// The group's transaction, the backend that runs it and when its server started: what
+    /// tells whether a COMMIT whose answer was lost landed.
+    xid: i64,
+    backend: i32,
+    server_started: String,
+    /// The group's first event, which is in the log if and only if the group landed (this
+    /// host alone writes the database, and positions are given under the head's lock).
     first_event: Option<(Position, StreamId, Version)>,
-}
-
-enum GroupError {
-    /// Nothing of the group is stored: it failed before its COMMIT, or the COMMIT was refused.
-    NotStored(StoreError),
-    /// The COMMIT was sent and its answer lost.
-    AtCommit { error: StoreError, group: Written },
-}
-
-impl From<tokio_postgres::Error> for GroupError {
-    fn from(error: tokio_postgres::Error) -> Self {
-        GroupError::NotStored(error.into())
-    }
 }
 
 /// The rows a group writes, one array per column.
@@ -345,7 +491,8 @@ enum Other<'a> {
     Forget(u64, usize),
 }
 
-const LOCK_HEAD: &str = "SELECT position, commit_sequence FROM cairn.log_head FOR UPDATE";
+const LOCK_HEAD: &str = "SELECT position, pg_current_xact_id()::text::bigint, pg_backend_pid(), \
+     pg_postmaster_start_time()::text FROM cairn.log_head FOR UPDATE";
 const STREAM_VERSIONS: &str = "SELECT stream_type, stream_id, version, last_position FROM cairn.streams \
      WHERE (stream_type, stream_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
 const INSERT_EVENTS: &str = "INSERT INTO cairn.events (position, stream_type, stream_id, version, event_type, \
@@ -397,67 +544,140 @@ impl SnapshotRows {
         rows
     }
 
-    async fn upsert(&self, txn: &Transaction<'_>, sql: &str) -> Result<u64, tokio_postgres::Error> {
+    async fn upsert(
+        &self,
+        client: &ClientWrapper,
+        statement: &Statement,
+    ) -> Result<u64, tokio_postgres::Error> {
         if self.version.is_empty() {
             return Ok(0);
         }
-        let statement = txn.prepare_cached(sql).await?;
-        txn.execute(
-            &statement,
-            &[&self.stream_type, &self.stream_id, &self.version, &self.digest, &self.state],
-        )
-        .await
+        let params: [&(dyn ToSql + Sync); 5] =
+            [&self.stream_type, &self.stream_id, &self.version, &self.digest, &self.state];
+        client.execute(statement, &params).await
     }
 }
 
 /// Write the group in one transaction and commit it.
-async fn write_group(
-    client: &mut deadpool_postgres::Object,
-    requests: &[Request],
-) -> Result<Written, GroupError> {
-    let txn = client.transaction().await?;
-    let (lock, durable) = tokio::join!(
-        async {
-            let statement = txn.prepare_cached(LOCK_HEAD).await?;
-            txn.query_one(&statement, &[]).await
-        },
-        txn.batch_execute("SET LOCAL synchronous_commit = on")
-    );
-    let (lock, ()) = (lock?, durable?);
-    let before = Position(lock.try_get::<_, i64>(0)? as u64);
-    let sequence: i64 = lock.try_get(1)?;
+/// A connection that failed a group, or whose transaction may be open: closed, never handed
+/// out again (the server rolls back what it did not commit).
+fn discard(client: deadpool_postgres::Object) {
+    drop(deadpool_postgres::Object::take(client));
+}
 
-    // The versions of the streams the group appends to, as committed.
-    let mut streams: HashMap<StreamId, (Version, Position)> = HashMap::new();
+/// The group's statements, prepared once per connection (cached).
+struct Statements {
+    lock: Statement,
+    versions: Statement,
+    insert_events: Statement,
+    upsert_streams: Statement,
+    upsert_outcomes: Statement,
+    upsert_snapshots: Statement,
+    upsert_history: Statement,
+    move_head: Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &ClientWrapper) -> Result<Statements, tokio_postgres::Error> {
+        let (
+            lock,
+            versions,
+            insert_events,
+            upsert_streams,
+            upsert_outcomes,
+            upsert_snapshots,
+            upsert_history,
+            move_head,
+        ) = tokio::try_join!(
+            client.prepare_cached(LOCK_HEAD),
+            client.prepare_cached(STREAM_VERSIONS),
+            client.prepare_cached(INSERT_EVENTS),
+            client.prepare_cached(UPSERT_STREAMS),
+            client.prepare_cached(UPSERT_OUTCOMES),
+            client.prepare_cached(UPSERT_SNAPSHOTS),
+            client.prepare_cached(UPSERT_HISTORY),
+            client.prepare_cached(MOVE_HEAD),
+        )?;
+        Ok(Statements {
+            lock,
+            versions,
+            insert_events,
+            upsert_streams,
+            upsert_outcomes,
+            upsert_snapshots,
+            upsert_history,
+            move_head,
+        })
+    }
+}
+
+/// The transaction's start, in one statement of the simple protocol: its COMMIT waits for
+/// the flush, and a lock or a stall that would hold the head's row for long fails the group.
+const BEGIN_GROUP: &str = "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL lock_timeout = '10s'; \
+     SET LOCAL idle_in_transaction_session_timeout = '30s'";
+
+/// What a group writes, decided: one array per column of each table, and the other writes
+/// in the order they were asked for.
+struct Plan<'a> {
+    rows: EventRows,
+    heads: BTreeMap<StreamId, (Version, Position)>,
+    outcomes: BTreeMap<(&'a StreamId, String), OutcomeRow>,
+    newest: SnapshotRows,
+    history: SnapshotRows,
+    others: Vec<Other<'a>>,
+    before: Position,
+    head: Position,
+}
+
+/// Begin the group's transaction, take the head's row, read the versions of the streams it
+/// appends to (one round trip), and decide every request against them.
+async fn begin_group<'a>(
+    client: &ClientWrapper,
+    requests: &'a [Request],
+) -> Result<(Statements, Plan<'a>, Written), StoreError> {
+    let statements = Statements::prepare(client).await?;
     let mut restored = Vec::new();
+    for request in requests {
+        if let Request::Restore(records, _) = request {
+            restored.extend(records.iter().filter_map(|record| match record {
+                ExportRecord::Event(event) => Some(event.stream()),
+                _ => None,
+            }));
+        }
+    }
     let appended: Vec<&StreamId> = requests
         .iter()
-        .flat_map(|r| match r {
-            Request::Append(batch, _) => vec![&batch.stream],
-            Request::Restore(records, _) => records
-                .iter()
-                .filter_map(|record| match record {
-                    ExportRecord::Event(event) => {
-                        restored.push(event.stream());
-                        None
-                    }
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
+        .filter_map(|r| match r {
+            Request::Append(batch, _) => Some(&batch.stream),
+            _ => None,
         })
+        .chain(&restored)
         .collect();
-    let appended: Vec<&StreamId> = appended.into_iter().chain(&restored).collect();
-    if !appended.is_empty() {
-        let types: Vec<&str> = appended.iter().map(|s| s.type_name.as_str()).collect();
-        let ids: Vec<&str> = appended.iter().map(|s| s.id.as_str()).collect();
-        let statement = txn.prepare_cached(STREAM_VERSIONS).await?;
-        for row in txn.query(&statement, &[&types, &ids]).await? {
-            let stream = StreamId { type_name: row.try_get(0)?, id: row.try_get(1)? };
-            let head =
-                (Version(row.try_get::<_, i64>(2)? as u64), Position(row.try_get::<_, i64>(3)? as u64));
-            streams.insert(stream, head);
-        }
+    let types: Vec<&str> = appended.iter().map(|s| s.type_name.as_str()).collect();
+    let ids: Vec<&str> = appended.iter().map(|s| s.id.as_str()).collect();
+    // In this order on the server: the versions are read once the head's row is held, so
+    // they are what every commit before this one left.
+    let (begun, lock, versions) = tokio::join!(
+        biased;
+        client.batch_execute(BEGIN_GROUP),
+        client.query_one(&statements.lock, &[]),
+        async {
+            if appended.is_empty() {
+                return Ok(Vec::new());
+            }
+            client.query(&statements.versions, &[&types, &ids]).await
+        },
+    );
+    let (lock, versions) = (begun.and(lock)?, versions?);
+    let before = Position(lock.try_get::<_, i64>(0)? as u64);
+    let xid: i64 = lock.try_get(1)?;
+    let backend: i32 = lock.try_get(2)?;
+    let server_started: String = lock.try_get(3)?;
+    let mut streams: HashMap<StreamId, (Version, Position)> = HashMap::new();
+    for row in versions {
+        let stream = StreamId { type_name: row.try_get(0)?, id: row.try_get(1)? };
+        let head = (Version(row.try_get::<_, i64>(2)? as u64), Position(row.try_get::<_, i64>(3)? as u64));
+        streams.insert(stream, head);
     }
 
     // Decide every batch in order, as the embedded writer does.
@@ -465,19 +685,16 @@ async fn write_group(
     let mut next = before + 1;
     let mut answers = Vec::new();
     let mut rows = EventRows::default();
-    let mut heads: BTreeMap<&StreamId, (Version, Position)> = BTreeMap::new();
+    let mut heads: BTreeMap<StreamId, (Version, Position)> = BTreeMap::new();
     let mut outcomes: BTreeMap<(&StreamId, String), OutcomeRow> = BTreeMap::new();
     let mut newest: BTreeMap<&StreamId, &Snapshot> = BTreeMap::new();
     let mut history: BTreeMap<(&StreamId, Version), &Snapshot> = BTreeMap::new();
     let mut others = Vec::new();
-    let mut first_event = None;
     for request in requests {
         match request {
             Request::Append(batch, _) => {
                 if crate::faults::commit_fail(&batch.stream.key()) {
-                    return Err(GroupError::NotStored(StoreError::CommitFailed(
-                        "fault injection: commit-fail".to_owned(),
-                    )));
+                    return Err(StoreError::CommitFailed("fault injection: commit-fail".to_owned()));
                 }
                 let (version, _) = streams.get(&batch.stream).copied().unwrap_or_default();
                 if version != batch.expected_version {
@@ -504,14 +721,13 @@ async fn write_group(
                         component_version: event.component_version,
                         reply_to: event.reply_to.clone(),
                     };
-                    first_event.get_or_insert_with(|| (next, batch.stream.clone(), stream_version));
                     rows.push(&record);
                     stored.push(record);
                     next += 1;
                 }
                 if let Some(last) = stored.last() {
                     streams.insert(batch.stream.clone(), (stream_version, last.position));
-                    heads.insert(&batch.stream, (stream_version, last.position));
+                    heads.insert(batch.stream.clone(), (stream_version, last.position));
                 }
                 for (key, outcome) in &batch.outcomes {
                     // Only a client's keys expire; a routed command's is kept as long as its stream.
@@ -550,19 +766,19 @@ async fn write_group(
                     match record {
                         ExportRecord::Event(event) => {
                             if event.position != next {
-                                return Err(GroupError::NotStored(StoreError::Corrupt(format!(
+                                return Err(StoreError::Corrupt(format!(
                                     "an imported event at position {} does not follow the head at {}",
                                     event.position,
                                     next - 1
-                                ))));
+                                )));
                             }
                             let stream = event.stream();
                             let (version, _) = streams.get(&stream).copied().unwrap_or_default();
                             if event.version != version + 1 {
-                                return Err(GroupError::NotStored(StoreError::Corrupt(format!(
+                                return Err(StoreError::Corrupt(format!(
                                     "an imported event of {stream} is version {}, after version {version}",
                                     event.version
-                                ))));
+                                )));
                             }
                             rows.push(event);
                             streams.insert(stream, (event.version, event.position));
@@ -588,19 +804,62 @@ async fn write_group(
         }
     }
     // The streams restored events moved (appends put theirs in `heads` as they went).
-    for stream in &restored {
-        if let Some(head) = streams.get(stream) {
-            heads.insert(stream, *head);
+    // The streams restored events moved (appends put theirs in `heads` as they went).
+    for stream in restored {
+        if let Some(head) = streams.get(&stream).copied() {
+            heads.insert(stream, head);
         }
     }
     let head = next - 1;
+    let plan = Plan {
+        rows,
+        heads,
+        outcomes,
+        newest: SnapshotRows::of(newest.iter().map(|(s, snapshot)| (*s, *snapshot))),
+        history: SnapshotRows::of(history.iter().map(|((s, _), snapshot)| (*s, *snapshot))),
+        others,
+        before,
+        head,
+    };
+    let first_event = plan.rows.position.first().map(|position| {
+        let stream =
+            StreamId { type_name: plan.rows.stream_type[0].clone(), id: plan.rows.stream_id[0].clone() };
+        (Position(*position as u64), stream, Version(plan.rows.version[0] as u64))
+    });
+    let written = Written { answers, forgotten: 0, before, head, xid, backend, server_started, first_event };
+    Ok((statements, plan, written))
+}
 
-    // Write every table at once: the statements are pipelined.
+/// How finishing a group failed.
+enum Finished {
+    /// The server refused a statement or the COMMIT: nothing of the group is stored.
+    NotStored(StoreError),
+    /// The connection was lost with COMMIT sent or about to be: its outcome must be read.
+    Unknown(StoreError),
+}
+
+/// Whether a write's error leaves the transaction certainly aborted (the server answered
+/// with an error) or the outcome open (the connection was lost).
+fn finished_by(error: tokio_postgres::Error) -> Finished {
+    if error.as_db_error().is_some() {
+        Finished::NotStored(error.into())
+    } else {
+        Finished::Unknown(error.into())
+    }
+}
+
+/// Every write of the group and COMMIT, pipelined (one round trip, plus one per write that
+/// is not an append, which are rare: cursors, dead letters, components, retention).
+async fn finish_group(
+    client: &ClientWrapper,
+    statements: &Statements,
+    plan: &Plan<'_>,
+) -> Result<usize, Finished> {
+    let rows = &plan.rows;
     let insert_events = async {
         if rows.position.is_empty() {
             return Ok(0);
         }
-        let statement = txn.prepare_cached(INSERT_EVENTS).await?;
         let params: [&(dyn ToSql + Sync); 11] = [
             &rows.position,
             &rows.stream_type,
@@ -614,67 +873,75 @@ async fn write_group(
             &rows.component_version,
             &rows.reply_to,
         ];
-        txn.execute(&statement, &params).await
+        client.execute(&statements.insert_events, &params).await
     };
     let upsert_streams = async {
-        if heads.is_empty() {
+        if plan.heads.is_empty() {
             return Ok(0);
         }
-        let types: Vec<&str> = heads.keys().map(|s| s.type_name.as_str()).collect();
-        let ids: Vec<&str> = heads.keys().map(|s| s.id.as_str()).collect();
-        let versions: Vec<i64> = heads.values().map(|(v, _)| big(v.get())).collect();
-        let positions: Vec<i64> = heads.values().map(|(_, p)| big(p.get())).collect();
-        let statement = txn.prepare_cached(UPSERT_STREAMS).await?;
-        txn.execute(&statement, &[&types, &ids, &versions, &positions]).await
+        let types: Vec<&str> = plan.heads.keys().map(|s| s.type_name.as_str()).collect();
+        let ids: Vec<&str> = plan.heads.keys().map(|s| s.id.as_str()).collect();
+        let versions: Vec<i64> = plan.heads.values().map(|(v, _)| big(v.get())).collect();
+        let positions: Vec<i64> = plan.heads.values().map(|(_, p)| big(p.get())).collect();
+        client.execute(&statements.upsert_streams, &[&types, &ids, &versions, &positions]).await
     };
     let upsert_outcomes = async {
-        if outcomes.is_empty() {
+        if plan.outcomes.is_empty() {
             return Ok(0);
         }
-        let types: Vec<&str> = outcomes.keys().map(|(s, _)| s.type_name.as_str()).collect();
-        let ids: Vec<&str> = outcomes.keys().map(|(s, _)| s.id.as_str()).collect();
-        let keys: Vec<&str> = outcomes.keys().map(|(_, k)| k.as_str()).collect();
-        let records: Vec<&[u8]> = outcomes.values().map(|(o, _)| o.as_slice()).collect();
-        let expires: Vec<Option<i64>> = outcomes.values().map(|(_, e)| *e).collect();
-        let statement = txn.prepare_cached(UPSERT_OUTCOMES).await?;
-        txn.execute(&statement, &[&types, &ids, &keys, &records, &expires]).await
+        let types: Vec<&str> = plan.outcomes.keys().map(|(s, _)| s.type_name.as_str()).collect();
+        let ids: Vec<&str> = plan.outcomes.keys().map(|(s, _)| s.id.as_str()).collect();
+        let keys: Vec<&str> = plan.outcomes.keys().map(|(_, k)| k.as_str()).collect();
+        let records: Vec<&[u8]> = plan.outcomes.values().map(|(o, _)| o.as_slice()).collect();
+        let expires: Vec<Option<i64>> = plan.outcomes.values().map(|(_, e)| *e).collect();
+        client.execute(&statements.upsert_outcomes, &[&types, &ids, &keys, &records, &expires]).await
     };
-    let newest_rows = SnapshotRows::of(newest.iter().map(|(s, snapshot)| (*s, *snapshot)));
-    let history_rows = SnapshotRows::of(history.iter().map(|((s, _), snapshot)| (*s, *snapshot)));
     let move_head = async {
-        if head == before {
-            // Nothing appended: the commit sequence still moves, to tell a lost COMMIT's outcome.
-            let statement =
-                txn.prepare_cached("UPDATE cairn.log_head SET commit_sequence = commit_sequence + 1").await?;
-            return txn.execute(&statement, &[]).await;
+        if plan.head == plan.before {
+            return Ok(0);
         }
-        let statement = txn.prepare_cached(MOVE_HEAD).await?;
-        txn.execute(&statement, &[&big(head.get())]).await
+        client.execute(&statements.move_head, &[&big(plan.head.get())]).await
     };
-    tokio::try_join!(
+    let commit_now = plan.others.is_empty();
+    let commit = async {
+        if !commit_now {
+            return Ok(());
+        }
+        client.batch_execute("COMMIT").await
+    };
+    // In this order on the server, COMMIT last: a statement that fails aborts the
+    // transaction, and COMMIT then rolls it back.
+    let (events, streams, outcomes, newest, history, head, committed) = tokio::join!(
+        biased;
         insert_events,
         upsert_streams,
         upsert_outcomes,
-        newest_rows.upsert(&txn, UPSERT_SNAPSHOTS),
-        history_rows.upsert(&txn, UPSERT_HISTORY),
+        plan.newest.upsert(client, &statements.upsert_snapshots),
+        plan.history.upsert(client, &statements.upsert_history),
         move_head,
-    )?;
+        commit,
+    );
+    let writes = [events, streams, outcomes, newest, history, head];
+    if let Some(error) = writes.into_iter().find_map(Result::err) {
+        return Err(finished_by(error));
+    }
+    let at_commit = |error: tokio_postgres::Error| match refused(&error) {
+        true => Finished::NotStored(error.into()),
+        false => Finished::Unknown(error.into()),
+    };
+    if commit_now {
+        return committed.map(|()| 0).map_err(at_commit);
+    }
     let mut forgotten = 0;
-    for other in &others {
-        forgotten += write_other(&txn, other).await?;
+    for other in &plan.others {
+        forgotten += write_other(client, other).await.map_err(finished_by)?;
     }
-
-    let group = Written { answers, forgotten, before, head, sequence, first_event };
-    match txn.commit().await {
-        Ok(()) => Ok(group),
-        // The server answered: it refused the COMMIT, and nothing is stored.
-        Err(error) if error.as_db_error().is_some() => Err(GroupError::NotStored(error.into())),
-        Err(error) => Err(GroupError::AtCommit { error: error.into(), group }),
-    }
+    client.batch_execute("COMMIT").await.map_err(at_commit)?;
+    Ok(forgotten)
 }
 
 /// One write that is not an append; answers how many idempotency keys it forgot.
-async fn write_other(txn: &Transaction<'_>, other: &Other<'_>) -> Result<usize, tokio_postgres::Error> {
+async fn write_other(txn: &ClientWrapper, other: &Other<'_>) -> Result<usize, tokio_postgres::Error> {
     match other {
         Other::Cursor(name, position) => {
             let statement = txn
