@@ -193,8 +193,8 @@ async fn listen(
         let mut driver = tokio::spawn(async move {
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
-                        let _ = notified.send(());
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(note))) => {
+                        let _ = notified.send(note.payload().parse::<u64>().unwrap_or(u64::MAX));
                     }
                     Some(Ok(_)) => {}
                     Some(Err(error)) => return error.to_string(),
@@ -220,8 +220,16 @@ async fn listen(
                 let mut every_second = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tokio::select! {
-                        Some(()) = notifications.recv() => {
-                            while notifications.try_recv().is_ok() {}
+                        Some(mut said) = notifications.recv() => {
+                            while let Ok(more) = notifications.try_recv() {
+                                said = said.max(more);
+                            }
+                            // What a notification says is only a hint: one at or below the
+                            // head this host knows (its own commits) needs no read, any other
+                            // is checked against the head as committed.
+                            if said <= head.borrow().get() {
+                                continue;
+                            }
                             match read_head().await {
                                 Ok(position) => advance(position),
                                 Err(error) => break error,
