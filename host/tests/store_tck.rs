@@ -643,3 +643,26 @@ async fn readers_never_see_a_position_out_of_order_while_several_stores_write_on
         close(store, writer).await;
     }
 }
+
+/// A host that lost its hold on the database (its lock's session ended by an operator) to
+/// another host never writes again: the other's epoch fences it, and only the new owner's
+/// events are in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_lost_the_database_to_another_never_writes_again() {
+    let url = postgres::fresh_database();
+    let first = cairn::store::postgres::open(&url).await.unwrap();
+    first.writer.append(batch(&stream("a"), 0, [1])).await.unwrap();
+    postgres::execute(
+        &url,
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+    );
+    let second = cairn::store::postgres::open(&url).await.unwrap();
+    second.writer.append(batch(&stream("b"), 0, [1])).await.unwrap();
+    let refused = first.writer.append(batch(&stream("a"), 1, [2])).await;
+    assert!(refused.is_err(), "the first host wrote after losing the database: {refused:?}");
+    let log = second.store.read_all(Position(0), 100.into()).await.unwrap();
+    let streams: Vec<String> = log.iter().map(|e| e.stream().key()).collect();
+    assert_eq!(streams, ["account/a", "account/b"]);
+    first.writer.shutdown().await;
+    second.writer.shutdown().await;
+}

@@ -25,8 +25,21 @@ pub const FORMAT_VERSION: u32 = 1;
 /// any event, so a damaged length cannot ask for gigabytes.
 const MAX_FRAME: usize = 256 << 20;
 
-/// Records per restore request: each is one transaction of the importing store.
+/// Records, and their bytes, per restore request: each is one transaction of the importing
+/// store.
 const RESTORE_RECORDS: usize = 2000;
+const RESTORE_BYTES: usize = 32 << 20;
+
+/// About how many bytes a record brings into the store.
+fn record_bytes(record: &ExportRecord) -> usize {
+    match record {
+        ExportRecord::Event(event) => event.payload.len() + 128,
+        ExportRecord::Blob { bytes, .. } => bytes.len(),
+        ExportRecord::Component { record, .. } => record.len(),
+        ExportRecord::Outcome { outcome, .. } => outcome.len() + 64,
+        _ => 64,
+    }
+}
 
 /// One record of an export.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -282,12 +295,15 @@ pub async fn import(
         let read = || -> Result<(), ImportError> {
             let mut frames = Frames { reader: std::io::BufReader::new(std::fs::File::open(&path)?) };
             let mut chunk = Vec::with_capacity(RESTORE_RECORDS);
+            let mut bytes = 0;
             while let Some((_, record)) = frames.next()? {
                 if matches!(record, ExportRecord::Header { .. } | ExportRecord::End { .. }) {
                     continue;
                 }
+                bytes += record_bytes(&record);
                 chunk.push(record);
-                if chunk.len() >= RESTORE_RECORDS {
+                if chunk.len() >= RESTORE_RECORDS || bytes >= RESTORE_BYTES {
+                    bytes = 0;
                     let full = std::mem::replace(&mut chunk, Vec::with_capacity(RESTORE_RECORDS));
                     if chunks_tx.blocking_send(Ok(full)).is_err() {
                         return Ok(());

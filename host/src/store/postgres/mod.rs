@@ -151,21 +151,6 @@ pub async fn open_with(url: &str, options: OpenOptions) -> Result<Opened, OpenEr
     let shown = redacted(url);
     let config = connect_config(url)?;
     let ownership = writer::Ownership::new(config.clone(), options.exclusive);
-    // A host killed a moment ago may still hold it: its session ends once the server sees its
-    // connection gone, which takes a moment. Wait that long before calling it in use.
-    let deadline = tokio::time::Instant::now() + HOLDER_GONE;
-    loop {
-        match ownership.hold().await {
-            Ok(()) => break,
-            Err(StoreError::Unavailable(why)) if why.contains("another cairn host") => {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(OpenError::InUse(shown));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(other) => return Err(OpenError::Unreachable(shown, other.to_string())),
-        }
-    }
     let reads_pool = pool(&config, &shown, POOL_SIZE)?;
     let mut client =
         reads_pool.get().await.map_err(|e| OpenError::Unreachable(shown.clone(), pool_error(e)))?;
@@ -183,6 +168,21 @@ pub async fn open_with(url: &str, options: OpenOptions) -> Result<Opened, OpenEr
         ));
     }
     schema::migrate(&mut client).await.map_err(|e| OpenError::Schema(shown.clone(), e))?;
+    // A host killed a moment ago may still hold it: its session ends once the server sees its
+    // connection gone, which takes a moment. Wait that long before calling it in use.
+    let deadline = tokio::time::Instant::now() + HOLDER_GONE;
+    loop {
+        match ownership.hold().await {
+            Ok(()) => break,
+            Err(StoreError::Unavailable(why)) if why.contains("another cairn host") => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(OpenError::InUse(shown));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(other) => return Err(OpenError::Unreachable(shown, other.to_string())),
+        }
+    }
     let head: i64 = client
         .query_one("SELECT position FROM cairn.log_head", &[])
         .await
@@ -221,6 +221,9 @@ fn connect_config(url: &str) -> Result<tokio_postgres::Config, OpenError> {
     config.keepalives_interval(Duration::from_secs(5));
     config.keepalives_retries(3);
     config.tcp_user_timeout(Duration::from_secs(30));
+    // Writes, locks and the commit sequence must all be on the primary, whichever host of a
+    // list answers first.
+    config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
     if config.get_application_name().is_none() {
         config.application_name("cairn");
     }

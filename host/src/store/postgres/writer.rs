@@ -32,20 +32,45 @@ const RESOLVE_FOR: Duration = Duration::from_secs(10);
 /// (before COMMIT: nothing is stored; at it: its outcome is read).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The most a group's arrays may carry (PostgreSQL takes at most 1 GiB in one field).
+const MAX_STATEMENT_BYTES: usize = 512 << 20;
+
 /// The session advisory lock a host holds its database with.
 const HOST_LOCK: i64 = 0x6361_6972_6e00_0002;
 
 /// The database held for one host: a session advisory lock on a connection of its own,
-/// taken again on a new connection when that one is lost (the lock goes with it).
+/// taken again on a new connection when that one is lost (the lock goes with it). Each time
+/// it is taken, the owner epoch in the head's row moves, and every group checks it under
+/// the head's lock: a host that lost the database to another never writes again.
 pub(super) struct Ownership {
     config: tokio_postgres::Config,
     exclusive: bool,
-    held: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    held: tokio::sync::Mutex<Option<Held>>,
+    /// The owner epoch this host took the database at (`i64::MIN`: not taken).
+    epoch: std::sync::atomic::AtomicI64,
+}
+
+/// The lock's session: its connection, and its backend (pid and start), so that a session
+/// of this host's that the server still keeps after the connection was lost can be ended.
+struct Held {
+    client: tokio_postgres::Client,
+    backend: (i32, String),
 }
 
 impl Ownership {
     pub(super) fn new(config: tokio_postgres::Config, exclusive: bool) -> Ownership {
-        Ownership { config, exclusive, held: tokio::sync::Mutex::new(None) }
+        Ownership {
+            config,
+            exclusive,
+            held: tokio::sync::Mutex::new(None),
+            epoch: std::sync::atomic::AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// The epoch groups must find in the head's row; `None` when the database is shared.
+    pub(super) fn epoch(&self) -> Option<i64> {
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
+        (self.exclusive && epoch != i64::MIN).then_some(epoch)
     }
 
     /// Make sure the lock is held: at once while its connection lives, else on a new one.
@@ -57,28 +82,75 @@ impl Ownership {
             return Ok(());
         }
         let mut held = self.held.lock().await;
-        if held.as_ref().is_some_and(|client| !client.is_closed()) {
+        if held.as_ref().is_some_and(|held| !held.client.is_closed()) {
             return Ok(());
         }
-        *held = None;
-        let unreachable =
-            |why: String| StoreError::Unavailable(format!("the database cannot be reached: {why}"));
-        let (client, connection) = tokio::time::timeout(Duration::from_secs(5), self.config.connect(NoTls))
-            .await
-            .map_err(|_| unreachable("no connection within 5 s".to_owned()))?
-            .map_err(|e| unreachable(super::with_causes(&e)))?;
+        let lost = held.take().map(|held| held.backend);
+        let taken = tokio::time::timeout(Duration::from_secs(10), self.take(lost.as_ref())).await;
+        let taken = taken.map_err(|_| {
+            StoreError::Unavailable("the database cannot be reached: no lock within 10 s".to_owned())
+        })??;
+        *held = Some(taken);
+        Ok(())
+    }
+
+    async fn take(&self, lost: Option<&(i32, String)>) -> Result<Held, StoreError> {
+        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
+            StoreError::Unavailable(format!("the database cannot be reached: {}", super::with_causes(&e)))
+        })?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let taken: bool =
-            client.query_one("SELECT pg_try_advisory_lock($1)", &[&HOST_LOCK]).await?.try_get(0)?;
+        // The server keeps an idle session until it notices its client gone: with its own
+        // keepalives that is seconds, not the system's two hours.
+        // (Only the settings this server has: older ones lack the last two.)
+        client
+            .batch_execute(
+                "SELECT set_config(name, setting, false) FROM (VALUES ('tcp_keepalives_idle', '10'), \
+                 ('tcp_keepalives_interval', '5'), ('tcp_keepalives_count', '3'), \
+                 ('tcp_user_timeout', '30000'), ('idle_session_timeout', '0')) AS wanted(name, setting) \
+                 WHERE name IN (SELECT name FROM pg_settings)",
+            )
+            .await?;
+        let lock = "SELECT pg_try_advisory_lock($1)";
+        let mut taken: bool = client.query_one(lock, &[&HOST_LOCK]).await?.try_get(0)?;
+        if !taken && let Some((pid, started)) = lost {
+            // This host's own earlier session may still hold it (its connection was lost
+            // before the server noticed): end that one, and only that one.
+            client
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE pid = $1 AND backend_start::text = $2",
+                    &[pid, started],
+                )
+                .await?;
+            for _ in 0..20 {
+                taken = client.query_one(lock, &[&HOST_LOCK]).await?.try_get(0)?;
+                if taken {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         if !taken {
             return Err(StoreError::Unavailable(
                 "another cairn host holds the database, so this one takes no writes".to_owned(),
             ));
         }
-        *held = Some(client);
-        Ok(())
+        let row = client
+            .query_one(
+                "SELECT pg_backend_pid(), (SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid())",
+                &[],
+            )
+            .await?;
+        let backend = (row.try_get::<_, i32>(0)?, row.try_get::<_, Option<String>>(1)?.unwrap_or_default());
+        // A new epoch: a host that held it before, and lost it, finds its own no longer there.
+        let epoch: i64 = client
+            .query_one("UPDATE cairn.log_head SET owner_epoch = owner_epoch + 1 RETURNING owner_epoch", &[])
+            .await?
+            .try_get(0)?;
+        self.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
+        Ok(Held { client, backend })
     }
 }
 
@@ -96,8 +168,8 @@ pub(super) fn start(
     let health = Arc::new(Mutex::new(Health::default()));
     let listening = CancellationToken::new();
     let head = Arc::new(head);
-    tokio::spawn(listen(config, head.clone(), health.clone(), listening.clone()));
-    let task = WriterTask { pool, ownership, head, health: health.clone() };
+    tokio::spawn(listen(config.clone(), head.clone(), health.clone(), listening.clone()));
+    let task = WriterTask { pool, config: config.clone(), ownership, head, health: health.clone() };
     let done = tokio::spawn(task.run(queue));
     Arc::new(QueuedWriter(PostgresWriter {
         requests,
@@ -256,6 +328,8 @@ async fn listen(
 
 struct WriterTask {
     pool: Pool,
+    /// For the connections that resolve a lost COMMIT, apart from the pool.
+    config: tokio_postgres::Config,
     ownership: Ownership,
     head: Arc<watch::Sender<Position>>,
     health: Arc<Mutex<Health>>,
@@ -296,7 +370,8 @@ impl WriterTask {
         };
         // Two round trips: BEGIN, the head's lock and the streams' versions; then every write
         // and COMMIT. Before COMMIT is sent nothing is stored whatever happens.
-        let begun = tokio::time::timeout(WRITE_TIMEOUT, begin_group(&client, &requests)).await;
+        let epoch = self.ownership.epoch();
+        let begun = tokio::time::timeout(WRITE_TIMEOUT, begin_group(&client, &requests, epoch)).await;
         let (statements, plan, written) = match begun {
             Ok(Ok(begun)) => begun,
             Ok(Err(error)) => {
@@ -368,54 +443,58 @@ impl WriterTask {
         queue::fail(requests, message, failure);
     }
 
-    /// Whether a group whose COMMIT lost its answer landed, asked of the database on a new
-    /// connection. While its server runs on, the transaction's status tells: `committed` or
-    /// `aborted`; while it is `in progress` (its backend has not finished the COMMIT) it is
-    /// waited for, and after a grace its backend is terminated so that it ends one way or the
-    /// other. After a restart of the server its id may have been given again, so the log
-    /// tells instead: the group's first event at its position. `None` when neither can be
-    /// read within [`RESOLVE_FOR`] (or a group without events met a restart).
+    /// Whether a group whose COMMIT lost its answer landed, read on a new connection: the
+    /// commit sequence in the head's row, read `FOR SHARE`, which waits until the group's
+    /// transaction has ended one way or the other (committed, replicated to a synchronous
+    /// standby if there is one, and visible; or rolled back) and then shows only what
+    /// committed. One more than before the group: it landed; the same: it did not. This holds
+    /// across restarts and failovers of the server, where transaction ids are no witness. A
+    /// backend still at the COMMIT after a grace is terminated, so that it ends. `None` when
+    /// the database could not be read within [`RESOLVE_FOR`].
     async fn resolve(&self, group: &Written) -> Option<bool> {
         let deadline = tokio::time::Instant::now() + RESOLVE_FOR;
         let terminate_after = tokio::time::Instant::now() + RESOLVE_FOR / 2;
         loop {
             let asked = async {
-                let client = connection(&self.pool).await?;
-                let started: String =
-                    client.query_one("SELECT pg_postmaster_start_time()::text", &[]).await?.try_get(0)?;
-                if started != group.server_started {
-                    let Some((position, stream, version)) = &group.first_event else {
-                        return Ok(Some(None));
-                    };
-                    let found = client
-                        .query_opt(
-                            "SELECT 1 FROM cairn.events WHERE position = $1 AND stream_type = $2 \
-                             AND stream_id = $3 AND version = $4",
-                            &[&big(position.get()), &stream.type_name, &stream.id, &big(version.get())],
-                        )
+                // A connection of its own, closed after: one cut off mid-read is never reused.
+                let (client, connection) = self.config.connect(NoTls).await?;
+                let driver = tokio::spawn(connection);
+                let read = async {
+                    client
+                        .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '1s'")
                         .await?;
-                    return Ok(Some(Some(found.is_some())));
+                    let row =
+                        client.query_one("SELECT commit_sequence FROM cairn.log_head FOR SHARE", &[]).await;
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    row?.try_get::<_, i64>(0)
+                };
+                let sequence = read.await;
+                if sequence.is_err() && tokio::time::Instant::now() >= terminate_after {
+                    // Still held: the backend is stuck at the COMMIT. End it (only that very
+                    // backend: a pid is given again once one ends).
+                    let (pid, started) = &group.backend;
+                    let _ = client
+                        .execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                             WHERE pid = $1 AND backend_start::text IS NOT DISTINCT FROM $2",
+                            &[pid, started],
+                        )
+                        .await;
                 }
-                let status: Option<String> = client
-                    .query_one("SELECT pg_xact_status($1::text::xid8)", &[&group.xid.to_string()])
-                    .await?
-                    .try_get(0)?;
-                match status.as_deref() {
-                    Some("committed") => Ok(Some(Some(true))),
-                    Some("aborted") => Ok(Some(Some(false))),
-                    Some(_) => {
-                        if tokio::time::Instant::now() >= terminate_after {
-                            client.execute("SELECT pg_terminate_backend($1)", &[&group.backend]).await?;
-                        }
-                        Ok(None)
-                    }
-                    None => Ok(Some(None)),
-                }
+                driver.abort();
+                Ok::<_, StoreError>(sequence?)
             };
-            let answer: Result<Result<Option<Option<bool>>, StoreError>, _> =
-                tokio::time::timeout(Duration::from_secs(2), asked).await;
-            match answer {
-                Ok(Ok(Some(known))) => return known,
+            match tokio::time::timeout(Duration::from_secs(3), asked).await {
+                Ok(Ok(sequence)) if sequence == group.sequence + 1 => return Some(true),
+                Ok(Ok(sequence)) if sequence == group.sequence => return Some(false),
+                Ok(Ok(sequence)) => {
+                    tracing::error!(
+                        before = group.sequence,
+                        now = sequence,
+                        "the commit sequence moved by more than one group: another writer, so a lost COMMIT cannot be told"
+                    );
+                    return None;
+                }
                 _ if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(200)).await
                 }
@@ -433,8 +512,10 @@ impl WriterTask {
 /// connection lost, the server shutting down) leaves the outcome to be read.
 fn refused(error: &tokio_postgres::Error) -> bool {
     error.as_db_error().is_some_and(|db| {
-        let class = &db.code().code()[..2];
-        matches!(class, "40" | "23" | "22" | "54" | "25")
+        let code = db.code().code();
+        matches!(code, "40001" | "40P01" | "40002" | "54000")
+            || code.starts_with("23")
+            || code.starts_with("22")
     })
 }
 
@@ -445,14 +526,11 @@ struct Written {
     forgotten: usize,
     before: Position,
     head: Position,
-    /// The group's transaction, the backend that runs it and when its server started: what
-    /// tells whether a COMMIT whose answer was lost landed.
-    xid: i64,
-    backend: i32,
-    server_started: String,
-    /// The group's first event, which is in the log if and only if the group landed (this
-    /// host alone writes the database, and positions are given under the head's lock).
-    first_event: Option<(Position, StreamId, Version)>,
+    /// The commit sequence before this group (it moves by one when the group lands), and
+    /// the backend that runs the group (its pid and start): what tells whether a COMMIT whose
+    /// answer was lost landed.
+    sequence: i64,
+    backend: (i32, Option<String>),
 }
 
 /// The rows a group writes, one array per column.
@@ -499,8 +577,9 @@ enum Other<'a> {
     Forget(u64, usize),
 }
 
-const LOCK_HEAD: &str = "SELECT position, pg_current_xact_id()::text::bigint, pg_backend_pid(), \
-     pg_postmaster_start_time()::text FROM cairn.log_head FOR UPDATE";
+const LOCK_HEAD: &str = "SELECT position, commit_sequence, owner_epoch, pg_backend_pid(), \
+     (SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()) \
+     FROM cairn.log_head FOR UPDATE";
 const STREAM_VERSIONS: &str = "SELECT stream_type, stream_id, version, last_position FROM cairn.streams \
      WHERE (stream_type, stream_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
 const INSERT_EVENTS: &str = "INSERT INTO cairn.events (position, stream_type, stream_id, version, event_type, \
@@ -621,7 +700,7 @@ impl Statements {
 
 /// The transaction's start, in one statement of the simple protocol: its COMMIT waits for
 /// the flush, and a lock or a stall that would hold the head's row for long fails the group.
-const BEGIN_GROUP: &str = "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL lock_timeout = '10s'; \
+const BEGIN_GROUP: &str = "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE; SET LOCAL synchronous_commit = on; SET LOCAL lock_timeout = '10s'; \
      SET LOCAL idle_in_transaction_session_timeout = '30s'";
 
 /// What a group writes, decided: one array per column of each table, and the other writes
@@ -633,7 +712,6 @@ struct Plan<'a> {
     newest: SnapshotRows,
     history: SnapshotRows,
     others: Vec<Other<'a>>,
-    before: Position,
     head: Position,
 }
 
@@ -642,6 +720,7 @@ struct Plan<'a> {
 async fn begin_group<'a>(
     client: &ClientWrapper,
     requests: &'a [Request],
+    owner_epoch: Option<i64>,
 ) -> Result<(Statements, Plan<'a>, Written), StoreError> {
     let statements = Statements::prepare(client).await?;
     let mut restored = Vec::new();
@@ -678,9 +757,14 @@ async fn begin_group<'a>(
     );
     let (lock, versions) = (begun.and(lock)?, versions?);
     let before = Position(lock.try_get::<_, i64>(0)? as u64);
-    let xid: i64 = lock.try_get(1)?;
-    let backend: i32 = lock.try_get(2)?;
-    let server_started: String = lock.try_get(3)?;
+    let sequence: i64 = lock.try_get(1)?;
+    let epoch: i64 = lock.try_get(2)?;
+    let backend = (lock.try_get::<_, i32>(3)?, lock.try_get::<_, Option<String>>(4)?);
+    if owner_epoch.is_some_and(|ours| ours != epoch) {
+        return Err(StoreError::Unavailable(
+            "another cairn host took the database over, so this one takes no more writes".to_owned(),
+        ));
+    }
     let mut streams: HashMap<StreamId, (Version, Position)> = HashMap::new();
     for row in versions {
         let stream = StreamId { type_name: row.try_get(0)?, id: row.try_get(1)? };
@@ -826,15 +910,9 @@ async fn begin_group<'a>(
         newest: SnapshotRows::of(newest.iter().map(|(s, snapshot)| (*s, *snapshot))),
         history: SnapshotRows::of(history.iter().map(|((s, _), snapshot)| (*s, *snapshot))),
         others,
-        before,
         head,
     };
-    let first_event = plan.rows.position.first().map(|position| {
-        let stream =
-            StreamId { type_name: plan.rows.stream_type[0].clone(), id: plan.rows.stream_id[0].clone() };
-        (Position(*position as u64), stream, Version(plan.rows.version[0] as u64))
-    });
-    let written = Written { answers, forgotten: 0, before, head, xid, backend, server_started, first_event };
+    let written = Written { answers, forgotten: 0, before, head, sequence, backend };
     Ok((statements, plan, written))
 }
 
@@ -864,6 +942,17 @@ async fn finish_group(
     plan: &Plan<'_>,
 ) -> Result<usize, Finished> {
     let rows = &plan.rows;
+    // A statement whose parameters cannot be encoded (PostgreSQL takes at most 1 GiB in a
+    // field) would fail before it is sent while COMMIT behind it is sent: refuse the group
+    // before anything goes.
+    let bytes = rows.payload.iter().map(Vec::len).sum::<usize>()
+        + [&plan.newest, &plan.history].iter().flat_map(|r| r.state.iter()).map(Vec::len).sum::<usize>()
+        + plan.outcomes.values().map(|(o, _)| o.len()).sum::<usize>();
+    if bytes > MAX_STATEMENT_BYTES {
+        return Err(Finished::NotStored(StoreError::CommitFailed(format!(
+            "the group holds {bytes} bytes, more than one statement may carry ({MAX_STATEMENT_BYTES})"
+        ))));
+    }
     let insert_events = async {
         if rows.position.is_empty() {
             return Ok(0);
@@ -904,12 +993,11 @@ async fn finish_group(
         let expires: Vec<Option<i64>> = plan.outcomes.values().map(|(_, e)| *e).collect();
         client.execute(&statements.upsert_outcomes, &[&types, &ids, &keys, &records, &expires]).await
     };
-    let move_head = async {
-        if plan.head == plan.before {
-            return Ok(0);
-        }
-        client.execute(&statements.move_head, &[&big(plan.head.get())]).await
-    };
+    // Every group moves the commit sequence (and the head, when it appended): what tells
+    // whether a COMMIT whose answer was lost landed.
+    let head = big(plan.head.get());
+    let head_params: [&(dyn ToSql + Sync); 1] = [&head];
+    let move_head = client.execute(&statements.move_head, &head_params);
     let commit_now = plan.others.is_empty();
     let commit = async {
         if !commit_now {

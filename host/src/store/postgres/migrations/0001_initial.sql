@@ -2,13 +2,16 @@
 -- Keys that are paged or ordered are `COLLATE "C"`: byte order, as the embedded store keeps them.
 
 -- The head of the log: one row. Every group commit takes it FOR UPDATE first and holds it
--- until COMMIT, so positions are given in commit order (docs/ARCHITECTURE.md).
+-- until COMMIT, so positions are given in commit order (docs/ARCHITECTURE.md). Every group
+-- moves the commit sequence (what tells whether a COMMIT whose answer was lost landed);
+-- the owner epoch moves each time a host takes the database, and every group checks it.
 CREATE TABLE cairn.log_head (
     only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
     position bigint NOT NULL,
-    commit_sequence bigint NOT NULL
+    commit_sequence bigint NOT NULL,
+    owner_epoch bigint NOT NULL
 );
-INSERT INTO cairn.log_head (position, commit_sequence) VALUES (0, 0);
+INSERT INTO cairn.log_head (position, commit_sequence, owner_epoch) VALUES (0, 0, 0);
 
 -- The global log. (stream, version) is the key: two writers can never store one version.
 CREATE TABLE cairn.events (
