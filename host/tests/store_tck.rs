@@ -654,7 +654,9 @@ async fn a_host_that_lost_the_database_to_another_never_writes_again() {
     first.writer.append(batch(&stream("a"), 0, [1])).await.unwrap();
     postgres::execute(
         &url,
-        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+        // This database's lock only: other tests' servers share the cluster.
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     );
     let second = cairn::store::postgres::open(&url).await.unwrap();
     second.writer.append(batch(&stream("b"), 0, [1])).await.unwrap();

@@ -185,6 +185,31 @@ pub struct NewEvent {
     pub reply_to: Option<StreamId>,
 }
 
+impl NewEvent {
+    /// The event as the log holds it once the writer gave it its place and time.
+    pub(crate) fn stored(
+        &self,
+        stream: &StreamId,
+        version: Version,
+        position: Position,
+        recorded_at_micros: u64,
+    ) -> StoredEvent {
+        StoredEvent {
+            stream_type: stream.type_name.clone(),
+            stream_id: stream.id.clone(),
+            version,
+            position,
+            event_type: self.event_type.clone(),
+            payload: self.payload.clone(),
+            recorded_at_micros,
+            correlation_id: self.correlation_id.clone(),
+            causation_id: self.causation_id.clone(),
+            component_version: self.component_version,
+            reply_to: self.reply_to.clone(),
+        }
+    }
+}
+
 /// The answer recorded for a keyed command, so a retry or redelivery gets it again.
 ///
 /// An `Idempotency-Key`'s outcome also keeps the [`Fingerprint`] of the command it came

@@ -66,6 +66,17 @@ fn generations(record: &ViewRecord) -> Vec<i32> {
     std::iter::once(record.live.id).chain(record.next.map(|n| n.id)).map(|id| id as i32).collect()
 }
 
+/// A read-only transaction on one snapshot, for a view's record and its documents together:
+/// a switch in between cannot show the old generation's cursor with nothing of it.
+async fn snapshot(client: &mut deadpool_postgres::Object) -> Result<Transaction<'_>, StoreError> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
+}
+
 /// The live generation of `name` and its cursor, read in `txn`.
 async fn live(txn: &Transaction<'_>, name: &str) -> Result<Option<(i32, Position)>, StoreError> {
     let statement = txn.prepare_cached("SELECT record FROM cairn.view_records WHERE name = $1").await?;
@@ -189,14 +200,7 @@ impl ViewStore for PostgresViews {
         key: &str,
     ) -> Result<Option<(Position, Option<String>)>, StoreError> {
         let mut client = connection(&self.pool).await?;
-        // One snapshot for the record and the document: a switch in between cannot show the
-        // old generation's cursor with nothing of it.
-        let txn = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let txn = snapshot(&mut client).await?;
         let Some((generation, cursor)) = live(&txn, name).await? else { return Ok(None) };
         let statement = txn
             .prepare_cached(
@@ -216,12 +220,7 @@ impl ViewStore for PostgresViews {
         limit: usize,
     ) -> Result<Option<(Position, Vec<String>)>, StoreError> {
         let mut client = connection(&self.pool).await?;
-        let txn = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
+        let txn = snapshot(&mut client).await?;
         let Some((generation, cursor)) = live(&txn, name).await? else { return Ok(None) };
         let statement = txn
             .prepare_cached(

@@ -12,7 +12,7 @@ use super::tables::*;
 use crate::store::export::ExportRecord;
 use crate::store::queue::{self, Failure, Request, RequestSink};
 use crate::store::records::{OutcomeKey, Record};
-use crate::store::{AppendBatch, AppendError, Committed, Position, StoreError, StoredEvent, Version};
+use crate::store::{AppendBatch, AppendError, Committed, Position, StoreError, Version};
 use crate::store::{CursorStart, Reopening};
 use async_trait::async_trait;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
@@ -554,19 +554,7 @@ fn write_batch(
         stream_version += 1;
         let position = *next;
         *next += 1;
-        let record = StoredEvent {
-            stream_type: batch.stream.type_name.clone(),
-            stream_id: batch.stream.id.clone(),
-            version: stream_version,
-            position,
-            event_type: event.event_type.clone(),
-            payload: event.payload.clone(),
-            recorded_at_micros,
-            correlation_id: event.correlation_id.clone(),
-            causation_id: event.causation_id.clone(),
-            component_version: event.component_version,
-            reply_to: event.reply_to.clone(),
-        };
+        let record = event.stored(&batch.stream, stream_version, position, recorded_at_micros);
         tables.events.insert(position.get(), record.encode().as_slice()).map_err(StoreError::from)?;
         indexed.push((key.clone(), stream_version, position));
         tables

@@ -800,19 +800,7 @@ async fn begin_group<'a>(
                 let mut stream_version = version;
                 for event in &batch.events {
                     stream_version += 1;
-                    let record = StoredEvent {
-                        stream_type: batch.stream.type_name.clone(),
-                        stream_id: batch.stream.id.clone(),
-                        version: stream_version,
-                        position: next,
-                        event_type: event.event_type.clone(),
-                        payload: event.payload.clone(),
-                        recorded_at_micros,
-                        correlation_id: event.correlation_id.clone(),
-                        causation_id: event.causation_id.clone(),
-                        component_version: event.component_version,
-                        reply_to: event.reply_to.clone(),
-                    };
+                    let record = event.stored(&batch.stream, stream_version, next, recorded_at_micros);
                     rows.push(&record);
                     stored.push(record);
                     next += 1;
