@@ -25,6 +25,8 @@
 //! be lost, reads the head once a second, so a lost notification delays a follower, never
 //! loses it anything.
 
+mod follow;
+mod ownership;
 mod schema;
 mod writer;
 
@@ -150,7 +152,7 @@ pub async fn open(url: &str) -> Result<Opened, OpenError> {
 pub async fn open_with(url: &str, options: OpenOptions) -> Result<Opened, OpenError> {
     let shown = redacted(url);
     let config = connect_config(url)?;
-    let ownership = writer::Ownership::new(config.clone(), options.exclusive);
+    let ownership = ownership::Ownership::new(config.clone(), options.exclusive);
     let reads_pool = pool(&config, &shown, POOL_SIZE)?;
     let mut client =
         reads_pool.get().await.map_err(|e| OpenError::Unreachable(shown.clone(), pool_error(e)))?;

@@ -7,6 +7,7 @@
 //! the embedded writer does, then writes every table with one statement each (arrays
 //! unnested), moves the head and notifies followers, and commits.
 
+use super::ownership::Ownership;
 use super::{big, connection};
 use crate::store::export::ExportRecord;
 use crate::store::queue::{self, ComponentWrite, Failure, QueuedWriter, Request, RequestSink};
@@ -35,125 +36,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 /// The most a group's arrays may carry (PostgreSQL takes at most 1 GiB in one field).
 const MAX_STATEMENT_BYTES: usize = 512 << 20;
 
-/// The session advisory lock a host holds its database with.
-const HOST_LOCK: i64 = 0x6361_6972_6e00_0002;
-
-/// The database held for one host: a session advisory lock on a connection of its own,
-/// taken again on a new connection when that one is lost (the lock goes with it). Each time
-/// it is taken, the owner epoch in the head's row moves, and every group checks it under
-/// the head's lock: a host that lost the database to another never writes again.
-pub(super) struct Ownership {
-    config: tokio_postgres::Config,
-    exclusive: bool,
-    held: tokio::sync::Mutex<Option<Held>>,
-    /// The owner epoch this host took the database at (`i64::MIN`: not taken).
-    epoch: std::sync::atomic::AtomicI64,
-}
-
-/// The lock's session: its connection, and its backend (pid and start), so that a session
-/// of this host's that the server still keeps after the connection was lost can be ended.
-struct Held {
-    client: tokio_postgres::Client,
-    backend: (i32, String),
-}
-
-impl Ownership {
-    pub(super) fn new(config: tokio_postgres::Config, exclusive: bool) -> Ownership {
-        Ownership {
-            config,
-            exclusive,
-            held: tokio::sync::Mutex::new(None),
-            epoch: std::sync::atomic::AtomicI64::new(i64::MIN),
-        }
-    }
-
-    /// The epoch groups must find in the head's row; `None` when the database is shared.
-    pub(super) fn epoch(&self) -> Option<i64> {
-        let epoch = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
-        (self.exclusive && epoch != i64::MIN).then_some(epoch)
-    }
-
-    /// Make sure the lock is held: at once while its connection lives, else on a new one.
-    ///
-    /// # Errors
-    /// `Unavailable` when the database cannot be reached, or another host holds it.
-    pub(super) async fn hold(&self) -> Result<(), StoreError> {
-        if !self.exclusive {
-            return Ok(());
-        }
-        let mut held = self.held.lock().await;
-        if held.as_ref().is_some_and(|held| !held.client.is_closed()) {
-            return Ok(());
-        }
-        let lost = held.take().map(|held| held.backend);
-        let taken = tokio::time::timeout(Duration::from_secs(10), self.take(lost.as_ref())).await;
-        let taken = taken.map_err(|_| {
-            StoreError::Unavailable("the database cannot be reached: no lock within 10 s".to_owned())
-        })??;
-        *held = Some(taken);
-        Ok(())
-    }
-
-    async fn take(&self, lost: Option<&(i32, String)>) -> Result<Held, StoreError> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
-            StoreError::Unavailable(format!("the database cannot be reached: {}", super::with_causes(&e)))
-        })?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        // The server keeps an idle session until it notices its client gone: with its own
-        // keepalives that is seconds, not the system's two hours.
-        // (Only the settings this server has: older ones lack the last two.)
-        client
-            .batch_execute(
-                "SELECT set_config(name, setting, false) FROM (VALUES ('tcp_keepalives_idle', '10'), \
-                 ('tcp_keepalives_interval', '5'), ('tcp_keepalives_count', '3'), \
-                 ('tcp_user_timeout', '30000'), ('idle_session_timeout', '0')) AS wanted(name, setting) \
-                 WHERE name IN (SELECT name FROM pg_settings)",
-            )
-            .await?;
-        let lock = "SELECT pg_try_advisory_lock($1)";
-        let mut taken: bool = client.query_one(lock, &[&HOST_LOCK]).await?.try_get(0)?;
-        if !taken && let Some((pid, started)) = lost {
-            // This host's own earlier session may still hold it (its connection was lost
-            // before the server noticed): end that one, and only that one.
-            client
-                .execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE pid = $1 AND backend_start::text = $2",
-                    &[pid, started],
-                )
-                .await?;
-            for _ in 0..20 {
-                taken = client.query_one(lock, &[&HOST_LOCK]).await?.try_get(0)?;
-                if taken {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        if !taken {
-            return Err(StoreError::Unavailable(
-                "another cairn host holds the database, so this one takes no writes".to_owned(),
-            ));
-        }
-        let row = client
-            .query_one(
-                "SELECT pg_backend_pid(), (SELECT backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid())",
-                &[],
-            )
-            .await?;
-        let backend = (row.try_get::<_, i32>(0)?, row.try_get::<_, Option<String>>(1)?.unwrap_or_default());
-        // A new epoch: a host that held it before, and lost it, finds its own no longer there.
-        let epoch: i64 = client
-            .query_one("UPDATE cairn.log_head SET owner_epoch = owner_epoch + 1 RETURNING owner_epoch", &[])
-            .await?
-            .try_get(0)?;
-        self.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
-        Ok(Held { client, backend })
-    }
-}
-
 /// The channel every commit notifies with the new head.
 pub(super) const LOG_CHANNEL: &str = "cairn_log";
 
@@ -168,7 +50,7 @@ pub(super) fn start(
     let health = Arc::new(Mutex::new(Health::default()));
     let listening = CancellationToken::new();
     let head = Arc::new(head);
-    tokio::spawn(listen(config.clone(), head.clone(), health.clone(), listening.clone()));
+    tokio::spawn(super::follow::listen(config.clone(), head.clone(), health.clone(), listening.clone()));
     let task = WriterTask { pool, config: config.clone(), ownership, head, health: health.clone() };
     let done = tokio::spawn(task.run(queue));
     Arc::new(QueuedWriter(PostgresWriter {
@@ -181,11 +63,11 @@ pub(super) fn start(
 
 /// How the writer's commits and the database connection have gone, for `/readyz`.
 #[derive(Debug, Default)]
-struct Health {
+pub(super) struct Health {
     /// Why the last group commit failed; `None` once one succeeds again.
     last_failure: Option<String>,
     /// Why the listener cannot reach the database, while it cannot.
-    unreachable: Option<String>,
+    pub(super) unreachable: Option<String>,
 }
 
 struct PostgresWriter {
@@ -220,109 +102,6 @@ impl RequestSink for PostgresWriter {
             tracing::error!("the writer task panicked");
         }
         self.listening.cancel();
-    }
-}
-
-/// Follow the database's commits: move the head on every notification, and read it once a
-/// second in case one was lost.
-async fn listen(
-    config: tokio_postgres::Config,
-    head: Arc<watch::Sender<Position>>,
-    health: Arc<Mutex<Health>>,
-    stop: CancellationToken,
-) {
-    let advance = |position: i64| {
-        head.send_if_modified(|current| {
-            let moved = position as u64 > current.get();
-            if moved {
-                *current = Position(position as u64);
-            }
-            moved
-        });
-    };
-    let pause = async || {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
-            _ = stop.cancelled() => true,
-        }
-    };
-    while !stop.is_cancelled() {
-        let connected = tokio::select! {
-            connected = config.connect(tokio_postgres::NoTls) => connected,
-            _ = stop.cancelled() => return,
-        };
-        let (client, mut connection) = match connected {
-            Ok(connected) => connected,
-            Err(error) => {
-                health.lock().expect("writer health lock").unreachable = Some(super::with_causes(&error));
-                if pause().await {
-                    return;
-                }
-                continue;
-            }
-        };
-        let (notified, mut notifications) = mpsc::unbounded_channel();
-        let mut driver = tokio::spawn(async move {
-            loop {
-                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(tokio_postgres::AsyncMessage::Notification(note))) => {
-                        let _ = notified.send(note.payload().parse::<u64>().unwrap_or(u64::MAX));
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(error)) => return error.to_string(),
-                    None => return "the connection closed".to_owned(),
-                }
-            }
-        });
-        // The head as committed, read when a notification wakes the listener (its payload is
-        // not trusted: any role may NOTIFY) and once a second in case one was lost.
-        let read_head = async || {
-            let read = client.query_one("SELECT position FROM cairn.log_head", &[]);
-            match tokio::time::timeout(Duration::from_secs(5), read).await {
-                Ok(Ok(row)) => row.try_get::<_, i64>(0).map_err(|e| e.to_string()),
-                Ok(Err(error)) => Err(error.to_string()),
-                Err(_) => Err("the head was not read within 5 s".to_owned()),
-            }
-        };
-        let listening = client.batch_execute(&format!("LISTEN {LOG_CHANNEL}")).await;
-        let lost = match listening {
-            Err(error) => error.to_string(),
-            Ok(()) => {
-                health.lock().expect("writer health lock").unreachable = None;
-                let mut every_second = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tokio::select! {
-                        Some(mut said) = notifications.recv() => {
-                            while let Ok(more) = notifications.try_recv() {
-                                said = said.max(more);
-                            }
-                            // What a notification says is only a hint: one at or below the
-                            // head this host knows (its own commits) needs no read, any other
-                            // is checked against the head as committed.
-                            if said <= head.borrow().get() {
-                                continue;
-                            }
-                            match read_head().await {
-                                Ok(position) => advance(position),
-                                Err(error) => break error,
-                            }
-                        }
-                        _ = every_second.tick() => match read_head().await {
-                            Ok(position) => advance(position),
-                            Err(error) => break error,
-                        },
-                        ended = &mut driver => break ended.unwrap_or_else(|e| e.to_string()),
-                        _ = stop.cancelled() => { driver.abort(); return; }
-                    }
-                }
-            }
-        };
-        tracing::warn!("lost the connection that follows the log: {lost}");
-        health.lock().expect("writer health lock").unreachable = Some(lost);
-        driver.abort();
-        if pause().await {
-            return;
-        }
     }
 }
 
@@ -645,7 +424,6 @@ impl SnapshotRows {
     }
 }
 
-/// Write the group in one transaction and commit it.
 /// A connection that failed a group, or whose transaction may be open: closed, never handed
 /// out again (the server rolls back what it did not commit).
 fn discard(client: deadpool_postgres::Object) {
