@@ -41,25 +41,29 @@ pub fn fresh_database() -> String {
 
 /// The first column of the first row `sql` answers on the database at `url`, as text.
 pub fn query_text(url: &str, sql: &str) -> Option<String> {
-    let (url, sql) = (url.to_owned(), sql.to_owned());
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(connection);
-            let row = client.query_opt(&format!("SELECT ({sql})::text"), &[]).await.unwrap();
-            row.and_then(|row| row.get::<_, Option<String>>(0))
-        })
+    let sql = format!("SELECT ({sql})::text");
+    with_client(url, async move |client| {
+        let row = client.query_opt(&sql, &[]).await.unwrap();
+        row.and_then(|row| row.get::<_, Option<String>>(0))
     })
-    .join()
-    .unwrap()
 }
 
-/// Run `sql` (statements separated by `;`) on the database at `url`, waiting up to a minute
-/// for a server that is starting. On a thread of its own, so it may be called from inside a
-/// test's runtime.
+/// Run `sql` (statements separated by `;`) on the database at `url`.
 pub fn execute(url: &str, sql: &str) {
-    let (url, sql) = (url.to_owned(), sql.to_owned());
+    let sql = sql.to_owned();
+    with_client(url, async move |client| {
+        client.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    })
+}
+
+/// Run `work` with a client of the database at `url`, connected once the server answers
+/// (waiting up to a minute for one that is starting), on a thread and a runtime of its own,
+/// so it may be called from inside a test's runtime.
+fn with_client<T: Send + 'static>(
+    url: &str,
+    work: impl AsyncFnOnce(tokio_postgres::Client) -> T + Send + 'static,
+) -> T {
+    let url = url.to_owned();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
@@ -68,8 +72,7 @@ pub fn execute(url: &str, sql: &str) {
                 match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
                     Ok((client, connection)) => {
                         tokio::spawn(connection);
-                        client.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-                        return;
+                        return work(client).await;
                     }
                     Err(_) if Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(100)).await

@@ -131,6 +131,30 @@ pub fn frames(store: &EventStore) -> mpsc::Receiver<Result<Vec<u8>, StoreError>>
     frames
 }
 
+/// Whether an imported event may be stored next: at the position after the head (`next`)
+/// and the version after its stream's (`stream_version`). A store refuses it otherwise.
+pub(crate) fn check_follows(
+    event: &StoredEvent,
+    next: Position,
+    stream_version: super::Version,
+) -> Result<(), StoreError> {
+    if event.position != next {
+        return Err(StoreError::Corrupt(format!(
+            "an imported event at position {} does not follow the head at {}",
+            event.position,
+            next - 1
+        )));
+    }
+    if event.version != stream_version + 1 {
+        return Err(StoreError::Corrupt(format!(
+            "an imported event of {} is version {}, after version {stream_version}",
+            event.stream(),
+            event.version
+        )));
+    }
+    Ok(())
+}
+
 /// Why a file cannot be imported.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {

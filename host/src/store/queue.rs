@@ -114,38 +114,28 @@ pub(crate) fn fail(requests: Vec<Request>, message: &str, failure: Failure) {
         Failure::NotStored => StoreError::CommitFailed(message.to_owned()),
         Failure::Unknown => StoreError::OutcomeUnknown(message.to_owned()),
     };
-    for request in requests {
-        match request {
-            Request::Append(_, reply) => {
-                let _ = reply.send(Err(error().into()));
-            }
-            Request::Cursor(_, _, reply)
-            | Request::Park(_, reply)
-            | Request::Unpark(_, reply)
-            | Request::Component(_, reply)
-            | Request::KeepSnapshots(_, _, reply)
-            | Request::Restore(_, reply) => {
-                let _ = reply.send(Err(error()));
-            }
-            Request::ForgetKeys { reply, .. } => {
-                let _ = reply.send(Err(error()));
-            }
-            Request::Barrier(reply) => {
-                let _ = reply.send(());
-            }
-            Request::Stop => {}
-        }
-    }
+    settle(requests, || Err(error().into()), || Err(error()), || Err(error()));
 }
 
 /// Answer every request of a group that committed: each append with its answer (in the
 /// order of the appends), `ForgetKeys` with how many keys the group forgot.
 pub(crate) fn answer(requests: Vec<Request>, appends: Vec<Result<Committed, AppendError>>, forgotten: usize) {
     let mut appends = appends.into_iter();
+    settle(requests, || appends.next().expect("an answer for every append"), || Ok(()), || Ok(forgotten));
+}
+
+/// Answer each request of a group: appends with `append`, `ForgetKeys` with `forgotten`,
+/// the other writes with `done`; barriers once the group is settled either way.
+fn settle(
+    requests: Vec<Request>,
+    mut append: impl FnMut() -> Result<Committed, AppendError>,
+    done: impl Fn() -> Result<(), StoreError>,
+    forgotten: impl Fn() -> Result<usize, StoreError>,
+) {
     for request in requests {
         match request {
             Request::Append(_, reply) => {
-                let _ = reply.send(appends.next().expect("an answer for every append"));
+                let _ = reply.send(append());
             }
             Request::Cursor(_, _, reply)
             | Request::Park(_, reply)
@@ -153,10 +143,10 @@ pub(crate) fn answer(requests: Vec<Request>, appends: Vec<Result<Committed, Appe
             | Request::Component(_, reply)
             | Request::KeepSnapshots(_, _, reply)
             | Request::Restore(_, reply) => {
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(done());
             }
             Request::ForgetKeys { reply, .. } => {
-                let _ = reply.send(Ok(forgotten));
+                let _ = reply.send(forgotten());
             }
             Request::Barrier(reply) => {
                 let _ = reply.send(());

@@ -14,6 +14,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio_postgres::IsolationLevel;
 
+/// One document of one generation.
+const DOCUMENT: &str =
+    "SELECT document FROM cairn.view_documents WHERE projection = $1 AND generation = $2 AND key = $3";
+
 pub struct PostgresViews {
     pool: Pool,
 }
@@ -202,11 +206,7 @@ impl ViewStore for PostgresViews {
         let mut client = connection(&self.pool).await?;
         let txn = snapshot(&mut client).await?;
         let Some((generation, cursor)) = live(&txn, name).await? else { return Ok(None) };
-        let statement = txn
-            .prepare_cached(
-                "SELECT document FROM cairn.view_documents WHERE projection = $1 AND generation = $2 AND key = $3",
-            )
-            .await?;
+        let statement = txn.prepare_cached(DOCUMENT).await?;
         let row = txn.query_opt(&statement, &[&name, &generation, &key]).await?;
         let document = row.map(|row| row.try_get(0)).transpose()?;
         txn.commit().await?;
@@ -247,11 +247,7 @@ impl ViewStore for PostgresViews {
 
     async fn reader(&self, name: &str, generation: u32) -> Result<Box<dyn DocumentReader>, StoreError> {
         let client = connection(&self.pool).await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT document FROM cairn.view_documents WHERE projection = $1 AND generation = $2 AND key = $3",
-            )
-            .await?;
+        let statement = client.prepare_cached(DOCUMENT).await?;
         Ok(Box::new(CommittedDocuments {
             client,
             statement,

@@ -12,7 +12,7 @@ use super::tables::*;
 use crate::store::export::ExportRecord;
 use crate::store::queue::{self, Failure, Request, RequestSink};
 use crate::store::records::{OutcomeKey, Record};
-use crate::store::{AppendBatch, AppendError, Committed, Position, StoreError, Version};
+use crate::store::{AppendBatch, AppendError, Committed, DeadLetter, Position, StoreError, Version};
 use crate::store::{CursorStart, Reopening};
 use async_trait::async_trait;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, WriteTransaction};
@@ -324,13 +324,7 @@ impl WriterThread {
                         Ok(Committed::default())
                     }
                     Request::Park(letter, _) => {
-                        let stream = letter.stream.key();
-                        let key = (letter.subscriber.as_str(), stream.as_str(), letter.position.get());
-                        let replaced =
-                            txn.open_table(PARKED)?.insert(key, letter.encode().as_slice())?.is_some();
-                        if !replaced {
-                            count_parked(&txn, &letter.subscriber, 1)?;
-                        }
+                        park(&txn, letter)?;
                         Ok(Committed::default())
                     }
                     Request::Unpark(keys, _) => {
@@ -633,6 +627,17 @@ fn landed(db: &Database, unresolved: Option<&(u64, String)>) -> Result<Option<St
 /// The `meta` key of the number of group commits the file holds.
 pub(super) const COMMIT_SEQUENCE: &str = "commit_sequence";
 
+/// Record a dead letter, replacing one with the same key, and count it if it is new.
+fn park(txn: &WriteTransaction, letter: &DeadLetter) -> Result<(), StoreError> {
+    let stream = letter.stream.key();
+    let key = (letter.subscriber.as_str(), stream.as_str(), letter.position.get());
+    let replaced = txn.open_table(PARKED)?.insert(key, letter.encode().as_slice())?.is_some();
+    if !replaced {
+        count_parked(txn, &letter.subscriber, 1)?;
+    }
+    Ok(())
+}
+
 /// Move `subscriber`'s count of dead letters by `change`.
 fn count_parked(txn: &WriteTransaction, subscriber: &str, change: i64) -> Result<(), StoreError> {
     let mut counts = txn.open_table(PARKED_COUNTS)?;
@@ -702,21 +707,9 @@ fn restore(
     for record in records {
         match record {
             ExportRecord::Event(event) => {
-                if event.position != *next {
-                    return Err(StoreError::Corrupt(format!(
-                        "an imported event at position {} does not follow the head at {}",
-                        event.position,
-                        *next - 1
-                    )));
-                }
                 let key = event.stream().key();
                 let version = tables.streams.get(key.as_str())?.map_or(0, |v| v.value().0);
-                if event.version != Version(version) + 1 {
-                    return Err(StoreError::Corrupt(format!(
-                        "an imported event of {key} is version {}, after version {version}",
-                        event.version
-                    )));
-                }
+                crate::store::export::check_follows(event, *next, Version(version))?;
                 tables.events.insert(event.position.get(), event.encode().as_slice())?;
                 tables.correlations.insert((event.correlation_id.as_str(), event.position.get()), ())?;
                 tables.streams.insert(key.as_str(), (event.version.get(), event.position.get()))?;
@@ -739,14 +732,7 @@ fn restore(
             ExportRecord::Cursor { name, position } => {
                 txn.open_table(CURSORS)?.insert(name.as_str(), position.get())?;
             }
-            ExportRecord::DeadLetter(letter) => {
-                let stream = letter.stream.key();
-                let key = (letter.subscriber.as_str(), stream.as_str(), letter.position.get());
-                let replaced = txn.open_table(PARKED)?.insert(key, letter.encode().as_slice())?.is_some();
-                if !replaced {
-                    count_parked(txn, &letter.subscriber, 1)?;
-                }
-            }
+            ExportRecord::DeadLetter(letter) => park(txn, letter)?,
             ExportRecord::Header { .. } | ExportRecord::End { .. } => {}
         }
     }

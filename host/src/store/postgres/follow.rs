@@ -2,7 +2,7 @@
 //! channel and moves the head watch, for this host's commits and any other's, and reads the
 //! head once a second in case a notification was lost.
 
-use super::writer::{Health, LOG_CHANNEL};
+use super::writer::{Health, LOG_CHANNEL, advance};
 use crate::store::Position;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,15 +17,7 @@ pub(super) async fn listen(
     health: Arc<Mutex<Health>>,
     stop: CancellationToken,
 ) {
-    let advance = |position: i64| {
-        head.send_if_modified(|current| {
-            let moved = position as u64 > current.get();
-            if moved {
-                *current = Position(position as u64);
-            }
-            moved
-        });
-    };
+    let advance = |position: i64| advance(&head, Position(position as u64));
     let pause = async || {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => false,

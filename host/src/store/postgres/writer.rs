@@ -10,7 +10,7 @@
 use super::ownership::Ownership;
 use super::{big, connection};
 use crate::store::export::ExportRecord;
-use crate::store::queue::{self, ComponentWrite, Failure, QueuedWriter, Request, RequestSink};
+use crate::store::queue::{self, Failure, QueuedWriter, Request, RequestSink};
 use crate::store::{
     AppendError, Committed, CursorStart, OutcomeKey, Position, Record, Snapshot, StoreError, StoredEvent,
     StreamId, Version, Writer,
@@ -35,6 +35,18 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The most a group's arrays may carry (PostgreSQL takes at most 1 GiB in one field).
 const MAX_STATEMENT_BYTES: usize = 512 << 20;
+
+/// Move the head watch to `to` if that is further on: this host's commits and the
+/// listener's reads of the head both move it, in whatever order they come.
+pub(super) fn advance(head: &watch::Sender<Position>, to: Position) {
+    head.send_if_modified(|current| {
+        let moved = to > *current;
+        if moved {
+            *current = to;
+        }
+        moved
+    });
+}
 
 /// The channel every commit notifies with the new head.
 pub(super) const LOG_CHANNEL: &str = "cairn_log";
@@ -205,13 +217,7 @@ impl WriterTask {
             written.head.saturating_sub(written.before),
             started.elapsed(),
         );
-        self.head.send_if_modified(|current| {
-            let moved = written.head > *current;
-            if moved {
-                *current = written.head;
-            }
-            moved
-        });
+        advance(&self.head, written.head);
         queue::answer(requests, written.answers, written.forgotten);
     }
 
@@ -349,10 +355,14 @@ enum Other<'a> {
     Cursor(&'a str, Position),
     Park(&'a crate::store::DeadLetter),
     Unpark(&'a [crate::store::DeadLetterKey]),
-    Component(&'a ComponentWrite, Option<(&'a str, Position)>),
-    /// An imported component's bytes and record.
-    Blob(&'a [u8], &'a [u8]),
+    /// A component's registry record, by name.
     Record(&'a str, &'a [u8]),
+    /// Component bytes under their digest, kept if already there.
+    Blob(&'a [u8], &'a [u8]),
+    /// Component bytes no version uses any more.
+    DropBlob(&'a [u8]),
+    /// A subscriber's cursor, set only if it has none yet.
+    NewCursor(&'a str, Position),
     Forget(u64, usize),
 }
 
@@ -443,35 +453,18 @@ struct Statements {
 }
 
 impl Statements {
+    /// Prepared on a connection's first group (one round trip each, once), taken from the
+    /// connection's cache after.
     async fn prepare(client: &ClientWrapper) -> Result<Statements, tokio_postgres::Error> {
-        let (
-            lock,
-            versions,
-            insert_events,
-            upsert_streams,
-            upsert_outcomes,
-            upsert_snapshots,
-            upsert_history,
-            move_head,
-        ) = tokio::try_join!(
-            client.prepare_cached(LOCK_HEAD),
-            client.prepare_cached(STREAM_VERSIONS),
-            client.prepare_cached(INSERT_EVENTS),
-            client.prepare_cached(UPSERT_STREAMS),
-            client.prepare_cached(UPSERT_OUTCOMES),
-            client.prepare_cached(UPSERT_SNAPSHOTS),
-            client.prepare_cached(UPSERT_HISTORY),
-            client.prepare_cached(MOVE_HEAD),
-        )?;
         Ok(Statements {
-            lock,
-            versions,
-            insert_events,
-            upsert_streams,
-            upsert_outcomes,
-            upsert_snapshots,
-            upsert_history,
-            move_head,
+            lock: client.prepare_cached(LOCK_HEAD).await?,
+            versions: client.prepare_cached(STREAM_VERSIONS).await?,
+            insert_events: client.prepare_cached(INSERT_EVENTS).await?,
+            upsert_streams: client.prepare_cached(UPSERT_STREAMS).await?,
+            upsert_outcomes: client.prepare_cached(UPSERT_OUTCOMES).await?,
+            upsert_snapshots: client.prepare_cached(UPSERT_SNAPSHOTS).await?,
+            upsert_history: client.prepare_cached(UPSERT_HISTORY).await?,
+            move_head: client.prepare_cached(MOVE_HEAD).await?,
         })
     }
 }
@@ -611,10 +604,17 @@ async fn begin_group<'a>(
             Request::Unpark(keys, _) => others.push(Other::Unpark(keys)),
             Request::Component(write, _) => {
                 // The head as of this request: the appends before it in the group included.
-                let cursor = write.cursor.as_ref().map(|(name, start)| {
-                    (name.as_str(), if *start == CursorStart::Head { next - 1 } else { Position::ZERO })
-                });
-                others.push(Other::Component(write, cursor));
+                others.push(Other::Record(&write.name, &write.record));
+                if let Some((digest, bytes)) = &write.blob {
+                    others.push(Other::Blob(digest, bytes));
+                }
+                if let Some(digest) = &write.drop_blob {
+                    others.push(Other::DropBlob(digest));
+                }
+                if let Some((name, start)) = &write.cursor {
+                    let position = if *start == CursorStart::Head { next - 1 } else { Position::ZERO };
+                    others.push(Other::NewCursor(name, position));
+                }
             }
             Request::ForgetKeys { recorded_before, limit, .. } => {
                 others.push(Other::Forget(*recorded_before, *limit))
@@ -623,21 +623,9 @@ async fn begin_group<'a>(
                 for record in records {
                     match record {
                         ExportRecord::Event(event) => {
-                            if event.position != next {
-                                return Err(StoreError::Corrupt(format!(
-                                    "an imported event at position {} does not follow the head at {}",
-                                    event.position,
-                                    next - 1
-                                )));
-                            }
                             let stream = event.stream();
                             let (version, _) = streams.get(&stream).copied().unwrap_or_default();
-                            if event.version != version + 1 {
-                                return Err(StoreError::Corrupt(format!(
-                                    "an imported event of {stream} is version {}, after version {version}",
-                                    event.version
-                                )));
-                            }
+                            crate::store::export::check_follows(event, next, version)?;
                             rows.push(event);
                             streams.insert(stream, (event.version, event.position));
                             next += 1;
@@ -849,37 +837,6 @@ async fn write_other(txn: &ClientWrapper, other: &Other<'_>) -> Result<usize, to
                 txn.prepare_cached("DELETE FROM cairn.dead_letter_counts WHERE count <= 0").await?;
             txn.execute(&statement, &[]).await?;
         }
-        Other::Component(write, cursor) => {
-            let statement = txn
-                .prepare_cached(
-                    "INSERT INTO cairn.components (name, record) VALUES ($1, $2) \
-                     ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record",
-                )
-                .await?;
-            txn.execute(&statement, &[&write.name, &write.record]).await?;
-            if let Some((digest, bytes)) = &write.blob {
-                let statement = txn
-                    .prepare_cached(
-                        "INSERT INTO cairn.component_blobs (digest, bytes) VALUES ($1, $2) \
-                         ON CONFLICT (digest) DO NOTHING",
-                    )
-                    .await?;
-                txn.execute(&statement, &[digest, bytes]).await?;
-            }
-            if let Some(digest) = &write.drop_blob {
-                let statement =
-                    txn.prepare_cached("DELETE FROM cairn.component_blobs WHERE digest = $1").await?;
-                txn.execute(&statement, &[digest]).await?;
-            }
-            if let Some((name, position)) = cursor {
-                let statement = txn
-                    .prepare_cached(
-                        "INSERT INTO cairn.cursors (name, position) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-                    )
-                    .await?;
-                txn.execute(&statement, &[name, &big(position.get())]).await?;
-            }
-        }
         Other::Blob(digest, bytes) => {
             let statement = txn
                 .prepare_cached(
@@ -896,6 +853,18 @@ async fn write_other(txn: &ClientWrapper, other: &Other<'_>) -> Result<usize, to
                 )
                 .await?;
             txn.execute(&statement, &[name, record]).await?;
+        }
+        Other::DropBlob(digest) => {
+            let statement = txn.prepare_cached("DELETE FROM cairn.component_blobs WHERE digest = $1").await?;
+            txn.execute(&statement, &[digest]).await?;
+        }
+        Other::NewCursor(name, position) => {
+            let statement = txn
+                .prepare_cached(
+                    "INSERT INTO cairn.cursors (name, position) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                )
+                .await?;
+            txn.execute(&statement, &[name, &big(position.get())]).await?;
         }
         Other::Forget(recorded_before, limit) => {
             let statement = txn
