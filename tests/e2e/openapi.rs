@@ -58,6 +58,24 @@ async fn openapi_json_describes_what_the_host_serves() {
     let command = &paths["/aggregates/{type}/{id}/commands"]["post"];
     let body = &command["requestBody"]["content"]["application/json"]["schema"]["$ref"];
     assert_eq!(body, "#/components/schemas/CommandBody");
+
+    // What is sent has the fields the document names, no more and no fewer.
+    let components = host.get("/components").await.expect(200).body;
+    let listed = &paths["/components"]["get"]["responses"]["200"]["content"]["application/json"];
+    assert_eq!(listed["schema"]["items"]["$ref"], "#/components/schemas/ComponentJson", "{listed}");
+    let component = &components[0];
+    assert_eq!(fields(component), properties(&doc, "ComponentJson"), "{component}");
+    assert_eq!(fields(&component["versions"][0]), properties(&doc, "VersionJson"), "{component}");
+}
+
+fn fields(answer: &Value) -> Vec<String> {
+    let mut names: Vec<String> = answer.as_object().expect("an object").keys().cloned().collect();
+    names.sort();
+    names
+}
+
+fn properties(doc: &Value, schema: &str) -> Vec<String> {
+    fields(&doc["components"]["schemas"][schema]["properties"])
 }
 
 /// A request path for a documented path: each `{parameter}` given a value.

@@ -15,7 +15,6 @@ use super::{ActiveAggregate, ComponentRegistry};
 use crate::replay::{ReplayError, replay, wait_for};
 use crate::runtime::{AggregateComponent, ComponentDigest, ComponentKind, LoadError, Loaded};
 use crate::store::{ComponentVersion, CursorStart, EventStore, StoreError, StreamId, Version};
-use serde::Serialize;
 use serde_json::Value;
 
 /// How a deploy is done.
@@ -46,14 +45,11 @@ impl Default for DeployOptions {
 
 /// What a deploy answers (API.md: `{"name", "kind", "version", "digest"}`, plus the replay
 /// check's report and whether the version is now active).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct Deployed {
     pub name: String,
-    /// `aggregate` or `projection`.
-    #[schema(value_type = String)]
     pub kind: ComponentKind,
     /// The version these bytes are (or would be, on a dry run).
-    #[schema(value_type = u32)]
     pub version: ComponentVersion,
     pub digest: String,
     pub active: bool,
@@ -62,7 +58,7 @@ pub struct Deployed {
 }
 
 /// What the replay check found.
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default)]
 pub struct ReplayReport {
     /// Streams rebuilt with the new version.
     pub streams: u64,
@@ -72,13 +68,10 @@ pub struct ReplayReport {
 }
 
 /// One stream whose state the new version changes, with both states.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct ReplayExample {
-    #[schema(value_type = String)]
     pub stream: StreamId,
-    #[schema(value_type = Object)]
     pub before: Value,
-    #[schema(value_type = Object)]
     pub after: Value,
 }
 

@@ -22,7 +22,6 @@ use crate::runtime::{
 };
 use crate::store::{ComponentVersion, EventStore, StoreError, Writer};
 use records::ComponentRecord;
-use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
@@ -38,21 +37,17 @@ pub struct ActiveProjection {
     pub component: Arc<ProjectionComponent>,
 }
 
-/// One component as `GET /components` lists it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// One component with its versions, as `GET /components` lists it.
+#[derive(Debug, Clone)]
 pub struct ComponentSummary {
     pub name: String,
-    /// `aggregate` or `projection`.
-    #[schema(value_type = String)]
     pub kind: ComponentKind,
-    #[schema(value_type = u32)]
     pub active_version: ComponentVersion,
     pub versions: Vec<VersionSummary>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct VersionSummary {
-    #[schema(value_type = u32)]
     pub version: ComponentVersion,
     pub digest: String,
     pub size: u64,
@@ -72,7 +67,7 @@ pub enum SwitchCheck {
 }
 
 /// What an activation or rollback did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Switched {
     /// The version now active.
     pub version: ComponentVersion,

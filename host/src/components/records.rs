@@ -65,12 +65,11 @@ impl ComponentRecord {
 
 /// How many of the sampled streams a new version replayed, and how many came out in a
 /// different state than under the version it replaced.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplaySummary {
     pub streams: u64,
     pub changed: u64,
     /// One stream whose state changed, if any.
-    #[schema(value_type = Option<String>)]
     pub example_stream: Option<StreamId>,
 }
 

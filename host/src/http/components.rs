@@ -2,23 +2,23 @@
 //! call the registry; routing and projections follow its changes by themselves.
 
 use super::AppState;
+use super::component_json::{ComponentJson, DeletedVersionJson, DeployJson, SwitchedJson};
 use super::error::ApiError;
 use super::extract::{Params, Path, require_admin};
 use super::openapi::ErrorBody;
-use crate::components::{ComponentSummary, DeployOptions, Deployed, SwitchCheck};
+use crate::components::{DeployOptions, SwitchCheck};
 use crate::store::ComponentVersion;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
 
 /// `GET /components`
 #[utoipa::path(get, path = "/components", tag = "components",
     summary = "Every component: its versions and the active one",
-    responses((status = 200, description = "The components", body = Vec<ComponentSummary>)))]
-pub async fn components(State(state): State<AppState>) -> Json<Vec<ComponentSummary>> {
-    Json(state.components.list())
+    responses((status = 200, description = "The components", body = Vec<ComponentJson>)))]
+pub async fn components(State(state): State<AppState>) -> Json<Vec<ComponentJson>> {
+    Json(state.components.list().into_iter().map(ComponentJson::from).collect())
 }
 
 /// `PUT /components/{name}?dry_run=true&react_from=beginning` (admin) with the `.wasm`
@@ -36,7 +36,7 @@ pub async fn components(State(state): State<AppState>) -> Json<Vec<ComponentSumm
     ),
     request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's .wasm bytes"),
     responses(
-        (status = 200, description = "The deploy report", body = Deployed),
+        (status = 200, description = "The deploy report", body = DeployJson),
         (status = 400, description = "An empty body or a bad query", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 413, description = "The component is too large", body = ErrorBody),
@@ -48,7 +48,7 @@ pub async fn deploy(
     headers: HeaderMap,
     params: Params,
     body: axum::body::Body,
-) -> Result<Json<Deployed>, ApiError> {
+) -> Result<Json<DeployJson>, ApiError> {
     require_admin(&state, &headers)?;
     let react_from_beginning = match params.text("react_from")?.as_deref() {
         None | Some("now") => false,
@@ -79,7 +79,7 @@ pub async fn deploy(
             "the body must be the component's .wasm bytes",
         ));
     }
-    Ok(Json(state.components.deploy(&name, bytes.to_vec(), options).await?))
+    Ok(Json(state.components.deploy(&name, bytes.to_vec(), options).await?.into()))
 }
 
 /// `GET /components/{name}/versions/{version}`: the bytes of a stored version.
@@ -113,7 +113,7 @@ pub async fn version_bytes(
         ("version" = u32, Path, description = "The version"),
     ),
     responses(
-        (status = 200, description = "`{\"name\", \"deleted_version\", \"freed_bytes\"}`", body = Object),
+        (status = 200, description = "The version is deleted", body = DeletedVersionJson),
         (status = 400, description = "Not a version number", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such component or version", body = ErrorBody),
@@ -123,11 +123,11 @@ pub async fn delete_version(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeletedVersionJson>, ApiError> {
     require_admin(&state, &headers)?;
     let version = parse_version(&version)?;
-    let freed = state.components.delete_version(&name, version).await?;
-    Ok(Json(json!({"name": name, "deleted_version": version, "freed_bytes": freed})))
+    let freed_bytes = state.components.delete_version(&name, version).await?;
+    Ok(Json(DeletedVersionJson { name, deleted_version: version.get(), freed_bytes }))
 }
 
 /// `POST /components/{name}/rollback?force=` (admin): the version active before the current
@@ -141,7 +141,7 @@ pub async fn delete_version(
         ("force" = Option<bool>, Query, description = "Skip the replay check (an emergency)"),
     ),
     responses(
-        (status = 200, description = "`{\"name\", \"active_version\", \"replay\"}`", body = Object),
+        (status = 200, description = "The version now active and the replay check's findings", body = SwitchedJson),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such component", body = ErrorBody),
         (status = 409, description = "There is no earlier version to go back to", body = ErrorBody),
@@ -152,10 +152,10 @@ pub async fn rollback(
     Path(name): Path<String>,
     headers: HeaderMap,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SwitchedJson>, ApiError> {
     require_admin(&state, &headers)?;
     let switched = state.components.rollback(&name, switch_check(&state, &params)?).await?;
-    Ok(Json(json!({"name": name, "active_version": switched.version, "replay": switched.replay})))
+    Ok(Json(SwitchedJson::new(name, switched)))
 }
 
 /// Whether a switch runs the replay check: always, unless `?force=true`.
@@ -177,7 +177,7 @@ fn switch_check(state: &AppState, params: &Params) -> Result<SwitchCheck, ApiErr
         ("force" = Option<bool>, Query, description = "Skip the replay check (an emergency)"),
     ),
     responses(
-        (status = 200, description = "`{\"name\", \"active_version\", \"replay\"}`", body = Object),
+        (status = 200, description = "The version now active and the replay check's findings", body = SwitchedJson),
         (status = 400, description = "No version given", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such component or version", body = ErrorBody),
@@ -188,7 +188,7 @@ pub async fn activate(
     Path(name): Path<String>,
     headers: HeaderMap,
     params: Params,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SwitchedJson>, ApiError> {
     require_admin(&state, &headers)?;
     let version = params
         .u64("version")?
@@ -197,7 +197,7 @@ pub async fn activate(
         .map(ComponentVersion)
         .map_err(|_| ApiError::not_found("unknown_version", "no such version"))?;
     let switched = state.components.activate(&name, version, switch_check(&state, &params)?).await?;
-    Ok(Json(json!({"name": name, "active_version": switched.version, "replay": switched.replay})))
+    Ok(Json(SwitchedJson::new(name, switched)))
 }
 
 fn parse_version(text: &str) -> Result<ComponentVersion, ApiError> {

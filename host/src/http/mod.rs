@@ -4,6 +4,7 @@
 
 mod aggregates;
 mod backup;
+mod component_json;
 mod components;
 mod connections;
 mod error;

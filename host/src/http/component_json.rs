@@ -1,0 +1,174 @@
+//! Components as users see them over HTTP: the list, a deploy's report, an activation's or a
+//! rollback's answer. The registry's own types stay free of the document's concerns; these
+//! are the only shapes the handlers serialize, so the OpenAPI document describes exactly
+//! what is sent.
+
+use crate::components::{
+    ComponentSummary, Deployed, ReplayExample, ReplayReport, ReplaySummary, Switched, VersionSummary,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+/// One component as `GET /components` lists it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ComponentJson {
+    pub name: String,
+    /// `aggregate` or `projection`.
+    pub kind: &'static str,
+    pub active_version: u32,
+    pub versions: Vec<VersionJson>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VersionJson {
+    pub version: u32,
+    /// `sha256:` and the hex digest of the `.wasm` bytes.
+    pub digest: String,
+    /// The `.wasm` size in bytes.
+    pub size: u64,
+    /// RFC 3339 in UTC.
+    pub deployed_at: String,
+    pub active: bool,
+    /// The replay check's findings when this version was deployed.
+    pub replay: Option<ReplaySummaryJson>,
+}
+
+/// How many of the sampled streams a version replayed when it was deployed, and how many came
+/// out in a different state than under the version it replaced.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplaySummaryJson {
+    pub streams: u64,
+    pub changed: u64,
+    /// `type/id` of one stream whose state changed, if any.
+    pub example_stream: Option<String>,
+}
+
+/// What a deploy answers: API.md's `{"name", "kind", "version", "digest"}`, with the replay
+/// check's report and whether the version is now active.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeployJson {
+    pub name: String,
+    /// `aggregate` or `projection`.
+    pub kind: &'static str,
+    /// The version these bytes are (or would be, on a dry run).
+    pub version: u32,
+    pub digest: String,
+    pub active: bool,
+    pub dry_run: bool,
+    pub replay: ReplayJson,
+}
+
+/// What a replay check found.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplayJson {
+    /// Streams rebuilt with the version.
+    pub streams: u64,
+    /// Of those, the ones whose state differs from the running version's.
+    pub changed: u64,
+    pub example: Option<ReplayExampleJson>,
+}
+
+/// One stream whose state the version changes, with both states.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplayExampleJson {
+    /// `type/id`.
+    pub stream: String,
+    #[schema(value_type = Object)]
+    pub before: Value,
+    #[schema(value_type = Object)]
+    pub after: Value,
+}
+
+/// What an activation or a rollback answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SwitchedJson {
+    pub name: String,
+    /// The version now active.
+    pub active_version: u32,
+    /// The replay check's findings: none when forced, for a projection, or with no stream to
+    /// replay.
+    pub replay: Option<ReplayJson>,
+}
+
+/// What deleting a stored version answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeletedVersionJson {
+    pub name: String,
+    pub deleted_version: u32,
+    /// The bytes the version's `.wasm` took in the store.
+    pub freed_bytes: u64,
+}
+
+impl From<ComponentSummary> for ComponentJson {
+    fn from(component: ComponentSummary) -> Self {
+        ComponentJson {
+            name: component.name,
+            kind: component.kind.as_str(),
+            active_version: component.active_version.get(),
+            versions: component.versions.into_iter().map(VersionJson::from).collect(),
+        }
+    }
+}
+
+impl From<VersionSummary> for VersionJson {
+    fn from(version: VersionSummary) -> Self {
+        VersionJson {
+            version: version.version.get(),
+            digest: version.digest,
+            size: version.size,
+            deployed_at: version.deployed_at,
+            active: version.active,
+            replay: version.replay.map(ReplaySummaryJson::from),
+        }
+    }
+}
+
+impl From<ReplaySummary> for ReplaySummaryJson {
+    fn from(summary: ReplaySummary) -> Self {
+        ReplaySummaryJson {
+            streams: summary.streams,
+            changed: summary.changed,
+            example_stream: summary.example_stream.map(|stream| stream.to_string()),
+        }
+    }
+}
+
+impl From<Deployed> for DeployJson {
+    fn from(deployed: Deployed) -> Self {
+        DeployJson {
+            name: deployed.name,
+            kind: deployed.kind.as_str(),
+            version: deployed.version.get(),
+            digest: deployed.digest,
+            active: deployed.active,
+            dry_run: deployed.dry_run,
+            replay: deployed.replay.into(),
+        }
+    }
+}
+
+impl From<ReplayReport> for ReplayJson {
+    fn from(report: ReplayReport) -> Self {
+        ReplayJson {
+            streams: report.streams,
+            changed: report.changed,
+            example: report.example.map(ReplayExampleJson::from),
+        }
+    }
+}
+
+impl From<ReplayExample> for ReplayExampleJson {
+    fn from(example: ReplayExample) -> Self {
+        ReplayExampleJson { stream: example.stream.to_string(), before: example.before, after: example.after }
+    }
+}
+
+impl SwitchedJson {
+    pub fn new(name: String, switched: Switched) -> Self {
+        SwitchedJson {
+            name,
+            active_version: switched.version.get(),
+            replay: switched.replay.map(ReplayJson::from),
+        }
+    }
+}
