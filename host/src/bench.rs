@@ -73,6 +73,10 @@ pub struct Report {
     /// included), from the host's `/metrics`.
     pub average_commit_batch: Option<f64>,
     pub average_commit_ms: Option<f64>,
+    /// The event store's fsyncs during the load, alone: their average time and how many a
+    /// commit asked for (none on PostgreSQL, whose server does the fsync).
+    pub average_fsync_ms: Option<f64>,
+    pub fsyncs_per_commit: Option<f64>,
     /// `transfers`: from the last accepted transfer until every one was terminal.
     pub transfers_terminal_after_ms: Option<f64>,
 }
@@ -141,16 +145,25 @@ pub async fn run(url: &str, options: &BenchOptions) -> anyhow::Result<Report> {
         None
     };
     let after = commit_metrics(&host).await;
-    let (average_commit_batch, average_commit_ms) = match (before, after) {
-        (Some(before), Some(after)) if after.commits > before.commits => {
-            let commits = after.commits - before.commits;
-            (
-                Some((after.appends - before.appends) / commits),
-                Some((after.seconds - before.seconds) / commits * 1000.0),
-            )
+    let mut average_commit_batch = None;
+    let mut average_commit_ms = None;
+    let mut average_fsync_ms = None;
+    let mut fsyncs_per_commit = None;
+    if let (Some(before), Some(after)) = (before, after)
+        && after.commits > before.commits
+    {
+        let commits = after.commits - before.commits;
+        average_commit_batch = Some((after.appends - before.appends) / commits);
+        average_commit_ms = Some((after.seconds - before.seconds) / commits * 1000.0);
+        if let (Some((count_before, seconds_before)), Some((count_after, seconds_after))) =
+            (before.fsyncs, after.fsyncs)
+            && count_after > count_before
+        {
+            let fsyncs = count_after - count_before;
+            average_fsync_ms = Some((seconds_after - seconds_before) / fsyncs * 1000.0);
+            fsyncs_per_commit = Some(fsyncs / commits);
         }
-        _ => (None, None),
-    };
+    }
     let ratio_to_healthz = healthz.as_ref().map(|h| load.per_second / h.per_second.max(f64::MIN_POSITIVE));
     Ok(Report {
         scenario,
@@ -160,6 +173,8 @@ pub async fn run(url: &str, options: &BenchOptions) -> anyhow::Result<Report> {
         ratio_to_healthz,
         average_commit_batch,
         average_commit_ms,
+        average_fsync_ms,
+        fsyncs_per_commit,
         transfers_terminal_after_ms,
     })
 }
@@ -366,6 +381,8 @@ pub struct CommitMetrics {
     pub appends: f64,
     /// Time spent committing, fsync included.
     pub seconds: f64,
+    /// The event file's fsyncs so far and the time they took (`None` on PostgreSQL).
+    pub fsyncs: Option<(f64, f64)>,
 }
 
 impl CommitMetrics {
@@ -381,6 +398,8 @@ impl CommitMetrics {
             commits: sample("cairn_commit_batch_appends_count")?,
             appends: sample("cairn_commit_batch_appends_sum")?,
             seconds: sample("cairn_commit_duration_seconds_sum")?,
+            fsyncs: sample(r#"cairn_fsync_duration_seconds_count{file="events.redb"}"#)
+                .zip(sample(r#"cairn_fsync_duration_seconds_sum{file="events.redb"}"#)),
         })
     }
 }
@@ -409,6 +428,9 @@ pub fn print(report: &Report) {
     }
     if let (Some(batch), Some(ms)) = (report.average_commit_batch, report.average_commit_ms) {
         println!("group commit: {batch:.1} appends per commit, {ms:.2} ms per commit (fsync included)");
+    }
+    if let (Some(ms), Some(per_commit)) = (report.average_fsync_ms, report.fsyncs_per_commit) {
+        println!("fsync alone: {ms:.2} ms, {per_commit:.1} per commit");
     }
     if let Some(ms) = report.transfers_terminal_after_ms {
         println!("every transfer terminal {ms:.0} ms after the last was accepted");

@@ -54,6 +54,12 @@ pub fn group_commit(appends: usize, events: u64, took: Duration) {
     metrics::histogram!("cairn_commit_duration_seconds").record(took.as_secs_f64());
 }
 
+/// One fsync of a store file (`events.redb`, `views.redb`): the disk's share of a commit,
+/// which `cairn_commit_duration_seconds` holds together with the transaction.
+pub fn fsync(file: &str, took: Duration) {
+    metrics::histogram!("cairn_fsync_duration_seconds", "file" => file.to_owned()).record(took.as_secs_f64());
+}
+
 /// A group commit that failed (nothing of it is stored).
 pub fn commit_failed() {
     metrics::counter!("cairn_commit_failures_total").increment(1);

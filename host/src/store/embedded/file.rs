@@ -8,9 +8,8 @@
 //! away from new readers, waits for the readers that hold it to finish, closes it, and opens
 //! the file again (redb recovers it to its last commit).
 //!
-//! In debug builds (what `cargo test` builds) the file is opened through a backend that the
-//! fault injection can make fail (`CAIRN_FAULTS=io-error=...`); release builds open it as
-//! redb does.
+//! The file is opened through a backend that times every fsync; in debug builds (what `cargo
+//! test` builds) the fault injection can also make it fail (`CAIRN_FAULTS=io-error=...`).
 
 use crate::store::StoreError;
 use redb::Database;
@@ -223,12 +222,8 @@ pub(crate) fn needs_reopen(error: &StoreError) -> bool {
     matches!(error.engine::<Error>(), Some(Error::Io(_) | Error::PreviousIo | Error::Backend(_)))
 }
 
-#[cfg(not(debug_assertions))]
-fn open_database(path: &Path) -> Result<Database, StoreError> {
-    Ok(Database::create(path)?)
-}
-
-#[cfg(debug_assertions)]
+/// Opens the file through [`disk::Disk`], which times every fsync and, in debug builds, fails
+/// while the fault injection says so.
 fn open_database(path: &Path) -> Result<Database, StoreError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -237,22 +232,28 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
         .truncate(false)
         .open(path)
         .map_err(|e| StoreError::from(redb::Error::Io(e)))?;
-    let backend = injected::Faultable { inner: redb::backends::FileBackend::new(file)? };
+    let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let backend = disk::Disk { inner: redb::backends::FileBackend::new(file)?, name };
     Ok(Database::builder().create_with_backend(backend)?)
 }
 
-#[cfg(debug_assertions)]
-mod injected {
-    //! A file backend whose writes fail while the fault injection says so.
+mod disk {
+    //! redb's file backend, with every fsync timed (`cairn_fsync_duration_seconds`, so an
+    //! operator can tell a slow disk from a slow host) and, in debug builds, writes that fail
+    //! while the fault injection says so.
 
     use redb::{BackendError, StorageBackend};
     use std::ops::Bound;
+    use std::time::Instant;
 
     #[derive(Debug)]
-    pub(super) struct Faultable {
+    pub(super) struct Disk {
         pub(super) inner: redb::backends::FileBackend,
+        /// The file's name, the metric's label.
+        pub(super) name: String,
     }
 
+    #[cfg(debug_assertions)]
     fn failing() -> std::io::Result<()> {
         if crate::faults::io_error_armed() {
             return Err(std::io::Error::other("fault injection: io-error (the disk refused a write)"));
@@ -260,7 +261,26 @@ mod injected {
         Ok(())
     }
 
-    impl StorageBackend for Faultable {
+    #[cfg(not(debug_assertions))]
+    fn failing() -> std::io::Result<()> {
+        Ok(())
+    }
+
+    #[cfg(debug_assertions)]
+    fn failing_fsync() -> std::io::Result<()> {
+        failing()?;
+        if crate::faults::fsync_error_armed() {
+            return Err(std::io::Error::other("fault injection: fsync-error (the disk failed an fsync)"));
+        }
+        Ok(())
+    }
+
+    #[cfg(not(debug_assertions))]
+    fn failing_fsync() -> std::io::Result<()> {
+        Ok(())
+    }
+
+    impl StorageBackend for Disk {
         fn len(&self) -> Result<u64, std::io::Error> {
             self.inner.len()
         }
@@ -272,11 +292,11 @@ mod injected {
             self.inner.set_len(len)
         }
         fn sync_data(&self) -> Result<(), std::io::Error> {
-            failing()?;
-            if crate::faults::fsync_error_armed() {
-                return Err(std::io::Error::other("fault injection: fsync-error (the disk failed an fsync)"));
-            }
-            self.inner.sync_data()
+            failing_fsync()?;
+            let started = Instant::now();
+            let synced = self.inner.sync_data();
+            crate::telemetry::fsync(&self.name, started.elapsed());
+            synced
         }
         fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
             failing()?;
