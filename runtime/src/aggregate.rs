@@ -4,7 +4,7 @@ use super::guest_io::{self, GuestIo};
 use super::{ComponentDigest, Diagnostics, GuestError, Limits, LoadError, instantiation_failure};
 use cairn_wire::{EventEnvelope, InternalCommand, OutgoingCommand, Rejection, Subscription};
 use cairn_wire::{RawCommand, RawEvent};
-use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, HasSelf, InstancePre, Linker};
 use wasmtime::{Engine, Store, StoreLimits};
 
 pub(crate) mod wit {
@@ -77,16 +77,19 @@ impl wit::cairn::runtime::diagnostics::Host for GuestData {
 
 impl wit::cairn::runtime::types::Host for GuestData {}
 
-struct Instance {
+struct Instance<'a> {
     store: Store<GuestData>,
-    guest: Guest,
+    guest: Guest<'a>,
 }
 
 /// A fresh instance's exports: those of `aggregate-core` through the bindings, `execute`
 /// (of the `executor` interface) by name, since components built before it lack it.
-struct Guest {
-    core: wit::AggregateCore,
+struct Guest<'a> {
     instance: wasmtime::component::Instance,
+    /// Where the bindings' exports are, found once per version: loading them is a lookup
+    /// and a type check per export, so a call loads them only when it uses them (a
+    /// command's `execute` does not).
+    indices: &'a wit::AggregateCoreIndices,
 }
 
 /// Events folded in one guest call: at most this many, and this many bytes of them past the
@@ -117,7 +120,12 @@ fn call_policy(store: &mut Store<GuestData>, func: PolicyFunc) -> wasmtime::Resu
     Ok(policy)
 }
 
-impl Guest {
+impl Guest<'_> {
+    /// The `aggregate-core` exports through the generated bindings.
+    fn core(&self, store: &mut Store<GuestData>) -> wasmtime::Result<wit::AggregateCore> {
+        self.indices.load(store, &self.instance)
+    }
+
     fn execute_func<'a>(
         &self,
         store: &mut Store<GuestData>,
@@ -141,7 +149,8 @@ impl Guest {
 /// One compiled, linked version of an aggregate component.
 pub struct AggregateComponent {
     engine: Engine,
-    pre: wit::AggregateCorePre<GuestData>,
+    pre: InstancePre<GuestData>,
+    indices: wit::AggregateCoreIndices,
     /// `execute`, when the component exports it (components built before it did not).
     execute: Option<ComponentExportIndex>,
     digest: ComponentDigest,
@@ -165,21 +174,29 @@ impl AggregateComponent {
         guest_io::trap_other_imports(&mut linker, &component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        let pre = wit::AggregateCorePre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let indices =
+            wit::AggregateCoreIndices::new(&pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let execute = component
             .get_export_index(None, "cairn:runtime/executor@0.1.0")
             .and_then(|executor| component.get_export_index(Some(&executor), "execute"));
         let policy = component
             .get_export_index(None, "cairn:runtime/policy@0.1.0")
             .and_then(|policy| component.get_export_index(Some(&policy), "policy"));
-        let mut loaded =
-            AggregateComponent { engine, pre, execute, digest, info: AggregateInfo::default(), limits };
+        let mut loaded = AggregateComponent {
+            engine,
+            pre,
+            indices,
+            execute,
+            digest,
+            info: AggregateInfo::default(),
+            limits,
+        };
         let execute = loaded.execute;
         let (signature, described, policy) = loaded
             .call(limits.fuel_per_call, |store, guest| {
                 // A wrong `execute` signature is found now, not on the first command.
                 let signature = execute.as_ref().map(|index| guest.execute_func(store, index).map(drop));
-                let described = guest.core.call_describe(&mut *store)?;
+                let described = guest.core(store)?.call_describe(&mut *store)?;
                 // `policy` runs in the same fresh instance: describing is one call's worth.
                 let policy = match &policy {
                     None => None,
@@ -243,14 +260,14 @@ impl AggregateComponent {
 
     /// The compiled code, for the compile cache.
     pub(super) fn compiled(&self) -> &Component {
-        self.pre.instance_pre().component()
+        self.pre.component()
     }
 
     pub fn info(&self) -> &AggregateInfo {
         &self.info
     }
 
-    fn instantiate(&self) -> Result<Instance, GuestError> {
+    fn instantiate(&self) -> Result<Instance<'_>, GuestError> {
         let limits = self.limits.store_limits();
         let component = self.info.type_name.clone();
         let io = GuestIo::new(&component);
@@ -260,14 +277,9 @@ impl AggregateComponent {
         );
         store.limiter(|data| &mut data.limits);
         store.set_fuel(self.limits.fuel_per_call).map_err(|e| GuestError::Trap(e.to_string()))?;
-        let instance = self
-            .pre
-            .instance_pre()
-            .instantiate(&mut store)
-            .map_err(|e| instantiation_failure(&e, &self.limits))?;
-        let core =
-            wit::AggregateCore::new(&mut store, &instance).map_err(|e| GuestError::Trap(format!("{e:#}")))?;
-        Ok(Instance { store, guest: Guest { core, instance } })
+        let instance =
+            self.pre.instantiate(&mut store).map_err(|e| instantiation_failure(&e, &self.limits))?;
+        Ok(Instance { store, guest: Guest { instance, indices: &self.indices } })
     }
 
     /// Run `f` on a fresh instance with `fuel`, so nothing an earlier call left in the
@@ -275,7 +287,7 @@ impl AggregateComponent {
     fn call<R>(
         &self,
         fuel: u64,
-        f: impl FnOnce(&mut Store<GuestData>, &Guest) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<GuestData>, &Guest<'_>) -> wasmtime::Result<R>,
     ) -> Result<R, GuestError> {
         let started = std::time::Instant::now();
         let mut instance = self.instantiate().inspect_err(|failure| {
@@ -300,7 +312,7 @@ impl AggregateComponent {
         let command =
             witty::Command { command_type: command.command_type.clone(), payload: command.payload.clone() };
         let answer = self.call(self.limits.fuel_per_call, |store, guest| {
-            guest.core.call_process_command(store, state, &command)
+            guest.core(store)?.call_process_command(store, state, &command)
         })?;
         let bytes = match &answer {
             Ok(events) => events.iter().map(|e| e.event_type.len() + e.payload.len()).sum(),
@@ -396,8 +408,9 @@ impl AggregateComponent {
                 .map(|e| witty::Event { event_type: e.event_type.clone(), payload: e.payload.clone() })
                 .collect();
             let fuel = self.limits.fuel_per_call + self.limits.fuel_per_event * chunk.len() as u64;
-            state = self
-                .call(fuel, |store, guest| guest.core.call_apply_events(store, state.as_deref(), &chunk))?;
+            state = self.call(fuel, |store, guest| {
+                guest.core(store)?.call_apply_events(store, state.as_deref(), &chunk)
+            })?;
             self.limits.bound_output(state.as_ref().map_or(0, Vec::len))?;
         }
         Ok(state)
@@ -406,8 +419,9 @@ impl AggregateComponent {
     /// The commands the component sends when `event` (one it subscribes to) is committed.
     pub fn react(&self, event: &EventEnvelope) -> Result<Vec<OutgoingCommand>, GuestError> {
         let envelope = wit_envelope(event);
-        let commands =
-            self.call(self.limits.fuel_per_call, |store, guest| guest.core.call_react(store, &envelope))?;
+        let commands = self.call(self.limits.fuel_per_call, |store, guest| {
+            guest.core(store)?.call_react(store, &envelope)
+        })?;
         let bytes = commands
             .iter()
             .map(|c| {
@@ -486,10 +500,11 @@ mod tests {
         const N: u32 = 20_000;
         for round in 0..3 {
             let mut reused = account.instantiate().unwrap();
+            let core = reused.guest.core(&mut reused.store).unwrap();
             let started = Instant::now();
             for _ in 0..N {
                 reused.store.set_fuel(1_000_000).unwrap();
-                reused.guest.core.call_process_command(&mut reused.store, None, &command).unwrap().unwrap();
+                core.call_process_command(&mut reused.store, None, &command).unwrap().unwrap();
             }
             let on_reused = started.elapsed() / N;
             let started = Instant::now();
