@@ -398,10 +398,19 @@ impl CommitMetrics {
             commits: sample("cairn_commit_batch_appends_count")?,
             appends: sample("cairn_commit_batch_appends_sum")?,
             seconds: sample("cairn_commit_duration_seconds_sum")?,
-            fsyncs: sample(r#"cairn_fsync_duration_seconds_count{file="events.redb"}"#)
-                .zip(sample(r#"cairn_fsync_duration_seconds_sum{file="events.redb"}"#)),
+            fsyncs: events_file_sample(text, "cairn_fsync_duration_seconds_count")
+                .zip(events_file_sample(text, "cairn_fsync_duration_seconds_sum")),
         })
     }
+}
+
+/// A labelled series' value for the event file: `name{…file="events.redb"…} value`.
+fn events_file_sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.split_once(' ')?;
+        let labels = series.strip_prefix(name)?.strip_prefix('{')?;
+        labels.contains(r#"file="events.redb""#).then(|| value.trim().parse().ok())?
+    })
 }
 
 /// The host's group-commit counters, when it serves `/metrics`.
@@ -434,5 +443,31 @@ pub fn print(report: &Report) {
     }
     if let Some(ms) = report.transfers_terminal_after_ms {
         println!("every transfer terminal {ms:.0} ms after the last was accepted");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CommitMetrics;
+
+    /// The exporter's text, labels and all: the event file's fsyncs are found beside the
+    /// views' and the buckets, and a host without them (PostgreSQL) still reports commits.
+    #[test]
+    fn commit_metrics_are_read_from_the_prometheus_text() {
+        let text = r#"cairn_commit_batch_appends_count 10
+cairn_commit_batch_appends_sum 35
+cairn_commit_duration_seconds_sum 0.031
+cairn_fsync_duration_seconds_bucket{file="events.redb",le="0.005"} 9
+cairn_fsync_duration_seconds_sum{file="views.redb"} 9.5
+cairn_fsync_duration_seconds_count{file="views.redb"} 4
+cairn_fsync_duration_seconds_sum{file="events.redb"} 0.025
+cairn_fsync_duration_seconds_count{file="events.redb"} 10
+"#;
+        let metrics = CommitMetrics::from_prometheus(text).unwrap();
+        assert_eq!((metrics.commits, metrics.appends, metrics.seconds), (10.0, 35.0, 0.031));
+        assert_eq!(metrics.fsyncs, Some((10.0, 0.025)));
+        let on_postgres: String =
+            text.lines().filter(|l| !l.contains("fsync")).map(|l| format!("{l}\n")).collect();
+        assert_eq!(CommitMetrics::from_prometheus(&on_postgres).unwrap().fsyncs, None);
     }
 }

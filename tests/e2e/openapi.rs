@@ -66,6 +66,8 @@ async fn openapi_json_describes_what_the_host_serves() {
     let component = &components[0];
     assert_eq!(fields(component), properties(&doc, "ComponentJson"), "{component}");
     assert_eq!(fields(&component["versions"][0]), properties(&doc, "VersionJson"), "{component}");
+    let switched = host.admin_post("/components/account/activate?version=1").await.expect(200).body;
+    assert_eq!(fields(&switched), properties(&doc, "SwitchedJson"), "{switched}");
 }
 
 fn fields(answer: &Value) -> Vec<String> {

@@ -73,30 +73,31 @@ pub struct ReplayJson {
 pub struct ReplayExampleJson {
     /// `type/id`.
     pub stream: String,
-    #[schema(value_type = Object)]
+    /// The state under the running version (any JSON value, `null` for none).
     pub before: Value,
-    #[schema(value_type = Object)]
+    /// The state under the new version.
     pub after: Value,
 }
 
-/// What an activation or a rollback answers.
+/// What an activation or a rollback answers (fields in the order the host always sent them).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SwitchedJson {
-    pub name: String,
     /// The version now active.
     pub active_version: u32,
-    /// The replay check's findings: none when forced, for a projection, or with no stream to
-    /// replay.
+    pub name: String,
+    /// The replay check's findings: none when forced, for a projection, or when the version
+    /// was already active.
     pub replay: Option<ReplayJson>,
 }
 
-/// What deleting a stored version answers.
+/// What deleting a stored version answers (fields in the order the host always sent them).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeletedVersionJson {
-    pub name: String,
     pub deleted_version: u32,
-    /// The bytes the version's `.wasm` took in the store.
+    /// The bytes the store gave back: the version's `.wasm`, or 0 when another version has
+    /// the same bytes.
     pub freed_bytes: u64,
+    pub name: String,
 }
 
 impl From<ComponentSummary> for ComponentJson {
@@ -166,8 +167,8 @@ impl From<ReplayExample> for ReplayExampleJson {
 impl SwitchedJson {
     pub fn new(name: String, switched: Switched) -> Self {
         SwitchedJson {
-            name,
             active_version: switched.version.get(),
+            name,
             replay: switched.replay.map(ReplayJson::from),
         }
     }
