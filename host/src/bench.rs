@@ -388,28 +388,31 @@ pub struct CommitMetrics {
 impl CommitMetrics {
     /// `None` until the host has committed (no histogram yet) or when `text` has none.
     pub fn from_prometheus(text: &str) -> Option<CommitMetrics> {
-        let sample = |name: &str| {
-            text.lines()
-                .find(|line| line.split_whitespace().next() == Some(name))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|value| value.parse::<f64>().ok())
-        };
+        let events_file = Some(r#"file="events.redb""#);
         Some(CommitMetrics {
-            commits: sample("cairn_commit_batch_appends_count")?,
-            appends: sample("cairn_commit_batch_appends_sum")?,
-            seconds: sample("cairn_commit_duration_seconds_sum")?,
-            fsyncs: events_file_sample(text, "cairn_fsync_duration_seconds_count")
-                .zip(events_file_sample(text, "cairn_fsync_duration_seconds_sum")),
+            commits: sample(text, "cairn_commit_batch_appends_count", None)?,
+            appends: sample(text, "cairn_commit_batch_appends_sum", None)?,
+            seconds: sample(text, "cairn_commit_duration_seconds_sum", None)?,
+            fsyncs: sample(text, "cairn_fsync_duration_seconds_count", events_file).zip(sample(
+                text,
+                "cairn_fsync_duration_seconds_sum",
+                events_file,
+            )),
         })
     }
 }
 
-/// A labelled series' value for the event file: `name{…file="events.redb"…} value`.
-fn events_file_sample(text: &str, name: &str) -> Option<f64> {
+/// A series' value in the exporter's text: `name value` with no label, or
+/// `name{…label…} value` when one is asked for.
+fn sample(text: &str, name: &str, label: Option<&str>) -> Option<f64> {
     text.lines().find_map(|line| {
         let (series, value) = line.split_once(' ')?;
-        let labels = series.strip_prefix(name)?.strip_prefix('{')?;
-        labels.contains(r#"file="events.redb""#).then(|| value.trim().parse().ok())?
+        let labels = series.strip_prefix(name)?;
+        let wanted = match label {
+            None => labels.is_empty(),
+            Some(label) => labels.strip_prefix('{').is_some_and(|labels| labels.contains(label)),
+        };
+        if wanted { value.trim().parse().ok() } else { None }
     })
 }
 

@@ -253,30 +253,22 @@ mod disk {
         pub(super) name: String,
     }
 
-    #[cfg(debug_assertions)]
+    /// A write the fault injection refuses (never in release builds).
     fn failing() -> std::io::Result<()> {
+        #[cfg(debug_assertions)]
         if crate::faults::io_error_armed() {
             return Err(std::io::Error::other("fault injection: io-error (the disk refused a write)"));
         }
         Ok(())
     }
 
-    #[cfg(not(debug_assertions))]
-    fn failing() -> std::io::Result<()> {
-        Ok(())
-    }
-
-    #[cfg(debug_assertions)]
+    /// An fsync the fault injection fails (never in release builds).
     fn failing_fsync() -> std::io::Result<()> {
         failing()?;
+        #[cfg(debug_assertions)]
         if crate::faults::fsync_error_armed() {
             return Err(std::io::Error::other("fault injection: fsync-error (the disk failed an fsync)"));
         }
-        Ok(())
-    }
-
-    #[cfg(not(debug_assertions))]
-    fn failing_fsync() -> std::io::Result<()> {
         Ok(())
     }
 
