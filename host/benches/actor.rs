@@ -43,7 +43,7 @@ impl Host {
             .expect("the account component deploys");
         let part = cairn::lifecycle::Part::child_of(&cairn::lifecycle::CancellationToken::new());
         let runtime = tokio::runtime::Handle::current();
-        let actors = Actors::new(store, writer, components, ActorConfig::default(), runtime, part);
+        let actors = Actors::new(store, writer, components, ActorConfig::default(), runtime, part, None);
         let host = Host { actors, next_transaction: AtomicU64::new(0), _dir: dir };
         for k in 0..SENDERS {
             host.send(k, "OpenAccount", json!({"initial_balance": 0})).await;

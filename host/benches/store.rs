@@ -65,6 +65,7 @@ fn appends(c: &mut Criterion) {
                 outcomes: Vec::new(),
                 snapshot: None,
                 history: Vec::new(),
+                fence: None,
             };
             runtime.block_on(writer.append(batch)).expect("the append commits")
         })
@@ -87,6 +88,7 @@ fn appends(c: &mut Criterion) {
                             outcomes: Vec::new(),
                             snapshot: None,
                             history: Vec::new(),
+                            fence: None,
                         }
                     })
                     .collect();

@@ -52,6 +52,8 @@ enum ClientFailure {
 pub const EXIT_REFUSED: u8 = 1;
 pub const EXIT_UNREACHABLE: u8 = 3;
 
+// Parsed once per process: `serve`'s many settings need no box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the host: an embedded event store in DIR, the HTTP API on ADDR.
@@ -152,6 +154,17 @@ enum Command {
         /// requests and read answers (CORS); repeatable. Pages of other sites are refused (403).
         #[arg(long = "allowed-origin", value_name = "ORIGIN")]
         allowed_origins: Vec<String>,
+        /// Join the cluster of hosts on the --store database, reachable by the others at URL
+        /// (`http://HOST:PORT`): any host answers any request, each stream has one writer.
+        #[arg(long, env = "CAIRN_ADVERTISE", value_name = "URL")]
+        advertise: Option<String>,
+        /// This host's id in the cluster (default: one made at first start and kept in --data).
+        #[arg(long, env = "CAIRN_NODE_ID", requires = "advertise")]
+        node_id: Option<String>,
+        /// How long a host's partition leases last unless it renews them (every third of it):
+        /// how soon a dead host's streams are served again.
+        #[arg(long, default_value_t = 5_000, value_name = "MILLIS", requires = "advertise")]
+        lease_ttl_ms: u64,
     },
     /// Send a command: `cairn send account 101 '{"type":"OpenAccount","data":{"initial_balance":100}}'`.
     Send {
@@ -211,6 +224,8 @@ enum Command {
     },
     /// Each subscriber's cursor, lag, deliveries and dead letters.
     Routing {},
+    /// The cluster: every node, the partitions each holds, and what no node holds.
+    Cluster {},
     /// Follow the global log live (Server-Sent Events), one event a line.
     Tail {
         /// Start after this position (default: the head, so only new events).
@@ -390,6 +405,9 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             examples,
             allowed_hosts,
             allowed_origins,
+            advertise,
+            node_id,
+            lease_ttl_ms,
         } => {
             let mut config = ServeConfig {
                 data_dir: client.data,
@@ -425,6 +443,21 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             config.allowed_hosts = allowed_hosts;
             config.allowed_origins = allowed_origins;
             config.compiled_cache = compiled_cache;
+            if let Some(advertise) = advertise.filter(|a| !a.trim().is_empty()) {
+                let parsed = reqwest::Url::parse(&advertise)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+                anyhow::ensure!(
+                    parsed.is_some(),
+                    "--advertise must be an http:// URL other hosts reach this one at: {advertise:?}"
+                );
+                anyhow::ensure!(lease_ttl_ms >= 300, "--lease-ttl-ms must be at least 300");
+                config.cluster = Some(crate::cluster::ClusterConfig {
+                    advertise: advertise.trim_end_matches('/').to_owned(),
+                    node_id,
+                    lease_ttl: std::time::Duration::from_millis(lease_ttl_ms),
+                });
+            }
             crate::server::serve(config).await
         }
         Command::Send { type_name, id, command, idempotency_key, correlation_id, expect_version } => {
@@ -492,6 +525,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             print_answer(&client, host.get(&path)).await
         }
         Command::Routing {} => print_answer(&client, host.get("/routing")).await,
+        Command::Cluster {} => print_answer(&client, host.get("/cluster")).await,
         Command::Deploy { file, name, dry_run, react_from_beginning } => {
             let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
             let name = match name {

@@ -50,6 +50,9 @@ pub struct ServeConfig {
     /// Origins (`https://console.example`) whose pages may change the host, and are granted
     /// CORS; a state-changing request from any other page is 403.
     pub allowed_origins: Vec<String>,
+    /// Join the cluster of hosts on the `store` database (`--advertise`); `None`: this host
+    /// holds the database alone.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for ServeConfig {
@@ -85,6 +88,7 @@ impl Default for ServeConfig {
             compiled_cache: None,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -95,5 +99,7 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 pub const STORE_FILE: &str = "events.redb";
 /// The views' file in the data directory: derived data, rebuilt from the log if lost.
 pub const VIEWS_FILE: &str = "views.redb";
+/// The file in the data directory that keeps a cluster member's node id.
+pub const NODE_ID_FILE: &str = "node-id";
 /// Where compiled components are cached in the data directory.
 pub const COMPILED_DIR: &str = "compiled";

@@ -45,6 +45,8 @@ pub struct Host {
     allowed_origins: Vec<String>,
     /// Dropped after the actors and subscribers that run on it have stopped.
     guests: Option<GuestThreads>,
+    /// In a cluster: the renewal of this host's leases, stopped last, which hands them over.
+    membership: Part,
 }
 
 impl Host {
@@ -55,12 +57,39 @@ impl Host {
         std::fs::create_dir_all(data).with_context(|| format!("create data directory {}", data.display()))?;
         let admin_token = admin_token(data, config.admin_token.as_deref())?;
 
+        // This process's name in the lease rows of a cluster: the writer checks every
+        // append's lease against it.
+        let incarnation = uuid::Uuid::new_v4().to_string();
         let (store, writer, views) = match &config.store {
+            None if config.cluster.is_some() => {
+                anyhow::bail!(
+                    "--advertise joins a cluster on PostgreSQL: give the database with --store postgres://…"
+                )
+            }
             None => open_embedded(data)?,
             Some(url) => {
-                let opened = store::postgres::open(url).await.map_err(|error| anyhow::anyhow!("{error}"))?;
+                let options = store::postgres::OpenOptions {
+                    exclusive: config.cluster.is_none(),
+                    member: config.cluster.as_ref().map(|_| incarnation.clone()),
+                };
+                let opened = store::postgres::open_with(url, options)
+                    .await
+                    .map_err(|error| anyhow::anyhow!("{error}"))?;
                 (opened.store, opened.writer, PostgresViews::shared(opened.views_pool))
             }
+        };
+        let root = CancellationToken::new();
+        // A layer that fails to start stops the ones started before it.
+        let stop_on_error = root.clone().drop_guard();
+        let membership = Part::child_of(&root);
+        let cluster = match (&config.cluster, &config.store) {
+            (Some(cluster), Some(url)) => {
+                let node = node_id(data, cluster.node_id.as_deref())?;
+                let joined =
+                    crate::cluster::join(url, cluster, node, incarnation, membership.clone()).await?;
+                Some(joined)
+            }
+            _ => None,
         };
         let runtime = match &config.compiled_cache {
             None => Runtime::new(Some(&data.join(COMPILED_DIR)), config.guest_limits)?,
@@ -85,9 +114,6 @@ impl Host {
             tracing::info!(examples = ?config.examples, "new data directory: deployed bundled example components");
         }
 
-        let root = CancellationToken::new();
-        // A layer that fails to start stops the ones started before it.
-        let stop_on_error = root.clone().drop_guard();
         // Guest calls (an actor's decisions, a subscriber's reactions) run on threads of their
         // own, so a long one never holds up the threads that answer HTTP.
         let guests = GuestThreads::start()?;
@@ -98,7 +124,11 @@ impl Host {
             config.actors,
             guests.handle().clone(),
             Part::child_of(&root),
+            cluster.clone(),
         );
+        // In a cluster, the routing and the projections run on the host that holds their
+        // lease, and stop when it moves.
+        let background = cluster.as_ref().map(|c| c.background());
         let routing = Routing::start(
             actors.clone(),
             store.clone(),
@@ -106,12 +136,13 @@ impl Host {
             components.clone(),
             config.routing,
             guests.handle().clone(),
-            Part::child_of(&root),
+            Part::child_of(&root).gated(background.clone()),
         );
-        let projections = Projections::start(store.clone(), views, components.clone(), Part::child_of(&root))
+        let projections_part = Part::child_of(&root).gated(background);
+        let projections = Projections::start(store.clone(), views, components.clone(), projections_part)
             .await
             .context("start the projections")?;
-        let housekeeping = Part::child_of(&root);
+        let housekeeping = Part::child_of(&root).gated(cluster.as_ref().map(|c| c.background()));
         keep_house(&housekeeping, &writer, config.idempotency_retention);
         let http = Part::child_of(&root);
         let state = AppState {
@@ -137,7 +168,19 @@ impl Host {
             site: Arc::new(SitePolicy::new(config.listen, &[], &[])),
             folds: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_folds.max(1))),
             default_snapshot_interval: config.actors.default_snapshot_interval,
+            cluster: cluster.clone(),
         };
+        if let Some(cluster) = &cluster {
+            follow_the_registry(&membership, cluster, &state.components);
+        }
+        // The other hosts reach this one by its advertised name.
+        let mut allowed_hosts = config.allowed_hosts.clone();
+        if let Some(cluster) = &config.cluster
+            && let Ok(url) = reqwest::Url::parse(&cluster.advertise)
+            && let Some(name) = url.host_str()
+        {
+            allowed_hosts.push(url.port().map_or(name.to_owned(), |port| format!("{name}:{port}")));
+        }
         stop_on_error.disarm();
         Ok(Host {
             root,
@@ -149,9 +192,10 @@ impl Host {
             writer,
             state,
             body_limits: config.body_limits,
-            allowed_hosts: config.allowed_hosts.clone(),
+            allowed_hosts,
             allowed_origins: config.allowed_origins.clone(),
             guests: Some(guests),
+            membership,
         })
     }
 
@@ -181,6 +225,8 @@ impl Host {
         self.housekeeping.stop().await;
         drop(self.guests.take());
         self.writer.shutdown().await;
+        // What the writer had is committed: now the leases can go to the other hosts.
+        self.membership.stop().await;
         tracing::info!("stopped cleanly");
     }
 }
@@ -190,6 +236,45 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         self.root.cancel();
+    }
+}
+
+/// In a cluster: a deploy, activation or rollback made on another host, read from the
+/// database and made active here too.
+fn follow_the_registry(
+    part: &Part,
+    cluster: &Arc<crate::cluster::Cluster>,
+    components: &Arc<ComponentRegistry>,
+) {
+    let (part, components) = (part.clone(), components.clone());
+    let period = (cluster.lease_ttl() / 3).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let tracker = part.tracker().clone();
+    tracker.spawn(async move {
+        while part.pause(period).await.is_ok() {
+            if let Err(error) = components.refresh().await {
+                tracing::warn!("cannot read the components other hosts deployed: {error}");
+            }
+        }
+    });
+}
+
+/// The node id of a cluster member: given, or kept in the data directory (made at first start).
+fn node_id(data: &Path, given: Option<&str>) -> anyhow::Result<String> {
+    if let Some(id) = given {
+        let valid = !id.is_empty()
+            && id.len() <= 64
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        anyhow::ensure!(valid, "--node-id must be 1 to 64 letters, digits, '-', '_' or '.': {id:?}");
+        return Ok(id.to_owned());
+    }
+    let file = data.join(crate::config::NODE_ID_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let id = format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            std::fs::write(&file, &id).with_context(|| format!("keep the node id in {}", file.display()))?;
+            Ok(id)
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod actor;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod components;
 pub mod config;
 pub mod faults;

@@ -25,12 +25,46 @@ pub struct Stopped;
 pub struct Part {
     token: CancellationToken,
     tracker: TaskTracker,
+    /// When set, the part's supervised loops run only while it is `true` (in a cluster, on
+    /// the one host that holds the lease of that work), and stop when it turns `false`.
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Part {
     /// A part that stops when `parent` does, or when it is stopped itself.
     pub fn child_of(parent: &CancellationToken) -> Part {
-        Part { token: parent.child_token(), tracker: TaskTracker::new() }
+        Part { token: parent.child_token(), tracker: TaskTracker::new(), gate: None }
+    }
+
+    /// The same part, its supervised loops running only while `gate` is `true`.
+    pub fn gated(self, gate: Option<tokio::sync::watch::Receiver<bool>>) -> Part {
+        Part { gate, ..self }
+    }
+
+    /// Whether the part's supervised loops may run now (always, unless gated).
+    pub fn may_run(&self) -> bool {
+        self.gate.as_ref().is_none_or(|gate| *gate.borrow())
+    }
+
+    /// Wait until the part's loops may run; `Err(Stopped)` if the part stops first.
+    async fn opened(&self) -> Result<(), Stopped> {
+        let Some(gate) = &self.gate else { return self.check() };
+        let mut gate = gate.clone();
+        tokio::select! {
+            opened = gate.wait_for(|open| *open) => opened.map(|_| ()).map_err(|_| Stopped),
+            _ = self.token.cancelled() => Err(Stopped),
+        }
+    }
+
+    /// Resolves once the gate closes (never, without one).
+    async fn closed(&self) {
+        match &self.gate {
+            Some(gate) => {
+                let mut gate = gate.clone();
+                let _ = gate.wait_for(|open| !*open).await;
+            }
+            None => std::future::pending().await,
+        }
     }
 
     pub fn token(&self) -> &CancellationToken {
@@ -108,11 +142,23 @@ pub async fn supervise<F, Fut>(
 {
     let mut pause = backoff.first;
     loop {
-        if part.is_stopping() {
+        if part.opened().await.is_err() {
             return;
         }
         let started = Instant::now();
-        let error = match tokio::spawn(run()).await {
+        let mut running = tokio::spawn(run());
+        let ended = tokio::select! {
+            ended = &mut running => ended,
+            _ = part.closed() => {
+                // The lease of this work moved to another host: stop here, as a crash would
+                // (cursors and views have not passed what is unfinished), and wait for it again.
+                running.abort();
+                let _ = running.await;
+                tracing::info!(part = name, "stopped: another host runs it now");
+                continue;
+            }
+        };
+        let error = match ended {
             Ok(Ok(())) => return,
             Ok(Err(_)) if part.is_stopping() => return,
             Ok(Err(RunFailed(error))) => error,

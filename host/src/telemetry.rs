@@ -108,3 +108,15 @@ pub fn gauge(name: &'static str, value: f64) {
 pub fn labelled_gauge(name: &'static str, label: &'static str, value_of_label: &str, value: f64) {
     metrics::gauge!(name, label => value_of_label.to_owned()).set(value);
 }
+
+/// Partition leases this host took over (after a host died or left, or at its start).
+pub fn leases_taken(count: usize) {
+    metrics::counter!("cairn_cluster_leases_taken_total").increment(count as u64);
+}
+
+/// A request forwarded to the host that owns its stream (`kind`: `command`, `state`,
+/// `delivery`), with how it went (`outcome`: `answered`, `unreachable`) and how long it took.
+pub fn forwarded(kind: &'static str, outcome: &'static str, took: Duration) {
+    metrics::counter!("cairn_cluster_forwarded_total", "kind" => kind, "outcome" => outcome).increment(1);
+    metrics::histogram!("cairn_cluster_forward_duration_seconds", "kind" => kind).record(took.as_secs_f64());
+}

@@ -41,6 +41,7 @@ fn batch(stream: &StreamId, expected_version: u64, events: impl IntoIterator<Ite
         outcomes: Vec::new(),
         snapshot: None,
         history: Vec::new(),
+        fence: None,
     }
 }
 
@@ -582,10 +583,10 @@ async fn readers_never_see_a_position_out_of_order_while_several_stores_write_on
     const WRITERS: usize = 6;
     const ROUNDS: u64 = 25;
     let url = postgres::fresh_database();
-    let shared = OpenOptions { exclusive: false };
+    let shared = OpenOptions { exclusive: false, member: None };
     let mut stores = Vec::new();
     for _ in 0..STORES {
-        let opened = open_with(&url, shared).await.unwrap();
+        let opened = open_with(&url, shared.clone()).await.unwrap();
         stores.push((opened.store, opened.writer));
     }
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -129,7 +129,12 @@ impl Host {
         let mut child = command
             .args(["serve", "--data"])
             .arg(&self.data)
-            .args(["--listen", "127.0.0.1:0", "--admin-token", "test-token"])
+            .args(if self.extra_args.iter().any(|a| a == "--listen") {
+                &[][..]
+            } else {
+                &["--listen", "127.0.0.1:0"][..]
+            })
+            .args(["--admin-token", "test-token"])
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .envs(own_env.map(|(k, v)| (k.as_str(), v.as_str())))

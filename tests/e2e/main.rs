@@ -11,6 +11,7 @@ mod postgres;
 mod backup;
 mod bounds;
 mod cli;
+mod cluster;
 mod commands;
 mod console;
 mod crash;

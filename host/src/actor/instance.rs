@@ -7,7 +7,7 @@ use crate::replay::{Fold, replay_with, wait_for, worth_keeping};
 use crate::runtime::Executed;
 use crate::runtime::GuestError;
 use crate::store::{
-    AppendBatch, AppendError, Committed, Fingerprint, NewEvent, OutcomeKey, Page, Receipt, Snapshot,
+    AppendBatch, AppendError, Committed, Fence, Fingerprint, NewEvent, OutcomeKey, Page, Receipt, Snapshot,
     StoreError, StoredEvent, StoredOutcome, StreamId, Version,
 };
 use cairn_wire::RawCommand;
@@ -27,6 +27,7 @@ pub(super) async fn run(
     generation: u64,
     mut inbox: mpsc::Receiver<Message>,
     after: AfterFailure,
+    fence: Option<Fence>,
 ) {
     if after == AfterFailure::Yes {
         // The actor before this one may have left batches with the writer when it died. Until
@@ -43,6 +44,7 @@ pub(super) async fn run(
         committed: None,
         in_flight: VecDeque::new(),
         in_flight_keys: HashSet::new(),
+        fence,
     };
     let idle = shared.config.idle_timeout;
     loop {
@@ -158,6 +160,10 @@ struct Actor {
     in_flight: VecDeque<InFlight>,
     /// The outcome keys those batches record.
     in_flight_keys: HashSet<OutcomeKey>,
+    /// In a cluster: the lease of the stream's partition this actor was started under.
+    /// Every batch carries it, so once the lease has moved on nothing of this actor's is
+    /// stored, whatever state it holds.
+    fence: Option<Fence>,
 }
 
 /// A decided batch that is committing. Its answers wait for its commit, and so do those
@@ -358,6 +364,7 @@ impl Actor {
                 outcomes: Vec::new(),
                 snapshot: Some(newest),
                 history,
+                fence: self.fence,
             };
             match self.shared.writer.append(batch).await {
                 // The history ends where it is stored, not where it was meant to.
@@ -586,6 +593,7 @@ impl Actor {
                 outcomes: pending.outcomes,
                 snapshot: pending.snapshot,
                 history: pending.history,
+                fence: self.fence,
             };
             match self.shared.writer.submit(batch) {
                 Ok(receipt) => receipt,

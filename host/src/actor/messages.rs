@@ -107,6 +107,10 @@ pub enum CommandError {
     /// The host is stopping (503).
     #[error("the host is shutting down")]
     ShuttingDown,
+    /// In a cluster: no live host holds the stream's partition now, or this one was asked
+    /// as its owner and is not (503, with Retry-After): a takeover is due.
+    #[error("no live host holds partition {0} of this stream now; retry shortly")]
+    NotHere(u32),
     /// The actor failed while it held the command (a host defect, 500): whether the
     /// command took effect is unknown, so retry it with an `Idempotency-Key`. The next
     /// command to the stream gets a fresh actor.
@@ -143,6 +147,7 @@ impl CommandError {
             CommandError::Guest(g) => CommandError::Guest(g.clone()),
             CommandError::Store(e) => CommandError::Store(StoreError::Unavailable(e.to_string())),
             CommandError::ShuttingDown => CommandError::ShuttingDown,
+            CommandError::NotHere(p) => CommandError::NotHere(*p),
             CommandError::ActorFailed => CommandError::ActorFailed,
             CommandError::Interrupted(why) => CommandError::Interrupted(why.clone()),
         }

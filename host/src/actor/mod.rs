@@ -18,9 +18,10 @@ mod messages;
 pub use instance::{INTERNAL_COMMAND, snapshot_interval};
 pub use messages::{Causation, CommandError, CommandReply, CommandRequest, StateReply};
 
+use crate::cluster::Cluster;
 use crate::components::ComponentRegistry;
 use crate::lifecycle::Part;
-use crate::store::{EventStore, StreamId, Writer};
+use crate::store::{EventStore, Fence, StreamId, Writer};
 use messages::Message;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,6 +74,8 @@ pub struct Actors {
 struct Mailbox {
     generation: u64,
     sender: mpsc::Sender<Message>,
+    /// The partition lease the actor runs under, in a cluster.
+    fence: Option<Fence>,
     /// When a message was last sent to it, for least-recently-used passivation.
     last_used: Instant,
 }
@@ -95,6 +98,8 @@ pub(crate) struct Shared {
     /// Where actors run: guest calls happen inside an actor's batch, so actors live on the
     /// guest threads, never on the threads that serve HTTP.
     runtime: tokio::runtime::Handle,
+    /// In a cluster: which streams this host may run actors of.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Actors {
@@ -106,8 +111,9 @@ impl Actors {
         config: ActorConfig,
         runtime: tokio::runtime::Handle,
         part: Part,
+        cluster: Option<Arc<Cluster>>,
     ) -> Self {
-        Actors {
+        let actors = Actors {
             shared: Arc::new(Shared {
                 mailboxes: Mutex::new(HashMap::new()),
                 last_eviction: Mutex::new(None),
@@ -118,8 +124,43 @@ impl Actors {
                 components,
                 config,
                 runtime,
+                cluster,
             }),
-        }
+        };
+        actors.retire_on_lease_changes();
+        actors
+    }
+
+    /// In a cluster: whenever the partitions this host holds change, the actors of those it
+    /// no longer holds at the same epoch stop (they drain their mailboxes, whose commands the
+    /// writer then refuses), so the next command of such a stream finds its owner afresh.
+    fn retire_on_lease_changes(&self) {
+        let Some(cluster) = self.shared.cluster.clone() else { return };
+        let mut changes = cluster.changes();
+        let shared = self.shared.clone();
+        let token = shared.part.token().clone();
+        let tracker = shared.part.tracker().clone();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+                let mut mailboxes = shared.mailboxes.lock().expect("mailbox registry lock");
+                let before = mailboxes.len();
+                mailboxes.retain(|stream, mailbox| mailbox.fence == cluster.fence(stream));
+                let retired = before - mailboxes.len();
+                if retired > 0 {
+                    tracing::info!(retired, "stopped the actors of partitions this host no longer holds");
+                }
+            }
+        });
+    }
+
+    /// In a cluster: whether this host runs `stream`'s actor (else its requests go to the
+    /// owner, see [`crate::cluster`]).
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.shared.cluster.as_ref()
     }
 
     /// Send a command to the aggregate instance `stream` and wait for its answer, which
@@ -217,11 +258,17 @@ impl Shared {
         if self.part.is_stopping() {
             return Err(CommandError::ShuttingDown);
         }
+        let fence = match &self.cluster {
+            None => None,
+            Some(cluster) => Some(
+                cluster.fence(&stream).ok_or_else(|| CommandError::NotHere(cluster.partition_of(&stream)))?,
+            ),
+        };
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let (sender, inbox) = mpsc::channel(self.config.mailbox_capacity);
-        let actor = instance::run(self.clone(), stream, generation, inbox, after);
+        let actor = instance::run(self.clone(), stream, generation, inbox, after, fence);
         self.part.tracker().spawn_on(actor, &self.runtime);
-        Ok(Mailbox { generation, sender, last_used: Instant::now() })
+        Ok(Mailbox { generation, sender, fence, last_used: Instant::now() })
     }
 
     /// An actor that panicked hands over: the messages that reached its mailbox after the

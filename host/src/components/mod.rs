@@ -389,6 +389,64 @@ impl ComponentRegistry {
         Ok(replay)
     }
 
+    /// In a cluster: take what other hosts changed in the store (a deploy, an activation, a
+    /// rollback, a deletion) as if it had been done here, and tell the followers. A version
+    /// this host cannot load (a newer binary's) stops its type here, rather than serving the
+    /// version before it: it is logged, and retried at the next refresh.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let stored = self.store.component_records().await?;
+        let mut changed = Vec::new();
+        {
+            let _changing = self.changing.lock().await;
+            for (name, bytes) in stored {
+                let known = self.records.read().expect("registry lock").get(&name).cloned();
+                if known.as_ref().is_some_and(|k| k.encode() == bytes) {
+                    continue;
+                }
+                let record: ComponentRecord = rmp_serde::from_slice(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("component record {name}: {e}")))?;
+                let kind = match &known {
+                    None => ChangeKind::Deployed,
+                    Some(known) if known.active == record.active => ChangeKind::Deleted,
+                    Some(known) if record.versions.len() > known.versions.len() => ChangeKind::Deployed,
+                    Some(_) => ChangeKind::Activated,
+                };
+                if kind != ChangeKind::Deleted {
+                    let bytes = blob(&self.store, &name, &record, record.active).await?;
+                    let runtime = self.runtime.clone();
+                    let loaded = match tokio::task::spawn_blocking(move || runtime.load(&bytes)).await {
+                        Ok(Ok(component)) => Ok(component),
+                        Ok(Err(error)) => Err(error.to_string()),
+                        Err(error) => Err(error.to_string()),
+                    };
+                    match loaded {
+                        Ok(component) => self.make_active(&name, record.active, component),
+                        Err(why) => {
+                            tracing::error!(
+                                component = name,
+                                version = record.active.get(),
+                                "cannot load the version another host made active, so this host serves \
+                                 none of it: {why}"
+                            );
+                            self.active.write().expect("registry lock").remove(&name);
+                            self.projections.write().expect("registry lock").remove(&name);
+                            continue;
+                        }
+                    }
+                    tracing::info!(component = name, version = record.active.get(), "active here too");
+                }
+                self.records.write().expect("registry lock").insert(name.clone(), record);
+                changed.push((name, kind));
+            }
+        }
+        for (name, kind) in changed {
+            if let Err(error) = self.changes.publish(&name, kind).await {
+                tracing::warn!("a follower did not take a change made on another host: {error}");
+            }
+        }
+        Ok(())
+    }
+
     fn make_active(&self, name: &str, version: ComponentVersion, component: Loaded) {
         self.runtime.keep_compiled(&component);
         match component {

@@ -151,6 +151,18 @@ async fn run_command(
             ),
         ));
     }
+    let forwarded = super::cluster::answer_elsewhere(
+        &state,
+        &stream,
+        headers,
+        "command",
+        axum::http::Method::POST,
+        Some("commands"),
+        axum::body::Bytes::copy_from_slice(body),
+    );
+    if let Some(answer) = forwarded.await? {
+        return Ok(answer);
+    }
     // Time-ordered (UUIDv7), so the saga index takes new ids at its right edge instead of
     // dirtying a random page of it on every commit.
     let correlation_id = header_text(headers, "x-correlation-id", MAX_HEADER_LEN)?
@@ -308,9 +320,26 @@ fn id_for_key(type_name: &str, key: &str) -> String {
 pub async fn state(
     State(state): State<AppState>,
     Path((type_name, id)): Path<(String, String)>,
+    headers: HeaderMap,
     params: Params,
 ) -> Result<Response, ApiError> {
     let stream = stream_of(&state, &type_name, &id)?;
+    // The state now is the owner's actor's; a past version is folded from the log, which
+    // every host reads alike.
+    if params.u64("version")?.is_none() {
+        let forwarded = super::cluster::answer_elsewhere(
+            &state,
+            &stream,
+            &headers,
+            "state",
+            axum::http::Method::GET,
+            None,
+            axum::body::Bytes::new(),
+        );
+        if let Some(answer) = forwarded.await? {
+            return Ok(answer);
+        }
+    }
     let Some((head, _)) = state.store.stream_head(&stream).await? else {
         return Err(ApiError::not_found("stream_not_found", format!("{stream} has no events")));
     };

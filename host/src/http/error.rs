@@ -174,6 +174,10 @@ impl From<CommandError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", error.to_string())
                     .retry_after(5)
             }
+            CommandError::NotHere(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "partition_unavailable", error.to_string())
+                    .retry_after(1)
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod aggregates;
 mod backup;
+mod cluster;
 mod component_json;
 mod components;
 mod connections;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub folds: Arc<tokio::sync::Semaphore>,
     /// The snapshot interval of components that set none, as the actors use it.
     pub default_snapshot_interval: u32,
+    /// In a cluster: who owns which stream, and the way to the other hosts.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Limits on what requests may cost.
@@ -107,6 +110,8 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
     let router = routes
         .route("/ui/", axum::routing::get(ui::console))
         .route("/ui/{*asset}", axum::routing::get(ui::asset))
+        // Between the hosts of a cluster only: not in the document.
+        .route("/cluster/deliver", axum::routing::post(cluster::deliver))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(openapi::RenderedDoc(doc.into())))
@@ -159,6 +164,7 @@ fn api_routes(limits: BodyLimits) -> OpenApiRouter<AppState> {
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
         .routes(routes!(health::metrics))
+        .routes(routes!(cluster::cluster))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(ui::console))
         .layer(

@@ -223,6 +223,11 @@ impl Projections {
         if !self.handles.lock().expect("projections lock").contains_key(name) {
             return Ok(self.ensure_running(name).await?);
         }
+        if !self.context.part.may_run() {
+            // In a cluster, another host runs the projections: it follows the same change
+            // from the database and rebuilds there.
+            return Ok(());
+        }
         self.rebuild_with(name, active.version, false).await?;
         Ok(())
     }
@@ -377,6 +382,9 @@ impl Projections {
     ) -> Result<(), ViewError> {
         let shared = self.shared(name)?;
         let Some(wanted) = min_position else { return Ok(()) };
+        if !self.context.part.may_run() {
+            return self.caught_up_elsewhere(name, wanted, wait).await;
+        }
         let mut position = shared.live_position.subscribe();
         let behind = |reached: Position, why: String| ViewError::Behind {
             name: name.to_owned(),
@@ -407,6 +415,29 @@ impl Projections {
         match waited {
             Ok(result) => result,
             Err(_) => Err(behind(*position.borrow(), format!(" after waiting {} ms", wait.as_millis()))),
+        }
+    }
+
+    /// In a cluster, on a host that does not run the projections: wait until the view's
+    /// record in the shared view store shows `wanted` handled (at most `wait`).
+    async fn caught_up_elsewhere(
+        &self,
+        name: &str,
+        wanted: Position,
+        wait: Duration,
+    ) -> Result<(), ViewError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let reached =
+                self.context.views.records().await?.get(name).map_or(Position::ZERO, |r| r.live.cursor);
+            if reached >= wanted {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let why = format!(" after waiting {} ms (another host runs it)", wait.as_millis());
+                return Err(ViewError::Behind { name: name.to_owned(), reached, wanted, why });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -12,6 +12,7 @@
 
 use super::{Counters, SubscriberShared};
 use crate::actor::{Causation, CommandError, CommandRequest};
+use crate::cluster::{Owner, RoutedCommandJson};
 use crate::lifecycle::Stopped;
 use crate::runtime::GuestError;
 use crate::store::{
@@ -382,8 +383,8 @@ impl StreamWorker {
         let mut failures = 0;
         loop {
             attempt += 1;
-            let error = match self.shared.context.actors.send(target.clone(), request.clone()).await {
-                Ok(reply) => return Ok(Sent::Done { duplicate: reply.replayed }),
+            let error = match self.deliver_to(&target, &request).await {
+                Ok(replayed) => return Ok(Sent::Done { duplicate: replayed }),
                 Err(CommandError::Rejected(rejection)) => return Ok(Sent::Rejected(rejection)),
                 Err(error @ CommandError::UnknownType(_)) => {
                     return Ok(Sent::Unroutable(Rejection::new("unknown_type", error.to_string())));
@@ -419,6 +420,24 @@ impl StreamWorker {
         }
     }
 
+    /// Hand `request` to the actor of `target`: here, or in a cluster on the host that owns
+    /// it (waiting, bounded, while no host does). `Ok` tells whether it was a redelivery.
+    async fn deliver_to(&self, target: &StreamId, request: &CommandRequest) -> Result<bool, CommandError> {
+        let actors = &self.shared.context.actors;
+        let Some(cluster) = actors.cluster() else {
+            return actors.send(target.clone(), request.clone()).await.map(|reply| reply.replayed);
+        };
+        match cluster.owner_within(target, cluster.takeover_wait()).await {
+            Owner::There { url, .. } => {
+                let command =
+                    RoutedCommandJson::of(target, request).expect("a routed command has its causation");
+                cluster.deliver(&url, &command).await
+            }
+            Owner::Here(_) => actors.send(target.clone(), request.clone()).await.map(|reply| reply.replayed),
+            Owner::Nobody => Err(CommandError::NotHere(cluster.partition_of(target))),
+        }
+    }
+
     /// Record `rejection` as the outcome of the routed command `key` in the place of a target
     /// that could not record it itself (no component of its type, an id no path can name).
     /// Once it is there, a later redelivery meets it instead of applying the command after
@@ -446,6 +465,7 @@ impl StreamWorker {
                         outcomes: vec![(OutcomeKey::Cause(key.to_owned()), outcome)],
                         snapshot: None,
                         history: Vec::new(),
+                        fence: None,
                     };
                     context.writer.append(batch).await
                 }

@@ -23,7 +23,7 @@ pub use error::{AppendError, StoreError};
 pub use follow::LogFollower;
 pub use ids::{ComponentVersion, Position, Version};
 pub use records::{
-    AppendBatch, Committed, DeadLetter, DeadLetterKey, Fingerprint, NewEvent, OutcomeKey, Snapshot,
+    AppendBatch, Committed, DeadLetter, DeadLetterKey, Fence, Fingerprint, NewEvent, OutcomeKey, Snapshot,
     StoredEvent, StoredOutcome, StreamId, StreamIdError,
 };
 pub use retention::forget_expired_idempotency_keys;

@@ -338,6 +338,18 @@ pub struct AppendBatch {
     /// Snapshots for the stream's history (a batch can cross several snapshot intervals),
     /// where temporal reads start.
     pub history: Vec<Snapshot>,
+    /// In a cluster: the partition lease this host must still hold, at this epoch, for the
+    /// batch to be stored (checked in the commit's own transaction); `None` on one host.
+    pub fence: Option<Fence>,
+}
+
+/// A partition lease as granted to this host: a batch under it is stored only while the
+/// database still shows this host holding the partition at this epoch, so a host that was
+/// paused or cut off, and lost it, can never append again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub partition: u32,
+    pub epoch: i64,
 }
 
 /// A committed batch: its events as the log now holds them (version, position, time).

@@ -493,6 +493,7 @@ mod tests {
                 outcomes: Vec::new(),
                 snapshot: Some(snapshot.clone()),
                 history: vec![snapshot],
+                fence: None,
             };
             writer.append(batch).await.unwrap();
         }
@@ -540,6 +541,7 @@ mod tests {
             outcomes: Vec::new(),
             snapshot: None,
             history: Vec::new(),
+            fence: None,
         };
         {
             let (store, writer) = open(&path).unwrap();

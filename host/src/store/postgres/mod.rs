@@ -123,18 +123,21 @@ pub fn redacted(url: &str) -> String {
 }
 
 /// How a store is opened.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct OpenOptions {
     /// Hold the database for this host alone (a session advisory lock, for as long as the
     /// store is open), as the embedded store holds its file: two hosts writing one database
     /// would each deliver, project and cache on their own. Only tests that write one
     /// database from several stores at once turn it off.
     pub exclusive: bool,
+    /// In a cluster (not exclusive): this host's incarnation, the owner of its leases in the
+    /// database. Every append of an actor then carries its lease, checked at commit.
+    pub member: Option<String>,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { exclusive: true }
+        OpenOptions { exclusive: true, member: None }
     }
 }
 
@@ -194,7 +197,7 @@ pub async fn open_with(url: &str, options: OpenOptions) -> Result<Opened, OpenEr
     let (head_tx, head_rx) = watch::channel(Position(head as u64));
     // The writer's connection comes from a pool of its own, so no load of reads can keep it
     // waiting; the views too have theirs.
-    let writer = writer::start(pool(&config, &shown, 1)?, config.clone(), ownership, head_tx);
+    let writer = writer::start(pool(&config, &shown, 1)?, config.clone(), ownership, options.member, head_tx);
     let reads = PostgresReads { pool: reads_pool, head: head_rx };
     Ok(Opened { store: Arc::new(reads), writer, views_pool: pool(&config, &shown, VIEWS_POOL_SIZE)? })
 }
@@ -213,7 +216,7 @@ pub async fn views_pool(url: &str) -> Result<Pool, OpenError> {
 /// The connection settings of `url`, with Cairn's defaults for what it does not say: a
 /// connect timeout, and TCP keepalives and a user timeout, so a database that vanished from
 /// the network fails the connection in seconds instead of a quarter of an hour.
-fn connect_config(url: &str) -> Result<tokio_postgres::Config, OpenError> {
+pub(crate) fn connect_config(url: &str) -> Result<tokio_postgres::Config, OpenError> {
     let mut config =
         tokio_postgres::Config::from_str(url).map_err(|e| OpenError::BadUrl(redacted(url), e.to_string()))?;
     if config.get_connect_timeout().is_none() {

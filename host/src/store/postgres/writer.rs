@@ -56,6 +56,7 @@ pub(super) fn start(
     pool: Pool,
     config: tokio_postgres::Config,
     ownership: Ownership,
+    member: Option<String>,
     head: watch::Sender<Position>,
 ) -> Writer {
     let (requests, queue) = mpsc::unbounded_channel();
@@ -63,7 +64,7 @@ pub(super) fn start(
     let listening = CancellationToken::new();
     let head = Arc::new(head);
     tokio::spawn(super::follow::listen(config.clone(), head.clone(), health.clone(), listening.clone()));
-    let task = WriterTask { pool, config: config.clone(), ownership, head, health: health.clone() };
+    let task = WriterTask { pool, config: config.clone(), ownership, member, head, health: health.clone() };
     let done = tokio::spawn(task.run(queue));
     Arc::new(QueuedWriter(PostgresWriter {
         requests,
@@ -122,6 +123,8 @@ struct WriterTask {
     /// For the connections that resolve a lost COMMIT, apart from the pool.
     config: tokio_postgres::Config,
     ownership: Ownership,
+    /// In a cluster: this host's incarnation, the owner its leases are held as.
+    member: Option<String>,
     head: Arc<watch::Sender<Position>>,
     health: Arc<Mutex<Health>>,
 }
@@ -162,7 +165,11 @@ impl WriterTask {
         // Two round trips: BEGIN, the head's lock and the streams' versions; then every write
         // and COMMIT. Before COMMIT is sent nothing is stored whatever happens.
         let epoch = self.ownership.epoch();
-        let begun = tokio::time::timeout(WRITE_TIMEOUT, begin_group(&client, &requests, epoch)).await;
+        let begun = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            begin_group(&client, &requests, epoch, self.member.as_deref()),
+        )
+        .await;
         let (statements, plan, written) = match begun {
             Ok(Ok(begun)) => begun,
             Ok(Err(error)) => {
@@ -175,7 +182,11 @@ impl WriterTask {
                 return self.failed(requests, &why, Failure::NotStored);
             }
         };
-        let finished = tokio::time::timeout(WRITE_TIMEOUT, finish_group(&client, &statements, &plan)).await;
+        let finished = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            finish_group(&client, &statements, &plan, self.member.as_deref()),
+        )
+        .await;
         drop(plan);
         let mut written = written;
         let error = match finished {
@@ -248,8 +259,18 @@ impl WriterTask {
                     client
                         .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '1s'")
                         .await?;
-                    let row =
-                        client.query_one("SELECT commit_sequence FROM cairn.log_head FOR SHARE", &[]).await;
+                    let row = match &self.member {
+                        Some(me) => {
+                            let witness =
+                                "SELECT commit_sequence FROM cairn.nodes WHERE incarnation = $1 FOR SHARE";
+                            client.query_one(witness, &[me]).await
+                        }
+                        None => {
+                            client
+                                .query_one("SELECT commit_sequence FROM cairn.log_head FOR SHARE", &[])
+                                .await
+                        }
+                    };
                     let _ = client.batch_execute("ROLLBACK").await;
                     row?.try_get::<_, i64>(0)
                 };
@@ -391,8 +412,18 @@ const UPSERT_HISTORY: &str = "INSERT INTO cairn.snapshot_history (stream_type, s
      SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[], $5::bytea[]) \
      ON CONFLICT (stream_type, stream_id, version) DO UPDATE SET digest = EXCLUDED.digest, state = EXCLUDED.state";
 const MOVE_HEAD: &str = "WITH moved AS (UPDATE cairn.log_head SET position = $1, \
-     commit_sequence = commit_sequence + 1 RETURNING position) \
+     commit_sequence = commit_sequence + 1 RETURNING position), \
+     witnessed AS (UPDATE cairn.nodes SET commit_sequence = commit_sequence + 1 WHERE incarnation = $2) \
      SELECT pg_notify('cairn_log', position::text) FROM moved";
+/// In a cluster, the commit sequence of this host's own row tells whether one of its
+/// COMMITs landed (the head's moves with every host's); taken at the group's start, so a
+/// resolving read waits for the group whatever point it reached.
+const LOCK_WITNESS: &str = "SELECT commit_sequence FROM cairn.nodes WHERE incarnation = $1 FOR UPDATE";
+/// The partition leases the group's appends were started under that this host still holds,
+/// held `FOR SHARE` until COMMIT: a takeover waits for this commit, and one that came first
+/// is seen.
+const HELD_LEASES: &str = "SELECT lease, epoch FROM cairn.leases \
+     WHERE lease = ANY($1) AND owner = $2 AND expires_at > clock_timestamp() FOR SHARE";
 
 /// An outcome's record, and from when it may expire (a client's idempotency key only).
 type OutcomeRow = (Vec<u8>, Option<i64>);
@@ -450,6 +481,8 @@ struct Statements {
     upsert_snapshots: Statement,
     upsert_history: Statement,
     move_head: Statement,
+    lock_witness: Statement,
+    held_leases: Statement,
 }
 
 impl Statements {
@@ -465,6 +498,8 @@ impl Statements {
             upsert_snapshots: client.prepare_cached(UPSERT_SNAPSHOTS).await?,
             upsert_history: client.prepare_cached(UPSERT_HISTORY).await?,
             move_head: client.prepare_cached(MOVE_HEAD).await?,
+            lock_witness: client.prepare_cached(LOCK_WITNESS).await?,
+            held_leases: client.prepare_cached(HELD_LEASES).await?,
         })
     }
 }
@@ -492,6 +527,7 @@ async fn begin_group<'a>(
     client: &ClientWrapper,
     requests: &'a [Request],
     owner_epoch: Option<i64>,
+    member: Option<&str>,
 ) -> Result<(Statements, Plan<'a>, Written), StoreError> {
     let statements = Statements::prepare(client).await?;
     let mut restored = Vec::new();
@@ -513,9 +549,18 @@ async fn begin_group<'a>(
         .collect();
     let types: Vec<&str> = appended.iter().map(|s| s.type_name.as_str()).collect();
     let ids: Vec<&str> = appended.iter().map(|s| s.id.as_str()).collect();
+    let mut fenced: Vec<i32> = requests
+        .iter()
+        .filter_map(|r| match r {
+            Request::Append(batch, _) => batch.fence.map(|f| f.partition as i32),
+            _ => None,
+        })
+        .collect();
+    fenced.sort_unstable();
+    fenced.dedup();
     // In this order on the server: the versions are read once the head's row is held, so
     // they are what every commit before this one left.
-    let (begun, lock, versions) = tokio::join!(
+    let (begun, lock, versions, witness, leases) = tokio::join!(
         biased;
         client.batch_execute(BEGIN_GROUP),
         client.query_one(&statements.lock, &[]),
@@ -525,10 +570,34 @@ async fn begin_group<'a>(
             }
             client.query(&statements.versions, &[&types, &ids]).await
         },
+        async {
+            match member {
+                Some(me) => client.query_opt(&statements.lock_witness, &[&me]).await,
+                None => Ok(None),
+            }
+        },
+        async {
+            match member {
+                Some(me) if !fenced.is_empty() => client.query(&statements.held_leases, &[&fenced, &me]).await,
+                _ => Ok(Vec::new()),
+            }
+        },
     );
-    let (lock, versions) = (begun.and(lock)?, versions?);
+    let (lock, versions, witness, leases) = (begun.and(lock)?, versions?, witness?, leases?);
     let before = Position(lock.try_get::<_, i64>(0)? as u64);
-    let sequence: i64 = lock.try_get(1)?;
+    let sequence: i64 = match (member, witness) {
+        (None, _) => lock.try_get(1)?,
+        (Some(_), Some(witness)) => witness.try_get(0)?,
+        (Some(_), None) => {
+            return Err(StoreError::Unavailable(
+                "this host is not a member of the cluster in the database (cairn.nodes)".to_owned(),
+            ));
+        }
+    };
+    let mut held: HashMap<u32, i64> = HashMap::new();
+    for row in leases {
+        held.insert(row.try_get::<_, i32>(0)? as u32, row.try_get(1)?);
+    }
     let epoch: i64 = lock.try_get(2)?;
     let backend = (lock.try_get::<_, i32>(3)?, lock.try_get::<_, Option<String>>(4)?);
     if owner_epoch.is_some_and(|ours| ours != epoch) {
@@ -558,6 +627,16 @@ async fn begin_group<'a>(
             Request::Append(batch, _) => {
                 if crate::faults::commit_fail(&batch.stream.key()) {
                     return Err(StoreError::CommitFailed("fault injection: commit-fail".to_owned()));
+                }
+                if let Some(fence) = batch.fence
+                    && held.get(&fence.partition) != Some(&fence.epoch)
+                {
+                    answers.push(Err(AppendError::Store(StoreError::CommitFailed(format!(
+                        "this host no longer holds partition {} at epoch {} (another host took it \
+                         over, or the lease ran out): nothing was stored",
+                        fence.partition, fence.epoch
+                    )))));
+                    continue;
                 }
                 let (version, _) = streams.get(&batch.stream).copied().unwrap_or_default();
                 if version != batch.expected_version {
@@ -694,6 +773,7 @@ async fn finish_group(
     client: &ClientWrapper,
     statements: &Statements,
     plan: &Plan<'_>,
+    member: Option<&str>,
 ) -> Result<usize, Finished> {
     let rows = &plan.rows;
     // A statement whose parameters cannot be encoded (PostgreSQL takes at most 1 GiB in a
@@ -750,7 +830,7 @@ async fn finish_group(
     // Every group moves the commit sequence (and the head, when it appended): what tells
     // whether a COMMIT whose answer was lost landed.
     let head = big(plan.head.get());
-    let head_params: [&(dyn ToSql + Sync); 1] = [&head];
+    let head_params: [&(dyn ToSql + Sync); 2] = [&head, &member];
     let move_head = client.execute(&statements.move_head, &head_params);
     let commit_now = plan.others.is_empty();
     let commit = async {
