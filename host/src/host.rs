@@ -55,7 +55,7 @@ impl Host {
     pub async fn open(config: &ServeConfig) -> anyhow::Result<Host> {
         let data = &config.data_dir;
         std::fs::create_dir_all(data).with_context(|| format!("create data directory {}", data.display()))?;
-        let admin_token = admin_token(data, config.admin_token.as_deref())?;
+        let mut admin_token = admin_token(data, config.admin_token.as_deref())?;
 
         // This process's name in the lease rows of a cluster: the writer checks every
         // append's lease against it.
@@ -87,6 +87,13 @@ impl Host {
                 let node = node_id(data, cluster.node_id.as_deref())?;
                 let joined =
                     crate::cluster::join(url, cluster, node, incarnation, membership.clone()).await?;
+                if config.admin_token.is_none() {
+                    // One token for every host of the cluster, kept here too for the CLI.
+                    admin_token = joined.admin_token().to_owned();
+                    let path = data.join(ADMIN_TOKEN_FILE);
+                    write_private(&path, &admin_token)
+                        .with_context(|| format!("write the admin token to {}", path.display()))?;
+                }
                 Some(joined)
             }
             _ => None,
@@ -171,6 +178,7 @@ impl Host {
             cluster: cluster.clone(),
         };
         if let Some(cluster) = &cluster {
+            state.components.share_with_other_hosts();
             follow_the_registry(&membership, cluster, &state.components);
         }
         // The other hosts reach this one by its advertised name.

@@ -4,6 +4,7 @@
 
 use crate::harness::Host;
 use crate::postgres;
+use crate::postgres_store::serve_until_exit_with;
 use crate::sagas::{assert_no_duplicate_movements, open_ten_accounts, total_balance, wait_all_terminal};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -268,4 +269,244 @@ async fn a_kill_9_of_one_host_mid_storm_loses_nothing_and_its_partitions_are_ser
     hosts[1].start_again();
     settled(&hosts.iter().collect::<Vec<_>>(), 3).await;
     eprintln!("takeover after kill -9: {takeover:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_id_in_use_is_refused_a_cluster_needs_postgres_and_only_hosts_hand_over_commands() {
+    let database = postgres::fresh_database();
+    let host = member(&database, "same");
+    let ttl = TTL_MS.to_string();
+    let twin = ["--store", &database, "--advertise", "http://127.0.0.1:9", "--node-id", "same", "--lease-ttl-ms", &ttl];
+    let (code, stderr) = serve_until_exit_with(&twin);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("node id \"same\" is in use by a live host at http://127.0.0.1:"), "{stderr}");
+    let (code, stderr) = serve_until_exit_with(&["--advertise", "http://127.0.0.1:9"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--store postgres://"), "{stderr}");
+    let (code, stderr) = serve_until_exit_with(&["--store", &database, "--advertise", "ftp://x"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--advertise must be an http:// URL"), "{stderr}");
+
+    // A client cannot hand a routed command over as if it were a host, with or without a
+    // guess at the secret; the refusal comes before the body is read.
+    for peer in [None, Some("guess")] {
+        let mut request = host.http.post(format!("{}/cluster/deliver", host.url)).body(vec![0u8; 16]);
+        if let Some(peer) = peer {
+            request = request.header("x-cairn-peer", peer);
+        }
+        host.send(request).await.expect_error(403, "peers_only");
+    }
+    // Nor pass for a host to keep its request from being forwarded: it is answered anyway.
+    settled(&[&host], 1).await;
+    let faked = host
+        .http
+        .post(format!("{}/aggregates/account/a/commands", host.url))
+        .header("x-cairn-peer", "guess")
+        .json(&json!({"type": "OpenAccount", "data": {"initial_balance": 1}}));
+    let opened = host.send(faked).await.expect(200);
+    assert_eq!(opened.headers["x-cairn-node"], "same");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_on_one_host_answers_on_every_host_without_a_restart() {
+    let database = postgres::fresh_database();
+    let hosts = [member(&database, "d1"), member(&database, "d2")];
+    settled(&hosts.iter().collect::<Vec<_>>(), 2).await;
+    hosts[0].deploy("faulty", cairn_test_guests::FAULTY).await.expect(200);
+    // The other host takes the new type in at its next look at the registry.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = hosts[1].get("/components").await.expect(200).body;
+        if list.as_array().unwrap().iter().any(|c| c["name"] == "faulty") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the deploy never reached the other host: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in ["1", "2", "3", "4"] {
+        hosts[1].command("faulty", id, "Increment", json!({})).await.expect(200);
+    }
+    // v2 counts in tens, deployed on the second host: every host folds with it at once.
+    let v2 = hosts[1].deploy("faulty", cairn_test_guests::FAULTY_FIXED).await.expect(200);
+    assert_eq!(v2.body["version"], 2, "{}", v2.body);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = hosts[0].get("/components").await.expect(200).body;
+        let faulty = list.as_array().unwrap().iter().find(|c| c["name"] == "faulty").cloned().unwrap();
+        if faulty["active_version"] == 2 {
+            assert_eq!(list, hosts[1].get("/components").await.expect(200).body, "the same everywhere");
+            break;
+        }
+        assert!(Instant::now() < deadline, "v2 never became active on the first host: {faulty}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in ["1", "2", "3", "4"] {
+        let answered = hosts[0].command("faulty", id, "Increment", json!({})).await.expect(200);
+        assert_eq!(answered.body["version"], 2);
+        assert_eq!(hosts[0].state("faulty", id).await["count"], 20, "faulty/{id} under v2");
+    }
+}
+
+/// Which node's actor answers for the account `id` (opening it through `host`).
+async fn owner_of_new_account(host: &Host, id: &str) -> String {
+    let opened = host.command("account", id, "OpenAccount", json!({"initial_balance": 0})).await.expect(200);
+    opened.headers["x-cairn-node"].to_str().unwrap().to_owned()
+}
+
+/// Credits of 1 to `id` through `host`, each retried with its key until it is answered 200,
+/// until `stop`: how many were acknowledged.
+async fn credits_until(host: (reqwest::Client, String), id: String, stop: Arc<std::sync::atomic::AtomicBool>) -> i64 {
+    let (http, url) = host;
+    let mut acknowledged = 0;
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        let body = json!({"type": "CreditAccount", "data": {"amount": 1, "transaction_id": format!("p-{n}")}});
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let sent = http
+                .post(format!("{url}/aggregates/account/{id}/commands"))
+                .header("Idempotency-Key", format!("p-{n}"))
+                .json(&body)
+                .send()
+                .await;
+            match sent.map(|r| r.status().as_u16()) {
+                Ok(200) => break,
+                Err(_) | Ok(503) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Ok(status) => panic!("credit p-{n}: {status}"),
+            }
+            assert!(Instant::now() < deadline, "credit p-{n} was never acknowledged");
+        }
+        acknowledged += 1;
+    }
+    acknowledged
+}
+
+/// Along every stream the lease epoch its events were appended under never goes down: no
+/// host appended after it had lost the partition to another.
+fn assert_no_append_after_a_takeover(database: &str) {
+    let stale = postgres::query_text(
+        database,
+        "SELECT count(*) FROM (SELECT lease_epoch, lag(lease_epoch) OVER \
+         (PARTITION BY stream_type, stream_id ORDER BY version) AS before FROM cairn.events) e \
+         WHERE lease_epoch < before",
+    );
+    assert_eq!(stale.as_deref(), Some("0"), "an event was appended under a lease that had moved on");
+    let unfenced = postgres::query_text(database, "SELECT count(*) FROM cairn.events WHERE lease_epoch IS NULL");
+    assert_eq!(unfenced.as_deref(), Some("0"), "every append of a cluster is fenced");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_paused_past_its_lease_appends_nothing_after_it_and_gets_partitions_back() {
+    let database = postgres::fresh_database();
+    let mut hosts = [member(&database, "s1"), member(&database, "s2"), member(&database, "s3")];
+    settled(&hosts.iter().collect::<Vec<_>>(), 3).await;
+    // An account the paused host owns, credited through another host all along.
+    let mut owned = None;
+    for i in 0..64 {
+        let id = format!("paused-{i}");
+        if owner_of_new_account(&hosts[0], &id).await == "s2" {
+            owned = Some(id);
+            break;
+        }
+    }
+    let id = owned.expect("s2 owns one of 64 streams");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(credits_until((hosts[2].http.clone(), hosts[2].url.clone()), id.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = hosts[1].pid();
+    // SAFETY: kill(2) with the pid of a child this test spawned and has not reaped.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    tokio::time::sleep(Duration::from_millis(3 * TTL_MS)).await;
+    settled(&[&hosts[0], &hosts[2]], 2).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    settled(&hosts.iter().collect::<Vec<_>>(), 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let acknowledged = writer.await.unwrap();
+    assert!(acknowledged > 10, "credits went on through the pause: {acknowledged}");
+    for host in &hosts {
+        assert_eq!(host.state("account", &id).await["balance"], acknowledged, "every credit once");
+    }
+    assert_no_append_after_a_takeover(&database);
+    hosts[1].stop();
+}
+
+/// A TCP proxy to PostgreSQL that can cut every connection through it, and refuse new ones.
+struct Cable {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Cable {
+    async fn to(target: u16) -> Cable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let generation = Arc::new(generation);
+        let (cut_flag, cuts) = (cut.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if cut_flag.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let mut cutting = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cutting.changed() => {}
+                    }
+                });
+            }
+        });
+        Cable { port, cut, generation }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn mend(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_cut_off_from_the_database_appends_nothing_after_losing_its_leases_and_comes_back() {
+    let database = postgres::fresh_database();
+    let server = postgres::server();
+    let cable = Cable::to(server.port).await;
+    let through_cable = database.replace(&format!(":{}/", server.port), &format!(":{}/", cable.port));
+    let hosts = [member(&database, "c1"), member(&through_cable, "c2"), member(&database, "c3")];
+    settled(&hosts.iter().collect::<Vec<_>>(), 3).await;
+    let mut owned = None;
+    for i in 0..64 {
+        let id = format!("cut-{i}");
+        if owner_of_new_account(&hosts[0], &id).await == "c2" {
+            owned = Some(id);
+            break;
+        }
+    }
+    let id = owned.expect("c2 owns one of 64 streams");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(credits_until((hosts[0].http.clone(), hosts[0].url.clone()), id.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cable.cut();
+    settled(&[&hosts[0], &hosts[2]], 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cable.mend();
+    settled(&hosts.iter().collect::<Vec<_>>(), 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let acknowledged = writer.await.unwrap();
+    assert!(acknowledged > 10, "credits went on while the host was cut off: {acknowledged}");
+    for host in &hosts {
+        assert_eq!(host.state("account", &id).await["balance"], acknowledged, "every credit once");
+    }
+    assert_no_append_after_a_takeover(&database);
 }

@@ -172,6 +172,11 @@ impl Host {
     }
 
     /// The host's data directory.
+    /// The process id of the running host.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the host runs").id()
+    }
+
     pub fn data_dir(&self) -> &std::path::Path {
         &self.data
     }

@@ -14,9 +14,17 @@ use std::time::{Duration, Instant};
 
 /// `cairn serve --store url` on a fresh data directory: how it exited and what it said.
 fn serve_until_exit(url: &str) -> (Option<i32>, String) {
+    serve_until_exit_with(&["--store", url])
+}
+
+/// Run `cairn serve` with `args` on a fresh data directory until it exits: its exit code and
+/// what it wrote to stderr.
+pub(crate) fn serve_until_exit_with(args: &[&str]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--store", url, "--data"])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--data")
         .arg(dir.path().join("data"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

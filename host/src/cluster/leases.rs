@@ -80,8 +80,9 @@ pub async fn join(
     let db =
         crate::store::postgres::connect_config(url).map_err(|e| JoinError::Unreachable(e.to_string()))?;
     let client = connect(&db).await?;
-    let row = client.query_one("SELECT partitions, secret FROM cairn.cluster", &[]).await?;
-    let (partitions, secret): (i32, String) = (row.try_get(0)?, row.try_get(1)?);
+    let row = client.query_one("SELECT partitions, secret, admin_token FROM cairn.cluster", &[]).await?;
+    let (partitions, secret, admin_token): (i32, String, String) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
     let ttl_ms = config.lease_ttl.as_secs_f64() * 1000.0;
     // A host that was killed a moment ago under this id holds its row until its renewal
     // runs out: wait that long before calling the id taken.
@@ -113,6 +114,7 @@ pub async fn join(
         partitions: partitions as u32,
         ttl: config.lease_ttl,
         secret,
+        admin_token,
         table: RwLock::new(Table::default()),
         changed,
         background,

@@ -95,6 +95,8 @@ pub struct Cluster {
     partitions: u32,
     ttl: Duration,
     secret: String,
+    /// The admin token of the hosts given none.
+    admin_token: String,
     table: RwLock<Table>,
     /// Moves whenever the leases this host holds change (actors of lost ones retire).
     changed: watch::Sender<u64>,
@@ -176,6 +178,11 @@ impl Cluster {
     /// `true` while this host runs the routing and the projections.
     pub fn background(&self) -> watch::Receiver<bool> {
         self.background.subscribe()
+    }
+
+    /// The cluster's admin token, for the hosts that are given none.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
     }
 
     /// The secret hosts show each other (never to clients).

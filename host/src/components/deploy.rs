@@ -121,6 +121,7 @@ impl ComponentRegistry {
         bytes: Vec<u8>,
         options: DeployOptions,
     ) -> Result<Deployed, DeployError> {
+        self.catch_up().await?;
         let deployed = self.check_and_store(name, bytes, options).await?;
         if deployed.active && !deployed.dry_run {
             self.changes.publish(name, ChangeKind::Deployed).await?;

@@ -122,6 +122,9 @@ pub struct ComponentRegistry {
     /// Deploys, activations and rollbacks one at a time, so each sees the last one's result.
     changing: tokio::sync::Mutex<()>,
     changes: changes::ChangeFeed,
+    /// Other hosts change the components too (a cluster): what they stored is taken in
+    /// before every change made here, and every moment by [`Self::refresh`].
+    shared: std::sync::atomic::AtomicBool,
 }
 
 impl ComponentRegistry {
@@ -165,6 +168,7 @@ impl ComponentRegistry {
             projections: RwLock::new(projections),
             changing: tokio::sync::Mutex::new(()),
             changes: changes::ChangeFeed::new(),
+            shared: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -276,6 +280,7 @@ impl ComponentRegistry {
         version: ComponentVersion,
         check: SwitchCheck,
     ) -> Result<Switched, VersionError> {
+        self.catch_up().await?;
         let switched = self.switch_to(name, version, check).await?;
         self.changes.publish(name, ChangeKind::Activated).await?;
         Ok(switched)
@@ -304,6 +309,7 @@ impl ComponentRegistry {
     /// history, and its bytes and compiled code unless another version has the same digest.
     /// Answers the bytes freed.
     pub async fn delete_version(&self, name: &str, version: ComponentVersion) -> Result<u64, VersionError> {
+        self.catch_up().await?;
         let freed = self.delete_stored(name, version).await?;
         self.changes.publish(name, ChangeKind::Deleted).await?;
         Ok(freed)
@@ -336,6 +342,7 @@ impl ComponentRegistry {
     /// Make the version that was active before the current one active again, after the
     /// same replay check as a deploy unless `check` says to skip it.
     pub async fn rollback(&self, name: &str, check: SwitchCheck) -> Result<Switched, VersionError> {
+        self.catch_up().await?;
         let switched = self.switch_back(name, check).await?;
         self.changes.publish(name, ChangeKind::RolledBack).await?;
         Ok(switched)
@@ -387,6 +394,19 @@ impl ComponentRegistry {
             "activated"
         );
         Ok(replay)
+    }
+
+    /// Other hosts change the components in the store too: take their changes in before
+    /// each made here.
+    pub fn share_with_other_hosts(&self) {
+        self.shared.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Before a change here, in a cluster: the changes other hosts made, so that this one
+    /// builds on them (two changes of one component on two hosts at the same moment still
+    /// race: the later record wins; docs/ARCHITECTURE.md).
+    async fn catch_up(&self) -> Result<(), StoreError> {
+        if self.shared.load(std::sync::atomic::Ordering::SeqCst) { self.refresh().await } else { Ok(()) }
     }
 
     /// In a cluster: take what other hosts changed in the store (a deploy, an activation, a

@@ -97,6 +97,17 @@ fn with_etag(version: u64, body: impl Serialize) -> Response {
     response
 }
 
+/// In a cluster, an answer names the node whose actor gave it (`X-Cairn-Node`), forwarded
+/// or not: what an operator looks at to see where a stream lives.
+fn answered_here(state: &AppState, mut response: Response) -> Response {
+    if let Some(cluster) = &state.cluster
+        && let Ok(node) = HeaderValue::from_str(cluster.node())
+    {
+        response.headers_mut().insert("x-cairn-node", node);
+    }
+    response
+}
+
 /// Decode a command body: `{"type": "...", "data": {...}}` (`data` optional): its type and
 /// its data as a JSON object.
 fn parse_command(body: &[u8]) -> Result<(String, Value), ApiError> {
@@ -214,7 +225,7 @@ async fn run_command(
     let version = version.get();
     let answer =
         CommandAnswer { type_name: stream.type_name, id: stream.id, version, events: events_json(&events) };
-    Ok(with_etag(version, answer))
+    Ok(answered_here(&state, with_etag(version, answer)))
 }
 
 /// `POST /aggregates/{type}/{id}/commands`
@@ -370,7 +381,7 @@ pub async fn state(
         version,
         state: bytes.as_deref().map(msgpack::to_json).unwrap_or(Value::Null),
     };
-    Ok(with_etag(version, answer))
+    Ok(answered_here(&state, with_etag(version, answer)))
 }
 
 /// A temporal query: fold events up to `version` with the active component, from the

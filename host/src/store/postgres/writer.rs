@@ -353,10 +353,12 @@ struct EventRows {
     causation_id: Vec<Option<String>>,
     component_version: Vec<i64>,
     reply_to: Vec<Option<String>>,
+    lease_epoch: Vec<Option<i64>>,
 }
 
 impl EventRows {
-    fn push(&mut self, event: &StoredEvent) {
+    fn push(&mut self, event: &StoredEvent, lease_epoch: Option<i64>) {
+        self.lease_epoch.push(lease_epoch);
         self.position.push(big(event.position.get()));
         self.stream_type.push(event.stream_type.clone());
         self.stream_id.push(event.stream_id.clone());
@@ -393,9 +395,9 @@ const LOCK_HEAD: &str = "SELECT position, commit_sequence, owner_epoch, pg_backe
 const STREAM_VERSIONS: &str = "SELECT stream_type, stream_id, version, last_position FROM cairn.streams \
      WHERE (stream_type, stream_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
 const INSERT_EVENTS: &str = "INSERT INTO cairn.events (position, stream_type, stream_id, version, event_type, \
-     payload, recorded_at_micros, correlation_id, causation_id, component_version, reply_to) \
+     payload, recorded_at_micros, correlation_id, causation_id, component_version, reply_to, lease_epoch) \
      SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bytea[], \
-     $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::text[])";
+     $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::bigint[])";
 const UPSERT_STREAMS: &str = "INSERT INTO cairn.streams (stream_type, stream_id, version, last_position) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
      ON CONFLICT (stream_type, stream_id) DO UPDATE SET version = EXCLUDED.version, \
@@ -508,6 +510,11 @@ impl Statements {
 /// the flush, and a lock or a stall that would hold the head's row for long fails the group.
 const BEGIN_GROUP: &str = "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE; SET LOCAL synchronous_commit = on; SET LOCAL lock_timeout = '10s'; \
      SET LOCAL idle_in_transaction_session_timeout = '30s'";
+/// In a cluster every host's groups wait for the head's row: a host paused between a
+/// group's two round trips (SIGSTOP, a long GC-like stall of the machine) holds it for two
+/// seconds at most, then the server ends its session and rolls the group back.
+const BEGIN_GROUP_IN_CLUSTER: &str = "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE; SET LOCAL synchronous_commit = on; SET LOCAL lock_timeout = '10s'; \
+     SET LOCAL idle_in_transaction_session_timeout = '2s'";
 
 /// What a group writes, decided: one array per column of each table, and the other writes
 /// in the order they were asked for.
@@ -562,7 +569,7 @@ async fn begin_group<'a>(
     // they are what every commit before this one left.
     let (begun, lock, versions, witness, leases) = tokio::join!(
         biased;
-        client.batch_execute(BEGIN_GROUP),
+        client.batch_execute(if member.is_some() { BEGIN_GROUP_IN_CLUSTER } else { BEGIN_GROUP }),
         client.query_one(&statements.lock, &[]),
         async {
             if appended.is_empty() {
@@ -651,7 +658,7 @@ async fn begin_group<'a>(
                 for event in &batch.events {
                     stream_version += 1;
                     let record = event.stored(&batch.stream, stream_version, next, recorded_at_micros);
-                    rows.push(&record);
+                    rows.push(&record, batch.fence.map(|f| f.epoch));
                     stored.push(record);
                     next += 1;
                 }
@@ -705,7 +712,7 @@ async fn begin_group<'a>(
                             let stream = event.stream();
                             let (version, _) = streams.get(&stream).copied().unwrap_or_default();
                             crate::store::export::check_follows(event, next, version)?;
-                            rows.push(event);
+                            rows.push(event, None);
                             streams.insert(stream, (event.version, event.position));
                             next += 1;
                         }
@@ -791,7 +798,7 @@ async fn finish_group(
         if rows.position.is_empty() {
             return Ok(0);
         }
-        let params: [&(dyn ToSql + Sync); 11] = [
+        let params: [&(dyn ToSql + Sync); 12] = [
             &rows.position,
             &rows.stream_type,
             &rows.stream_id,
@@ -803,6 +810,7 @@ async fn finish_group(
             &rows.causation_id,
             &rows.component_version,
             &rows.reply_to,
+            &rows.lease_epoch,
         ];
         client.execute(&statements.insert_events, &params).await
     };

@@ -1,14 +1,17 @@
 -- A cluster of hosts on one database (docs/ARCHITECTURE.md, "A cluster on PostgreSQL").
 
--- The cluster's settings: how many partitions stream keys hash to (fixed here, once), and
--- the secret hosts show each other when one forwards a request to another (never to clients).
+-- The cluster's settings: how many partitions stream keys hash to (fixed here, once), the
+-- secret hosts show each other when one forwards a request to another (never to clients),
+-- and the admin token of every host that is given none.
 CREATE TABLE cairn.cluster (
     only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
     partitions integer NOT NULL CHECK (partitions > 0),
-    secret text NOT NULL
+    secret text NOT NULL,
+    admin_token text NOT NULL
 );
-INSERT INTO cairn.cluster (partitions, secret)
-VALUES (256, replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''));
+INSERT INTO cairn.cluster (partitions, secret, admin_token)
+VALUES (256, replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''),
+        replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''));
 
 -- Every host that joined: where the others reach it, when it last said it lives (by the
 -- database's clock), and the commit sequence its groups move (what tells whether a COMMIT
@@ -35,3 +38,7 @@ CREATE TABLE cairn.leases (
     expires_at timestamptz NOT NULL DEFAULT '-infinity'
 );
 INSERT INTO cairn.leases (lease) SELECT generate_series(-1, 255);
+
+-- The epoch of the partition lease each event was appended under (NULL on one host): along
+-- a stream it never goes down, which is what tells that no host appended after losing it.
+ALTER TABLE cairn.events ADD COLUMN lease_epoch bigint;
