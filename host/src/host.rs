@@ -60,7 +60,8 @@ impl Host {
         // This process's name in the lease rows of a cluster: the writer checks every
         // append's lease against it.
         let incarnation = uuid::Uuid::new_v4().to_string();
-        let (store, writer, views) = match &config.store {
+        let mut views_pool = None;
+        let (store, writer, mut views) = match &config.store {
             None if config.cluster.is_some() => {
                 anyhow::bail!(
                     "--advertise joins a cluster on PostgreSQL: give the database with --store postgres://…"
@@ -75,6 +76,7 @@ impl Host {
                 let opened = store::postgres::open_with(url, options)
                     .await
                     .map_err(|error| anyhow::anyhow!("{error}"))?;
+                views_pool = Some(opened.views_pool.clone());
                 (opened.store, opened.writer, PostgresViews::shared(opened.views_pool))
             }
         };
@@ -93,6 +95,12 @@ impl Host {
                     let path = data.join(ADMIN_TOKEN_FILE);
                     write_private(&path, &admin_token)
                         .with_context(|| format!("write the admin token to {}", path.display()))?;
+                }
+                // The views' writes check, in their own transactions, that this host still
+                // runs the projections.
+                let fence = joined.clone();
+                if let Some(pool) = views_pool.take() {
+                    views = PostgresViews::fenced(pool, Arc::new(move || fence.background_fence()));
                 }
                 Some(joined)
             }
@@ -210,6 +218,10 @@ impl Host {
     /// The HTTP API, answering for `address` (the bound listen address: the names and
     /// origins the host accepts are checked against it).
     pub fn router(&self, address: SocketAddr) -> axum::Router {
+        if let Some(cluster) = &self.state.cluster {
+            // Bound and about to answer: now the others may be sent here.
+            cluster.serving();
+        }
         let site = SitePolicy::new(address, &self.allowed_hosts, &self.allowed_origins);
         let state = AppState { site: Arc::new(site), ..self.state.clone() };
         http::router(state, self.body_limits)

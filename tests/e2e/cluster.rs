@@ -276,7 +276,16 @@ async fn a_node_id_in_use_is_refused_a_cluster_needs_postgres_and_only_hosts_han
     let database = postgres::fresh_database();
     let host = member(&database, "same");
     let ttl = TTL_MS.to_string();
-    let twin = ["--store", &database, "--advertise", "http://127.0.0.1:9", "--node-id", "same", "--lease-ttl-ms", &ttl];
+    let twin = [
+        "--store",
+        &database,
+        "--advertise",
+        "http://127.0.0.1:9",
+        "--node-id",
+        "same",
+        "--lease-ttl-ms",
+        &ttl,
+    ];
     let (code, stderr) = serve_until_exit_with(&twin);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("node id \"same\" is in use by a live host at http://127.0.0.1:"), "{stderr}");
@@ -355,13 +364,18 @@ async fn owner_of_new_account(host: &Host, id: &str) -> String {
 
 /// Credits of 1 to `id` through `host`, each retried with its key until it is answered 200,
 /// until `stop`: how many were acknowledged.
-async fn credits_until(host: (reqwest::Client, String), id: String, stop: Arc<std::sync::atomic::AtomicBool>) -> i64 {
+async fn credits_until(
+    host: (reqwest::Client, String),
+    id: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> i64 {
     let (http, url) = host;
     let mut acknowledged = 0;
     let mut n = 0;
     while !stop.load(Ordering::SeqCst) {
         n += 1;
-        let body = json!({"type": "CreditAccount", "data": {"amount": 1, "transaction_id": format!("p-{n}")}});
+        let body =
+            json!({"type": "CreditAccount", "data": {"amount": 1, "transaction_id": format!("p-{n}")}});
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let sent = http
@@ -392,7 +406,8 @@ fn assert_no_append_after_a_takeover(database: &str) {
          WHERE lease_epoch < before",
     );
     assert_eq!(stale.as_deref(), Some("0"), "an event was appended under a lease that had moved on");
-    let unfenced = postgres::query_text(database, "SELECT count(*) FROM cairn.events WHERE lease_epoch IS NULL");
+    let unfenced =
+        postgres::query_text(database, "SELECT count(*) FROM cairn.events WHERE lease_epoch IS NULL");
     assert_eq!(unfenced.as_deref(), Some("0"), "every append of a cluster is fenced");
 }
 
@@ -412,7 +427,8 @@ async fn a_host_paused_past_its_lease_appends_nothing_after_it_and_gets_partitio
     }
     let id = owned.expect("s2 owns one of 64 streams");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = tokio::spawn(credits_until((hosts[2].http.clone(), hosts[2].url.clone()), id.clone(), stop.clone()));
+    let writer =
+        tokio::spawn(credits_until((hosts[2].http.clone(), hosts[2].url.clone()), id.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = hosts[1].pid();
     // SAFETY: kill(2) with the pid of a child this test spawned and has not reaped.
@@ -455,7 +471,9 @@ impl Cable {
                 }
                 let mut cutting = cuts.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
+                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                        return;
+                    };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         _ = cutting.changed() => {}
@@ -494,7 +512,8 @@ async fn a_host_cut_off_from_the_database_appends_nothing_after_losing_its_lease
     }
     let id = owned.expect("c2 owns one of 64 streams");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = tokio::spawn(credits_until((hosts[0].http.clone(), hosts[0].url.clone()), id.clone(), stop.clone()));
+    let writer =
+        tokio::spawn(credits_until((hosts[0].http.clone(), hosts[0].url.clone()), id.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     cable.cut();
     settled(&[&hosts[0], &hosts[2]], 2).await;

@@ -117,8 +117,10 @@ impl DeliveredJson {
                 Err(CommandError::Rejected(Rejection { code, message }))
             }
             DeliveredJson::UnknownType(_) => Err(CommandError::UnknownType(target.type_name.clone())),
+            // Counted towards parking, as a local actor's failure is.
             DeliveredJson::Failed(why) => {
-                Err(CommandError::Interrupted(format!("at the owner of {target}: {why}")))
+                tracing::warn!(%target, "a routed command failed at its owner: {why}");
+                Err(CommandError::ActorFailed)
             }
             DeliveredJson::Retry(why) => {
                 Err(CommandError::Store(StoreError::Unavailable(format!("at the owner of {target}: {why}"))))

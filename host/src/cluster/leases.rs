@@ -79,7 +79,7 @@ pub async fn join(
 ) -> Result<Arc<Cluster>, JoinError> {
     let db =
         crate::store::postgres::connect_config(url).map_err(|e| JoinError::Unreachable(e.to_string()))?;
-    let client = connect(&db).await?;
+    let client = connect(&db, config.lease_ttl).await?;
     let row = client.query_one("SELECT partitions, secret, admin_token FROM cairn.cluster", &[]).await?;
     let (partitions, secret, admin_token): (i32, String, String) =
         (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
@@ -90,6 +90,12 @@ pub async fn join(
     loop {
         let joined = client.query_opt(JOIN, &[&node, &config.advertise, &incarnation, &ttl_ms]).await?;
         if joined.is_some() {
+            client
+                .execute(
+                    "INSERT INTO cairn.node_commits (incarnation) VALUES ($1) ON CONFLICT DO NOTHING",
+                    &[&incarnation],
+                )
+                .await?;
             break;
         }
         if Instant::now() >= deadline {
@@ -116,6 +122,8 @@ pub async fn join(
         secret,
         admin_token,
         table: RwLock::new(Table::default()),
+        ready: std::sync::atomic::AtomicBool::new(false),
+        reachable: RwLock::new(HashMap::new()),
         changed,
         background,
         http,
@@ -125,6 +133,22 @@ pub async fn join(
     if let Err(error) = renewer.tick().await {
         tracing::warn!("the first renewal of leases failed: {error}");
     }
+    // Between renewals, a lease whose time here is up is let go at once (the database's
+    // clock lets another host take it only later), whatever the renewer is waiting for.
+    let (watched, watching) = (cluster.clone(), part.clone());
+    part.tracker().spawn(async move {
+        let period = (watched.ttl / 20).max(Duration::from_millis(20));
+        while watching.pause(period).await.is_ok() {
+            watched.let_go_of_expired();
+        }
+    });
+    let (prober, probing) = (cluster.clone(), part.clone());
+    part.tracker().spawn(async move {
+        let period = prober.ttl.max(Duration::from_millis(500));
+        while probing.pause(period).await.is_ok() {
+            prober.probe().await;
+        }
+    });
     let task_part = part.clone();
     part.tracker().spawn(async move {
         let period = (renewer.cluster.ttl / 3).max(Duration::from_millis(50));
@@ -139,11 +163,14 @@ pub async fn join(
     Ok(cluster)
 }
 
-async fn connect(db: &tokio_postgres::Config) -> Result<tokio_postgres::Client, JoinError> {
+/// The renewer's connection: no statement of it may take long enough to cost the leases.
+async fn connect(db: &tokio_postgres::Config, ttl: Duration) -> Result<tokio_postgres::Client, JoinError> {
     let (client, connection) = db.connect(NoTls).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
+    let limit = (ttl / 3).max(Duration::from_millis(100)).as_millis();
+    client.batch_execute(&format!("SET statement_timeout = {limit}; SET lock_timeout = {limit}")).await?;
     Ok(client)
 }
 
@@ -157,7 +184,7 @@ struct Renewer {
 impl Renewer {
     async fn client(&mut self) -> Result<&tokio_postgres::Client, JoinError> {
         if self.client.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
-            self.client = Some(connect(&self.db).await?);
+            self.client = Some(connect(&self.db, self.cluster.ttl).await?);
         }
         Ok(self.client.as_ref().expect("connected"))
     }
@@ -197,6 +224,7 @@ impl Renewer {
                 alive: row.get(3),
                 partitions: row.get::<_, i64>(4) as u32,
                 background: row.get(5),
+                reachable: None,
             })
             .collect();
         let alive = nodes.iter().filter(|n| n.alive).count().max(1) as u32;
@@ -214,7 +242,7 @@ impl Renewer {
             let client = self.client.as_ref().expect("connected");
             client.execute(RELEASE, &[&me, &given]).await?;
             tracing::info!(count = given.len(), "handed partitions over to a host that joined");
-        } else if mine.len() < share {
+        } else if mine.len() < share && cluster.ready.load(std::sync::atomic::Ordering::SeqCst) {
             let wanted = (share - mine.len()) as i64;
             let taken = client.query(TAKE, &[&me, &wanted, &ttl_ms]).await?;
             if !taken.is_empty() {
@@ -225,7 +253,9 @@ impl Renewer {
                 held.insert(row.get(0), Held { epoch: row.get(1), until: sent + cluster.ttl - margin });
             }
         }
-        if let std::collections::hash_map::Entry::Vacant(free) = held.entry(BACKGROUND) {
+        if cluster.ready.load(std::sync::atomic::Ordering::SeqCst)
+            && let std::collections::hash_map::Entry::Vacant(free) = held.entry(BACKGROUND)
+        {
             let client = self.client.as_ref().expect("connected");
             if let Some(row) = client.query_opt(TAKE_BACKGROUND, &[&me, &ttl_ms]).await? {
                 tracing::info!("runs the routing and the projections now");

@@ -50,6 +50,10 @@ pub struct NodeJson {
     pub partitions: u32,
     /// Whether it runs the routing and the projections.
     pub background: bool,
+    /// Whether this node reached it at its advertised URL the last time it tried (`null` for
+    /// itself and for nodes that are not alive): a node the others cannot reach gets no
+    /// forwarded requests answered.
+    pub reachable: Option<bool>,
 }
 
 /// Where a stream's requests go.
@@ -98,6 +102,11 @@ pub struct Cluster {
     /// The admin token of the hosts given none.
     admin_token: String,
     table: RwLock<Table>,
+    /// Set once the host answers HTTP: only then does it take leases, so the others never
+    /// forward to a host that cannot answer yet.
+    ready: std::sync::atomic::AtomicBool,
+    /// Whether each other live node answered at its advertised URL, by node id.
+    reachable: RwLock<HashMap<String, bool>>,
     /// Moves whenever the leases this host holds change (actors of lost ones retire).
     changed: watch::Sender<u64>,
     /// Whether this host runs the routing and the projections now.
@@ -170,6 +179,35 @@ impl Cluster {
         }
     }
 
+    /// The host answers HTTP now: it may take its share of the leases.
+    pub fn serving(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Drop the leases whose time here is up, telling the actors and the background work.
+    fn let_go_of_expired(&self) {
+        let now = Instant::now();
+        let (moved, background) = {
+            let mut table = self.table.write().expect("cluster table lock");
+            let before = table.held.len();
+            table.held.retain(|_, held| held.until > now);
+            (table.held.len() != before, table.held.contains_key(&BACKGROUND))
+        };
+        if moved {
+            tracing::warn!("leases ran out before they could be renewed: their work stops here");
+            self.changed.send_modify(|n| *n += 1);
+        }
+        self.background.send_if_modified(|running| std::mem::replace(running, background) != background);
+    }
+
+    /// The background lease as this host holds it now (its incarnation and epoch), for the
+    /// writes of the routing and the projections to check in their own transactions.
+    pub fn background_fence(&self) -> Option<(String, i64)> {
+        let table = self.table.read().expect("cluster table lock");
+        let held = table.held.get(&BACKGROUND).filter(|h| h.until > Instant::now())?;
+        Some((self.incarnation.clone(), held.epoch))
+    }
+
     /// Moves whenever the partitions this host holds change.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
@@ -201,7 +239,35 @@ impl Cluster {
 
     /// Every node, with the partitions each holds, as the last renewal read them.
     pub fn nodes(&self) -> Vec<NodeJson> {
-        self.table.read().expect("cluster table lock").nodes.clone()
+        let reachable = self.reachable.read().expect("cluster reachability lock");
+        let mut nodes = self.table.read().expect("cluster table lock").nodes.clone();
+        for node in &mut nodes {
+            node.reachable =
+                (node.alive && node.id != self.node).then(|| reachable.get(&node.id).copied()).flatten();
+        }
+        nodes
+    }
+
+    /// Try every other live node at its advertised URL, and keep what answered.
+    async fn probe(&self) {
+        let others: Vec<(String, String)> = self
+            .nodes()
+            .into_iter()
+            .filter(|n| n.alive && n.id != self.node)
+            .map(|n| (n.id, n.url))
+            .collect();
+        let mut found = HashMap::new();
+        for (id, url) in others {
+            let answered =
+                self.http.get(format!("{url}/healthz")).timeout(std::time::Duration::from_secs(1)).send();
+            let reached = answered.await.is_ok_and(|r| r.status().is_success());
+            let before = self.reachable.read().expect("cluster reachability lock").get(&id).copied();
+            if !reached && before != Some(false) {
+                tracing::warn!(node = id, url, "a node of the cluster does not answer at its advertised URL");
+            }
+            found.insert(id, reached);
+        }
+        *self.reachable.write().expect("cluster reachability lock") = found;
     }
 
     /// Partitions no live host holds now.

@@ -117,6 +117,13 @@ pub async fn answer_elsewhere(
             Owner::There { url, .. } if !from_peer => {
                 let path = path_of(stream, tail);
                 match cluster.forward(kind, &url, method.clone(), &path, headers, body.clone()).await {
+                    // The owner it was sent to had just let the stream go: nothing ran there,
+                    // so it is sent again to whoever holds it now.
+                    Ok(answer)
+                        if answer.status == StatusCode::MISDIRECTED_REQUEST && is_not_owner(&answer.body) =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                     Ok(answer) => {
                         let mut response = (answer.status, answer.body).into_response();
                         response.headers_mut().extend(answer.headers);
@@ -141,10 +148,26 @@ pub async fn answer_elsewhere(
                     }
                 }
             }
+            // Sent here by a host that took this one for the owner, which it no longer is:
+            // answered at once, so that host asks the new owner (nothing ran here).
+            Owner::There { node, .. } => {
+                return Err(ApiError::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    NOT_OWNER,
+                    format!("{stream} is served by node {node} now, not this one"),
+                ));
+            }
             _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
             _ => return Err(not_here(cluster, stream)),
         }
     }
+}
+
+/// The code of a forwarded request's answer from a host that does not own the stream.
+const NOT_OWNER: &str = "not_owner";
+
+fn is_not_owner(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v["error"]["code"] == NOT_OWNER)
 }
 
 fn not_here(cluster: &Arc<Cluster>, stream: &StreamId) -> ApiError {

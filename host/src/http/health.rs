@@ -11,11 +11,14 @@ use serde_json::{Value, json};
 
 /// `GET /healthz`
 #[utoipa::path(get, path = "/healthz", tag = "operations", summary = "The process is up",
-    responses((status = 200, description = "`{\"status\": \"ok\", \"head_position\", \"live_actors\"}`", body = Object)))]
+    responses((status = 200, description = "`{\"status\": \"ok\", \"head_position\", \"live_actors\"}`, and in a cluster `\"node\"` (this node's id) and `\"nodes_alive\"`", body = Object)))]
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
-    Json(
-        json!({"status": "ok", "head_position": state.store.head_position(), "live_actors": state.actors.live()}),
-    )
+    let mut health = json!({"status": "ok", "head_position": state.store.head_position(), "live_actors": state.actors.live()});
+    if let Some(cluster) = &state.cluster {
+        health["node"] = json!(cluster.node());
+        health["nodes_alive"] = json!(cluster.nodes().iter().filter(|n| n.alive).count());
+    }
+    Json(health)
 }
 
 /// `GET /readyz`: 200 only when the host can take commands: the writer thread is alive, its
@@ -85,6 +88,10 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     gauge("cairn_mailbox_messages", queued as f64);
     gauge("cairn_mailbox_depth_max", deepest as f64);
     gauge("cairn_guest_instances", state.components.guest_instances() as f64);
+    if let Some(cluster) = &state.cluster {
+        gauge("cairn_cluster_partitions_held", cluster.held() as f64);
+        gauge("cairn_cluster_partitions_unowned", cluster.unowned().len() as f64);
+    }
     for subscriber in state.routing.status().await? {
         let name = subscriber.name.as_str();
         labelled_gauge("cairn_routing_lag_events", "subscriber", name, subscriber.lag as f64);

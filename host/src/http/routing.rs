@@ -163,6 +163,9 @@ fn routing_error(error: RoutingError) -> ApiError {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "subscriber_restarting", error.to_string())
         }
         RoutingError::Store(store) => store.into(),
+        RoutingError::Elsewhere => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "routing_elsewhere", error.to_string())
+        }
     }
 }
 

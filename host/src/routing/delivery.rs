@@ -431,7 +431,16 @@ impl StreamWorker {
             Owner::There { url, .. } => {
                 let command =
                     RoutedCommandJson::of(target, request).expect("a routed command has its causation");
-                cluster.deliver(&url, &command).await
+                match cluster.deliver(&url, &command).await {
+                    // Known here: the owner has not taken the deploy in yet (or cannot load
+                    // it). Never a refusal for good: wait for it.
+                    Err(CommandError::UnknownType(name))
+                        if self.shared.context.components.active(&name).is_some() =>
+                    {
+                        Err(CommandError::NotHere(cluster.partition_of(target)))
+                    }
+                    answered => answered,
+                }
             }
             Owner::Here(_) => actors.send(target.clone(), request.clone()).await.map(|reply| reply.replayed),
             Owner::Nobody => Err(CommandError::NotHere(cluster.partition_of(target))),

@@ -177,6 +177,11 @@ pub enum RoutingError {
     UnknownSubscriber(String),
     #[error("the subscriber {0:?} restarted before it answered; try again")]
     Interrupted(String),
+    /// In a cluster, the routing runs on another host now: ask it (`GET /cluster` names it).
+    #[error(
+        "the routing runs on another host of the cluster: send this to the node that GET /cluster shows running it"
+    )]
+    Elsewhere,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -310,6 +315,9 @@ impl Routing {
     }
 
     fn controls_of(&self, name: &str) -> Result<mpsc::UnboundedSender<Control>, RoutingError> {
+        if !self.context.part.may_run() {
+            return Err(RoutingError::Elsewhere);
+        }
         let handles = self.handles.lock().expect("routing lock");
         handles
             .iter()

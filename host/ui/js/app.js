@@ -92,7 +92,8 @@ async function pollHost() {
   const status = document.getElementById("host-status");
   try {
     const health = await get("/healthz");
-    status.textContent = `host up · head position ${health.head_position} · ${health.live_actors} live actors`;
+    const cluster = health.node === undefined ? "" : ` · node ${health.node} of ${health.nodes_alive} alive`;
+    status.textContent = `host up${cluster} · head position ${health.head_position} · ${health.live_actors} live actors`;
     status.className = "up";
   } catch (failure) {
     status.textContent = `host unreachable: ${failure.message}`;

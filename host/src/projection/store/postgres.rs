@@ -18,15 +18,41 @@ use tokio_postgres::IsolationLevel;
 const DOCUMENT: &str =
     "SELECT document FROM cairn.view_documents WHERE projection = $1 AND generation = $2 AND key = $3";
 
+/// In a cluster: the background lease this host holds now (its incarnation and epoch), or
+/// `None` when it does not run the projections.
+pub type BackgroundFence = Arc<dyn Fn() -> Option<(String, i64)> + Send + Sync>;
+
 pub struct PostgresViews {
     pool: Pool,
+    fence: Option<BackgroundFence>,
 }
 
 impl PostgresViews {
     /// The view store in the database `pool` connects to (its tables come with the store's
     /// schema).
     pub fn shared(pool: Pool) -> Views {
-        Arc::new(PostgresViews { pool })
+        Arc::new(PostgresViews { pool, fence: None })
+    }
+
+    /// The same, for a host of a cluster: every write checks in its own transaction that
+    /// this host still holds the background lease at the epoch it holds it now, so a host
+    /// that was paused past it writes nothing over the views of the one that took it.
+    pub fn fenced(pool: Pool, fence: BackgroundFence) -> Views {
+        Arc::new(PostgresViews { pool, fence: Some(fence) })
+    }
+
+    async fn check_fence(&self, txn: &Transaction<'_>) -> Result<(), StoreError> {
+        let Some(fence) = &self.fence else { return Ok(()) };
+        let refused = || StoreError::CommitFailed("this host no longer runs the projections".to_owned());
+        let (owner, epoch) = fence().ok_or_else(refused)?;
+        // `FOR SHARE`: a takeover of the lease (an update) waits until this write has ended.
+        let statement = txn
+            .prepare_cached(
+                "SELECT 1 FROM cairn.leases WHERE lease = -1 AND owner = $1 AND epoch = $2 \
+                 AND expires_at > clock_timestamp() FOR SHARE",
+            )
+            .await?;
+        txn.query_opt(&statement, &[&owner, &epoch]).await?.map(|_| ()).ok_or_else(refused)
     }
 }
 
@@ -106,7 +132,11 @@ impl ViewStore for PostgresViews {
     async fn put_record(&self, name: &str, record: &ViewRecord) -> Result<(), StoreError> {
         let mut client = connection(&self.pool).await?;
         let txn = client.transaction().await?;
-        locked_record(&txn, name).await?;
+        // A new projection's first record any host may make (they make the same one); a
+        // record that is there is the background host's to change.
+        if locked_record(&txn, name).await?.is_some() {
+            self.check_fence(&txn).await?;
+        }
         store_record(&txn, name, record).await?;
         drop_generations(&txn, name, &generations(record)).await?;
         txn.commit().await?;
@@ -127,6 +157,8 @@ impl ViewStore for PostgresViews {
         let Some(mut record) = locked_record(&txn, name).await? else {
             return Ok(BatchCommit::GenerationGone);
         };
+        // Always after the record's lock, as everywhere here: one order, no deadlock.
+        self.check_fence(&txn).await?;
         let Some(target) = record.generation_mut(generation) else { return Ok(BatchCommit::GenerationGone) };
         if target.cursor != from {
             return Ok(BatchCommit::CursorMoved(target.cursor));
@@ -189,6 +221,7 @@ impl ViewStore for PostgresViews {
         let mut client = connection(&self.pool).await?;
         let txn = client.transaction().await?;
         let Some(mut record) = locked_record(&txn, name).await? else { return Ok(None) };
+        self.check_fence(&txn).await?;
         let Some(next) = record.next.filter(|n| n.id == generation) else { return Ok(None) };
         record.live = next;
         record.next = None;

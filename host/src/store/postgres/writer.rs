@@ -261,8 +261,7 @@ impl WriterTask {
                         .await?;
                     let row = match &self.member {
                         Some(me) => {
-                            let witness =
-                                "SELECT commit_sequence FROM cairn.nodes WHERE incarnation = $1 FOR SHARE";
+                            let witness = "SELECT commit_sequence FROM cairn.node_commits WHERE incarnation = $1 FOR SHARE";
                             client.query_one(witness, &[me]).await
                         }
                         None => {
@@ -415,17 +414,18 @@ const UPSERT_HISTORY: &str = "INSERT INTO cairn.snapshot_history (stream_type, s
      ON CONFLICT (stream_type, stream_id, version) DO UPDATE SET digest = EXCLUDED.digest, state = EXCLUDED.state";
 const MOVE_HEAD: &str = "WITH moved AS (UPDATE cairn.log_head SET position = $1, \
      commit_sequence = commit_sequence + 1 RETURNING position), \
-     witnessed AS (UPDATE cairn.nodes SET commit_sequence = commit_sequence + 1 WHERE incarnation = $2) \
+     witnessed AS (UPDATE cairn.node_commits SET commit_sequence = commit_sequence + 1 WHERE incarnation = $2) \
      SELECT pg_notify('cairn_log', position::text) FROM moved";
 /// In a cluster, the commit sequence of this host's own row tells whether one of its
 /// COMMITs landed (the head's moves with every host's); taken at the group's start, so a
 /// resolving read waits for the group whatever point it reached.
-const LOCK_WITNESS: &str = "SELECT commit_sequence FROM cairn.nodes WHERE incarnation = $1 FOR UPDATE";
+const LOCK_WITNESS: &str = "SELECT commit_sequence FROM cairn.node_commits WHERE incarnation = $1 FOR UPDATE";
 /// The partition leases the group's appends were started under that this host still holds,
-/// held `FOR SHARE` until COMMIT: a takeover waits for this commit, and one that came first
-/// is seen.
+/// held `FOR KEY SHARE` until COMMIT: a takeover (which takes the row `FOR UPDATE`) waits for
+/// this commit, and one that came first is seen; this host's own renewals and releases
+/// (which change no key) never wait for a group.
 const HELD_LEASES: &str = "SELECT lease, epoch FROM cairn.leases \
-     WHERE lease = ANY($1) AND owner = $2 AND expires_at > clock_timestamp() FOR SHARE";
+     WHERE lease = ANY($1) AND owner = $2 AND expires_at > clock_timestamp() FOR KEY SHARE";
 
 /// An outcome's record, and from when it may expire (a client's idempotency key only).
 type OutcomeRow = (Vec<u8>, Option<i64>);
@@ -597,7 +597,7 @@ async fn begin_group<'a>(
         (Some(_), Some(witness)) => witness.try_get(0)?,
         (Some(_), None) => {
             return Err(StoreError::Unavailable(
-                "this host is not a member of the cluster in the database (cairn.nodes)".to_owned(),
+                "this host is not a member of the cluster in the database (cairn.node_commits)".to_owned(),
             ));
         }
     };

@@ -13,16 +13,22 @@ INSERT INTO cairn.cluster (partitions, secret, admin_token)
 VALUES (256, replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''),
         replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''));
 
--- Every host that joined: where the others reach it, when it last said it lives (by the
--- database's clock), and the commit sequence its groups move (what tells whether a COMMIT
--- of this host's whose answer was lost landed, whatever the other hosts commit).
+-- Every host that joined: where the others reach it, and when it last said it lives (by
+-- the database's clock).
 CREATE TABLE cairn.nodes (
     id text COLLATE "C" PRIMARY KEY,
     url text NOT NULL,
     incarnation text NOT NULL UNIQUE,
     started_at timestamptz NOT NULL,
     renewed_at timestamptz NOT NULL,
-    left_at timestamptz,
+    left_at timestamptz
+);
+
+-- The commit sequence each host's groups move, by incarnation: what tells whether a COMMIT
+-- of this host's whose answer was lost landed, whatever the other hosts commit. A row of its
+-- own, so that a group holding it never holds up the host's renewals of its leases.
+CREATE TABLE cairn.node_commits (
+    incarnation text COLLATE "C" PRIMARY KEY,
     commit_sequence bigint NOT NULL DEFAULT 0
 );
 
