@@ -44,6 +44,8 @@ pub struct BenchOptions {
     pub no_baseline: bool,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
+    /// More hosts of the same cluster: the connections are spread over all of them.
+    pub also: Vec<String>,
 }
 
 /// Throughput and latency of one load.
@@ -57,6 +59,19 @@ pub struct Load {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// In a cluster: how much of the load the host it was sent to forwarded to the owner,
+    /// and the latencies of the requests answered where they were sent and of the forwarded.
+    pub forwarding: Option<Forwarding>,
+}
+
+/// Forwarded requests against those answered where they were sent (`X-Cairn-Node`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Forwarding {
+    pub share: f64,
+    pub direct_p50_ms: f64,
+    pub direct_p99_ms: f64,
+    pub forwarded_p50_ms: f64,
+    pub forwarded_p99_ms: f64,
 }
 
 /// What one `cairn bench` run measured.
@@ -90,6 +105,17 @@ pub async fn run(url: &str, options: &BenchOptions) -> anyhow::Result<Report> {
         bail!("transfers need --accounts 2 or more");
     }
     let host = HostClient::pooled(url, options.connections, Duration::from_secs(60))?;
+    let mut hosts = vec![host.clone()];
+    for other in &options.also {
+        hosts.push(HostClient::pooled(other, options.connections, Duration::from_secs(60))?);
+    }
+    // Each host's node id, to tell a forwarded answer (another node's) from a direct one.
+    let mut nodes = Vec::new();
+    for host in &hosts {
+        let health = host.json("/healthz").await.with_context(|| host.unreachable())?;
+        nodes.push(health["node"].as_str().map(str::to_owned));
+    }
+    let targets = Arc::new(hosts.into_iter().zip(nodes).collect::<Vec<_>>());
     // Fresh accounts each run, so runs against one host never share streams.
     let run_id: String = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let accounts = match options.scenario {
@@ -103,13 +129,13 @@ pub async fn run(url: &str, options: &BenchOptions) -> anyhow::Result<Report> {
     let healthz = if options.no_baseline {
         None
     } else {
-        Some(drive(&host, options, "/healthz", |_, _, _| Request::Get("/healthz".to_owned())).await?)
+        Some(drive(&targets, options, "/healthz", |_, _, _| Request::Get("/healthz".to_owned())).await?)
     };
     let before = commit_metrics(&host).await;
     let transfers = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = transfers.clone();
     let scenario = options.scenario;
-    let load = drive(&host, options, &scenario.to_string(), move |connection, n, pick| {
+    let load = drive(&targets, options, &scenario.to_string(), move |connection, n, pick| {
         let account = |k: u64| format!("bench-{run_id}-{k}");
         let credit = |k: u64| {
             Request::Post(
@@ -187,7 +213,7 @@ enum Request {
 /// `connections` tasks send requests from `next(connection, n, random)` until the duration
 /// or the count runs out; every answer other than 200 is an error.
 async fn drive(
-    host: &HostClient,
+    targets: &Arc<Vec<(HostClient, Option<String>)>>,
     options: &BenchOptions,
     label: &str,
     next: impl Fn(usize, u64, u64) -> Request + Send + Sync + 'static,
@@ -200,9 +226,11 @@ async fn drive(
     let deadline = started + options.duration;
     let mut tasks = Vec::new();
     for connection in 0..options.connections {
-        let (host, next, sent, bar) = (host.clone(), next.clone(), sent.clone(), bar.clone());
+        let (host, node) = targets[connection % targets.len()].clone();
+        let (next, sent, bar) = (next.clone(), sent.clone(), bar.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let mut forwarded = Vec::new();
             let mut errors = 0u64;
             let mut random =
                 0x9E37_79B9_7F4A_7C15u64 ^ (connection as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -218,50 +246,70 @@ async fn drive(
                     Request::Post(path, body) => host.post(&path).json(&body),
                 };
                 let begun = Instant::now();
+                let mut elsewhere = false;
                 let ok = match request.send().await {
                     Ok(response) => {
                         let status = response.status();
+                        let answered_by =
+                            response.headers().get("x-cairn-node").and_then(|v| v.to_str().ok());
+                        elsewhere = node.is_some() && answered_by.is_some() && answered_by != node.as_deref();
                         // Read the whole answer: a command's 200 is only complete with its body.
                         response.bytes().await.is_ok() && status == reqwest::StatusCode::OK
                     }
                     Err(error) if error.is_connect() => return Err(error),
                     Err(_) => false,
                 };
-                latencies.push(begun.elapsed());
+                if elsewhere {
+                    forwarded.push(begun.elapsed());
+                } else {
+                    latencies.push(begun.elapsed());
+                }
                 if !ok {
                     errors += 1;
                 }
                 bar.inc(1);
             }
-            Ok((latencies, errors))
+            Ok((latencies, forwarded, errors))
         }));
     }
-    let mut latencies = Vec::new();
+    let (mut direct, mut forwarded) = (Vec::new(), Vec::new());
     let mut errors = 0;
-    for task in tasks {
-        let (mut mine, failed) =
+    for (connection, task) in tasks.into_iter().enumerate() {
+        let host = &targets[connection % targets.len()].0;
+        let (mut mine, mut theirs, failed) =
             task.await.context("a load task failed")?.with_context(|| host.unreachable())?;
-        latencies.append(&mut mine);
+        direct.append(&mut mine);
+        forwarded.append(&mut theirs);
         errors += failed;
     }
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
+    let mut latencies: Vec<Duration> = direct.iter().chain(&forwarded).copied().collect();
     latencies.sort();
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len().max(1) - 1) as f64 * q) as usize)
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    direct.sort();
+    forwarded.sort();
+    let at = |sorted: &[Duration], q: f64| {
+        sorted.get(((sorted.len().max(1) - 1) as f64 * q) as usize).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
     let requests = latencies.len() as u64;
+    let clustered = targets.iter().any(|(_, node)| node.is_some());
+    let forwarding = clustered.then(|| Forwarding {
+        share: forwarded.len() as f64 / requests.max(1) as f64,
+        direct_p50_ms: at(&direct, 0.5),
+        direct_p99_ms: at(&direct, 0.99),
+        forwarded_p50_ms: at(&forwarded, 0.5),
+        forwarded_p99_ms: at(&forwarded, 0.99),
+    });
     Ok(Load {
         requests,
         errors,
         seconds,
         per_second: (requests - errors) as f64 / seconds,
-        p50_ms: at(0.5),
-        p90_ms: at(0.9),
-        p99_ms: at(0.99),
-        max_ms: at(1.0),
+        p50_ms: at(&latencies, 0.5),
+        p90_ms: at(&latencies, 0.9),
+        p99_ms: at(&latencies, 0.99),
+        max_ms: at(&latencies, 1.0),
+        forwarding,
     })
 }
 
@@ -446,6 +494,16 @@ pub fn print(report: &Report) {
     }
     if let Some(ms) = report.transfers_terminal_after_ms {
         println!("every transfer terminal {ms:.0} ms after the last was accepted");
+    }
+    if let Some(f) = &report.load.forwarding {
+        println!(
+            "forwarded to the owner: {:.1}% of requests; p50 {:.2} ms / p99 {:.2} ms forwarded, {:.2} / {:.2} ms answered where sent",
+            f.share * 100.0,
+            f.forwarded_p50_ms,
+            f.forwarded_p99_ms,
+            f.direct_p50_ms,
+            f.direct_p99_ms
+        );
     }
 }
 

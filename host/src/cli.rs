@@ -292,6 +292,10 @@ enum Command {
         /// Do not measure `/healthz`.
         #[arg(long)]
         no_baseline: bool,
+        /// Another host of the same cluster (repeatable): the connections are spread over
+        /// --url and these, and the answers tell how many were forwarded to their owner.
+        #[arg(long, value_name = "URL")]
+        also: Vec<String>,
     },
     /// Make the version that was active before the current one active again (after the
     /// replay check a deploy runs).
@@ -550,7 +554,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
                 .body(bytes);
             print_answer(&client, request).await
         }
-        Command::Bench { scenario, connections, duration, count, accounts, no_baseline } => {
+        Command::Bench { scenario, connections, duration, count, accounts, no_baseline, also } => {
             use std::io::IsTerminal;
             if !(duration.is_finite() && duration > 0.0) {
                 anyhow::bail!("--duration must be a positive number of seconds");
@@ -563,6 +567,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
                 accounts,
                 no_baseline,
                 progress: !client.json && std::io::stderr().is_terminal(),
+                also,
             };
             let report = crate::bench::run(host.base(), &options).await?;
             if client.json {

@@ -231,6 +231,50 @@ mod tests {
         assert_eq!(failures, vec!["test part panicked: first run".to_owned(), "second run".to_owned()]);
     }
 
+    /// In a cluster the routing and the projections run only on the host holding their
+    /// lease: no run starts while the gate is shut, a run is stopped when it shuts, and one
+    /// starts again when it opens, none of it recorded as a failure.
+    #[tokio::test]
+    async fn a_gated_part_runs_only_while_its_gate_is_open() {
+        let root = CancellationToken::new();
+        let (gate, watched) = tokio::sync::watch::channel(false);
+        let part = Part::child_of(&root).gated(Some(watched));
+        assert!(!part.may_run());
+        let runs = std::sync::Arc::new(AtomicU32::new(0));
+        let counter = runs.clone();
+        let supervised = {
+            let part = part.clone();
+            tokio::spawn(async move {
+                let failures = Failures::default();
+                let token = part.token().clone();
+                supervise("gated part", quick(), &failures, &part, move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    // Runs until the part stops.
+                    let token = token.clone();
+                    async move {
+                        token.cancelled().await;
+                        Ok(())
+                    }
+                })
+                .await;
+                failures.0.into_inner().unwrap()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "nothing runs while the gate is shut");
+        gate.send(true).unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        gate.send(false).unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        gate.send(true).unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "the run stopped when the gate shut, and ran again");
+        root.cancel();
+        let failures = tokio::time::timeout(Duration::from_secs(10), supervised).await.unwrap().unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+
     #[tokio::test]
     async fn a_stopping_part_ends_its_supervision_during_a_pause_and_records_nothing_more() {
         let root = CancellationToken::new();

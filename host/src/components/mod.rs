@@ -112,6 +112,14 @@ impl From<DeployError> for VersionError {
     }
 }
 
+/// A version another host made active that this one could not load, and the record that
+/// made it active (tried again only when the record changes).
+struct Unloadable {
+    version: ComponentVersion,
+    why: String,
+    record: Vec<u8>,
+}
+
 pub struct ComponentRegistry {
     runtime: Runtime,
     store: EventStore,
@@ -125,6 +133,9 @@ pub struct ComponentRegistry {
     /// Other hosts change the components too (a cluster): what they stored is taken in
     /// before every change made here, and every moment by [`Self::refresh`].
     shared: std::sync::atomic::AtomicBool,
+    /// Versions other hosts made active that this one cannot load: by component, the
+    /// version and why. Nothing of such a type is served here until it loads.
+    unloadable: RwLock<BTreeMap<String, Unloadable>>,
 }
 
 impl ComponentRegistry {
@@ -169,6 +180,7 @@ impl ComponentRegistry {
             changing: tokio::sync::Mutex::new(()),
             changes: changes::ChangeFeed::new(),
             shared: std::sync::atomic::AtomicBool::new(false),
+            unloadable: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -402,6 +414,12 @@ impl ComponentRegistry {
         self.shared.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Versions other hosts made active that this host cannot load, with why.
+    pub fn unloadable(&self) -> Vec<(String, ComponentVersion, String)> {
+        let unloadable = self.unloadable.read().expect("registry lock");
+        unloadable.iter().map(|(name, u)| (name.clone(), u.version, u.why.clone())).collect()
+    }
+
     /// Before a change here, in a cluster: the changes other hosts made, so that this one
     /// builds on them (two changes of one component on two hosts at the same moment still
     /// race: the later record wins; docs/ARCHITECTURE.md).
@@ -420,7 +438,11 @@ impl ComponentRegistry {
             let _changing = self.changing.lock().await;
             for (name, bytes) in stored {
                 let known = self.records.read().expect("registry lock").get(&name).cloned();
-                if known.as_ref().is_some_and(|k| k.encode() == bytes) {
+                let failed =
+                    self.unloadable.read().expect("registry lock").get(&name).map(|u| u.record == bytes);
+                if failed == Some(true)
+                    || (failed.is_none() && known.as_ref().is_some_and(|k| k.encode() == bytes))
+                {
                     continue;
                 }
                 let record: ComponentRecord = rmp_serde::from_slice(&bytes)
@@ -432,15 +454,18 @@ impl ComponentRegistry {
                     Some(_) => ChangeKind::Activated,
                 };
                 if kind != ChangeKind::Deleted {
-                    let bytes = blob(&self.store, &name, &record, record.active).await?;
+                    let component = blob(&self.store, &name, &record, record.active).await?;
                     let runtime = self.runtime.clone();
-                    let loaded = match tokio::task::spawn_blocking(move || runtime.load(&bytes)).await {
+                    let loaded = match tokio::task::spawn_blocking(move || runtime.load(&component)).await {
                         Ok(Ok(component)) => Ok(component),
                         Ok(Err(error)) => Err(error.to_string()),
                         Err(error) => Err(error.to_string()),
                     };
                     match loaded {
-                        Ok(component) => self.make_active(&name, record.active, component),
+                        Ok(component) => {
+                            self.unloadable.write().expect("registry lock").remove(&name);
+                            self.make_active(&name, record.active, component)
+                        }
                         Err(why) => {
                             tracing::error!(
                                 component = name,
@@ -450,6 +475,8 @@ impl ComponentRegistry {
                             );
                             self.active.write().expect("registry lock").remove(&name);
                             self.projections.write().expect("registry lock").remove(&name);
+                            let failure = Unloadable { version: record.active, why, record: bytes };
+                            self.unloadable.write().expect("registry lock").insert(name, failure);
                             continue;
                         }
                     }

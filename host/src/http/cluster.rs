@@ -21,6 +21,17 @@ use utoipa::ToSchema;
 pub struct ThisNodeJson {
     pub id: String,
     pub url: String,
+    /// Versions other nodes made active that this one cannot load (a newer binary's): it
+    /// serves nothing of these components until it can.
+    pub unloadable: Vec<UnloadableJson>,
+}
+
+/// A version this node cannot load, and why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UnloadableJson {
+    pub component: String,
+    pub version: u32,
+    pub error: String,
 }
 
 /// `GET /cluster`.
@@ -51,7 +62,20 @@ pub async fn cluster(State(state): State<AppState>) -> Result<Json<ClusterJson>,
         )
     })?;
     Ok(Json(ClusterJson {
-        node: ThisNodeJson { id: cluster.node().to_owned(), url: cluster.url().to_owned() },
+        node: ThisNodeJson {
+            id: cluster.node().to_owned(),
+            url: cluster.url().to_owned(),
+            unloadable: state
+                .components
+                .unloadable()
+                .into_iter()
+                .map(|(component, version, error)| UnloadableJson {
+                    component,
+                    version: version.get(),
+                    error,
+                })
+                .collect(),
+        },
         nodes: cluster.nodes(),
         partitions: cluster.partitions(),
         unowned: cluster.unowned(),
