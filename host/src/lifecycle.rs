@@ -41,13 +41,18 @@ impl Part {
         Part { gate, ..self }
     }
 
+    /// Whether the part is gated at all (in a cluster).
+    pub fn is_gated(&self) -> bool {
+        self.gate.is_some()
+    }
+
     /// Whether the part's supervised loops may run now (always, unless gated).
     pub fn may_run(&self) -> bool {
         self.gate.as_ref().is_none_or(|gate| *gate.borrow())
     }
 
     /// Wait until the part's loops may run; `Err(Stopped)` if the part stops first.
-    async fn opened(&self) -> Result<(), Stopped> {
+    pub(crate) async fn opened(&self) -> Result<(), Stopped> {
         let Some(gate) = &self.gate else { return self.check() };
         let mut gate = gate.clone();
         tokio::select! {
@@ -57,7 +62,7 @@ impl Part {
     }
 
     /// Resolves once the gate closes (never, without one).
-    async fn closed(&self) {
+    pub(crate) async fn closed(&self) {
         match &self.gate {
             Some(gate) => {
                 let mut gate = gate.clone();

@@ -247,11 +247,12 @@ async fn a_kill_9_of_one_host_mid_storm_loses_nothing_and_its_partitions_are_ser
     settled(&survivors, 2).await;
     let takeover = killed.elapsed();
     assert!(
-        takeover <= Duration::from_millis(2 * TTL_MS + 500),
+        takeover <= Duration::from_millis(3 * TTL_MS),
         "the dead host's partitions were served again after {takeover:?}"
     );
     let acknowledged = storm.await.unwrap();
     assert_eq!(acknowledged.len(), 240);
+    assert_no_append_after_a_takeover(&database);
 
     let outcomes = wait_all_terminal(&hosts[2], &acknowledged).await;
     assert_eq!(total_balance(&hosts[0]).await, 100_000, "outcomes: {outcomes:?}");
@@ -299,6 +300,15 @@ async fn a_node_id_in_use_is_refused_a_cluster_needs_postgres_and_only_hosts_han
     let (code, stderr) = serve_until_exit_with(&twin);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("node id \"same\" is in use by a live host at http://127.0.0.1:"), "{stderr}");
+    // A host without --advertise on a cluster's database, and a member on one such a host holds.
+    let (code, stderr) = serve_until_exit_with(&["--store", &database]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("is in use by another cairn host"), "{stderr}");
+    let alone = postgres::fresh_database();
+    let _alone = Host::start_with(&["--store", &alone]);
+    let (code, stderr) = serve_until_exit_with(&["--store", &alone, "--advertise", "http://127.0.0.1:9"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("held by a cairn host started without --advertise"), "{stderr}");
     let (code, stderr) = serve_until_exit_with(&["--advertise", "http://127.0.0.1:9"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("--store postgres://"), "{stderr}");
@@ -478,7 +488,7 @@ async fn a_host_paused_past_its_lease_appends_nothing_after_it_and_gets_partitio
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
     let acknowledged = writer.await.unwrap();
-    assert!(acknowledged > 10, "credits went on through the pause: {acknowledged}");
+    assert!(acknowledged > 10, "credits went on around the pause: {acknowledged}");
     for host in &hosts {
         assert_eq!(host.state("account", &id).await["balance"], acknowledged, "every credit once");
     }
@@ -590,7 +600,8 @@ async fn kill_9_and_restart_cycles_across_three_hosts_under_load_lose_nothing() 
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let victim = (seed % 3) as usize;
+        // The first cycle kills the host that runs the routing and the projections.
+        let victim = if cycle == 0 { background_host(&hosts).await } else { (seed % 3) as usize };
         let progress = Arc::new(AtomicUsize::new(0));
         let (targets, prefix, counted) = (targets.clone(), format!("cycle{cycle}"), progress.clone());
         let storm = tokio::spawn(async move { storm_named(targets, &prefix, 60, counted).await });
@@ -622,6 +633,89 @@ async fn kill_9_and_restart_cycles_across_three_hosts_under_load_lose_nothing() 
         println!(
             "takeover after kill -9 over {cycles} cycles: median {median:?}, worst {worst:?} (TTL {TTL_MS} ms)"
         );
-        assert!(*worst <= Duration::from_millis(2 * TTL_MS + 500), "a takeover took {worst:?}");
+        assert!(*worst <= Duration::from_millis(3 * TTL_MS), "a takeover took {worst:?}");
     }
+}
+
+/// Which of `hosts` runs the routing and the projections now.
+async fn background_host(hosts: &[Host]) -> usize {
+    let cluster = cluster_of(&hosts[0]).await;
+    let node =
+        cluster["nodes"].as_array().unwrap().iter().find(|n| n["background"] == true).cloned().unwrap();
+    let mut found = None;
+    for (i, host) in hosts.iter().enumerate() {
+        if cluster_of(host).await["node"]["id"] == node["id"] {
+            found = Some(i);
+        }
+    }
+    found.expect("a host runs the background work")
+}
+
+/// The case fencing exists for, which no version check catches: a host whose append is in
+/// its writer when it is paused past its lease, while the new owner appends nothing to that
+/// stream. When it wakes, its batch still names the stream's current version; only the lease
+/// refuses it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_append_in_flight_on_a_host_paused_past_its_lease_is_refused_though_its_version_still_matches() {
+    let database = postgres::fresh_database();
+    // Whichever host owns the stream stalls its second append (the first opens it).
+    let faults = [("CAIRN_FAULTS", "commit-stall=account/fenced:6000:1")];
+    let ttl = TTL_MS.to_string();
+    let start = |node: &str| {
+        let port = free_port();
+        let (listen, advertise) = (format!("127.0.0.1:{port}"), format!("http://127.0.0.1:{port}"));
+        Host::start_with_env(
+            &[
+                "--store",
+                &database,
+                "--listen",
+                &listen,
+                "--advertise",
+                &advertise,
+                "--node-id",
+                node,
+                "--lease-ttl-ms",
+                &ttl,
+            ],
+            &faults,
+        )
+    };
+    let hosts = [start("f1"), start("f2"), start("f3")];
+    settled(&hosts.iter().collect::<Vec<_>>(), 3).await;
+    let owner = owner_of_new_account(&hosts[0], "fenced").await;
+    let index = ["f1", "f2", "f3"].iter().position(|n| *n == owner).unwrap();
+    let paused = &hosts[index];
+    let credit = json!({"type": "CreditAccount", "data": {"amount": 7, "transaction_id": "stale"}});
+    let request =
+        paused.http.post(format!("{}/aggregates/account/fenced/commands", paused.url)).json(&credit);
+    let in_flight = tokio::spawn(async move { crate::harness::answer_of(request).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SAFETY: kill(2) with the pid of a child this test spawned and has not reaped.
+    unsafe { libc::kill(paused.pid() as libc::pid_t, libc::SIGSTOP) };
+    let others: Vec<&Host> = hosts.iter().enumerate().filter(|(i, _)| *i != index).map(|(_, h)| h).collect();
+    settled(&others, 2).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(paused.pid() as libc::pid_t, libc::SIGCONT) };
+    let answer = in_flight.await.unwrap().expect_error(503, "storage_unavailable");
+    let message = answer.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no longer holds partition"), "{message}");
+    let read = others[0].get("/aggregates/account/fenced").await.expect(200).body;
+    assert_eq!(
+        (read["state"]["balance"].clone(), read["version"].clone()),
+        (json!(0), json!(1)),
+        "nothing stored: {read}"
+    );
+    // The new owner takes the next command at that version, under a later epoch.
+    others[1]
+        .command("account", "fenced", "CreditAccount", json!({"amount": 1, "transaction_id": "fresh"}))
+        .await
+        .expect(200);
+    let epochs = postgres::query_text(
+        &database,
+        "SELECT string_agg(lease_epoch::text, ',' ORDER BY version) FROM cairn.events WHERE stream_id = 'fenced'",
+    )
+    .unwrap();
+    let epochs: Vec<i64> = epochs.split(',').map(|e| e.parse().unwrap()).collect();
+    assert!(epochs.len() == 2 && epochs[1] > epochs[0], "the next append is under the new lease: {epochs:?}");
+    assert_no_append_after_a_takeover(&database);
 }

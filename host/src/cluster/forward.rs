@@ -23,6 +23,8 @@ const CARRIED: &[&str] =
 #[derive(Debug)]
 pub struct Unreachable {
     pub connect: bool,
+    /// Sent, and no answer within the bound: the owner may be paused or cut off.
+    pub timed_out: bool,
     pub message: String,
 }
 
@@ -145,7 +147,10 @@ impl Cluster {
         body: Bytes,
     ) -> Result<Forwarded, Unreachable> {
         let started = Instant::now();
-        let mut request = self.http.request(method, format!("{url}{path_and_query}"));
+        // A paused or cut-off owner loses its partitions within the takeover's bound: waiting
+        // longer for it only holds the client.
+        let mut request =
+            self.http.request(method, format!("{url}{path_and_query}")).timeout(self.takeover_wait());
         for name in CARRIED {
             if let Some(value) = headers.get(*name) {
                 request = request.header(*name, value.clone());
@@ -166,6 +171,7 @@ impl Cluster {
         crate::telemetry::forwarded(kind, outcome, started.elapsed());
         answered.map_err(|e| Unreachable {
             connect: e.is_connect(),
+            timed_out: e.is_timeout(),
             message: format!(
                 "the host at {url} that owns it did not answer: {}",
                 crate::store::postgres::with_causes(&e)

@@ -20,6 +20,11 @@ pub enum JoinError {
          (--node-id, or a data directory of its own)"
     )]
     NodeIdInUse { node: String, url: String },
+    #[error(
+        "the database is held by a cairn host started without --advertise: stop it, or start \
+         every host of the cluster with --advertise"
+    )]
+    HeldAlone,
 }
 
 impl From<tokio_postgres::Error> for JoinError {
@@ -48,9 +53,11 @@ const TAKE: &str = "WITH free AS (SELECT lease FROM cairn.leases \
      UPDATE cairn.leases l SET owner = $1, epoch = l.epoch + 1, \
      expires_at = now() + $3::float8 * interval '1 millisecond' \
      FROM free WHERE l.lease = free.lease RETURNING l.lease, l.epoch";
-const TAKE_BACKGROUND: &str = "UPDATE cairn.leases SET owner = $1, epoch = epoch + 1, \
+const TAKE_BACKGROUND: &str = "WITH free AS (SELECT lease FROM cairn.leases \
+     WHERE lease = -1 AND (owner IS NULL OR expires_at < now()) FOR UPDATE SKIP LOCKED) \
+     UPDATE cairn.leases l SET owner = $1, epoch = l.epoch + 1, \
      expires_at = now() + $2::float8 * interval '1 millisecond' \
-     WHERE lease = -1 AND (owner IS NULL OR expires_at < now()) RETURNING lease, epoch";
+     FROM free WHERE l.lease = free.lease RETURNING l.lease, l.epoch";
 const RELEASE: &str =
     "UPDATE cairn.leases SET owner = NULL, expires_at = '-infinity' WHERE owner = $1 AND lease = ANY($2)";
 const RELEASE_ALL: &str = "UPDATE cairn.leases SET owner = NULL, expires_at = '-infinity' WHERE owner = $1";
@@ -171,6 +178,14 @@ async fn connect(db: &tokio_postgres::Config, ttl: Duration) -> Result<tokio_pos
     });
     let limit = (ttl / 3).max(Duration::from_millis(100)).as_millis();
     client.batch_execute(&format!("SET statement_timeout = {limit}; SET lock_timeout = {limit}")).await?;
+    // Held for as long as this connection lives: a host started without --advertise cannot
+    // take the database while a member of the cluster runs, nor a member join one such host has.
+    let lock = crate::store::postgres::HOST_LOCK;
+    let shared: bool =
+        client.query_one("SELECT pg_try_advisory_lock_shared($1)", &[&lock]).await?.try_get(0)?;
+    if !shared {
+        return Err(JoinError::HeldAlone);
+    }
     Ok(client)
 }
 
@@ -212,6 +227,9 @@ impl Renewer {
             .iter()
             .map(|row| (row.get::<_, i32>(0), Held { epoch: row.get(1), until: sent + cluster.ttl - margin }))
             .collect();
+        // Renewed: kept whatever the rest of the round meets.
+        self.replace_held(held.clone());
+        let client = self.client.as_ref().expect("connected");
 
         let nodes: Vec<NodeJson> = client
             .query(NODES, &[&ttl_ms])

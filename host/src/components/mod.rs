@@ -432,10 +432,11 @@ impl ComponentRegistry {
     /// this host cannot load (a newer binary's) stops its type here, rather than serving the
     /// version before it: it is logged, and retried at the next refresh.
     pub async fn refresh(&self) -> Result<(), StoreError> {
-        let stored = self.store.component_records().await?;
         let mut changed = Vec::new();
         {
+            // Read under the lock: a snapshot read before a change made here would undo it.
             let _changing = self.changing.lock().await;
+            let stored = self.store.component_records().await?;
             for (name, bytes) in stored {
                 let known = self.records.read().expect("registry lock").get(&name).cloned();
                 let failed =
@@ -447,13 +448,23 @@ impl ComponentRegistry {
                 }
                 let record: ComponentRecord = rmp_serde::from_slice(&bytes)
                     .map_err(|e| StoreError::Corrupt(format!("component record {name}: {e}")))?;
+                // Loaded again unless only a version that is not active went: whenever the
+                // active version or its bytes changed, it failed to load before, or nothing of
+                // it runs here.
+                let active_digest = |r: &ComponentRecord| r.version(r.active).map(|v| v.digest.clone());
+                let running = self.active(&name).is_some() || self.active_projection(&name).is_some();
+                let load = failed.is_some()
+                    || !running
+                    || known.as_ref().is_none_or(|k| {
+                        k.active != record.active || active_digest(k) != active_digest(&record)
+                    });
                 let kind = match &known {
                     None => ChangeKind::Deployed,
-                    Some(known) if known.active == record.active => ChangeKind::Deleted,
+                    Some(_) if !load => ChangeKind::Deleted,
                     Some(known) if record.versions.len() > known.versions.len() => ChangeKind::Deployed,
                     Some(_) => ChangeKind::Activated,
                 };
-                if kind != ChangeKind::Deleted {
+                if load {
                     let component = blob(&self.store, &name, &record, record.active).await?;
                     let runtime = self.runtime.clone();
                     let loaded = match tokio::task::spawn_blocking(move || runtime.load(&component)).await {

@@ -133,11 +133,19 @@ pub async fn answer_elsewhere(
 ) -> Result<Option<Response>, ApiError> {
     let Some(cluster) = &state.cluster else { return Ok(None) };
     let from_peer = cluster.from_peer(headers);
-    let deadline = Instant::now() + cluster.takeover_wait();
+    let mut deadline = Instant::now() + cluster.takeover_wait();
+    let keyed = headers.contains_key("idempotency-key");
+    let mut timed_out_at: Option<String> = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match cluster.owner_within(stream, left).await {
             Owner::Here(_) => return Ok(None),
+            // Still the owner that did not answer: wait for its lease to move.
+            Owner::There { url, .. }
+                if timed_out_at.as_deref() == Some(url.as_str()) && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             Owner::There { url, .. } if !from_peer => {
                 let path = path_of(stream, tail);
                 match cluster.forward(kind, &url, method.clone(), &path, headers, body.clone()).await {
@@ -146,6 +154,9 @@ pub async fn answer_elsewhere(
                     Ok(answer)
                         if answer.status == StatusCode::MISDIRECTED_REQUEST && is_not_owner(&answer.body) =>
                     {
+                        if Instant::now() >= deadline {
+                            return Err(not_here(cluster, stream));
+                        }
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     Ok(answer) => {
@@ -159,6 +170,13 @@ pub async fn answer_elsewhere(
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     Err(unreachable) if unreachable.connect => return Err(not_here(cluster, stream)),
+                    // A keyed request to an owner that stopped answering: once the stream has
+                    // a new owner, the key makes sending it there again safe (once).
+                    Err(unreachable) if unreachable.timed_out && keyed && timed_out_at.is_none() => {
+                        tracing::warn!("{}; asking the stream's next owner", unreachable.message);
+                        timed_out_at = Some(url);
+                        deadline = Instant::now() + cluster.takeover_wait();
+                    }
                     Err(unreachable) => {
                         return Err(ApiError::new(
                             StatusCode::SERVICE_UNAVAILABLE,

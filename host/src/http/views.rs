@@ -167,6 +167,9 @@ impl From<ViewError> for ApiError {
             }
             ViewError::RebuildFailed { .. } => ApiError::internal(message),
             ViewError::Store(store) => store.into(),
+            ViewError::Elsewhere => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "projections_elsewhere", message)
+            }
         }
     }
 }

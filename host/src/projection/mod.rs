@@ -104,6 +104,11 @@ pub enum ViewError {
     Interrupted(String),
     #[error("cannot rebuild {name}: {reason}")]
     RebuildFailed { name: String, reason: String },
+    /// In a cluster, the projections run on another host now: ask it (`GET /cluster`).
+    #[error(
+        "the projections run on another host of the cluster: send this to the node that GET /cluster shows running them"
+    )]
+    Elsewhere,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -191,7 +196,25 @@ impl Projections {
         }
         let part = projections.context.part.clone();
         part.tracker().spawn(projections.clone().follow_components(follower));
+        if part.is_gated() {
+            part.tracker().spawn(projections.clone().catch_up_when_running_here());
+        }
         Ok(projections)
+    }
+
+    /// In a cluster: each time this host starts running the projections, a view built by
+    /// another version than the active one (deployed while another host ran them) is
+    /// rebuilt, as at a start.
+    async fn catch_up_when_running_here(self: Arc<Self>) {
+        let part = self.context.part.clone();
+        while part.opened().await.is_ok() {
+            for name in self.context.components.projection_names() {
+                if let Err(error) = self.sync(&name).await {
+                    tracing::warn!(projection = name, "cannot bring the view to the active version: {error}");
+                }
+            }
+            part.closed().await;
+        }
     }
 
     /// Take each change of the registry as it comes, until the host stops.
@@ -286,6 +309,9 @@ impl Projections {
     /// Build the view of `name` again, from position 0, with the active version, beside
     /// the live one.
     pub async fn rebuild(&self, name: &str) -> Result<RebuildStarted, ViewError> {
+        if !self.context.part.may_run() {
+            return Err(ViewError::Elsewhere);
+        }
         let active = self
             .context
             .components

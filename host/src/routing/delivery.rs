@@ -442,7 +442,16 @@ impl StreamWorker {
                     answered => answered,
                 }
             }
-            Owner::Here(_) => actors.send(target.clone(), request.clone()).await.map(|reply| reply.replayed),
+            Owner::Here(_) => match actors.send(target.clone(), request.clone()).await {
+                // Made active on another host in a version this one cannot load yet: not a
+                // refusal for good either.
+                Err(CommandError::UnknownType(name))
+                    if self.shared.context.components.unloadable().iter().any(|(n, ..)| *n == name) =>
+                {
+                    Err(CommandError::NotHere(cluster.partition_of(target)))
+                }
+                answered => answered.map(|reply| reply.replayed),
+            },
             Owner::Nobody => Err(CommandError::NotHere(cluster.partition_of(target))),
         }
     }

@@ -45,11 +45,14 @@ impl PostgresViews {
         let Some(fence) = &self.fence else { return Ok(()) };
         let refused = || StoreError::CommitFailed("this host no longer runs the projections".to_owned());
         let (owner, epoch) = fence().ok_or_else(refused)?;
-        // `FOR SHARE`: a takeover of the lease (an update) waits until this write has ended.
+        // `FOR KEY SHARE`: a takeover (`FOR UPDATE`) waits until this write has ended, while the
+        // holder's own renewals (which change no key) never wait for it. A host paused in here
+        // holds the row two seconds at most.
+        txn.batch_execute("SET LOCAL idle_in_transaction_session_timeout = '2s'").await?;
         let statement = txn
             .prepare_cached(
                 "SELECT 1 FROM cairn.leases WHERE lease = -1 AND owner = $1 AND epoch = $2 \
-                 AND expires_at > clock_timestamp() FOR SHARE",
+                 AND expires_at > clock_timestamp() FOR KEY SHARE",
             )
             .await?;
         txn.query_opt(&statement, &[&owner, &epoch]).await?.map(|_| ()).ok_or_else(refused)
@@ -132,11 +135,19 @@ impl ViewStore for PostgresViews {
     async fn put_record(&self, name: &str, record: &ViewRecord) -> Result<(), StoreError> {
         let mut client = connection(&self.pool).await?;
         let txn = client.transaction().await?;
-        // A new projection's first record any host may make (they make the same one); a
-        // record that is there is the background host's to change.
-        if locked_record(&txn, name).await?.is_some() {
-            self.check_fence(&txn).await?;
+        // A new projection's first record any host may make (they make the same one, and the
+        // first stays); a record that is there is the background host's to change.
+        if locked_record(&txn, name).await?.is_none() {
+            let statement = txn
+                .prepare_cached(
+                    "INSERT INTO cairn.view_records (name, record) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                )
+                .await?;
+            txn.execute(&statement, &[&name, &encode(record)]).await?;
+            txn.commit().await?;
+            return Ok(());
         }
+        self.check_fence(&txn).await?;
         store_record(&txn, name, record).await?;
         drop_generations(&txn, name, &generations(record)).await?;
         txn.commit().await?;

@@ -27,6 +27,8 @@
 
 mod follow;
 mod ownership;
+
+pub(crate) use ownership::HOST_LOCK;
 mod schema;
 mod writer;
 
@@ -71,8 +73,9 @@ pub enum OpenError {
     #[error("PostgreSQL at {0} cannot hold a Cairn store: {1}")]
     Unsupported(String, String),
     #[error(
-        "PostgreSQL at {0} is in use by another cairn host (or an import): one host writes a \
-         database (stop the other, or give this one a database of its own)"
+        "PostgreSQL at {0} is in use by another cairn host (or an import, or a cluster of hosts \
+         started with --advertise): one host writes a database unless all are started with \
+         --advertise (stop the other, or give this one a database of its own)"
     )]
     InUse(String),
 }

@@ -6,8 +6,9 @@ use crate::store::StoreError;
 use std::time::Duration;
 use tokio_postgres::NoTls;
 
-/// The session advisory lock a host holds its database with.
-const HOST_LOCK: i64 = 0x6361_6972_6e00_0002;
+/// The session advisory lock a host holds its database with (exclusively; the members of a
+/// cluster each hold it shared, so neither kind of host can start beside the other).
+pub(crate) const HOST_LOCK: i64 = 0x6361_6972_6e00_0002;
 
 /// The database held for one host: a session advisory lock on a connection of its own,
 /// taken again on a new connection when that one is lost (the lock goes with it). Each time
@@ -105,7 +106,9 @@ impl Ownership {
         }
         if !taken {
             return Err(StoreError::Unavailable(
-                "another cairn host holds the database, so this one takes no writes".to_owned(),
+                "another cairn host holds the database (or a cluster of hosts started with --advertise \
+                 does), so this one takes no writes"
+                    .to_owned(),
             ));
         }
         let row = client

@@ -563,6 +563,13 @@ async fn begin_group<'a>(
             _ => None,
         })
         .collect();
+    // The routing's writes (its cursors and dead letters) are its lease's, as an actor's
+    // appends are its partition's.
+    let routing_writes =
+        requests.iter().any(|r| matches!(r, Request::Cursor(..) | Request::Park(..) | Request::Unpark(..)));
+    if routing_writes {
+        fenced.push(crate::cluster::BACKGROUND);
+    }
     fenced.sort_unstable();
     fenced.dedup();
     // In this order on the server: the versions are read once the head's row is held, so
@@ -601,9 +608,15 @@ async fn begin_group<'a>(
             ));
         }
     };
-    let mut held: HashMap<u32, i64> = HashMap::new();
+    let mut held: HashMap<i32, i64> = HashMap::new();
     for row in leases {
-        held.insert(row.try_get::<_, i32>(0)? as u32, row.try_get(1)?);
+        held.insert(row.try_get::<_, i32>(0)?, row.try_get(1)?);
+    }
+    if member.is_some() && routing_writes && !held.contains_key(&crate::cluster::BACKGROUND) {
+        return Err(StoreError::CommitFailed(
+            "this host no longer runs the routing (another host holds its lease): nothing of the group was stored"
+                .to_owned(),
+        ));
     }
     let epoch: i64 = lock.try_get(2)?;
     let backend = (lock.try_get::<_, i32>(3)?, lock.try_get::<_, Option<String>>(4)?);
@@ -636,7 +649,7 @@ async fn begin_group<'a>(
                     return Err(StoreError::CommitFailed("fault injection: commit-fail".to_owned()));
                 }
                 if let Some(fence) = batch.fence
-                    && held.get(&fence.partition) != Some(&fence.epoch)
+                    && held.get(&(fence.partition as i32)) != Some(&fence.epoch)
                 {
                     answers.push(Err(AppendError::Store(StoreError::CommitFailed(format!(
                         "this host no longer holds partition {} at epoch {} (another host took it \
