@@ -409,6 +409,46 @@ async fn owner_of_new_account(host: &Host, id: &str) -> String {
     opened.headers["x-cairn-node"].to_str().unwrap().to_owned()
 }
 
+/// A new account whose stream `node` owns (opened through `host`).
+async fn account_owned_by(host: &Host, prefix: &str, node: &str) -> String {
+    for i in 0..64 {
+        let id = format!("{prefix}-{i}");
+        if owner_of_new_account(host, &id).await == node {
+            return id;
+        }
+    }
+    panic!("{node} owns none of 64 streams");
+}
+
+/// Credits to one account through one host, running while a test pauses or cuts off another.
+struct Credits {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    writer: tokio::task::JoinHandle<i64>,
+}
+
+impl Credits {
+    async fn start(through: &Host, id: &str) -> Credits {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let target = (through.http.clone(), through.url.clone());
+        let writer = tokio::spawn(credits_until(target, id.to_owned(), stop.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Credits { stop, writer }
+    }
+
+    /// Once every host is back: stop, and check that every host shows each acknowledged
+    /// credit once and that nothing was appended under a lease that had moved on.
+    async fn check(self, hosts: &[Host], id: &str, database: &str) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.stop.store(true, Ordering::SeqCst);
+        let acknowledged = self.writer.await.unwrap();
+        assert!(acknowledged > 10, "credits went on around the fault: {acknowledged}");
+        for host in hosts {
+            assert_eq!(host.state("account", id).await["balance"], acknowledged, "every credit once");
+        }
+        assert_no_append_after_a_takeover(database);
+    }
+}
+
 /// Credits of 1 to `id` through `host`, each retried with its key until it is answered 200,
 /// until `stop`: how many were acknowledged.
 async fn credits_until(
@@ -464,19 +504,8 @@ async fn a_host_paused_past_its_lease_appends_nothing_after_it_and_gets_partitio
     let mut hosts = [member(&database, "s1"), member(&database, "s2"), member(&database, "s3")];
     settled(&hosts.iter().collect::<Vec<_>>(), 3).await;
     // An account the paused host owns, credited through another host all along.
-    let mut owned = None;
-    for i in 0..64 {
-        let id = format!("paused-{i}");
-        if owner_of_new_account(&hosts[0], &id).await == "s2" {
-            owned = Some(id);
-            break;
-        }
-    }
-    let id = owned.expect("s2 owns one of 64 streams");
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer =
-        tokio::spawn(credits_until((hosts[2].http.clone(), hosts[2].url.clone()), id.clone(), stop.clone()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = account_owned_by(&hosts[0], "paused", "s2").await;
+    let credits = Credits::start(&hosts[2], &id).await;
     let pid = hosts[1].pid();
     // SAFETY: kill(2) with the pid of a child this test spawned and has not reaped.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
@@ -485,14 +514,7 @@ async fn a_host_paused_past_its_lease_appends_nothing_after_it_and_gets_partitio
     // SAFETY: as above.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
     settled(&hosts.iter().collect::<Vec<_>>(), 3).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    let acknowledged = writer.await.unwrap();
-    assert!(acknowledged > 10, "credits went on around the pause: {acknowledged}");
-    for host in &hosts {
-        assert_eq!(host.state("account", &id).await["balance"], acknowledged, "every credit once");
-    }
-    assert_no_append_after_a_takeover(&database);
+    credits.check(&hosts, &id, &database).await;
     hosts[1].stop();
 }
 
@@ -549,32 +571,14 @@ async fn a_host_cut_off_from_the_database_appends_nothing_after_losing_its_lease
     let through_cable = database.replace(&format!(":{}/", server.port), &format!(":{}/", cable.port));
     let hosts = [member(&database, "c1"), member(&through_cable, "c2"), member(&database, "c3")];
     settled(&hosts.iter().collect::<Vec<_>>(), 3).await;
-    let mut owned = None;
-    for i in 0..64 {
-        let id = format!("cut-{i}");
-        if owner_of_new_account(&hosts[0], &id).await == "c2" {
-            owned = Some(id);
-            break;
-        }
-    }
-    let id = owned.expect("c2 owns one of 64 streams");
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer =
-        tokio::spawn(credits_until((hosts[0].http.clone(), hosts[0].url.clone()), id.clone(), stop.clone()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = account_owned_by(&hosts[0], "cut", "c2").await;
+    let credits = Credits::start(&hosts[0], &id).await;
     cable.cut();
     settled(&[&hosts[0], &hosts[2]], 2).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     cable.mend();
     settled(&hosts.iter().collect::<Vec<_>>(), 3).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    let acknowledged = writer.await.unwrap();
-    assert!(acknowledged > 10, "credits went on while the host was cut off: {acknowledged}");
-    for host in &hosts {
-        assert_eq!(host.state("account", &id).await["balance"], acknowledged, "every credit once");
-    }
-    assert_no_append_after_a_takeover(&database);
+    credits.check(&hosts, &id, &database).await;
 }
 
 /// The long mode: `CAIRN_CLUSTER_CYCLES=50 cargo test -p cairn --test e2e cluster::kill -- --nocapture`
