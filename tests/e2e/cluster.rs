@@ -21,10 +21,15 @@ fn free_port() -> u16 {
 
 /// A host of the cluster on `database`, reachable at its own port.
 fn member(database: &str, node: &str) -> Host {
+    member_with_env(database, node, &[])
+}
+
+/// [`member`], with environment variables (e.g. `CAIRN_FAULTS`).
+fn member_with_env(database: &str, node: &str, env: &[(&str, &str)]) -> Host {
     let port = free_port();
     let (listen, advertise) = (format!("127.0.0.1:{port}"), format!("http://127.0.0.1:{port}"));
     let ttl = TTL_MS.to_string();
-    Host::start_with(&[
+    let args = [
         "--store",
         database,
         "--listen",
@@ -35,7 +40,8 @@ fn member(database: &str, node: &str) -> Host {
         node,
         "--lease-ttl-ms",
         &ttl,
-    ])
+    ];
+    Host::start_with_env(&args, env)
 }
 
 async fn cluster_of(host: &Host) -> Value {
@@ -664,27 +670,11 @@ async fn an_append_in_flight_on_a_host_paused_past_its_lease_is_refused_though_i
     let database = postgres::fresh_database();
     // Whichever host owns the stream stalls its second append (the first opens it).
     let faults = [("CAIRN_FAULTS", "commit-stall=account/fenced:6000:1")];
-    let ttl = TTL_MS.to_string();
-    let start = |node: &str| {
-        let port = free_port();
-        let (listen, advertise) = (format!("127.0.0.1:{port}"), format!("http://127.0.0.1:{port}"));
-        Host::start_with_env(
-            &[
-                "--store",
-                &database,
-                "--listen",
-                &listen,
-                "--advertise",
-                &advertise,
-                "--node-id",
-                node,
-                "--lease-ttl-ms",
-                &ttl,
-            ],
-            &faults,
-        )
-    };
-    let hosts = [start("f1"), start("f2"), start("f3")];
+    let hosts = [
+        member_with_env(&database, "f1", &faults),
+        member_with_env(&database, "f2", &faults),
+        member_with_env(&database, "f3", &faults),
+    ];
     settled(&hosts.iter().collect::<Vec<_>>(), 3).await;
     let owner = owner_of_new_account(&hosts[0], "fenced").await;
     let index = ["f1", "f2", "f3"].iter().position(|n| *n == owner).unwrap();
