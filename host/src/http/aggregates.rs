@@ -169,7 +169,7 @@ async fn run_command(
         "command",
         axum::http::Method::POST,
         Some("commands"),
-        axum::body::Bytes::copy_from_slice(body),
+        body,
     );
     if let Some(answer) = forwarded.await? {
         return Ok(answer);
@@ -345,7 +345,7 @@ pub async fn state(
             "state",
             axum::http::Method::GET,
             None,
-            axum::body::Bytes::new(),
+            &[],
         );
         if let Some(answer) = forwarded.await? {
             return Ok(answer);

@@ -129,7 +129,7 @@ pub async fn answer_elsewhere(
     kind: &'static str,
     method: Method,
     tail: Option<&str>,
-    body: Bytes,
+    body: &[u8],
 ) -> Result<Option<Response>, ApiError> {
     let Some(cluster) = &state.cluster else { return Ok(None) };
     let from_peer = cluster.from_peer(headers);
@@ -148,7 +148,9 @@ pub async fn answer_elsewhere(
             }
             Owner::There { url, .. } if !from_peer => {
                 let path = path_of(stream, tail);
-                match cluster.forward(kind, &url, method.clone(), &path, headers, body.clone()).await {
+                // Copied only for a request that is forwarded: a host alone, or the owner, never does.
+                let sent = Bytes::copy_from_slice(body);
+                match cluster.forward(kind, &url, method.clone(), &path, headers, sent).await {
                     // The owner it was sent to had just let the stream go: nothing ran there,
                     // so it is sent again to whoever holds it now.
                     Ok(answer)
