@@ -3,7 +3,8 @@
 use super::guest_io::{self, GuestIo};
 use super::{ComponentDigest, Diagnostics, GuestError, Limits, LoadError, instantiation_failure};
 use cairn_wire::{EventEnvelope, InternalCommand, OutgoingCommand, Rejection, Subscription};
-use cairn_wire::{RawCommand, RawEvent};
+use cairn_wire::{FIRST_SCHEMA, RawCommand, RawEvent, RawStoredEvent};
+use std::collections::BTreeMap;
 use wasmtime::component::{Component, ComponentExportIndex, HasSelf, InstancePre, Linker};
 use wasmtime::{Engine, Store, StoreLimits};
 
@@ -46,12 +47,24 @@ pub struct AggregateInfo {
     pub snapshot_interval: u32,
     /// Commands only reactions may send.
     pub internal_commands: Vec<InternalCommand>,
+    /// Each event type's current schema version, where it is past the first.
+    pub schemas: BTreeMap<String, u32>,
 }
 
 impl AggregateInfo {
     /// The rule for `command_type` if only reactions may send it.
     pub fn internal(&self, command_type: &str) -> Option<&InternalCommand> {
         self.internal_commands.iter().find(|c| c.command_type == command_type)
+    }
+
+    /// The schema version this version writes (and upcasts to) events of `event_type` in.
+    pub fn schema_of(&self, event_type: &str) -> u32 {
+        self.schemas.get(event_type).copied().unwrap_or(FIRST_SCHEMA)
+    }
+
+    /// Whether a stored event must pass through this version's upcasters before a guest sees it.
+    pub fn needs_upcast(&self, event_type: &str, schema: u32) -> bool {
+        schema < self.schema_of(event_type)
     }
 
     /// Whether an event reaches this component's `react`; `is_reply` tells whether a
@@ -109,11 +122,51 @@ struct PolicyInfo {
     subscriptions: Vec<witty::SubscriptionRule>,
 }
 
+/// `schemas` and `upcast`'s signatures, as the `schemas` interface declares them.
+type SchemasFunc = wasmtime::component::TypedFunc<(), (Vec<witty::EventSchema>,)>;
+type UpcastFunc<'a> = wasmtime::component::TypedFunc<(&'a [witty::StoredEvent],), (Vec<witty::StoredEvent>,)>;
+
 /// `execute`'s signature, as the `executor` interface declares it.
 type ExecuteFunc<'a> = wasmtime::component::TypedFunc<
     (Option<&'a [u8]>, &'a witty::Command),
     (Result<witty::Decided, witty::Rejection>,),
 >;
+
+fn call_schemas(
+    store: &mut Store<GuestData>,
+    func: SchemasFunc,
+) -> wasmtime::Result<Vec<witty::EventSchema>> {
+    let (schemas,) = func.call(&mut *store, ())?;
+    Ok(schemas)
+}
+
+/// The most event types a component may declare schema versions for.
+const MAX_SCHEMAS: usize = 1024;
+
+/// The declared schema versions, checked: each type once, each version at least the first.
+fn schema_versions(declared: Vec<witty::EventSchema>) -> Result<BTreeMap<String, u32>, LoadError> {
+    if declared.len() > MAX_SCHEMAS {
+        return Err(LoadError::WrongWorld(format!(
+            "it declares schema versions for {} event types; at most {MAX_SCHEMAS} are allowed",
+            declared.len()
+        )));
+    }
+    let mut schemas = BTreeMap::new();
+    for schema in declared {
+        if schema.version < FIRST_SCHEMA {
+            return Err(LoadError::WrongWorld(format!(
+                "it declares schema version {} for {}; versions start at {FIRST_SCHEMA}",
+                schema.version, schema.event_type
+            )));
+        }
+        let event_type = schema.event_type.clone();
+        if schemas.insert(schema.event_type, schema.version).is_some() {
+            return Err(LoadError::WrongWorld(format!("it declares the schema of {event_type} twice")));
+        }
+    }
+    schemas.retain(|_, version| *version > FIRST_SCHEMA);
+    Ok(schemas)
+}
 
 fn call_policy(store: &mut Store<GuestData>, func: PolicyFunc) -> wasmtime::Result<PolicyInfo> {
     let (policy,) = func.call(&mut *store, ())?;
@@ -131,6 +184,14 @@ impl Guest<'_> {
         store: &mut Store<GuestData>,
         index: &ComponentExportIndex,
     ) -> wasmtime::Result<ExecuteFunc<'a>> {
+        self.instance.get_typed_func(store, index)
+    }
+
+    fn upcast_func<'a>(
+        &self,
+        store: &mut Store<GuestData>,
+        index: &ComponentExportIndex,
+    ) -> wasmtime::Result<UpcastFunc<'a>> {
         self.instance.get_typed_func(store, index)
     }
 
@@ -153,6 +214,8 @@ pub struct AggregateComponent {
     indices: wit::AggregateCoreIndices,
     /// `execute`, when the component exports it (components built before it did not).
     execute: Option<ComponentExportIndex>,
+    /// `upcast`, when the component exports the `schemas` interface.
+    upcast: Option<ComponentExportIndex>,
     digest: ComponentDigest,
     info: AggregateInfo,
     limits: Limits,
@@ -182,17 +245,26 @@ impl AggregateComponent {
         let policy = component
             .get_export_index(None, "cairn:runtime/policy@0.1.0")
             .and_then(|policy| component.get_export_index(Some(&policy), "policy"));
+        let schemas_interface = component.get_export_index(None, "cairn:runtime/schemas@0.1.0");
+        let schemas = schemas_interface
+            .as_ref()
+            .and_then(|schemas| component.get_export_index(Some(schemas), "schemas"));
+        let upcast = schemas_interface
+            .as_ref()
+            .and_then(|schemas| component.get_export_index(Some(schemas), "upcast"));
         let mut loaded = AggregateComponent {
             engine,
             pre,
             indices,
             execute,
+            upcast,
             digest,
             info: AggregateInfo::default(),
             limits,
         };
         let execute = loaded.execute;
-        let (signature, described, policy) = loaded
+        let upcast = loaded.upcast;
+        let (signature, described, policy, schemas) = loaded
             .call(limits.fuel_per_call, |store, guest| {
                 // A wrong `execute` signature is found now, not on the first command.
                 let signature = execute.as_ref().map(|index| guest.execute_func(store, index).map(drop));
@@ -207,7 +279,22 @@ impl AggregateComponent {
                         })
                     }
                 };
-                Ok((signature, described, policy))
+                let schemas = match &schemas {
+                    None => None,
+                    Some(index) => Some(match guest.instance.get_typed_func::<(), _>(&mut *store, index) {
+                        Ok(func) => {
+                            let upcast_signature =
+                                upcast.as_ref().map(|index| guest.upcast_func(store, index).map(drop));
+                            match upcast_signature {
+                                Some(Err(error)) => Err(error),
+                                None => Err(wasmtime::Error::msg("it has schemas but no upcast")),
+                                Some(Ok(())) => Ok(call_schemas(store, func)?),
+                            }
+                        }
+                        Err(error) => Err(error),
+                    }),
+                };
+                Ok((signature, described, policy, schemas))
             })
             .map_err(LoadError::Describe)?;
         if let Some(Err(error)) = signature {
@@ -215,6 +302,15 @@ impl AggregateComponent {
                 "its execute export does not match the contract: {error}"
             )));
         }
+        let schemas = match schemas {
+            None => BTreeMap::new(),
+            Some(Err(error)) => {
+                return Err(LoadError::WrongWorld(format!(
+                    "its schemas export does not match the contract: {error}"
+                )));
+            }
+            Some(Ok(declared)) => schema_versions(declared)?,
+        };
         let mut subscriptions: Vec<Subscription> = described
             .subscriptions
             .into_iter()
@@ -250,6 +346,7 @@ impl AggregateComponent {
             subscriptions,
             snapshot_interval: described.snapshot_interval,
             internal_commands,
+            schemas,
         };
         Ok(loaded)
     }
@@ -416,6 +513,99 @@ impl AggregateComponent {
         Ok(state)
     }
 
+    /// `events` as this version's consumers see them: each one stored in an older schema than
+    /// this version's is passed through its upcasters, in one guest call per chunk; the others
+    /// are left as they are. On a failure, the index of the event it failed on (found by
+    /// upcasting the failed chunk's events one at a time) and why.
+    pub fn upcast(&self, events: &mut [RawStoredEvent]) -> Result<(), (usize, GuestError)> {
+        let Some(index) = &self.upcast else { return Ok(()) };
+        let stale: Vec<usize> = (0..events.len())
+            .filter(|&i| self.info.needs_upcast(&events[i].event_type, events[i].schema))
+            .collect();
+        let mut rest = &stale[..];
+        while !rest.is_empty() {
+            // The answer of a call is bounded by the output limit: a chunk holds at most half
+            // of it, so an upcast may grow its events up to twice (a single larger event goes alone).
+            let mut bytes = 0;
+            let take = rest
+                .iter()
+                .take(FOLD_CHUNK_EVENTS)
+                .take_while(|&&i| {
+                    let size = events[i].event_type.len() + events[i].payload.len();
+                    let fits = bytes == 0 || bytes + size <= self.limits.max_output_bytes / 2;
+                    bytes += size;
+                    fits
+                })
+                .count()
+                .max(1);
+            let (chunk, later) = rest.split_at(take);
+            rest = later;
+            match self.upcast_chunk(index, events, chunk) {
+                Ok(()) => {}
+                Err(error) if chunk.len() == 1 => return Err((chunk[0], error)),
+                Err(error) => {
+                    for &i in chunk {
+                        self.upcast_chunk(index, events, &[i]).map_err(|error| (i, error))?;
+                    }
+                    // Each event alone passed: the chunk failed for its size or its fuel.
+                    return Err((chunk[chunk.len() - 1], error));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Upcast the events at `chunk` (indices into `events`) in one call, replacing them.
+    fn upcast_chunk(
+        &self,
+        index: &ComponentExportIndex,
+        events: &mut [RawStoredEvent],
+        chunk: &[usize],
+    ) -> Result<(), GuestError> {
+        let input: Vec<witty::StoredEvent> = chunk
+            .iter()
+            .map(|&i| witty::StoredEvent {
+                event_type: events[i].event_type.clone(),
+                schema: events[i].schema,
+                payload: events[i].payload.clone(),
+            })
+            .collect();
+        let input_bytes: usize = input.iter().map(|e| e.event_type.len() + e.payload.len()).sum();
+        let fuel = self.limits.fuel_per_call + self.limits.fuel_per_event * chunk.len() as u64;
+        let upcast = self.call(fuel, |store, guest| {
+            let (upcast,) = guest.upcast_func(store, index)?.call(&mut *store, (&input,))?;
+            Ok(upcast)
+        })?;
+        let output_bytes: usize = upcast.iter().map(|e| e.event_type.len() + e.payload.len()).sum();
+        if output_bytes > self.limits.max_output_bytes.max(2 * input_bytes) {
+            return Err(GuestError::OutputTooLarge {
+                bytes: output_bytes,
+                limit: self.limits.max_output_bytes.max(2 * input_bytes),
+            });
+        }
+        if upcast.len() != chunk.len() {
+            return Err(GuestError::Trap(format!(
+                "upcast answered {} events for {}: it must answer each one",
+                upcast.len(),
+                chunk.len()
+            )));
+        }
+        self.limits.check_event_types(upcast.iter().map(|e| e.event_type.as_str()))?;
+        for (&i, event) in chunk.iter().zip(upcast) {
+            let current = self.info.schema_of(&event.event_type);
+            if event.schema != current {
+                return Err(GuestError::Trap(format!(
+                    "upcast answered {} (stored as {} at schema {}) at schema {}, but this version \
+                     writes it at schema {current}: an upcaster is missing a step",
+                    event.event_type, events[i].event_type, events[i].schema, event.schema
+                )));
+            }
+            events[i] =
+                RawStoredEvent { event_type: event.event_type, schema: event.schema, payload: event.payload };
+        }
+        Ok(())
+    }
+
     /// The commands the component sends when `event` (one it subscribes to) is committed.
     pub fn react(&self, event: &EventEnvelope) -> Result<Vec<OutgoingCommand>, GuestError> {
         let envelope = wit_envelope(event);
@@ -482,6 +672,42 @@ mod tests {
             assert_eq!(refused, account.process_command(after.as_deref(), &open).unwrap().unwrap_err());
             assert_eq!(refused.code, "account_already_open");
         }
+    }
+
+    fn schema(event_type: &str, version: u32) -> super::witty::EventSchema {
+        super::witty::EventSchema { event_type: event_type.to_owned(), version }
+    }
+
+    /// Declared schema versions are kept past the first only; a type declared twice or a
+    /// version below the first refuses the component.
+    #[test]
+    fn declared_schemas_are_checked() {
+        let schemas =
+            super::schema_versions(vec![schema("AccountCredited", 2), schema("AccountOpened", 1)]).unwrap();
+        assert_eq!(schemas.into_iter().collect::<Vec<_>>(), [("AccountCredited".to_owned(), 2)]);
+        let twice = super::schema_versions(vec![schema("A", 2), schema("A", 3)]).unwrap_err();
+        assert!(twice.to_string().contains("declares the schema of A twice"), "{twice}");
+        let zero = super::schema_versions(vec![schema("A", 0)]).unwrap_err();
+        assert!(zero.to_string().contains("versions start at 1"), "{zero}");
+    }
+
+    /// A component without the `schemas` interface writes every event at schema 1 and
+    /// upcasts nothing.
+    #[test]
+    fn a_component_without_schemas_upcasts_nothing() {
+        let runtime = Runtime::new(None, Limits::default()).unwrap();
+        let account = runtime.load_aggregate(cairn_artifacts::component("account").unwrap()).unwrap();
+        assert!(account.info().schemas.is_empty());
+        assert_eq!(account.info().schema_of("AccountCredited"), 1);
+        assert!(!account.info().needs_upcast("AccountCredited", 1));
+        let stored = cairn_wire::RawStoredEvent {
+            event_type: "AccountCredited".to_owned(),
+            schema: 1,
+            payload: vec![0x80],
+        };
+        let mut events = vec![stored.clone()];
+        account.upcast(&mut events).unwrap();
+        assert_eq!(events, [stored]);
     }
 
     /// What a fresh instance per call costs: a decide on a fresh instance from the pooling

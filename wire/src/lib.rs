@@ -55,6 +55,26 @@ pub struct RawEvent {
     pub payload: Vec<u8>,
 }
 
+/// The schema version of an event type that declares none, and of every event stored
+/// before schema versions existed.
+pub const FIRST_SCHEMA: u32 = 1;
+
+/// An event as the store holds it, in the schema version its data was written in: what an
+/// upcaster reads and answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawStoredEvent {
+    pub event_type: String,
+    pub schema: u32,
+    pub payload: Vec<u8>,
+}
+
+impl RawStoredEvent {
+    /// The event as folds, reactions and projections take it.
+    pub fn into_raw(self) -> RawEvent {
+        RawEvent { event_type: self.event_type, payload: self.payload }
+    }
+}
+
 /// A command as it crosses the boundary: type name + MessagePack fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawCommand {
