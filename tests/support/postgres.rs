@@ -19,6 +19,8 @@ pub struct Server {
     pub dir: PathBuf,
     bin: PathBuf,
     as_postgres: bool,
+    /// The server's options (port, socket directory, settings), to start it again with.
+    options: String,
 }
 
 static SERVER: OnceLock<Server> = OnceLock::new();
@@ -110,6 +112,12 @@ impl Server {
             .status()
             .expect("run pg_ctl");
         assert!(status.success(), "pg_ctl {args:?} failed");
+    }
+
+    /// Start the server again after a `stop`, on its port and with its settings.
+    pub fn start_again(&self) {
+        let log = self.dir.with_file_name("server.log");
+        self.pg_ctl(&["-o", &self.options, "-l", &log.display().to_string(), "-w", "start"]);
     }
 
     fn command(&self, program: &str) -> Command {
@@ -205,7 +213,7 @@ fn start() -> Server {
     // It outlives this process by design: it is what stops the server after it.
     #[allow(clippy::zombie_processes)]
     watchdog.spawn().expect("start the test PostgreSQL server's watchdog");
-    Server { port, dir: data, bin, as_postgres }
+    Server { port, dir: data, bin, as_postgres, options }
 }
 
 fn nanos() -> u32 {
