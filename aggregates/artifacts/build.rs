@@ -18,6 +18,9 @@ const GUESTS: &[Guest] = &[
 /// leaves that crate's exports out).
 const LIBRARY_USERS: &[Guest] = &[
     ("account-v2", "ACCOUNT_V2", "examples/account-v2"),
+    ("account-v3", "ACCOUNT_V3", "examples/account-v3"),
+    ("money-transfer-v2", "MONEY_TRANSFER_V2", "examples/money-transfer-v2"),
+    ("account-info-v2", "ACCOUNT_INFO_V2", "examples/account-info-v2"),
     ("create-order-saga", "CREATE_ORDER_SAGA", "aggregates/create-order-saga"),
 ];
 /// The components a new data directory starts with.

@@ -11,6 +11,7 @@ wit_bindgen::generate!({
 });
 
 pub use cairn::runtime::types::Decided;
+pub use cairn::runtime::types::{EventSchema, StoredEvent};
 use cairn::runtime::types::{InternalCommand, Subscription, SubscriptionRule};
 pub use exports::cairn::runtime::policy::PolicyInfo;
 
@@ -116,5 +117,25 @@ pub fn react<A: Aggregate>(event: WitEnvelope) -> Vec<OutgoingCommand> {
             target_id: c.target_id,
             command: Command { command_type: c.command_type, payload: c.payload },
         })
+        .collect()
+}
+
+pub fn schemas<A: Aggregate>() -> Vec<EventSchema> {
+    report_panics();
+    glue::schemas::<A>()
+        .into_iter()
+        .map(|(event_type, version)| EventSchema { event_type, version })
+        .collect()
+}
+
+pub fn upcast<A: Aggregate>(events: Vec<StoredEvent>) -> Vec<StoredEvent> {
+    report_panics();
+    let events = events
+        .into_iter()
+        .map(|e| glue::RawStoredEvent { event_type: e.event_type, schema: e.schema, payload: e.payload })
+        .collect();
+    glue::upcast::<A>(events)
+        .into_iter()
+        .map(|e| StoredEvent { event_type: e.event_type, schema: e.schema, payload: e.payload })
         .collect()
 }

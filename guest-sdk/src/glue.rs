@@ -7,7 +7,7 @@ use crate::{
     Aggregate, COMMAND_REJECTED, CommandRejected, EventEnvelope, OutgoingCommand, Rejection, UNKNOWN_COMMAND,
 };
 
-pub use cairn_wire::{RawCommand, RawEvent};
+pub use cairn_wire::{RawCommand, RawEvent, RawStoredEvent};
 
 fn decode_state<A: Aggregate>(state: Option<&[u8]>) -> Option<A::State> {
     // State bytes only ever come from this aggregate's own `apply`; if they do not decode,
@@ -83,4 +83,15 @@ pub fn apply_events<A: Aggregate>(state: Option<&[u8]>, events: &[RawEvent]) -> 
 
 pub fn react<A: Aggregate>(event: &EventEnvelope) -> Vec<OutgoingCommand> {
     A::react(event)
+}
+
+/// Each event type's current schema version, past the first (see [`crate::upcast`]).
+pub fn schemas<A: Aggregate>() -> std::collections::BTreeMap<String, u32> {
+    crate::upcast::schemas(&A::upcasters())
+}
+
+/// `events` as the current schemas have them, each through every step from its own schema.
+pub fn upcast<A: Aggregate>(events: Vec<RawStoredEvent>) -> Vec<RawStoredEvent> {
+    let upcasters = A::upcasters();
+    events.into_iter().map(|event| crate::upcast::upcast(&upcasters, event)).collect()
 }

@@ -70,6 +70,7 @@ pub use cairn_wire::codec;
 pub mod glue;
 pub mod projection;
 pub mod testing;
+pub mod upcast;
 
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
@@ -88,6 +89,7 @@ pub use projection::{DocumentStore, Projection, View};
 use serde::{Serialize, de::DeserializeOwned};
 /// For documents in tests: `then_view(key, json!({...}))`.
 pub use serde_json;
+pub use upcast::Upcaster;
 
 /// An event-sourced aggregate: one type of entity whose state is the fold of its events.
 ///
@@ -113,6 +115,13 @@ pub trait Aggregate {
 
     /// Other aggregates' events this one reacts to (choreography).
     fn subscriptions() -> Vec<Subscription> {
+        Vec::new()
+    }
+
+    /// How events stored in an older shape become today's: one step per schema version
+    /// and event type, chained by the host before any guest reads a stored event. An event
+    /// type with no step is at schema 1.
+    fn upcasters() -> Vec<Upcaster> {
         Vec::new()
     }
 
@@ -192,6 +201,15 @@ macro_rules! export_aggregate {
             impl $crate::bindings::exports::cairn::runtime::policy::Guest for Component {
                 fn policy() -> $crate::bindings::PolicyInfo {
                     $crate::bindings::policy::<$aggregate>()
+                }
+            }
+
+            impl $crate::bindings::exports::cairn::runtime::schemas::Guest for Component {
+                fn schemas() -> Vec<b::EventSchema> {
+                    $crate::bindings::schemas::<$aggregate>()
+                }
+                fn upcast(events: Vec<b::StoredEvent>) -> Vec<b::StoredEvent> {
+                    $crate::bindings::upcast::<$aggregate>(events)
                 }
             }
 

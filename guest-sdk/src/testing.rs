@@ -9,7 +9,7 @@
 //! WebAssembly component, so one test proves both the source and the `.wasm` the host
 //! will run. Each backend sees the same inputs as bytes, exactly as the host passes them.
 
-use crate::glue::{self, RawCommand, RawEvent};
+use crate::glue::{self, RawCommand, RawEvent, RawStoredEvent};
 use crate::{Aggregate, CommandRejected, EventEnvelope, OutgoingCommand, Rejection, codec};
 use std::fmt::Debug;
 use std::marker::PhantomData;
@@ -28,6 +28,17 @@ pub trait Backend {
         command: &RawCommand,
     ) -> Result<Result<Vec<RawEvent>, Rejection>, Trap>;
     fn react(&mut self, event: &EventEnvelope) -> Result<Vec<OutgoingCommand>, Trap>;
+    /// Stored events as the current schemas have them (the aggregate's upcasters, chained).
+    fn upcast(&mut self, events: Vec<RawStoredEvent>) -> Result<Vec<RawStoredEvent>, Trap>;
+}
+
+/// What a caught panic said: the trap a component would have answered.
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> Trap {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Runs the aggregate's Rust code in this process, through the same byte-level glue the
@@ -60,11 +71,25 @@ impl<A: Aggregate> Backend for Native<A> {
     fn react(&mut self, event: &EventEnvelope) -> Result<Vec<OutgoingCommand>, Trap> {
         Ok(glue::react::<A>(event))
     }
+
+    fn upcast(&mut self, events: Vec<RawStoredEvent>) -> Result<Vec<RawStoredEvent>, Trap> {
+        // A step that cannot decode its event panics, as it traps in the component.
+        std::panic::catch_unwind(|| glue::upcast::<A>(events)).map_err(panic_message)
+    }
 }
 
 /// Start a scenario natively: the aggregate has already recorded `events`.
 pub fn given<A: Aggregate + 'static>(events: impl IntoIterator<Item = A::Event>) -> Given<A> {
     Given::on(vec![Box::new(Native::<A>::default())], events)
+}
+
+/// Start a scenario natively from events as an older version stored them: each is its type
+/// name, the schema version it was written in and its data, and goes through the aggregate's
+/// upcasters as the host passes it, before the fold.
+pub fn given_stored<A: Aggregate + 'static>(
+    events: impl IntoIterator<Item = (&'static str, u32, serde_json::Value)>,
+) -> Given<A> {
+    Given::stored(vec![Box::new(Native::<A>::default())], events)
 }
 
 /// Start a scenario natively for an aggregate with no events yet.
@@ -75,18 +100,40 @@ pub fn given_no_events<A: Aggregate + 'static>() -> Given<A> {
 /// The past of a scenario, and the backends it runs on.
 pub struct Given<A: Aggregate> {
     backends: Vec<Box<dyn Backend>>,
-    history: Vec<RawEvent>,
+    /// The past as the store holds it: in the schema each event was written in.
+    history: Vec<RawStoredEvent>,
     _aggregate: PhantomData<A>,
 }
 
 impl<A: Aggregate> Given<A> {
     /// A scenario that runs on each of `backends`.
     pub fn on(backends: Vec<Box<dyn Backend>>, events: impl IntoIterator<Item = A::Event>) -> Self {
-        Given {
-            backends,
-            history: events.into_iter().map(|e| RawEvent::from_typed(&e)).collect(),
-            _aggregate: PhantomData,
-        }
+        let schemas = glue::schemas::<A>();
+        let history = events
+            .into_iter()
+            .map(|e| {
+                let RawEvent { event_type, payload } = RawEvent::from_typed(&e);
+                let schema = schemas.get(&event_type).copied().unwrap_or(cairn_wire::FIRST_SCHEMA);
+                RawStoredEvent { event_type, schema, payload }
+            })
+            .collect();
+        Given { backends, history, _aggregate: PhantomData }
+    }
+
+    /// A scenario on each of `backends` whose past is stored events `(type, schema, data)`.
+    pub fn stored(
+        backends: Vec<Box<dyn Backend>>,
+        events: impl IntoIterator<Item = (&'static str, u32, serde_json::Value)>,
+    ) -> Self {
+        let history = events
+            .into_iter()
+            .map(|(event_type, schema, data)| RawStoredEvent {
+                event_type: event_type.to_owned(),
+                schema,
+                payload: codec::encode(&data),
+            })
+            .collect();
+        Given { backends, history, _aggregate: PhantomData }
     }
 
     /// The aggregate receives `command`.
@@ -111,7 +158,9 @@ impl<A: Aggregate> Given<A> {
         let mut runs = Vec::new();
         for backend in &mut self.backends {
             let run = (|| {
-                let state = backend.apply_events(None, &self.history)?;
+                let history: Vec<RawEvent> =
+                    backend.upcast(self.history.clone())?.into_iter().map(RawStoredEvent::into_raw).collect();
+                let state = backend.apply_events(None, &history)?;
                 match backend.process_command(state.as_deref(), &command)? {
                     Err(rejection) => Ok(Err(rejection)),
                     Ok(events) => {
@@ -207,6 +256,20 @@ impl<A: Aggregate> Then<A> {
         }
         self
     }
+
+    /// The guest trapped (on its history's upcast or fold, or on the command) saying
+    /// `message` among other things, as the host would refuse it.
+    pub fn then_trapped(self, message: &str) -> Self {
+        for (name, run) in &self.runs {
+            match run {
+                Err(trap) => {
+                    assert!(trap.contains(message), "[{name}] trapped, but not with {message:?}: {trap}")
+                }
+                Ok(outcome) => panic!("[{name}] expected a trap, but it answered {outcome:?}"),
+            }
+        }
+        self
+    }
 }
 
 /// The commands an aggregate's reaction sends for `event`, on every backend (all must
@@ -298,13 +361,7 @@ pub mod projection {
                     projection::handle::<P>(event, documents);
                 }
             }));
-            run.map_err(|panic| {
-                panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "a panic without a message".to_owned())
-            })
+            run.map_err(super::panic_message)
         }
     }
 

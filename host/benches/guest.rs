@@ -1,7 +1,9 @@
 //! criterion benchmarks (`cargo bench -p cairn --bench guest`):
 //! (a) one command on the Account component, on a fresh instance as the host runs it,
 //!     next to the same Account logic compiled natively: the guest's share of a command;
-//! (c) JSON ⇄ MessagePack, as every command and answer crosses it.
+//! (c) JSON ⇄ MessagePack, as every command and answer crosses it;
+//! (e) reading stored events through one upcast step (account-v3 folding events version 1
+//!     wrote), next to the same fold of events already in its schema.
 
 use cairn::runtime::{Limits, Runtime};
 use cairn_guest::glue::RawCommand;
@@ -54,5 +56,53 @@ fn json_and_msgpack(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, a_command_on_the_account, json_and_msgpack);
+/// `count` credits of account `a` as stored: in version 1's shape at schema 1, or in
+/// account-v3's at schema 2.
+fn credits(count: u64, first_schema: bool) -> Vec<cairn::store::StoredEvent> {
+    (1..=count)
+        .map(|n| {
+            let cents = |c: u64| if first_schema { json!(c) } else { json!({"cents": c, "currency": "EUR"}) };
+            let data = json!({"amount": cents(1), "transaction_id": format!("t-{n}"), "balance": cents(n)});
+            cairn::store::StoredEvent {
+                stream_type: "account".to_owned(),
+                stream_id: "a".to_owned(),
+                version: cairn::store::Version(n),
+                position: cairn::store::Position(n),
+                event_type: "AccountCredited".to_owned(),
+                payload: cairn::msgpack::to_msgpack(&data),
+                recorded_at_micros: 0,
+                correlation_id: "c".to_owned(),
+                causation_id: None,
+                component_version: cairn::store::ComponentVersion(1),
+                reply_to: None,
+                schema: if first_schema { 1 } else { 2 },
+            }
+        })
+        .collect()
+}
+
+fn reading_through_an_upcast(c: &mut Criterion) {
+    let runtime = Runtime::new(None, Limits::default()).expect("a runtime");
+    let v3 = runtime.load_aggregate(cairn_artifacts::ACCOUNT_V3).expect("account-v3 loads");
+    let mut group = c.benchmark_group("reading stored events with account-v3");
+    for count in [1u64, 100] {
+        for (name, first_schema) in [("in its schema", false), ("through one upcast step", true)] {
+            let stored = credits(count, first_schema);
+            group.bench_function(format!("{count} events {name}: upcast and fold"), |b| {
+                b.iter(|| {
+                    let mut events = stored.clone();
+                    cairn::upcast::upcast_with(&v3, &mut events).unwrap();
+                    let raw: Vec<_> = events
+                        .into_iter()
+                        .map(|e| cairn_guest::glue::RawEvent { event_type: e.event_type, payload: e.payload })
+                        .collect();
+                    v3.apply_events(None, black_box(&raw)).unwrap()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, a_command_on_the_account, json_and_msgpack, reading_through_an_upcast);
 criterion_main!(benches);

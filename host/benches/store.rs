@@ -36,6 +36,7 @@ fn credit(n: u64) -> NewEvent {
         causation_id: None,
         component_version: ComponentVersion(1),
         reply_to: None,
+        schema: 1,
     }
 }
 

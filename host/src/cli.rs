@@ -271,6 +271,10 @@ enum Command {
         /// A new subscribing component reacts to the whole log, not only to new events.
         #[arg(long)]
         react_from_beginning: bool,
+        /// Let the consumer check pass a reaction that sends other commands for events in
+        /// the new version's schema (a schema change that is meant to change a saga).
+        #[arg(long)]
+        allow_changed_reactions: bool,
     },
     /// Load the host and measure it: throughput, latency, errors, and the same for its
     /// `/healthz` in the same run, so each figure is also a ratio.
@@ -530,7 +534,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
         }
         Command::Routing {} => print_answer(&client, host.get("/routing")).await,
         Command::Cluster {} => print_answer(&client, host.get("/cluster")).await,
-        Command::Deploy { file, name, dry_run, react_from_beginning } => {
+        Command::Deploy { file, name, dry_run, react_from_beginning, allow_changed_reactions } => {
             let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
             let name = match name {
                 Some(name) => name,
@@ -546,6 +550,9 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             }
             if react_from_beginning {
                 query.push("react_from=beginning");
+            }
+            if allow_changed_reactions {
+                query.push("allow_changed_reactions=true");
             }
             let request = host
                 .put(&format!("/components/{}?{}", segment(&name), query.join("&")))

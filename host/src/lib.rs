@@ -36,3 +36,4 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod upcast;

@@ -4,7 +4,8 @@
 //!
 //! Events are read in chunks and each chunk is folded in one guest call (`apply-events`):
 //! crossing the component boundary costs more than a fold step. When a chunk traps, the
-//! events of that chunk are folded one at a time to name the one that failed.
+//! events of that chunk are folded one at a time to name the one that failed. Events stored
+//! in an older schema than the component's are upcast first (`crate::upcast`).
 
 use crate::runtime::{AggregateComponent, GuestError};
 use crate::store::{EventStore, Page, StoreError, StreamId, Version};
@@ -32,6 +33,9 @@ pub enum ReplayError {
     /// e.g. because it cannot decode that event).
     #[error("event {version} ({event_type}): {error}")]
     Guest { version: Version, event_type: String, error: GuestError },
+    /// The component's upcasters failed on a stored event before the fold could read it.
+    #[error(transparent)]
+    Upcast(Box<crate::upcast::UpcastError>),
     /// Whoever asked stopped waiting (a request that timed out), so the fold stopped.
     #[error("the fold was cancelled")]
     Cancelled,
@@ -111,9 +115,10 @@ pub fn replay_with(
             Some(every) => up_to.min(Version((version.get() / every + 1).saturating_mul(every))),
             None => up_to,
         };
-        let events = wait_for(store.read_stream_range(stream, version + 1, chunk_end, CHUNK))?;
+        let mut events = wait_for(store.read_stream_range(stream, version + 1, chunk_end, CHUNK))?;
         let Some(last) = events.last().map(|e| e.version) else { break };
         let first = version + 1;
+        crate::upcast::upcast_with(component, &mut events).map_err(|e| ReplayError::Upcast(Box::new(e)))?;
         let raw: Vec<RawEvent> =
             events.into_iter().map(|e| RawEvent { event_type: e.event_type, payload: e.payload }).collect();
         state = match component.apply_events(state.as_deref(), &raw) {

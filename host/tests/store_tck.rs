@@ -30,6 +30,7 @@ fn event(n: u64) -> NewEvent {
         causation_id: None,
         component_version: ComponentVersion(1),
         reply_to: None,
+        schema: 1,
     }
 }
 

@@ -142,9 +142,15 @@ fn call_schemas(
 
 /// The most event types a component may declare schema versions for.
 const MAX_SCHEMAS: usize = 1024;
+/// The highest schema version an event type may be at (every store keeps it as a 32-bit integer).
+pub const MAX_SCHEMA_VERSION: u32 = 1_000_000;
 
-/// The declared schema versions, checked: each type once, each version at least the first.
-fn schema_versions(declared: Vec<witty::EventSchema>) -> Result<BTreeMap<String, u32>, LoadError> {
+/// The declared schema versions, checked: each type once, named as an event type may be,
+/// each version at least the first.
+fn schema_versions(
+    declared: Vec<witty::EventSchema>,
+    limits: &Limits,
+) -> Result<BTreeMap<String, u32>, LoadError> {
     if declared.len() > MAX_SCHEMAS {
         return Err(LoadError::WrongWorld(format!(
             "it declares schema versions for {} event types; at most {MAX_SCHEMAS} are allowed",
@@ -153,15 +159,19 @@ fn schema_versions(declared: Vec<witty::EventSchema>) -> Result<BTreeMap<String,
     }
     let mut schemas = BTreeMap::new();
     for schema in declared {
-        if schema.version < FIRST_SCHEMA {
+        limits
+            .check_event_types([schema.event_type.as_str()])
+            .map_err(|error| LoadError::WrongWorld(format!("its schemas: {error}")))?;
+        if !(FIRST_SCHEMA..=MAX_SCHEMA_VERSION).contains(&schema.version) {
             return Err(LoadError::WrongWorld(format!(
-                "it declares schema version {} for {}; versions start at {FIRST_SCHEMA}",
+                "it declares schema version {} for {:?}; versions go from {FIRST_SCHEMA} to \
+                 {MAX_SCHEMA_VERSION}",
                 schema.version, schema.event_type
             )));
         }
         let event_type = schema.event_type.clone();
         if schemas.insert(schema.event_type, schema.version).is_some() {
-            return Err(LoadError::WrongWorld(format!("it declares the schema of {event_type} twice")));
+            return Err(LoadError::WrongWorld(format!("it declares the schema of {event_type:?} twice")));
         }
     }
     schemas.retain(|_, version| *version > FIRST_SCHEMA);
@@ -279,20 +289,23 @@ impl AggregateComponent {
                         })
                     }
                 };
-                let schemas = match &schemas {
-                    None => None,
-                    Some(index) => Some(match guest.instance.get_typed_func::<(), _>(&mut *store, index) {
-                        Ok(func) => {
-                            let upcast_signature =
-                                upcast.as_ref().map(|index| guest.upcast_func(store, index).map(drop));
-                            match upcast_signature {
-                                Some(Err(error)) => Err(error),
-                                None => Err(wasmtime::Error::msg("it has schemas but no upcast")),
-                                Some(Ok(())) => Ok(call_schemas(store, func)?),
-                            }
-                        }
-                        Err(error) => Err(error),
-                    }),
+                let schemas = match (&schemas, &upcast) {
+                    (None, None) => None,
+                    (Some(_), None) => Some(Err(wasmtime::Error::msg("it has `schemas` but no `upcast`"))),
+                    (None, Some(_)) => Some(Err(wasmtime::Error::msg("it has `upcast` but no `schemas`"))),
+                    (Some(schemas), Some(upcast)) => Some(
+                        match guest.upcast_func(store, upcast).map_err(|e| e.context("`upcast`")).and_then(
+                            |_| {
+                                guest
+                                    .instance
+                                    .get_typed_func::<(), _>(&mut *store, schemas)
+                                    .map_err(|e| e.context("`schemas`"))
+                            },
+                        ) {
+                            Ok(func) => Ok(call_schemas(store, func)?),
+                            Err(error) => Err(error),
+                        },
+                    ),
                 };
                 Ok((signature, described, policy, schemas))
             })
@@ -306,10 +319,10 @@ impl AggregateComponent {
             None => BTreeMap::new(),
             Some(Err(error)) => {
                 return Err(LoadError::WrongWorld(format!(
-                    "its schemas export does not match the contract: {error}"
+                    "its schemas export does not match the contract: {error:#}"
                 )));
             }
-            Some(Ok(declared)) => schema_versions(declared)?,
+            Some(Ok(declared)) => schema_versions(declared, &limits)?,
         };
         let mut subscriptions: Vec<Subscription> = described
             .subscriptions
@@ -514,48 +527,73 @@ impl AggregateComponent {
     }
 
     /// `events` as this version's consumers see them: each one stored in an older schema than
-    /// this version's is passed through its upcasters, in one guest call per chunk; the others
-    /// are left as they are. On a failure, the index of the event it failed on (found by
-    /// upcasting the failed chunk's events one at a time) and why.
+    /// this version's passes through its upcasters, in one guest call per chunk; the others
+    /// are left as they are. On a failure, the index of the event it failed on (a chunk that
+    /// fails is tried again one event at a time to find it) and why; a transient failure
+    /// ([`GuestError::is_transient`]) is no event's fault and names the first of its chunk.
     pub fn upcast(&self, events: &mut [RawStoredEvent]) -> Result<(), (usize, GuestError)> {
+        // An event in a schema newer than this version's cannot be read; every one before it
+        // is still upcast, so a reader can take the events up to it.
+        let mut newer = None;
+        let mut stale = Vec::new();
+        for (i, event) in events.iter().enumerate() {
+            let current = self.info.schema_of(&event.event_type);
+            if event.schema > current {
+                let error = GuestError::SchemaUnknown {
+                    event_type: event.event_type.clone(),
+                    stored: event.schema,
+                    current,
+                };
+                newer = Some((i, error));
+                break;
+            }
+            if event.schema < current {
+                stale.push(i);
+            }
+        }
+        self.upcast_stale(events, &stale)?;
+        newer.map_or(Ok(()), Err)
+    }
+
+    /// Upcast the events at `stale` (indices into `events`, in order), in chunks.
+    fn upcast_stale(
+        &self,
+        events: &mut [RawStoredEvent],
+        stale: &[usize],
+    ) -> Result<(), (usize, GuestError)> {
+        // A schema past the first is only ever declared together with `upcast` (see `link`).
         let Some(index) = &self.upcast else { return Ok(()) };
-        let stale: Vec<usize> = (0..events.len())
-            .filter(|&i| self.info.needs_upcast(&events[i].event_type, events[i].schema))
-            .collect();
-        let mut rest = &stale[..];
+        let mut rest = stale;
         while !rest.is_empty() {
-            // The answer of a call is bounded by the output limit: a chunk holds at most half
-            // of it, so an upcast may grow its events up to twice (a single larger event goes alone).
             let mut bytes = 0;
             let take = rest
                 .iter()
                 .take(FOLD_CHUNK_EVENTS)
-                .take_while(|&&i| {
-                    let size = events[i].event_type.len() + events[i].payload.len();
-                    let fits = bytes == 0 || bytes + size <= self.limits.max_output_bytes / 2;
-                    bytes += size;
-                    fits
+                .enumerate()
+                .take_while(|&(n, &i)| {
+                    bytes += events[i].event_type.len() + events[i].payload.len();
+                    n == 0 || bytes <= FOLD_CHUNK_BYTES
                 })
-                .count()
-                .max(1);
+                .count();
             let (chunk, later) = rest.split_at(take);
             rest = later;
             match self.upcast_chunk(index, events, chunk) {
                 Ok(()) => {}
-                Err(error) if chunk.len() == 1 => return Err((chunk[0], error)),
-                Err(error) => {
+                Err(error) if error.is_transient() || chunk.len() == 1 => return Err((chunk[0], error)),
+                // The chunk may have failed for one event or only for its size or fuel: one
+                // at a time tells, and keeps what passes.
+                Err(_) => {
                     for &i in chunk {
                         self.upcast_chunk(index, events, &[i]).map_err(|error| (i, error))?;
                     }
-                    // Each event alone passed: the chunk failed for its size or its fuel.
-                    return Err((chunk[chunk.len() - 1], error));
                 }
             }
         }
         Ok(())
     }
 
-    /// Upcast the events at `chunk` (indices into `events`) in one call, replacing them.
+    /// Upcast the events at `chunk` (indices into `events`) in one call; they are replaced
+    /// only when every answer is right.
     fn upcast_chunk(
         &self,
         index: &ComponentExportIndex,
@@ -570,18 +608,18 @@ impl AggregateComponent {
                 payload: events[i].payload.clone(),
             })
             .collect();
-        let input_bytes: usize = input.iter().map(|e| e.event_type.len() + e.payload.len()).sum();
         let fuel = self.limits.fuel_per_call + self.limits.fuel_per_event * chunk.len() as u64;
         let upcast = self.call(fuel, |store, guest| {
             let (upcast,) = guest.upcast_func(store, index)?.call(&mut *store, (&input,))?;
             Ok(upcast)
         })?;
+        // Each event may grow, but a call answers at most twice what it was given (or the
+        // output bound, if more): an upcast reshapes data, it does not make it up.
+        let input_bytes: usize = input.iter().map(|e| e.event_type.len() + e.payload.len()).sum();
         let output_bytes: usize = upcast.iter().map(|e| e.event_type.len() + e.payload.len()).sum();
-        if output_bytes > self.limits.max_output_bytes.max(2 * input_bytes) {
-            return Err(GuestError::OutputTooLarge {
-                bytes: output_bytes,
-                limit: self.limits.max_output_bytes.max(2 * input_bytes),
-            });
+        let limit = self.limits.max_output_bytes.max(2 * input_bytes);
+        if output_bytes > limit {
+            return Err(GuestError::OutputTooLarge { bytes: output_bytes, limit });
         }
         if upcast.len() != chunk.len() {
             return Err(GuestError::Trap(format!(
@@ -590,16 +628,19 @@ impl AggregateComponent {
                 chunk.len()
             )));
         }
-        self.limits.check_event_types(upcast.iter().map(|e| e.event_type.as_str()))?;
-        for (&i, event) in chunk.iter().zip(upcast) {
+        for (stored, event) in input.iter().zip(&upcast) {
+            self.limits.bound_output(event.event_type.len() + event.payload.len())?;
+            self.limits.check_event_types([event.event_type.as_str()])?;
             let current = self.info.schema_of(&event.event_type);
             if event.schema != current {
                 return Err(GuestError::Trap(format!(
-                    "upcast answered {} (stored as {} at schema {}) at schema {}, but this version \
-                     writes it at schema {current}: an upcaster is missing a step",
-                    event.event_type, events[i].event_type, events[i].schema, event.schema
+                    "upcast answered {:?} (stored as {:?} at schema {}) at schema {}, but this \
+                     version writes it at schema {current}: an upcaster is missing a step",
+                    event.event_type, stored.event_type, stored.schema, event.schema
                 )));
             }
+        }
+        for (&i, event) in chunk.iter().zip(upcast) {
             events[i] =
                 RawStoredEvent { event_type: event.event_type, schema: event.schema, payload: event.payload };
         }
@@ -682,19 +723,57 @@ mod tests {
     /// version below the first refuses the component.
     #[test]
     fn declared_schemas_are_checked() {
-        let schemas =
-            super::schema_versions(vec![schema("AccountCredited", 2), schema("AccountOpened", 1)]).unwrap();
+        let limits = Limits::default();
+        let check = |declared| super::schema_versions(declared, &limits);
+        let schemas = check(vec![schema("AccountCredited", 2), schema("AccountOpened", 1)]).unwrap();
         assert_eq!(schemas.into_iter().collect::<Vec<_>>(), [("AccountCredited".to_owned(), 2)]);
-        let twice = super::schema_versions(vec![schema("A", 2), schema("A", 3)]).unwrap_err();
-        assert!(twice.to_string().contains("declares the schema of A twice"), "{twice}");
-        let zero = super::schema_versions(vec![schema("A", 0)]).unwrap_err();
-        assert!(zero.to_string().contains("versions start at 1"), "{zero}");
+        let twice = check(vec![schema("A", 2), schema("A", 3)]).unwrap_err();
+        assert!(twice.to_string().contains("declares the schema of \"A\" twice"), "{twice}");
+        let zero = check(vec![schema("A", 0)]).unwrap_err();
+        assert!(zero.to_string().contains("versions go from 1"), "{zero}");
+        let unnamed = check(vec![schema("", 2)]).unwrap_err();
+        assert!(unnamed.to_string().contains("must be non-empty"), "{unnamed}");
     }
 
-    /// A component without the `schemas` interface writes every event at schema 1 and
-    /// upcasts nothing.
     #[test]
-    fn a_component_without_schemas_upcasts_nothing() {
+    /// account-v3 upcasts version 1's events in chunks; one it cannot decode fails alone,
+    /// named by its index, and every event before it is upcast; an event stored at a schema
+    /// newer than the component's is refused before any call.
+    fn upcasting_names_the_one_event_that_fails_and_refuses_a_newer_schema() {
+        let runtime = Runtime::new(None, Limits::default()).unwrap();
+        let v3 = runtime.load_aggregate(cairn_artifacts::ACCOUNT_V3).unwrap();
+        let stored = |event_type: &str, schema: u32, data: serde_json::Value| cairn_wire::RawStoredEvent {
+            event_type: event_type.to_owned(),
+            schema,
+            payload: rmp_serde::to_vec_named(&data).unwrap(),
+        };
+        let credit = |n: i64| {
+            stored(
+                "AccountCredited",
+                1,
+                serde_json::json!({"amount": 1, "transaction_id": "t", "balance": n}),
+            )
+        };
+        let mut events: Vec<_> = (0..10).map(credit).collect();
+        events[7] = stored("AccountCredited", 1, serde_json::json!({"amount": "one"}));
+        let (index, error) = v3.upcast(&mut events).unwrap_err();
+        assert_eq!(index, 7, "{error}");
+        assert!(error.to_string().contains("upcasting AccountCredited from schema 1 failed"), "{error}");
+        assert!(events[..7].iter().all(|e| e.schema == 2), "the events before it are upcast");
+        assert_eq!(json(&events[3].payload)["balance"], serde_json::json!({"cents": 3, "currency": "EUR"}));
+        assert_eq!(events[7].schema, 1, "the failed event is left as stored");
+
+        let mut newer = vec![credit(1), stored("AccountClosed", 2, serde_json::json!({}))];
+        let (index, error) = v3.upcast(&mut newer).unwrap_err();
+        assert_eq!(index, 1);
+        assert!(matches!(error, super::GuestError::SchemaUnknown { stored: 2, current: 1, .. }), "{error}");
+        assert_eq!(newer[0].schema, 2, "the events before it are upcast");
+    }
+
+    /// A component that declares no schema past the first (the Account's first version)
+    /// writes every event at schema 1 and upcasts nothing.
+    #[test]
+    fn a_component_that_declares_no_schemas_upcasts_nothing() {
         let runtime = Runtime::new(None, Limits::default()).unwrap();
         let account = runtime.load_aggregate(cairn_artifacts::component("account").unwrap()).unwrap();
         assert!(account.info().schemas.is_empty());

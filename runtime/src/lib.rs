@@ -46,6 +46,13 @@ pub enum GuestError {
     /// Every instance slot of the pool is in use by another call; try again shortly.
     #[error("every one of the {0} guest instance slots is busy; try again")]
     Busy(u32),
+    /// A stored event is in a schema newer than this version knows: a newer version wrote
+    /// it (and was rolled back), so this one cannot read it.
+    #[error(
+        "{event_type:?} is stored at schema {stored}, newer than this version's {current}: \
+         only a version that reads schema {stored} can take this stream"
+    )]
+    SchemaUnknown { event_type: String, stored: u32, current: u32 },
 }
 
 impl GuestError {
@@ -54,13 +61,14 @@ impl GuestError {
         matches!(self, GuestError::Busy(_))
     }
 
-    /// `trap`, `timeout`, `output_too_large` or `busy`, for metrics.
+    /// `trap`, `timeout`, `output_too_large`, `busy` or `schema_unknown`, for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
             GuestError::Trap(_) => "trap",
             GuestError::Timeout(_) => "timeout",
             GuestError::OutputTooLarge { .. } => "output_too_large",
             GuestError::Busy(_) => "busy",
+            GuestError::SchemaUnknown { .. } => "schema_unknown",
         }
     }
 }

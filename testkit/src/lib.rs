@@ -7,7 +7,7 @@
 //! Rust code) and through wasmtime on the `.wasm` the host runs, so a test proves the
 //! component, not only its source. See `cairn_guest::testing` for the assertions.
 
-use cairn_guest::glue::{RawCommand, RawEvent};
+use cairn_guest::glue::{RawCommand, RawEvent, RawStoredEvent};
 use cairn_guest::testing::{Backend, Given, Native, Trap};
 use cairn_guest::{Aggregate, EventEnvelope, OutgoingCommand, Rejection};
 use cairn_runtime::{AggregateComponent, GuestError, Limits, Runtime};
@@ -16,17 +16,21 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// Components compiled once per test process, by aggregate type.
 fn compiled(type_name: &str) -> Arc<AggregateComponent> {
+    compiled_as(type_name, || {
+        cairn_artifacts::component(type_name)
+            .unwrap_or_else(|| panic!("no bundled component for aggregate type {type_name}"))
+    })
+}
+
+/// The component `bytes` gives, compiled once per test process under `key`.
+fn compiled_as(key: &str, bytes: impl FnOnce() -> &'static [u8]) -> Arc<AggregateComponent> {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     static CACHE: OnceLock<Mutex<HashMap<String, Arc<AggregateComponent>>>> = OnceLock::new();
     let runtime = RUNTIME.get_or_init(|| Runtime::new(None, Limits::default()).expect("wasmtime engine"));
     let mut cache = CACHE.get_or_init(Default::default).lock().expect("component cache lock");
     cache
-        .entry(type_name.to_owned())
-        .or_insert_with(|| {
-            let bytes = cairn_artifacts::component(type_name)
-                .unwrap_or_else(|| panic!("no bundled component for aggregate type {type_name}"));
-            Arc::new(runtime.load_aggregate(bytes).expect("the bundled component loads"))
-        })
+        .entry(key.to_owned())
+        .or_insert_with(|| Arc::new(runtime.load_aggregate(bytes()).expect("the component loads")))
         .clone()
 }
 
@@ -43,6 +47,12 @@ impl ComponentBackend {
             name: format!("{}.wasm", type_name.replace('-', "_")),
             component: compiled(type_name),
         }
+    }
+
+    /// The component of `bytes`, named `name` in failures: an example version's own
+    /// `.wasm` (e.g. `cairn_artifacts::ACCOUNT_V3`), which is not the bundled one of its type.
+    pub fn of(name: &str, bytes: &'static [u8]) -> Self {
+        ComponentBackend { name: format!("{name}.wasm"), component: compiled_as(name, || bytes) }
     }
 }
 
@@ -70,6 +80,11 @@ impl Backend for ComponentBackend {
     fn react(&mut self, event: &EventEnvelope) -> Result<Vec<OutgoingCommand>, Trap> {
         self.component.react(event).map_err(trap)
     }
+
+    fn upcast(&mut self, mut events: Vec<RawStoredEvent>) -> Result<Vec<RawStoredEvent>, Trap> {
+        self.component.upcast(&mut events).map_err(|(index, error)| format!("event {index}: {error}"))?;
+        Ok(events)
+    }
 }
 
 fn both<A: Aggregate + 'static>() -> Vec<Box<dyn Backend>> {
@@ -81,6 +96,33 @@ pub fn given<A: Aggregate + 'static>(events: impl IntoIterator<Item = A::Event>)
     Given::on(both::<A>(), events)
 }
 
+/// A scenario from events as an older version stored them `(type, schema, data)`, on both
+/// backends: the upcasters run natively and in the component.
+pub fn given_stored<A: Aggregate + 'static>(
+    events: impl IntoIterator<Item = (&'static str, u32, cairn_guest::serde_json::Value)>,
+) -> Given<A> {
+    Given::stored(both::<A>(), events)
+}
+
+/// A scenario natively and on the component `bytes` (see [`ComponentBackend::of`]).
+pub fn given_on<A: Aggregate + 'static>(
+    name: &str,
+    bytes: &'static [u8],
+    events: impl IntoIterator<Item = A::Event>,
+) -> Given<A> {
+    Given::on(vec![Box::new(Native::<A>::default()), Box::new(ComponentBackend::of(name, bytes))], events)
+}
+
+/// A scenario from stored events `(type, schema, data)`, natively and on the component
+/// `bytes` (see [`ComponentBackend::of`]).
+pub fn given_stored_on<A: Aggregate + 'static>(
+    name: &str,
+    bytes: &'static [u8],
+    events: impl IntoIterator<Item = (&'static str, u32, cairn_guest::serde_json::Value)>,
+) -> Given<A> {
+    Given::stored(vec![Box::new(Native::<A>::default()), Box::new(ComponentBackend::of(name, bytes))], events)
+}
+
 /// A scenario for an aggregate with no events yet, on both backends.
 pub fn given_no_events<A: Aggregate + 'static>() -> Given<A> {
     given::<A>([])
@@ -89,6 +131,11 @@ pub fn given_no_events<A: Aggregate + 'static>() -> Given<A> {
 /// The commands `A` sends for `event`, checked to be the same natively and on the component.
 pub fn reactions<A: Aggregate + 'static>(event: &EventEnvelope) -> Vec<OutgoingCommand> {
     cairn_guest::testing::reactions_on(&mut both::<A>(), event)
+}
+
+/// What the component `bytes` says about itself (see [`ComponentBackend::of`]).
+pub fn describe_of(name: &str, bytes: &'static [u8]) -> cairn_runtime::AggregateInfo {
+    compiled_as(name, || bytes).info().clone()
 }
 
 /// What the bundled component of `A::TYPE` says about itself.

@@ -31,6 +31,7 @@ mod postgres_store;
 mod reads;
 mod sagas;
 mod sandbox;
+mod schemas;
 mod stream;
 mod trust;
 mod views;

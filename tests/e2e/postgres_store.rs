@@ -136,7 +136,8 @@ async fn a_postgres_crash_and_restart_under_load_loses_nothing_acknowledged_and_
     // A crash of PostgreSQL (no shutdown checkpoint), down until the clients have been
     // refused, then it starts again: a restart alone can be quicker than any commit.
     server.pg_ctl(&["stop", "-m", "immediate", "-w"]);
-    eventually("a command refused while PostgreSQL is down", || async { ledger.lock().unwrap().refused > 0 }).await;
+    eventually("a command refused while PostgreSQL is down", || async { ledger.lock().unwrap().refused > 0 })
+        .await;
     server.start_again();
     let refused_while_down = ledger.lock().unwrap().refused;
     let acknowledged_while_down = ledger.lock().unwrap().acknowledged.len();

@@ -370,3 +370,21 @@ async fn one_client_holds_a_bounded_share_of_the_streams_and_one_that_stops_read
     assert!(extra.next().await.is_some(), "a reading client is served all along");
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_upcast_the_stream_sends_events_as_the_active_versions_consumers_read_them() {
+    let host = Host::start();
+    // account-v3 changes the Account's shape; the consumers that read both go first.
+    host.deploy("account-info", cairn_artifacts::ACCOUNT_INFO_V2).await.expect(200);
+    host.deploy("money-transfer", cairn_artifacts::MONEY_TRANSFER_V2).await.expect(200);
+    host.open_account("a", 1000).await;
+    host.deploy("account", cairn_artifacts::ACCOUNT_V3).await.expect(200);
+    let mut stored = Subscriber::open(&host, "after=0&stream=account%2Fa", None).await;
+    let opened = stored.next().await.unwrap().data;
+    assert_eq!((opened["schema"].as_u64(), &opened["data"]), (Some(1), &json!({"initial_balance": 1000})));
+    let mut upcast = Subscriber::open(&host, "after=0&stream=account%2Fa&upcast=true", None).await;
+    let opened = upcast.next().await.unwrap().data;
+    assert_eq!(opened["schema"], 2);
+    assert_eq!(opened["data"], json!({"initial_balance": {"cents": 1000, "currency": "EUR"}}));
+    host.get("/events/stream?upcast=perhaps").await.expect_error(400, "invalid_query");
+}

@@ -15,7 +15,12 @@ mod tests {
     /// has version 1, layer 0.
     #[test]
     fn every_artifact_is_a_component_not_a_core_module() {
-        let examples = [("account-v2", super::ACCOUNT_V2)];
+        let examples = [
+            ("account-v2", super::ACCOUNT_V2),
+            ("account-v3", super::ACCOUNT_V3),
+            ("money-transfer-v2", super::MONEY_TRANSFER_V2),
+            ("account-info-v2", super::ACCOUNT_INFO_V2),
+        ];
         for (name, bytes) in super::BUNDLED.iter().chain(examples.iter()) {
             assert_eq!(&bytes[..4], b"\0asm", "{name} is not WebAssembly");
             assert_eq!(&bytes[4..8], &[0x0d, 0x00, 0x01, 0x00], "{name} is not a component");

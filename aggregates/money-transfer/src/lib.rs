@@ -234,6 +234,7 @@ impl Aggregate for MoneyTransferAggregate {
     }
 }
 
+#[cfg(not(feature = "library"))]
 cairn_guest::export_aggregate!(MoneyTransferAggregate);
 
 #[cfg(test)]

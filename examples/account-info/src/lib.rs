@@ -166,6 +166,7 @@ fn decode<T: serde::de::DeserializeOwned>(event: &EventEnvelope) -> T {
     })
 }
 
+#[cfg(not(feature = "library"))]
 cairn_guest::export_projection!(AccountInfoProjection);
 
 #[cfg(test)]

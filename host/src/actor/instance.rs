@@ -525,7 +525,9 @@ impl Actor {
                 }
                 let causation_id = request.causation.as_ref().map(|c| c.causation_id.clone());
                 let reply_to = request.causation.as_ref().map(|c| c.source.clone());
+                let info = loaded.component.component.info();
                 pending.events.extend(events.into_iter().map(|e| NewEvent {
+                    schema: info.schema_of(&e.event_type),
                     event_type: e.event_type,
                     payload: e.payload,
                     correlation_id: request.correlation_id.clone(),

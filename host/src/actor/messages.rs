@@ -130,6 +130,11 @@ impl From<crate::replay::ReplayError> for CommandError {
                 CommandError::Interrupted(cancelled.to_string())
             }
             crate::replay::ReplayError::Guest { error, .. } => CommandError::Guest(error),
+            // A trap says which stored event the upcasters failed on.
+            crate::replay::ReplayError::Upcast(upcast) => CommandError::Guest(match &upcast.error {
+                crate::runtime::GuestError::Trap(_) => crate::runtime::GuestError::Trap(upcast.to_string()),
+                _ => upcast.error,
+            }),
         }
     }
 }

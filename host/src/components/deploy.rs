@@ -10,6 +10,7 @@
 //! much it changes). A dry run does every check and changes nothing.
 
 use super::changes::{ChangeKind, NotFollowed};
+use super::consumers::{ConsumersReport, consumer_check, consumers_of};
 use super::records::{ComponentRecord, ReplaySummary, VersionRecord};
 use super::{ActiveAggregate, ComponentRegistry};
 use crate::replay::{ReplayError, replay, wait_for};
@@ -30,6 +31,9 @@ pub struct DeployOptions {
     /// The longest compiling the component may take (uploads are bounded, the bundled
     /// components are trusted).
     pub compile_timeout: Option<std::time::Duration>,
+    /// The consumer check lets through a reaction that sends other commands for an event
+    /// in the new version's schema than in the running one's (see `consumers`).
+    pub allow_changed_reactions: bool,
 }
 
 impl Default for DeployOptions {
@@ -39,6 +43,7 @@ impl Default for DeployOptions {
             react_from_beginning: false,
             replay_sample: 100,
             compile_timeout: None,
+            allow_changed_reactions: false,
         }
     }
 }
@@ -55,6 +60,8 @@ pub struct Deployed {
     pub active: bool,
     pub dry_run: bool,
     pub replay: ReplayReport,
+    /// What the consumer check found (an aggregate that changes an event's schema).
+    pub consumers: ConsumersReport,
 }
 
 /// What the replay check found.
@@ -90,6 +97,9 @@ pub enum DeployError {
     KindMismatch { name: String, existing: ComponentKind, new: ComponentKind },
     #[error("replaying {stream} with the new version failed at {detail}")]
     ReplayFailed { stream: StreamId, detail: String },
+    /// `detail` names the event and says why.
+    #[error("{consumer} cannot read {detail}")]
+    ConsumerBreaks { consumer: String, detail: String },
     #[error(transparent)]
     NotFollowed(#[from] NotFollowed),
     /// A task of the deploy ended before it answered (a host defect).
@@ -146,7 +156,17 @@ impl ComponentRegistry {
             && active.digest == digest.as_bytes()
         {
             let report = ReplayReport::default();
-            return Ok(answer(name, record.kind, active.version, &digest, true, options.dry_run, report));
+            let consumers = ConsumersReport::default();
+            return Ok(answer(
+                name,
+                record.kind,
+                active.version,
+                &digest,
+                true,
+                options.dry_run,
+                report,
+                consumers,
+            ));
         }
         let runtime = self.runtime.clone();
         let store = self.store.clone();
@@ -173,14 +193,25 @@ impl ComponentRegistry {
         // Replaying is CPU work too: keep it off the async threads. A projection's new version
         // is checked by rebuilding its view beside the live one instead: the live view stays
         // until the new one has caught up.
-        let (component, report) = tokio::task::spawn_blocking(move || {
-            let report = match &component {
+        let consumers = consumers_of(self, name);
+        let (component, report, consumers) = tokio::task::spawn_blocking(move || {
+            let (report, consumers) = match &component {
                 Loaded::Aggregate(new) => {
-                    replay_check(running.as_deref(), new, &store, &type_name, options.replay_sample)?
+                    let report =
+                        replay_check(running.as_deref(), new, &store, &type_name, options.replay_sample)?;
+                    let consumers = consumer_check(
+                        &consumers,
+                        running.as_deref(),
+                        new,
+                        &store,
+                        options.replay_sample,
+                        options.allow_changed_reactions,
+                    )?;
+                    (report, consumers)
                 }
-                Loaded::Projection(_) => ReplayReport::default(),
+                Loaded::Projection(_) => (ReplayReport::default(), ConsumersReport::default()),
             };
-            Ok::<_, DeployError>((component, report))
+            Ok::<_, DeployError>((component, report, consumers))
         })
         .await
         .map_err(|e| DeployError::Interrupted(format!("the deploy task failed: {e}")))??;
@@ -196,7 +227,7 @@ impl ComponentRegistry {
         });
         let version = stored.unwrap_or_else(|| record.next_version());
         if options.dry_run {
-            return Ok(answer(name, kind, version, &digest, false, true, report));
+            return Ok(answer(name, kind, version, &digest, false, true, report, consumers));
         }
         let blob = match stored {
             Some(_) => None,
@@ -227,10 +258,11 @@ impl ComponentRegistry {
         self.records.write().expect("registry lock").insert(name.to_owned(), record);
         self.make_active(name, version, component);
         tracing::info!(component = name, %kind, version = version.get(), %digest, streams = report.streams, changed = report.changed, "deployed");
-        Ok(answer(name, kind, version, &digest, true, false, report))
+        Ok(answer(name, kind, version, &digest, true, false, report, consumers))
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn answer(
     name: &str,
     kind: ComponentKind,
@@ -239,8 +271,18 @@ fn answer(
     active: bool,
     dry_run: bool,
     replay: ReplayReport,
+    consumers: ConsumersReport,
 ) -> Deployed {
-    Deployed { name: name.to_owned(), kind, version, digest: digest.to_string(), active, dry_run, replay }
+    Deployed {
+        name: name.to_owned(),
+        kind,
+        version,
+        digest: digest.to_string(),
+        active,
+        dry_run,
+        replay,
+        consumers,
+    }
 }
 
 /// Rebuild the most recently written streams of `type_name` with `new`, and compare each
@@ -259,7 +301,11 @@ pub(super) fn replay_check(
             replay(new, store, &stream, None, Version::ZERO, Version::MAX).map_err(|error| match error {
                 ReplayError::Store(error) => DeployError::Store(error),
                 ReplayError::Cancelled => DeployError::Interrupted(error.to_string()),
-                ReplayError::Guest { .. } => {
+                // A busy pool is nobody's fault: the deploy is refused as overloaded, not blamed on an event.
+                ReplayError::Upcast(upcast) if upcast.is_transient() => {
+                    DeployError::Interrupted(upcast.to_string())
+                }
+                ReplayError::Guest { .. } | ReplayError::Upcast(_) => {
                     DeployError::ReplayFailed { stream: stream.clone(), detail: error.to_string() }
                 }
             })?;

@@ -9,11 +9,13 @@
 //! pointer swap between two batches ([`deploy`] checks a new version before that).
 
 mod changes;
+mod consumers;
 mod deploy;
 mod records;
 
 pub use changes::{ChangeFollower, ChangeKind, ComponentChange, Followed, NotFollowed};
 
+pub use consumers::{CONSUMER_SAMPLE, ConsumerReport, ConsumersReport};
 pub use deploy::{DeployError, DeployOptions, Deployed, ReplayExample, ReplayReport};
 pub use records::ReplaySummary;
 
@@ -381,13 +383,17 @@ impl ComponentRegistry {
         let bytes = blob(&self.store, name, &record, record.active).await?;
         let (runtime, store, running) = (self.runtime.clone(), self.store.clone(), self.active(name));
         let type_name = name.to_owned();
+        let consumers = consumers::consumers_of(self, name);
         // Loading may compile (when the cache was cleared) and replaying is CPU work: keep
         // both off the async threads.
         let (component, replay) = tokio::task::spawn_blocking(move || {
             let component = runtime.load(&bytes)?;
             let replay = match (&component, check) {
                 (Loaded::Aggregate(new), SwitchCheck::Replay { sample }) => {
-                    Some(deploy::replay_check(running.as_deref(), new, &store, &type_name, sample)?)
+                    let replay = deploy::replay_check(running.as_deref(), new, &store, &type_name, sample)?;
+                    // A switch changes schemas as a deploy does: the consumers must read them.
+                    consumers::consumer_check(&consumers, running.as_deref(), new, &store, sample, false)?;
+                    Some(replay)
                 }
                 _ => None,
             };

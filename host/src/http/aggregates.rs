@@ -2,7 +2,7 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::event_json::{EventJson, events_json};
+use super::event_json::{EventJson, as_read, events_json};
 use super::extract::{Body, Params, Path, header_text, if_match};
 use super::openapi::ErrorBody;
 use crate::actor::{CommandError, CommandReply, CommandRequest};
@@ -454,11 +454,13 @@ async fn state_at(state: &AppState, stream: &StreamId, version: u64) -> Result<O
         ("id" = String, Path, description = "The aggregate's id"),
         ("from" = Option<u64>, Query, description = "The first version (default 1)"),
         ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000); a page also stops once its events reach 4 MiB"),
+        ("upcast" = Option<bool>, Query, description = "Answer the events as the active version's consumers read them (after its upcasters), not as stored"),
     ),
     responses(
         (status = 200, description = "A page of events; `next_from` is where the next page starts when there may be more", body = EventsAnswer),
         (status = 400, description = "A bad id or query", body = ErrorBody),
         (status = 404, description = "Unknown type or a stream with no events", body = ErrorBody),
+        (status = 422, description = "With `upcast`: the active version's upcasters fail on an event (`upcast_failed`, naming it)", body = ErrorBody),
     ))]
 pub async fn events(
     State(state): State<AppState>,
@@ -471,9 +473,11 @@ pub async fn events(
     if state.store.stream_head(&stream).await?.is_none() {
         return Err(ApiError::not_found("stream_not_found", format!("{stream} has no events")));
     }
+    let upcast = params.flag("upcast")?;
     let events = state.store.read_stream(&stream, Version(from), Page::new(limit, PAGE_BYTES)).await?;
     let next_from = (events.len() == limit || super::events::page_full(&events))
         .then(|| events.last().map(|e| (e.version + 1).get()))
         .flatten();
+    let events = as_read(&state, events, upcast).await?;
     Ok(Json(EventsAnswer { events: events_json(&events), next_after: None, next_from }))
 }

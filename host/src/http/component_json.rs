@@ -4,7 +4,8 @@
 //! what is sent.
 
 use crate::components::{
-    ComponentSummary, Deployed, ReplayExample, ReplayReport, ReplaySummary, Switched, VersionSummary,
+    ComponentSummary, ConsumersReport, Deployed, ReplayExample, ReplayReport, ReplaySummary, Switched,
+    VersionSummary,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -56,6 +57,31 @@ pub struct DeployJson {
     pub active: bool,
     pub dry_run: bool,
     pub replay: ReplayJson,
+    /// The consumer check's findings: present when the version changes an event type's
+    /// schema (docs/ARCHITECTURE.md, "Schema versions and upcasting").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumers: Option<ConsumersJson>,
+}
+
+/// What the consumer check found: the event types whose schema changes, how many stored
+/// events of them were sampled, and what each consumer did with them.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConsumersJson {
+    pub changed_types: Vec<String>,
+    pub sampled: u64,
+    pub consumers: Vec<ConsumerJson>,
+}
+
+/// One consumer's part of the check.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConsumerJson {
+    pub name: String,
+    /// `reaction` or `projection`.
+    pub kind: &'static str,
+    /// Sampled events it reads.
+    pub events: u64,
+    /// Of those, the ones it answers differently in the new schema (other commands, other documents).
+    pub changed: u64,
 }
 
 /// What a replay check found.
@@ -144,7 +170,25 @@ impl From<Deployed> for DeployJson {
             active: deployed.active,
             dry_run: deployed.dry_run,
             replay: deployed.replay.into(),
+            consumers: ConsumersJson::of(deployed.consumers),
         }
+    }
+}
+
+impl ConsumersJson {
+    fn of(report: ConsumersReport) -> Option<Self> {
+        if report.changed_types.is_empty() {
+            return None;
+        }
+        Some(ConsumersJson {
+            changed_types: report.changed_types,
+            sampled: report.sampled,
+            consumers: report
+                .consumers
+                .into_iter()
+                .map(|c| ConsumerJson { name: c.name, kind: c.kind, events: c.events, changed: c.changed })
+                .collect(),
+        })
     }
 }
 

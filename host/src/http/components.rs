@@ -33,6 +33,7 @@ pub async fn components(State(state): State<AppState>) -> Json<Vec<ComponentJson
         ("name" = String, Path, description = "The component's name, e.g. `account`"),
         ("dry_run" = Option<bool>, Query, description = "Run every check and activate nothing"),
         ("react_from" = Option<String>, Query, description = "`beginning`: a new subscriber reacts to the whole log; `now` (default): to new events"),
+        ("allow_changed_reactions" = Option<bool>, Query, description = "Let the consumer check pass a reaction that sends other commands for events in the new schema"),
     ),
     request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's .wasm bytes"),
     responses(
@@ -40,7 +41,7 @@ pub async fn components(State(state): State<AppState>) -> Json<Vec<ComponentJson
         (status = 400, description = "An empty body or a bad query", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 413, description = "The component is too large", body = ErrorBody),
-        (status = 422, description = "Not a valid component, the wrong world or kind, a replay failure, or too slow to compile", body = ErrorBody),
+        (status = 422, description = "Not a valid component, the wrong world or kind, a replay failure, a consumer that cannot read the new schema (`consumer_breaks`), or too slow to compile", body = ErrorBody),
     ))]
 pub async fn deploy(
     State(state): State<AppState>,
@@ -65,6 +66,7 @@ pub async fn deploy(
         react_from_beginning,
         replay_sample: state.replay_sample,
         compile_timeout: Some(state.compile_timeout),
+        allow_changed_reactions: params.flag("allow_changed_reactions")?,
     };
     let bytes = axum::body::to_bytes(body, state.max_component_bytes).await.map_err(|_| {
         ApiError::new(

@@ -137,6 +137,7 @@ impl From<GuestError> for ApiError {
             GuestError::Trap(_) => "guest_trap",
             GuestError::Timeout(_) => "guest_timeout",
             GuestError::OutputTooLarge { .. } => "guest_output_too_large",
+            GuestError::SchemaUnknown { .. } => "schema_unknown",
             // Every instance slot is taken: the host is overloaded, the guest did nothing wrong.
             GuestError::Busy(_) => {
                 return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", error.to_string())
@@ -203,6 +204,9 @@ impl From<DeployError> for ApiError {
             }
             DeployError::ReplayFailed { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "replay_failed", message)
+            }
+            DeployError::ConsumerBreaks { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "consumer_breaks", message)
             }
             DeployError::NotFollowed(_) => ApiError::internal(message),
             DeployError::Interrupted(why) => StoreError::Unavailable(why).into(),

@@ -1,7 +1,10 @@
 //! An event as users see it over HTTP (API.md's EVENT): in answers and in the live stream.
 
+use super::AppState;
+use super::error::ApiError;
 use crate::msgpack::to_json;
 use crate::store::StoredEvent;
+use axum::http::StatusCode;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -23,6 +26,9 @@ pub struct EventJson {
     pub correlation_id: String,
     pub causation_id: Option<String>,
     pub component_version: u32,
+    /// The schema version of `data`: as stored, or as the active version's consumers read
+    /// it with `?upcast=true`.
+    pub schema: u32,
 }
 
 impl From<&StoredEvent> for EventJson {
@@ -37,10 +43,40 @@ impl From<&StoredEvent> for EventJson {
             correlation_id: event.correlation_id.clone(),
             causation_id: event.causation_id.clone(),
             component_version: event.component_version.get(),
+            schema: event.schema,
         }
     }
 }
 
 pub fn events_json(events: &[StoredEvent]) -> Vec<EventJson> {
     events.iter().map(EventJson::from).collect()
+}
+
+/// `events` as a read asked for them: as stored, or with `upcast` as the active version of
+/// each one's producer reads them (`?upcast=true`; API.md's EVENT).
+pub async fn as_read(
+    state: &AppState,
+    mut events: Vec<StoredEvent>,
+    upcast: bool,
+) -> Result<Vec<StoredEvent>, ApiError> {
+    if !upcast {
+        return Ok(events);
+    }
+    let components = state.components.clone();
+    // Upcasting runs guest code: off the async threads.
+    tokio::task::spawn_blocking(move || {
+        crate::upcast::upcast_selected(|t| components.active(t), &mut events, |_| true)?;
+        Ok(events)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the upcast task failed: {e}")))?
+}
+
+impl From<crate::upcast::UpcastError> for ApiError {
+    fn from(error: crate::upcast::UpcastError) -> Self {
+        if error.is_transient() {
+            return error.error.into();
+        }
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "upcast_failed", error.to_string())
+    }
 }

@@ -3,7 +3,7 @@
 use super::AppState;
 use super::aggregates::{EventsAnswer, PAGE_BYTES};
 use super::error::ApiError;
-use super::event_json::events_json;
+use super::event_json::{as_read, events_json};
 use super::extract::{Params, Path};
 use super::openapi::ErrorBody;
 use crate::store::{Page, Position};
@@ -17,18 +17,22 @@ const MAX_PAGE: usize = 1000;
     params(
         ("after" = Option<u64>, Query, description = "Events after this position (default 0)"),
         ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000); a page also stops once its events reach 4 MiB"),
+        ("upcast" = Option<bool>, Query, description = "Answer the events as the active versions' consumers read them (after their producers' upcasters), not as stored"),
     ),
     responses(
         (status = 200, description = "A page of the log; `next_after` is where the next page starts when there may be more", body = EventsAnswer),
         (status = 400, description = "A bad query", body = ErrorBody),
+        (status = 422, description = "With `upcast`: a producer's upcasters fail on an event (`upcast_failed`, naming it)", body = ErrorBody),
     ))]
 pub async fn global(State(state): State<AppState>, params: Params) -> Result<Json<EventsAnswer>, ApiError> {
     let after = Position(params.u64("after")?.unwrap_or(0));
     let limit = params.limit(100, MAX_PAGE)?;
+    let upcast = params.flag("upcast")?;
     let events = state.store.read_all(after, Page::new(limit, PAGE_BYTES)).await?;
     let next_after = (events.len() == limit || page_full(&events))
         .then(|| events.last().map(|e| e.position.get()))
         .flatten();
+    let events = as_read(&state, events, upcast).await?;
     Ok(Json(EventsAnswer::with_next(events_json(&events), next_after)))
 }
 

@@ -18,6 +18,7 @@ use super::connections::ClientAddress;
 use super::error::ApiError;
 use super::extract::{Params, header_text};
 use super::openapi::ErrorBody;
+use crate::components::ComponentRegistry;
 use crate::store::{EventStore, LogFollower, Page, Position, StoredEvent, StreamId};
 use axum::Extension;
 use axum::extract::State;
@@ -148,6 +149,10 @@ struct Reader {
     max_lag: u64,
     stopping: CancellationToken,
     ended: bool,
+    /// With `?upcast=true`: the components whose active versions upcast the events.
+    upcast: Option<Arc<ComponentRegistry>>,
+    /// Why the stream ends once `pending` is sent: an event it cannot upcast.
+    closing: Option<String>,
     _slot: Slot,
 }
 
@@ -164,6 +169,7 @@ struct Reader {
         ("stream" = Option<String>, Query, description = "Only events of this stream, e.g. `account/101`"),
         ("event_type" = Option<String>, Query, description = "Only events of this type"),
         ("correlation_id" = Option<String>, Query, description = "Only events of this saga"),
+        ("upcast" = Option<bool>, Query, description = "Send the events as the active versions' consumers read them (after their producers' upcasters), not as stored; `event_type` then matches the upcast type"),
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume right after this position (overrides `after`)"),
     ),
     responses(
@@ -191,6 +197,7 @@ pub async fn stream(
         event_type: params.text("event_type")?,
         correlation_id: params.text("correlation_id")?,
     };
+    let upcast = params.flag("upcast")?.then(|| state.components.clone());
     let slot = state.live_streams.open(client.map(|Extension(ClientAddress(address))| address.ip()))?;
     let reader = Reader {
         store: state.store.clone(),
@@ -202,6 +209,8 @@ pub async fn stream(
         max_lag: state.live_streams.max_lag,
         stopping: state.live_streams.stopping.clone(),
         ended: false,
+        upcast,
+        closing: None,
         _slot: slot,
     };
     let events = futures_util::stream::unfold(reader, |mut reader| async move {
@@ -232,6 +241,10 @@ impl Reader {
             if self.ended {
                 return None;
             }
+            if let Some(reason) = self.closing.take() {
+                self.ended = true;
+                return Some(end(&reason, self.read_to));
+            }
             if self.stopping.is_cancelled() {
                 self.ended = true;
                 return Some(end("the host is shutting down; resume with Last-Event-ID", self.read_to));
@@ -245,6 +258,17 @@ impl Reader {
                     }
                 }
                 Ok(page) => {
+                    let (page, unreadable) = self.upcast(page).await;
+                    match unreadable {
+                        None => {}
+                        // Overload: what was upcast goes out, the rest is read again shortly.
+                        Some(Unreadable::Busy) => {
+                            let resume = page.last().map_or(self.read_to, |e| e.position);
+                            self.follower.seek(resume);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Some(Unreadable::Event(reason)) => self.closing = Some(reason),
+                    }
                     self.read_to = page.last().map_or(self.read_to, |e| e.position);
                     let filter = &self.filter;
                     self.pending.extend(page.into_iter().filter(|e| filter.matches(e)));
@@ -262,6 +286,47 @@ impl Reader {
                 }
             }
         }
+    }
+}
+
+/// Why a page could not be upcast past some event.
+enum Unreadable {
+    /// Every guest instance slot was busy.
+    Busy,
+    /// The event's producer cannot upcast it: why, and how to go on.
+    Event(String),
+}
+
+impl Reader {
+    /// `page` as the client asked for it, up to the first event that could not be upcast,
+    /// and why it could not.
+    async fn upcast(&self, mut page: Vec<StoredEvent>) -> (Vec<StoredEvent>, Option<Unreadable>) {
+        let Some(components) = self.upcast.clone() else { return (page, None) };
+        // Upcasting runs guest code: off the async threads.
+        let upcast = tokio::task::spawn_blocking(move || {
+            match crate::upcast::upcast_selected(|t| components.active(t), &mut page, |_| true) {
+                Ok(()) => (page, None),
+                Err(error) if error.is_transient() => {
+                    page.truncate(error.index);
+                    (page, Some(Unreadable::Busy))
+                }
+                Err(error) => {
+                    let position = page[error.index].position;
+                    page.truncate(error.index);
+                    let reason = format!(
+                        "{error}; resume with Last-Event-ID: {position} to skip it, or read it as stored \
+                         (without upcast)"
+                    );
+                    (page, Some(Unreadable::Event(reason)))
+                }
+            }
+        });
+        upcast.await.unwrap_or_else(|e| {
+            (
+                Vec::new(),
+                Some(Unreadable::Event(format!("the upcast task failed: {e}; resume with Last-Event-ID"))),
+            )
+        })
     }
 }
 

@@ -46,6 +46,10 @@ pub struct Failure {
     pub stream: StreamId,
     pub event_type: String,
     pub reason: String,
+    /// Set when the event's producer could not upcast it (not the projection's fault): a
+    /// new active version of that aggregate lets the generation go on from the event.
+    #[serde(skip)]
+    pub producer: Option<String>,
 }
 
 /// What a runner shows of itself.
@@ -86,6 +90,9 @@ pub(crate) enum Control {
     /// Build a fresh generation with `version`; unless `force`, only if neither the live
     /// generation nor one being built is built by that version already.
     Rebuild { version: ComponentVersion, force: bool, reply: oneshot::Sender<Result<Generation, String>> },
+    /// Another version of the aggregate `type_name` is active: a generation stopped by its
+    /// upcast goes on.
+    ProducerChanged { type_name: String },
 }
 
 struct Handle {
@@ -226,6 +233,9 @@ impl Projections {
                         ChangeKind::Deleted => Ok(()),
                         _ => self.sync(&change.name).await.map_err(|error| error.to_string()),
                     };
+                    if self.context.components.active(&change.name).is_some() {
+                        self.producer_changed(&change.name);
+                    }
                     follower.applied(&change, synced);
                 }
                 Followed::Missed => {
@@ -236,6 +246,13 @@ impl Projections {
                     }
                 }
             }
+        }
+    }
+
+    /// Tell every runner that another version of the aggregate `type_name` is active.
+    fn producer_changed(&self, type_name: &str) {
+        for handle in self.handles.lock().expect("projections lock").values() {
+            let _ = handle.controls.send(Control::ProducerChanged { type_name: type_name.to_owned() });
         }
     }
 

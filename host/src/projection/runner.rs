@@ -12,7 +12,8 @@
 use super::{Context, Control, Failure, Shared};
 use crate::projection::store::{BatchCommit, Generation, ViewRecord};
 use crate::runtime::ProjectionComponent;
-use crate::store::{ComponentVersion, LogFollower, Page, Position, StoreError, StreamId};
+use crate::store::{ComponentVersion, LogFollower, Page, Position, StoreError, StoredEvent, StreamId};
+use crate::upcast::upcast_selected;
 use cairn_wire::EventEnvelope;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +107,19 @@ impl Runner {
                 };
                 self.publish();
                 let _ = reply.send(answer);
+            }
+            Control::ProducerChanged { type_name } => {
+                for lane in std::iter::once(&mut self.live).chain(self.next.as_mut()) {
+                    if lane.failure.as_ref().is_some_and(|f| f.producer.as_deref() == Some(&type_name)) {
+                        tracing::info!(
+                            projection = self.shared.name,
+                            producer = type_name,
+                            "going on after its new version"
+                        );
+                        lane.failure = None;
+                    }
+                }
+                self.publish();
             }
         }
     }
@@ -220,37 +234,55 @@ async fn step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Step {
 }
 
 async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result<Step, BatchError> {
-    let page = lane.follower.next_page(BATCH).await?;
+    let mut page = lane.follower.next_page(BATCH).await?;
     let Some(last) = page.last().map(|e| e.position) else { return Ok(Step::Idle) };
-    let info = lane.component.info();
-    let events: Vec<EventEnvelope> =
-        page.iter().filter(|e| info.wants(&e.stream_type, &e.event_type)).map(|e| e.envelope()).collect();
-    let (views, component, generation, rebuild, from) = (
+    let (views, component, generation, rebuild, from, registry) = (
         context.views.clone(),
         lane.component.clone(),
         lane.generation.id,
         lane.rebuild,
         lane.generation.cursor,
+        context.components.clone(),
     );
     let name_owned = name.to_owned();
     let (outcome, committed) = tokio::task::spawn_blocking(move || {
         if rebuild && let Some(stall) = crate::faults::rebuild_stall() {
             std::thread::sleep(stall);
         }
+        let info = component.info();
+        // The projection reads events as the active version of their producer reads them;
+        // a producer's upcaster that fails stops the view before that event, as a failure
+        // of the projection's own would.
+        let read_from = |e: &StoredEvent| info.subscriptions.iter().any(|s| s.source_type == e.stream_type);
+        let unreadable = match upcast_selected(|t| registry.active(t), &mut page, read_from) {
+            Ok(()) => None,
+            Err(error) if error.is_transient() => return Err(BatchError::Busy(error.error)),
+            Err(error) => Some(error),
+        };
+        let readable = &page[..unreadable.as_ref().map_or(page.len(), |e| e.index)];
+        let events: Vec<EventEnvelope> = readable
+            .iter()
+            .filter(|e| info.wants(&e.stream_type, &e.event_type))
+            .map(|e| e.envelope())
+            .collect();
         let reader = crate::replay::wait_for(views.reader(&name_owned, generation))?;
         let outcome = (!events.is_empty()).then(|| component.handle_batch(&events, reader));
         if let Some(error) = outcome.as_ref().and_then(|o| o.failure.as_ref()).filter(|e| e.is_transient()) {
             return Err(BatchError::Busy(error.clone()));
         }
-        let (writes, cursor, failure) = match outcome {
-            None => (Default::default(), last, None),
-            Some(outcome) => match outcome.failure {
-                None => (outcome.writes, last, None),
-                Some(error) => {
-                    let failed = &events[outcome.handled];
-                    (outcome.writes, Position(failed.position - 1), Some((failed.clone(), error)))
-                }
-            },
+        let (writes, cursor, failure) = match (outcome, unreadable) {
+            (Some(outcome), _) if outcome.failure.is_some() => {
+                let failed = &events[outcome.handled];
+                let error = outcome.failure.expect("a failure").to_string();
+                (outcome.writes, Position(failed.position - 1), Some((failed.clone(), error, None)))
+            }
+            (outcome, Some(unreadable)) => {
+                let failed = page[unreadable.index].envelope();
+                let writes = outcome.map(|o| o.writes).unwrap_or_default();
+                let producer = Some(failed.stream_type.clone());
+                (writes, Position(failed.position - 1), Some((failed, unreadable.to_string(), producer)))
+            }
+            (outcome, None) => (outcome.map(|o| o.writes).unwrap_or_default(), last, None),
         };
         let committed =
             crate::replay::wait_for(views.commit(&name_owned, generation, &writes, from, cursor))?;
@@ -279,14 +311,15 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
         }
     }
     lane.generation.cursor = cursor;
-    if let Some((event, error)) = failure {
+    if let Some((event, error, producer)) = failure {
         tracing::error!(projection = name, position = event.position, "the projection failed: {error}");
         lane.follower.seek(cursor);
         lane.failure = Some(Failure {
             position: Position(event.position),
             stream: StreamId { type_name: event.stream_type, id: event.stream_id },
             event_type: event.event_type,
-            reason: error.to_string(),
+            reason: error,
+            producer,
         });
     }
     Ok(Step::Advanced)

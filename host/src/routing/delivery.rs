@@ -14,7 +14,7 @@ use super::{Counters, SubscriberShared};
 use crate::actor::{Causation, CommandError, CommandRequest};
 use crate::cluster::{Owner, RoutedCommandJson};
 use crate::lifecycle::Stopped;
-use crate::runtime::GuestError;
+use crate::runtime::{AggregateComponent, GuestError};
 use crate::store::{
     AppendBatch, AppendError, DeadLetter, DeadLetterKey, EventStore, OutcomeKey, Position, StoreError,
     StoredEvent, StoredOutcome, StreamId, Version,
@@ -38,6 +38,18 @@ pub(super) enum Work {
     Retry(oneshot::Sender<u64>),
     /// An operator's discard: drop the stream's parked sequence. Answers how many.
     Discard(oneshot::Sender<u64>),
+}
+
+/// An event as a reaction reads it.
+enum Readable {
+    /// As stored: in the schema its producer's active version reads.
+    AsStored,
+    /// Upcast by its producer's active version.
+    Upcast(Box<StoredEvent>),
+    /// As it is read, it is of a type the subscriber does not react to.
+    NotSubscribed,
+    /// Its producer's upcasters fail on it: parked.
+    Unreadable(Box<DeadLetter>),
 }
 
 /// A finished piece of work; `position` is set for a log event.
@@ -253,6 +265,16 @@ impl StreamWorker {
             let error = "the subscribing component is not deployed".to_owned();
             return Ok(Outcome::Park(self.letter(event, None, None, None, error, 0)));
         };
+        let upcast;
+        let event = match self.upcast(event, &component.component).await? {
+            Readable::AsStored => event,
+            Readable::Upcast(event) => {
+                upcast = event;
+                &upcast
+            }
+            Readable::NotSubscribed => return Ok(Outcome::Done),
+            Readable::Unreadable(letter) => return Ok(Outcome::Park(letter)),
+        };
         let envelope = event.envelope();
         let mut attempt = 0;
         let commands = loop {
@@ -292,6 +314,56 @@ impl StreamWorker {
             }
         }
         Ok(Outcome::Done)
+    }
+
+    /// `event` as the active version of its producer reads it (retried while the guest is
+    /// busy): an event stored in an older schema is upcast. Its type decides, once read,
+    /// whether the subscriber takes it: an event dispatched because it was stale may turn
+    /// out to be of a type the subscriber does not take (upcast, or because its producer
+    /// changed meanwhile).
+    async fn upcast(
+        &self,
+        event: &StoredEvent,
+        subscriber: &AggregateComponent,
+    ) -> Result<Readable, Stopped> {
+        let config = &self.shared.context.config;
+        let producer = self.shared.context.components.active(&event.stream_type);
+        let upcast = match producer {
+            Some(producer) if crate::upcast::is_stale(&producer.component, event) => {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let mut upcast = [event.clone()];
+                    match crate::upcast::upcast_with(&producer.component, &mut upcast) {
+                        Ok(()) => break Some(upcast.into_iter().next().expect("one event")),
+                        Err(error) if attempt >= config.max_attempts && !error.is_transient() => {
+                            let error = format!("the producer's upcast failed: {error}");
+                            let letter = self.letter(event, None, None, None, error, attempt);
+                            return Ok(Readable::Unreadable(letter));
+                        }
+                        Err(error) => {
+                            tracing::warn!(
+                                subscriber = self.shared.name,
+                                position = event.position.get(),
+                                "upcast failed, retrying: {error}"
+                            );
+                            self.pause(backoff(config, attempt)).await?;
+                        }
+                    }
+                }
+            }
+            _ => None,
+        };
+        let read = upcast.as_ref().unwrap_or(event);
+        let info = subscriber.info();
+        let wanted = info.reacts_to(&read.stream_type, &read.event_type, false)
+            || (info.reacts_to(&read.stream_type, &read.event_type, true)
+                && self.retrying(|| self.store().is_reply_to(event, &self.shared.name)).await?);
+        Ok(match (wanted, upcast) {
+            (false, _) => Readable::NotSubscribed,
+            (true, Some(upcast)) => Readable::Upcast(Box::new(upcast)),
+            (true, None) => Readable::AsStored,
+        })
     }
 
     async fn deliver_command(

@@ -153,11 +153,21 @@ impl Subscriber {
             let component = context.components.active(&self.shared.name);
             for event in events {
                 let Some(info) = component.as_ref().map(|active| active.component.info()) else { continue };
+                // An event stored in an older schema than its producer's active version reads
+                // may be of another type once upcast: its delivery upcasts it and decides.
+                let stale = context
+                    .components
+                    .active(&event.stream_type)
+                    .is_some_and(|producer| crate::upcast::is_stale(&producer.component, &event));
                 // A subscription that takes only replies sees the events caused by commands
                 // that reactions to this component's own type's events sent.
-                let wanted = info.reacts_to(&event.stream_type, &event.event_type, false)
-                    || (info.reacts_to(&event.stream_type, &event.event_type, true)
-                        && context.store.is_reply_to(&event, &self.shared.name).await?);
+                let wanted = if stale {
+                    info.subscriptions.iter().any(|s| s.source_type == event.stream_type)
+                } else {
+                    info.reacts_to(&event.stream_type, &event.event_type, false)
+                        || (info.reacts_to(&event.stream_type, &event.event_type, true)
+                            && context.store.is_reply_to(&event, &self.shared.name).await?)
+                };
                 if wanted {
                     self.progress.start(event.position);
                     let size = event.payload.len();

@@ -136,6 +136,15 @@ pub struct StoredEvent {
     /// existed have none (and a trailing field that is absent decodes as `None`).
     #[serde(default)]
     pub reply_to: Option<StreamId>,
+    /// The schema version its data was written in, as the component that wrote it declared
+    /// (docs/ARCHITECTURE.md, "Schema versions and upcasting"). Events stored before schemas
+    /// existed are at the first.
+    #[serde(default = "first_schema")]
+    pub schema: u32,
+}
+
+fn first_schema() -> u32 {
+    cairn_wire::FIRST_SCHEMA
 }
 
 impl Record for StoredEvent {
@@ -183,6 +192,8 @@ pub struct NewEvent {
     pub component_version: ComponentVersion,
     /// See [`StoredEvent::reply_to`].
     pub reply_to: Option<StreamId>,
+    /// See [`StoredEvent::schema`].
+    pub schema: u32,
 }
 
 impl NewEvent {
@@ -206,6 +217,7 @@ impl NewEvent {
             causation_id: self.causation_id.clone(),
             component_version: self.component_version,
             reply_to: self.reply_to.clone(),
+            schema: self.schema,
         }
     }
 }
@@ -518,12 +530,21 @@ mod tests {
                 prop::option::of(".{0,40}"),
                 any::<u32>(),
                 prop::option::of(("[a-z-]{1,10}", ".{1,20}")),
+                1..u32::MAX,
             ),
         )
             .prop_map(
                 |(
                     (stream_type, stream_id, version, position, event_type),
-                    (payload, recorded_at_micros, correlation_id, causation_id, component_version, reply_to),
+                    (
+                        payload,
+                        recorded_at_micros,
+                        correlation_id,
+                        causation_id,
+                        component_version,
+                        reply_to,
+                        schema,
+                    ),
                 )| StoredEvent {
                     stream_type,
                     stream_id,
@@ -536,6 +557,7 @@ mod tests {
                     causation_id,
                     component_version: ComponentVersion(component_version),
                     reply_to: reply_to.map(|(type_name, id)| StreamId { type_name, id }),
+                    schema,
                 },
             )
     }

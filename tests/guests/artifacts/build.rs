@@ -11,6 +11,7 @@ const GUESTS: &[Guest] = &[
     ("faulty-fixed", "FAULTY_FIXED", "tests/guests/faulty-fixed"),
     ("twin", "TWIN", "tests/guests/twin"),
     ("faulty-broken", "FAULTY_BROKEN", "tests/guests/faulty-broken"),
+    ("faulty-upcast", "FAULTY_UPCAST", "tests/guests/faulty-upcast"),
     ("hanging-describe", "HANGING_DESCRIBE", "tests/guests/hanging-describe"),
     ("fragile-view", "FRAGILE_VIEW", "tests/guests/fragile-view"),
     ("fragile-view-fixed", "FRAGILE_VIEW_FIXED", "tests/guests/fragile-view-fixed"),

@@ -482,6 +482,7 @@ mod tests {
                 causation_id: None,
                 component_version: ComponentVersion(1),
                 reply_to: None,
+                schema: cairn_wire::FIRST_SCHEMA,
             };
             // A new component version (digest 2) made the last five.
             let digest = vec![if version <= 35 { 1 } else { 2 }];
@@ -532,6 +533,7 @@ mod tests {
             causation_id: causation.map(str::to_owned),
             component_version: ComponentVersion(1),
             reply_to: None,
+            schema: cairn_wire::FIRST_SCHEMA,
         };
         let append = |stream: &str, event: NewEvent| AppendBatch {
             stream: StreamId::new(stream.split_once('/').unwrap().0, stream.split_once('/').unwrap().1)

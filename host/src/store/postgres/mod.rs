@@ -295,7 +295,7 @@ struct PostgresReads {
 macro_rules! event_columns {
     () => {
         "position, stream_type, stream_id, version, event_type, payload, recorded_at_micros, \
-         correlation_id, causation_id, component_version, reply_to"
+         correlation_id, causation_id, component_version, reply_to, schema"
     };
 }
 
@@ -344,6 +344,10 @@ fn event(row: &Row) -> Result<StoredEvent, StoreError> {
         causation_id: row.try_get(8)?,
         component_version: ComponentVersion(row.try_get::<_, i64>(9)? as u32),
         reply_to,
+        schema: u32::try_from(row.try_get::<_, i32>(11)?)
+            .ok()
+            .filter(|&schema| schema >= cairn_wire::FIRST_SCHEMA)
+            .ok_or_else(|| StoreError::Corrupt("an event's schema is below 1".to_owned()))?,
     })
 }
 

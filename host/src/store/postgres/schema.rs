@@ -7,8 +7,11 @@ use crate::store::StoreError;
 use tokio_postgres::Client;
 
 /// The migrations, in order; the schema version is how many of them a database has.
-const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/0001_initial.sql"), include_str!("migrations/0002_cluster.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_cluster.sql"),
+    include_str!("migrations/0003_schemas.sql"),
+];
 
 /// The schema version this Cairn writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;

@@ -185,10 +185,20 @@ fn is_payment_leg(transaction_id: &str) -> bool {
 
 /// The misbehaving aggregate. `FIXED` is its later version: the reaction no longer traps,
 /// and (a changed rule) every `Incremented` counts ten. `BROKEN_FOLD` is a version whose
-/// fold traps on `Incremented`, so a deploy's replay check must refuse it.
-pub struct Faulty<const FIXED: bool, const BROKEN_FOLD: bool = false>;
+/// fold traps on `Incremented`, so a deploy's replay check must refuse it. `BROKEN_UPCAST`
+/// is a version that moves `Recorded` to schema 2 with an upcaster that traps on the note
+/// `poison`, so the replay check must refuse it on a stream that holds one.
+pub struct Faulty<const FIXED: bool, const BROKEN_FOLD: bool = false, const BROKEN_UPCAST: bool = false>;
 
-impl<const FIXED: bool, const BROKEN_FOLD: bool> Aggregate for Faulty<FIXED, BROKEN_FOLD> {
+/// `Recorded`'s fields, as the upcaster reads and writes them.
+#[derive(Serialize, Deserialize)]
+struct RecordedNote {
+    note: String,
+}
+
+impl<const FIXED: bool, const BROKEN_FOLD: bool, const BROKEN_UPCAST: bool> Aggregate
+    for Faulty<FIXED, BROKEN_FOLD, BROKEN_UPCAST>
+{
     const TYPE: &'static str = "faulty";
     type State = FaultyState;
     type Command = FaultyCommand;
@@ -273,6 +283,16 @@ impl<const FIXED: bool, const BROKEN_FOLD: bool> Aggregate for Faulty<FIXED, BRO
             | FaultyEvent::Probed { .. } => {}
         }
         state
+    }
+
+    fn upcasters() -> Vec<cairn_guest::Upcaster> {
+        if !BROKEN_UPCAST {
+            return Vec::new();
+        }
+        vec![cairn_guest::Upcaster::step("Recorded", 1, |old: RecordedNote| {
+            assert!(old.note != "poison", "this upcaster cannot read the note poison");
+            old
+        })]
     }
 
     fn subscriptions() -> Vec<Subscription> {
