@@ -34,15 +34,14 @@ impl Upcaster {
         Old: DeserializeOwned,
         New: Serialize,
     {
-        Upcaster {
-            event_type: event_type.to_owned(),
+        Upcaster::new(
+            event_type,
             from,
-            to_type: event_type.to_owned(),
-            step: Box::new(move |_, payload| {
+            Box::new(move |_, payload| {
                 let old: Old = codec::decode(payload).map_err(|e| e.to_string())?;
                 Ok((None, codec::encode(&upcast(old))))
             }),
-        }
+        )
     }
 
     /// Events of `event_type` stored at schema `from` are decoded as a variant of the old
@@ -54,16 +53,19 @@ impl Upcaster {
         Old: DeserializeOwned,
         New: Serialize,
     {
-        Upcaster {
-            event_type: event_type.to_owned(),
+        Upcaster::new(
+            event_type,
             from,
-            to_type: event_type.to_owned(),
-            step: Box::new(move |event_type, payload| {
+            Box::new(move |event_type, payload| {
                 let old: Old = codec::decode_variant(event_type, payload).map_err(|e| e.to_string())?;
                 let (new_type, payload) = codec::encode_variant(&upcast(old));
                 Ok((Some(new_type), payload))
             }),
-        }
+        )
+    }
+
+    fn new(event_type: &str, from: u32, step: Step) -> Self {
+        Upcaster { event_type: event_type.to_owned(), from, to_type: event_type.to_owned(), step }
     }
 
     /// The step also renames the event type: the upcast event is a `to` at schema `from + 1`.

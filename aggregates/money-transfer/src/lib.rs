@@ -76,6 +76,18 @@ struct AccountMovement {
 
 pub struct MoneyTransferAggregate;
 
+/// The saga step that records `event`, an account's movement for the transfer
+/// `transfer_id`, on that transfer (none for another event).
+pub fn report(event: &EventEnvelope, transfer_id: &str) -> Vec<OutgoingCommand> {
+    let command = match event.event_type.as_str() {
+        "AccountDebited" => MoneyTransferCommand::RecordDebit,
+        "AccountDebitFailedDueToInsufficientFunds" => MoneyTransferCommand::RecordDebitFailed,
+        "AccountCredited" => MoneyTransferCommand::RecordCredit { account_id: event.stream_id.clone() },
+        _ => return Vec::new(),
+    };
+    vec![MoneyTransferAggregate::command_to(transfer_id, &command)]
+}
+
 impl Aggregate for MoneyTransferAggregate {
     const TYPE: &'static str = "money-transfer";
     type State = MoneyTransfer;
@@ -197,13 +209,7 @@ impl Aggregate for MoneyTransferAggregate {
         let Ok(AccountMovement { transfer_id: Some(transfer_id) }) = event.data() else {
             return Vec::new();
         };
-        let command = match event.event_type.as_str() {
-            "AccountDebited" => MoneyTransferCommand::RecordDebit,
-            "AccountDebitFailedDueToInsufficientFunds" => MoneyTransferCommand::RecordDebitFailed,
-            "AccountCredited" => MoneyTransferCommand::RecordCredit { account_id: event.stream_id.clone() },
-            _ => return Vec::new(),
-        };
-        vec![Self::command_to(&transfer_id, &command)]
+        report(event, &transfer_id)
     }
 
     /// A debit or credit this transfer asked for was refused by the account.

@@ -59,16 +59,10 @@ impl Aggregate for MoneyTransferV2 {
     }
 
     fn react(event: &EventEnvelope) -> Vec<OutgoingCommand> {
-        let Some(transfer_id) = event.data::<Movement>().ok().and_then(Movement::transfer_id) else {
-            return Vec::new();
-        };
-        let command = match event.event_type.as_str() {
-            "AccountDebited" => MoneyTransferCommand::RecordDebit,
-            "AccountDebitFailedDueToInsufficientFunds" => MoneyTransferCommand::RecordDebitFailed,
-            "AccountCredited" => MoneyTransferCommand::RecordCredit { account_id: event.stream_id.clone() },
-            _ => return Vec::new(),
-        };
-        vec![Self::command_to(&transfer_id, &command)]
+        match event.data::<Movement>().ok().and_then(Movement::transfer_id) {
+            Some(transfer_id) => money_transfer::report(event, &transfer_id),
+            None => Vec::new(),
+        }
     }
 
     fn on_rejected(
