@@ -1,5 +1,8 @@
 //! The `cairn` command line: `serve`, plus client subcommands that speak the HTTP API.
 
+mod people;
+mod table;
+
 use crate::client::{HostClient, aggregate_path, segment};
 use crate::config::{ADMIN_TOKEN_FILE, ServeConfig};
 use anyhow::Context;
@@ -24,8 +27,9 @@ pub struct Cli {
     /// commands use when no `--token` is given.
     #[arg(long, global = true, default_value = "data", value_name = "DIR")]
     data: PathBuf,
-    /// Print answers as compact JSON, one line each, and a refusal as the host's JSON error
-    /// body on stderr: for scripts.
+    /// Print answers as the host's JSON, compact, one line each, and a refusal as the host's
+    /// JSON error body on stderr: for scripts. Without it lists are tables and other answers
+    /// one line, coloured on a terminal only (`NO_COLOR` turns colour off).
     #[arg(long, global = true)]
     json: bool,
     /// How `serve` writes its log to stderr: `text` (coloured only on a terminal) or `json`.
@@ -224,6 +228,19 @@ enum Command {
     },
     /// Each subscriber's cursor, lag, deliveries and dead letters.
     Routing {},
+    /// Events parked for a subscriber, in order (paged with --after).
+    DeadLetters {
+        #[arg(long)]
+        subscriber: Option<String>,
+        /// One source stream, e.g. `account/101`.
+        #[arg(long)]
+        stream: Option<String>,
+        /// The id of the last letter of the previous page.
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
     /// The cluster: every node, the partitions each holds, and what no node holds.
     Cluster {},
     /// Follow the global log live (Server-Sent Events), one event a line.
@@ -480,25 +497,25 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             if let Some(version) = expect_version {
                 request = request.header("If-Match", format!("\"{version}\""));
             }
-            print_answer(&client, request).await
+            print_answer(&client, request, people::command).await
         }
         Command::State { type_name, id, version } => {
             let mut path = aggregate_path(&type_name, &id);
             if let Some(version) = version {
                 path.push_str(&format!("?version={version}"));
             }
-            print_answer(&client, host.get(&path)).await
+            print_answer(&client, host.get(&path), people::state).await
         }
         Command::Events { type_name, id, from, limit } => {
             let path = format!("{}/events?from={from}&limit={limit}", aggregate_path(&type_name, &id));
-            print_answer(&client, host.get(&path)).await
+            print_answer(&client, host.get(&path), people::events).await
         }
         Command::View { projection, key, min_position } => {
             let mut path = format!("/views/{}/{}", segment(&projection), segment(&key));
             if let Some(position) = min_position {
                 path.push_str(&format!("?min_position={position}"));
             }
-            print_answer(&client, host.get(&path)).await
+            print_answer(&client, host.get(&path), people::document).await
         }
         Command::Tail { after, stream_type, stream, event_type, correlation_id } => {
             let filters = [
@@ -512,28 +529,37 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
                 filters.into_iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", segment(&v)))).collect();
             tail(&host, &format!("/events/stream?{}", query.join("&")), client.json).await
         }
-        Command::Views {} => print_answer(&client, host.get("/views")).await,
+        Command::Views {} => print_answer(&client, host.get("/views"), people::views).await,
         Command::Rebuild { projection } => {
             let path = format!("/views/{}/rebuild", segment(&projection));
-            print_answer(&client, host.post(&path).bearer_auth(client.token()?)).await
+            print_answer(&client, host.post(&path).bearer_auth(client.token()?), people::rebuild).await
         }
-        Command::Components {} => print_answer(&client, host.get("/components")).await,
+        Command::Components {} => print_answer(&client, host.get("/components"), people::components).await,
         Command::Export { file } => export(&host, &client, &file).await,
         Command::Import { file, store } => {
             import(&client, &file, store.filter(|s| !s.trim().is_empty())).await
         }
         Command::Log { after, limit } => {
-            print_answer(&client, host.get(&format!("/events?after={after}&limit={limit}"))).await
+            print_answer(&client, host.get(&format!("/events?after={after}&limit={limit}")), people::events)
+                .await
         }
         Command::Saga { correlation_id, after } => {
             let mut path = format!("/sagas/{}", segment(&correlation_id));
             if let Some(after) = after {
                 path.push_str(&format!("?after={after}"));
             }
-            print_answer(&client, host.get(&path)).await
+            print_answer(&client, host.get(&path), people::events).await
         }
-        Command::Routing {} => print_answer(&client, host.get("/routing")).await,
-        Command::Cluster {} => print_answer(&client, host.get("/cluster")).await,
+        Command::Routing {} => print_answer(&client, host.get("/routing"), people::routing).await,
+        Command::DeadLetters { subscriber, stream, after, limit } => {
+            let filters = [("subscriber", subscriber), ("stream", stream), ("after", after)];
+            let mut query: Vec<String> =
+                filters.into_iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", segment(&v)))).collect();
+            query.push(format!("limit={limit}"));
+            let path = format!("/routing/dead-letters?{}", query.join("&"));
+            print_answer(&client, host.get(&path), people::dead_letters).await
+        }
+        Command::Cluster {} => print_answer(&client, host.get("/cluster"), people::cluster).await,
         Command::Deploy { file, name, dry_run, react_from_beginning, allow_changed_reactions } => {
             let bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
             let name = match name {
@@ -559,7 +585,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
                 .bearer_auth(client.token()?)
                 .header("Content-Type", "application/wasm")
                 .body(bytes);
-            print_answer(&client, request).await
+            print_answer(&client, request, people::deployed).await
         }
         Command::Bench { scenario, connections, duration, count, accounts, no_baseline, also } => {
             use std::io::IsTerminal;
@@ -586,11 +612,11 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
         }
         Command::Rollback { name, force } => {
             let path = format!("/components/{}/rollback?force={force}", segment(&name));
-            print_answer(&client, host.post(&path).bearer_auth(client.token()?)).await
+            print_answer(&client, host.post(&path).bearer_auth(client.token()?), people::switched).await
         }
         Command::Activate { name, version, force } => {
             let path = format!("/components/{}/activate?version={version}&force={force}", segment(&name));
-            print_answer(&client, host.post(&path).bearer_auth(client.token()?)).await
+            print_answer(&client, host.post(&path).bearer_auth(client.token()?), people::switched).await
         }
     }
 }
@@ -686,7 +712,7 @@ async fn import(client: &Client, file: &Path, store: Option<String>) -> anyhow::
 
 fn report_contents(client: &Client, what: &str, file: &Path, contents: &crate::store::export::Contents) {
     if client.json {
-        println!("{}", serde_json::to_string_pretty(contents).expect("plain data"));
+        println!("{}", serde_json::to_string(contents).expect("plain data"));
     } else {
         println!(
             "{what} {} events (positions 1 to {}), {} components, {} idempotency and dedup records, \
@@ -762,19 +788,25 @@ fn event_line(data: &str) -> String {
     }
 }
 
-/// Print the answer's JSON; a refusal goes to stderr and fails the command.
-async fn print_answer(client: &Client, request: reqwest::RequestBuilder) -> anyhow::Result<()> {
+/// Print the answer: for a person through `render`, for a script (`--json`) as the host's JSON.
+/// A refusal goes to stderr and fails the command.
+async fn print_answer(
+    client: &Client,
+    request: reqwest::RequestBuilder,
+    render: people::Render,
+) -> anyhow::Result<()> {
     let response = request.send().await.map_err(|source| {
         let url = source.url().map(|u| u.origin().ascii_serialization()).unwrap_or_default();
         ClientFailure::Unreachable { url, source }
     })?;
     let status = response.status();
+    let headers = response.headers().clone();
     let text = response.text().await?;
     let body = serde_json::from_str::<Value>(&text).ok();
     if status.is_success() {
         match body {
             Some(body) if client.json => println!("{body}"),
-            Some(body) => println!("{}", serde_json::to_string_pretty(&body)?),
+            Some(body) => println!("{}", render(&body, &headers)),
             None => println!("{text}"),
         }
         return Ok(());
