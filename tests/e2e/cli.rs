@@ -164,6 +164,13 @@ fn a_client_command_without_a_host_fails_clearly() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("could not reach the cairn host"));
     let usage = Command::new(env!("CARGO_BIN_EXE_cairn")).args(["state", "account"]).output().unwrap();
     assert_eq!(usage.status.code(), Some(2), "2: a usage error");
+    // A correlation id goes in a header: one with a control character is a usage error.
+    let bad = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["send", "account", "1", "{}", "--correlation-id", "a\nb", "--url", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no control characters"), "{bad:?}");
 }
 
 /// `cairn bench` against a running host: a 2-second smoke of each scenario that asserts the

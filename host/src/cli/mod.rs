@@ -178,9 +178,9 @@ enum Command {
         /// The command as JSON: {"type": ..., "data": {...}}.
         #[arg(value_name = "JSON")]
         command: String,
-        #[arg(long)]
+        #[arg(long, value_parser = header_value)]
         idempotency_key: Option<String>,
-        #[arg(long)]
+        #[arg(long, value_parser = header_value)]
         correlation_id: Option<String>,
         /// Append only if the aggregate is at this version.
         #[arg(long)]
@@ -785,6 +785,14 @@ fn event_line(data: &str) -> String {
             event["data"]
         ),
         Err(_) => data.to_owned(),
+    }
+}
+
+/// A value sent as an HTTP header: refused at parsing (a usage error), not when it is sent.
+fn header_value(text: &str) -> Result<String, String> {
+    match reqwest::header::HeaderValue::from_str(text) {
+        Ok(_) => Ok(text.to_owned()),
+        Err(_) => Err("it is sent as an HTTP header: no control characters".to_owned()),
     }
 }
 
