@@ -8,6 +8,8 @@ fn cairn(host: &Host, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args(args)
         .args(["--url", &host.url])
+        // What a person reads in a pipe: no colour asked for by the environment.
+        .env_remove("CLICOLOR_FORCE")
         .output()
         .expect("run cairn")
 }
@@ -272,8 +274,9 @@ async fn people_read_tables_and_one_line_answers() {
     assert!(page.ends_with("more: --after 2\n"), "{page}");
     assert_eq!(cell_of(&person(&host, &["events", "account", "202"]), "6", "TYPE"), "AccountCredited");
 
-    crate::sagas::eventually("account-info to apply the transfer", || async {
-        host.get("/views").await.body["projections"][0]["cursor"] == 7
+    crate::sagas::eventually("both projections to apply the transfer", || async {
+        let views = host.get("/views").await.body;
+        views["projections"].as_array().unwrap().iter().all(|p| p["cursor"] == 7 && p["lag"] == 0)
     })
     .await;
     let views = person(&host, &["views"]);
@@ -285,6 +288,12 @@ async fn people_read_tables_and_one_line_answers() {
     assert_eq!(views, expected.join("\n") + "\n");
     let document = person(&host, &["view", "account-info", "202", "--min-position", "6"]);
     assert!(document.starts_with("at position 7: {\"balance\":15,"), "{document}");
+
+    // `--json` prints the host's bytes: its key order, not a re-serialisation's.
+    let raw = reqwest::get(format!("{}/components", host.url)).await.unwrap().text().await.unwrap();
+    assert_eq!(String::from_utf8(script(&host, &["components"]).stdout).unwrap(), raw + "\n");
+    let more = person(&host, &["events", "account", "101", "--limit", "1"]);
+    assert!(more.ends_with("more: --from 2\n"), "{more}");
 
     let components = person(&host, &["components"]);
     let listed = json_of(&script(&host, &["components"]));

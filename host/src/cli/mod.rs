@@ -761,7 +761,7 @@ async fn tail(host: &HostClient, path: &str, json: bool) -> anyhow::Result<()> {
             }
             match kind {
                 "end" => {
-                    eprintln!("the host ended the stream: {data}");
+                    eprintln!("the host ended the stream: {}", people::printable(&data));
                     return Ok(());
                 }
                 _ if data.is_empty() => {} // a keep-alive comment
@@ -775,7 +775,7 @@ async fn tail(host: &HostClient, path: &str, json: bool) -> anyhow::Result<()> {
 
 /// `position stream vVERSION Type {data}`: one event, readable in a terminal.
 fn event_line(data: &str) -> String {
-    match serde_json::from_str::<Value>(data) {
+    let line = match serde_json::from_str::<Value>(data) {
         Ok(event) => format!(
             "{:>8} {} v{} {} {}",
             event["position"],
@@ -785,7 +785,8 @@ fn event_line(data: &str) -> String {
             event["data"]
         ),
         Err(_) => data.to_owned(),
-    }
+    };
+    people::printable(&line)
 }
 
 /// A value sent as an HTTP header: refused at parsing (a usage error), not when it is sent.
@@ -813,25 +814,30 @@ async fn print_answer(
     let body = serde_json::from_str::<Value>(&text).ok();
     if status.is_success() {
         match body {
-            Some(body) if client.json => println!("{body}"),
+            // The host's bytes, not a re-serialisation: keys stay in the host's order.
+            Some(_) if client.json => println!("{}", text.trim_end()),
             Some(body) => println!("{}", render(&body, &headers)),
-            None => println!("{text}"),
+            None => println!("{}", people::printable(&text)),
         }
         return Ok(());
     }
     match body {
-        Some(body) if client.json => eprintln!("{body}"),
+        Some(_) if client.json => eprintln!("{}", text.trim_end()),
         _ => eprintln!("{}", refusal(status, body.as_ref(), &text)),
     }
     Err(ClientFailure::Refused(status).into())
 }
 
-/// A refusal for a person: the host's message, its code, and the status.
+/// A refusal for a person: the host's message, its code, and the status. A rejection's message
+/// and code come from the guest, so their control characters are escaped.
 fn refusal(status: reqwest::StatusCode, body: Option<&Value>, text: &str) -> String {
     let error = body.map(|b| &b["error"]);
     match error.map(|e| (e["code"].as_str(), e["message"].as_str())) {
-        Some((Some(code), Some(message))) => format!("{message} [{code}, HTTP {}]", status.as_u16()),
-        _ => format!("HTTP {status}: {}", text.trim()),
+        Some((Some(code), Some(message))) => {
+            let (message, code) = (people::printable(message), people::printable(code));
+            format!("{message} [{code}, HTTP {}]", status.as_u16())
+        }
+        _ => format!("HTTP {status}: {}", people::printable(text.trim())),
     }
 }
 
@@ -856,8 +862,17 @@ fn bundled_examples(names: &[String]) -> anyhow::Result<Vec<&'static str>> {
 
 #[cfg(test)]
 mod tests {
-    use super::Cli;
+    use super::{Cli, refusal};
     use clap::CommandFactory;
+
+    #[test]
+    fn a_guests_rejection_cannot_drive_the_terminal() {
+        let body = serde_json::json!({"error": {"code": "no\u{1b}[2J", "message": "bad\u{1b}]0;title\u{7}"}});
+        let said = refusal(reqwest::StatusCode::UNPROCESSABLE_ENTITY, Some(&body), "");
+        assert_eq!(said, r"bad\u{1b}]0;title\u{7} [no\u{1b}[2J, HTTP 422]");
+        let raw = refusal(reqwest::StatusCode::BAD_GATEWAY, None, "proxy\u{1b}[31m down\n");
+        assert_eq!(raw, r"HTTP 502 Bad Gateway: proxy\u{1b}[31m down");
+    }
 
     /// clap's own consistency checks (a global flag and a subcommand argument sharing a name
     /// fails here rather than at run time).

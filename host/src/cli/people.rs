@@ -21,7 +21,7 @@ fn cell(value: &Value) -> String {
 
 /// Text from the host with its control characters escaped: a stream id or an error message
 /// is written by clients and guests, and must not move the cursor or recolour the terminal.
-fn printable(text: &str) -> String {
+pub(super) fn printable(text: &str) -> String {
     text.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
 }
 
@@ -60,6 +60,18 @@ fn byte_size(bytes: &Value) -> String {
         Some(n) => format!("{n} B"),
         None => "-".to_owned(),
     }
+}
+
+/// A JSON value on one line, with the controls JSON leaves alone (DEL, C1) escaped too.
+fn json(value: &Value) -> String {
+    printable(&value.to_string())
+}
+
+/// A value a person pastes back into a shell: quoted unless it is plain.
+fn shell_word(text: &str) -> String {
+    let plain =
+        !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "-_:/.@+=,".contains(c));
+    if plain { text.to_owned() } else { format!("'{}'", printable(&text.replace('\'', r"'\''"))) }
 }
 
 /// A table, or what there would have been none of.
@@ -114,6 +126,18 @@ pub fn views(answer: &Value, _: &HeaderMap) -> String {
             let failure = &view["failure"];
             style(format!(
                 "at {} ({} {}): {}",
+                cell(&failure["position"]),
+                cell(&failure["stream"]),
+                cell(&failure["event_type"]),
+                printable(reason)
+            ))
+            .red()
+            .to_string()
+        } else if let Some(reason) = rebuild["failure"]["reason"].as_str() {
+            let failure = &rebuild["failure"];
+            style(format!(
+                "generation {} stopped at {} ({} {}): {}",
+                cell(&rebuild["generation"]),
                 cell(&failure["position"]),
                 cell(&failure["stream"]),
                 cell(&failure["event_type"]),
@@ -211,7 +235,7 @@ pub fn dead_letters(answer: &Value, _: &HeaderMap) -> String {
     }
     let mut text = table_or(table, "no dead letters");
     if let Some(next) = answer["next_after"].as_str() {
-        text.push_str(&format!("\nmore: --after {next}"));
+        text.push_str(&format!("\nmore: --after {}", shell_word(next)));
     }
     text
 }
@@ -282,12 +306,15 @@ pub fn events(answer: &Value, _: &HeaderMap) -> String {
             cell(&event["version"]),
             cell(&event["type"]),
             cell(&event["correlation_id"]),
-            event["data"].to_string(),
+            json(&event["data"]),
         ]);
     }
     let mut text = table_or(table, "no events");
+    // The global log and a saga page with `after`, one stream's events with `from`.
     if let Some(next) = answer["next_after"].as_u64() {
         text.push_str(&format!("\nmore: --after {next}"));
+    } else if let Some(next) = answer["next_from"].as_u64() {
+        text.push_str(&format!("\nmore: --from {next}"));
     }
     text
 }
@@ -296,7 +323,7 @@ pub fn events(answer: &Value, _: &HeaderMap) -> String {
 pub fn command(answer: &Value, _: &HeaderMap) -> String {
     let recorded: Vec<String> = list(answer, "events")
         .iter()
-        .map(|e| format!("{} {}", style(cell(&e["type"])).bold(), e["data"]))
+        .map(|e| format!("{} {}", style(cell(&e["type"])).bold(), json(&e["data"])))
         .collect();
     let recorded = if recorded.is_empty() { "nothing new recorded".to_owned() } else { recorded.join(", ") };
     format!("{}/{} v{}: {recorded}", cell(&answer["type"]), cell(&answer["id"]), cell(&answer["version"]))
@@ -309,14 +336,14 @@ pub fn state(answer: &Value, _: &HeaderMap) -> String {
         cell(&answer["type"]),
         cell(&answer["id"]),
         cell(&answer["version"]),
-        answer["state"]
+        json(&answer["state"])
     )
 }
 
 /// `cairn view`: the document, and the position the view had applied.
 pub fn document(answer: &Value, headers: &HeaderMap) -> String {
     let position = headers.get("x-cairn-position").and_then(|p| p.to_str().ok()).unwrap_or("?");
-    format!("at position {position}: {answer}")
+    format!("at position {}: {}", printable(position), json(answer))
 }
 
 /// `cairn rebuild`.
@@ -381,7 +408,8 @@ pub fn switched(answer: &Value, _: &HeaderMap) -> String {
 
 fn replay(report: &Value) -> String {
     let changed = report["changed"].as_u64().unwrap_or(0);
-    let example = report["example"]["stream"].as_str().map(|s| format!(", e.g. {s}")).unwrap_or_default();
+    let example =
+        report["example"]["stream"].as_str().map(|s| format!(", e.g. {}", printable(s))).unwrap_or_default();
     let changed = if changed > 0 {
         style(format!("{changed} changed{example}")).yellow().to_string()
     } else {
@@ -396,7 +424,7 @@ fn first_line(text: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::dead_letters;
+    use super::{dead_letters, shell_word};
     use reqwest::header::HeaderMap;
     use serde_json::json;
 
@@ -409,5 +437,11 @@ mod tests {
         let shown = dead_letters(&json!({"dead_letters": [letter], "next_after": null}), &HeaderMap::new());
         assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}'), "{shown:?}");
         assert!(shown.ends_with(r"react failed: \u{1b}[2J\u{7}gone"), "one line, escaped: {shown}");
+    }
+
+    #[test]
+    fn a_next_page_reads_back_into_a_shell() {
+        assert_eq!(shell_word("faulty:account/p:9"), "faulty:account/p:9");
+        assert_eq!(shell_word("faulty:a b?c'd:9"), r"'faulty:a b?c'\''d:9'");
     }
 }

@@ -40,7 +40,7 @@ impl Table {
             .map(|(i, (title, _))| {
                 self.rows
                     .iter()
-                    .map(|row| measure_text_width(&row[i]))
+                    .filter_map(|row| row.get(i).map(|cell| measure_text_width(cell)))
                     .chain([title.len()])
                     .max()
                     .unwrap_or(0)
