@@ -95,6 +95,20 @@ async fn three_hosts_answer_every_request_for_any_stream_and_own_every_partition
     assert_eq!(cluster["node"]["id"], "n1", "{cluster}");
     assert_eq!(cluster["partitions"], PARTITIONS, "{cluster}");
     assert_eq!(cluster["lease_ttl_ms"], TTL_MS, "{cluster}");
+    // `cairn cluster` for a person: this node on one line, then a row a member.
+    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["cluster", "--url", &hosts[0].url])
+        .env_remove("CLICOLOR_FORCE")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    let (this, table) = shown.split_once('\n').unwrap();
+    assert!(this.starts_with(&format!("this node: n1 at {} · 256 partitions", hosts[0].url)), "{shown}");
+    let rows: Vec<Vec<&str>> =
+        table.lines().map(|l| l.split("   ").map(str::trim).filter(|c| !c.is_empty()).collect()).collect();
+    assert_eq!(rows[0][..3], ["NODE", "URL", "ALIVE"], "{shown}");
+    let members: Vec<(&str, &str)> = rows[1..].iter().map(|row| (row[0], row[2])).collect();
+    assert_eq!(members, [("n1", "yes"), ("n2", "yes"), ("n3", "yes")], "{shown}");
 
     // Opened, credited and read each through another host: most streams are owned by one
     // of the other two, so most requests are forwarded.
