@@ -29,7 +29,7 @@ fn person(host: &Host, args: &[&str]) -> String {
 }
 
 /// A table's rows as cells: columns are at least three spaces apart and no cell holds three.
-fn rows_of(table: &str) -> Vec<Vec<String>> {
+pub(crate) fn rows_of(table: &str) -> Vec<Vec<String>> {
     table
         .lines()
         .map(|line| {

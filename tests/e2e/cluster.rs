@@ -104,10 +104,9 @@ async fn three_hosts_answer_every_request_for_any_stream_and_own_every_partition
     let shown = String::from_utf8(shown.stdout).unwrap();
     let (this, table) = shown.split_once('\n').unwrap();
     assert!(this.starts_with(&format!("this node: n1 at {} · 256 partitions", hosts[0].url)), "{shown}");
-    let rows: Vec<Vec<&str>> =
-        table.lines().map(|l| l.split("   ").map(str::trim).filter(|c| !c.is_empty()).collect()).collect();
+    let rows = crate::cli::rows_of(table);
     assert_eq!(rows[0][..3], ["NODE", "URL", "ALIVE"], "{shown}");
-    let members: Vec<(&str, &str)> = rows[1..].iter().map(|row| (row[0], row[2])).collect();
+    let members: Vec<(&str, &str)> = rows[1..].iter().map(|row| (row[0].as_str(), row[2].as_str())).collect();
     assert_eq!(members, [("n1", "yes"), ("n2", "yes"), ("n3", "yes")], "{shown}");
 
     // Opened, credited and read each through another host: most streams are owned by one

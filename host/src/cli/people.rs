@@ -122,29 +122,10 @@ pub fn views(answer: &Value, _: &HeaderMap) -> String {
     ]);
     for view in list(answer, "projections") {
         let rebuild = &view["rebuild"];
-        let detail = if let Some(reason) = view["failure"]["reason"].as_str() {
-            let failure = &view["failure"];
-            style(format!(
-                "at {} ({} {}): {}",
-                cell(&failure["position"]),
-                cell(&failure["stream"]),
-                cell(&failure["event_type"]),
-                printable(reason)
-            ))
-            .red()
-            .to_string()
-        } else if let Some(reason) = rebuild["failure"]["reason"].as_str() {
-            let failure = &rebuild["failure"];
-            style(format!(
-                "generation {} stopped at {} ({} {}): {}",
-                cell(&rebuild["generation"]),
-                cell(&failure["position"]),
-                cell(&failure["stream"]),
-                cell(&failure["event_type"]),
-                printable(reason)
-            ))
-            .red()
-            .to_string()
+        let detail = if view["failure"].is_object() {
+            failure(&view["failure"], "at")
+        } else if rebuild["failure"].is_object() {
+            failure(&rebuild["failure"], &format!("generation {} stopped at", cell(&rebuild["generation"])))
         } else if rebuild.is_object() {
             let progress = rebuild["progress"].as_f64().unwrap_or(0.0);
             format!("generation {} at {:.0}%", cell(&rebuild["generation"]), progress * 100.0)
@@ -163,6 +144,15 @@ pub fn views(answer: &Value, _: &HeaderMap) -> String {
         ]);
     }
     table_or(table, "no projections deployed")
+}
+
+/// Where a projection (or its rebuild) stopped and why, in red.
+fn failure(failure: &Value, lead: &str) -> String {
+    let (position, stream, event_type) =
+        (cell(&failure["position"]), cell(&failure["stream"]), cell(&failure["event_type"]));
+    style(format!("{lead} {position} ({stream} {event_type}): {}", cell(&failure["reason"])))
+        .red()
+        .to_string()
 }
 
 /// `cairn routing`.
@@ -424,7 +414,7 @@ fn first_line(text: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::{dead_letters, shell_word};
+    use super::{dead_letters, shell_word, views};
     use reqwest::header::HeaderMap;
     use serde_json::json;
 
@@ -443,5 +433,22 @@ mod tests {
     fn a_next_page_reads_back_into_a_shell() {
         assert_eq!(shell_word("faulty:account/p:9"), "faulty:account/p:9");
         assert_eq!(shell_word("faulty:a b?c'd:9"), r"'faulty:a b?c'\''d:9'");
+    }
+
+    #[test]
+    fn a_stopped_projection_or_rebuild_says_where_and_why() {
+        console::set_colors_enabled(false);
+        let at = json!({"position": 9, "stream": "account/p", "event_type": "AccountCredited", "reason": "trapped"});
+        let stopped = json!({"projections": [
+            {"name": "a", "version": 1, "status": "failed", "failure": at},
+            {"name": "b", "version": 1, "status": "running", "rebuild": {"generation": 2, "failure": at}},
+        ]});
+        let shown = views(&stopped, &HeaderMap::new());
+        let lines: Vec<&str> = shown.lines().collect();
+        assert!(lines[1].ends_with("at 9 (account/p AccountCredited): trapped"), "{shown}");
+        assert!(
+            lines[2].ends_with("generation 2 stopped at 9 (account/p AccountCredited): trapped"),
+            "{shown}"
+        );
     }
 }
