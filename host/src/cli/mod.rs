@@ -525,9 +525,7 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
                 ("event_type", event_type),
                 ("correlation_id", correlation_id),
             ];
-            let query: Vec<String> =
-                filters.into_iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", segment(&v)))).collect();
-            tail(&host, &format!("/events/stream?{}", query.join("&")), client.json).await
+            tail(&host, &format!("/events/stream?{}", query_of(filters)), client.json).await
         }
         Command::Views {} => print_answer(&client, host.get("/views"), people::views).await,
         Command::Rebuild { projection } => {
@@ -552,11 +550,13 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
         }
         Command::Routing {} => print_answer(&client, host.get("/routing"), people::routing).await,
         Command::DeadLetters { subscriber, stream, after, limit } => {
-            let filters = [("subscriber", subscriber), ("stream", stream), ("after", after)];
-            let mut query: Vec<String> =
-                filters.into_iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", segment(&v)))).collect();
-            query.push(format!("limit={limit}"));
-            let path = format!("/routing/dead-letters?{}", query.join("&"));
+            let filters = [
+                ("subscriber", subscriber),
+                ("stream", stream),
+                ("after", after),
+                ("limit", Some(limit.to_string())),
+            ];
+            let path = format!("/routing/dead-letters?{}", query_of(filters));
             print_answer(&client, host.get(&path), people::dead_letters).await
         }
         Command::Cluster {} => print_answer(&client, host.get("/cluster"), people::cluster).await,
@@ -787,6 +787,13 @@ fn event_line(data: &str) -> String {
         Err(_) => data.to_owned(),
     };
     people::printable(&line)
+}
+
+/// A query string of the parameters given, each value URL-encoded.
+fn query_of<const N: usize>(parameters: [(&str, Option<String>); N]) -> String {
+    let given: Vec<String> =
+        parameters.into_iter().filter_map(|(k, v)| v.map(|v| format!("{k}={}", segment(&v)))).collect();
+    given.join("&")
 }
 
 /// A value sent as an HTTP header: refused at parsing (a usage error), not when it is sent.
