@@ -32,6 +32,7 @@ mod reads;
 mod sagas;
 mod sandbox;
 mod schemas;
+mod schemathesis;
 mod stream;
 mod trust;
 mod views;

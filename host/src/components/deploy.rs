@@ -109,8 +109,14 @@ pub enum DeployError {
     Store(#[from] StoreError),
 }
 
-fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
+/// The longest component name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// [`valid_name`] as a regular expression, for the OpenAPI document.
+pub const COMPONENT_NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$";
+
+pub(crate) fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')

@@ -16,7 +16,11 @@ mod records;
 pub use changes::{ChangeFollower, ChangeKind, ComponentChange, Followed, NotFollowed};
 
 pub use consumers::{CONSUMER_SAMPLE, ConsumerReport, ConsumersReport};
-pub use deploy::{DeployError, DeployOptions, Deployed, ReplayExample, ReplayReport};
+#[cfg(test)]
+pub(crate) use deploy::valid_name;
+pub use deploy::{
+    COMPONENT_NAME_PATTERN, DeployError, DeployOptions, Deployed, MAX_NAME_LEN, ReplayExample, ReplayReport,
+};
 pub use records::ReplaySummary;
 
 use crate::runtime::{

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-const MAX_HEADER_LEN: usize = 256;
+use super::extract::MAX_HEADER_LEN;
 const MAX_EVENTS_PAGE: usize = 1000;
 
 /// A command: `{"type": "OpenAccount", "data": {"initial_balance": 25000}}`.

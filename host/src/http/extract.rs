@@ -62,6 +62,18 @@ pub async fn bound_uri(request: Request, next: axum::middleware::Next) -> axum::
     next.run(request).await
 }
 
+/// The largest integer a query parameter takes: `i64::MAX`.
+pub const MAX_QUERY_INTEGER: u64 = i64::MAX as u64;
+
+/// The longest text a query parameter takes, in characters.
+pub const MAX_QUERY_TEXT_CHARS: usize = 512;
+
+/// The longest `Idempotency-Key` or `X-Correlation-Id`.
+pub const MAX_HEADER_LEN: usize = 256;
+
+/// The longest `If-Match`.
+pub const MAX_IF_MATCH_LEN: usize = 64;
+
 /// Query parameters, parsed by name with errors in the JSON shape.
 pub struct Params(HashMap<String, String>);
 
@@ -83,25 +95,29 @@ fn parse_query(query: &str) -> Option<HashMap<String, String>> {
 }
 
 impl Params {
-    /// An optional unsigned integer parameter.
+    /// An optional integer parameter, 0 to [`MAX_QUERY_INTEGER`] (an int64, as the
+    /// document says and PostgreSQL keeps positions).
     pub fn u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
         match self.0.get(name) {
             None => Ok(None),
-            Some(text) => text.parse().map(Some).map_err(|_| {
+            Some(text) => text.parse().ok().filter(|n| *n <= MAX_QUERY_INTEGER).map(Some).ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_query",
-                    format!("{name} must be a non-negative integer, got {text:?}"),
+                    format!("{name} must be an integer from 0 to {MAX_QUERY_INTEGER}, got {text:?}"),
                 )
             }),
         }
     }
 
-    /// An optional text parameter (1 to 512 bytes when given).
+    /// An optional text parameter (1 to [`MAX_QUERY_TEXT_CHARS`] characters when given).
     pub fn text(&self, name: &str) -> Result<Option<String>, ApiError> {
         match self.0.get(name) {
             None => Ok(None),
-            Some(text) if text.is_empty() || text.len() > 512 => {
-                Err(ApiError::bad_request("invalid_query", format!("{name} must be 1 to 512 bytes")))
+            Some(text) if text.is_empty() || text.chars().count() > MAX_QUERY_TEXT_CHARS => {
+                Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("{name} must be 1 to {MAX_QUERY_TEXT_CHARS} characters"),
+                ))
             }
             Some(text) => Ok(Some(text.clone())),
         }
@@ -122,7 +138,7 @@ impl Params {
     pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
         match self.0.get(name).map(String::as_str) {
             None | Some("false" | "0") => Ok(false),
-            Some("true" | "1" | "") => Ok(true),
+            Some("true" | "1") => Ok(true),
             Some(other) => {
                 Err(ApiError::bad_request("invalid_query", format!("{name} is true or false, not {other:?}")))
             }
@@ -159,7 +175,7 @@ pub fn header_text(headers: &HeaderMap, name: &str, max_len: usize) -> Result<Op
 
 /// `If-Match: "<version>"` (quotes optional, as ETag gives them).
 pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(text) = header_text(headers, "if-match", 64)? else {
+    let Some(text) = header_text(headers, "if-match", MAX_IF_MATCH_LEN)? else {
         return Ok(None);
     };
     let unquoted = text.trim_start_matches("W/").trim_matches('"');

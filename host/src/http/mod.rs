@@ -105,7 +105,7 @@ async fn count_request(
 /// Every route of the API, apart from `main` so tests can use it without a socket.
 pub fn router(state: AppState, limits: BodyLimits) -> Router {
     let (routes, doc) = api_routes(limits).split_for_parts();
-    let doc = serde_json::to_vec(&doc).expect("the OpenAPI document serializes");
+    let doc = openapi::render(doc);
     let site = state.site.clone();
     let router = routes
         .route("/ui/", axum::routing::get(ui::console))
@@ -135,7 +135,7 @@ pub fn router(state: AppState, limits: BodyLimits) -> Router {
 }
 
 /// The routes, each registered with `routes!` so that it is in the OpenAPI document.
-fn api_routes(limits: BodyLimits) -> OpenApiRouter<AppState> {
+pub(super) fn api_routes(limits: BodyLimits) -> OpenApiRouter<AppState> {
     let commands = OpenApiRouter::new()
         .routes(routes!(aggregates::command))
         .routes(routes!(aggregates::command_new_id))

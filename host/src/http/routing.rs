@@ -27,7 +27,8 @@ pub async fn routing(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
     params(
         ("subscriber" = Option<String>, Query, description = "Only this subscriber's"),
         ("stream" = Option<String>, Query, description = "Only this stream's, e.g. `account/101`"),
-        ("after" = Option<String>, Query, description = "The `next_after` of the previous page"),
+        ("after" = Option<String>, Query, pattern = r"^[^:]*:.*/.*:\+?[0-9]{1,19}$",
+            description = "The `next_after` of the previous page: a letter's `id`, `subscriber:stream:position`"),
         ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000)"),
     ),
     responses(
@@ -82,17 +83,18 @@ pub async fn dead_letters(State(state): State<AppState>, params: Params) -> Resu
 /// `POST /routing/dead-letters/retry?subscriber=&stream=` (admin): deliver the parked
 /// sequences again, in order, with the components now active (typically after deploying a
 /// fixed version). Without `subscriber`, every subscriber's; without `stream`, every
-/// parked stream's. Answers what it released; delivery goes on in the background.
+/// parked stream's (so a stream alone is that stream for every subscriber). Answers what it
+/// released; delivery goes on in the background.
 #[utoipa::path(post, path = "/routing/dead-letters/retry", tag = "routing",
     summary = "Deliver parked sequences again, in order, with the active versions",
     security(("admin_token" = [])),
     params(
-        ("subscriber" = Option<String>, Query, description = "The subscriber"),
-        ("stream" = Option<String>, Query, description = "One parked stream of that subscriber"),
+        ("subscriber" = Option<String>, Query, description = "The subscriber (default: every one)"),
+        ("stream" = Option<String>, Query, description = "One parked stream (default: every one)"),
     ),
     responses(
         (status = 200, description = "`{\"retried\": [...], \"events\"}`", body = Object),
-        (status = 400, description = "A stream without its subscriber", body = ErrorBody),
+        (status = 400, description = "A bad query", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such subscriber", body = ErrorBody),
         (status = 503, description = "The subscriber is restarting", body = ErrorBody),
@@ -116,8 +118,8 @@ pub async fn retry_dead_letters(
     summary = "Drop parked sequences on purpose",
     security(("admin_token" = [])),
     params(
-        ("subscriber" = Option<String>, Query, description = "The subscriber"),
-        ("stream" = Option<String>, Query, description = "One parked stream of that subscriber"),
+        ("subscriber" = String, Query, description = "The subscriber"),
+        ("stream" = Option<String>, Query, description = "One parked stream of that subscriber (default: every one)"),
     ),
     responses(
         (status = 200, description = "`{\"discarded\": [...], \"events\"}`", body = Object),
@@ -146,14 +148,9 @@ fn sequences_answer(verb: &str, actions: Vec<SequenceAction>) -> Json<Value> {
     Json(json!({verb: actions, "events": events}))
 }
 
-/// `subscriber` and `stream` of a retry or discard; a stream needs its subscriber.
+/// `subscriber` and `stream` of a retry or discard.
 fn sequence_params(params: &Params) -> Result<(Option<String>, Option<StreamId>), ApiError> {
-    let subscriber = params.text("subscriber")?;
-    let stream = params.stream("stream")?;
-    if stream.is_some() && subscriber.is_none() {
-        return Err(ApiError::bad_request("invalid_query", "a stream is named together with its subscriber"));
-    }
-    Ok((subscriber, stream))
+    Ok((params.text("subscriber")?, params.stream("stream")?))
 }
 
 fn routing_error(error: RoutingError) -> ApiError {

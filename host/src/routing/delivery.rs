@@ -429,8 +429,11 @@ impl StreamWorker {
         let hand_back =
             routed(event, COMMAND_REJECTED.to_owned(), codec::encode(&rejected), format!("{key}:rejected"));
         let (error, attempts) = match self.send(event.stream(), hand_back).await? {
-            Sent::Done { .. } => {
-                self.counters().handed_back += 1;
+            Sent::Done { duplicate } => {
+                // A redelivery (after a restart) meets its hand-back already there.
+                let mut counters = self.counters();
+                counters.handed_back += u64::from(!duplicate);
+                counters.duplicates_ignored += u64::from(duplicate);
                 return Ok(Outcome::Done);
             }
             Sent::Rejected(refused) | Sent::Unroutable(refused) => (

@@ -105,7 +105,8 @@ pub struct Counters {
     pub delivered_commands: u64,
     /// Deliveries the target had already seen: deduplicated, no second effect.
     pub duplicates_ignored: u64,
-    /// Commands the target refused, handed back to their source as `CommandRejected`.
+    /// Commands the target refused, handed back to their source as `CommandRejected`
+    /// (each once: a redelivered hand-back counts as a duplicate).
     pub handed_back: u64,
     /// Attempts that met an overloaded target or a storage error and were retried.
     pub transient_retries: u64,
