@@ -62,6 +62,7 @@ impl Host {
             correlation_id: format!("{:032x}", self.next_transaction.load(Ordering::Relaxed)),
             causation: None,
             span: tracing::Span::none(),
+            trace: None,
         };
         self.actors.send(stream, request).await.expect("the command is accepted");
     }

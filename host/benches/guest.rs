@@ -76,6 +76,7 @@ fn credits(count: u64, first_schema: bool) -> Vec<cairn::store::StoredEvent> {
                 component_version: cairn::store::ComponentVersion(1),
                 reply_to: None,
                 schema: if first_schema { 1 } else { 2 },
+                trace: None,
             }
         })
         .collect()

@@ -37,6 +37,7 @@ fn credit(n: u64) -> NewEvent {
         component_version: ComponentVersion(1),
         reply_to: None,
         schema: 1,
+        trace: None,
     }
 }
 

@@ -36,4 +36,5 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod traces;
 pub mod upcast;

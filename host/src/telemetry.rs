@@ -47,6 +47,28 @@ pub fn command(type_name: &str, outcome: &'static str, took: Duration) {
         .record(took.as_secs_f64());
 }
 
+/// A span the trace export queue had no room for (`--otlp-endpoint`): dropped, not waited for.
+pub fn span_dropped() {
+    metrics::counter!("cairn_trace_spans_dropped_total").increment(1);
+}
+
+/// Spans the collector took.
+pub fn spans_exported(count: u64) {
+    metrics::counter!("cairn_trace_spans_exported_total").increment(count);
+}
+
+/// Spans a failed export request carried (the collector down, slow or refusing): lost.
+pub fn span_export_failed(count: u64, error: &str) {
+    metrics::counter!("cairn_trace_spans_failed_total").increment(count);
+    // At most once a minute: a collector that is down fails every second.
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().expect("export log lock");
+    if last.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+        *last = Some(std::time::Instant::now());
+        tracing::warn!("exporting {count} spans failed: {error}");
+    }
+}
+
 /// One group commit: its appends, events and how long the transaction and fsync took.
 pub fn group_commit(appends: usize, events: u64, took: Duration) {
     metrics::counter!("cairn_events_appended_total").increment(events);

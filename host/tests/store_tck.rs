@@ -13,6 +13,7 @@ use cairn::store::{
     AppendBatch, AppendError, ComponentVersion, EventStore, NewEvent, OutcomeKey, Position, Snapshot,
     StoredEvent, StoredOutcome, StreamId, Version, Writer,
 };
+use cairn::traces::TraceParent;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -31,6 +32,16 @@ fn event(n: u64) -> NewEvent {
         component_version: ComponentVersion(1),
         reply_to: None,
         schema: 1,
+        // Every other event was caused in a trace.
+        trace: (!n.is_multiple_of(2)).then(|| trace(n)),
+    }
+}
+
+fn trace(n: u64) -> TraceParent {
+    TraceParent {
+        trace_id: u128::from(n).to_be_bytes(),
+        span_id: (n + 1).to_be_bytes(),
+        sampled: !n.is_multiple_of(3),
     }
 }
 
@@ -115,6 +126,8 @@ async fn append_and_read_back_in_order(backend: Backend) {
     assert_eq!(types, ["Happened1", "Happened2", "Happened3", "Happened4"]);
     assert_eq!(events[1].payload, event(2).payload);
     assert_eq!(events[0].correlation_id, "corr-1");
+    let traces: Vec<_> = events.iter().map(|e| e.trace).collect();
+    assert_eq!(traces, [Some(trace(1)), None, Some(trace(3)), None], "each event keeps its trace");
     assert_eq!(store.stream_head(&s).await.unwrap(), Some((Version(4), events[3].position)));
     close(store, writer).await;
 }

@@ -192,6 +192,35 @@ async fn a_transfer_sent_from_the_form_opens_as_a_saga_across_its_three_streams(
     assert!(refused.contains("only the host's reactions may send it"), "{refused}");
     let events = host.get(&format!("/aggregates/money-transfer/{id}/events")).await.expect(200);
     assert_eq!(events.body["events"].as_array().unwrap().len(), 3, "nothing stored");
+
+    // A saga started with a traceparent links its trace, to the viewer this browser names.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let data = json!({"from_account_id": "s-101", "to_account_id": "s-202", "amount": 1});
+    let traced = host
+        .command_request("money-transfer", "s-traced", "CreateMoneyTransfer", data)
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .header("x-correlation-id", "s-traced");
+    host.send(traced).await.expect(200);
+    browser.goto(&format!("{}/ui/#/saga/s-traced", host.url)).await;
+    let link = browser
+        .wait_for(
+            "the trace link",
+            "const a = document.querySelector('#saga-trace a.trace'); return a ? a.href : null",
+        )
+        .await;
+    assert_eq!(link, json!(format!("http://localhost:16686/trace/{trace}")));
+    let viewer = "const input = document.querySelector('#saga-trace-viewer'); \
+        input.value = 'https://traces.example/t/{trace_id}?x=1'; \
+        input.dispatchEvent(new Event('change')); return null";
+    browser.eval(viewer, vec![]).await;
+    let link = browser
+        .wait_for(
+            "the trace link to the viewer named",
+            "const a = document.querySelector('#saga-trace a.trace'); \
+             return a && a.href.startsWith('https://traces.example') ? a.href : null",
+        )
+        .await;
+    assert_eq!(link, json!(format!("https://traces.example/t/{trace}?x=1")));
     browser.close().await;
 }
 

@@ -34,5 +34,6 @@ mod sandbox;
 mod schemas;
 mod schemathesis;
 mod stream;
+mod traces;
 mod trust;
 mod views;

@@ -534,6 +534,7 @@ impl Actor {
                     causation_id: causation_id.clone(),
                     component_version: loaded.component.version,
                     reply_to: reply_to.clone(),
+                    trace: request.trace,
                 }));
                 let version = loaded.version;
                 if let Some(key) = &outcome_key {
@@ -781,6 +782,7 @@ mod tests {
                 source: StreamId::new(source, "x").unwrap(),
             }),
             span: tracing::Span::none(),
+            trace: None,
         }
     }
 

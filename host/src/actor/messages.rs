@@ -50,6 +50,8 @@ pub struct CommandRequest {
     /// The command's span (type, id, correlation id): the actor enters it while it decides,
     /// so what the actor and the guest log carries them.
     pub span: tracing::Span,
+    /// The trace its events are stored with (see [`crate::traces::continue_trace`]).
+    pub trace: Option<crate::traces::TraceParent>,
 }
 
 /// Where a routed command came from; its `dedup_key` makes its effect happen once.

@@ -54,6 +54,7 @@ enum ClientFailure {
 
 /// Exit codes: 0 ok, 1 refused by the host (or failed), 2 usage, 3 host unreachable.
 pub const EXIT_REFUSED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNREACHABLE: u8 = 3;
 
 // Parsed once per process: `serve`'s many settings need no box.
@@ -158,6 +159,11 @@ enum Command {
         /// requests and read answers (CORS); repeatable. Pages of other sites are refused (403).
         #[arg(long = "allowed-origin", value_name = "ORIGIN")]
         allowed_origins: Vec<String>,
+        /// Export spans over OTLP/HTTP to this URL (e.g. `http://127.0.0.1:4318/v1/traces`):
+        /// a command, its reactions and the commands they send, and the projections, as one
+        /// trace. Nothing is exported without it; export never makes a command wait.
+        #[arg(long, env = "CAIRN_OTLP_ENDPOINT", value_name = "URL")]
+        otlp_endpoint: Option<String>,
         /// Join the cluster of hosts on the --store database, reachable by the others at URL
         /// (`http://HOST:PORT`): any host answers any request, each stream has one writer.
         #[arg(long, env = "CAIRN_ADVERTISE", value_name = "URL")]
@@ -362,7 +368,17 @@ impl Client {
 /// turn its outcome into the documented exit code.
 pub fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let otlp = match &cli.command {
+        Command::Serve { otlp_endpoint: Some(url), .. } if !url.trim().is_empty() => Some(url.trim()),
+        _ => None,
+    };
+    let traces = match init_logging(cli.log_format, otlp) {
+        Ok(traces) => traces,
+        Err(error) => {
+            eprintln!("cairn: {error:#}");
+            return std::process::ExitCode::from(EXIT_USAGE);
+        }
+    };
     let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -371,6 +387,10 @@ pub fn run() -> std::process::ExitCode {
             let client = Client { url: cli.url, token: cli.token, data: cli.data, json: cli.json };
             runtime.block_on(dispatch(cli.command, client))
         });
+    if let Some(traces) = traces {
+        // What is still queued goes out, within a bound.
+        let _ = traces.shutdown_with_timeout(std::time::Duration::from_secs(5));
+    }
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -389,15 +409,36 @@ pub fn run() -> std::process::ExitCode {
 }
 
 /// Logs go to stderr: text, coloured only when stderr is a terminal, or one JSON object a line.
-fn init_logging(format: LogFormat) {
+/// With an OTLP endpoint, spans are exported too (whatever the log level): the provider to
+/// shut down at exit is answered.
+fn init_logging(
+    format: LogFormat,
+    otlp: Option<&str>,
+) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
     use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,tower_http=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-    }
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Json => logs.json().boxed(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).boxed(),
+    };
+    let (spans, provider) = match otlp {
+        Some(url) => {
+            let parsed = reqwest::Url::parse(url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+            anyhow::ensure!(parsed.is_some(), "--otlp-endpoint must be an http:// or https:// URL: {url:?}");
+            let (layer, provider) = crate::traces::otlp_layer(url)?;
+            (Some(layer), Some(provider))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(logs.with_filter(filter)).with(spans).init();
+    Ok(provider)
 }
 
 async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
@@ -433,6 +474,8 @@ async fn dispatch(command: Command, client: Client) -> anyhow::Result<()> {
             advertise,
             node_id,
             lease_ttl_ms,
+            // Taken by the logging set-up, before the runtime starts.
+            otlp_endpoint: _,
         } => {
             let mut config = ServeConfig {
                 data_dir: client.data,

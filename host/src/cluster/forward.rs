@@ -46,6 +46,9 @@ pub struct RoutedCommandJson {
     pub causation_id: String,
     pub dedup_key: String,
     pub source: StreamId,
+    /// The sending host's trace context; a host before traces sends none.
+    #[serde(default)]
+    pub trace: Option<crate::traces::TraceParent>,
 }
 
 /// How the owner took a routed command: what the router needs to tell done, refused,
@@ -70,11 +73,18 @@ impl RoutedCommandJson {
             causation_id: causation.causation_id.clone(),
             dedup_key: causation.dedup_key.clone(),
             source: causation.source.clone(),
+            trace: request.trace,
         })
     }
 
     pub fn into_request(self) -> (StreamId, CommandRequest) {
-        let span = tracing::info_span!("routed command", target = %self.target, correlation_id = self.correlation_id);
+        let span = tracing::info_span!(
+            "routed_command",
+            target = %self.target,
+            command = %self.command_type,
+            correlation_id = %self.correlation_id,
+        );
+        let trace = crate::traces::continue_trace(&span, self.trace);
         let request = CommandRequest {
             command_type: self.command_type,
             payload: self.payload,
@@ -88,6 +98,7 @@ impl RoutedCommandJson {
                 source: self.source,
             }),
             span,
+            trace,
         };
         (self.target, request)
     }

@@ -18,6 +18,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::extract::MAX_HEADER_LEN;
+use crate::traces::TraceParent;
 const MAX_EVENTS_PAGE: usize = 1000;
 
 /// A command: `{"type": "OpenAccount", "data": {"initial_balance": 25000}}`.
@@ -185,6 +186,9 @@ async fn run_command(
         command = %command_type,
         correlation_id = %correlation_id,
     );
+    // A `traceparent` that is not one starts a trace of its own (W3C Trace Context).
+    let parent = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceParent::parse);
+    let trace = crate::traces::continue_trace(&span, parent);
     let idempotency_key = header_text(headers, "idempotency-key", MAX_HEADER_LEN)?;
     let fingerprint = idempotency_key.as_ref().map(|_| Fingerprint::of(&command_type, &data));
     let request = CommandRequest {
@@ -196,6 +200,7 @@ async fn run_command(
         correlation_id,
         causation: None,
         span: span.clone(),
+        trace,
     };
     let started = std::time::Instant::now();
     let type_name = stream.type_name.clone();

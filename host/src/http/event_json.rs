@@ -29,6 +29,9 @@ pub struct EventJson {
     /// The schema version of `data`: as stored, or as the active version's consumers read
     /// it with `?upcast=true`.
     pub schema: u32,
+    /// The trace (W3C trace id, 32 hex digits) of the command that caused it: one for every
+    /// event of a saga that started with a `traceparent`, or while spans are exported.
+    pub trace_id: Option<String>,
 }
 
 impl From<&StoredEvent> for EventJson {
@@ -44,6 +47,7 @@ impl From<&StoredEvent> for EventJson {
             causation_id: event.causation_id.clone(),
             component_version: event.component_version.get(),
             schema: event.schema,
+            trace_id: event.trace.map(|trace| trace.trace_id_hex()),
         }
     }
 }

@@ -265,6 +265,23 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
             .filter(|e| info.wants(&e.stream_type, &e.event_type))
             .map(|e| e.envelope())
             .collect();
+        // One span an event, in the event's trace, while the batch is handled and committed.
+        let _spans: Vec<tracing::Span> = readable
+            .iter()
+            .filter(|e| crate::traces::exporting() && e.trace.is_some())
+            .filter(|e| info.wants(&e.stream_type, &e.event_type))
+            .map(|e| {
+                let span = tracing::info_span!(
+                    "project",
+                    projection = %name_owned,
+                    stream = %e.stream(),
+                    position = e.position.get(),
+                    event_type = %e.event_type,
+                );
+                crate::traces::continue_trace(&span, e.trace);
+                span
+            })
+            .collect();
         let reader = crate::replay::wait_for(views.reader(&name_owned, generation))?;
         let outcome = (!events.is_empty()).then(|| component.handle_batch(&events, reader));
         if let Some(error) = outcome.as_ref().and_then(|o| o.failure.as_ref()).filter(|e| e.is_transient()) {

@@ -19,6 +19,7 @@ use crate::store::{
     AppendBatch, AppendError, DeadLetter, DeadLetterKey, EventStore, OutcomeKey, Position, StoreError,
     StoredEvent, StoredOutcome, StreamId, Version,
 };
+use crate::traces::TraceParent;
 
 /// Dead letters read at a time by a retry or a discard.
 const LETTER_PAGE: usize = 256;
@@ -276,10 +277,19 @@ impl StreamWorker {
             Readable::Unreadable(letter) => return Ok(Outcome::Park(letter)),
         };
         let envelope = event.envelope();
+        // The reaction and the commands it sends, in the trace the event was stored with.
+        let span = tracing::info_span!(
+            "react",
+            subscriber = %self.shared.name,
+            stream = %self.stream,
+            position = event.position.get(),
+            event_type = %event.event_type,
+        );
+        let trace = crate::traces::continue_trace(&span, event.trace);
         let mut attempt = 0;
         let commands = loop {
             attempt += 1;
-            match component.component.react(&envelope) {
+            match span.in_scope(|| component.component.react(&envelope)) {
                 Ok(commands) => break commands,
                 Err(error) if attempt >= config.max_attempts && !error.is_transient() => {
                     let error = format!("react failed: {error}");
@@ -308,7 +318,7 @@ impl StreamWorker {
         }
         let keys = dedup_keys(&self.shared.name, event.position, &commands);
         for (index, (command, key)) in commands.iter().zip(keys).enumerate() {
-            match self.deliver_command(event, index as u64, command, key).await? {
+            match self.deliver_command(event, trace, index as u64, command, key).await? {
                 Outcome::Done => {}
                 other => return Ok(other),
             }
@@ -369,6 +379,7 @@ impl StreamWorker {
     async fn deliver_command(
         &self,
         event: &StoredEvent,
+        trace: Option<TraceParent>,
         index: u64,
         command: &OutgoingCommand,
         key: String,
@@ -389,7 +400,7 @@ impl StreamWorker {
             }
             Ok(target) => loop {
                 let request =
-                    routed(event, command.command_type.clone(), command.payload.clone(), key.clone());
+                    routed(event, trace, command.command_type.clone(), command.payload.clone(), key.clone());
                 match self.send(target.clone(), request).await? {
                     Sent::Done { duplicate } => {
                         let mut counters = self.counters();
@@ -426,8 +437,13 @@ impl StreamWorker {
             code: rejection.code,
             message: rejection.message,
         };
-        let hand_back =
-            routed(event, COMMAND_REJECTED.to_owned(), codec::encode(&rejected), format!("{key}:rejected"));
+        let hand_back = routed(
+            event,
+            trace,
+            COMMAND_REJECTED.to_owned(),
+            codec::encode(&rejected),
+            format!("{key}:rejected"),
+        );
         let (error, attempts) = match self.send(event.stream(), hand_back).await? {
             Sent::Done { duplicate } => {
                 // A redelivery (after a restart) meets its hand-back already there.
@@ -670,15 +686,24 @@ fn backoff(config: &super::RoutingConfig, attempt: u32) -> Duration {
 
 /// A command caused by `event`: it carries the chain's correlation, the event's position
 /// as its cause, and `dedup_key`, which makes its effect happen once.
-fn routed(event: &StoredEvent, command_type: String, payload: Vec<u8>, dedup_key: String) -> CommandRequest {
+/// A command a reaction to `event` sends, in the trace of the reaction (`trace`).
+fn routed(
+    event: &StoredEvent,
+    trace: Option<TraceParent>,
+    command_type: String,
+    payload: Vec<u8>,
+    dedup_key: String,
+) -> CommandRequest {
     let span = tracing::info_span!(
         "routed_command",
         command = %command_type,
         correlation_id = %event.correlation_id,
         cause = event.position.get(),
     );
+    let trace = crate::traces::continue_trace(&span, trace);
     CommandRequest {
         span,
+        trace,
         command_type,
         payload,
         expected_version: None,

@@ -19,6 +19,7 @@ pub(crate) trait Record: Serialize + DeserializeOwned {
         rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{} record: {e}", Self::KIND)))
     }
 }
+use crate::traces::TraceParent;
 use std::fmt;
 
 /// The key under which a keyed command's outcome is recorded, so that the same command
@@ -141,6 +142,11 @@ pub struct StoredEvent {
     /// existed are at the first.
     #[serde(default = "first_schema")]
     pub schema: u32,
+    /// The trace the command that caused it was part of (W3C trace context): a client's
+    /// `traceparent`, or the trace of the event whose reaction sent the command. Events
+    /// stored before traces existed, or caused without one, have none.
+    #[serde(default)]
+    pub trace: Option<TraceParent>,
 }
 
 fn first_schema() -> u32 {
@@ -194,6 +200,8 @@ pub struct NewEvent {
     pub reply_to: Option<StreamId>,
     /// See [`StoredEvent::schema`].
     pub schema: u32,
+    /// See [`StoredEvent::trace`].
+    pub trace: Option<TraceParent>,
 }
 
 impl NewEvent {
@@ -218,6 +226,7 @@ impl NewEvent {
             component_version: self.component_version,
             reply_to: self.reply_to.clone(),
             schema: self.schema,
+            trace: self.trace,
         }
     }
 }
@@ -531,6 +540,7 @@ mod tests {
                 any::<u32>(),
                 prop::option::of(("[a-z-]{1,10}", ".{1,20}")),
                 1..u32::MAX,
+                prop::option::of((1..=u128::MAX, 1..=u64::MAX, any::<bool>())),
             ),
         )
             .prop_map(
@@ -544,6 +554,7 @@ mod tests {
                         component_version,
                         reply_to,
                         schema,
+                        trace,
                     ),
                 )| StoredEvent {
                     stream_type,
@@ -558,6 +569,11 @@ mod tests {
                     component_version: ComponentVersion(component_version),
                     reply_to: reply_to.map(|(type_name, id)| StreamId { type_name, id }),
                     schema,
+                    trace: trace.map(|(trace_id, span_id, sampled): (u128, u64, bool)| TraceParent {
+                        trace_id: trace_id.to_be_bytes(),
+                        span_id: span_id.to_be_bytes(),
+                        sampled,
+                    }),
                 },
             )
     }

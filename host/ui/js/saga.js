@@ -13,15 +13,49 @@ const CARD_HEIGHT = 58;
 const HEAD = 44;
 const PAGE = 1000;
 const SVG = "http://www.w3.org/2000/svg";
+// Where a trace id opens: any OTLP backend's trace page, `{trace_id}` replaced. Kept in
+// this browser; Jaeger's local UI until changed.
+const TRACE_VIEWER_KEY = "cairn.traceViewer";
+const DEFAULT_TRACE_VIEWER = "http://localhost:16686/trace/{trace_id}";
+
+function traceViewer() {
+  const saved = localStorage.getItem(TRACE_VIEWER_KEY) ?? "";
+  return /^https?:\/\//.test(saved) && saved.includes("{trace_id}") ? saved : DEFAULT_TRACE_VIEWER;
+}
+
+function traceHref(traceId) {
+  return traceViewer().replaceAll("{trace_id}", encodeURIComponent(traceId));
+}
+
+function traceLink(traceId) {
+  return h("a", { href: traceHref(traceId), target: "_blank", rel: "noopener noreferrer", class: "trace", dataset: { trace: traceId } },
+    h("code", {}, traceId));
+}
+
+/** The traces the saga's events were caused in (one when it started with a traceparent). */
+function traces(events) {
+  const ids = [...new Set(events.map((e) => e.trace_id).filter(Boolean))];
+  if (ids.length === 0) return null;
+  return h("p", { id: "saga-trace" }, ids.length === 1 ? "Trace " : "Traces ",
+    ids.flatMap((id, i) => (i === 0 ? [traceLink(id)] : [", ", traceLink(id)])));
+}
 
 export async function mount(view, route) {
   const correlationId = route.parts.join("/");
   const form = h("form", { class: "filters", id: "saga-lookup" },
     field("Correlation id", h("input", { name: "correlation", id: "saga-id", value: correlationId, required: true, size: 40 })),
+    field("Trace viewer", h("input", { name: "viewer", id: "saga-trace-viewer", value: traceViewer(), size: 40 }),
+      "A trace id opens here; {trace_id} is replaced"),
     h("div", { class: "buttons" }, h("button", { type: "submit", class: "primary" }, "Open")));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     location.hash = `#/saga/${path`${form.elements.correlation.value.trim()}`}`;
+  });
+  form.elements.viewer.addEventListener("change", () => {
+    const viewer = form.elements.viewer.value.trim();
+    if (viewer === DEFAULT_TRACE_VIEWER || viewer === "") localStorage.removeItem(TRACE_VIEWER_KEY);
+    else localStorage.setItem(TRACE_VIEWER_KEY, viewer);
+    for (const link of document.querySelectorAll("a.trace")) link.href = traceHref(link.dataset.trace);
   });
   if (!correlationId) {
     fill(view, h("div", { class: "page-head" }, h("h1", {}, "Sagas")), form,
@@ -47,7 +81,7 @@ export async function mount(view, route) {
   }
   const draw = () => fill(body, events.length === 0
     ? notice("No event carries this correlation id yet. The page shows the saga as soon as one does.")
-    : timeline(events));
+    : [traces(events), timeline(events)]);
   draw();
   const seen = new Set(events.map((e) => e.position));
   let timer = null;
@@ -128,7 +162,8 @@ function timeline(events) {
           h("dt", {}, "Caused by"), h("dd", {}, event.causation_id
             ? describeCause(byPosition.get(event.causation_id), event.causation_id)
             : "the command that started the saga"),
-          h("dt", {}, "Component version"), h("dd", {}, event.component_version)),
+          h("dt", {}, "Component version"), h("dd", {}, event.component_version),
+          event.trace_id ? [h("dt", {}, "Trace"), h("dd", {}, traceLink(event.trace_id))] : null),
         jsonBlock(event.data));
     });
     board.append(card);

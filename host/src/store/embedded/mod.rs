@@ -483,6 +483,7 @@ mod tests {
                 component_version: ComponentVersion(1),
                 reply_to: None,
                 schema: cairn_wire::FIRST_SCHEMA,
+                trace: None,
             };
             // A new component version (digest 2) made the last five.
             let digest = vec![if version <= 35 { 1 } else { 2 }];
@@ -534,6 +535,7 @@ mod tests {
             component_version: ComponentVersion(1),
             reply_to: None,
             schema: cairn_wire::FIRST_SCHEMA,
+            trace: None,
         };
         let append = |stream: &str, event: NewEvent| AppendBatch {
             stream: StreamId::new(stream.split_once('/').unwrap().0, stream.split_once('/').unwrap().1)

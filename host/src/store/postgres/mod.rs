@@ -295,7 +295,7 @@ struct PostgresReads {
 macro_rules! event_columns {
     () => {
         "position, stream_type, stream_id, version, event_type, payload, recorded_at_micros, \
-         correlation_id, causation_id, component_version, reply_to, schema"
+         correlation_id, causation_id, component_version, reply_to, schema, trace_parent"
     };
 }
 
@@ -348,6 +348,8 @@ fn event(row: &Row) -> Result<StoredEvent, StoreError> {
             .ok()
             .filter(|&schema| schema >= cairn_wire::FIRST_SCHEMA)
             .ok_or_else(|| StoreError::Corrupt("an event's schema is below 1".to_owned()))?,
+        // Written by the host from a parsed one; anything else reads as no trace.
+        trace: row.try_get::<_, Option<String>>(12)?.as_deref().and_then(crate::traces::TraceParent::parse),
     })
 }
 

@@ -11,6 +11,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_initial.sql"),
     include_str!("migrations/0002_cluster.sql"),
     include_str!("migrations/0003_schemas.sql"),
+    include_str!("migrations/0004_traces.sql"),
 ];
 
 /// The schema version this Cairn writes.

@@ -354,6 +354,7 @@ struct EventRows {
     reply_to: Vec<Option<String>>,
     schema: Vec<i32>,
     lease_epoch: Vec<Option<i64>>,
+    trace_parent: Vec<Option<String>>,
 }
 
 impl EventRows {
@@ -372,6 +373,7 @@ impl EventRows {
         self.reply_to.push(event.reply_to.as_ref().map(StreamId::key));
         // A component declares at most `MAX_SCHEMA_VERSION` (checked when it is loaded).
         self.schema.push(i32::try_from(event.schema).unwrap_or(i32::MAX));
+        self.trace_parent.push(event.trace.map(|trace| trace.to_string()));
     }
 }
 
@@ -397,9 +399,10 @@ const LOCK_HEAD: &str = "SELECT position, commit_sequence, owner_epoch, pg_backe
 const STREAM_VERSIONS: &str = "SELECT stream_type, stream_id, version, last_position FROM cairn.streams \
      WHERE (stream_type, stream_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))";
 const INSERT_EVENTS: &str = "INSERT INTO cairn.events (position, stream_type, stream_id, version, event_type, \
-     payload, recorded_at_micros, correlation_id, causation_id, component_version, reply_to, lease_epoch, schema) \
+     payload, recorded_at_micros, correlation_id, causation_id, component_version, reply_to, lease_epoch, schema, \
+     trace_parent) \
      SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bytea[], \
-     $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::integer[])";
+     $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::integer[], $14::text[])";
 const UPSERT_STREAMS: &str = "INSERT INTO cairn.streams (stream_type, stream_id, version, last_position) \
      SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
      ON CONFLICT (stream_type, stream_id) DO UPDATE SET version = EXCLUDED.version, \
@@ -814,7 +817,7 @@ async fn finish_group(
         if rows.position.is_empty() {
             return Ok(0);
         }
-        let params: [&(dyn ToSql + Sync); 13] = [
+        let params: [&(dyn ToSql + Sync); 14] = [
             &rows.position,
             &rows.stream_type,
             &rows.stream_id,
@@ -828,6 +831,7 @@ async fn finish_group(
             &rows.reply_to,
             &rows.lease_epoch,
             &rows.schema,
+            &rows.trace_parent,
         ];
         client.execute(&statements.insert_events, &params).await
     };
