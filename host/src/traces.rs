@@ -15,7 +15,7 @@ use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter, SpanPr
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -35,13 +35,14 @@ impl TraceParent {
         let header = header.trim();
         let mut parts = header.split('-');
         let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let version = u8::from_str_radix(version, 16).ok().filter(|_| version.len() == 2)?;
-        // Version 00 has exactly four parts; a later version may add more after the flags.
-        if version == 0xff || (version == 0 && parts.next().is_some()) {
+        let lower_hex = |s: &str, len: usize| {
+            s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        };
+        if !(lower_hex(version, 2) && lower_hex(trace, 32) && lower_hex(span, 16) && lower_hex(flags, 2)) {
             return None;
         }
-        let lower_hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !(lower_hex(trace) && lower_hex(span) && lower_hex(flags)) || flags.len() != 2 {
+        // Version ff is invalid; 00 has exactly four parts; a later one may add more after them.
+        if version == "ff" || (version == "00" && parts.next().is_some()) {
             return None;
         }
         let mut parent = TraceParent { trace_id: [0; 16], span_id: [0; 8], sampled: false };
@@ -97,6 +98,12 @@ impl<'de> Deserialize<'de> for TraceParent {
     }
 }
 
+/// An optional stored or forwarded trace context that reads as none when it is not one,
+/// rather than making the record that holds it unreadable.
+pub fn lenient<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<TraceParent>, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.as_deref().and_then(TraceParent::parse))
+}
+
 /// Hang `span` under `parent` (a client's `traceparent`, or the trace an event was stored
 /// with), and answer the context that what `span` causes carries on: the span itself when
 /// spans are exported, else `parent` unchanged, so a trace id still reaches every event.
@@ -135,21 +142,27 @@ where
     use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
     use tracing_subscriber::Layer;
     let client = reqwest::Client::builder().timeout(EXPORT_TIMEOUT).build()?;
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_http_client(client)
         .with_endpoint(endpoint)
         .with_timeout(EXPORT_TIMEOUT)
         .build()?;
+    // The provider hands its resource to processors, not to exporters a processor owns.
+    let resource = Resource::builder().with_service_name("cairn").build();
+    exporter.set_resource(&resource);
     let provider = SdkTracerProvider::builder()
         .with_span_processor(QueueProcessor::start(exporter)?)
-        .with_resource(Resource::builder().with_service_name("cairn").build())
+        .with_resource(resource)
         .build();
     let tracer = provider.tracer("cairn");
     // Only the host's own spans, whatever the log level says.
+    // The hint keeps the subscriber's level at INFO, so `log` records below it are not
+    // offered to every layer.
     let spans = tracing_subscriber::filter::filter_fn(|meta| {
         meta.is_span() && meta.target().starts_with("cairn") && SPANS.contains(&meta.name())
-    });
+    })
+    .with_max_level_hint(tracing::level_filters::LevelFilter::INFO);
     let layer = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(spans);
     EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok((layer, provider))
@@ -162,7 +175,7 @@ const SPANS: [&str; 4] = ["command", "routed_command", "react", "project"];
 /// (on a small runtime of its own, so no request of the host's waits for the collector).
 #[derive(Debug)]
 struct QueueProcessor {
-    queue: Mutex<Option<SyncSender<SpanData>>>,
+    queue: RwLock<Option<SyncSender<SpanData>>>,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -173,7 +186,7 @@ impl QueueProcessor {
         let worker = std::thread::Builder::new()
             .name("cairn-otlp-export".into())
             .spawn(move || export_batches(&runtime, exporter, spans))?;
-        Ok(QueueProcessor { queue: Mutex::new(Some(queue)), worker: Mutex::new(Some(worker)) })
+        Ok(QueueProcessor { queue: RwLock::new(Some(queue)), worker: Mutex::new(Some(worker)) })
     }
 }
 
@@ -181,11 +194,12 @@ impl SpanProcessor for QueueProcessor {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
 
     fn on_end(&self, span: SpanData) {
-        let queue = self.queue.lock().expect("trace queue lock");
-        let Some(queue) = queue.as_ref() else { return };
-        match queue.try_send(span) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => crate::telemetry::span_dropped(),
+        let sent = match self.queue.read().expect("trace queue lock").as_ref() {
+            Some(queue) => queue.try_send(span),
+            None => return,
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = sent {
+            crate::telemetry::span_dropped();
         }
     }
 
@@ -195,7 +209,7 @@ impl SpanProcessor for QueueProcessor {
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
         // Closing the queue ends the worker once it has sent what it holds.
-        drop(self.queue.lock().expect("trace queue lock").take());
+        drop(self.queue.write().expect("trace queue lock").take());
         if let Some(worker) = self.worker.lock().expect("trace worker lock").take() {
             let deadline = Instant::now() + timeout;
             while !worker.is_finished() && Instant::now() < deadline {
@@ -211,7 +225,6 @@ fn export_batches<E: SpanExporter>(
     exporter: E,
     spans: Receiver<SpanData>,
 ) {
-    let exporter = Arc::new(exporter);
     let mut batch = Vec::with_capacity(BATCH_SPANS);
     let mut open = true;
     while open {
@@ -271,6 +284,9 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "+0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0A-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0G",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
         ] {
             assert_eq!(TraceParent::parse(header), None, "{header:?}");

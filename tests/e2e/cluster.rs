@@ -151,13 +151,25 @@ async fn three_hosts_answer_every_request_for_any_stream_and_own_every_partition
     hosts[2].send(stale).await.expect_error(409, "version_conflict");
     assert_eq!(hosts[0].state("account", "acct-0").await["balance"], 1006);
 
-    // A saga across hosts: the routing runs on one of them, the accounts anywhere.
+    // A saga across hosts: the routing runs on one of them, the accounts anywhere. Each
+    // carries its client's trace, through forwarded and routed commands alike.
+    let trace = |n: usize| format!("4bf92f3577b34da6a3ce929d0e0e473{n}");
     for (n, (from, to)) in [(1, 2), (3, 4), (5, 6)].into_iter().enumerate() {
         let data = json!({"from_account_id": format!("acct-{from}"), "to_account_id": format!("acct-{to}"), "amount": 100});
-        hosts[n].command("money-transfer", &format!("tr-{n}"), "CreateMoneyTransfer", data).await.expect(200);
+        let request = hosts[n]
+            .command_request("money-transfer", &format!("tr-{n}"), "CreateMoneyTransfer", data)
+            .header("traceparent", format!("00-{}-00f067aa0ba902b7-01", trace(n)))
+            .header("X-Correlation-Id", format!("saga-tr-{n}"));
+        hosts[n].send(request).await.expect(200);
     }
     let outcomes = wait_all_terminal(&hosts[2], &["tr-0".into(), "tr-1".into(), "tr-2".into()]).await;
     assert_eq!(outcomes.get("COMPLETED"), Some(&3), "{outcomes:?}");
+    for n in 0..3 {
+        let saga = hosts[(n + 1) % 3].get(&format!("/sagas/saga-tr-{n}")).await.expect(200).body;
+        let events = saga["events"].as_array().unwrap();
+        assert_eq!(events.len(), 5, "{saga}");
+        assert!(events.iter().all(|e| e["trace_id"] == trace(n)), "tr-{n} is one trace: {saga}");
+    }
     assert_eq!(hosts[1].state("account", "acct-2").await["balance"], 1000 + 3 + 100);
     assert_eq!(hosts[0].state("account", "acct-1").await["balance"], 1000 + 2 - 100);
 

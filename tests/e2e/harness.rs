@@ -137,6 +137,8 @@ impl Host {
             .args(["--admin-token", "test-token"])
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
+            // A developer's collector is not the tests': a test that exports says where.
+            .env_remove("CAIRN_OTLP_ENDPOINT")
             .envs(own_env.map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

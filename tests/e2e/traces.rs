@@ -19,7 +19,9 @@ const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 /// One span as the receiver decoded it.
 #[derive(Debug, Clone)]
 struct Received {
+    service: String,
     trace_id: String,
+    span_id: String,
     parent_span_id: String,
     name: String,
     attributes: BTreeMap<String, String>,
@@ -40,27 +42,38 @@ impl Receiver {
             axum::routing::post(move |body: Bytes| async move {
                 let request = ExportTraceServiceRequest::decode(body).expect("an OTLP trace export");
                 let mut kept = kept.lock().unwrap();
-                for span in request.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans)
-                {
-                    let attributes = span
-                        .attributes
+                for resource in &request.resource_spans {
+                    let service = resource
+                        .resource
                         .iter()
-                        .map(|kv| {
-                            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                                Some(AttributeValue::StringValue(s)) => s.clone(),
-                                Some(AttributeValue::IntValue(n)) => n.to_string(),
-                                Some(AttributeValue::BoolValue(b)) => b.to_string(),
-                                other => format!("{other:?}"),
-                            };
-                            (kv.key.clone(), value)
-                        })
-                        .collect();
-                    kept.push(Received {
-                        trace_id: hex::encode(&span.trace_id),
-                        parent_span_id: hex::encode(&span.parent_span_id),
-                        name: span.name.clone(),
-                        attributes,
-                    });
+                        .flat_map(|r| &r.attributes)
+                        .find(|kv| kv.key == "service.name")
+                        .and_then(|kv| kv.value.as_ref()?.value.as_ref().map(text))
+                        .unwrap_or_default();
+                    for span in resource.scope_spans.iter().flat_map(|s| &s.spans) {
+                        let attributes = span
+                            .attributes
+                            .iter()
+                            .map(|kv| {
+                                (
+                                    kv.key.clone(),
+                                    kv.value
+                                        .as_ref()
+                                        .and_then(|v| v.value.as_ref())
+                                        .map(text)
+                                        .unwrap_or_default(),
+                                )
+                            })
+                            .collect();
+                        kept.push(Received {
+                            service: service.clone(),
+                            trace_id: hex::encode(&span.trace_id),
+                            span_id: hex::encode(&span.span_id),
+                            parent_span_id: hex::encode(&span.parent_span_id),
+                            name: span.name.clone(),
+                            attributes,
+                        });
+                    }
                 }
                 ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
             }),
@@ -73,6 +86,15 @@ impl Receiver {
 
     fn of_trace(&self, trace: &str) -> Vec<Received> {
         self.spans.lock().unwrap().iter().filter(|s| s.trace_id == trace).cloned().collect()
+    }
+}
+
+fn text(value: &AttributeValue) -> String {
+    match value {
+        AttributeValue::StringValue(s) => s.clone(),
+        AttributeValue::IntValue(n) => n.to_string(),
+        AttributeValue::BoolValue(b) => b.to_string(),
+        other => format!("{other:?}"),
     }
 }
 
@@ -150,7 +172,25 @@ async fn a_transfer_started_with_a_traceparent_is_one_trace_across_its_aggregate
     let command = spans.iter().find(|s| s.name == "command").unwrap();
     assert_eq!(command.parent_span_id, CLIENT_SPAN, "the command hangs under the client's span");
     assert_eq!(command.attributes["id"], "t1");
-    assert!(spans.iter().all(|s| !s.parent_span_id.is_empty()), "every span has its parent in the trace");
+    // Each span hangs under the one that caused it: the client's, or another of the trace.
+    let ids: BTreeSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let parent_name = |span: &Received| {
+        spans.iter().find(|p| p.span_id == span.parent_span_id).map_or("client", |p| p.name.as_str())
+    };
+    for span in &spans {
+        assert!(
+            span.parent_span_id == CLIENT_SPAN || ids.contains(span.parent_span_id.as_str()),
+            "{span:?} hangs under a span of the trace"
+        );
+        let expected_parents: &[&str] = match span.name.as_str() {
+            "command" => &["client"],
+            "react" | "project" => &["command", "routed_command"],
+            "routed_command" => &["react"],
+            other => panic!("a span named {other}"),
+        };
+        assert!(expected_parents.contains(&parent_name(span)), "{} under {}", span.name, parent_name(span));
+        assert_eq!(span.service, "cairn", "the service is named: {span:?}");
+    }
     // The accounts' openings were not part of it: each is a trace of its own.
     let opened = receiver.spans.lock().unwrap().iter().filter(|s| s.name == "command").count();
     assert!(opened >= 3, "{opened} command spans");

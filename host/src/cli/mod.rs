@@ -428,10 +428,13 @@ fn init_logging(
     };
     let (spans, provider) = match otlp {
         Some(url) => {
-            let parsed = reqwest::Url::parse(url)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
-            anyhow::ensure!(parsed.is_some(), "--otlp-endpoint must be an http:// or https:// URL: {url:?}");
+            // The host speaks no TLS: a collector beside it (or an agent) takes plain HTTP.
+            let parsed =
+                reqwest::Url::parse(url).ok().filter(|u| u.scheme() == "http" && u.host_str().is_some());
+            anyhow::ensure!(
+                parsed.is_some(),
+                "--otlp-endpoint must be an http:// URL (a collector or agent beside the host): {url:?}"
+            );
             let (layer, provider) = crate::traces::otlp_layer(url)?;
             (Some(layer), Some(provider))
         }

@@ -16,8 +16,15 @@ use std::time::Instant;
 pub const FORWARDED_HEADER: &str = "x-cairn-peer";
 
 /// The client's headers a forwarded request carries.
-const CARRIED: &[&str] =
-    &["content-type", "accept", "if-match", "idempotency-key", "x-correlation-id", "if-none-match"];
+const CARRIED: &[&str] = &[
+    "content-type",
+    "accept",
+    "if-match",
+    "idempotency-key",
+    "x-correlation-id",
+    "if-none-match",
+    "traceparent",
+];
 
 /// Why a forwarded request has no answer: `connect` when it never reached the owner.
 #[derive(Debug)]
@@ -47,7 +54,7 @@ pub struct RoutedCommandJson {
     pub dedup_key: String,
     pub source: StreamId,
     /// The sending host's trace context; a host before traces sends none.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::traces::lenient")]
     pub trace: Option<crate::traces::TraceParent>,
 }
 

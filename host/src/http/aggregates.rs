@@ -242,6 +242,7 @@ async fn run_command(
         ("If-Match" = Option<String>, Header, description = "Append only if the aggregate is at this version: `\"3\"`"),
         ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key gets the first answer and stores nothing new"),
         ("X-Correlation-Id" = Option<String>, Header, description = "Carried by every event the command causes; the host makes one without it"),
+        ("traceparent" = Option<String>, Header, description = "A W3C trace context: every event of the saga carries its trace id; a malformed one is ignored"),
     ),
     request_body(content = CommandBody, description = "The command"),
     responses(
@@ -277,6 +278,7 @@ pub async fn command(
         ("If-Match" = Option<String>, Header, description = "Append only if the aggregate is at this version: `\"3\"`"),
         ("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key gets the first answer and stores nothing new"),
         ("X-Correlation-Id" = Option<String>, Header, description = "Carried by every event the command causes; the host makes one without it"),
+        ("traceparent" = Option<String>, Header, description = "A W3C trace context: every event of the saga carries its trace id; a malformed one is ignored"),
     ),
     request_body(content = CommandBody, description = "The command"),
     responses(

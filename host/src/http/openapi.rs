@@ -226,6 +226,8 @@ fn bound_parameters(operation: &mut Value) {
             ("header", "Idempotency-Key" | "X-Correlation-Id") => json!({
                 "type": "string", "pattern": HEADER_TEXT_PATTERN, "maxLength": MAX_HEADER_LEN,
             }),
+            // Any value is taken: one that is not a trace context is ignored (W3C).
+            ("header", "traceparent") => json!({"type": "string"}),
             ("header", "Last-Event-ID") => {
                 json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_QUERY_INTEGER})
             }
@@ -335,9 +337,10 @@ mod tests {
                 let what = format!("{label} {name}");
                 match schema["type"].as_str() {
                     Some("integer") => assert!(schema["maximum"].is_u64(), "{what}: {schema}"),
-                    Some("string") if parameter["in"] == "header" => {
+                    Some("string") if parameter["in"] == "header" && name != "traceparent" => {
                         assert!(schema["pattern"].is_string(), "{what}")
                     }
+                    Some("string") if parameter["in"] == "header" => {}
                     Some("string") => {
                         assert!(schema["minLength"] == 1 || schema["enum"].is_array(), "{what}: {schema}")
                     }

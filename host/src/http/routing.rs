@@ -27,7 +27,7 @@ pub async fn routing(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
     params(
         ("subscriber" = Option<String>, Query, description = "Only this subscriber's"),
         ("stream" = Option<String>, Query, description = "Only this stream's, e.g. `account/101`"),
-        ("after" = Option<String>, Query, pattern = r"^[^:]*:.*/.*:\+?[0-9]{1,19}$",
+        ("after" = Option<String>, Query, pattern = r"^[^:]*:[\s\S]*/[\s\S]*:\+?[0-9]{1,19}$",
             description = "The `next_after` of the previous page: a letter's `id`, `subscriber:stream:position`"),
         ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000)"),
     ),

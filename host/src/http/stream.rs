@@ -185,9 +185,13 @@ pub async fn stream(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let resume = header_text(&headers, "last-event-id", 32)?
         .map(|id| {
-            id.trim().parse::<Position>().map_err(|_| {
-                ApiError::bad_request("invalid_header", "Last-Event-ID must be an event's position")
-            })
+            id.trim()
+                .parse::<Position>()
+                .ok()
+                .filter(|position| position.get() <= super::extract::MAX_QUERY_INTEGER)
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid_header", "Last-Event-ID must be an event's position")
+                })
         })
         .transpose()?;
     let after = resume.or(params.u64("after")?.map(Position)).unwrap_or_else(|| state.store.head_position());

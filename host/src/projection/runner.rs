@@ -265,10 +265,12 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
             .filter(|e| info.wants(&e.stream_type, &e.event_type))
             .map(|e| e.envelope())
             .collect();
-        // One span an event, in the event's trace, while the batch is handled and committed.
+        // One span an event, in the event's trace, while the batch is handled and committed;
+        // none for a rebuild, which would hang old traces' spans on the history.
+        let traced = crate::traces::exporting() && !rebuild;
         let _spans: Vec<tracing::Span> = readable
             .iter()
-            .filter(|e| crate::traces::exporting() && e.trace.is_some())
+            .filter(|e| traced && e.trace.is_some())
             .filter(|e| info.wants(&e.stream_type, &e.event_type))
             .map(|e| {
                 let span = tracing::info_span!(

@@ -445,11 +445,8 @@ impl StreamWorker {
             format!("{key}:rejected"),
         );
         let (error, attempts) = match self.send(event.stream(), hand_back).await? {
-            Sent::Done { duplicate } => {
-                // A redelivery (after a restart) meets its hand-back already there.
-                let mut counters = self.counters();
-                counters.handed_back += u64::from(!duplicate);
-                counters.duplicates_ignored += u64::from(duplicate);
+            Sent::Done { .. } => {
+                self.counters().handed_back += 1;
                 return Ok(Outcome::Done);
             }
             Sent::Rejected(refused) | Sent::Unroutable(refused) => (

@@ -106,7 +106,7 @@ pub struct Counters {
     /// Deliveries the target had already seen: deduplicated, no second effect.
     pub duplicates_ignored: u64,
     /// Commands the target refused, handed back to their source as `CommandRejected`
-    /// (each once: a redelivered hand-back counts as a duplicate).
+    /// (a redelivery after a restart hands back again: its second effect is deduplicated).
     pub handed_back: u64,
     /// Attempts that met an overloaded target or a storage error and were retried.
     pub transient_retries: u64,

@@ -144,8 +144,9 @@ pub struct StoredEvent {
     pub schema: u32,
     /// The trace the command that caused it was part of (W3C trace context): a client's
     /// `traceparent`, or the trace of the event whose reaction sent the command. Events
-    /// stored before traces existed, or caused without one, have none.
-    #[serde(default)]
+    /// stored before traces existed, or caused without one, have none. None is not written
+    /// at all, so such an event reads as it did for a Cairn before traces.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::traces::lenient")]
     pub trace: Option<TraceParent>,
 }
 
@@ -576,6 +577,31 @@ mod tests {
                     }),
                 },
             )
+    }
+
+    #[test]
+    fn an_event_without_a_trace_is_written_as_a_cairn_before_traces_reads_it() {
+        let mut event = StoredEvent {
+            stream_type: "account".into(),
+            stream_id: "1".into(),
+            version: Version(1),
+            position: Position(1),
+            event_type: "Opened".into(),
+            payload: vec![0x80],
+            recorded_at_micros: 1,
+            correlation_id: "c".into(),
+            causation_id: None,
+            component_version: ComponentVersion(1),
+            reply_to: None,
+            schema: 1,
+            trace: None,
+        };
+        // A MessagePack array of the fields: twelve before traces, and still without one.
+        assert_eq!(event.encode()[0], 0x90 | 12);
+        event.trace = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let traced = event.encode();
+        assert_eq!(traced[0], 0x90 | 13);
+        assert_eq!(StoredEvent::decode(&traced).unwrap(), event);
     }
 
     proptest! {
