@@ -240,3 +240,18 @@ async fn without_export_a_traceparent_is_still_carried_and_a_malformed_one_is_ig
     assert_eq!(answer.body["events"][0]["trace_id"], Value::Null, "{}", answer.body);
     assert!(!metrics(&host).await.contains("cairn_trace_spans"), "nothing is exported");
 }
+
+#[test]
+fn an_endpoint_the_host_cannot_export_to_is_a_usage_error() {
+    let data = tempfile::tempdir().unwrap();
+    for endpoint in ["https://collector:4318/v1/traces", "collector:4318", "not a url"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--otlp-endpoint", endpoint, "--data"])
+            .arg(data.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{endpoint}: {stderr}");
+        assert!(stderr.contains("must be an http:// URL"), "{endpoint}: {stderr}");
+    }
+}

@@ -376,7 +376,8 @@ pub fn run() -> std::process::ExitCode {
         Ok(traces) => traces,
         Err(error) => {
             eprintln!("cairn: {error:#}");
-            return std::process::ExitCode::from(EXIT_USAGE);
+            let usage = error.downcast_ref::<BadEndpoint>().is_some();
+            return std::process::ExitCode::from(if usage { EXIT_USAGE } else { EXIT_REFUSED });
         }
     };
     let outcome = tokio::runtime::Builder::new_multi_thread()
@@ -408,6 +409,11 @@ pub fn run() -> std::process::ExitCode {
     }
 }
 
+/// `--otlp-endpoint` names no URL the host can export to: a usage error.
+#[derive(Debug, thiserror::Error)]
+#[error("--otlp-endpoint must be an http:// URL (a collector or agent beside the host): {0:?}")]
+struct BadEndpoint(String);
+
 /// Logs go to stderr: text, coloured only when stderr is a terminal, or one JSON object a line.
 /// With an OTLP endpoint, spans are exported too (whatever the log level): the provider to
 /// shut down at exit is answered.
@@ -431,10 +437,9 @@ fn init_logging(
             // The host speaks no TLS: a collector beside it (or an agent) takes plain HTTP.
             let parsed =
                 reqwest::Url::parse(url).ok().filter(|u| u.scheme() == "http" && u.host_str().is_some());
-            anyhow::ensure!(
-                parsed.is_some(),
-                "--otlp-endpoint must be an http:// URL (a collector or agent beside the host): {url:?}"
-            );
+            if parsed.is_none() {
+                return Err(BadEndpoint(url.to_owned()).into());
+            }
             let (layer, provider) = crate::traces::otlp_layer(url)?;
             (Some(layer), Some(provider))
         }

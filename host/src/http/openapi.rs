@@ -368,6 +368,21 @@ mod tests {
             let valid = cairn_wire::check_aggregate_id(sample).is_ok();
             assert_eq!(id.is_match(sample), valid, "{sample:?}");
         }
+        let doc = document();
+        let after = doc["paths"]["/routing/dead-letters"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "after")
+            .map(|p| p["schema"]["pattern"].as_str().unwrap().to_owned())
+            .unwrap();
+        let after = regex::Regex::new(&after).unwrap();
+        for sample in
+            ["faulty:account/p:9", "a:b/c:d:12", "s:x/y\nz:3", "s:/:0", "s:account/p", "s:ap:9", "s:a/b:x"]
+        {
+            let valid = sample.parse::<crate::store::DeadLetterKey>().is_ok();
+            assert_eq!(after.is_match(sample), valid, "{sample:?}");
+        }
         let if_match = regex::Regex::new(IF_MATCH_PATTERN).unwrap();
         for sample in ["3", "\"3\"", "W/\"3\"", "+3", "x", "\"\"", "3.0"] {
             let mut headers = axum::http::HeaderMap::new();

@@ -682,8 +682,8 @@ fn backoff(config: &super::RoutingConfig, attempt: u32) -> Duration {
 }
 
 /// A command caused by `event`: it carries the chain's correlation, the event's position
-/// as its cause, and `dedup_key`, which makes its effect happen once.
-/// A command a reaction to `event` sends, in the trace of the reaction (`trace`).
+/// as its cause, `dedup_key`, which makes its effect happen once, and the trace of the
+/// reaction that sent it (`trace`).
 fn routed(
     event: &StoredEvent,
     trace: Option<TraceParent>,
