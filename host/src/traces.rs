@@ -14,6 +14,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter, SpanProcessor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -117,11 +118,11 @@ pub fn continue_trace(span: &tracing::Span, parent: Option<TraceParent>) -> Opti
     TraceParent::of(span.context().span().span_context()).or(parent)
 }
 
-static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// Whether spans are exported: spans only a trace needs are made only then.
 pub fn exporting() -> bool {
-    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+    EXPORTING.load(Ordering::Relaxed)
 }
 
 /// The spans' queue to the export thread: beyond it spans are dropped, never waited for.
@@ -156,15 +157,14 @@ where
         .with_resource(resource)
         .build();
     let tracer = provider.tracer("cairn");
-    // Only the host's own spans, whatever the log level says.
-    // The hint keeps the subscriber's level at INFO, so `log` records below it are not
-    // offered to every layer.
+    // Only the host's own spans, whatever the log level says; the hint keeps the
+    // subscriber's level at INFO, so `log` records below it are not offered to every layer.
     let spans = tracing_subscriber::filter::filter_fn(|meta| {
         meta.is_span() && meta.target().starts_with("cairn") && SPANS.contains(&meta.name())
     })
     .with_max_level_hint(tracing::level_filters::LevelFilter::INFO);
     let layer = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(spans);
-    EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    EXPORTING.store(true, Ordering::Relaxed);
     Ok((layer, provider))
 }
 

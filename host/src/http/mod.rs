@@ -192,20 +192,24 @@ pub async fn method_not_allowed() -> ApiError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// Limits for building the routes without serving them.
+    pub(in crate::http) fn limits() -> BodyLimits {
+        BodyLimits {
+            command_bytes: 1,
+            component_bytes: 1,
+            max_in_flight: 1,
+            request_timeout: std::time::Duration::from_secs(1),
+        }
+    }
 
     /// Every path the router serves is in the document, and nothing else: the router's own
     /// route table (axum prints it in its `Debug`) against the document's paths.
     #[test]
     fn the_openapi_document_lists_every_route_the_router_serves() {
-        let limits = BodyLimits {
-            command_bytes: 1,
-            component_bytes: 1,
-            max_in_flight: 1,
-            request_timeout: std::time::Duration::from_secs(1),
-        };
-        let (routes, doc) = api_routes(limits).split_for_parts();
+        let (routes, doc) = api_routes(limits()).split_for_parts();
         let debug = format!("{routes:?}");
         // The fallback router's own entries (`/` among them) follow `fallback_router`.
         let (table, _) = debug.split_once("fallback_router").expect("axum's Router debug names its parts");

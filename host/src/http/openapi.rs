@@ -272,17 +272,10 @@ fn add_host_wide_answers(method: &str, operation: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::components::COMPONENT_NAME_PATTERN;
     use std::collections::BTreeMap;
 
     fn document() -> Value {
-        let limits = super::super::BodyLimits {
-            command_bytes: 1,
-            component_bytes: 1,
-            max_in_flight: 1,
-            request_timeout: std::time::Duration::from_secs(1),
-        };
-        let (_, doc) = super::super::api_routes(limits).split_for_parts();
+        let (_, doc) = super::super::api_routes(super::super::tests::limits()).split_for_parts();
         serde_json::from_slice(&render(doc)).unwrap()
     }
 

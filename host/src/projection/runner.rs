@@ -260,18 +260,15 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
             Err(error) => Some(error),
         };
         let readable = &page[..unreadable.as_ref().map_or(page.len(), |e| e.index)];
-        let events: Vec<EventEnvelope> = readable
-            .iter()
-            .filter(|e| info.wants(&e.stream_type, &e.event_type))
-            .map(|e| e.envelope())
-            .collect();
+        let wanted: Vec<&StoredEvent> =
+            readable.iter().filter(|e| info.wants(&e.stream_type, &e.event_type)).collect();
+        let events: Vec<EventEnvelope> = wanted.iter().map(|e| e.envelope()).collect();
         // One span an event, in the event's trace, while the batch is handled and committed;
         // none for a rebuild, which would hang old traces' spans on the history.
         let traced = crate::traces::exporting() && !rebuild;
-        let _spans: Vec<tracing::Span> = readable
+        let _spans: Vec<tracing::Span> = wanted
             .iter()
             .filter(|e| traced && e.trace.is_some())
-            .filter(|e| info.wants(&e.stream_type, &e.event_type))
             .map(|e| {
                 let span = tracing::info_span!(
                     "project",

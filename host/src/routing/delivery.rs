@@ -277,14 +277,19 @@ impl StreamWorker {
             Readable::Unreadable(letter) => return Ok(Outcome::Park(letter)),
         };
         let envelope = event.envelope();
-        // The reaction and the commands it sends, in the trace the event was stored with.
-        let span = tracing::info_span!(
-            "react",
-            subscriber = %self.shared.name,
-            stream = %self.stream,
-            position = event.position.get(),
-            event_type = %event.event_type,
-        );
+        // The reaction and the commands it sends, in the trace the event was stored with. Only
+        // a trace needs the span: without export the event's trace is carried on as it is.
+        let span = if crate::traces::exporting() {
+            tracing::info_span!(
+                "react",
+                subscriber = %self.shared.name,
+                stream = %self.stream,
+                position = event.position.get(),
+                event_type = %event.event_type,
+            )
+        } else {
+            tracing::Span::none()
+        };
         let trace = crate::traces::continue_trace(&span, event.trace);
         let mut attempt = 0;
         let commands = loop {
