@@ -241,6 +241,12 @@ macro_rules! export_projection {
                 }
             }
 
+            impl b::exports::cairn::runtime::batch_handler::Guest for Component {
+                fn handle_batch(events: Vec<b::EventEnvelope>) {
+                    $crate::projection_bindings::handle_batch::<$projection>(events)
+                }
+            }
+
             $crate::projection_bindings::export!(Component with_types_in $crate::projection_bindings);
         }
     };

@@ -42,6 +42,7 @@
 
 use crate::{EventEnvelope, Subscription};
 use serde::{Serialize, de::DeserializeOwned};
+use std::any::Any;
 use std::collections::BTreeMap;
 
 /// A read model: which events it follows and what each does to its documents.
@@ -82,13 +83,31 @@ impl DocumentStore for BTreeMap<String, String> {
 }
 
 /// The projection's documents, typed.
+///
+/// Documents changed through [`View::update`] stay decoded in the view until it is dropped
+/// (or the document is read, written or deleted another way), then are written once: a
+/// batch of events that change one document many times reads and writes its JSON once.
 pub struct View<'a> {
     store: &'a mut dyn DocumentStore,
+    /// Documents `update` changed and has not written yet, by key.
+    pending: BTreeMap<String, Pending>,
+}
+
+/// A decoded document waiting to be written, with the function that writes it as JSON.
+struct Pending {
+    document: Box<dyn Any>,
+    to_json: fn(&str, &dyn Any) -> String,
+}
+
+fn to_json<D: Serialize + 'static>(key: &str, document: &dyn Any) -> String {
+    let document = document.downcast_ref::<D>().expect("a pending document keeps its type");
+    serde_json::to_string(document)
+        .unwrap_or_else(|e| panic!("the document {key:?} cannot be written as JSON: {e}"))
 }
 
 impl<'a> View<'a> {
     pub fn new(store: &'a mut dyn DocumentStore) -> Self {
-        View { store }
+        View { store, pending: BTreeMap::new() }
     }
 
     /// The document under `key`, if there is one.
@@ -97,6 +116,7 @@ impl<'a> View<'a> {
     /// The stored document does not decode as `D`: it was written with another type, which
     /// a deploy of a new version (which rebuilds the view from the log) resolves.
     pub fn get<D: DeserializeOwned>(&mut self, key: &str) -> Option<D> {
+        self.write_pending(key);
         let text = self.store.get(key)?;
         Some(serde_json::from_str(&text).unwrap_or_else(|e| {
             panic!("the document {key:?} does not decode as {}: {e}", std::any::type_name::<D>())
@@ -105,6 +125,7 @@ impl<'a> View<'a> {
 
     /// Store `document` under `key`, replacing what was there.
     pub fn put<D: Serialize + ?Sized>(&mut self, key: &str, document: &D) {
+        self.pending.remove(key);
         let text = serde_json::to_string(document)
             .unwrap_or_else(|e| panic!("the document {key:?} cannot be written as JSON: {e}"));
         self.store.put(key, text);
@@ -112,18 +133,66 @@ impl<'a> View<'a> {
 
     /// Remove the document under `key` (nothing happens if there is none).
     pub fn delete(&mut self, key: &str) {
+        self.pending.remove(key);
         self.store.delete(key);
     }
 
-    /// Read the document under `key` (or `D::default()`), change it with `f`, store it.
-    pub fn update<D: Serialize + DeserializeOwned + Default>(&mut self, key: &str, f: impl FnOnce(&mut D)) {
-        let mut document = self.get(key).unwrap_or_default();
-        f(&mut document);
-        self.put(key, &document);
+    /// Read the document under `key` (or `D::default()`), change it with `f`, store it;
+    /// answers what `f` answers. The document stays decoded in the view, so the next
+    /// `update` of it in the same batch neither reads nor writes JSON.
+    pub fn update<D, R>(&mut self, key: &str, f: impl FnOnce(&mut D) -> R) -> R
+    where
+        D: Serialize + DeserializeOwned + Default + 'static,
+    {
+        if let Some(pending) = self.pending.get_mut(key)
+            && let Some(document) = pending.document.downcast_mut::<D>()
+        {
+            return f(document);
+        }
+        let mut document: D = self.get(key).unwrap_or_default();
+        let answer = f(&mut document);
+        self.pending.insert(key.to_owned(), Pending { document: Box::new(document), to_json: to_json::<D> });
+        answer
+    }
+
+    /// Write the document `update` keeps under `key`, if it keeps one.
+    fn write_pending(&mut self, key: &str) {
+        if let Some(pending) = self.pending.remove(key) {
+            let text = (pending.to_json)(key, pending.document.as_ref());
+            self.store.put(key, text);
+        }
+    }
+
+    /// Write every document `update` keeps.
+    pub fn flush(&mut self) {
+        for (key, pending) in std::mem::take(&mut self.pending) {
+            let text = (pending.to_json)(&key, pending.document.as_ref());
+            self.store.put(&key, text);
+        }
+    }
+}
+
+impl Drop for View<'_> {
+    fn drop(&mut self) {
+        // A handler that panicked changed nothing: its event is handled again or not at all.
+        if !std::thread::panicking() {
+            self.flush();
+        }
     }
 }
 
 /// Run one event through `P` against `store`: what the component export does.
 pub fn handle<P: Projection>(event: &EventEnvelope, store: &mut dyn DocumentStore) {
     P::handle(event, &mut View::new(store));
+}
+
+/// Run `events` through `P` in order against one view, written once at the end: what the
+/// component's `handle-batch` export does. Its documents end as [`handle`] of each would
+/// leave them.
+pub fn handle_batch<P: Projection>(events: &[EventEnvelope], store: &mut dyn DocumentStore) {
+    let mut view = View::new(store);
+    for event in events {
+        P::handle(event, &mut view);
+    }
+    view.flush();
 }

@@ -47,7 +47,17 @@ pub fn describe<P: Projection>() -> ProjectionInfo {
 
 pub fn handle<P: Projection>(event: EventEnvelope) {
     report_panics();
-    let envelope = crate::EventEnvelope {
+    projection::handle::<P>(&envelope(event), &mut HostDocuments);
+}
+
+pub fn handle_batch<P: Projection>(events: Vec<EventEnvelope>) {
+    report_panics();
+    let events: Vec<crate::EventEnvelope> = events.into_iter().map(envelope).collect();
+    projection::handle_batch::<P>(&events, &mut HostDocuments);
+}
+
+fn envelope(event: EventEnvelope) -> crate::EventEnvelope {
+    crate::EventEnvelope {
         stream_type: event.stream_type,
         stream_id: event.stream_id,
         version: event.version,
@@ -57,6 +67,5 @@ pub fn handle<P: Projection>(event: EventEnvelope) {
         recorded_at: event.recorded_at,
         correlation_id: event.correlation_id,
         causation_id: event.causation_id,
-    };
-    projection::handle::<P>(&envelope, &mut HostDocuments);
+    }
 }

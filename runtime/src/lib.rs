@@ -190,7 +190,8 @@ impl Limits {
             .max_memory_size(self.max_memory_bytes)
             .table_elements(100_000)
             .linear_memory_keep_resident(MEMORY_KEPT_RESIDENT)
-            .table_keep_resident(TABLE_KEPT_RESIDENT);
+            .table_keep_resident(TABLE_KEPT_RESIDENT)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         pool
     }
 

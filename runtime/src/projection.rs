@@ -9,12 +9,12 @@ use super::guest_io::{self, GuestIo};
 use super::{ComponentDigest, Diagnostics, GuestError, Limits, LoadError, instantiation_failure};
 use cairn_wire::{EventEnvelope, Subscription};
 use std::collections::BTreeMap;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimits};
 
 mod wit {
     wasmtime::component::bindgen!({
-        world: "projection",
+        world: "projection-core",
         path: "../wit",
         imports: { default: trappable },
         // The types both worlds share are the aggregate bindings' own, so one conversion
@@ -23,6 +23,7 @@ mod wit {
     });
 }
 
+use crate::aggregate::wit::cairn::runtime::types as witty;
 use crate::aggregate::wit_envelope;
 
 /// The longest key a projection may write.
@@ -138,7 +139,9 @@ impl wit::cairn::runtime::types::Host for ViewData {}
 /// One compiled, linked version of a projection component.
 pub struct ProjectionComponent {
     engine: Engine,
-    pre: wit::ProjectionPre<ViewData>,
+    pre: wit::ProjectionCorePre<ViewData>,
+    /// `handle-batch`, when the component exports it (components built before it did not).
+    batch: Option<ComponentExportIndex>,
     digest: ComponentDigest,
     info: ProjectionInfo,
     limits: Limits,
@@ -162,22 +165,34 @@ impl ProjectionComponent {
     ) -> Result<Self, LoadError> {
         let mut linker = Linker::<ViewData>::new(&engine);
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld(format!("{e:#}"));
-        wit::Projection::add_to_linker::<_, HasSelf<ViewData>>(&mut linker, |data| data)
+        wit::ProjectionCore::add_to_linker::<_, HasSelf<ViewData>>(&mut linker, |data| data)
             .map_err(wrong_world)?;
         guest_io::add_to_linker(&mut linker, |data| &mut data.io).map_err(wrong_world)?;
         // Standard streams and an empty environment; whatever else the guest imports traps if called.
         guest_io::trap_other_imports(&mut linker, &component).map_err(wrong_world)?;
         let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
-        let pre = wit::ProjectionPre::new(pre).map_err(wrong_world)?;
+        let pre = wit::ProjectionCorePre::new(pre).map_err(wrong_world)?;
+        let batch = component
+            .get_export_index(None, "cairn:runtime/batch-handler@0.1.0")
+            .and_then(|batch| component.get_export_index(Some(&batch), "handle-batch"));
         let mut loaded = ProjectionComponent {
             engine,
             pre,
+            batch,
             digest,
             info: ProjectionInfo { name: String::new(), subscriptions: Vec::new() },
             limits,
         };
         let (mut store, guest) = loaded.instantiate(Box::new(NoDocuments)).map_err(LoadError::Describe)?;
-        let described = guest.call_describe(&mut store).map_err(|e| {
+        // A wrong `handle-batch` signature is found now, not on the first batch.
+        if let Some(index) = &loaded.batch
+            && let Err(error) = batch_func(&mut store, &guest, index)
+        {
+            return Err(LoadError::WrongWorld(format!(
+                "its handle-batch export does not match the contract: {error}"
+            )));
+        }
+        let described = guest.core.call_describe(&mut store).map_err(|e| {
             LoadError::Describe(store.data_mut().diagnostics.failure(e, limits.fuel_per_call))
         })?;
         loaded.info = ProjectionInfo {
@@ -204,10 +219,7 @@ impl ProjectionComponent {
         &self.info
     }
 
-    fn instantiate(
-        &self,
-        reader: Box<dyn DocumentReader>,
-    ) -> Result<(Store<ViewData>, wit::Projection), GuestError> {
+    fn instantiate(&self, reader: Box<dyn DocumentReader>) -> Result<(Store<ViewData>, Guest), GuestError> {
         let limits = self.limits.store_limits();
         let data = ViewData {
             limits,
@@ -222,12 +234,19 @@ impl ProjectionComponent {
         let mut store = Store::new(&self.engine, data);
         store.limiter(|data| &mut data.limits);
         store.set_fuel(self.limits.fuel_per_call).map_err(|e| GuestError::Trap(e.to_string()))?;
-        let guest = self.pre.instantiate(&mut store).map_err(|e| instantiation_failure(&e, &self.limits))?;
-        Ok((store, guest))
+        let failed = |e: wasmtime::Error| instantiation_failure(&e, &self.limits);
+        let instance = self.pre.instance_pre().instantiate(&mut store).map_err(failed)?;
+        let core = wit::ProjectionCore::new(&mut store, &instance).map_err(failed)?;
+        Ok((store, Guest { instance, core }))
     }
 
     /// Handle `events` in order on one fresh instance, reading the committed view through
     /// `reader`. Stops at the first event the guest fails on.
+    ///
+    /// A component with `handle-batch` is handed them all in one call, which reads and
+    /// writes a document many of them change once. If that call fails, nothing it wrote is
+    /// kept, and the events go through `handle` one at a time on a fresh instance: the
+    /// answer is then exactly the one-at-a-time answer, the failing event included.
     pub fn handle_batch(&self, events: &[EventEnvelope], reader: Box<dyn DocumentReader>) -> BatchOutcome {
         let (mut store, guest) = match self.instantiate(reader) {
             Ok(instance) => instance,
@@ -236,12 +255,54 @@ impl ProjectionComponent {
                 return BatchOutcome { writes: Writes::new(), handled: 0, failure: Some(failure) };
             }
         };
+        let Some(index) = self.batch.as_ref().filter(|_| events.len() > 1) else {
+            return self.handle_each(store, guest, events);
+        };
+        let fuel = self.limits.fuel_per_call.saturating_mul(events.len() as u64);
+        let started = std::time::Instant::now();
+        let envelopes: Vec<witty::EventEnvelope> = events.iter().map(wit_envelope).collect();
+        let called = store.set_fuel(fuel).and_then(|()| {
+            let func = batch_func(&mut store, &guest, index)?;
+            func.call(&mut store, (&envelopes,))
+        });
+        crate::observe::call(&self.info.name, started.elapsed());
+        match called {
+            Ok(()) => {
+                let writes = std::mem::take(&mut store.data_mut().writes);
+                BatchOutcome { writes, handled: events.len(), failure: None }
+            }
+            Err(error) => {
+                let failure = store.data_mut().diagnostics.failure(error, fuel);
+                tracing::debug!(
+                    projection = self.info.name,
+                    "a batch of {} events failed in one call ({failure}); handling them one at a time",
+                    events.len()
+                );
+                let reader = store.into_data().reader;
+                match self.instantiate(reader) {
+                    Ok((store, guest)) => self.handle_each(store, guest, events),
+                    Err(failure) => {
+                        crate::observe::failure(&self.info.name, failure.kind());
+                        BatchOutcome { writes: Writes::new(), handled: 0, failure: Some(failure) }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `events` through `handle`, one call each on `guest`, up to the first that fails.
+    fn handle_each(
+        &self,
+        mut store: Store<ViewData>,
+        guest: Guest,
+        events: &[EventEnvelope],
+    ) -> BatchOutcome {
         for (index, event) in events.iter().enumerate() {
             store.data_mut().undo.clear();
             let started = std::time::Instant::now();
             let called = store
                 .set_fuel(self.limits.fuel_per_call)
-                .and_then(|()| guest.call_handle(&mut store, &wit_envelope(event)));
+                .and_then(|()| guest.core.call_handle(&mut store, &wit_envelope(event)));
             crate::observe::call(&self.info.name, started.elapsed());
             if let Err(error) = called {
                 store.data_mut().take_back_current_event();
@@ -253,5 +314,115 @@ impl ProjectionComponent {
         }
         let writes = std::mem::take(&mut store.data_mut().writes);
         BatchOutcome { writes, handled: events.len(), failure: None }
+    }
+}
+
+/// A fresh instance: the `projection-core` exports through the bindings, `handle-batch`
+/// (of the `batch-handler` interface) by name, since components built before it lack it.
+struct Guest {
+    instance: wasmtime::component::Instance,
+    core: wit::ProjectionCore,
+}
+
+/// `handle-batch`'s signature, as the `batch-handler` interface declares it.
+type BatchFunc<'a> = wasmtime::component::TypedFunc<(&'a [witty::EventEnvelope],), ()>;
+
+fn batch_func<'a>(
+    store: &mut Store<ViewData>,
+    guest: &Guest,
+    index: &ComponentExportIndex,
+) -> wasmtime::Result<BatchFunc<'a>> {
+    guest.instance.get_typed_func(store, index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Runtime;
+
+    struct Empty;
+
+    impl DocumentReader for Empty {
+        fn get(&mut self, _key: &str) -> Result<Option<String>, String> {
+            Ok(None)
+        }
+    }
+
+    fn account_event(
+        position: u64,
+        stream_id: &str,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> EventEnvelope {
+        EventEnvelope {
+            stream_type: "account".to_owned(),
+            stream_id: stream_id.to_owned(),
+            version: position,
+            position,
+            event_type: event_type.to_owned(),
+            payload: rmp_serde::to_vec_named(&data).unwrap(),
+            recorded_at: "2026-12-04T12:00:00.000000Z".to_owned(),
+            correlation_id: format!("c-{position}"),
+            causation_id: None,
+        }
+    }
+
+    /// Two accounts, one with enough credits that its older transactions move to pages.
+    fn history() -> Vec<EventEnvelope> {
+        let mut events = vec![
+            account_event(1, "A", "AccountOpened", serde_json::json!({"initial_balance": 10})),
+            account_event(2, "B", "AccountOpened", serde_json::json!({"initial_balance": 5})),
+        ];
+        for n in 0..450u64 {
+            let (id, balance) = if n % 9 == 0 { ("B", 5 + n) } else { ("A", 10 + n) };
+            let credit =
+                serde_json::json!({"amount": 1, "transaction_id": format!("t{n}"), "balance": balance});
+            events.push(account_event(3 + n, id, "AccountCredited", credit));
+        }
+        events
+    }
+
+    /// `handle-batch` leaves the documents exactly as `handle` of each event does, in fewer
+    /// writes.
+    #[test]
+    fn a_batch_in_one_call_writes_what_one_call_per_event_writes() {
+        let runtime = Runtime::new(None, crate::Limits::default()).unwrap();
+        let view = runtime.load_projection(cairn_artifacts::component("account-info").unwrap()).unwrap();
+        assert!(view.batch.is_some(), "the SDK exports handle-batch");
+        let events = history();
+
+        let batched = view.handle_batch(&events, Box::new(Empty));
+        assert!(batched.failure.is_none(), "{:?}", batched.failure);
+        assert_eq!(batched.handled, events.len());
+
+        let (store, guest) = view.instantiate(Box::new(Empty)).unwrap();
+        let one_by_one = view.handle_each(store, guest, &events);
+        assert!(one_by_one.failure.is_none());
+        assert_eq!(batched.writes, one_by_one.writes);
+        let a: serde_json::Value = serde_json::from_str(batched.writes["A"].as_ref().unwrap()).unwrap();
+        assert_eq!(a["earlier_transactions"], 300, "{a}");
+        assert!(batched.writes.contains_key("A/transactions/3"), "{:?}", batched.writes.keys());
+    }
+
+    /// When the one call fails, the events go one at a time: the answer names the event
+    /// that failed and keeps what those before it wrote, as without `handle-batch`.
+    #[test]
+    fn a_failed_batch_is_handled_again_one_event_at_a_time() {
+        let runtime = Runtime::new(None, crate::Limits::default()).unwrap();
+        let view = runtime.load_projection(cairn_artifacts::component("account-info").unwrap()).unwrap();
+        let mut events = history();
+        // A credit without its fields: account-info stops there rather than show a wrong view.
+        events.insert(100, account_event(10_000, "A", "AccountCredited", serde_json::json!({})));
+
+        let outcome = view.handle_batch(&events, Box::new(Empty));
+        assert_eq!(outcome.handled, 100);
+        let failure = outcome.failure.expect("the malformed credit fails");
+        assert!(
+            failure.to_string().contains("AccountCredited at position 10000 does not decode"),
+            "{failure}"
+        );
+        let (store, guest) = view.instantiate(Box::new(Empty)).unwrap();
+        let before = view.handle_each(store, guest, &events[..100]);
+        assert_eq!(outcome.writes, before.writes, "what the events before it wrote");
     }
 }

@@ -137,11 +137,15 @@ impl Projection for AccountInfoProjection {
             }
             _ => return,
         };
-        let mut info: AccountInfo = view.get(id).unwrap_or_default();
-        info.id = id.to_owned();
-        info.balance = transaction.balance;
-        info.transactions.push(transaction);
-        if info.transactions.len() >= RECENT_MAX {
+        // Through `update`, so a batch of many events of one account decodes and writes its
+        // document once.
+        let older = view.update(id, |info: &mut AccountInfo| {
+            info.id = id.to_owned();
+            info.balance = transaction.balance;
+            info.transactions.push(transaction);
+            if info.transactions.len() < RECENT_MAX {
+                return None;
+            }
             let page = info.earlier_transactions / PAGE as u64 + 1;
             let older = TransactionPage {
                 account_id: id.to_owned(),
@@ -150,11 +154,13 @@ impl Projection for AccountInfoProjection {
                 earlier_page: info.earlier_page.take(),
             };
             let key = page_key(id, page);
-            view.put(&key, &older);
             info.earlier_transactions += PAGE as u64;
-            info.earlier_page = Some(key);
+            info.earlier_page = Some(key.clone());
+            Some((key, older))
+        });
+        if let Some((key, older)) = older {
+            view.put(&key, &older);
         }
-        view.put(id, &info);
     }
 }
 

@@ -478,8 +478,10 @@ impl<const FIXED: bool> cairn_guest::Projection for FragileView<FIXED> {
     }
 
     fn handle(event: &EventEnvelope, view: &mut cairn_guest::View<'_>) {
-        // Count first, then trap: the host must take back the failing event's own write.
-        view.update(&event.stream_id, |count: &mut u64| *count += 1);
+        // Count first (written to the host at once, as `update` would not), then trap: the
+        // host must take back the failing event's own write.
+        let count: u64 = view.get(&event.stream_id).unwrap_or_default();
+        view.put(&event.stream_id, &(count + 1));
         if !FIXED && event.event_type == "AccountClosed" {
             panic!("fragile-view cannot show a closed account");
         }
