@@ -281,8 +281,13 @@ async fn try_step(context: &Arc<Context>, name: &str, lane: &mut Lane) -> Result
                 span
             })
             .collect();
-        let reader = crate::replay::wait_for(views.reader(&name_owned, generation))?;
-        let outcome = (!events.is_empty()).then(|| component.handle_batch(&events, reader));
+        // A page with nothing this projection reads only moves its cursor: no read of the view.
+        let outcome = if events.is_empty() {
+            None
+        } else {
+            let reader = crate::replay::wait_for(views.reader(&name_owned, generation))?;
+            Some(component.handle_batch(&events, reader))
+        };
         if let Some(error) = outcome.as_ref().and_then(|o| o.failure.as_ref()).filter(|e| e.is_transient()) {
             return Err(BatchError::Busy(error.clone()));
         }
