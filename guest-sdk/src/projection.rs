@@ -139,7 +139,9 @@ impl<'a> View<'a> {
 
     /// Read the document under `key` (or `D::default()`), change it with `f`, store it;
     /// answers what `f` answers. The document stays decoded in the view, so the next
-    /// `update` of it in the same batch neither reads nor writes JSON.
+    /// `update` of it in the same batch neither reads nor writes JSON: `D`'s JSON form should
+    /// hold all of it (no `#[serde(skip)]` field `f` relies on), since between the events of a
+    /// batch `f` sees the value, not its JSON read back.
     pub fn update<D, R>(&mut self, key: &str, f: impl FnOnce(&mut D) -> R) -> R
     where
         D: Serialize + DeserializeOwned + Default + 'static,

@@ -68,6 +68,8 @@ struct ViewData {
     writes: Writes,
     /// What the event being handled replaced in `writes`, to take it back on a trap.
     undo: Vec<(String, Option<Option<String>>)>,
+    /// A whole batch is in one call: a failure drops every write, so none is kept to undo.
+    batched: bool,
     max_document_bytes: usize,
     /// The projection's name, for the log.
     component: String,
@@ -99,8 +101,12 @@ impl ViewData {
                 self.max_document_bytes
             );
         }
-        let previous = self.writes.insert(key.clone(), document);
-        self.undo.push((key, previous));
+        if self.batched {
+            self.writes.insert(key, document);
+        } else {
+            let previous = self.writes.insert(key.clone(), document);
+            self.undo.push((key, previous));
+        }
         Ok(())
     }
 
@@ -140,6 +146,8 @@ impl wit::cairn::runtime::types::Host for ViewData {}
 pub struct ProjectionComponent {
     engine: Engine,
     pre: wit::ProjectionCorePre<ViewData>,
+    /// Where the bindings' exports are, found once per version.
+    indices: wit::ProjectionCoreIndices,
     /// `handle-batch`, when the component exports it (components built before it did not).
     batch: Option<ComponentExportIndex>,
     digest: ComponentDigest,
@@ -171,6 +179,7 @@ impl ProjectionComponent {
         // Standard streams and an empty environment; whatever else the guest imports traps if called.
         guest_io::trap_other_imports(&mut linker, &component).map_err(wrong_world)?;
         let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let indices = wit::ProjectionCoreIndices::new(&pre).map_err(wrong_world)?;
         let pre = wit::ProjectionCorePre::new(pre).map_err(wrong_world)?;
         let batch = component
             .get_export_index(None, "cairn:runtime/batch-handler@0.1.0")
@@ -178,6 +187,7 @@ impl ProjectionComponent {
         let mut loaded = ProjectionComponent {
             engine,
             pre,
+            indices,
             batch,
             digest,
             info: ProjectionInfo { name: String::new(), subscriptions: Vec::new() },
@@ -227,6 +237,7 @@ impl ProjectionComponent {
             reader,
             writes: Writes::new(),
             undo: Vec::new(),
+            batched: false,
             max_document_bytes: self.limits.max_document_bytes,
             component: self.info.name.clone(),
             diagnostics: Diagnostics::default(),
@@ -236,7 +247,7 @@ impl ProjectionComponent {
         store.set_fuel(self.limits.fuel_per_call).map_err(|e| GuestError::Trap(e.to_string()))?;
         let failed = |e: wasmtime::Error| instantiation_failure(&e, &self.limits);
         let instance = self.pre.instance_pre().instantiate(&mut store).map_err(failed)?;
-        let core = wit::ProjectionCore::new(&mut store, &instance).map_err(failed)?;
+        let core = self.indices.load(&mut store, &instance).map_err(failed)?;
         Ok((store, Guest { instance, core }))
     }
 
@@ -258,9 +269,12 @@ impl ProjectionComponent {
         let Some(index) = self.batch.as_ref().filter(|_| events.len() > 1) else {
             return self.handle_each(store, guest, events);
         };
-        let fuel = self.limits.fuel_per_call.saturating_mul(events.len() as u64);
+        // The fuel of a fold of as many events: a looping projection burns no more before the
+        // fallback than one call would.
+        let fuel = self.limits.fuel_per_call + self.limits.fuel_per_event.saturating_mul(events.len() as u64);
         let started = std::time::Instant::now();
         let envelopes: Vec<witty::EventEnvelope> = events.iter().map(wit_envelope).collect();
+        store.data_mut().batched = true;
         let called = store.set_fuel(fuel).and_then(|()| {
             let func = batch_func(&mut store, &guest, index)?;
             func.call(&mut store, (&envelopes,))
@@ -280,7 +294,18 @@ impl ProjectionComponent {
                 );
                 let reader = store.into_data().reader;
                 match self.instantiate(reader) {
-                    Ok((store, guest)) => self.handle_each(store, guest, events),
+                    Ok((store, guest)) => {
+                        let outcome = self.handle_each(store, guest, events);
+                        if outcome.failure.is_none() {
+                            tracing::warn!(
+                                projection = self.info.name,
+                                "a batch of {} events failed in one call ({failure}) and not one \
+                                 at a time: its events are handled one call each",
+                                events.len()
+                            );
+                        }
+                        outcome
+                    }
                     Err(failure) => {
                         crate::observe::failure(&self.info.name, failure.kind());
                         BatchOutcome { writes: Writes::new(), handled: 0, failure: Some(failure) }
