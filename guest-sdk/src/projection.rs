@@ -198,3 +198,41 @@ pub fn handle_batch<P: Projection>(events: &[EventEnvelope], store: &mut dyn Doc
     }
     view.flush();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::View;
+    use std::collections::BTreeMap;
+
+    /// A document `update` keeps decoded is what every other access to its key sees, and is
+    /// written once, when the view is done.
+    #[test]
+    fn documents_update_keeps_are_written_once_and_seen_by_every_other_access() {
+        let mut store = BTreeMap::new();
+        {
+            let mut view = View::new(&mut store);
+            view.update("n", |n: &mut u64| *n += 1);
+            view.update("n", |n: &mut u64| *n += 1);
+            let read: Option<u64> = view.get("n");
+            assert_eq!(read, Some(2), "a read writes the kept document first");
+            view.update("n", |n: &mut u64| *n += 1);
+            let answer = view.update("n", |n: &mut u64| {
+                *n += 1;
+                *n * 10
+            });
+            assert_eq!(answer, 40, "update answers what its closure answers");
+
+            view.update("p", |p: &mut u64| *p = 7);
+            view.put("p", &1u64);
+            view.update("d", |d: &mut u64| *d = 7);
+            view.delete("d");
+            // Another type under the same key: the kept one is written, then read as the new type.
+            view.update("t", |t: &mut u64| *t = 5);
+            view.update("t", |t: &mut serde_json::Value| *t = serde_json::json!([t.clone()]));
+        }
+        assert_eq!(store.get("n").map(String::as_str), Some("4"));
+        assert_eq!(store.get("p").map(String::as_str), Some("1"), "a put replaces what update kept");
+        assert_eq!(store.get("d"), None, "a delete drops what update kept");
+        assert_eq!(store.get("t").map(String::as_str), Some("[5]"));
+    }
+}
