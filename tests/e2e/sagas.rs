@@ -30,7 +30,16 @@ const TERMINAL: [&str; 3] = ["COMPLETED", "FAILED_DUE_TO_INSUFFICIENT_FUNDS", "F
 pub(crate) async fn wait_terminal(host: &Host, id: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let state = transfer_state(host, id).await;
+        let answer = host.get(&format!("/aggregates/money-transfer/{id}")).await;
+        // In a cluster a partition can be between owners for a moment (a lease that ran out
+        // on a busy machine): the host answers 503 to retry shortly, and so does this.
+        let between_owners =
+            answer.status.as_u16() == 503 && answer.body["error"]["code"] == "partition_unavailable";
+        let state = if between_owners {
+            "between owners".to_owned()
+        } else {
+            answer.expect(200).body["state"]["state"].as_str().unwrap().to_owned()
+        };
         if TERMINAL.contains(&state.as_str()) {
             return state;
         }
