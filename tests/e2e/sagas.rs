@@ -20,11 +20,6 @@ where
     }
 }
 
-pub(crate) async fn transfer_state(host: &Host, id: &str) -> String {
-    let answer = host.get(&format!("/aggregates/money-transfer/{id}")).await.expect(200);
-    answer.body["state"]["state"].as_str().unwrap().to_owned()
-}
-
 const TERMINAL: [&str; 3] = ["COMPLETED", "FAILED_DUE_TO_INSUFFICIENT_FUNDS", "FAILED"];
 
 pub(crate) async fn wait_terminal(host: &Host, id: &str) -> String {
