@@ -365,14 +365,6 @@ mod tests {
     use super::*;
     use crate::Runtime;
 
-    struct Empty;
-
-    impl DocumentReader for Empty {
-        fn get(&mut self, _key: &str) -> Result<Option<String>, String> {
-            Ok(None)
-        }
-    }
-
     fn account_event(
         position: u64,
         stream_id: &str,
@@ -416,11 +408,11 @@ mod tests {
         assert!(view.batch.is_some(), "the SDK exports handle-batch");
         let events = history();
 
-        let batched = view.handle_batch(&events, Box::new(Empty));
+        let batched = view.handle_batch(&events, Box::new(NoDocuments));
         assert!(batched.failure.is_none(), "{:?}", batched.failure);
         assert_eq!(batched.handled, events.len());
 
-        let (store, guest) = view.instantiate(Box::new(Empty)).unwrap();
+        let (store, guest) = view.instantiate(Box::new(NoDocuments)).unwrap();
         let one_by_one = view.handle_each(store, guest, &events);
         assert!(one_by_one.failure.is_none());
         assert_eq!(batched.writes, one_by_one.writes);
@@ -439,14 +431,14 @@ mod tests {
         // A credit without its fields: account-info stops there rather than show a wrong view.
         events.insert(100, account_event(10_000, "A", "AccountCredited", serde_json::json!({})));
 
-        let outcome = view.handle_batch(&events, Box::new(Empty));
+        let outcome = view.handle_batch(&events, Box::new(NoDocuments));
         assert_eq!(outcome.handled, 100);
         let failure = outcome.failure.expect("the malformed credit fails");
         assert!(
             failure.to_string().contains("AccountCredited at position 10000 does not decode"),
             "{failure}"
         );
-        let (store, guest) = view.instantiate(Box::new(Empty)).unwrap();
+        let (store, guest) = view.instantiate(Box::new(NoDocuments)).unwrap();
         let before = view.handle_each(store, guest, &events[..100]);
         assert_eq!(outcome.writes, before.writes, "what the events before it wrote");
     }
